@@ -1,0 +1,13 @@
+"""fnn: functional neural networks on JAX, differentiated two ways.
+
+Models are pure ``init``/``apply`` functions over parameter pytrees. The same
+forward pass is differentiated by ``jax.grad`` over plain ``jax.numpy`` ops
+(:mod:`fnn.ops.autodiff`) or over ops with hand-written ``jax.custom_vjp`` rules
+(:mod:`fnn.ops.custom`); one argument switches between them.
+"""
+
+__version__ = "0.1.0"
+
+from fnn import metrics, mlp, ops, train
+
+__all__ = ["__version__", "metrics", "mlp", "ops", "train"]
