@@ -8,7 +8,7 @@ forward pass is differentiated by ``jax.grad`` over plain ``jax.numpy`` ops
 
 __version__ = "0.1.0"
 
-from fnn import data, loop, metrics, mlp, ops, train
+from fnn import backprop, data, loop, metrics, mlp, ops, testing, train
 from fnn.loop import History, fit
 
-__all__ = ["__version__", "History", "data", "fit", "loop", "metrics", "mlp", "ops", "train"]
+__all__ = ["__version__", "History", "backprop", "data", "fit", "loop", "metrics", "mlp", "ops", "testing", "train"]

@@ -21,6 +21,11 @@ from fnn import train as _train
 
 COLUMNS = ("train_loss", "test_loss", "train_err", "test_err")
 
+#: Rows per evaluation chunk. Evaluating 60,000 rows in chunks of 1,000 keeps
+#: the hidden activations in cache; measured on a 2-core CPU it is ~25% faster
+#: than one 60,000-row matmul (experiments/results/mnist_two_layer_*.json).
+EVAL_CHUNK = 1000
+
 
 @dataclasses.dataclass(frozen=True)
 class History:
@@ -65,10 +70,28 @@ def _split_arrays(data):
     return x_train, y_train, x_test, y_test
 
 
-def evaluate(apply_fn, params, x, y, *, ops=_ops.custom):
-    """Mean cross-entropy and error rate of ``apply_fn(params, x)`` against labels ``y``."""
-    logits = apply_fn(params, x, ops=ops)
-    return _ops.get(ops).cross_entropy(logits, y), _metrics.error_rate(logits, y)
+def evaluate(apply_fn, params, x, y, *, ops=_ops.custom, chunk=EVAL_CHUNK):
+    """Mean cross-entropy and error rate of ``apply_fn(params, x)`` against labels ``y``.
+
+    Rows are processed ``chunk`` at a time (``jax.lax.map``), the remainder in
+    one last smaller chunk; the result equals one pass over all rows.
+    """
+    ops = _ops.get(ops)
+
+    def totals(x, y):
+        logits = apply_fn(params, x, ops=ops)
+        n = y.shape[0]
+        return jnp.stack([ops.cross_entropy(logits, y) * n, _metrics.error_rate(logits, y) * n])
+
+    n = x.shape[0]
+    full = n - n % chunk
+    total = jnp.zeros(2, jnp.result_type(x.dtype, jnp.float32))
+    if full:
+        chunks = (x[:full].reshape(-1, chunk, x.shape[1]), y[:full].reshape(-1, chunk))
+        total = total + jax.lax.map(lambda xy: totals(*xy), chunks).sum(axis=0)
+    if full < n:
+        total = total + totals(x[full:], y[full:])
+    return total[0] / n, total[1] / n
 
 
 def make_epoch(apply_fn, optimizer, *, batch_size, ops=_ops.custom, shuffle=False):

@@ -14,17 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import SHARED
+
 from fnn import _idx, data
 
 TRAIN_IMAGES, TRAIN_LABELS = data._FILES["train"]
 TEST_IMAGES, TEST_LABELS = data._FILES["test"]
 TINY = data._Spec("tiny", num_train=30, num_test=12)
 # The offline datasets: $FNN_DATASETS_DIR, else shared/ beside the checkout.
-SHARED = (
-    Path(os.environ[data.ENV_VAR])
-    if os.environ.get(data.ENV_VAR)
-    else Path(__file__).resolve().parents[2] / "shared" / "datasets"
-)
 
 
 # --- helpers ---------------------------------------------------------------------
@@ -392,31 +389,6 @@ def test_no_network_during_tfds_download(offline_mnist, monkeypatch, tmp_path):
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-
-
-def _checksum_file_state():
-    """Bytes and mtime of TFDS's installed MNIST checksums file (must not change)."""
-    import tensorflow_datasets as tfds
-
-    path = Path(tfds.__file__).parent / "url_checksums" / "mnist.txt"
-    return path.read_bytes(), path.stat().st_mtime_ns
-
-
-@pytest.fixture(scope="module")
-def mnist(tmp_path_factory):
-    """Real MNIST prepared by TFDS from the shared IDX files: (Dataset, data_dir, seconds)."""
-    source = SHARED / "mnist"
-    if not (source / f"{TRAIN_IMAGES}.gz").exists():
-        pytest.skip(f"no offline MNIST copy at {source} (set {data.ENV_VAR})")
-    pytest.importorskip("tensorflow_datasets")
-    pytest.importorskip("tensorflow")
-    data_dir = tmp_path_factory.mktemp("tfds")
-    before = _checksum_file_state()
-    start = time.perf_counter()
-    ds = data.load("mnist", source_dir=source, data_dir=data_dir)
-    seconds = time.perf_counter() - start
-    assert _checksum_file_state() == before, "TFDS's installed checksums were modified"
-    return ds, data_dir, seconds
 
 
 def test_mnist_arrays(mnist):

@@ -1,0 +1,1 @@
+"""Experiment scripts: thin runners over fnn and its peers."""
