@@ -38,7 +38,13 @@ import numpy as np
 from jax.ad_checkpoint import print_saved_residuals
 
 import fnn
-from experiments._report import device_description, markdown_table, write_json
+from experiments._report import (
+    device_description,
+    markdown_table,
+    pyplot,
+    save_figure,
+    write_json,
+)
 
 # The float64 reference needs 64-bit types; every array under test asks for its dtype explicitly.
 jax.config.update("jax_enable_x64", True)
@@ -479,10 +485,7 @@ def payload(rows, grid, rounds, block_s, seed, bias):
 
 def plot(path, rows, title):
     """Two panels: step-time ratio to autodiff of custom and manual, and XLA temp bytes of every path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     configs = list(dict.fromkeys(r["config"] for r in rows))
     by = {(r["config"], r["path"]): r for r in rows}
@@ -499,10 +502,7 @@ def plot(path, rows, title):
     for ax in (ax_ratio, ax_mem):
         ax.grid(alpha=0.3, axis="y")
         ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, title)
 
 
 def parse_args(argv=None):

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 import fnn
-from experiments._report import device_description, write_json
+from experiments._report import device_description, pyplot, save_figure, write_json
 
 HEADER = f"{'Epoch':>5} | {'Train Loss':>10} | {'Test Loss':>9} | {'Train Err':>9} | {'Test Err':>8}"
 
@@ -98,10 +98,7 @@ def apart(run, other):
 
 
 def plot(path, runs, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
     for run, style in zip(runs, ("-", "--")):
@@ -115,10 +112,7 @@ def plot(path, runs, title):
     for ax in (ax_loss, ax_err):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, title)
 
 
 def main(argv=None):

@@ -22,13 +22,14 @@ import gzip
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from experiments._report import cpu_description
 
 __all__ = ["load_idx", "load_mnist", "run", "main"]
 
@@ -171,20 +172,6 @@ def run(
     }
 
 
-def _device() -> str:
-    """'cpu: <model name from /proc/cpuinfo> x <usable cores> cores'."""
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"cpu: {model} x {cores} cores"
-
-
 def _print_row(row: dict) -> None:
     """Print one epoch as a row of the notes' table."""
     print(
@@ -216,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, threads {args.threads or torch.get_num_threads()}, data loaded in {load_s:.2f} s")
     print("| Epoch | Train Loss | Test Loss | Train Err | Test Err |")
     result = run(*data, epochs=args.epochs, seed=args.seed, threads=args.threads, on_epoch=_print_row)
-    result = {**result, "load_s": load_s, "device": _device()}
+    result = {**result, "load_s": load_s, "device": cpu_description()}
     print(f"{result['epochs']} epochs in {result['wall_s']:.2f} s wall ({result['threads']} threads), test error {result['test_error']:.2%}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -9,11 +9,9 @@ import gzip
 import hashlib
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SHARED
 
 from fnn import _idx, data
