@@ -39,8 +39,8 @@ def _forward(params, x):
     return inputs, preacts
 
 
-def _value_and_grads(params, x, labels):
-    """Loss, parameter gradients and the input gradient ``dL/dx``."""
+def _value_and_grads(params, x, labels, *, input_grad):
+    """Loss, parameter gradients and, if ``input_grad``, the input gradient ``dL/dx`` (else None)."""
     _mlp._check_params(params)
     x, labels = jnp.asarray(x), jnp.asarray(labels)
     if x.ndim != 2:
@@ -58,10 +58,11 @@ def _value_and_grads(params, x, labels):
         grads[i] = {"w": inputs[i].T @ g}
         if "b" in layer:
             grads[i]["b"] = jnp.sum(g, axis=0)
-        g = g @ layer["w"].T
         if i > 0:
-            g = jnp.where(preacts[i - 1] > 0, g, jnp.zeros_like(g))
-    return loss, type(params)(grads), g
+            g = jnp.where(preacts[i - 1] > 0, g @ layer["w"].T, jnp.zeros_like(inputs[i]))
+        elif input_grad:
+            g = g @ layer["w"].T
+    return loss, type(params)(grads), g if input_grad else None
 
 
 def value_and_grad(params, x, labels):
@@ -76,12 +77,12 @@ def value_and_grad(params, x, labels):
       ``(loss, grads)`` with ``grads`` in the structure of ``params``, as
       ``jax.value_and_grad(fnn.mlp.loss)(params, (x, labels))`` returns.
     """
-    loss, grads, _ = _value_and_grads(params, x, labels)
+    loss, grads, _ = _value_and_grads(params, x, labels, input_grad=False)
     return loss, grads
 
 
 def _loss_fwd(params, x, labels):
-    loss, grads, grad_x = _value_and_grads(params, x, labels)
+    loss, grads, grad_x = _value_and_grads(params, x, labels, input_grad=True)
     return loss, (grads, grad_x)
 
 
@@ -90,7 +91,7 @@ def _loss_bwd(residuals, g):
     return jax.tree.map(lambda d: g * d, grads), g * grad_x, None
 
 
-_loss = jax.custom_vjp(lambda params, x, labels: _value_and_grads(params, x, labels)[0])
+_loss = jax.custom_vjp(lambda params, x, labels: _value_and_grads(params, x, labels, input_grad=False)[0])
 _loss.defvjp(_loss_fwd, _loss_bwd)
 
 
