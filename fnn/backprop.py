@@ -41,7 +41,7 @@ def _forward(params, x):
 
 def _value_and_grads(params, x, labels, *, input_grad):
     """Loss, parameter gradients and, if ``input_grad``, the input gradient ``dL/dx`` (else None)."""
-    _mlp._check_params(params)
+    _mlp.check_params(params)
     x, labels = jnp.asarray(x), jnp.asarray(labels)
     if x.ndim != 2:
         raise ValueError(f"backprop: x must be a batch of rows [m, n_in], got shape {x.shape}")

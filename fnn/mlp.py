@@ -81,7 +81,8 @@ def init(
     return params
 
 
-def _check_params(params):
+def check_params(params):
+    """Raises TypeError unless ``params`` is a non-empty list of ``{"w", "b"?}`` layer dicts."""
     if not isinstance(params, (list, tuple)) or not params:
         raise TypeError(
             "params must be a non-empty list of layer dicts {'w': ..., 'b'?: ...} "
@@ -100,7 +101,7 @@ def apply(params, x, *, ops=_ops.custom):
     ReLU between layers, last layer linear. ``ops`` picks the gradient path:
     ``fnn.ops.custom`` (hand-written VJPs) or ``fnn.ops.autodiff`` (or their names).
     """
-    _check_params(params)
+    check_params(params)
     ops = _ops.get(ops)
     z = x
     for i, layer in enumerate(params):
