@@ -1,14 +1,37 @@
-"""fnn: functional neural networks on JAX, differentiated two ways.
+"""fnn: functional neural networks on JAX, differentiated three ways.
 
-Models are pure ``init``/``apply`` functions over parameter pytrees. The same
-forward pass is differentiated by ``jax.grad`` over plain ``jax.numpy`` ops
-(:mod:`fnn.ops.autodiff`) or over ops with hand-written ``jax.custom_vjp`` rules
-(:mod:`fnn.ops.custom`); one argument switches between them.
+A network is a composition of modules (:mod:`fnn.module`), each a hand-written
+forward function and the notes' backward function. From them come three
+gradient paths, switched by one argument (:data:`PATHS`):
+
+- ``"autodiff"``: ``jax.grad`` over the plain ``jax.numpy`` forward code;
+- ``"custom"``: ``jax.grad`` over ``jax.custom_vjp`` rules built from each
+  module's backward function;
+- ``"backprop"``: the notes' explicit reverse sweep, no JAX autodiff.
+
+Layers and models are in :mod:`fnn.nn`, losses in :mod:`fnn.losses`,
+op-level functions in :mod:`fnn.ops`, training in :mod:`fnn.train` and
+:func:`fit`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-from fnn import backprop, data, loop, metrics, mlp, ops, testing, train
+from fnn import data, losses, metrics, module, nn, ops, testing, train
 from fnn.loop import History, fit
+from fnn.paths import PATHS, value_and_grad
 
-__all__ = ["__version__", "History", "backprop", "data", "fit", "loop", "metrics", "mlp", "ops", "testing", "train"]
+__all__ = [
+    "PATHS",
+    "History",
+    "__version__",
+    "data",
+    "fit",
+    "losses",
+    "metrics",
+    "module",
+    "nn",
+    "ops",
+    "testing",
+    "train",
+    "value_and_grad",
+]

@@ -1,9 +1,11 @@
-"""Two op sets with identical signatures, one per gradient path.
+"""Op-level functions for users who write their own forward functions.
 
-- :mod:`fnn.ops.autodiff`: plain ``jax.numpy``; ``jax.grad`` derives the rules.
-- :mod:`fnn.ops.custom`: ``jax.custom_vjp`` ops with hand-written rules.
+- :mod:`fnn.ops.autodiff`: ``jax.grad`` derives the rules from plain ``jax.numpy``.
+- :mod:`fnn.ops.custom`: ``jax.custom_vjp`` ops with the hand-written rules.
 
-Both provide ``matmul``, ``add_bias``, ``relu`` and ``cross_entropy``.
+Both provide, with identical signatures: ``matmul``, ``add_bias``, ``relu``,
+``sigmoid``, ``tanh``, ``leaky_relu``, ``gelu``, ``softplus``, ``layer_norm``,
+``conv2d``, ``cross_entropy``, ``mse``, ``logistic_loss``, ``multiclass_hinge``.
 """
 
 from fnn.ops import autodiff, custom
@@ -17,14 +19,10 @@ def get(ops):
         try:
             return OP_SETS[ops]
         except KeyError:
-            raise ValueError(
-                f"unknown op set {ops!r}; expected one of {sorted(OP_SETS)}"
-            ) from None
+            raise ValueError(f"unknown op set {ops!r}; expected one of {sorted(OP_SETS)}") from None
     if ops not in OP_SETS.values():
-        raise TypeError(
-            f"ops must be fnn.ops.custom, fnn.ops.autodiff or their name, got {ops!r}"
-        )
+        raise TypeError(f"ops must be fnn.ops.custom, fnn.ops.autodiff or their name, got {ops!r}")
     return ops
 
 
-__all__ = ["autodiff", "custom", "get", "OP_SETS"]
+__all__ = ["OP_SETS", "autodiff", "custom", "get"]

@@ -1,57 +1,12 @@
-"""Ops written in plain ``jax.numpy``; JAX's autodiff derives their gradients.
+"""Ops whose gradients JAX derives from their plain ``jax.numpy`` forward code.
 
-Each function has the same signature, checks and forward formula as its twin in
-:mod:`fnn.ops.custom`, so a model switches gradient path by swapping the module.
+Same names, signatures, checks and values as :mod:`fnn.ops.custom`; each op
+is a leaf of :mod:`fnn.nn` (or a loss of :mod:`fnn.losses`) applied to the
+arrays it is given. Forward mode (``jax.jvp``, ``jax.jacfwd``) works here.
 """
 
-import jax
-import jax.numpy as jnp
+from fnn.ops._define import NAMES as __all__
+from fnn.ops._define import op_set
 
-from fnn.ops._common import (
-    check_bias,
-    check_cross_entropy,
-    check_elementwise,
-    check_matmul,
-    label_logit,
-)
-
-
-def matmul(x, w):
-    """Matrix product ``Z = X W`` of rows ``x[..., n]`` with ``w[n, k]``; returns ``[..., k]``."""
-    x, w = jnp.asarray(x), jnp.asarray(w)
-    check_matmul(x, w)
-    return x @ w
-
-
-def add_bias(x, b):
-    """Bias ``Z = X + b`` with ``b[k]`` broadcast over the rows of ``x[..., k]``."""
-    x, b = jnp.asarray(x), jnp.asarray(b)
-    check_bias(x, b)
-    return x + b
-
-
-def relu(x):
-    """``max(x, 0)`` elementwise, written so that its derivative at exactly 0 is 0.
-
-    (``jnp.maximum(x, 0)`` would split the tie and give 1/2 there.)
-    """
-    x = jnp.asarray(x)
-    check_elementwise("relu", x)
-    return jnp.where(x > 0, x, jnp.zeros_like(x))
-
-
-def cross_entropy(logits, labels):
-    """Mean softmax cross-entropy ``mean(logsumexp(h) - h_y)``.
-
-    Args:
-      logits: ``[..., k]`` floating scores; usually ``[m, k]``.
-      labels: integer class ids of shape ``logits.shape[:-1]``, each in ``[0, k)``.
-
-    Returns:
-      A scalar of the dtype of ``logits``: the loss averaged over all rows.
-      A label outside ``[0, k)`` gives a NaN loss (values are not checked at
-      trace time).
-    """
-    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
-    check_cross_entropy(logits, labels)
-    return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - label_logit(logits, labels))
+(matmul, add_bias, relu, sigmoid, tanh, leaky_relu, gelu, softplus, layer_norm, conv2d,
+ cross_entropy, mse, logistic_loss, multiclass_hinge) = op_set("autodiff")  # fmt: skip

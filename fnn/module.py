@@ -1,0 +1,199 @@
+"""Modules and losses: a forward function and the notes' backward function, side by side.
+
+A network is a composition of modules. Each module has
+
+- ``init(key, input_shape) -> (output_shape, params)``: ``input_shape``
+  excludes the batch axis (``(784,)``, ``(28, 28, 1)``); ``params`` is a plain
+  pytree (``()`` for a module without parameters);
+- ``apply(params, x) -> y``: the forward pass, batch axis first;
+- ``forward(params, x) -> (y, saved)``: the forward pass, keeping what the
+  backward function needs;
+- ``backward(params, saved, g) -> (dparams, dx)``: the notes' backward
+  function ``B[M, z](g)``, mapping ``g = dJ/dy`` to ``dJ/dparams`` (in the
+  structure of ``params``) and ``dJ/dx``.
+
+A *leaf* module (dense, an activation, LayerNorm, a convolution) is written
+once, as a hand-derived ``forward``/``backward`` pair; :func:`leaf` turns the
+pair into a module whose ``apply`` is the forward pass in plain ``jax.numpy``.
+A *structural* module (``serial``, ``residual``, ``flatten``) only wires other
+modules together; its ``backward`` calls its children's.
+
+A loss has ``forward(outputs, targets) -> (value, saved)`` and
+``backward(saved, g) -> doutputs``, ``value`` a scalar.
+
+:attr:`Module.custom` and :attr:`Loss.custom` give the same module with every
+leaf's ``apply`` replaced by a ``jax.custom_vjp`` built from its
+``forward``/``backward``: the hand-written rules then compose with any JAX
+code (``jit``, ``vmap``, ``grad`` of ``grad``). Forward mode (``jax.jvp``)
+cannot run through them; use the ``autodiff`` path (plain ``apply``) for that.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["Loss", "Module", "leaf", "loss", "structural"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Module:
+    """A module: pure ``init``, ``apply``, ``forward`` and ``backward`` functions (see the module doc).
+
+    ``children`` are the modules a structural module wires together, and
+    ``rebuild(*children)`` makes the same structure from other children (how
+    :attr:`custom` swaps in the custom-VJP leaves). Leaves have neither.
+    """
+
+    name: str
+    init: Callable
+    apply: Callable
+    forward: Callable
+    backward: Callable
+    children: tuple = ()
+    rebuild: Callable | None = None
+
+    @property
+    def is_leaf(self):
+        """Whether this module is a hand-written forward/backward pair (not wiring)."""
+        return self.rebuild is None
+
+    @functools.cached_property
+    def custom(self):
+        """This module with each leaf's ``apply`` a ``jax.custom_vjp`` of its own ``forward``/``backward``."""
+        if self.is_leaf:
+            return dataclasses.replace(self, apply=_custom_vjp_apply(self))
+        return self.rebuild(*(child.custom for child in self.children))
+
+    def __repr__(self):
+        inner = ", ".join(map(repr, self.children))
+        return f"{self.name}({inner})" if self.children else self.name
+
+
+def _custom_vjp_apply(module):
+    """``apply`` as a ``jax.custom_vjp``: residuals ``(params, saved)``, backward ``module.backward``."""
+
+    @jax.custom_vjp
+    def apply(params, x):
+        return module.forward(params, x)[0]
+
+    def fwd(params, x):
+        y, saved = module.forward(params, x)
+        return y, (params, saved)
+
+    def bwd(residuals, g):
+        params, saved = residuals
+        return module.backward(params, saved, g)
+
+    apply.defvjp(fwd, bwd)
+
+    @functools.wraps(module.apply)
+    def checked(params, x):
+        return apply(params, jnp.asarray(x))
+
+    return checked
+
+
+def leaf(name, *, forward, backward, init=None, check=None):
+    """Makes a leaf module from a hand-written forward/backward pair.
+
+    Args:
+      name: names the module in errors and reprs, e.g. ``"dense"``.
+      init: ``(key, input_shape) -> (output_shape, params)``; ``None`` for a
+        leaf used only as an op over given parameters.
+      forward: ``(params, x) -> (y, saved)`` in plain ``jax.numpy``; ``saved``
+        holds arrays only (it becomes the custom VJP's residuals).
+      backward: ``(params, saved, g) -> (dparams, dx)``, written from the
+        derivative, never by calling JAX's autodiff.
+      check: ``(params, x) -> None``, raising ``TypeError``/``ValueError``
+        that names the module and the shapes; it runs at trace time on every
+        path, before ``forward``.
+
+    ``apply`` is ``forward``'s first output; the ``autodiff`` path lets
+    ``jax.grad`` differentiate it (what ``forward`` saves but ``apply`` does
+    not return is dead code that ``jit`` removes).
+    """
+
+    def checked_forward(params, x):
+        x = jnp.asarray(x)
+        if check is not None:
+            check(params, x)
+        return forward(params, x)
+
+    def apply(params, x):
+        return checked_forward(params, x)[0]
+
+    def no_init(key, input_shape):
+        raise TypeError(f"{name}: this leaf is an op over given parameters and has no init")
+
+    return Module(name, init or no_init, apply, checked_forward, backward)
+
+
+def structural(name, *, init, apply, forward, backward, children=(), rebuild):
+    """Makes a structural module: wiring whose ``backward`` calls its children's.
+
+    ``rebuild(*children)`` must return the same structure over new children;
+    for a module without children it returns the module itself.
+    """
+    return Module(name, init, apply, forward, backward, tuple(children), rebuild)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Loss:
+    """A loss: ``apply(outputs, targets) -> scalar`` and its forward/backward pair.
+
+    ``forward(outputs, targets) -> (scalar, saved)``,
+    ``backward(saved, g) -> doutputs``. ``error(outputs, targets)``, when the
+    loss has one, is the fraction of rows the outputs get wrong
+    (classification losses); ``None`` otherwise. Targets are data: the
+    ``custom`` and ``backprop`` paths give them no gradient (the ``autodiff``
+    path differentiates them like any input).
+    """
+
+    name: str
+    apply: Callable
+    forward: Callable
+    backward: Callable
+    error: Callable | None = None
+
+    @functools.cached_property
+    def custom(self):
+        """This loss with ``apply`` a ``jax.custom_vjp`` of its ``forward``/``backward``."""
+
+        @jax.custom_vjp
+        def apply(outputs, targets):
+            return self.forward(outputs, targets)[0]
+
+        def bwd(saved, g):
+            return self.backward(saved, g), None
+
+        apply.defvjp(self.forward, bwd)
+
+        def checked(outputs, targets):
+            return apply(jnp.asarray(outputs), jnp.asarray(targets))
+
+        return dataclasses.replace(self, apply=checked)
+
+    def __repr__(self):
+        return self.name
+
+
+def loss(name, *, forward, backward, check=None, error=None):
+    """Makes a :class:`Loss` from a hand-written forward/backward pair.
+
+    ``check(outputs, targets)`` runs at trace time on every path before
+    ``forward``; it raises errors that name the loss and the shapes.
+    """
+
+    def checked_forward(outputs, targets):
+        outputs, targets = jnp.asarray(outputs), jnp.asarray(targets)
+        if check is not None:
+            check(outputs, targets)
+        return forward(outputs, targets)
+
+    def apply(outputs, targets):
+        return checked_forward(outputs, targets)[0]
+
+    return Loss(name, apply, checked_forward, backward, error)

@@ -1,0 +1,57 @@
+"""Trace-time checks shared by the modules and losses.
+
+They look only at shapes and dtypes, which are static under ``jit`` and
+``vmap``, so they cost nothing at run time. Every message starts with the
+module's name and gives the shapes involved.
+"""
+
+import jax.numpy as jnp
+
+
+def require_float(name, arg, value):
+    """Raises ``TypeError`` unless ``value`` is a floating-point array."""
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise TypeError(f"{name}: {arg} must be a floating-point array, got dtype {value.dtype}")
+
+
+def require_param(name, params, key, x, ndim):
+    """Checks that ``params[key]`` exists, is floating, has ``ndim`` axes and ``x``'s dtype; returns it."""
+    if not isinstance(params, dict) or key not in params:
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise TypeError(f"{name}: params must be a dict with key {key!r}, got {got}")
+    value = jnp.asarray(params[key])
+    require_float(name, key, value)
+    if value.ndim != ndim:
+        raise ValueError(f"{name}: {key} must have {ndim} axes, got shape {value.shape}")
+    if value.dtype != x.dtype:
+        raise TypeError(
+            f"{name}: input and {key} must share a dtype, got input {x.dtype} and {key} {value.dtype}; "
+            "cast one of them explicitly"
+        )
+    return value
+
+
+def require_features(name, x, n, what):
+    """Checks that ``x[..., n]`` has ``n`` features on its last axis (``what`` names who expects them)."""
+    if x.ndim < 1:
+        raise ValueError(f"{name}: input must have at least one axis [..., {n}], got a scalar")
+    if x.shape[-1] != n:
+        raise ValueError(f"{name}: input has {x.shape[-1]} features but {what} (input shape {x.shape})")
+
+
+def require_no_params(name, params):
+    """Checks that a parameter-free module got the empty pytree ``()``."""
+    if params != () and params != [] and params != {}:
+        raise TypeError(f"{name}: has no parameters and takes params=(), got {type(params).__name__}")
+
+
+def require_shape(name, input_shape, ndim=None):
+    """Checks an ``init`` input shape (batch axis excluded): a tuple of positive ints; returns it as a tuple."""
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        shape = None
+    if shape is None or not all(isinstance(d, int) and d > 0 for d in shape) or (ndim is not None and len(shape) != ndim):
+        want = f"{ndim} positive ints" if ndim is not None else "positive ints"
+        raise ValueError(f"{name}: input_shape must be a tuple of {want} (batch axis excluded), got {input_shape!r}")
+    return shape

@@ -1,0 +1,129 @@
+"""Elementwise activations, each a forward and its backward side by side.
+
+Every activation maps ``x`` to ``y`` of the same shape, has no parameters
+(``params == ()``), and its backward is ``dx = G * sigma'(x)``, written from
+what the forward saved. Where the output alone determines the derivative, the
+output is saved: the next layer keeps it alive anyway, so the backward pass
+costs no extra memory.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import erf
+
+from fnn.module import leaf
+from fnn.nn import _checks
+
+__all__ = ["activation", "gelu", "leaky_relu", "relu", "sigmoid", "softplus", "tanh"]
+
+
+def activation(name, forward, backward):
+    """Makes a parameter-free elementwise leaf module (stax's ``elementwise``).
+
+    Args:
+      name: the module's name.
+      forward: ``x -> (y, saved)`` in plain ``jax.numpy``.
+      backward: ``(saved, g) -> dx``.
+    """
+
+    def init(key, input_shape):
+        return _checks.require_shape(name, input_shape), ()
+
+    def check(params, x):
+        _checks.require_no_params(name, params)
+        _checks.require_float(name, "input", x)
+
+    return leaf(
+        name,
+        init=init,
+        forward=lambda params, x: forward(x),
+        backward=lambda params, saved, g: ((), backward(saved, g)),
+        check=check,
+    )
+
+
+def _relu_forward(x):
+    y = jnp.where(x > 0, x, jnp.zeros_like(x))
+    return y, y
+
+
+#: ``y = max(x, 0)``; ``dx = G * 1[x > 0]`` (``relu'(0) = 0``, as in the notes); saves ``y``.
+relu = activation("relu", _relu_forward, lambda y, g: jnp.where(y > 0, g, jnp.zeros_like(g)))
+
+
+def _sigmoid_forward(x):
+    s = jax.nn.sigmoid(x)
+    return s, s
+
+
+#: ``s = 1 / (1 + exp(-x))``; ``dx = G s (1 - s)``; saves ``s``.
+sigmoid = activation("sigmoid", _sigmoid_forward, lambda s, g: g * s * (1 - s))
+
+
+def _tanh_forward(x):
+    t = jnp.tanh(x)
+    return t, t
+
+
+#: ``t = tanh(x)``; ``dx = G (1 - t^2)``; saves ``t``.
+tanh = activation("tanh", _tanh_forward, lambda t, g: g * (1 - t * t))
+
+
+def _check_scalar(name, arg, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+        raise ValueError(f"{name}: {arg} must be a number in [{low}, {high}), got {value!r}")
+    return float(value)
+
+
+def leaky_relu(negative_slope=0.01):
+    """``y = max(x, a x)`` for ``0 <= a < 1``; ``dx = G`` where ``x > 0``, else ``a G``.
+
+    At exactly 0 the derivative is the negative side's ``a`` (as ``relu'(0) = 0``).
+    Saves ``y`` (``y > 0`` exactly where ``x > 0``).
+    """
+    a = _check_scalar("leaky_relu", "negative_slope", negative_slope, 0.0, 1.0)
+
+    def forward(x):
+        y = jnp.where(x > 0, x, a * x)
+        return y, y
+
+    return activation("leaky_relu", forward, lambda y, g: jnp.where(y > 0, g, a * g))
+
+
+_SQRT_HALF = 1 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1 / math.sqrt(2.0 * math.pi)
+
+
+def _gelu_forward(x):
+    return x * 0.5 * (1 + erf(x * _SQRT_HALF)), x
+
+
+def _gelu_backward(x, g):
+    cdf = 0.5 * (1 + erf(x * _SQRT_HALF))
+    pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)
+    return g * (cdf + x * pdf)
+
+
+#: Exact GELU ``y = x Phi(x)``, ``Phi`` the standard normal CDF (through ``erf``);
+#: ``dx = G (Phi(x) + x phi(x))``, ``phi(x) = exp(-x^2/2) / sqrt(2 pi)``; ``gelu'(0) = 1/2``; saves ``x``.
+gelu = activation("gelu", _gelu_forward, _gelu_backward)
+
+
+def softplus(beta=1.0):
+    """``y = log(1 + exp(beta x)) / beta``, computed stably (``x = 800`` gives 800, not inf).
+
+    ``dx = G sigmoid(beta x)``. Saves ``y``: ``exp(beta y) = 1 + exp(beta x)``,
+    so ``sigmoid(beta x) = 1 - exp(-beta y) = -expm1(-beta y)``, accurate for
+    tiny and huge ``x`` alike.
+    """
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (0 < beta < math.inf):
+        raise ValueError(f"softplus: beta must be a positive finite number, got {beta!r}")
+    b = float(beta)
+
+    def forward(x):
+        y = jnp.logaddexp(b * x, 0.0) / b
+        return y, y
+
+    return activation("softplus", forward, lambda y, g: -g * jnp.expm1(-b * y))

@@ -1,0 +1,188 @@
+"""Structural modules: wiring whose backward functions call their children's.
+
+- ``serial(m1, ..., mk)``: ``y = mk(...m1(x))``; params a list, one entry per
+  module; backward applies the children's backward functions in reverse.
+- ``residual(block)``: ``y = z + block(z)``; ``dz = G + B[block, z](G)``.
+- ``flatten()``: ``[N, d1, ..., dr] -> [N, d1 * ... * dr]``; ``dx`` is ``G``
+  reshaped back.
+
+Built from these: ``mlp(sizes)`` (the notes' recipe model is
+``mlp([784, 500, 10])``) and ``resnet_s(...)`` (the notes' ResNet-S).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from fnn.module import Module, structural
+from fnn.nn import _checks
+from fnn.nn.activations import relu
+from fnn.nn.linear import dense
+from fnn.nn.norm import layer_norm
+
+__all__ = ["flatten", "mlp", "residual", "resnet_s", "serial"]
+
+
+def _require_modules(name, modules):
+    for i, m in enumerate(modules):
+        if not isinstance(m, Module):
+            raise TypeError(f"{name}: argument {i} must be an fnn module, got {type(m).__name__} ({m!r})")
+
+
+def serial(*modules):
+    """Composes modules in order: ``y = mk(...m2(m1(x)))``.
+
+    Params: a list ``[p1, ..., pk]`` with each module's params. Backward runs
+    ``B[mk]``, then ``B[m(k-1)]``, ..., ``B[m1]``, each on the gradient the
+    next one returned.
+    """
+    if not modules:
+        raise ValueError("serial: needs at least one module")
+    _require_modules("serial", modules)
+
+    def check(params):
+        if not isinstance(params, (list, tuple)) or len(params) != len(modules):
+            got = f"a {type(params).__name__} of {len(params)}" if isinstance(params, (list, tuple)) else type(params).__name__
+            raise TypeError(
+                f"serial: params must be a list with one entry per module ({len(modules)}: "
+                f"{', '.join(m.name for m in modules)}), got {got}"
+            )
+
+    def init(key, input_shape):
+        params = []
+        for module, k in zip(modules, jax.random.split(key, len(modules))):
+            input_shape, p = module.init(k, input_shape)
+            params.append(p)
+        return input_shape, params
+
+    def apply(params, x):
+        check(params)
+        for module, p in zip(modules, params):
+            x = module.apply(p, x)
+        return x
+
+    def forward(params, x):
+        check(params)
+        saved = []
+        for module, p in zip(modules, params):
+            x, s = module.forward(p, x)
+            saved.append(s)
+        return x, saved
+
+    def backward(params, saved, g):
+        grads = [None] * len(modules)
+        for i in reversed(range(len(modules))):
+            grads[i], g = modules[i].backward(params[i], saved[i], g)
+        return grads, g
+
+    return structural("serial", init=init, apply=apply, forward=forward, backward=backward, children=modules, rebuild=serial)
+
+
+def residual(block):
+    """The residual connection ``y = z + block(z)``; ``block`` must keep the shape.
+
+    Params: ``block``'s. Backward: ``dz = G + B[block, z](G)``.
+    """
+    _require_modules("residual", (block,))
+
+    def check_shape(z, y):
+        if y.shape != z.shape:
+            raise ValueError(f"residual: the block maps shape {z.shape} to {y.shape}; it must keep the shape")
+
+    def init(key, input_shape):
+        output_shape, params = block.init(key, input_shape)
+        if tuple(output_shape) != tuple(input_shape):
+            raise ValueError(
+                f"residual: the block maps input shape {tuple(input_shape)} to {tuple(output_shape)}; it must keep the shape"
+            )
+        return output_shape, params
+
+    def apply(params, z):
+        y = block.apply(params, z)
+        check_shape(z, y)
+        return z + y
+
+    def forward(params, z):
+        y, saved = block.forward(params, z)
+        check_shape(z, y)
+        return z + y, saved
+
+    def backward(params, saved, g):
+        grads, dz = block.backward(params, saved, g)
+        return grads, g + dz
+
+    return structural("residual", init=init, apply=apply, forward=forward, backward=backward, children=(block,), rebuild=residual)
+
+
+def flatten():
+    """Flattens all but the batch axis: ``[N, d1, ..., dr] -> [N, d1 * ... * dr]``; no params."""
+
+    def init(key, input_shape):
+        shape = _checks.require_shape("flatten", input_shape)
+        return (math.prod(shape),), ()
+
+    def apply(params, x):
+        _checks.require_no_params("flatten", params)
+        x = jnp.asarray(x)
+        if x.ndim < 1:
+            raise ValueError("flatten: input must have a batch axis, got a scalar")
+        return x.reshape(x.shape[0], -1)
+
+    def forward(params, x):
+        return apply(params, x), jnp.shape(x)
+
+    def backward(params, shape, g):
+        return (), g.reshape(shape)
+
+    module = structural("flatten", init=init, apply=apply, forward=forward, backward=backward, rebuild=lambda: module)
+    return module
+
+
+def mlp(sizes, *, activation=relu, bias=False, w_init="he", dtype=jnp.float32):
+    """The notes' multilayer perceptron ``[..., sizes[0]] -> [..., sizes[-1]]``.
+
+    ``serial(dense(sizes[1]), activation, ..., dense(sizes[-1]))``: an
+    activation between layers, the last layer linear. ``mlp([784, 500, 10])``
+    is the notes' ``relu(X W1) W2``; ``mlp([784, 10])`` the linear model.
+    ``init`` checks that the input has ``sizes[0]`` features.
+    """
+    sizes = tuple(sizes)
+    if len(sizes) < 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+        raise ValueError(f"mlp: sizes must be at least two positive ints [n_in, ..., n_out], got {sizes!r}")
+    _require_modules("mlp", (activation,))
+    layers = []
+    for n_out in sizes[1:]:
+        layers += [dense(n_out, bias=bias, w_init=w_init, dtype=dtype), activation]
+    net = serial(*layers[:-1])
+
+    def init(key, input_shape):
+        shape = _checks.require_shape("mlp", input_shape)
+        if shape[-1:] != sizes[:1]:
+            raise ValueError(f"mlp: built for {sizes[0]} input features, got input_shape {shape}")
+        return net.init(key, shape)
+
+    return Module("mlp", init, net.apply, net.forward, net.backward, net.children, net.rebuild)
+
+
+def resnet_s(n_out, *, width, hidden=None, n_blocks=2, activation=relu, normalize=False, dtype=jnp.float32):
+    """The notes' ResNet-S ``MM(Res(Res(...Res(MM(x)))))`` for inputs ``[N, ...]``.
+
+    The input is flattened and projected to ``width`` features by a dense
+    layer; then ``n_blocks`` residual blocks
+    ``Res(z) = z + sigma(MM(sigma(MM(z))))`` (``width -> hidden -> width``);
+    then a dense layer to ``n_out``. With ``normalize=True`` each block is the
+    notes' LayerNorm variant ``z + sigma(LN(MM(sigma(LN(MM(z))))))``.
+    Every ``MM`` has a bias.
+    """
+    hidden = width if hidden is None else hidden
+    if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or n_blocks < 0:
+        raise ValueError(f"resnet_s: n_blocks must be a non-negative int, got {n_blocks!r}")
+
+    def mm(n):
+        return [dense(n, bias=True, dtype=dtype)] + ([layer_norm(dtype=dtype)] if normalize else [])
+
+    def block():
+        return serial(*mm(hidden), activation, *mm(width), activation)
+
+    return serial(flatten(), dense(width, bias=True, dtype=dtype), *(residual(block()) for _ in range(n_blocks)), dense(n_out, bias=True, dtype=dtype))

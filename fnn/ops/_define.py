@@ -1,0 +1,91 @@
+"""Builds an op set for one gradient path from the module and loss definitions.
+
+Each op is a leaf module (or a loss) applied to the parameters it is given, so
+every formula lives once, in :mod:`fnn.nn` or :mod:`fnn.losses`. The
+``"autodiff"`` set calls the plain ``apply``; the ``"custom"`` set calls the
+``jax.custom_vjp`` one (:attr:`fnn.module.Module.custom`).
+"""
+
+import functools
+
+from fnn import losses
+from fnn.nn import activations, conv, linear, norm
+
+#: The op names, in the order :func:`op_set` returns them.
+NAMES = (
+    "matmul", "add_bias", "relu", "sigmoid", "tanh", "leaky_relu", "gelu", "softplus", "layer_norm", "conv2d",
+    "cross_entropy", "mse", "logistic_loss", "multiclass_hinge",
+)  # fmt: skip
+
+# Leaves and losses with hyperparameters, one per distinct value (each builds its custom_vjp once).
+_leaky_relu = functools.lru_cache(activations.leaky_relu)
+_softplus = functools.lru_cache(activations.softplus)
+_layer_norm = functools.lru_cache(norm.layer_norm_leaf)
+_conv2d = functools.lru_cache(conv.conv2d_leaf)
+_hinge = functools.lru_cache(losses.multiclass_hinge)
+
+
+def op_set(path):
+    """The ops of ``path`` (``"autodiff"`` or ``"custom"``) as a tuple in the order of :data:`NAMES`."""
+
+    def run(module):
+        return module.custom.apply if path == "custom" else module.apply
+
+    def matmul(x, w):
+        """Matrix product ``y = x W`` of ``x[..., n]`` and ``W[n, k]``; ``dx = G W^T``, ``dW = x^T G``."""
+        return run(linear.MATMUL)({"w": w}, x)
+
+    def add_bias(x, b):
+        """``y = x + b``, ``b[k]`` broadcast over the rows of ``x[..., k]``; ``db = sum of G over rows``."""
+        return run(linear.BIAS)({"b": b}, x)
+
+    def relu(x):
+        """``max(x, 0)``; derivative ``1[x > 0]`` (0 at 0)."""
+        return run(activations.relu)((), x)
+
+    def sigmoid(x):
+        """``1 / (1 + exp(-x))``; derivative ``s (1 - s)``."""
+        return run(activations.sigmoid)((), x)
+
+    def tanh(x):
+        """``tanh(x)``; derivative ``1 - t^2``."""
+        return run(activations.tanh)((), x)
+
+    def leaky_relu(x, negative_slope=0.01):
+        """``max(x, a x)``, ``0 <= a < 1``; derivative 1 where ``x > 0``, else ``a``."""
+        return run(_leaky_relu(negative_slope))((), x)
+
+    def gelu(x):
+        """Exact GELU ``x Phi(x)``; derivative ``Phi(x) + x phi(x)``."""
+        return run(activations.gelu)((), x)
+
+    def softplus(x, beta=1.0):
+        """``log(1 + exp(beta x)) / beta``, stable; derivative ``sigmoid(beta x)``."""
+        return run(_softplus(beta))((), x)
+
+    def layer_norm(x, gamma, beta, eps=1e-5):
+        """LayerNorm over the last axis of ``x[..., m]``: ``beta + gamma (x - mean) / sqrt(var + eps)``, var over ``m``."""
+        return run(_layer_norm(eps))({"gamma": gamma, "beta": beta}, x)
+
+    def conv2d(x, w, *, stride=1, padding="SAME"):
+        """2-D convolution of NHWC ``x`` with an HWIO kernel ``w``; integer or pair ``stride``, ``"SAME"``/``"VALID"``."""
+        return run(_conv2d(stride, padding))({"w": w}, x)
+
+    def cross_entropy(logits, labels):
+        """Mean softmax cross-entropy ``mean(logsumexp(h) - h_y)``; NaN for a label outside ``[0, k)``."""
+        return run(losses.cross_entropy)(logits, labels)
+
+    def mse(pred, target):
+        """Mean squared error ``mean((a - y)^2)`` over all entries."""
+        return run(losses.mse)(pred, target)
+
+    def logistic_loss(logits, labels):
+        """Binary logistic loss ``mean(softplus(t) - y t)``, labels 0/1 of the logits' shape."""
+        return run(losses.logistic)(logits, labels)
+
+    def multiclass_hinge(scores, labels, margin=1.0):
+        """The multiclass SVM loss ``mean_i sum_{j != y_i} max(0, s_j - s_y + margin)``."""
+        return run(_hinge(margin))(scores, labels)
+
+    ops = locals()
+    return tuple(ops[name] for name in NAMES)

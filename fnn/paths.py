@@ -1,0 +1,70 @@
+"""Three gradient paths, each derived from the modules' forward/backward pairs.
+
+- ``"autodiff"``: ``jax.value_and_grad`` through the plain ``apply`` functions;
+  JAX derives every rule from the ``jax.numpy`` forward code.
+- ``"custom"``: ``jax.value_and_grad`` through :attr:`fnn.module.Module.custom`,
+  where every leaf is a ``jax.custom_vjp`` made from its hand-written backward.
+- ``"backprop"``: the notes' explicit reverse sweep: ``forward`` keeps what
+  each backward function needs, then the loss's and the model's ``backward``
+  run in reverse order. No JAX autodiff is involved.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from fnn.module import Loss, Module
+
+__all__ = ["PATHS", "check_path", "value_and_grad"]
+
+PATHS = ("autodiff", "custom", "backprop")
+
+
+def check_path(path):
+    """Returns ``path`` if it names a gradient path, else raises ``ValueError`` listing :data:`PATHS`."""
+    if path not in PATHS:
+        raise ValueError(f"unknown gradient path {path!r}; expected one of {', '.join(map(repr, PATHS))}")
+    return path
+
+
+def _check_pair(model, loss):
+    if not isinstance(model, Module):
+        raise TypeError(f"model must be an fnn module (e.g. fnn.nn.mlp([784, 500, 10])), got {type(model).__name__}")
+    if not isinstance(loss, Loss):
+        raise TypeError(f"loss must be an fnn loss (e.g. fnn.losses.cross_entropy), got {type(loss).__name__}")
+
+
+def backprop(model, loss):
+    """The notes' reverse sweep: ``f(params, x, targets) -> (loss_value, grads)``, no JAX autodiff."""
+
+    def value_and_grads(params, x, targets):
+        outputs, saved = model.forward(params, x)
+        value, loss_saved = loss.forward(outputs, targets)
+        grads, _ = model.backward(params, saved, loss.backward(loss_saved, jnp.ones_like(value)))
+        return value, grads
+
+    return value_and_grads
+
+
+def value_and_grad(model, loss, *, path="custom"):
+    """The loss of ``model`` on a batch and its gradient, by one of :data:`PATHS`.
+
+    Args:
+      model: any :class:`fnn.module.Module` (e.g. ``fnn.nn.mlp([784, 500, 10])``).
+      loss: any :class:`fnn.module.Loss` (e.g. ``fnn.losses.cross_entropy``).
+      path: ``"autodiff"``, ``"custom"`` or ``"backprop"``.
+
+    Returns:
+      ``f(params, x, targets) -> (loss_value, grads)``, ``grads`` in the
+      structure of ``params``. Every path gives the same value and, up to
+      rounding, the same gradient.
+    """
+    _check_pair(model, loss)
+    if check_path(path) == "backprop":
+        return backprop(model, loss)
+    if path == "custom":
+        model, loss = model.custom, loss.custom
+
+    def objective(params, x, targets):
+        return loss.apply(model.apply(params, x), targets)
+
+    return jax.value_and_grad(objective)
