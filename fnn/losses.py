@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn.metrics import error_rate
+from fnn import validate
 from fnn.module import loss
 from fnn.nn import _checks
 
@@ -71,6 +72,7 @@ cross_entropy = loss(
     backward=_cross_entropy_backward,
     check=_check_class_labels("cross_entropy", "logits"),
     error=error_rate,
+    check_targets=validate.check_class_labels,
 )
 
 
@@ -92,7 +94,13 @@ def _mse_forward(pred, target):
 
 
 #: ``mean((a - y)^2)`` over all entries; saves ``a - y``.
-mse = loss("mse", forward=_mse_forward, backward=lambda diff, g: g * 2 * diff / diff.size, check=_check_mse)
+mse = loss(
+    "mse",
+    forward=_mse_forward,
+    backward=lambda diff, g: g * 2 * diff / diff.size,
+    check=_check_mse,
+    check_targets=validate.check_values,
+)
 
 
 # ---------------------------------------------------------------- logistic
@@ -124,6 +132,7 @@ logistic = loss(
     backward=_logistic_backward,
     check=_check_logistic,
     error=lambda logits, labels: jnp.mean((logits > 0) != (labels == 1)),
+    check_targets=validate.check_binary_labels,
 )
 
 
@@ -145,8 +154,9 @@ def multiclass_hinge(margin=1.0):
         others = jax.nn.one_hot(labels, scores.shape[-1], dtype=jnp.bool_) == False  # noqa: E712
         violated = others & (margins > 0)
         value = jnp.sum(jnp.where(violated, margins, jnp.zeros_like(margins))) / labels.size
+        # NaN for an out-of-range label; added, not selected, so that autodiff's gradient stays the backward's.
         in_range = jnp.all((labels >= 0) & (labels < scores.shape[-1]))
-        value = jnp.where(in_range, value, jnp.nan)
+        value = value + jnp.where(in_range, 0.0, jnp.nan).astype(value.dtype)
         return value, (violated.astype(scores.dtype), labels)
 
     def backward(saved, g):
@@ -160,4 +170,5 @@ def multiclass_hinge(margin=1.0):
         backward=backward,
         check=_check_class_labels("multiclass_hinge", "scores"),
         error=error_rate,
+        check_targets=validate.check_class_labels,
     )

@@ -147,7 +147,10 @@ class Loss:
     ``forward(outputs, targets) -> (scalar, saved)``,
     ``backward(saved, g) -> doutputs``. ``error(outputs, targets)``, when the
     loss has one, is the fraction of rows the outputs get wrong
-    (classification losses); ``None`` otherwise. Targets are data: the
+    (classification losses); ``None`` otherwise.
+    ``check_targets(targets, output_shape, split)`` checks a split's targets
+    on the host before training (values no trace-time check can see, such as
+    a label out of range); see :mod:`fnn.validate`. Targets are data: the
     ``custom`` and ``backprop`` paths give them no gradient (the ``autodiff``
     path differentiates them like any input).
     """
@@ -157,6 +160,7 @@ class Loss:
     forward: Callable
     backward: Callable
     error: Callable | None = None
+    check_targets: Callable | None = None
 
     @functools.cached_property
     def custom(self):
@@ -180,11 +184,12 @@ class Loss:
         return self.name
 
 
-def loss(name, *, forward, backward, check=None, error=None):
+def loss(name, *, forward, backward, check=None, error=None, check_targets=None):
     """Makes a :class:`Loss` from a hand-written forward/backward pair.
 
     ``check(outputs, targets)`` runs at trace time on every path before
     ``forward``; it raises errors that name the loss and the shapes.
+    ``error`` and ``check_targets`` are as in :class:`Loss`.
     """
 
     def checked_forward(outputs, targets):
@@ -196,4 +201,4 @@ def loss(name, *, forward, backward, check=None, error=None):
     def apply(outputs, targets):
         return checked_forward(outputs, targets)[0]
 
-    return Loss(name, apply, checked_forward, backward, error)
+    return Loss(name, apply, checked_forward, backward, error, check_targets)

@@ -1,0 +1,89 @@
+"""Training checkpoints with Orbax: the whole state of a run, saved atomically, the last K kept.
+
+A checkpoint holds the parameters, the optimizer state and the run's RNG key
+(from which every epoch's data order is derived) as arrays, and, as JSON, the
+epoch and step reached, the history so far and the run's configuration. Orbax
+writes each checkpoint into a temporary folder and renames it when complete,
+so a save interrupted at any moment (even by SIGKILL) leaves the previous
+checkpoint intact; unfinished folders are removed the next time the folder is
+opened. Needs the ``checkpoint`` extra (``pip install 'fnn[checkpoint]'``).
+"""
+
+import jax
+
+__all__ = ["CheckpointError", "Checkpoints"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder cannot be used for this run; the message says why."""
+
+
+def _orbax():
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError:
+        raise CheckpointError(
+            "checkpoints need orbax-checkpoint: pip install 'fnn[checkpoint]' (or pip install orbax-checkpoint)"
+        ) from None
+    return ocp
+
+
+class Checkpoints:
+    """A folder of numbered checkpoints, the newest ``keep`` of them kept.
+
+    Args:
+      directory: the folder (created if missing).
+      keep: how many checkpoints to keep; older ones are deleted after a newer
+        one is complete.
+    """
+
+    def __init__(self, directory, *, keep=3):
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep must be a positive int (checkpoints to keep), got {keep!r}")
+        ocp = _orbax()
+        self._ocp = ocp
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=False, cleanup_tmp_directories=True, create=True
+        )
+        self._manager = ocp.CheckpointManager(str(directory), options=options)
+        self.directory = str(directory)
+
+    def latest(self):
+        """The number of the newest complete checkpoint, or ``None`` if there is none."""
+        return self._manager.latest_step()
+
+    def save(self, number, state, meta):
+        """Saves ``state`` (a pytree of arrays) and ``meta`` (JSON-serialisable) as checkpoint ``number``."""
+        ocp = self._ocp
+        self._manager.save(
+            number, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        )
+        self._manager.wait_until_finished()
+
+    def restore(self, number, like):
+        """Restores checkpoint ``number`` into the structure, shapes, dtypes and shardings of ``like``.
+
+        Returns:
+          ``(state, meta)``.
+        """
+        ocp = self._ocp
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        try:
+            restored = self._manager.restore(
+                number, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(
+                f"checkpoint {number} in {self.directory} does not match this run's model or optimizer: {exc}"
+            ) from exc
+        return restored["state"], restored["meta"]
+
+    def close(self):
+        """Waits for pending writes and releases the folder."""
+        self._manager.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,136 @@
+"""Host-side checks of a training run's inputs, made once before anything compiles.
+
+Values that no trace-time check can see (a label out of range, a NaN pixel)
+would otherwise train to a meaningless model without a word: a label outside
+``[0, k)`` gives a NaN loss, a NaN input is mapped to 0 by ReLU and silences
+the network. :func:`check_splits` and :func:`check_targets` refuse them with
+a :class:`DataError` that says what was wrong, where, and what was expected;
+:func:`check_params` refuses parameters that do not fit the model.
+"""
+
+import jax
+import numpy as np
+
+__all__ = [
+    "DataError",
+    "check_binary_labels",
+    "check_class_labels",
+    "check_params",
+    "check_splits",
+    "check_targets",
+    "check_values",
+]
+
+
+class DataError(ValueError):
+    """The data cannot train this model; the message says what is wrong and what was expected."""
+
+
+def _first_bad(mask):
+    """The first index (as a tuple) where ``mask`` is True."""
+    return tuple(int(i) for i in np.argwhere(mask)[0])
+
+
+def check_class_labels(targets, output_shape, split):
+    """Integer class ids in ``[0, k)``, ``k = output_shape[-1]``, one per row (shape ``output_shape[:-1]``)."""
+    k = output_shape[-1]
+    if not np.issubdtype(targets.dtype, np.integer):
+        raise DataError(f"{split} labels must be integer class ids in [0, {k}), got dtype {targets.dtype}")
+    if targets.shape != tuple(output_shape[:-1]):
+        raise DataError(
+            f"{split} labels must have shape {tuple(output_shape[:-1])} (one class id per example), got {targets.shape}"
+        )
+    bad = (targets < 0) | (targets >= k)
+    if bad.any():
+        at = _first_bad(bad)
+        raise DataError(
+            f"{split} labels must be class ids in [0, {k}) for a model with {k} outputs; "
+            f"label {int(targets[at])} at index {at[0] if len(at) == 1 else at} "
+            f"({int(bad.sum())} labels out of range, min {int(targets.min())}, max {int(targets.max())})"
+        )
+
+
+def check_binary_labels(targets, output_shape, split):
+    """Labels 0 or 1 of the outputs' shape."""
+    if targets.shape != tuple(output_shape):
+        raise DataError(f"{split} labels must have the model's output shape {tuple(output_shape)}, got {targets.shape}")
+    bad = (targets != 0) & (targets != 1)
+    if bad.any():
+        at = _first_bad(bad)
+        raise DataError(f"{split} labels must be 0 or 1; got {targets[at]!r} at index {at} ({int(bad.sum())} such labels)")
+
+
+def check_values(targets, output_shape, split):
+    """Finite floating targets of the outputs' shape (regression)."""
+    if targets.shape != tuple(output_shape):
+        raise DataError(f"{split} targets must have the model's output shape {tuple(output_shape)}, got {targets.shape}")
+    if not np.issubdtype(targets.dtype, np.floating):
+        raise DataError(f"{split} targets must be floating-point values, got dtype {targets.dtype}")
+    _check_finite(targets, f"{split} targets")
+
+
+def _check_finite(array, what):
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = ~np.isfinite(array)
+        at = _first_bad(bad)
+        raise DataError(
+            f"{what} must be finite; {int(bad.sum())} entries are NaN or infinite, the first "
+            f"{array[at]} at example {at[0]} (index {at})"
+        )
+
+
+def check_splits(splits):
+    """Checks each split's arrays: not empty, one target per input, finite floating inputs.
+
+    Args:
+      splits: ``{"train": (x, y), "test": (x, y)}`` of NumPy arrays.
+
+    Raises:
+      DataError: saying which split is wrong, how, and what was expected.
+    """
+    for split, (x, y) in splits.items():
+        if x.ndim < 1 or x.shape[0] == 0:
+            raise DataError(f"the {split} split is empty (x has shape {x.shape}); it needs at least one example")
+        if y.ndim < 1 or y.shape[0] != x.shape[0]:
+            raise DataError(
+                f"the {split} split has {x.shape[0]} inputs but {y.shape[0] if y.ndim else 'no'} targets "
+                f"(x shape {x.shape}, targets shape {y.shape}); they must match one to one"
+            )
+        if not np.issubdtype(x.dtype, np.floating):
+            raise DataError(f"{split} inputs must be floating-point, got dtype {x.dtype}")
+        _check_finite(x, f"{split} inputs")
+
+
+def check_targets(model, params, loss, splits):
+    """Checks each split's targets with ``loss.check_targets`` against the model's output shape.
+
+    The output shape comes from ``jax.eval_shape`` (nothing is computed).
+    """
+    if loss.check_targets is None:
+        return
+    for split, (x, y) in splits.items():
+        out = jax.eval_shape(model.apply, params, jax.ShapeDtypeStruct(x.shape, x.dtype))
+        loss.check_targets(y, out.shape, split)
+
+
+def check_params(model, params, input_shape):
+    """Raises ``DataError`` unless ``params`` has the structure and shapes ``model.init`` makes.
+
+    ``input_shape`` excludes the batch axis. Each mismatch names the leaf's
+    path and both shapes.
+    """
+    input_shape = tuple(input_shape)
+    _, expected = jax.eval_shape(lambda key: model.init(key, input_shape), jax.random.key(0))
+    want, want_def = jax.tree_util.tree_flatten_with_path(expected)
+    got, got_def = jax.tree_util.tree_flatten_with_path(params)
+    if want_def != got_def:
+        raise DataError(
+            f"params do not match the model {model!r} for inputs of shape {input_shape}: "
+            f"expected the structure {want_def}, got {got_def}"
+        )
+    for (path, w), (_, g) in zip(want, got):
+        if tuple(np.shape(g)) != tuple(w.shape):
+            raise DataError(
+                f"params{jax.tree_util.keystr(path)} has shape {tuple(np.shape(g))}, but the model {model!r} "
+                f"expects {tuple(w.shape)} for inputs of shape {input_shape}"
+            )
