@@ -156,7 +156,7 @@ def _watch(watch, value, step):
     """Keeps the first step whose loss is not finite, and that loss: ``(step or -1, loss)``."""
     bad_step, bad_value = watch
     first = (bad_step < 0) & ~jnp.isfinite(value)
-    return jnp.where(first, step, bad_step), jnp.where(first, value.astype(bad_value.dtype), bad_value)
+    return jnp.where(first, step, bad_step).astype(bad_step.dtype), jnp.where(first, value, bad_value).astype(bad_value.dtype)
 
 
 def new_watch():

@@ -46,7 +46,7 @@ def check_class_labels(targets, output_shape, split):
         raise DataError(
             f"{split} labels must be class ids in [0, {k}) for a model with {k} outputs; "
             f"label {int(targets[at])} at index {at[0] if len(at) == 1 else at} "
-            f"({int(bad.sum())} labels out of range, min {int(targets.min())}, max {int(targets.max())})"
+            f"({int(bad.sum())} of {bad.size} labels out of range; min {int(targets.min())}, max {int(targets.max())})"
         )
 
 
@@ -57,7 +57,10 @@ def check_binary_labels(targets, output_shape, split):
     bad = (targets != 0) & (targets != 1)
     if bad.any():
         at = _first_bad(bad)
-        raise DataError(f"{split} labels must be 0 or 1; got {targets[at]!r} at index {at} ({int(bad.sum())} such labels)")
+        raise DataError(
+            f"{split} labels must be 0 or 1; got {targets[at].item()} at example {at[0]} (index {at}; "
+            f"{int(bad.sum())} of {bad.size} labels are neither 0 nor 1)"
+        )
 
 
 def check_values(targets, output_shape, split):
@@ -74,8 +77,8 @@ def _check_finite(array, what):
         bad = ~np.isfinite(array)
         at = _first_bad(bad)
         raise DataError(
-            f"{what} must be finite; {int(bad.sum())} entries are NaN or infinite, the first "
-            f"{array[at]} at example {at[0]} (index {at})"
+            f"{what} must be finite; {int(bad.sum())} of {bad.size} entries are NaN or infinite, the first "
+            f"{array[at].item()} at example {at[0]} (index {at})"
         )
 
 

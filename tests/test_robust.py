@@ -1,0 +1,285 @@
+"""fit holds up: no silent wrong results, divergence stops training, runs resume bit for bit."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import types
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import fnn
+from fnn.checkpoint import CheckpointError
+from fnn.loop import TrainingDiverged
+from fnn.validate import DataError
+
+pytest.importorskip("orbax.checkpoint")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def toy_data(n_train=200, n_test=40, n=20, k=3, seed=0):
+    """A separable 3-class problem in float32: labels are the arg-max of a random linear map."""
+    rng = np.random.default_rng(seed)
+    teacher = rng.standard_normal((n, k))
+
+    def split(m):
+        x = rng.standard_normal((m, n)).astype(np.float32)
+        return x, np.argmax(x @ teacher, axis=1).astype(np.int32)
+
+    (x_train, y_train), (x_test, y_test) = split(n_train), split(n_test)
+    return types.SimpleNamespace(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+
+
+MODEL = fnn.nn.mlp([20, 8, 3])
+
+
+def init():
+    """Initial parameters of :data:`MODEL`."""
+    return MODEL.init(jax.random.key(0), (20,))[1]
+
+
+def leaves_equal(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+# ------------------------------------------------------------------ no silent wrong results
+def _with(**changes):
+    """The toy data with some arrays replaced by ``changes[name](array)``."""
+
+    def make():
+        data = toy_data()
+        for name, change in changes.items():
+            setattr(data, name, change(getattr(data, name).copy()))
+        return data
+
+    return make
+
+
+def _set(index, value):
+    def change(a):
+        a[index] = value
+        return a
+
+    return change
+
+
+# Every way a run could end "successfully" with a meaningless model, and what fit says instead:
+# (name, data, model, fit options, exception, message pattern).
+BAD_INPUTS = [
+    ("label >= classes", _with(y_train=_set(5, 3)), MODEL, {}, DataError,
+     r"train labels must be class ids in \[0, 3\) for a model with 3 outputs; label 3 at index 5"),
+    ("negative label", _with(y_test=_set(0, -1)), MODEL, {}, DataError, r"test labels .* label -1 at index 0"),
+    ("model with too few classes", toy_data, fnn.nn.mlp([20, 8, 2]), {}, DataError,
+     r"class ids in \[0, 2\) for a model with 2 outputs; label 2"),
+    ("NaN input", _with(x_train=_set((3, 2), np.nan)), MODEL, {}, DataError,
+     r"train inputs must be finite; 1 of 4000 entries are NaN or infinite, the first nan at example 3"),
+    ("infinite test input", _with(x_test=_set((0, 0), np.inf)), MODEL, {}, DataError, r"test inputs must be finite"),
+    ("diverging step size", toy_data, MODEL, {"optimizer": 1e6}, TrainingDiverged,
+     r"training diverged: the loss became (nan|inf) at epoch 1, step \d+ of 10; no checkpoint was saved"),
+    ("empty training set", _with(x_train=lambda a: a[:0], y_train=lambda a: a[:0]), MODEL, {}, DataError,
+     r"the train split is empty \(x has shape \(0, 20\)\); it needs at least one example"),
+    ("empty test set", _with(x_test=lambda a: a[:0], y_test=lambda a: a[:0]), MODEL, {}, DataError,
+     r"the test split is empty"),
+    ("fewer labels than inputs", _with(y_train=lambda a: a[:-1]), MODEL, {}, DataError,
+     r"the train split has 200 inputs but 199 targets"),
+    ("float labels", _with(y_train=lambda a: a.astype(np.float32)), MODEL, {}, DataError,
+     r"train labels must be integer class ids in \[0, 3\), got dtype float32"),
+    ("one-hot labels", _with(y_train=lambda a: np.eye(3, dtype=np.int32)[a]), MODEL, {}, DataError,
+     r"train labels must have shape \(200,\) \(one class id per example\), got \(200, 3\)"),
+    ("integer inputs", _with(x_train=lambda a: a.astype(np.int32)), MODEL, {}, DataError,
+     r"train inputs must be floating-point, got dtype int32"),
+    ("inputs of the wrong width", _with(x_train=lambda a: a[:, :19], x_test=lambda a: a[:, :19]), MODEL, {},
+     ValueError, r"mlp: built for 20 input features, got input_shape \(19,\)"),
+    ("params of another model", toy_data, fnn.nn.mlp([20, 9, 3]), {"params": init()}, DataError,
+     r"params\[0\]\['w'\] has shape \(20, 8\), but the model .* expects \(20, 9\)"),
+    ("batch larger than the data", toy_data, MODEL, {"batch_size": 201}, ValueError,
+     r"batch_size must be an int in \[1, 200\] \(the training set has 200 examples\), got 201"),
+    ("no epochs", toy_data, MODEL, {"epochs": 0}, ValueError, r"epochs must be an int >= 1, got 0"),
+    ("unknown path", toy_data, MODEL, {"path": "manual"}, ValueError, r"unknown gradient path 'manual'"),
+    ("logistic label 2", _with(y_train=lambda a: a.reshape(-1, 1), y_test=lambda a: (a.reshape(-1, 1) > 0).astype(np.int32)),
+     fnn.nn.mlp([20, 8, 1]), {"loss": fnn.losses.logistic}, DataError, r"train labels must be 0 or 1; got 2"),
+    ("NaN regression target", _with(y_train=lambda a: np.where(np.arange(200)[:, None] == 7, np.nan, a[:, None] * 1.0).astype(np.float32),
+                                    y_test=lambda a: a[:, None].astype(np.float32)),
+     fnn.nn.mlp([20, 8, 1]), {"loss": fnn.losses.mse}, DataError, r"train targets must be finite; 1 of 200 entries"),
+    ("resume without a folder", toy_data, MODEL, {"resume": True}, ValueError, r"resume=True needs a checkpoint_dir"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("data", "model", "options", "error", "message"), [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_refused_with_a_clear_error(data, model, options, error, message):
+    options = {"epochs": 2, "batch_size": 20, "progress": False, **options}
+    params = options.pop("params") if "params" in options else model.init(jax.random.key(0), (20,))[1]
+    with pytest.raises(error, match=message):
+        fnn.fit(model, params, data(), **options)
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
+    # Sane for two epochs (20 steps), then a step size that blows up.
+    schedule = optax.piecewise_constant_schedule(0.1, {20: 1e7})
+    with pytest.raises(TrainingDiverged, match=rf"at epoch 3, step \d+ of 10; the last good checkpoint is 20 in {tmp_path}"):
+        fnn.fit(MODEL, init(), toy_data(), epochs=4, batch_size=20, optimizer=optax.sgd(schedule),
+                progress=False, checkpoint_dir=tmp_path)  # fmt: skip
+    params, history = fnn.fit(MODEL, init(), toy_data(), epochs=2, batch_size=20, optimizer=optax.sgd(schedule),
+                              progress=False, checkpoint_dir=tmp_path, resume=True)  # fmt: skip
+    assert len(history.train_loss) == 2 and np.isfinite(history.train_loss).all()
+    assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
+
+
+# ------------------------------------------------------------------ determinism and resuming
+RUN = {"epochs": 4, "batch_size": 30, "progress": False}  # 200 rows: 6 batches of 30 and one of 20
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_same_seed_same_results_bit_for_bit(shuffle):
+    key = jax.random.key(3) if shuffle else None
+    runs = [fnn.fit(MODEL, init(), toy_data(), optimizer=optax.adam(1e-2), shuffle_key=key, **RUN) for _ in range(2)]
+    (p1, h1), (p2, h2) = runs
+    assert leaves_equal(p1, p2)
+    assert h1.rows()[-1]["train_loss"] == h2.rows()[-1]["train_loss"]
+    np.testing.assert_array_equal(h1.test_err, h2.test_err)
+
+
+def _columns(history):
+    return [{k: v for k, v in row.items() if k != "epoch_s"} for row in history.rows()]
+
+
+@pytest.mark.parametrize("every_steps", [None, 4])
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, every_steps):
+    options = {"optimizer": optax.adam(1e-2), "shuffle_key": jax.random.key(3), **RUN}
+    want_params, want = fnn.fit(MODEL, init(), toy_data(), **options)
+    ckpt = {"checkpoint_dir": tmp_path, "checkpoint_every_steps": every_steps, "keep": 2}
+    fnn.fit(MODEL, init(), toy_data(), **{**options, "epochs": 2}, **ckpt)
+    assert len(os.listdir(tmp_path)) == 2  # keep=2
+    got_params, got = fnn.fit(MODEL, init(), toy_data(), **options, **ckpt, resume=True)
+    assert leaves_equal(got_params, want_params)
+    assert _columns(got) == _columns(want)
+
+
+def test_resuming_refuses_a_different_run(tmp_path):
+    fnn.fit(MODEL, init(), toy_data(), epochs=1, batch_size=20, progress=False, checkpoint_dir=tmp_path)
+    with pytest.raises(CheckpointError, match=r"already holds checkpoints \(newest 10\); pass resume=True"):
+        fnn.fit(MODEL, init(), toy_data(), epochs=2, batch_size=20, progress=False, checkpoint_dir=tmp_path)
+    with pytest.raises(CheckpointError, match=r"is from a different run; batch_size: checkpoint 20, this run 25"):
+        fnn.fit(MODEL, init(), toy_data(), epochs=2, batch_size=25, progress=False, checkpoint_dir=tmp_path, resume=True)
+
+
+# ------------------------------------------------------------------ processes: kills, devices, hosts
+def run_python(code, *args, env=None, timeout=240):
+    """Runs ``code`` in a fresh Python (JAX unconfigured); returns its stdout, failing on a non-zero exit."""
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+PRELUDE = f"""
+import sys, types
+import numpy as np
+sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
+"""
+
+TRAIN = """
+import jax, optax, fnn
+from test_robust import toy_data, MODEL, init
+def train(devices=None, **kw):
+    options = dict(epochs=3, batch_size=40, optimizer=optax.adam(1e-2), shuffle_key=jax.random.key(3), progress=False)
+    return fnn.fit(MODEL, init(), toy_data(), devices=devices, **{**options, **kw})
+"""
+
+
+def test_eight_simulated_devices_match_one_and_are_deterministic():
+    out = run_python(
+        PRELUDE
+        + "import jax\njax.config.update('jax_num_cpu_devices', 8)\n"
+        + TRAIN
+        + """
+one_p, one = train(1)
+eight_p, eight = train(8)
+again_p, again = train(8)
+assert jax.device_count() == 8
+print("bitwise", all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(eight_p), jax.tree.leaves(again_p))))
+print("max_rel_loss", float(np.max(np.abs(eight.train_loss - one.train_loss) / one.train_loss)))
+print("max_param_diff", max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(jax.tree.leaves(eight_p), jax.tree.leaves(one_p))))
+try:
+    train(8, batch_size=20)
+except ValueError as e:
+    print("uneven", e)
+"""
+    )
+    assert "bitwise True" in out
+    # float32 noise: the 8-device gradient sums the batch in another order (eps 1.2e-7, a few ulps per step).
+    assert float(re.search(r"max_rel_loss (\S+)", out)[1]) < 1e-5
+    assert float(re.search(r"max_param_diff (\S+)", out)[1]) < 1e-5
+    assert "uneven batch_size 20 does not split evenly over 8 devices" in out
+
+
+def test_two_processes_train_like_one_process_with_as_many_devices(tmp_path):
+    """Two processes of 2 CPU devices each, through jax.distributed on 127.0.0.1 (gloo collectives)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = (
+        PRELUDE
+        + """
+import jax
+jax.config.update("jax_num_cpu_devices", 2)
+process, port = int(sys.argv[1]), sys.argv[2]
+jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process)
+"""
+        + TRAIN
+        + """
+params, history = train(jax.devices())
+print("devices", jax.device_count(), "losses", history.train_loss.tolist())
+"""
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", worker, str(i), str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    single = run_python(PRELUDE + "import jax\njax.config.update('jax_num_cpu_devices', 4)\n" + TRAIN + """
+params, history = train(4)
+print("devices", jax.device_count(), "losses", history.train_loss.tolist())
+""")  # fmt: skip
+    losses = [eval(re.search(r"losses (\[.*\])", out)[1]) for out, _ in outs] + [eval(re.search(r"losses (\[.*\])", single)[1])]
+    assert all("devices 4" in out for out, _ in outs)
+    assert losses[0] == losses[1]  # both processes hold the same replicated result
+    np.testing.assert_allclose(losses[0], losses[2], rtol=1e-6)  # float32 noise of another reduction order
+
+
+def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
+    """SIGKILL at random moments (training or saving); the last checkpoint loads and the resumed run ends the same."""
+    script = (
+        PRELUDE
+        + TRAIN
+        + """
+import hashlib, json
+folder = sys.argv[1] if len(sys.argv) > 1 else None
+params, history = train(epochs=6, checkpoint_dir=folder, checkpoint_every_steps=2, keep=2, resume=folder is not None)
+digest = hashlib.sha256(b"".join(np.asarray(p).tobytes() for p in jax.tree.leaves(params))).hexdigest()
+print(json.dumps({"params": digest, "history": [{k: v for k, v in r.items() if k != "epoch_s"} for r in history.rows()]}))
+"""
+    )
+    want = run_python(script)
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "run"
+    for _ in range(2):
+        proc = subprocess.Popen([sys.executable, "-c", script, str(folder)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while not (folder.exists() and any(p.name.isdigit() for p in folder.iterdir())) and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert run_python(script, folder) == want
