@@ -16,13 +16,15 @@ op-level functions in :mod:`fnn.ops`, training in :mod:`fnn.train` and
 
 __version__ = "0.2.0"
 
-from fnn import data, losses, metrics, module, nn, ops, testing, train
+from fnn import bench, checkpoint, data, losses, metrics, module, nn, ops, parallel, testing, train, validate
 from fnn.loop import History, fit
 from fnn.paths import PATHS, value_and_grad
 
 __all__ = [
     "PATHS",
     "History",
+    "bench",
+    "checkpoint",
     "__version__",
     "data",
     "fit",
@@ -31,7 +33,9 @@ __all__ = [
     "module",
     "nn",
     "ops",
+    "parallel",
     "testing",
     "train",
+    "validate",
     "value_and_grad",
 ]

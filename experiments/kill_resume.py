@@ -1,0 +1,127 @@
+"""Kill training at random moments with SIGKILL, resume it, and compare with an uninterrupted run.
+
+Each run trains the notes' recipe (784-500-10 on MNIST, SGD 0.5, batch 100)
+in a child process that saves a checkpoint every ``--every-steps`` steps and
+keeps the last two. The parent kills the child at a random moment after its
+first checkpoint (while it trains or while it saves), checks that the newest
+checkpoint loads, resumes the run to the end in a fresh process, and compares
+the final parameters (SHA-256 of their bytes) and the history (losses and
+errors of every epoch) with an uninterrupted run's, bit for bit.
+
+    python -m experiments.kill_resume --runs 20 --json experiments/results/kill_resume.json
+"""
+
+import argparse
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from experiments._report import device_description, write_json
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=20, help="killed runs")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--every-steps", type=int, default=50, help="save a checkpoint every this many steps")
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the moments of the kills")
+    parser.add_argument("--json", metavar="PATH", help="write results as JSON")
+    parser.add_argument("--worker", metavar="DIR", help=argparse.SUPPRESS)  # child: train with checkpoints in DIR
+    parser.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)  # child: train without
+    return parser.parse_args(argv)
+
+
+def train(args, checkpoint_dir):
+    """Trains the recipe (resuming from ``checkpoint_dir`` if it holds a checkpoint); prints a JSON summary."""
+    import jax
+
+    import fnn
+
+    data = fnn.data.load(args.dataset)
+    model = fnn.nn.mlp([784, 500, 10])
+    _, params = model.init(jax.random.key(0), (784,))
+    restored = None
+    if checkpoint_dir is not None:
+        with fnn.checkpoint.Checkpoints(checkpoint_dir, keep=2) as checkpoints:
+            restored = checkpoints.latest()
+    saving = {} if checkpoint_dir is None else {
+        "checkpoint_dir": checkpoint_dir, "checkpoint_every_steps": args.every_steps, "keep": 2, "resume": True,
+    }  # fmt: skip
+    params, history = fnn.fit(model, params, data, epochs=args.epochs, progress=False, **saving)
+    digest = hashlib.sha256(b"".join(np.asarray(p).tobytes() for p in jax.tree.leaves(params))).hexdigest()
+    rows = [{k: v for k, v in row.items() if k != "epoch_s"} for row in history.rows()]
+    print(json.dumps({"params_sha256": digest, "history": rows, "resumed_from": restored}), flush=True)
+
+
+def child(args, *extra):
+    return [sys.executable, "-m", "experiments.kill_resume", "--epochs", str(args.epochs),
+            "--every-steps", str(args.every_steps), "--dataset", args.dataset, *extra]  # fmt: skip
+
+
+def finish(args, folder):
+    """Runs the child to the end; returns its JSON summary."""
+    out = subprocess.run(child(args, "--worker", str(folder)), capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def kill_once(args, folder, rng):
+    """Starts a run, SIGKILLs it at a random moment after its first checkpoint; returns what the kill hit."""
+    proc = subprocess.Popen(child(args, "--worker", str(folder)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = time.perf_counter()
+    while proc.poll() is None and not any(p.name.isdigit() for p in folder.glob("*")):
+        time.sleep(0.01)
+    first_checkpoint_s = time.perf_counter() - started
+    time.sleep(rng.uniform(0.0, args.delay_s))
+    saving = any("tmp" in p.name for p in folder.glob("*"))
+    finished = proc.poll() is not None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return {"first_checkpoint_s": first_checkpoint_s, "saving_at_kill": saving, "finished_before_kill": finished}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker or args.reference:
+        return train(args, args.worker)
+    tic = time.perf_counter()
+    reference = json.loads(
+        subprocess.run(child(args, "--reference"), capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    )
+    reference_s = time.perf_counter() - tic
+    args.delay_s = max(reference_s - 4.0, 1.0)  # spread the kills over the training time
+    print(f"uninterrupted run: {reference_s:.1f} s, params {reference['params_sha256'][:12]}", flush=True)
+    rng = np.random.default_rng(args.seed)
+    runs = []
+    for i in range(args.runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "checkpoints"
+            kill = kill_once(args, folder, rng)
+            result = finish(args, folder)
+            same = result["params_sha256"] == reference["params_sha256"] and result["history"] == reference["history"]
+            runs.append({**kill, "resumed_from_step": result["resumed_from"], "identical": same})
+            print(
+                f"run {i + 1:2d}: killed {'while saving' if kill['saving_at_kill'] else 'while training'}, "
+                f"resumed from step {result['resumed_from']}: {'identical' if same else 'DIFFERENT'}",
+                flush=True,
+            )
+    identical = sum(r["identical"] for r in runs)
+    print(f"\n{identical} of {len(runs)} killed runs resumed to the uninterrupted result bit for bit")
+    result = {
+        "dataset": args.dataset, "epochs": args.epochs, "every_steps": args.every_steps, "device": device_description(),
+        "reference": reference, "reference_s": reference_s, "runs": runs, "identical": identical,
+    }  # fmt: skip
+    if args.json:
+        write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,196 @@
+"""Timing compiled JAX functions against each other, with confidence intervals that hold on a noisy machine.
+
+:func:`compare` compiles every function (timing the compilation apart),
+warms it up, calibrates how many calls make a block of about ``block_s``
+seconds, then runs ``rounds`` rounds in which each function runs one block,
+the order alternating from round to round (A B, B A, ...) so that a slow
+spell of the machine falls on all of them alike. Each block records wall time
+and the process's CPU time per call.
+
+:func:`summarize` turns those timings into a :class:`Result` per function:
+median and quartiles of its time per call, and against the baseline the
+median of the per-round ratios with a bootstrap confidence interval
+(``scipy.stats.bootstrap``, BCa) and a verdict: ``"faster"`` or ``"slower"``
+when the interval excludes 1, ``"tie"`` when it contains 1. Ratios are taken
+round by round, so that load shared by a round cancels. Equal CPU time with
+unequal wall time means the same work with less parallel overlap.
+"""
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+__all__ = ["Result", "compare", "summarize"]
+
+VERDICTS = ("faster", "slower", "tie")
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """One function's timings, and how it compares with the baseline.
+
+    Attributes:
+      name: the function's name in :func:`compare`.
+      median_s, q1_s, q3_s: median and quartiles over the rounds of the wall
+        seconds per call.
+      cpu_median_s: median process CPU seconds per call (all threads).
+      ratio: median over the rounds of ``wall / baseline's wall`` (1.0 for the baseline).
+      ci_low, ci_high: the bootstrap confidence interval of ``ratio``.
+      cpu_ratio: median over the rounds of ``cpu / baseline's cpu``.
+      verdict: ``"faster"``, ``"slower"`` or ``"tie"`` (the interval contains 1; always for the baseline).
+      compile_s: seconds to compile (``nan`` when given timings only).
+      calls: calls per block.
+      wall_s, cpu_s: the per-call seconds of every round.
+    """
+
+    name: str
+    median_s: float
+    q1_s: float
+    q3_s: float
+    cpu_median_s: float
+    ratio: float
+    ci_low: float
+    ci_high: float
+    cpu_ratio: float
+    verdict: str
+    compile_s: float = float("nan")
+    calls: int = 0
+    wall_s: tuple = ()
+    cpu_s: tuple = ()
+
+    def to_dict(self):
+        """The result as a JSON-ready dict."""
+        return dataclasses.asdict(self) | {"wall_s": list(self.wall_s), "cpu_s": list(self.cpu_s)}
+
+
+def _median_ci(values, confidence, seed):
+    """The median of ``values`` and its bootstrap (BCa) confidence interval."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=np.float64)
+    median = float(np.median(values))
+    if np.ptp(values) == 0:  # no spread: the bootstrap distribution is a point
+        return median, median, median
+    interval = stats.bootstrap(
+        (values,), np.median, confidence_level=confidence, method="BCa", n_resamples=9999, rng=np.random.default_rng(seed)
+    ).confidence_interval
+    low, high = float(interval.low), float(interval.high)
+    if not (np.isfinite(low) and np.isfinite(high)):  # BCa degenerates on heavily tied samples
+        interval = stats.bootstrap(
+            (values,), np.median, confidence_level=confidence, method="percentile", n_resamples=9999,
+            rng=np.random.default_rng(seed),
+        ).confidence_interval  # fmt: skip
+        low, high = float(interval.low), float(interval.high)
+    return median, min(low, median), max(high, median)
+
+
+def summarize(wall_s, cpu_s, *, baseline, confidence=0.95, seed=0, compile_s=None, calls=None):
+    """Compares per-round timings with the baseline's.
+
+    Args:
+      wall_s: ``{name: [seconds per call in round 0, round 1, ...]}``, every
+        function timed in the same rounds.
+      cpu_s: the same for process CPU time.
+      baseline: the name every ratio is taken against.
+      confidence: the level of the bootstrap interval.
+      seed: seeds the bootstrap resampling (the same timings give the same interval).
+      compile_s, calls: per name, recorded in the results.
+
+    Returns:
+      ``{name: Result}`` in the order of ``wall_s``.
+    """
+    if baseline not in wall_s:
+        raise ValueError(f"baseline {baseline!r} is not one of the timed functions {list(wall_s)}")
+    rounds = {len(v) for v in wall_s.values()} | {len(v) for v in cpu_s.values()}
+    if len(rounds) != 1 or min(rounds) < 2:
+        raise ValueError(f"every function needs the same number of rounds, at least 2; got {sorted(rounds)}")
+    base_wall, base_cpu = np.asarray(wall_s[baseline], float), np.asarray(cpu_s[baseline], float)
+    results = {}
+    for name, wall in wall_s.items():
+        wall, cpu = np.asarray(wall, float), np.asarray(cpu_s[name], float)
+        if name == baseline:
+            ratio = low = high = cpu_ratio = 1.0
+            verdict = "tie"
+        else:
+            ratio, low, high = _median_ci(wall / base_wall, confidence, seed)
+            cpu_ratio = float(np.median(cpu / base_cpu))
+            verdict = "faster" if high < 1 else "slower" if low > 1 else "tie"
+        q1, median, q3 = np.percentile(wall, [25, 50, 75])
+        results[name] = Result(
+            name, float(median), float(q1), float(q3), float(np.median(cpu)), ratio, low, high, cpu_ratio, verdict,
+            compile_s=(compile_s or {}).get(name, float("nan")), calls=(calls or {}).get(name, 0),
+            wall_s=tuple(wall.tolist()), cpu_s=tuple(cpu.tolist()),
+        )  # fmt: skip
+    return results
+
+
+def _block(fn, args, calls):
+    """Runs ``fn(*args)`` ``calls`` times; returns (wall, CPU) seconds per call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = None
+    for _ in range(calls):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls
+
+
+def compare(
+    fns: dict[str, Callable],
+    *args,
+    baseline: str,
+    rounds: int = 16,
+    block_s: float = 0.2,
+    warmup: int = 2,
+    confidence: float = 0.95,
+    seed: int = 0,
+):
+    """Times every function of ``fns`` on ``args`` and compares each with ``fns[baseline]``.
+
+    Args:
+      fns: ``{name: function}``; each is compiled with ``jax.jit`` (a jitted
+        function is compiled as it is). Functions must not donate ``args``:
+        every call gets the same arrays.
+      *args: the arguments of every function.
+      baseline: the name of the function the others are compared with.
+      rounds: timed rounds; each runs one block of every function, the order
+        alternating from one round to the next.
+      block_s: the target wall seconds of one block (the calls per block are
+        calibrated once per function, doubling until a block lasts that long).
+      warmup: untimed calls per function before calibrating.
+      confidence, seed: of the bootstrap interval (see :func:`summarize`).
+
+    Returns:
+      ``{name: Result}``.
+    """
+    if not fns:
+        raise ValueError("compare needs at least one function")
+    if baseline not in fns:
+        raise ValueError(f"baseline {baseline!r} is not one of {list(fns)}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 2:
+        raise ValueError(f"rounds must be an int >= 2, got {rounds!r}")
+    if not block_s > 0:
+        raise ValueError(f"block_s must be positive, got {block_s!r}")
+    compiled, compile_s, calls = {}, {}, {}
+    for name, fn in fns.items():
+        jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
+        tic = time.perf_counter()
+        compiled[name] = jitted.lower(*args).compile()
+        compile_s[name] = time.perf_counter() - tic
+        for _ in range(warmup):
+            jax.block_until_ready(compiled[name](*args))
+        n = 1
+        while _block(compiled[name], args, n)[0] * n < block_s and n < 2**20:
+            n *= 2
+        calls[name] = n
+    wall = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
+    order = list(fns)
+    for r in range(rounds):
+        for name in order if r % 2 == 0 else reversed(order):
+            w, c = _block(compiled[name], args, calls[name])
+            wall[name].append(w)
+            cpu[name].append(c)
+    return summarize(wall, cpu, baseline=baseline, confidence=confidence, seed=seed, compile_s=compile_s, calls=calls)

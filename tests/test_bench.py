@@ -1,0 +1,107 @@
+"""fnn.bench: the statistics on synthetic timings (where the truth is known), and one real run."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fnn import bench
+
+
+def rounds(ratio, *, n=16, base=1e-3, shared=0.10, own=0.02, seed=0):
+    """Synthetic per-call timings of a baseline and a function ``ratio`` times as slow.
+
+    Each round scales both by a shared factor (the machine's mood, lognormal
+    with ``shared`` spread) and each by its own (``own`` spread), as on a
+    noisy shared VM.
+    """
+    rng = np.random.default_rng(seed)
+    mood = np.exp(rng.normal(0, shared, n))
+    wall = {
+        "base": base * mood * np.exp(rng.normal(0, own, n)),
+        "other": ratio * base * mood * np.exp(rng.normal(0, own, n)),
+    }
+    cpu = {name: 2 * t for name, t in wall.items()}  # two busy threads
+    return wall, cpu
+
+
+def test_a_function_against_itself_is_a_tie_within_seven_percent():
+    result = bench.summarize(*rounds(1.0), baseline="base")["other"]
+    assert result.verdict == "tie"
+    assert 0.93 <= result.ci_low <= 1 <= result.ci_high <= 1.07
+
+
+def test_thirty_percent_more_work_is_slower():
+    result = bench.summarize(*rounds(1.3), baseline="base")["other"]
+    assert result.verdict == "slower"
+    assert result.ci_low <= 1.3 <= result.ci_high and result.ci_low > 1
+    assert result.cpu_ratio == pytest.approx(1.3, rel=0.05)
+
+
+def test_less_work_is_faster():
+    assert bench.summarize(*rounds(0.8), baseline="base")["other"].verdict == "faster"
+
+
+def test_the_baseline_is_its_own_tie():
+    result = bench.summarize(*rounds(1.3), baseline="base")["base"]
+    assert (result.ratio, result.ci_low, result.ci_high, result.cpu_ratio, result.verdict) == (1, 1, 1, 1, "tie")
+
+
+def test_the_interval_covers_the_true_ratio_about_as_often_as_it_claims():
+    """A 95% interval over 16 rounds should hold the true ratio in most repetitions.
+
+    The median's bootstrap interval is known to undercover a little at small
+    samples; 85% of 100 repetitions is the bar (a broken interval, e.g. the
+    quartiles or a mean's normal interval of the wrong data, falls far short
+    or far over).
+    """
+    covered = [bench.summarize(*rounds(1.1, seed=s), baseline="base")["other"] for s in range(100)]
+    hits = sum(r.ci_low <= 1.1 <= r.ci_high for r in covered)
+    assert hits >= 85
+    assert np.median([r.ci_high - r.ci_low for r in covered]) < 0.1
+
+
+def test_round_ratios_cancel_the_shared_load():
+    """Shared slowdowns of 30% per round leave the ratio's interval tight."""
+    result = bench.summarize(*rounds(1.05, shared=0.3, own=0.01), baseline="base")["other"]
+    assert result.verdict == "slower" and result.ci_high - result.ci_low < 0.03
+
+
+def test_same_timings_same_interval():
+    a, b = (bench.summarize(*rounds(1.1), baseline="base", seed=3)["other"] for _ in range(2))
+    assert (a.ci_low, a.ci_high) == (b.ci_low, b.ci_high)
+
+
+def test_identical_ratios_give_a_point_interval():
+    wall = {"base": [1.0, 2.0, 3.0], "same": [1.0, 2.0, 3.0]}
+    result = bench.summarize(wall, wall, baseline="base")["same"]
+    assert (result.ratio, result.ci_low, result.ci_high, result.verdict) == (1, 1, 1, "tie")
+
+
+def test_summarize_errors():
+    wall, cpu = rounds(1.0)
+    with pytest.raises(ValueError, match=r"baseline 'nope' is not one of the timed functions \['base', 'other'\]"):
+        bench.summarize(wall, cpu, baseline="nope")
+    with pytest.raises(ValueError, match=r"the same number of rounds, at least 2; got \[15, 16\]"):
+        bench.summarize({"base": wall["base"], "other": wall["other"][:-1]}, cpu, baseline="base")
+
+
+def test_compare_times_real_functions():
+    x = jnp.ones((64, 64), jnp.float32)
+    results = bench.compare(
+        {"one": lambda x: x @ x, "two": lambda x: (x @ x) @ x}, x, baseline="one", rounds=4, block_s=0.005
+    )
+    assert list(results) == ["one", "two"]
+    for r in results.values():
+        assert r.compile_s > 0 and r.calls >= 1 and len(r.wall_s) == len(r.cpu_s) == 4
+        assert r.q1_s <= r.median_s <= r.q3_s and r.verdict in bench.VERDICTS
+    assert set(results["two"].to_dict()) >= {"median_s", "ratio", "ci_low", "ci_high", "cpu_ratio", "verdict"}
+
+
+def test_compare_errors():
+    x = jnp.ones(3)
+    with pytest.raises(ValueError, match="baseline 'b' is not one of"):
+        bench.compare({"a": jnp.sin}, x, baseline="b")
+    with pytest.raises(ValueError, match="rounds must be an int >= 2, got 1"):
+        bench.compare({"a": jnp.sin}, x, baseline="a", rounds=1)
+    with pytest.raises(ValueError, match="at least one function"):
+        bench.compare({}, x, baseline="a")
