@@ -28,6 +28,7 @@ code (``jit``, ``vmap``, ``grad`` of ``grad``). Forward mode (``jax.jvp``)
 cannot run through them; use the ``autodiff`` path (plain ``apply``) for that.
 """
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -91,9 +92,25 @@ def _custom_vjp_apply(module):
 
     @functools.wraps(module.apply)
     def checked(params, x):
-        return apply(params, jnp.asarray(x))
+        with _reverse_mode_only(module.name):
+            return apply(params, jnp.asarray(x))
 
     return checked
+
+
+@contextlib.contextmanager
+def _reverse_mode_only(name):
+    """Turns JAX's refusal to run a custom VJP in forward mode into an error that names the way out."""
+    try:
+        yield
+    except TypeError as exc:
+        if "forward-mode" not in str(exc):
+            raise
+        raise TypeError(
+            f"{name}: the custom path's hand-written rules are reverse mode only (jax.custom_vjp), so jax.jvp, "
+            "jax.jacfwd and jax.hessian (forward over reverse) cannot run through them; use the autodiff path "
+            "instead: the module's plain apply, fnn.ops.autodiff, or fnn.value_and_grad(..., path='autodiff')"
+        ) from exc
 
 
 def leaf(name, *, forward, backward, init=None, check=None):
@@ -176,7 +193,8 @@ class Loss:
         apply.defvjp(self.forward, bwd)
 
         def checked(outputs, targets):
-            return apply(jnp.asarray(outputs), jnp.asarray(targets))
+            with _reverse_mode_only(self.name):
+                return apply(jnp.asarray(outputs), jnp.asarray(targets))
 
         return dataclasses.replace(self, apply=checked)
 
