@@ -1,16 +1,18 @@
 """Three gradient paths for one MLP, compared for accuracy, speed, memory and compiled code.
 
-Paths, all for mean softmax cross-entropy of a ReLU MLP (He init, no biases
-unless ``--bias``):
+The paths are ``fnn.PATHS``, each ``fnn.value_and_grad(model, loss, path=...)``
+for ``model = fnn.nn.mlp(sizes)`` (ReLU, He init, no biases unless ``--bias``)
+and ``loss = fnn.losses.cross_entropy``:
 
-- ``autodiff``: ``jax.value_and_grad`` over ``fnn.mlp.loss`` with ``fnn.ops.autodiff``;
-- ``custom``: the same with ``fnn.ops.custom`` (hand-written ``custom_vjp`` rules);
-- ``manual``: ``fnn.backprop.value_and_grad``, the notes' explicit recursion.
+- ``autodiff``: ``jax.value_and_grad`` over the modules' plain forward code;
+- ``custom``: the same over their ``custom_vjp`` rules (the hand-written backward functions);
+- ``backprop``: the notes' explicit reverse sweep over the same backward functions.
 
 A configuration is ``WIDTHxBATCHxDEPTH[:DTYPE]``: 784 inputs, ``DEPTH`` hidden
 layers of ``WIDTH`` units, 10 classes, batches of ``BATCH`` random examples
 (pixels uniform in [0, 1], labels uniform). Per configuration and path it
-records the gradient's error against a float64 autodiff reference, the time of
+records the gradient's error against a float64 autodiff reference (the same
+model and data cast to float64), the time of
 a jitted SGD step (the three paths timed round-robin in one process), compile
 time, XLA's memory analysis, the residuals the forward pass saves, and op
 counts of the optimised HLO.
@@ -23,7 +25,6 @@ counts of the optimised HLO.
 import argparse
 import contextlib
 import datetime
-import functools
 import io
 import re
 import sys
@@ -50,7 +51,8 @@ from experiments._report import (
 jax.config.update("jax_enable_x64", True)
 
 N_IN, N_OUT = 784, 10
-PATHS = ("autodiff", "custom", "manual")
+PATHS = fnn.PATHS  # autodiff first: the other paths' ratios are to it
+LOSS = fnn.losses.cross_entropy
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
 LEARNING_RATE = 0.01  # small, so that re-fed parameters stay near their initialisation
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,47 +141,34 @@ def estimate_seconds(configs, rounds, block_s):
 
 # ---------------------------------------------------------------- problem and paths
 def make_problem(config, seed, bias):
-    """He-initialised parameters and one random batch ``(x, labels)`` in the configuration's dtype."""
+    """The model ``fnn.nn.mlp(sizes)``, its He-initialised parameters and one random batch ``(x, labels)``.
+
+    Parameters and inputs are in the configuration's dtype.
+    """
     dtype = DTYPES[config.dtype]
-    params = fnn.mlp.init(jax.random.key(seed), config.sizes, bias=bias, dtype=dtype)
+    model = fnn.nn.mlp(config.sizes, bias=bias, dtype=dtype)
+    _, params = model.init(jax.random.key(seed), (N_IN,))
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.random((config.batch, N_IN), dtype=np.float32), dtype)
     labels = jnp.asarray(rng.integers(0, N_OUT, config.batch), jnp.int32)
-    return params, (x, labels)
+    return model, params, (x, labels)
 
 
-def loss_fn(path):
-    """The differentiable loss ``(params, batch) -> scalar`` of a path (for ``manual``, backprop as a custom_vjp)."""
-    if path == "manual":
-        return fnn.backprop.loss
-    return functools.partial(fnn.mlp.loss, ops=path)
+def value_and_grad_fn(model, path):
+    """``(params, batch) -> (loss, grads)`` by ``fnn.value_and_grad`` on ``path``."""
+    value_and_grad = fnn.value_and_grad(model, LOSS, path=path)
+    return lambda params, batch: value_and_grad(params, *batch)
 
 
-def value_and_grad_fn(path):
-    """``(params, batch) -> (loss, grads)`` by the path's own gradient computation."""
-    if path == "manual":
-        return lambda params, batch: fnn.backprop.value_and_grad(params, *batch)
-    return jax.value_and_grad(loss_fn(path))
+def update_fn(model, path, learning_rate):
+    """Pure SGD update ``(params, batch) -> (params, {"loss": L})``: ``fnn.train.sgd_update`` on ``path``."""
+    return fnn.train.sgd_update(model, LOSS, learning_rate, path=path)
 
 
-def update_fn(path, learning_rate):
-    """Pure SGD update ``(params, batch) -> (params, {"loss": L})``: ``fnn.train.sgd_update``'s formula for every path."""
-    if path != "manual":
-        return fnn.train.sgd_update(loss_fn(path), learning_rate)
-    value_and_grad = value_and_grad_fn(path)
-
-    def update(params, batch):
-        loss, grads = value_and_grad(params, batch)
-        params = jax.tree.map(lambda p, g: p - learning_rate * g, params, grads)
-        return params, {"loss": loss}
-
-    return update
-
-
-def compile_step(path, params, batch, learning_rate):
+def compile_step(model, path, params, batch, learning_rate):
     """Lowers and compiles the jitted step (no donation); returns ``(compiled, seconds)``."""
     start = time.perf_counter()
-    compiled = jax.jit(update_fn(path, learning_rate)).lower(params, batch).compile()
+    compiled = jax.jit(update_fn(model, path, learning_rate)).lower(params, batch).compile()
     return compiled, time.perf_counter() - start
 
 
@@ -195,21 +184,21 @@ def gradient_errors(grads, reference):
     return per_leaf
 
 
-def reference_grads(params, batch):
-    """The float64 autodiff gradient at the same parameters and data, cast up."""
+def reference_grads(model, params, batch):
+    """The float64 autodiff gradient of the same model at the same parameters and data, cast up."""
     params64 = jax.tree.map(lambda p: p.astype(jnp.float64), params)
     batch64 = (batch[0].astype(jnp.float64), batch[1])
-    return jax.jit(value_and_grad_fn("autodiff"))(params64, batch64)[1]
+    return jax.jit(value_and_grad_fn(model, "autodiff"))(params64, batch64)[1]
 
 
 # ---------------------------------------------------------------- timing
-def compile_scan(path, params, batch, learning_rate, length):
+def compile_scan(model, path, params, batch, learning_rate, length):
     """Compiles ``length`` chained steps as one ``lax.scan``, the way ``fnn.fit`` runs them.
 
     Timing whole scans leaves out per-call dispatch, which is the same for
     every path and would only add noise to a comparison of the steps.
     """
-    update = update_fn(path, learning_rate)
+    update = update_fn(model, path, learning_rate)
 
     def steps(params, batch):
         return jax.lax.scan(lambda p, _: (update(p, batch)[0], None), params, None, length=length)[0]
@@ -223,7 +212,7 @@ def _seconds(fn, *args):
     return time.perf_counter() - start
 
 
-def time_interleaved(single_steps, params, batch, rounds, block_s, learning_rate):
+def time_interleaved(model, single_steps, params, batch, rounds, block_s, learning_rate):
     """Times each path's step round-robin: per round one block per path, in rotating order.
 
     A block is one call of a compiled scan of ``per_block`` chained steps from
@@ -236,7 +225,7 @@ def time_interleaved(single_steps, params, batch, rounds, block_s, learning_rate
     names = list(single_steps)
     probe = max(min(_seconds(single_steps[n], params, batch) for _ in range(3)) for n in names)
     per_block = max(1, round(block_s / probe))
-    blocks = {n: compile_scan(n, params, batch, learning_rate, per_block) for n in names}
+    blocks = {n: compile_scan(model, n, params, batch, learning_rate, per_block) for n in names}
     for name in names:
         _seconds(blocks[name], params, batch)  # warm-up
     times = {name: [] for name in names}
@@ -278,23 +267,67 @@ def _aval_bytes(aval):
     return itemsize * int(np.prod([int(d) for d in dims.split(",") if d]))
 
 
-def residuals(path, params, batch):
-    """What the forward pass of the path's loss keeps for the backward pass.
+def objective(model, path):
+    """The scalar loss ``(params, batch) -> L`` that JAX differentiates on the ``autodiff`` and ``custom`` paths."""
+    if path == "custom":
+        model, loss = model.custom, LOSS.custom
+    else:
+        loss = LOSS
+    return lambda params, batch: loss.apply(model.apply(params, batch[0]), batch[1])
+
+
+def backprop_as_one_vjp(model):
+    """The ``backprop`` path's loss as one ``custom_vjp``, whose residuals are what the reverse sweep keeps.
+
+    ``fwd`` is the sweep's forward half (``model.forward``, then the loss's
+    ``forward``) and keeps the parameters and what those save; ``bwd`` is its
+    backward half (the loss's ``backward``, then ``model.backward``). So
+    ``print_saved_residuals`` lists the backprop path's saved values like the
+    other paths' residuals, and ``jax.grad`` of it equals
+    ``fnn.value_and_grad(model, loss, path="backprop")``.
+    """
+
+    @jax.custom_vjp
+    def loss(params, batch):
+        return LOSS.apply(model.apply(params, batch[0]), batch[1])
+
+    def fwd(params, batch):
+        outputs, saved = model.forward(params, batch[0])
+        value, loss_saved = LOSS.forward(outputs, batch[1])
+        return value, (params, saved, loss_saved)
+
+    def bwd(residuals, g):
+        params, saved, loss_saved = residuals
+        grads, _ = model.backward(params, saved, LOSS.backward(loss_saved, g))
+        return grads, None
+
+    loss.defvjp(fwd, bwd)
+    return loss
+
+
+def residuals(model, path, params, batch):
+    """What the forward pass of the path keeps for the backward pass.
 
     Reads ``jax.ad_checkpoint.print_saved_residuals`` (one ``aval source``
     line per residual). ``computed_bytes`` leaves out the parameters and
-    inputs, which are alive anyway. For ``manual`` this is ``fnn.backprop.loss``,
-    whose residuals are the gradients themselves.
+    inputs, which are alive anyway. For ``backprop`` these are the values
+    ``model.forward`` and the loss's ``forward`` save for the reverse sweep.
     """
+    fn = backprop_as_one_vjp(model) if path == "backprop" else objective(model, path)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        print_saved_residuals(loss_fn(path), params, batch)
+        print_saved_residuals(fn, params, batch)
     saved = []
     for line in printed.getvalue().splitlines():
         aval, _, source = line.partition(" ")
         saved.append({"aval": aval, "bytes": _aval_bytes(aval), "source": source.replace(f"{ROOT}/", "")})
+    of = {
+        "autodiff": "fnn.value_and_grad(mlp, cross_entropy, path='autodiff')",
+        "custom": "fnn.value_and_grad(mlp, cross_entropy, path='custom')",
+        "backprop": "fnn.value_and_grad(mlp, cross_entropy, path='backprop'): mlp.forward and cross_entropy.forward",
+    }
     return {
-        "of": "fnn.backprop.loss" if path == "manual" else f"fnn.mlp.loss(ops={path})",
+        "of": of[path],
         "saved": saved,
         "total_bytes": sum(r["bytes"] for r in saved),
         "computed_bytes": sum(r["bytes"] for r in saved if not r["source"].startswith("from the argument")),
@@ -375,17 +408,17 @@ def op_diff(counts, reference):
 # ---------------------------------------------------------------- one configuration, all of them
 def measure(config, *, rounds, block_s, seed, bias, learning_rate):
     """All measurements of the three paths at one configuration; returns one row per path."""
-    params, batch = make_problem(config, seed, bias)
-    reference = reference_grads(params, batch)
-    compiled = {path: compile_step(path, params, batch, learning_rate) for path in PATHS}
+    model, params, batch = make_problem(config, seed, bias)
+    reference = reference_grads(model, params, batch)
+    compiled = {path: compile_step(model, path, params, batch, learning_rate) for path in PATHS}
     times, per_block = time_interleaved(
-        {p: c for p, (c, _) in compiled.items()}, params, batch, rounds, block_s, learning_rate
+        model, {p: c for p, (c, _) in compiled.items()}, params, batch, rounds, block_s, learning_rate
     )
     flop = step_flop(config)
     rows = []
     for path in PATHS:
         step, compile_s = compiled[path]
-        per_leaf = gradient_errors(jax.jit(value_and_grad_fn(path))(params, batch)[1], reference)
+        per_leaf = gradient_errors(jax.jit(value_and_grad_fn(model, path))(params, batch)[1], reference)
         timing = timing_summary(times[path])
         rows.append({
             "path": path,
@@ -403,11 +436,11 @@ def measure(config, *, rounds, block_s, seed, bias, learning_rate):
             "max_rel_err": max(leaf["max_rel_err"] for leaf in per_leaf),
             "max_abs_err": max(leaf["max_abs_err"] for leaf in per_leaf),
             "per_leaf": per_leaf,
-            "residuals": residuals(path, params, batch),
+            "residuals": residuals(model, path, params, batch),
             "hlo": hlo_counts(step.as_text()),
             "device": device_description(),
         })
-    auto = rows[0]
+    auto = next(row for row in rows if row["path"] == "autodiff")
     for row in rows:
         row["ratio_to_autodiff"] = row["step_s_median"] / auto["step_s_median"]
         row["hlo_diff_vs_autodiff"] = {
@@ -484,14 +517,14 @@ def payload(rows, grid, rounds, block_s, seed, bias):
 
 
 def plot(path, rows, title):
-    """Two panels: step-time ratio to autodiff of custom and manual, and XLA temp bytes of every path."""
+    """Two panels: step-time ratio to autodiff of the other paths, and XLA temp bytes of every path."""
     plt = pyplot()
 
     configs = list(dict.fromkeys(r["config"] for r in rows))
     by = {(r["config"], r["path"]): r for r in rows}
     x = np.arange(len(configs))
     fig, (ax_ratio, ax_mem) = plt.subplots(2, 1, figsize=(max(8, 0.6 * len(configs) + 3), 8), sharex=True)
-    for i, name in enumerate(("custom", "manual")):
+    for i, name in enumerate(p for p in PATHS if p != "autodiff"):
         ax_ratio.bar(x + (i - 0.5) * 0.4, [by[c, name]["ratio_to_autodiff"] for c in configs], 0.4, label=f"{name} / autodiff")
     ax_ratio.axhline(1.0, color="black", linewidth=0.8)
     ax_ratio.set(ylabel="median step time / autodiff's", title="training-step time relative to autodiff")

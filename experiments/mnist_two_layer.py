@@ -1,10 +1,18 @@
-"""The lecture's two-layer ReLU network on MNIST, trained with either gradient path.
+"""The lecture's two-layer ReLU network on MNIST, trained on any of fnn's gradient paths.
 
-Recipe (the notes'): inputs in [0, 1] flattened to 784; 784-500-10, no biases;
-He init ``randn * sqrt(2/fan_in)``; batches of 100 in data order; SGD step 0.5;
-10 epochs. The notes report 2.6% test error (a linear model: about 7.5%).
+Recipe (the notes'): inputs in [0, 1] flattened to 784; ``fnn.nn.mlp([784,
+500, 10])`` (no biases, He init ``randn * sqrt(2/fan_in)``); batches of 100 in
+data order; SGD step 0.5; 10 epochs. The notes report 2.6% test error (a
+linear model, ``mlp([784, 10])``: about 7.5%).
 
-    python -m experiments.mnist_two_layer                # recipe, both paths, compared
+``--grad`` picks the path (``fnn.PATHS``: ``custom``, ``autodiff``,
+``backprop``); ``both`` trains custom and autodiff and compares them, ``all``
+trains all three and compares custom and backprop each with autodiff. A
+comparison also trains autodiff from weights nudged by one float32 ulp, to
+measure how far rounding alone carries two runs apart.
+
+    python -m experiments.mnist_two_layer                # recipe, custom and autodiff, compared
+    python -m experiments.mnist_two_layer --grad all     # all three paths, compared
     python -m experiments.mnist_two_layer --model linear --grad custom
     python -m experiments.mnist_two_layer --init zeros   # the saddle point
 
@@ -21,12 +29,21 @@ import numpy as np
 import fnn
 from experiments._report import device_description, pyplot, save_figure, write_json
 
+#: Paths trained by each ``--grad`` choice; the reference of every comparison is autodiff.
+GRAD_CHOICES = {
+    **{path: [path] for path in fnn.PATHS},
+    "both": ["custom", "autodiff"],
+    "all": ["custom", "autodiff", "backprop"],
+}
+REFERENCE = "autodiff"
+
 HEADER = f"{'Epoch':>5} | {'Train Loss':>10} | {'Test Loss':>9} | {'Train Err':>9} | {'Test Err':>8}"
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--grad", choices=["custom", "autodiff", "both"], default="both")
+    parser.add_argument("--grad", choices=list(GRAD_CHOICES), default="both",
+                        help="gradient path (fnn.PATHS), or both (custom, autodiff) or all three, compared")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--hidden", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=100)
@@ -51,6 +68,13 @@ def print_row(row):
     )
 
 
+def build(data, args):
+    """The model of ``args`` for ``data`` (``mlp([784, hidden, 10])`` or ``mlp([784, 10])``) and its layer sizes."""
+    num_classes = int(max(data.y_train.max(), data.y_test.max())) + 1
+    sizes = [data.x_train.shape[1], *([args.hidden] if args.model == "two_layer" else []), num_classes]
+    return fnn.nn.mlp(sizes, w_init=args.init), sizes
+
+
 def train_one(data, grad, args, *, nudge=False):
     """Trains one model with gradient path ``grad``; returns its result dict.
 
@@ -58,20 +82,21 @@ def train_one(data, grad, args, *, nudge=False):
     differs from the plain one only by rounding, to measure how far float32
     noise alone carries two runs apart.
     """
-    num_classes = int(max(data.y_train.max(), data.y_test.max())) + 1
-    sizes = [data.x_train.shape[1], *([args.hidden] if args.model == "two_layer" else []), num_classes]
-    params = fnn.mlp.init(jax.random.key(args.seed), sizes, init=args.init)
+    model, sizes = build(data, args)
+    _, params = model.init(jax.random.key(args.seed), data.x_train.shape[1:])
     if nudge:
         params = jax.tree.map(lambda p: np.nextafter(np.asarray(p), np.float32(np.inf)), params)
     label = f"{grad}, initial weights nudged by one ulp" if nudge else grad
     print(f"\n{args.model} {sizes} on {args.dataset}, gradients by {label}:\n{HEADER}", flush=True)
     _, history = fnn.fit(
+        model,
         params,
         data,
+        loss=fnn.losses.cross_entropy,
+        path=grad,
         epochs=args.epochs,
         batch_size=args.batch_size,
         optimizer=args.lr,
-        ops=grad,
         progress=False if args.no_progress else None,
         on_epoch=print_row,
     )
@@ -97,11 +122,28 @@ def apart(run, other):
     }
 
 
+def compare(run, reference, noise):
+    """Says whether ``run`` agrees with ``reference``: within 0.1 pp of test error, losses within 3x float32 noise."""
+    agreement = apart(run, reference)
+    diff = agreement["test_error_diff_pp"]
+    loss_diff = max(agreement["max_rel_diff_loss_per_epoch"])
+    noise = max(noise["max_rel_diff_loss_per_epoch"])
+    verdict = "agree" if diff <= 0.1 and loss_diff <= 3 * noise else "DISAGREE"
+    names = {"custom": "custom_vjp"}
+    print(
+        f"{names.get(run['grad'], run['grad'])} and {reference['grad']} {verdict}: final test errors "
+        f"{100 * run['test_error']:.2f}% vs {100 * reference['test_error']:.2f}% ({diff:.2f} pp apart); "
+        f"per-epoch losses at most {100 * loss_diff:.2f}% apart, where a one-ulp nudge of the initial "
+        f"weights alone moves them {100 * noise:.2f}%"
+    )
+    return agreement
+
+
 def plot(path, runs, title):
     plt = pyplot()
 
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
-    for run, style in zip(runs, ("-", "--")):
+    for run, style in zip(runs, ("-", "--", ":")):
         epochs = [r["epoch"] for r in run["history"]]
         for split in ("train", "test"):
             label = f"{split} ({run['grad']})"
@@ -118,10 +160,10 @@ def plot(path, runs, title):
 def main(argv=None):
     args = parse_args(argv)
     data = fnn.data.load(args.dataset, source_dir=args.source_dir, data_dir=args.data_dir)
-    grads = ["custom", "autodiff"] if args.grad == "both" else [args.grad]
+    grads = GRAD_CHOICES[args.grad]
     runs = [train_one(data, grad, args) for grad in grads]
-    if args.grad == "both":
-        runs.append(train_one(data, "autodiff", args, nudge=True))
+    if len(runs) > 1:
+        runs.append(train_one(data, REFERENCE, args, nudge=True))
     result = {
         "dataset": args.dataset,
         "grad": args.grad,
@@ -137,22 +179,19 @@ def main(argv=None):
         **({"runs": runs} if len(runs) > 1 else runs[0]),
     }
     if len(runs) > 1:
-        result["agreement"] = apart(runs[0], runs[1])
-        result["float32_noise"] = apart(runs[2], runs[1])
-        diff = result["agreement"]["test_error_diff_pp"]
-        loss_diff = max(result["agreement"]["max_rel_diff_loss_per_epoch"])
-        noise = max(result["float32_noise"]["max_rel_diff_loss_per_epoch"])
-        verdict = "agree" if diff <= 0.1 and loss_diff <= 3 * noise else "DISAGREE"
-        print(
-            f"\ncustom_vjp and autodiff {verdict}: final test errors {100 * runs[0]['test_error']:.2f}% vs "
-            f"{100 * runs[1]['test_error']:.2f}% ({diff:.2f} pp apart); per-epoch losses at most "
-            f"{100 * loss_diff:.2f}% apart, where a one-ulp nudge of the initial weights alone moves them "
-            f"{100 * noise:.2f}%"
-        )
+        trained = {run["grad"]: run for run in runs if not run["nudged"]}
+        reference, nudged = trained[REFERENCE], runs[-1]
+        noise = apart(nudged, reference)
+        print()
+        result["agreement"] = compare(trained["custom"], reference, noise)
+        result["float32_noise"] = noise
+        if "backprop" in trained:
+            result["agreement_backprop"] = compare(trained["backprop"], reference, noise)
     if args.json:
         write_json(args.json, result)
     if args.plot:
-        plot(args.plot, runs[:2], f"{args.model} on {args.dataset} ({args.init} init)")
+        trained_runs = [run for run in runs if not run["nudged"]]
+        plot(args.plot, trained_runs, f"{args.model} on {args.dataset} ({args.init} init)")
     return result
 
 

@@ -82,9 +82,21 @@ def _timed(fn):
     return time.perf_counter() - start
 
 
-def run_fnn(data, epochs, ops):
-    params = fnn.mlp.init(jax.random.key(0), [N_IN, HIDDEN, N_OUT])
-    _, history = fnn.fit(params, data, epochs=epochs, batch_size=BATCH, optimizer=0.5, ops=ops, progress=False)
+def run_fnn(data, epochs, path):
+    """The recipe with fnn: ``fnn.nn.mlp([784, 500, 10])``, SGD 0.5, batches of 100, on gradient path ``path``."""
+    model = fnn.nn.mlp([N_IN, HIDDEN, N_OUT])
+    _, params = model.init(jax.random.key(0), (N_IN,))
+    _, history = fnn.fit(
+        model,
+        params,
+        data,
+        loss=fnn.losses.cross_entropy,
+        path=path,
+        epochs=epochs,
+        batch_size=BATCH,
+        optimizer=0.5,
+        progress=False,
+    )
     return {"wall_s": history.wall_s, "compile_s": history.compile_s, "test_error": float(history.test_err[-1])}
 
 
@@ -97,7 +109,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each")
-    parser.add_argument("--grad", choices=["custom", "autodiff"], default="custom")
+    parser.add_argument("--grad", choices=fnn.PATHS, default="custom", help="fnn's gradient path")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
     peer_torch._torch()  # a clear error now if torch is missing

@@ -2,8 +2,12 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
+import fnn
 from experiments import compare_grads
 from experiments.compare_grads import Config
 
@@ -33,7 +37,7 @@ def test_rows_have_the_schema_and_three_paths_per_config(result):
         assert REQUIRED <= set(row), REQUIRED - set(row)
     for label in (compare_grads.parse_config(t).label for t in TINY):
         paths = [r["path"] for r in rows if r["config"] == label]
-        assert paths == list(compare_grads.PATHS)
+        assert paths == list(fnn.PATHS) == list(compare_grads.PATHS)
     for row in rows:
         assert row["step_s_q1"] <= row["step_s_median"] <= row["step_s_q3"]
         if row["path"] == "autodiff":
@@ -57,9 +61,10 @@ def test_hlo_counts_are_positive_ints_and_count_every_matmul(result):
         assert all(isinstance(v, int) for v in hlo["ops_top"].values())
 
 
-def test_custom_residuals_are_the_relu_outputs_and_softmax(result):
+def test_custom_and_backprop_residuals_are_the_relu_outputs_and_softmax(result):
+    """Both paths run the modules' backward functions, which keep one ReLU output per layer and the softmax."""
     for row in result[0]["rows"]:
-        if row["path"] == "custom":
+        if row["path"] in ("custom", "backprop"):
             itemsize = 8 if row["dtype"] == "float64" else 4
             expected = itemsize * row["batch"] * (row["width"] * row["depth"] + compare_grads.N_OUT)
             assert row["residuals"]["computed_bytes"] == expected, row["residuals"]["saved"]
@@ -72,6 +77,18 @@ def test_json_and_png_are_written(result):
     assert written["grid"]["configs"] == [compare_grads.parse_config(t).label for t in TINY]
     assert len(written["rows"]) == len(payload["rows"])
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_backprop_as_one_vjp_is_the_backprop_path():
+    """The custom_vjp whose residuals the backprop row reports has the backprop path's value and gradient."""
+    model, params, batch = compare_grads.make_problem(compare_grads.parse_config(TINY[-1]), seed=0, bias=False)
+    value, grads = jax.jit(jax.value_and_grad(compare_grads.backprop_as_one_vjp(model)))(params, batch)
+    backprop = fnn.value_and_grad(model, fnn.losses.cross_entropy, path="backprop")
+    want_value, want_grads = jax.jit(backprop)(params, *batch)
+    assert jax.tree.leaves(grads)[0].dtype == jnp.float64
+    # The same float64 operations in the same order, compiled separately: equal to a few ulps.
+    np.testing.assert_allclose(value, want_value, rtol=1e-15)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-16), grads, want_grads)
 
 
 def test_parse_config():
