@@ -27,7 +27,6 @@ import contextlib
 import datetime
 import io
 import re
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -39,6 +38,7 @@ import numpy as np
 from jax.ad_checkpoint import print_saved_residuals
 
 import fnn
+from experiments import _cli
 from experiments._report import (
     device_description,
     markdown_table,
@@ -551,6 +551,7 @@ def parse_args(argv=None):
                         help="results file (default: experiments/results/compare_grads.json; "
                              "compare_grads_quick.json with --quick, compare_grads_selected.json with --configs)")
     parser.add_argument("--plot", metavar="PATH", help="PNG plot (default: the JSON path with .png)")
+    _cli.add_flags(parser)
     args = parser.parse_args(argv)
     for name in ("rounds", "block_s"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
@@ -586,4 +587,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    _cli.run(main)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments import _cli
 from experiments._report import device_description, write_json
 
 
@@ -36,6 +37,7 @@ def parse_args(argv=None):
     parser.add_argument("--json", metavar="PATH", help="write results as JSON")
     parser.add_argument("--worker", metavar="DIR", help=argparse.SUPPRESS)  # child: train with checkpoints in DIR
     parser.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)  # child: train without
+    _cli.add_flags(parser)
     return parser.parse_args(argv)
 
 
@@ -124,4 +126,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    _cli.run(main)

@@ -15,18 +15,25 @@ measure how far rounding alone carries two runs apart.
     python -m experiments.mnist_two_layer --grad all     # all three paths, compared
     python -m experiments.mnist_two_layer --model linear --grad custom
     python -m experiments.mnist_two_layer --init zeros   # the saddle point
+    python -m experiments.mnist_two_layer --devices 4    # each batch split over 4 devices
+    python -m experiments.mnist_two_layer --checkpoint-dir ckpt [--resume]
+
+``--devices N`` splits each batch over N devices, simulating CPU devices when
+the host has fewer. With ``--checkpoint-dir``, each run saves checkpoints in
+a sub-folder named after its path, and ``--resume`` continues from them.
 
 Offline, set ``FNN_DATASETS_DIR`` to a folder holding ``mnist/`` with the four
 IDX files (``../shared/datasets`` on the project's machines).
 """
 
 import argparse
-import sys
+from pathlib import Path
 
 import jax
 import numpy as np
 
 import fnn
+from experiments import _cli
 from experiments._report import device_description, pyplot, save_figure, write_json
 
 #: Paths trained by each ``--grad`` choice; the reference of every comparison is autodiff.
@@ -57,6 +64,13 @@ def parse_args(argv=None):
     parser.add_argument("--json", metavar="PATH", help="write results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write loss and error curves as PNG")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--devices", type=int, default=1, help="split each batch over this many devices")
+    parser.add_argument("--checkpoint-dir", metavar="DIR", help="save checkpoints under DIR/<path>")
+    parser.add_argument("--checkpoint-every", type=int, default=1, metavar="EPOCHS", help="save every this many epochs")
+    parser.add_argument("--checkpoint-every-steps", type=int, metavar="STEPS", help="also save every this many steps")
+    parser.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --checkpoint-dir")
+    _cli.add_flags(parser)
     return parser.parse_args(argv)
 
 
@@ -87,7 +101,15 @@ def train_one(data, grad, args, *, nudge=False):
     if nudge:
         params = jax.tree.map(lambda p: np.nextafter(np.asarray(p), np.float32(np.inf)), params)
     label = f"{grad}, initial weights nudged by one ulp" if nudge else grad
-    print(f"\n{args.model} {sizes} on {args.dataset}, gradients by {label}:\n{HEADER}", flush=True)
+    on = f" on {args.devices} devices" if args.devices > 1 else ""
+    print(f"\n{args.model} {sizes} on {args.dataset}{on}, gradients by {label}:\n{HEADER}", flush=True)
+    saving = {}
+    if args.checkpoint_dir:
+        folder = Path(args.checkpoint_dir) / (f"{grad}-nudged" if nudge else grad)
+        saving = {"checkpoint_dir": folder, "checkpoint_every": args.checkpoint_every,
+                  "checkpoint_every_steps": args.checkpoint_every_steps, "keep": args.keep, "resume": args.resume}  # fmt: skip
+    elif args.resume:
+        raise ValueError("--resume needs --checkpoint-dir")
     _, history = fnn.fit(
         model,
         params,
@@ -99,6 +121,8 @@ def train_one(data, grad, args, *, nudge=False):
         optimizer=args.lr,
         progress=False if args.no_progress else None,
         on_epoch=print_row,
+        devices=args.devices,
+        **saving,
     )
     print(f"wall {history.wall_s:.2f} s (compile {history.compile_s:.2f} s)", flush=True)
     return {
@@ -159,6 +183,10 @@ def plot(path, runs, title):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.devices < 1:
+        raise ValueError(f"--devices must be a positive int, got {args.devices}")
+    if args.devices > 1:
+        fnn.parallel.use_cpu_devices(args.devices)  # before JAX starts; used only where the host is a CPU
     data = fnn.data.load(args.dataset, source_dir=args.source_dir, data_dir=args.data_dir)
     grads = GRAD_CHOICES[args.grad]
     runs = [train_one(data, grad, args) for grad in grads]
@@ -174,6 +202,7 @@ def main(argv=None):
         "lr": args.lr,
         "seed": args.seed,
         "epochs": args.epochs,
+        "devices": args.devices,
         "device": device_description(),
         "jax_version": jax.__version__,
         **({"runs": runs} if len(runs) > 1 else runs[0]),
@@ -196,4 +225,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    _cli.run(main)

@@ -11,7 +11,6 @@ speed. Needs the ``torch`` extra.
 
 import argparse
 import statistics
-import sys
 import time
 
 import jax
@@ -19,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import fnn
-from experiments import peer_torch
+from experiments import _cli, peer_torch
 from experiments._report import device_description, markdown_table, write_json
 
 N_IN, HIDDEN, N_OUT, BATCH = 784, 500, 10, 100
@@ -111,6 +110,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each")
     parser.add_argument("--grad", choices=fnn.PATHS, default="custom", help="fnn's gradient path")
     parser.add_argument("--json", metavar="PATH")
+    _cli.add_flags(parser)
     args = parser.parse_args(argv)
     peer_torch._torch()  # a clear error now if torch is missing
     data = fnn.data.load("mnist")
@@ -154,4 +154,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    _cli.run(main)

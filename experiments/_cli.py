@@ -1,0 +1,38 @@
+"""Running an experiment from the command line: user errors as one line, exit status 2.
+
+A mistake a user can fix (bad data, a bad flag value, a diverged run, a
+checkpoint folder of another run) prints ``error: <message>`` on standard
+error and exits with status 2, as argparse does for unknown flags; ``--debug``
+shows the traceback instead. Anything else is a bug and keeps its traceback.
+"""
+
+import sys
+
+import fnn
+
+#: Exceptions that report a user's mistake, not a bug.
+USER_ERRORS = (
+    fnn.data.DatasetError,
+    fnn.validate.DataError,
+    fnn.loop.TrainingDiverged,
+    fnn.checkpoint.CheckpointError,
+    ValueError,
+)
+
+
+def add_flags(parser):
+    """Adds ``--debug`` to an experiment's argument parser."""
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+
+def run(main, argv=None):
+    """Calls ``main(argv)``; a user error prints ``error: ...`` and exits 2 unless ``--debug`` is given."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return main(argv)
+    except USER_ERRORS as exc:
+        if "--debug" in argv:
+            raise
+        message = " ".join(str(exc).split())  # one line
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
