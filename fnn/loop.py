@@ -3,8 +3,11 @@
 The data is checked on the host (:mod:`fnn.validate`), then placed on the
 devices once. Each epoch is two compiled calls: the scan over its full
 batches (cut into segments when checkpoints are saved every N steps), and one
-that trains the last smaller batch, if any, and evaluates the train and test
-sets. The host syncs once per epoch, to report metrics.
+that trains the last smaller batch, if any, and evaluates the test set. The
+training metrics are the notes': each batch's loss and error before its
+update, from the forward pass the gradient needs, averaged over the epoch
+(``train_metrics="full"`` re-evaluates the training set instead). The host
+syncs once per epoch, to report metrics.
 
 Every step watches its loss: the first non-finite one is carried through the
 scan (no host sync per step) and stops training with :class:`TrainingDiverged`
@@ -32,7 +35,17 @@ from fnn import train as _train
 from fnn.module import Loss, Module
 from fnn.paths import check_path
 
-__all__ = ["COLUMNS", "EVAL_CHUNK", "History", "TrainingDiverged", "evaluate", "fit", "make_epoch_end", "make_steps"]
+__all__ = [
+    "COLUMNS",
+    "EVAL_CHUNK",
+    "History",
+    "TrainingDiverged",
+    "evaluate",
+    "fit",
+    "make_epoch_end",
+    "make_steps",
+    "new_tally",
+]
 
 COLUMNS = ("train_loss", "test_loss", "train_err", "test_err")
 
@@ -152,55 +165,73 @@ def _rows(a, order, start, size):
     return a[jax.lax.dynamic_slice_in_dim(order, start, size)]
 
 
-def _watch(watch, value, step):
-    """Keeps the first step whose loss is not finite, and that loss: ``(step or -1, loss)``."""
-    bad_step, bad_value = watch
-    first = (bad_step < 0) & ~jnp.isfinite(value)
-    return jnp.where(first, step, bad_step).astype(bad_step.dtype), jnp.where(first, value, bad_value).astype(bad_value.dtype)
+def new_tally():
+    """An epoch's running record before its first step: no bad step, nothing summed.
+
+    ``bad_step``/``bad_loss``: the first step whose loss is not finite (-1
+    while there is none) and that loss; ``loss_sum``/``error_sum``: the sums
+    over the rows trained so far of each batch's loss and error rate, from
+    the forward pass before its update (the notes' training metrics).
+    """
+    return {"bad_step": jnp.int32(-1), "bad_loss": jnp.float32(0), "loss_sum": jnp.float32(0), "error_sum": jnp.float32(0)}
 
 
-def new_watch():
-    """The watch of an epoch where nothing has gone wrong yet."""
-    return jnp.int32(-1), jnp.float32(0)
+def _count(tally, metrics, step, rows):
+    """Adds one step's ``metrics`` (its batch has ``rows`` rows) to the tally."""
+    value = metrics["loss"]
+    first_bad = (tally["bad_step"] < 0) & ~jnp.isfinite(value)
+    return {
+        "bad_step": jnp.where(first_bad, step, tally["bad_step"]).astype(jnp.int32),
+        "bad_loss": jnp.where(first_bad, value, tally["bad_loss"]).astype(jnp.float32),
+        "loss_sum": (tally["loss_sum"] + rows * value).astype(jnp.float32),
+        "error_sum": (tally["error_sum"] + rows * metrics.get("error", 0.0)).astype(jnp.float32),
+    }
 
 
 def make_steps(model, loss, optimizer, *, batch_size, n_steps, rows=None, path="custom", key_impl=None, mesh=None):
     """Builds the (unjitted) function that runs ``n_steps`` optimizer steps of an epoch.
 
-    Returns ``steps(params, opt_state, watch, key_data, epoch, first, x, y) ->
-    (params, opt_state, watch)``: steps ``first .. first + n_steps - 1`` of the
+    Returns ``steps(params, opt_state, tally, key_data, epoch, first, x, y) ->
+    (params, opt_state, tally)``: steps ``first .. first + n_steps - 1`` of the
     epoch, step ``i`` on rows ``i * batch_size`` onwards (``rows`` of them,
     ``batch_size`` by default) in data order, or in the epoch's permutation
     when ``key_impl`` is given (the run's key is ``key_data`` of that
-    implementation). ``watch`` records the first step whose loss is not finite.
+    implementation). ``tally`` (see :func:`new_tally`) records the first step
+    whose loss is not finite and sums the batches' losses and errors.
     """
     update = _train.optimizer_update(model, loss, optimizer, path=path)
     rows = batch_size if rows is None else rows
     split = _splitter(mesh)
 
-    def steps(params, opt_state, watch, key_data, epoch, first, x, y):
+    def steps(params, opt_state, tally, key_data, epoch, first, x, y):
         order = None if key_impl is None else _epoch_order(key_data, key_impl, epoch, x.shape[0])
 
         def step(carry, i):
-            params, opt_state, watch = carry
+            params, opt_state, tally = carry
             start = (first + i) * batch_size
             batch = split((_rows(x, order, start, rows), _rows(y, order, start, rows)), rows)
             params, opt_state, metrics = update(params, opt_state, batch)
-            return (params, opt_state, _watch(watch, metrics["loss"], first + i)), None
+            return (params, opt_state, _count(tally, metrics, first + i, rows)), None
 
-        (params, opt_state, watch), _ = jax.lax.scan(step, (params, opt_state, watch), jnp.arange(n_steps))
-        return params, opt_state, watch
+        (params, opt_state, tally), _ = jax.lax.scan(step, (params, opt_state, tally), jnp.arange(n_steps))
+        return params, opt_state, tally
 
     return steps
 
 
-def make_epoch_end(model, loss, optimizer, *, batch_size, n_train, path="custom", key_impl=None, mesh=None):
-    """Builds the (unjitted) end of an epoch: the last smaller batch, if any, then evaluation.
+def make_epoch_end(
+    model, loss, optimizer, *, batch_size, n_train, path="custom", key_impl=None, mesh=None, train_metrics="batches"
+):
+    """Builds the (unjitted) end of an epoch: the last smaller batch, if any, then the epoch's metrics.
 
-    Returns ``end(params, opt_state, watch, key_data, epoch, x, y, x_test, y_test)
-    -> (params, opt_state, watch, metrics)``, ``metrics`` mapping each name in
+    Returns ``end(params, opt_state, tally, key_data, epoch, x, y, x_test, y_test)
+    -> (params, opt_state, tally, metrics)``, ``metrics`` mapping each name in
     :data:`COLUMNS` to a scalar (the errors to ``None`` when the loss has no
-    error rate).
+    error rate). The test set is evaluated at the epoch's parameters; the
+    training metrics are the mean over the epoch's examples of each batch's
+    loss and error before its update (``train_metrics="batches"``, the notes'
+    way, free) or an evaluation of the whole training set at the epoch's
+    parameters (``"full"``, a third more work for the notes' recipe).
     """
     full, remainder = divmod(n_train, batch_size)
     last = None
@@ -209,12 +240,16 @@ def make_epoch_end(model, loss, optimizer, *, batch_size, n_train, path="custom"
             model, loss, optimizer, batch_size=batch_size, n_steps=1, rows=remainder, path=path, key_impl=key_impl, mesh=mesh
         )
 
-    def end(params, opt_state, watch, key_data, epoch, x, y, x_test, y_test):
+    def end(params, opt_state, tally, key_data, epoch, x, y, x_test, y_test):
         if last is not None:
-            params, opt_state, watch = last(params, opt_state, watch, key_data, epoch, full, x, y)
-        train_loss, train_err = evaluate(model, loss, params, x, y, mesh=mesh)
+            params, opt_state, tally = last(params, opt_state, tally, key_data, epoch, full, x, y)
+        if train_metrics == "full":
+            train_loss, train_err = evaluate(model, loss, params, x, y, mesh=mesh)
+        else:
+            train_loss = tally["loss_sum"] / n_train
+            train_err = tally["error_sum"] / n_train if loss.error is not None else None
         test_loss, test_err = evaluate(model, loss, params, x_test, y_test, mesh=mesh)
-        return params, opt_state, watch, dict(zip(COLUMNS, (train_loss, test_loss, train_err, test_err)))
+        return params, opt_state, tally, dict(zip(COLUMNS, (train_loss, test_loss, train_err, test_err)))
 
     return end
 
@@ -256,6 +291,7 @@ def fit(
     checkpoint_every_steps: int | None = None,
     keep: int = 3,
     resume: bool = False,
+    train_metrics: str = "batches",
 ):
     """Trains ``model`` from ``params`` on ``loss`` and reports per-epoch metrics.
 
@@ -289,6 +325,11 @@ def fit(
       keep: how many checkpoints to keep.
       resume: continue from the newest checkpoint in ``checkpoint_dir``, if
         any; the run's configuration must match the checkpoint's.
+      train_metrics: ``"batches"``: an epoch's train loss and error are the
+        mean over its examples of each batch's loss and error before that
+        batch's update (the notes' way: free, from the forward pass the
+        gradient needs); ``"full"``: the whole training set evaluated at the
+        epoch's end. The test set is always evaluated at the epoch's end.
 
     Returns:
       ``(params, history)``, the trained parameters and a :class:`History`.
@@ -324,16 +365,20 @@ def fit(
         _check_int("checkpoint_every_steps", checkpoint_every_steps, 1)
         segment = min(checkpoint_every_steps, full_batches) or full_batches
     _check_int("checkpoint_every", checkpoint_every, 1)
+    if train_metrics not in ("batches", "full"):
+        raise ValueError(f"train_metrics must be 'batches' or 'full', got {train_metrics!r}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir to resume from")
 
     optimizer = _train.as_optimizer(optimizer)
     key_data, key_impl = _key_parts(shuffle_key)
-    state = parallel.replicate({"params": params, "opt_state": optimizer.init(params), "key": key_data}, mesh)
+    state = {"params": params, "opt_state": optimizer.init(params), "key": key_data, "tally": new_tally()}
+    state = parallel.replicate(state, mesh)
     arrays = parallel.replicate((x_train, y_train, x_test, y_test), mesh)
     config = {
         "model": repr(model), "loss": loss.name, "path": path, "batch_size": batch_size,
         "n_train": n_train, "n_test": int(x_test.shape[0]), "shuffle": key_impl is not None,
+        "train_metrics": train_metrics,
     }  # fmt: skip
     steps_per_epoch = full_batches + (n_train % batch_size > 0)
     first_epoch, first_step, rows = 1, 0, []
@@ -368,21 +413,23 @@ def fit(
     def steps_fn(n):
         if n not in compiled:
             fn = jax.jit(make_steps(model, loss, optimizer, n_steps=n, **kw), **donate, **out)
-            compiled[n] = fn.lower(state["params"], state["opt_state"], new_watch(), state["key"], 1, 0, *arrays[:2]).compile()
+            compiled[n] = fn.lower(state["params"], state["opt_state"], state["tally"], state["key"], 1, 0, *arrays[:2]).compile()
         return compiled[n]
 
-    end_fn = jax.jit(make_epoch_end(model, loss, optimizer, n_train=n_train, **kw), **donate, **out)
-    end_fn = end_fn.lower(state["params"], state["opt_state"], new_watch(), state["key"], 1, *arrays).compile()
+    end_fn = jax.jit(make_epoch_end(model, loss, optimizer, n_train=n_train, train_metrics=train_metrics, **kw), **donate, **out)
+    end_fn = end_fn.lower(state["params"], state["opt_state"], state["tally"], state["key"], 1, *arrays).compile()
     for n in {segment, full_batches % segment} - {0}:
         steps_fn(n)
+    fresh_tally = parallel.replicate(new_tally(), mesh)
     compile_s = time.perf_counter() - start
 
-    def save(epoch, step, next_epoch, next_step):
+    def save(epoch, step, next_epoch, next_step, tally):
         meta = {"next_epoch": next_epoch, "next_step": next_step, "history": rows, "config": config}
-        checkpoints.save((epoch - 1) * steps_per_epoch + step, {**state, "params": params, "opt_state": opt_state}, meta)
+        number = (epoch - 1) * steps_per_epoch + step
+        checkpoints.save(number, {**state, "params": params, "opt_state": opt_state, "tally": tally}, meta)
 
-    def diverged(watch, epoch):
-        bad_step, bad_value = int(watch[0]), float(watch[1])
+    def diverged(tally, epoch):
+        bad_step, bad_value = int(tally["bad_step"]), float(tally["bad_loss"])
         if bad_step < 0:
             return
         kept = (
@@ -397,26 +444,27 @@ def fit(
             f"{steps_per_epoch}; {kept}. Try a smaller learning rate."
         )
 
-    params, opt_state = state["params"], state["opt_state"]
+    params, opt_state, resumed_tally = state["params"], state["opt_state"], state["tally"]
     bar = tqdm(
         range(first_epoch, epochs + 1), desc="epochs", unit="epoch", disable=None if progress is None else not progress
     )
     for epoch in bar:
         tic = time.perf_counter()
-        watch, step = new_watch(), first_step if epoch == first_epoch else 0
+        step = first_step if epoch == first_epoch else 0
+        tally = resumed_tally if step else fresh_tally
         while step < full_batches:
             n = min(segment, full_batches - step)
-            params, opt_state, watch = steps_fn(n)(params, opt_state, watch, state["key"], epoch, step, *arrays[:2])
+            params, opt_state, tally = steps_fn(n)(params, opt_state, tally, state["key"], epoch, step, *arrays[:2])
             step += n
             if checkpoints is not None and checkpoint_every_steps is not None and step < full_batches:
-                diverged(watch, epoch)
-                save(epoch, step, epoch, step)
-        params, opt_state, watch, values = end_fn(params, opt_state, watch, state["key"], epoch, *arrays)
+                diverged(tally, epoch)
+                save(epoch, step, epoch, step, tally)
+        params, opt_state, tally, values = end_fn(params, opt_state, tally, state["key"], epoch, *arrays)
         values = {name: float(v) for name, v in values.items() if v is not None}  # waits for the epoch
-        diverged(watch, epoch)
+        diverged(tally, epoch)
         rows.append({"epoch": epoch, **values, "epoch_s": time.perf_counter() - tic})
         if checkpoints is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
-            save(epoch, steps_per_epoch, epoch + 1, 0)
+            save(epoch, steps_per_epoch, epoch + 1, 0, fresh_tally)
         bar.set_postfix({name: f"{v:.4f}" for name, v in values.items() if name in ("train_loss", "test_err")})
         if on_epoch is not None:
             on_epoch(rows[-1])

@@ -34,37 +34,50 @@ def _check_pair(model, loss):
 
 
 def backprop(model, loss):
-    """The notes' reverse sweep: ``f(params, x, targets) -> (loss_value, grads)``, no JAX autodiff."""
+    """The notes' reverse sweep: ``f(params, x, targets) -> ((loss_value, outputs), grads)``, no JAX autodiff."""
 
     def value_and_grads(params, x, targets):
         outputs, saved = model.forward(params, x)
         value, loss_saved = loss.forward(outputs, targets)
         grads, _ = model.backward(params, saved, loss.backward(loss_saved, jnp.ones_like(value)))
-        return value, grads
+        return (value, outputs), grads
 
     return value_and_grads
 
 
-def value_and_grad(model, loss, *, path="custom"):
+def value_and_grad(model, loss, *, path="custom", outputs=False):
     """The loss of ``model`` on a batch and its gradient, by one of :data:`PATHS`.
 
     Args:
       model: any :class:`fnn.module.Module` (e.g. ``fnn.nn.mlp([784, 500, 10])``).
       loss: any :class:`fnn.module.Loss` (e.g. ``fnn.losses.cross_entropy``).
       path: ``"autodiff"``, ``"custom"`` or ``"backprop"``.
+      outputs: also return the model's outputs (from the same forward pass),
+        as ``jax.value_and_grad(..., has_aux=True)`` returns its aux.
 
     Returns:
-      ``f(params, x, targets) -> (loss_value, grads)``, ``grads`` in the
-      structure of ``params``. Every path gives the same value and, up to
-      rounding, the same gradient.
+      ``f(params, x, targets) -> (loss_value, grads)``, or with ``outputs``
+      ``f(...) -> ((loss_value, outputs), grads)``; ``grads`` in the structure
+      of ``params``. Every path gives the same value and, up to rounding, the
+      same gradient.
     """
     _check_pair(model, loss)
     if check_path(path) == "backprop":
-        return backprop(model, loss)
-    if path == "custom":
-        model, loss = model.custom, loss.custom
+        with_outputs = backprop(model, loss)
+    else:
+        if path == "custom":
+            model, loss = model.custom, loss.custom
 
-    def objective(params, x, targets):
-        return loss.apply(model.apply(params, x), targets)
+        def objective(params, x, targets):
+            out = model.apply(params, x)
+            return loss.apply(out, targets), out
 
-    return jax.value_and_grad(objective)
+        with_outputs = jax.value_and_grad(objective, has_aux=True)
+    if outputs:
+        return with_outputs
+
+    def value_and_grads(params, x, targets):
+        (value, _), grads = with_outputs(params, x, targets)
+        return value, grads
+
+    return value_and_grads

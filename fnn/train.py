@@ -2,8 +2,9 @@
 
 A step is ``(params, batch) -> (params, metrics)`` (SGD) or
 ``(params, opt_state, batch) -> (params, opt_state, metrics)`` (optax), with
-``batch = (x, targets)`` and ``metrics = {"loss": L}``, ``L`` the loss at the
-parameters passed in (before the update). The gradient comes from
+``batch = (x, targets)`` and ``metrics = {"loss": L, "error": E}``: the loss
+and, for a loss with an error rate, the error of the batch at the parameters
+passed in (before the update), from the forward pass the gradient needs anyway. The gradient comes from
 :func:`fnn.value_and_grad` with ``path`` one of :data:`fnn.PATHS`. Jitted
 steps donate their parameter (and optimizer-state) buffers, so the update
 happens in place on every backend; the arrays passed in must not be used
@@ -35,20 +36,27 @@ def as_optimizer(optimizer):
     return optax.sgd(optimizer)
 
 
+def _metrics(loss, value, outputs, targets):
+    """The batch's loss and, if the loss has one, its error rate."""
+    if loss.error is None:
+        return {"loss": value}
+    return {"loss": value, "error": loss.error(outputs, targets)}
+
+
 def sgd_update(model, loss, learning_rate, *, path="custom"):
-    """Pure (unjitted) SGD update ``(params, batch) -> (params, {"loss": L})``.
+    """Pure (unjitted) SGD update ``(params, batch) -> (params, metrics)``.
 
     Implements ``W <- W - learning_rate * dL/dW`` for every leaf. Use it in
     your own compiled loops (e.g. ``jax.lax.scan``); :func:`sgd_step` is its
     jitted form.
     """
     _check_learning_rate(learning_rate)
-    grad_fn = value_and_grad(model, loss, path=path)
+    grad_fn = value_and_grad(model, loss, path=path, outputs=True)
 
     def update(params, batch):
-        value, grads = grad_fn(params, *batch)
+        (value, outputs), grads = grad_fn(params, *batch)
         params = jax.tree.map(lambda p, g: p - learning_rate * g, params, grads)
-        return params, {"loss": value}
+        return params, _metrics(loss, value, outputs, batch[1])
 
     return update
 
@@ -61,12 +69,12 @@ def optimizer_update(model, loss, optimizer, *, path="custom"):
     Initialise the state with ``as_optimizer(optimizer).init(params)``.
     """
     optimizer = as_optimizer(optimizer)
-    grad_fn = value_and_grad(model, loss, path=path)
+    grad_fn = value_and_grad(model, loss, path=path, outputs=True)
 
     def update(params, opt_state, batch):
-        value, grads = grad_fn(params, *batch)
+        (value, outputs), grads = grad_fn(params, *batch)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, {"loss": value}
+        return optax.apply_updates(params, updates), opt_state, _metrics(loss, value, outputs, batch[1])
 
     return update
 

@@ -74,11 +74,17 @@ def test_one_epoch_equals_a_loop_of_steps_with_a_remainder_batch(path):
     params = init()
     step = fnn.train.sgd_step(MODEL, CE, 0.1, path=path)
     expected = copy(params)
+    seen = []  # (rows, loss, error) of each batch, before its update
     for start in range(0, 230, 32):
-        expected, _ = step(expected, (data.x_train[start : start + 32], data.y_train[start : start + 32]))
+        expected, metrics = step(expected, (data.x_train[start : start + 32], data.y_train[start : start + 32]))
+        seen.append((len(data.x_train[start : start + 32]), metrics["loss"], metrics["error"]))
     trained, history = fnn.fit(
         MODEL, copy(params), data, loss=CE, path=path, epochs=1, batch_size=32, optimizer=0.1, progress=False
     )
+    # The notes' training metrics: each batch's loss and error before its update, averaged over the examples.
+    rows, losses, errors = map(np.array, zip(*seen))
+    np.testing.assert_allclose(history.train_loss[0], np.sum(rows * losses) / 230, rtol=1e-6)  # summed in float32
+    np.testing.assert_allclose(history.train_err[0], np.sum(rows * errors) / 230, rtol=1e-6)
     # The same float64 steps, compiled once inside a scan and once each on their own: XLA
     # may fuse them differently, so they agree to rounding, not bit for bit.
     assert_trees_close(trained, expected, rtol=1e-12, atol=1e-14)
@@ -86,6 +92,17 @@ def test_one_epoch_equals_a_loop_of_steps_with_a_remainder_batch(path):
     np.testing.assert_allclose(history.test_loss[0], CE.apply(logits, data.y_test), rtol=1e-12)
     # Error rates are float32 (a mean of booleans): equal up to its rounding.
     np.testing.assert_allclose(history.test_err[0], fnn.metrics.error_rate(logits, data.y_test), rtol=1e-7)
+
+
+def test_full_training_metrics_evaluate_the_training_set_at_the_end_of_the_epoch():
+    data = toy_data()
+    trained, history = fnn.fit(MODEL, init(), data, epochs=1, batch_size=32, optimizer=0.1, progress=False,
+                               train_metrics="full")  # fmt: skip
+    logits = MODEL.apply(trained, data.x_train)
+    np.testing.assert_allclose(history.train_loss[0], CE.apply(logits, data.y_train), rtol=1e-12)
+    np.testing.assert_allclose(history.train_err[0], fnn.metrics.error_rate(logits, data.y_train), rtol=1e-7)
+    with pytest.raises(ValueError, match="train_metrics must be 'batches' or 'full', got 'each'"):
+        fnn.fit(MODEL, init(), data, epochs=1, progress=False, train_metrics="each")
 
 
 #: optax optimisers run through fit, one table for every path (optax's alias_test habit).
