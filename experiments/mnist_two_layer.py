@@ -54,8 +54,10 @@ GRAD_CHOICES = {
 REFERENCE = "autodiff"
 
 #: The largest relative gradient error (per leaf, against the leaf's largest float64 entry)
-#: that float32 rounding explains: about 100 ulps (eps 1.2e-7) of sums of a few hundred terms.
-LOCKSTEP_RTOL = 1e-5
+#: that float32 rounding explains. Both paths share the float32 forward pass, whose rounding
+#: reaches a few 1e-6 late in training where gradient entries cancel (eps 1.2e-7); 1e-4 leaves
+#: a wide margin for other processors, while a wrong rule errs by order 1.
+LOCKSTEP_RTOL = 1e-4
 
 HEADER = f"{'Epoch':>5} | {'Train Loss':>10} | {'Test Loss':>9} | {'Train Err':>9} | {'Test Err':>8}"
 
