@@ -52,9 +52,10 @@ def _label_score(scores, labels):
 # ---------------------------------------------------------------- cross-entropy
 def _cross_entropy_forward(logits, labels):
     shifted = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-    lse = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
-    value = jnp.mean(lse[..., 0] - _label_score(shifted, labels))
-    return value, (jnp.exp(shifted - lse), labels)
+    exps = jnp.exp(shifted)  # once: the loss needs their sum, the backward softmax = exps / sum
+    total = jnp.sum(exps, axis=-1, keepdims=True)
+    value = jnp.mean(jnp.log(total)[..., 0] - _label_score(shifted, labels))
+    return value, (exps / total, labels)
 
 
 def _cross_entropy_backward(saved, g):
@@ -157,12 +158,13 @@ def multiclass_hinge(margin=1.0):
         # NaN for an out-of-range label; added, not selected, so that autodiff's gradient stays the backward's.
         in_range = jnp.all((labels >= 0) & (labels < scores.shape[-1]))
         value = value + jnp.where(in_range, 0.0, jnp.nan).astype(value.dtype)
-        return value, (violated.astype(scores.dtype), labels)
+        return value, (violated, labels)  # booleans: a quarter of a float32 matrix
 
     def backward(saved, g):
         violated, labels = saved
-        onehot = jax.nn.one_hot(labels, violated.shape[-1], dtype=violated.dtype)
-        return g * (violated - onehot * jnp.sum(violated, axis=-1, keepdims=True)) / labels.size
+        ds = jnp.where(violated, g / labels.size, 0.0).astype(jnp.result_type(g))
+        onehot = jax.nn.one_hot(labels, violated.shape[-1], dtype=ds.dtype)
+        return ds - onehot * jnp.sum(ds, axis=-1, keepdims=True)
 
     return loss(
         "multiclass_hinge",

@@ -14,6 +14,13 @@ def require_float(name, arg, value):
         raise TypeError(f"{name}: {arg} must be a floating-point array, got dtype {value.dtype}")
 
 
+def require_float_dtype(name, dtype):
+    """Checks that a parameter ``dtype`` (``jnp.float32``, ``jnp.bfloat16``, ...) is floating; returns it."""
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{name}: dtype must be a floating-point dtype, got {jnp.dtype(dtype).name}")
+    return dtype
+
+
 def require_param(name, params, key, x, ndim):
     """Checks that ``params[key]`` exists, is floating, has ``ndim`` axes and ``x``'s dtype; returns it."""
     if not isinstance(params, dict) or key not in params:
@@ -41,7 +48,7 @@ def require_features(name, x, n, what):
 
 def require_no_params(name, params):
     """Checks that a parameter-free module got the empty pytree ``()``."""
-    if params != () and params != [] and params != {}:
+    if not isinstance(params, (tuple, list, dict)) or params:
         raise TypeError(f"{name}: has no parameters and takes params=(), got {type(params).__name__}")
 
 

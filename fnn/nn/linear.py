@@ -102,6 +102,7 @@ def dense(n_out, *, bias=False, w_init="he", b_init="zeros", dtype=jnp.float32):
     """
     if isinstance(n_out, bool) or not isinstance(n_out, int) or n_out < 1:
         raise ValueError(f"dense: n_out must be a positive int, got {n_out!r}")
+    _checks.require_float_dtype("dense", dtype)
     make_w, make_b = _init.resolve(w_init), _init.resolve(b_init)
 
     def init(key, input_shape):

@@ -52,6 +52,7 @@ def layer_norm(eps=1e-5, *, dtype=jnp.float32):
 
     Params: ``{"gamma": [m], "beta": [m]}``. See the module doc for the formulas.
     """
+    _checks.require_float_dtype("layer_norm", dtype)
 
     def init(key, input_shape):
         shape = _checks.require_shape("layer_norm", input_shape)

@@ -17,12 +17,31 @@ NAMES = (
     "cross_entropy", "mse", "logistic_loss", "multiclass_hinge",
 )  # fmt: skip
 
+
+def _per_value(factory):
+    """``factory`` memoised per hyperparameter value.
+
+    An unhashable value (a list, an array) goes to ``factory`` uncached, which
+    accepts it (``stride=[2, 2]``) or rejects it with its own message.
+    """
+    cached = functools.lru_cache(typed=True)(factory)  # typed: True is not taken for 1
+
+    def get(*args):
+        try:
+            hash(args)
+        except TypeError:
+            return factory(*args)
+        return cached(*args)
+
+    return get
+
+
 # Leaves and losses with hyperparameters, one per distinct value (each builds its custom_vjp once).
-_leaky_relu = functools.lru_cache(activations.leaky_relu)
-_softplus = functools.lru_cache(activations.softplus)
-_layer_norm = functools.lru_cache(norm.layer_norm_leaf)
-_conv2d = functools.lru_cache(conv.conv2d_leaf)
-_hinge = functools.lru_cache(losses.multiclass_hinge)
+_leaky_relu = _per_value(activations.leaky_relu)
+_softplus = _per_value(activations.softplus)
+_layer_norm = _per_value(norm.layer_norm_leaf)
+_conv2d = _per_value(conv.conv2d_leaf)
+_hinge = _per_value(losses.multiclass_hinge)
 
 
 def op_set(path):

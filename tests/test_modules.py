@@ -1,0 +1,556 @@
+"""Every module and loss: its hand-written backward function against autodiff, finite differences and the paths.
+
+The conformance table ``CASES`` has one row per module or loss. Each row is
+checked, in float64, on all three gradient paths:
+
+- ``custom`` against ``autodiff`` with :func:`fnn.testing.compare_vjp`:
+  values, eager VJPs, and the VJP under ``jit``, ``vmap`` and
+  reverse-over-reverse, parameters differentiated along with the input;
+- the ``custom`` VJP against central finite differences, first and second
+  order (``jax.test_util.check_grads``);
+- ``backprop`` (``forward``, then ``backward`` on what it saved) against
+  ``autodiff``'s VJP.
+
+Then edge values (GUIDE section 6) on every path, initialisers, and every
+error message.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import fnn
+from fnn import losses, nn
+from fnn.module import Loss
+from fnn.testing import compare_vjp
+
+# Tolerances (float64, eps 2.2e-16):
+# - custom/backprop against autodiff: compare_vjp's float64 default, a difference
+#   passes when max |a - e| <= 1e-14 + 1e-12 max |e|: both sides compute the same
+#   sums in a different order, a few hundred ulps at most at these sizes.
+# - finite differences: central differences with step h = 1e-5 have truncation
+#   error ~h^2 |f'''| / 6 ~ 2e-11 |f'''| and rounding error ~eps |f| / h ~ 2e-11 |f|,
+#   so a tolerance of 1e-6 leaves orders of magnitude of margin for the O(1-100)
+#   derivatives of these rows, while a wrong rule misses by O(1). (At h = 1e-4,
+#   truncation alone reaches 7e-6 in the residual row's second order.)
+RTOL, ATOL = 1e-12, 1e-14
+FD_STEP, FD_TOL = 1e-5, 1e-6
+
+
+def class_labels(rng, shape):
+    """Integer class ids for scores of ``shape`` (the last axis the classes)."""
+    return jnp.asarray(rng.integers(0, shape[-1], shape[:-1]))
+
+
+def binary_labels(rng, shape):
+    """0/1 labels of ``shape``, as floats (logistic accepts integer, boolean or floating labels)."""
+    return jnp.asarray(rng.integers(0, 2, shape), jnp.float64)
+
+
+def real_targets(rng, shape):
+    """Regression targets of ``shape``."""
+    return jnp.asarray(rng.standard_normal(shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One row of the conformance table.
+
+    ``build()`` returns the module or loss under test; ``input_shape`` is the
+    shape of its example input, batch axis first (a loss's input is the
+    model's output). ``targets(rng, input_shape)`` makes a loss's targets
+    from a NumPy generator.
+    """
+
+    name: str
+    build: Callable
+    input_shape: tuple
+    targets: Callable = class_labels
+
+
+# fmt: off
+CASES = [
+    Case("dense", lambda: nn.dense(3), input_shape=(4, 5)),
+    Case("dense_bias", lambda: nn.dense(3, bias=True), input_shape=(2, 3, 5)),
+    Case("relu", lambda: nn.relu, input_shape=(4, 5)),
+    Case("sigmoid", lambda: nn.sigmoid, input_shape=(4, 5)),
+    Case("tanh", lambda: nn.tanh, input_shape=(4, 5)),
+    Case("leaky_relu", lambda: nn.leaky_relu(0.2), input_shape=(4, 5)),
+    Case("gelu", lambda: nn.gelu, input_shape=(4, 5)),
+    Case("softplus", lambda: nn.softplus(2.0), input_shape=(4, 5)),
+    Case("layer_norm", lambda: nn.layer_norm(), input_shape=(4, 5)),
+    Case("conv2d", lambda: nn.conv2d(3, 3), input_shape=(2, 5, 4, 2)),
+    Case("conv2d_valid", lambda: nn.conv2d(3, 3, padding="VALID"), input_shape=(2, 5, 4, 2)),
+    Case("conv2d_stride2_bias", lambda: nn.conv2d(3, 3, stride=2, bias=True), input_shape=(2, 5, 6, 2)),
+    Case("conv2d_stride23_same", lambda: nn.conv2d(2, (2, 3), stride=(2, 3), bias=True), input_shape=(2, 5, 7, 2)),
+    Case("conv2d_stride23_valid", lambda: nn.conv2d(2, (2, 3), stride=(2, 3), padding="VALID", bias=True), input_shape=(2, 7, 8, 2)),
+    Case("flatten", lambda: nn.flatten(), input_shape=(2, 3, 4)),
+    Case("residual", lambda: nn.residual(nn.serial(nn.dense(5, bias=True), nn.tanh)), input_shape=(4, 5)),
+    Case("serial", lambda: nn.serial(nn.dense(4, bias=True), nn.gelu, nn.layer_norm(), nn.dense(3)), input_shape=(4, 5)),
+    Case("cross_entropy", lambda: losses.cross_entropy, input_shape=(4, 5)),
+    Case("mse", lambda: losses.mse, input_shape=(4, 3), targets=real_targets),
+    Case("logistic", lambda: losses.logistic, input_shape=(4, 3), targets=binary_labels),
+    Case("multiclass_hinge", lambda: losses.multiclass_hinge(0.5), input_shape=(4, 5)),
+]
+# fmt: on
+
+
+@dataclasses.dataclass(frozen=True)
+class Flat:
+    """A row made concrete: functions of flat float64 arguments ``args``, one per path.
+
+    ``autodiff(*args)`` and ``custom(*args)`` are the plain and the custom-VJP
+    ``apply``; ``backprop(args, g) -> (output, cotangents of args)`` is the
+    hand-written ``forward`` then ``backward``.
+    """
+
+    autodiff: Callable
+    custom: Callable
+    backprop: Callable
+    args: tuple
+
+
+def flat(case, seed=0):
+    """The row's module or loss as a :class:`Flat`.
+
+    A module's arguments are its parameter leaves followed by its input; the
+    leaves are random, so that biases, LayerNorm's gamma and beta are not at
+    their initial values. A loss's argument is its input alone; its targets
+    are data, held fixed.
+    """
+    built = case.build()
+    rng = np.random.default_rng(seed)  # NumPy draws: nothing to compile
+    x = jnp.asarray(rng.standard_normal(case.input_shape))
+    if isinstance(built, Loss):
+        targets = case.targets(rng, case.input_shape)
+
+        def loss_backprop(args, g):
+            value, saved = built.forward(args[0], targets)
+            return value, (built.backward(saved, g),)
+
+        return Flat(
+            lambda o: built.apply(o, targets), lambda o: built.custom.apply(o, targets), loss_backprop, (x,)
+        )
+    # The structure and shapes init gives, without running it.
+    shapes = jax.eval_shape(lambda key: built.init(key, case.input_shape[1:])[1], jax.random.key(0))
+    leaves, treedef = jax.tree.flatten(shapes)
+    leaves = [jnp.asarray(rng.standard_normal(leaf.shape)) for leaf in leaves]
+
+    def on_flat(apply):
+        return lambda *args: apply(jax.tree.unflatten(treedef, args[:-1]), args[-1])
+
+    def module_backprop(args, g):
+        params = jax.tree.unflatten(treedef, args[:-1])
+        y, saved = built.forward(params, args[-1])
+        dparams, dx = built.backward(params, saved, g)
+        assert jax.tree.structure(dparams) == treedef, "backward's dparams must have the structure of params"
+        return y, (*jax.tree.leaves(dparams), dx)
+
+    return Flat(on_flat(built.apply), on_flat(built.custom.apply), module_backprop, (*leaves, x))
+
+
+def assert_close(actual, expected, rtol=RTOL, atol=ATOL):
+    """``max |a - e| <= atol + rtol max |e|`` for every pair of leaves (compare_vjp's criterion)."""
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        a, e = np.asarray(a), np.asarray(e)
+        assert a.shape == e.shape and a.dtype == e.dtype, (a.shape, a.dtype, e.shape, e.dtype)
+        assert np.max(np.abs(a - e), initial=0) <= atol + rtol * np.max(np.abs(e), initial=0), (a, e)
+
+
+table = pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+
+
+@table
+def test_custom_matches_autodiff(case):
+    """Values, eager VJP, jit, vmap and reverse-over-reverse of the custom VJP against autodiff."""
+    row = flat(case)
+    compare_vjp(row.custom, row.autodiff, *row.args, rtol=RTOL, atol=ATOL)
+
+
+@table
+def test_custom_matches_finite_differences(case):
+    """The custom VJP, and the VJP of that VJP, against central differences."""
+    row = flat(case)
+    check_grads(jax.jit(row.custom), row.args, order=2, modes=["rev"], eps=FD_STEP, atol=FD_TOL, rtol=FD_TOL)
+
+
+@table
+def test_backprop_matches_autodiff(case):
+    """``backward`` on ``forward``'s saved values is autodiff's VJP, for a random output cotangent."""
+    row = flat(case)
+
+    @jax.jit
+    def both(args, g):
+        y, pullback = jax.vjp(row.autodiff, *args)
+        return row.backprop(args, g), (y, pullback(g))
+
+    g = jnp.asarray(np.random.default_rng(1).standard_normal(jax.eval_shape(row.autodiff, *row.args).shape))
+    assert_close(*both(row.args, g))
+
+
+# ------------------------------------------------------------------ edge values (GUIDE section 6)
+def module_vjp(path, module, params, x):
+    """``(y, dparams, dx)`` of ``module`` at ``(params, x)`` for the output cotangent ones, by ``path``."""
+    if path == "backprop":
+        y, saved = module.forward(params, x)
+        return (y, *module.backward(params, saved, jnp.ones_like(y)))
+    y, pullback = jax.vjp(module.custom.apply if path == "custom" else module.apply, params, x)
+    return (y, *pullback(jnp.ones_like(y)))
+
+
+def loss_grad(path, loss, outputs, targets):
+    """``(value, d value / d outputs)`` of ``loss`` by ``path``."""
+    outputs = jnp.asarray(outputs)
+    if path == "backprop":
+        value, saved = loss.forward(outputs, targets)
+        return value, loss.backward(saved, jnp.ones_like(value))
+    return jax.value_and_grad(loss.custom.apply if path == "custom" else loss.apply)(outputs, targets)
+
+
+paths = pytest.mark.parametrize("path", fnn.PATHS)
+
+
+def activation_grad(path, module, x):
+    """``(y, dy/dx)`` of an elementwise module at the float64 points ``x``."""
+    y, _, dx = module_vjp(path, module, (), jnp.asarray(x, jnp.float64))
+    return y, dx
+
+
+@paths
+def test_relu_derivative_at_zero_is_zero(path):
+    y, dx = activation_grad(path, nn.relu, [-1.0, 0.0, 2.0])
+    np.testing.assert_array_equal(y, [0.0, 0.0, 2.0])
+    np.testing.assert_array_equal(dx, [0.0, 0.0, 1.0])
+
+
+@paths
+def test_leaky_relu_takes_the_negative_slope_at_zero(path):
+    y, dx = activation_grad(path, nn.leaky_relu(0.1), [-2.0, 0.0, 3.0])
+    np.testing.assert_allclose(y, [-0.2, 0.0, 3.0], rtol=1e-15)
+    np.testing.assert_array_equal(dx, [0.1, 0.1, 1.0])
+
+
+@paths
+def test_gelu_derivative_at_zero_is_one_half(path):
+    y, dx = activation_grad(path, nn.gelu, [0.0])
+    np.testing.assert_array_equal(y, [0.0])
+    np.testing.assert_array_equal(dx, [0.5])
+
+
+@paths
+@pytest.mark.parametrize("beta", [1.0, 2.0])
+def test_softplus_is_finite_for_huge_inputs(path, beta):
+    y, dx = activation_grad(path, nn.softplus(beta), [800.0, -800.0])
+    np.testing.assert_array_equal(y, [800.0, 0.0])
+    np.testing.assert_array_equal(dx, [1.0, 0.0])
+
+
+@paths
+def test_layer_norm_of_a_constant_row_is_beta_with_finite_gradients(path):
+    params = {"gamma": jnp.array([1.0, 2.0, 3.0]), "beta": jnp.array([0.5, -0.5, 1.5])}
+    x = jnp.array([[4.0, 4.0, 4.0], [1.0, 2.0, 4.0]])
+    y, dparams, dx = module_vjp(path, nn.layer_norm(), params, x)
+    np.testing.assert_array_equal(y[0], params["beta"])
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves((dparams, dx)))
+    # Row 0: zhat = 0 and sigma = sqrt(eps), so dx = (gamma - mean(gamma)) / sqrt(eps) and
+    # the row adds nothing to dgamma, which is row 1's zhat.
+    np.testing.assert_allclose(dx[0], (params["gamma"] - 2.0) / np.sqrt(1e-5), rtol=1e-14)
+    centred = x[1] - x[1].mean()
+    np.testing.assert_allclose(dparams["gamma"], centred / np.sqrt(np.mean(centred**2) + 1e-5), rtol=1e-14)
+    np.testing.assert_array_equal(dparams["beta"], [2.0, 2.0, 2.0])
+
+
+@paths
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_cross_entropy_is_finite_for_huge_logits(path, dtype):
+    logits = jnp.array([[1e4, 0.0, -1e4], [-1e4, -1e4, 1e4]], dtype)
+    value, grad = loss_grad(path, losses.cross_entropy, logits, jnp.array([1, 2]))
+    # Row 0: logsumexp 1e4, picked 0, loss 1e4; row 1 picks the max, loss 0. Exact in both dtypes.
+    assert value.dtype == grad.dtype == dtype
+    np.testing.assert_allclose(value, 5e3, rtol=1e-15)
+    np.testing.assert_allclose(grad, [[0.5, -0.5, 0.0], [0.0, 0.0, 0.0]], atol=1e-15)
+
+
+@paths
+def test_logistic_is_finite_for_huge_logits(path):
+    value, grad = loss_grad(path, losses.logistic, [1e4, -1e4, 1e4, -1e4], jnp.array([1, 1, 0, 0]))
+    # Wrong by 1e4 in rows 1 and 2 (loss 1e4 each), right in rows 0 and 3 (loss 0).
+    np.testing.assert_allclose(value, 5e3, rtol=1e-15)
+    np.testing.assert_allclose(grad, [0.0, -0.25, 0.25, 0.0], atol=1e-15)
+
+
+@paths
+def test_hinge_derivative_is_zero_at_exactly_zero_margin(path):
+    # Row 0: s_1 - s_0 + 1 = 0 exactly (no gradient), s_2 - s_0 + 1 = 0.5 (violated).
+    scores = jnp.array([[1.0, 0.0, 0.5], [0.0, 3.0, 0.0]])
+    value, grad = loss_grad(path, losses.multiclass_hinge(1.0), scores, jnp.array([0, 1]))
+    np.testing.assert_allclose(value, 0.5 / 2, rtol=1e-15)
+    np.testing.assert_array_equal(grad, [[-0.5, 0.0, 0.5], [0.0, 0.0, 0.0]])
+
+
+OUT_OF_RANGE = [
+    ("cross_entropy_3", losses.cross_entropy, [0, 3]),
+    ("cross_entropy_-1", losses.cross_entropy, [-1, 0]),
+    ("hinge_3", losses.multiclass_hinge(), [0, 3]),
+    ("logistic_2", losses.logistic, [[0, 1, 2], [1, 1, 0]]),
+]
+
+
+@pytest.mark.parametrize("name, loss, labels", OUT_OF_RANGE, ids=[r[0] for r in OUT_OF_RANGE])
+def test_out_of_range_labels_give_nan_and_the_paths_agree(name, loss, labels):
+    scores = jnp.array([[0.1, 0.2, 0.3], [1.0, 2.0, 3.0]])
+    results = {path: loss_grad(path, loss, scores, jnp.array(labels)) for path in fnn.PATHS}
+    assert all(np.isnan(value) for value, _ in results.values())
+    for _, grad in results.values():  # NaN in the same places, equal elsewhere
+        np.testing.assert_allclose(grad, results["autodiff"][1], rtol=1e-15, atol=1e-17)
+
+
+# ------------------------------------------------------------------ init, error rate
+def test_mlp_init_shapes_for_the_notes_network():
+    def init(bias):
+        return jax.eval_shape(lambda key: nn.mlp([784, 500, 10], bias=bias).init(key, (784,))[1], jax.random.key(0))
+
+    params = init(bias=False)
+    assert [jax.tree.map(lambda s: s.shape, p) for p in params] == [{"w": (784, 500)}, (), {"w": (500, 10)}]
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
+    assert init(bias=True)[2]["b"].shape == (10,)
+
+
+def test_he_init_has_std_sqrt_2_over_fan_in_and_zero_biases():
+    _, params = jax.jit(lambda key: nn.dense(500, bias=True).init(key, (784,)))(jax.random.key(1))
+    # 392,000 draws: the sample std is within 1% of sqrt(2/784) with overwhelming probability.
+    np.testing.assert_allclose(np.std(params["w"]), np.sqrt(2 / 784), rtol=0.01)
+    np.testing.assert_allclose(np.mean(params["w"]), 0.0, atol=3e-4)
+    assert not params["b"].any()
+    _, conv = jax.jit(lambda key: nn.conv2d(64, 3).init(key, (8, 8, 32)))(jax.random.key(2))
+    np.testing.assert_allclose(np.std(conv["w"]), np.sqrt(2 / 288), rtol=0.02)  # fan-in 3 * 3 * 32
+
+
+def test_other_initializers():
+    _, zero = nn.mlp([3, 4, 2], w_init="zeros").init(jax.random.key(0), (3,))
+    assert not any(leaf.any() for leaf in jax.tree.leaves(zero))
+    dense = nn.dense(40, w_init=jax.nn.initializers.glorot_normal(), dtype=jnp.float64)
+    _, glorot = dense.init(jax.random.key(0), (30,))
+    assert glorot["w"].dtype == jnp.float64
+    np.testing.assert_allclose(np.std(glorot["w"]), np.sqrt(2 / 70), rtol=0.1)
+
+
+def output_shapes(module, input_shape):
+    """``(the output shape init reports, the one apply gives)``, batch axis excluded, traced abstractly."""
+    reported = []
+
+    def init_then_apply(key):
+        shape, params = module.init(key, input_shape)
+        reported.append(tuple(shape))
+        return module.apply(params, jnp.zeros((2, *input_shape), jnp.float32))
+
+    y = jax.eval_shape(init_then_apply, jax.random.key(0))
+    return reported[0], y.shape[1:]
+
+
+@pytest.mark.parametrize(
+    "module, input_shape, output_shape",
+    [
+        (nn.dense(3), (2, 5), (2, 3)),
+        (nn.conv2d(4, 3, stride=2), (7, 6, 2), (4, 3, 4)),
+        (nn.conv2d(4, (2, 3), stride=(2, 3), padding="VALID"), (7, 8, 2), (3, 2, 4)),
+        (nn.serial(nn.conv2d(4, 3), nn.flatten(), nn.dense(5)), (6, 6, 2), (5,)),
+        (nn.resnet_s(10, width=8, normalize=True), (4, 4, 1), (10,)),
+    ],
+    ids=["dense", "conv2d_same", "conv2d_valid", "conv_net", "resnet_s"],
+)
+def test_init_reports_the_output_shape(module, input_shape, output_shape):
+    assert output_shapes(module, input_shape) == (output_shape, output_shape)
+
+
+def test_error_rate():
+    logits = jnp.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    np.testing.assert_allclose(losses.cross_entropy.error(logits, jnp.array([1, 1, 1])), 1 / 3)
+    np.testing.assert_allclose(losses.logistic.error(jnp.array([2.0, -1.0]), jnp.array([1, 1])), 1 / 2)
+    assert losses.mse.error is None
+    with pytest.raises(ValueError, match=r"labels shape \(2,\) must equal logits shape without the class axis, \(3,\)"):
+        fnn.metrics.error_rate(logits, jnp.array([1, 1]))
+
+
+# ------------------------------------------------------------------ errors
+F32, F64 = jnp.float32, jnp.float64
+
+
+def zeros(*shape, dtype=F32):
+    """Zeros of ``shape`` (float32 unless told)."""
+    return jnp.zeros(shape, dtype)
+
+
+# Errors raised when a module is applied: (id, module, params, input, error, message).
+APPLY_ERRORS = [
+    ("dense_features", nn.dense(3), {"w": zeros(4, 3)}, zeros(2, 5), ValueError,
+     r"dense: input has 5 features but w expects 4 \(w shape \(4, 3\)\) \(input shape \(2, 5\)\)"),
+    ("dense_integer_input", nn.dense(3), {"w": zeros(4, 3)}, zeros(2, 4, dtype=jnp.int32), TypeError,
+     "dense: input must be a floating-point array, got dtype int32"),
+    ("dense_dtype_mismatch", nn.dense(3), {"w": zeros(4, 3)}, zeros(2, 4, dtype=F64), TypeError,
+     "dense: input and w must share a dtype, got input float64 and w float32; cast one of them explicitly"),
+    ("dense_missing_w", nn.dense(3), {"W": zeros(4, 3)}, zeros(2, 4), TypeError,
+     r"dense: params must be a dict with key 'w' and optionally 'b', got keys \['W'\]"),
+    ("dense_params_not_dict", nn.dense(3), [zeros(4, 3)], zeros(2, 4), TypeError,
+     "dense: params must be a dict with key 'w', got list"),
+    ("dense_w_vector", nn.dense(3), {"w": zeros(4)}, zeros(2, 4), ValueError, r"dense: w must have 2 axes, got shape \(4,\)"),
+    ("dense_b_size", nn.dense(3, bias=True), {"w": zeros(4, 3), "b": zeros(4)}, zeros(2, 4), ValueError,
+     r"dense: b must have size 3 \(w shape \(4, 3\)\), got b shape \(4,\)"),
+    ("dense_scalar_input", nn.dense(3), {"w": zeros(4, 3)}, zeros(), ValueError,
+     r"dense: input must have at least one axis \[..., 4\], got a scalar"),
+    ("relu_integer_input", nn.relu, (), jnp.arange(3), TypeError, "relu: input must be a floating-point array, got dtype int"),
+    ("relu_params", nn.relu, {"w": zeros(2)}, zeros(2), TypeError, r"relu: has no parameters and takes params=\(\), got dict"),
+    ("flatten_params", nn.flatten(), zeros(2), zeros(2, 3), TypeError,
+     r"flatten: has no parameters and takes params=\(\), got ArrayImpl"),
+    ("flatten_scalar", nn.flatten(), (), zeros(), ValueError, "flatten: input must have a batch axis, got a scalar"),
+    ("layer_norm_size", nn.layer_norm(), {"gamma": zeros(3), "beta": zeros(3)}, zeros(2, 4), ValueError,
+     r"layer_norm: input has 4 features but gamma has size 3 \(gamma shape \(3,\)\) \(input shape \(2, 4\)\)"),
+    ("layer_norm_missing_beta", nn.layer_norm(), {"gamma": zeros(3)}, zeros(2, 3), TypeError,
+     r"layer_norm: params must be a dict with key 'beta', got \['gamma'\]"),
+    ("serial_wrong_count", nn.serial(nn.dense(3), nn.relu), [{"w": zeros(4, 3)}], zeros(2, 4), TypeError,
+     r"serial: params must be a list with one entry per module \(2: dense, relu\), got a list of 1"),
+    ("serial_params_dict", nn.serial(nn.dense(3), nn.relu), {"w": zeros(4, 3)}, zeros(2, 4), TypeError,
+     r"serial: params must be a list with one entry per module \(2: dense, relu\), got dict"),
+    ("residual_changes_shape", nn.residual(nn.dense(3)), {"w": zeros(4, 3)}, zeros(2, 4), ValueError,
+     r"residual: the block maps shape \(2, 4\) to \(2, 3\); it must keep the shape"),
+    ("conv_channels", nn.conv2d(3, 2), {"w": zeros(2, 2, 3, 3)}, zeros(1, 5, 5, 2), ValueError,
+     r"conv2d: input has 2 channels but the kernel expects 3 \(input shape \(1, 5, 5, 2\), kernel shape \(2, 2, 3, 3\), HWIO\)"),
+    ("conv_valid_too_small", nn.conv2d(3, 4, padding="VALID"), {"w": zeros(4, 4, 2, 3)}, zeros(1, 3, 5, 2), ValueError,
+     r"conv2d: with VALID padding the input's H x W \(3, 5\) must be at least the kernel's \(4, 4\)"),
+    ("conv_not_nhwc", nn.conv2d(3, 2), {"w": zeros(2, 2, 2, 3)}, zeros(5, 2), ValueError,
+     r"conv2d: input must be \[..., H, W, C\] \(NHWC\), got shape \(5, 2\)"),
+    ("conv_integer_input", nn.conv2d(3, 2), {"w": zeros(2, 2, 2, 3)}, zeros(1, 5, 5, 2, dtype=jnp.int32), TypeError,
+     "conv2d: input must be a floating-point array, got dtype int32"),
+    ("conv_dtype_mismatch", nn.conv2d(3, 2), {"w": zeros(2, 2, 2, 3, dtype=F64)}, zeros(1, 5, 5, 2), TypeError,
+     "conv2d: input and w must share a dtype, got input float32 and w float64"),
+    ("conv_b_size", nn.conv2d(3, 2, bias=True), {"w": zeros(2, 2, 2, 3), "b": zeros(2)}, zeros(1, 5, 5, 2), ValueError,
+     r"conv2d: b must have size 3 \(kernel shape \(2, 2, 2, 3\)\), got \(2,\)"),
+    ("mlp_features", nn.mlp([784, 10]), [{"w": zeros(784, 10)}], zeros(2, 783), ValueError,
+     "dense: input has 783 features but w expects 784"),
+]  # fmt: skip
+
+
+def apply_on(path, module, params, x):
+    """Runs ``module`` forward as ``path`` does: plain ``apply``, the custom-VJP ``apply``, or ``forward``."""
+    if path == "backprop":
+        return module.forward(params, x)
+    return (module.custom.apply if path == "custom" else module.apply)(params, x)
+
+
+@paths
+@pytest.mark.parametrize("name, module, params, x, error, message", APPLY_ERRORS, ids=[e[0] for e in APPLY_ERRORS])
+def test_apply_errors_on_every_path(path, name, module, params, x, error, message):
+    with pytest.raises(error, match=message):
+        apply_on(path, module, params, x)
+
+
+def test_errors_are_raised_at_trace_time_under_jit():
+    with pytest.raises(ValueError, match="dense: input has 5 features but w expects 4"):
+        jax.jit(nn.dense(3).custom.apply)({"w": zeros(4, 3)}, zeros(2, 5))
+
+
+# Errors raised when building or initialising a module, or applying a loss: (id, thunk, error, message).
+BUILD_ERRORS = [
+    ("dense_n_out", lambda: nn.dense(0), ValueError, "dense: n_out must be a positive int, got 0"),
+    ("dense_n_out_float", lambda: nn.dense(2.0), ValueError, "dense: n_out must be a positive int, got 2.0"),
+    ("dense_init_name", lambda: nn.dense(3, w_init="xavier"), ValueError,
+     r"unknown initializer 'xavier'; expected one of \['he', 'zeros'\] or a function"),
+    ("dense_integer_dtype", lambda: nn.dense(3, dtype=jnp.int32), TypeError,
+     "dense: dtype must be a floating-point dtype, got int32"),
+    ("dense_input_shape", lambda: nn.dense(3).init(jax.random.key(0), 4), ValueError,
+     r"dense: input_shape must be a tuple of positive ints \(batch axis excluded\), got 4"),
+    ("mlp_init_783", lambda: nn.mlp([784, 500, 10]).init(jax.random.key(0), (783,)), ValueError,
+     r"mlp: built for 784 input features, got input_shape \(783,\)"),
+    ("mlp_sizes", lambda: nn.mlp([784]), ValueError, r"mlp: sizes must be at least two positive ints \[n_in, ..., n_out\], got \(784,\)"),
+    ("mlp_zero_size", lambda: nn.mlp([784, 0]), ValueError, r"got \(784, 0\)"),
+    ("serial_empty", lambda: nn.serial(), ValueError, "serial: needs at least one module"),
+    ("serial_not_a_module", lambda: nn.serial(nn.relu, jnp.tanh), TypeError, "serial: argument 1 must be an fnn module"),
+    ("residual_init_changes_shape", lambda: nn.residual(nn.dense(3)).init(jax.random.key(0), (4,)), ValueError,
+     r"residual: the block maps input shape \(4,\) to \(3,\); it must keep the shape"),
+    ("resnet_blocks", lambda: nn.resnet_s(10, width=8, n_blocks=-1), ValueError,
+     "resnet_s: n_blocks must be a non-negative int, got -1"),
+    ("conv_n_out", lambda: nn.conv2d(0, 3), ValueError, "conv2d: n_out must be a positive int, got 0"),
+    ("conv_kernel", lambda: nn.conv2d(3, 0), ValueError, "conv2d: kernel must be a positive int or a pair of them, got 0"),
+    ("conv_kernel_float", lambda: nn.conv2d(3, 2.0), ValueError, "conv2d: kernel must be a positive int or a pair of them, got 2.0"),
+    ("conv_stride", lambda: nn.conv2d(3, 2, stride=0), ValueError, "conv2d: stride must be a positive int or a pair of them, got 0"),
+    ("conv_stride_triple", lambda: nn.conv2d(3, 2, stride=(1, 1, 1)), ValueError,
+     r"conv2d: stride must be a positive int or a pair of them, got \(1, 1, 1\)"),
+    ("conv_padding", lambda: nn.conv2d(3, 2, padding="same"), ValueError, "conv2d: padding must be 'SAME' or 'VALID', got 'same'"),
+    ("conv_integer_dtype", lambda: nn.conv2d(3, 2, dtype=jnp.int8), TypeError,
+     "conv2d: dtype must be a floating-point dtype, got int8"),
+    ("conv_init_ndim", lambda: nn.conv2d(3, 2).init(jax.random.key(0), (5, 5)), ValueError,
+     r"conv2d: input_shape must be a tuple of 3 positive ints \(batch axis excluded\), got \(5, 5\)"),
+    ("conv_init_valid_too_small", lambda: nn.conv2d(3, 4, padding="VALID").init(jax.random.key(0), (3, 5, 2)), ValueError,
+     r"conv2d: with VALID padding the input's H x W \(3, 5\) must be at least the kernel's \(4, 4\)"),
+    ("layer_norm_eps", lambda: nn.layer_norm(eps=0), ValueError, "layer_norm: eps must be a positive number, got 0"),
+    ("layer_norm_eps_negative", lambda: nn.layer_norm(-1.0), ValueError, "layer_norm: eps must be a positive number, got -1.0"),
+    ("layer_norm_integer_dtype", lambda: nn.layer_norm(dtype=jnp.int32), TypeError,
+     "layer_norm: dtype must be a floating-point dtype, got int32"),
+    ("leaky_relu_slope", lambda: nn.leaky_relu(1.5), ValueError,
+     r"leaky_relu: negative_slope must be a number in \[0.0, 1.0\), got 1.5"),
+    ("leaky_relu_slope_negative", lambda: nn.leaky_relu(-0.1), ValueError, "leaky_relu: negative_slope must be a number in"),
+    ("softplus_beta", lambda: nn.softplus(0), ValueError, "softplus: beta must be a positive finite number, got 0"),
+    ("softplus_beta_inf", lambda: nn.softplus(float("inf")), ValueError, "softplus: beta must be a positive finite number, got inf"),
+    ("relu_init_shape", lambda: nn.relu.init(jax.random.key(0), (0,)), ValueError,
+     r"relu: input_shape must be a tuple of positive ints \(batch axis excluded\), got \(0,\)"),
+    ("hinge_margin", lambda: losses.multiclass_hinge(-1), ValueError, "multiclass_hinge: margin must be a non-negative number, got -1"),
+    ("op_leaf_has_no_init", lambda: fnn.nn.linear.MATMUL.init(jax.random.key(0), (3,)), TypeError,
+     "matmul: this leaf is an op over given parameters and has no init"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, thunk, error, message", BUILD_ERRORS, ids=[e[0] for e in BUILD_ERRORS])
+def test_build_and_init_errors(name, thunk, error, message):
+    with pytest.raises(error, match=message):
+        thunk()
+
+
+# Errors raised by a loss: (id, loss, outputs, targets, error, message).
+LOSS_ERRORS = [
+    ("cross_entropy_float_labels", losses.cross_entropy, zeros(2, 3), zeros(2), TypeError,
+     "cross_entropy: labels must be integer class ids, got dtype float32"),
+    ("cross_entropy_label_shape", losses.cross_entropy, zeros(2, 3), zeros(3, dtype=jnp.int32), ValueError,
+     r"cross_entropy: labels must have the shape of logits without its last \(class\) axis; got logits \(2, 3\) and labels \(3,\)"),
+    ("cross_entropy_label_axis", losses.cross_entropy, zeros(2, 3), zeros(2, 1, dtype=jnp.int32), ValueError,
+     r"got logits \(2, 3\) and labels \(2, 1\)"),
+    ("cross_entropy_integer_logits", losses.cross_entropy, zeros(2, 3, dtype=jnp.int32), zeros(2, dtype=jnp.int32), TypeError,
+     "cross_entropy: logits must be a floating-point array, got dtype int32"),
+    ("cross_entropy_empty", losses.cross_entropy, zeros(0, 3), zeros(0, dtype=jnp.int32), ValueError,
+     r"cross_entropy: the batch is empty \(no labels\)"),
+    ("hinge_float_labels", losses.multiclass_hinge(), zeros(2, 3), zeros(2), TypeError,
+     "multiclass_hinge: labels must be integer class ids, got dtype float32"),
+    ("hinge_label_shape", losses.multiclass_hinge(), zeros(2, 3), zeros(3, dtype=jnp.int32), ValueError,
+     r"multiclass_hinge: labels must have the shape of scores without its last \(class\) axis; got scores \(2, 3\) and labels \(3,\)"),
+    ("hinge_empty", losses.multiclass_hinge(), zeros(0, 3), zeros(0, dtype=jnp.int32), ValueError,
+     "multiclass_hinge: the batch is empty"),
+    ("mse_shape", losses.mse, zeros(2, 3), zeros(3, 2), ValueError,
+     r"mse: pred and target must have the same shape, got pred \(2, 3\) and target \(3, 2\)"),
+    ("mse_dtype", losses.mse, zeros(2, 3), zeros(2, 3, dtype=F64), TypeError,
+     "mse: pred and target must share a dtype, got pred float32 and target float64"),
+    ("mse_integer_target", losses.mse, zeros(2, 3), zeros(2, 3, dtype=jnp.int32), TypeError,
+     "mse: target must be a floating-point array, got dtype int32"),
+    ("mse_empty", losses.mse, zeros(0, 3), zeros(0, 3), ValueError, "mse: the batch is empty"),
+    ("logistic_label_shape", losses.logistic, zeros(2), zeros(3), ValueError,
+     r"logistic: labels must have the shape of logits, got logits \(2,\) and labels \(3,\)"),
+    ("logistic_label_dtype", losses.logistic, zeros(2), zeros(2, dtype=jnp.complex64), TypeError,
+     r"logistic: labels must be 0/1 \(integer, boolean or floating\), got dtype complex64"),
+    ("logistic_integer_logits", losses.logistic, zeros(2, dtype=jnp.int32), zeros(2), TypeError,
+     "logistic: logits must be a floating-point array, got dtype int32"),
+    ("logistic_empty", losses.logistic, zeros(0), zeros(0), ValueError, "logistic: the batch is empty"),
+]  # fmt: skip
+
+
+@paths
+@pytest.mark.parametrize("name, loss, outputs, targets, error, message", LOSS_ERRORS, ids=[e[0] for e in LOSS_ERRORS])
+def test_loss_errors_on_every_path(path, name, loss, outputs, targets, error, message):
+    with pytest.raises(error, match=message):
+        if path == "backprop":
+            loss.forward(outputs, targets)
+        else:
+            (loss.custom if path == "custom" else loss).apply(outputs, targets)
