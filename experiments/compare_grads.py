@@ -11,33 +11,31 @@ and ``loss = fnn.losses.cross_entropy``:
 A configuration is ``WIDTHxBATCHxDEPTH[:DTYPE]``: 784 inputs, ``DEPTH`` hidden
 layers of ``WIDTH`` units, 10 classes, batches of ``BATCH`` random examples
 (pixels uniform in [0, 1], labels uniform). Per configuration and path it
-records the gradient's error against a float64 autodiff reference (the same
-model and data cast to float64), the time of
-a jitted SGD step (the three paths timed round-robin in one process), compile
+records, by :func:`fnn.inspect.compare_paths`, the gradient's error against a
+float64 autodiff reference (the same model and data cast to float64), the
+time of a jitted SGD step (``fnn.bench.compare``: the three paths in rounds of
+alternating order in one process, the median per-round ratio to autodiff with
+a bootstrap confidence interval, the CPU-time ratio and a verdict), compile
 time, XLA's memory analysis, the residuals the forward pass saves, and op
-counts of the optimised HLO.
+counts of the optimised HLO with their difference from autodiff's.
 
-    python -m experiments.compare_grads                  # full grid (~30 min on 2 cores)
+    python -m experiments.compare_grads                  # full grid (~45 min on 2 cores)
     python -m experiments.compare_grads --quick          # a few small points (~2 min)
     python -m experiments.compare_grads --configs 500x100x1 1024x100x2:bfloat16
 """
 
 import argparse
-import contextlib
 import datetime
-import io
-import re
 import time
-from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.ad_checkpoint import print_saved_residuals
 
 import fnn
+import fnn.inspect
 from experiments import _cli
 from experiments._report import (
     device_description,
@@ -47,21 +45,22 @@ from experiments._report import (
     write_json,
 )
 
-# The float64 reference needs 64-bit types; every array under test asks for its dtype explicitly.
+# The float64 configurations need 64-bit types; every array under test asks for its dtype explicitly.
 jax.config.update("jax_enable_x64", True)
 
 N_IN, N_OUT = 784, 10
 PATHS = fnn.PATHS  # autodiff first: the other paths' ratios are to it
 LOSS = fnn.losses.cross_entropy
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
-LEARNING_RATE = 0.01  # small, so that re-fed parameters stay near their initialisation
+LEARNING_RATE = fnn.inspect.LEARNING_RATE  # SGD step size of the compiled and timed steps
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 ASSUMED_GFLOPS = 100.0  # for the up-front time estimate only
-ASSUMED_OVERHEAD_S = 4.0  # compiles and tracing per configuration, for the estimate
-UNTIMED_STEPS = 20  # per configuration: warm-up, probe and gradient checks, in step-equivalents
-#: Repetitions per mode: rounds of round-robin timing, seconds of steps per path per round.
-TIMING = {"full": (9, 2.0), "quick": (3, 0.1)}
+ASSUMED_OVERHEAD_S = 8.0  # compiles, tracing and the float64 reference per configuration, for the estimate
+BLOCK_OVERSHOOT = 1.45  # mean block length in units of block_s (log-uniform between 1 and 2)
+UNTIMED_STEPS = 20  # per configuration: warm-up and gradient checks, in step-equivalents
+#: Repetitions per mode: timing rounds, seconds of steps per path per round (``fnn.bench.compare``).
+TIMING = {"full": (9, 2.0), "quick": (6, 0.05)}
 
 
 class Config(NamedTuple):
@@ -135,11 +134,14 @@ def estimate_seconds(configs, rounds, block_s):
     total = 0.0
     for config in configs:
         step_s = step_flop(config) / (ASSUMED_GFLOPS * 1e9 * (1.0 if config.dtype == "float32" else 0.5))
-        total += ASSUMED_OVERHEAD_S + UNTIMED_STEPS * step_s + len(PATHS) * rounds * max(block_s, step_s)
+        # fnn.bench.compare, per path: calibration (about two blocks), then one block per round; doubling the
+        # calls per block until it lasts block_s gives blocks of 1 to 2 block_s, about BLOCK_OVERSHOOT on average
+        block = BLOCK_OVERSHOOT * max(block_s, step_s)
+        total += ASSUMED_OVERHEAD_S + UNTIMED_STEPS * step_s + len(PATHS) * (rounds + 2) * block
     return total
 
 
-# ---------------------------------------------------------------- problem and paths
+# ---------------------------------------------------------------- problem and measurements
 def make_problem(config, seed, bias):
     """The model ``fnn.nn.mlp(sizes)``, its He-initialised parameters and one random batch ``(x, labels)``.
 
@@ -154,298 +156,58 @@ def make_problem(config, seed, bias):
     return model, params, (x, labels)
 
 
-def value_and_grad_fn(model, path):
-    """``(params, batch) -> (loss, grads)`` by ``fnn.value_and_grad`` on ``path``."""
-    value_and_grad = fnn.value_and_grad(model, LOSS, path=path)
-    return lambda params, batch: value_and_grad(params, *batch)
-
-
-def update_fn(model, path, learning_rate):
-    """Pure SGD update ``(params, batch) -> (params, {"loss": L})``: ``fnn.train.sgd_update`` on ``path``."""
-    return fnn.train.sgd_update(model, LOSS, learning_rate, path=path)
-
-
-def compile_step(model, path, params, batch, learning_rate):
-    """Lowers and compiles the jitted step (no donation); returns ``(compiled, seconds)``."""
-    start = time.perf_counter()
-    compiled = jax.jit(update_fn(model, path, learning_rate)).lower(params, batch).compile()
-    return compiled, time.perf_counter() - start
-
-
-# ---------------------------------------------------------------- accuracy
-def gradient_errors(grads, reference):
-    """Per-leaf max abs and relative error ``max|g - g64| / max|g64|`` against the float64 reference."""
-    leaves = jax.tree_util.tree_flatten_with_path(grads)[0]
-    per_leaf = []
-    for (key, g), g64 in zip(leaves, jax.tree.leaves(reference)):
-        g, g64 = np.asarray(g, np.float64), np.asarray(g64)
-        abs_err = float(np.max(np.abs(g - g64)))
-        per_leaf.append({"leaf": jax.tree_util.keystr(key), "max_abs_err": abs_err, "max_rel_err": abs_err / float(np.max(np.abs(g64)))})
-    return per_leaf
-
-
-def reference_grads(model, params, batch):
-    """The float64 autodiff gradient of the same model at the same parameters and data, cast up."""
-    params64 = jax.tree.map(lambda p: p.astype(jnp.float64), params)
-    batch64 = (batch[0].astype(jnp.float64), batch[1])
-    return jax.jit(value_and_grad_fn(model, "autodiff"))(params64, batch64)[1]
-
-
-# ---------------------------------------------------------------- timing
-def compile_scan(model, path, params, batch, learning_rate, length):
-    """Compiles ``length`` chained steps as one ``lax.scan``, the way ``fnn.fit`` runs them.
-
-    Timing whole scans leaves out per-call dispatch, which is the same for
-    every path and would only add noise to a comparison of the steps.
-    """
-    update = update_fn(model, path, learning_rate)
-
-    def steps(params, batch):
-        return jax.lax.scan(lambda p, _: (update(p, batch)[0], None), params, None, length=length)[0]
-
-    return jax.jit(steps).lower(params, batch).compile()
-
-
-def _seconds(fn, *args):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    return time.perf_counter() - start
-
-
-def time_interleaved(model, single_steps, params, batch, rounds, block_s, learning_rate):
-    """Times each path's step round-robin: per round one block per path, in rotating order.
-
-    A block is one call of a compiled scan of ``per_block`` chained steps from
-    the same ``params``; ``per_block`` is chosen from the slowest path's single
-    step so that a block takes about ``block_s``.
-
-    Returns:
-      ``(seconds per step for each round, by path name; steps per block)``.
-    """
-    names = list(single_steps)
-    probe = max(min(_seconds(single_steps[n], params, batch) for _ in range(3)) for n in names)
-    per_block = max(1, round(block_s / probe))
-    blocks = {n: compile_scan(model, n, params, batch, learning_rate, per_block) for n in names}
-    for name in names:
-        _seconds(blocks[name], params, batch)  # warm-up
-    times = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            times[name].append(_seconds(blocks[name], params, batch) / per_block)
-    return times, per_block
-
-
-def timing_summary(seconds):
-    """Median, quartiles and extremes of per-step seconds."""
-    q1, median, q3 = np.percentile(seconds, [25, 50, 75])
+def timing_fields(result):
+    """The step-time fields of a row from the path's :class:`fnn.bench.Result` (seconds per jitted step)."""
     return {
-        "step_s_median": float(median),
-        "step_s_q1": float(q1),
-        "step_s_q3": float(q3),
-        "step_s_min": min(seconds),
-        "step_s_max": max(seconds),
-        "step_s_rounds": seconds,
+        "step_s_median": result.median_s,
+        "step_s_q1": result.q1_s,
+        "step_s_q3": result.q3_s,
+        "step_s_min": min(result.wall_s),
+        "step_s_max": max(result.wall_s),
+        "step_s_rounds": list(result.wall_s),
+        "cpu_s_median": result.cpu_median_s,
+        "steps_per_block": result.calls,
+        "ratio_to_autodiff": result.ratio,
+        "ci_low": result.ci_low,
+        "ci_high": result.ci_high,
+        "cpu_ratio": result.cpu_ratio,
+        "verdict": result.verdict,
     }
 
 
-# ---------------------------------------------------------------- memory
-def memory(compiled):
-    """Temporary, argument and output bytes from XLA's memory analysis of a compiled step."""
-    stats = compiled.memory_analysis()
-    return {
-        "temp_bytes": int(stats.temp_size_in_bytes),
-        "arg_bytes": int(stats.argument_size_in_bytes),
-        "out_bytes": int(stats.output_size_in_bytes),
-    }
-
-
-def _aval_bytes(aval):
-    """Bytes of a short aval string such as ``f32[8,16]``, ``bf16[]`` or ``bool[8]``."""
-    match = re.match(r"([a-z]+)(\d*)\[([\d,]*)\]", aval)
-    kind, bits, dims = match.groups()
-    itemsize = 1 if kind == "bool" else int(bits) // 8
-    return itemsize * int(np.prod([int(d) for d in dims.split(",") if d]))
-
-
-def objective(model, path):
-    """The scalar loss ``(params, batch) -> L`` that JAX differentiates on the ``autodiff`` and ``custom`` paths."""
-    if path == "custom":
-        model, loss = model.custom, LOSS.custom
-    else:
-        loss = LOSS
-    return lambda params, batch: loss.apply(model.apply(params, batch[0]), batch[1])
-
-
-def backprop_as_one_vjp(model):
-    """The ``backprop`` path's loss as one ``custom_vjp``, whose residuals are what the reverse sweep keeps.
-
-    ``fwd`` is the sweep's forward half (``model.forward``, then the loss's
-    ``forward``) and keeps the parameters and what those save; ``bwd`` is its
-    backward half (the loss's ``backward``, then ``model.backward``). So
-    ``print_saved_residuals`` lists the backprop path's saved values like the
-    other paths' residuals, and ``jax.grad`` of it equals
-    ``fnn.value_and_grad(model, loss, path="backprop")``.
-    """
-
-    @jax.custom_vjp
-    def loss(params, batch):
-        return LOSS.apply(model.apply(params, batch[0]), batch[1])
-
-    def fwd(params, batch):
-        outputs, saved = model.forward(params, batch[0])
-        value, loss_saved = LOSS.forward(outputs, batch[1])
-        return value, (params, saved, loss_saved)
-
-    def bwd(residuals, g):
-        params, saved, loss_saved = residuals
-        grads, _ = model.backward(params, saved, LOSS.backward(loss_saved, g))
-        return grads, None
-
-    loss.defvjp(fwd, bwd)
-    return loss
-
-
-def residuals(model, path, params, batch):
-    """What the forward pass of the path keeps for the backward pass.
-
-    Reads ``jax.ad_checkpoint.print_saved_residuals`` (one ``aval source``
-    line per residual). ``computed_bytes`` leaves out the parameters and
-    inputs, which are alive anyway. For ``backprop`` these are the values
-    ``model.forward`` and the loss's ``forward`` save for the reverse sweep.
-    """
-    fn = backprop_as_one_vjp(model) if path == "backprop" else objective(model, path)
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        print_saved_residuals(fn, params, batch)
-    saved = []
-    for line in printed.getvalue().splitlines():
-        aval, _, source = line.partition(" ")
-        saved.append({"aval": aval, "bytes": _aval_bytes(aval), "source": source.replace(f"{ROOT}/", "")})
-    of = {
-        "autodiff": "fnn.value_and_grad(mlp, cross_entropy, path='autodiff')",
-        "custom": "fnn.value_and_grad(mlp, cross_entropy, path='custom')",
-        "backprop": "fnn.value_and_grad(mlp, cross_entropy, path='backprop'): mlp.forward and cross_entropy.forward",
-    }
-    return {
-        "of": of[path],
-        "saved": saved,
-        "total_bytes": sum(r["bytes"] for r in saved),
-        "computed_bytes": sum(r["bytes"] for r in saved if not r["source"].startswith("from the argument")),
-    }
-
-
-# ---------------------------------------------------------------- compiled code
-BOOKKEEPING = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast"}
-_COMPUTATION = re.compile(r"^(ENTRY\s+)?%([\w.\-]+)\s.*\{$")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%[\w.\-]+\s*=\s*(.+)$")
-
-
-def _op_kind(rest):
-    """Opcode of an HLO instruction's right-hand side; fusions as ``fusion:kLoop``, ``fusion:kCustom``, ..."""
-    if rest.startswith("("):  # a tuple type: skip to its closing parenthesis
-        depth = 0
-        for i, char in enumerate(rest):
-            depth += {"(": 1, ")": -1}.get(char, 0)
-            if depth == 0:
-                rest = rest[i + 1:]
-                break
-    else:
-        rest = rest.split(" ", 1)[1]
-    opcode = re.match(r"\s*([\w\-]+)\(", rest).group(1)
-    if opcode == "fusion":
-        return "fusion:" + re.search(r"kind=(k\w+)", rest).group(1)
-    return opcode
-
-
-def _computations(hlo_text):
-    """``{name: (is_entry, [instruction right-hand sides])}`` of an HLO module's text."""
-    computations, current = {}, None
-    for line in hlo_text.splitlines():
-        if header := _COMPUTATION.match(line):
-            current = computations[header.group(2)] = (bool(header.group(1)), [])
-        elif current is not None and (instruction := _INSTRUCTION.match(line)):
-            current[1].append(instruction.group(1))
-    return computations
-
-
-def hlo_counts(hlo_text):
-    """Op counts of optimised HLO: over the entry and loop bodies (``ops_top``) and over every computation (``ops_all``).
-
-    ``dots`` counts every ``dot``, also those XLA CPU wraps in ``kind=kCustom``
-    fusions (YNNPACK matmul kernels); ``kernels`` counts the top-level ops that
-    do work (fusions, unfused dots and other ops, not parameters or tuples).
-    """
-    computations = _computations(hlo_text)
-    top = [name for name, (is_entry, _) in computations.items() if is_entry]
-    for name in top:  # loop bodies and conditions reachable from the entry
-        for rest in computations[name][1]:
-            top += [n for n in re.findall(r"(?:body|condition)=%([\w.\-]+)", rest) if n not in top]
-
-    def count(names):
-        kinds = (_op_kind(rest) for name in names for rest in computations[name][1])
-        return Counter(kind for kind in kinds if kind not in BOOKKEEPING)
-
-    ops_top, ops_all = count(top), count(computations)
-    fusions = {kind: n for kind, n in ops_top.items() if kind.startswith("fusion:")}
-    return {
-        "dots": ops_all["dot"],
-        "dots_unfused": ops_top["dot"],
-        "fusions_custom": fusions.get("fusion:kCustom", 0),
-        "fusions_loop": fusions.get("fusion:kLoop", 0),
-        "fusions_other": sum(fusions.values()) - fusions.get("fusion:kCustom", 0) - fusions.get("fusion:kLoop", 0),
-        "other_ops": sum(ops_top.values()) - sum(fusions.values()) - ops_top["dot"],
-        "kernels": sum(ops_top.values()),
-        "ops_top": dict(sorted(ops_top.items())),
-        "ops_all": dict(sorted(ops_all.items())),
-    }
-
-
-def op_diff(counts, reference):
-    """Non-zero differences ``counts - reference`` of two op-count dicts."""
-    return {k: counts.get(k, 0) - reference.get(k, 0) for k in sorted({*counts, *reference}) if counts.get(k, 0) != reference.get(k, 0)}
-
-
-# ---------------------------------------------------------------- one configuration, all of them
 def measure(config, *, rounds, block_s, seed, bias, learning_rate):
-    """All measurements of the three paths at one configuration; returns one row per path."""
-    model, params, batch = make_problem(config, seed, bias)
-    reference = reference_grads(model, params, batch)
-    compiled = {path: compile_step(model, path, params, batch, learning_rate) for path in PATHS}
-    times, per_block = time_interleaved(
-        model, {p: c for p, (c, _) in compiled.items()}, params, batch, rounds, block_s, learning_rate
-    )
+    """All measurements of the three paths at one configuration (:func:`fnn.inspect.compare_paths`); one row per path."""
+    model, params, (x, labels) = make_problem(config, seed, bias)
+    report = fnn.inspect.compare_paths(
+        model, LOSS, params, x, labels, paths=PATHS, reference="autodiff",
+        rounds=rounds, block_s=block_s, learning_rate=learning_rate, seed=seed,
+    )  # fmt: skip
     flop = step_flop(config)
     rows = []
-    for path in PATHS:
-        step, compile_s = compiled[path]
-        per_leaf = gradient_errors(jax.jit(value_and_grad_fn(model, path))(params, batch)[1], reference)
-        timing = timing_summary(times[path])
+    for result in report.rows:
+        timing = timing_fields(result.timing)
         rows.append({
-            "path": path,
+            "path": result.path,
             **config._asdict(),
             "config": config.label,
             "sizes": config.sizes,
             "bias": bias,
             "step_flop": flop,
             **timing,
-            "steps_per_block": per_block,
             "rounds": rounds,
             "gflops": flop / timing["step_s_median"] / 1e9,
-            "compile_s": compile_s,
-            **memory(step),
-            "max_rel_err": max(leaf["max_rel_err"] for leaf in per_leaf),
-            "max_abs_err": max(leaf["max_abs_err"] for leaf in per_leaf),
-            "per_leaf": per_leaf,
-            "residuals": residuals(model, path, params, batch),
-            "hlo": hlo_counts(step.as_text()),
+            "compile_s": result.compile_s,
+            "temp_bytes": result.temp_bytes,
+            "arg_bytes": result.arg_bytes,
+            "out_bytes": result.out_bytes,
+            "max_rel_err": result.max_rel_err,
+            "max_abs_err": result.max_abs_err,
+            "per_leaf": [dict(leaf) for leaf in result.per_leaf],
+            "residuals": result.residuals,
+            "hlo": result.hlo,
+            "hlo_diff_vs_autodiff": result.hlo_diff,
             "device": device_description(),
         })
-    auto = next(row for row in rows if row["path"] == "autodiff")
-    for row in rows:
-        row["ratio_to_autodiff"] = row["step_s_median"] / auto["step_s_median"]
-        row["hlo_diff_vs_autodiff"] = {
-            scope: op_diff(row["hlo"][scope], auto["hlo"][scope]) for scope in ("ops_top", "ops_all")
-        }
     return rows
 
 
@@ -455,7 +217,7 @@ def run(configs, *, rounds=TIMING["full"][0], block_s=TIMING["full"][1], seed=0,
 
     Args:
       configs: :class:`Config` points.
-      rounds: round-robin timing rounds per configuration.
+      rounds: timing rounds per configuration (at least ``fnn.bench.MIN_ROUNDS``).
       block_s: about how many seconds of steps each path runs per round.
       seed: seed of the parameters and the random batch.
       bias: whether the MLP has biases.
@@ -466,7 +228,10 @@ def run(configs, *, rounds=TIMING["full"][0], block_s=TIMING["full"][1], seed=0,
     for i, config in enumerate(configs):
         start = time.perf_counter()
         rows += measure(config, rounds=rounds, block_s=block_s, seed=seed, bias=bias, learning_rate=learning_rate)
-        ratios = ", ".join(f"{r['path']} {r['ratio_to_autodiff']:.2f}" for r in rows[-len(PATHS):])
+        ratios = ", ".join(
+            f"{r['path']} {r['ratio_to_autodiff']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] {r['verdict']}"
+            for r in rows[-len(PATHS):] if r["path"] != "autodiff"
+        )
         log(f"[{i + 1}/{len(configs)}] {config.label}: {time.perf_counter() - start:.1f} s (step time / autodiff: {ratios})")
     return rows
 
@@ -474,11 +239,13 @@ def run(configs, *, rounds=TIMING["full"][0], block_s=TIMING["full"][1], seed=0,
 # ---------------------------------------------------------------- output
 def table(rows):
     """Markdown table: one line per configuration and path."""
-    header = ["config", "path", "step ms (median)", "IQR ms", "ratio", "compile s", "temp bytes", "residual bytes", "max rel err"]
+    header = ["config", "path", "step ms (median)", "IQR ms", "ratio [95% CI]", "CPU ratio", "verdict", "compile s",
+              "temp bytes", "residual bytes", "max rel err"]
     return markdown_table(header, [
         [
             r["config"], r["path"], f"{1e3 * r['step_s_median']:.3f}",
-            f"{1e3 * r['step_s_q1']:.3f}-{1e3 * r['step_s_q3']:.3f}", f"{r['ratio_to_autodiff']:.3f}",
+            f"{1e3 * r['step_s_q1']:.3f}-{1e3 * r['step_s_q3']:.3f}",
+            f"{r['ratio_to_autodiff']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]", f"{r['cpu_ratio']:.3f}", r["verdict"],
             f"{r['compile_s']:.2f}", f"{r['temp_bytes']:,}", f"{r['residuals']['computed_bytes']:,}", f"{r['max_rel_err']:.1e}",
         ]
         for r in rows
@@ -506,6 +273,8 @@ def payload(rows, grid, rounds, block_s, seed, bias):
             "configs": list(dict.fromkeys(r["config"] for r in rows)),
             "rounds": rounds,
             "block_s": block_s,
+            "timing": "fnn.bench.compare of jitted SGD steps called from Python, alternating order, "
+                      "95% bootstrap interval of the median per-round ratio to autodiff",
             "seed": seed,
             "bias": bias,
             "learning_rate": LEARNING_RATE,
@@ -525,9 +294,12 @@ def plot(path, rows, title):
     x = np.arange(len(configs))
     fig, (ax_ratio, ax_mem) = plt.subplots(2, 1, figsize=(max(8, 0.6 * len(configs) + 3), 8), sharex=True)
     for i, name in enumerate(p for p in PATHS if p != "autodiff"):
-        ax_ratio.bar(x + (i - 0.5) * 0.4, [by[c, name]["ratio_to_autodiff"] for c in configs], 0.4, label=f"{name} / autodiff")
+        ratio = np.array([by[c, name]["ratio_to_autodiff"] for c in configs])
+        low, high = (np.array([by[c, name][k] for c in configs]) for k in ("ci_low", "ci_high"))
+        ax_ratio.bar(x + (i - 0.5) * 0.4, ratio, 0.4, yerr=[ratio - low, high - ratio], capsize=2,
+                     label=f"{name} / autodiff")
     ax_ratio.axhline(1.0, color="black", linewidth=0.8)
-    ax_ratio.set(ylabel="median step time / autodiff's", title="training-step time relative to autodiff")
+    ax_ratio.set(ylabel="median per-round step-time ratio", title="training-step time relative to autodiff (95% CI)")
     for i, name in enumerate(PATHS):
         ax_mem.bar(x + (i - 1) * 0.27, [max(by[c, name]["temp_bytes"], 1) for c in configs], 0.27, label=name)
     ax_mem.set(yscale="log", ylabel="XLA temp bytes", title="temporary memory of the compiled step")
@@ -543,7 +315,7 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="a few small points, few repetitions")
     parser.add_argument("--configs", nargs="+", type=parse_config, metavar="WxBxD[:DTYPE]",
                         help=f"points to run instead of the grid; dtypes: {', '.join(sorted(DTYPES))}")
-    parser.add_argument("--rounds", type=int, help="round-robin timing rounds (default: 9, quick 3)")
+    parser.add_argument("--rounds", type=int, help="timing rounds, at least 6 (default: 9, quick 6)")
     parser.add_argument("--block-s", type=float, help="seconds of steps per path per round (default: 2, quick 0.1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bias", action="store_true", help="give every layer a bias")
@@ -556,6 +328,8 @@ def parse_args(argv=None):
     for name in ("rounds", "block_s"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.rounds is not None and 0 < args.rounds < fnn.bench.MIN_ROUNDS:
+        parser.error(f"--rounds must be at least {fnn.bench.MIN_ROUNDS} (for an interval worth a verdict), got {args.rounds}")
     return args
 
 

@@ -59,7 +59,7 @@ QUICK = {
     "n_out_at": 4,
     "n_out": (4,),
     "n_in_at": 8,
-    "rounds": 2,
+    "rounds": 6,
     "block_s": 0.002,
     "memory_depths": (1,),
     "memory_batch": 8,

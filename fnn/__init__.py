@@ -16,7 +16,7 @@ op-level functions in :mod:`fnn.ops`, training in :mod:`fnn.train` and
 
 __version__ = "0.2.0"
 
-from fnn import bench, checkpoint, data, losses, metrics, module, nn, ops, parallel, testing, train, validate
+from fnn import bench, checkpoint, data, inspect, losses, metrics, module, nn, ops, parallel, testing, train, validate
 from fnn.loop import History, fit
 from fnn.paths import PATHS, value_and_grad
 
@@ -28,6 +28,7 @@ __all__ = [
     "__version__",
     "data",
     "fit",
+    "inspect",
     "losses",
     "metrics",
     "module",

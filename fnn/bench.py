@@ -2,8 +2,8 @@
 
 :func:`compare` compiles every function (timing the compilation apart),
 warms it up, calibrates how many calls make a block of about ``block_s``
-seconds, then runs ``rounds`` rounds in which each function runs one block,
-the order alternating from round to round (A B, B A, ...) so that a slow
+seconds, then runs ``rounds`` rounds in which each function runs one block, the order
+alternating from round to round (A B, B A, B A, A B, ...) so that a slow
 spell of the machine falls on all of them alike. Each block records wall time
 and the process's CPU time per call.
 
@@ -26,6 +26,10 @@ import numpy as np
 __all__ = ["Result", "compare", "summarize"]
 
 VERDICTS = ("faster", "slower", "tie")
+
+#: The fewest rounds that give an interval worth a verdict: with fewer, a bootstrap
+#: interval of the median is little more than the range of a handful of ratios.
+MIN_ROUNDS = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,8 +109,8 @@ def summarize(wall_s, cpu_s, *, baseline, confidence=0.95, seed=0, compile_s=Non
     if baseline not in wall_s:
         raise ValueError(f"baseline {baseline!r} is not one of the timed functions {list(wall_s)}")
     rounds = {len(v) for v in wall_s.values()} | {len(v) for v in cpu_s.values()}
-    if len(rounds) != 1 or min(rounds) < 2:
-        raise ValueError(f"every function needs the same number of rounds, at least 2; got {sorted(rounds)}")
+    if len(rounds) != 1 or min(rounds) < MIN_ROUNDS:
+        raise ValueError(f"every function needs the same number of rounds, at least {MIN_ROUNDS}; got {sorted(rounds)}")
     base_wall, base_cpu = np.asarray(wall_s[baseline], float), np.asarray(cpu_s[baseline], float)
     results = {}
     for name, wall in wall_s.items():
@@ -137,6 +141,17 @@ def _block(fn, args, calls):
     return (time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls
 
 
+def _order(names, r):
+    """The order of round ``r``: rotated by ``r // 2``, reversed on odd rounds.
+
+    Two functions run A B, B A, B A, A B, ... (ABBA); three run through all
+    six orders, so that no function always sits in the same place.
+    """
+    k = (r // 2) % len(names)
+    rotated = names[k:] + names[:k]
+    return rotated[::-1] if r % 2 else rotated
+
+
 def compare(
     fns: dict[str, Callable],
     *args,
@@ -155,8 +170,9 @@ def compare(
         every call gets the same arrays.
       *args: the arguments of every function.
       baseline: the name of the function the others are compared with.
-      rounds: timed rounds; each runs one block of every function, the order
-        alternating from one round to the next.
+      rounds: timed rounds, at least :data:`MIN_ROUNDS`; each runs one block
+        of every function, in an order that rotates and alternates from one
+        round to the next.
       block_s: the target wall seconds of one block (the calls per block are
         calibrated once per function, doubling until a block lasts that long).
       warmup: untimed calls per function before calibrating.
@@ -169,8 +185,8 @@ def compare(
         raise ValueError("compare needs at least one function")
     if baseline not in fns:
         raise ValueError(f"baseline {baseline!r} is not one of {list(fns)}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 2:
-        raise ValueError(f"rounds must be an int >= 2, got {rounds!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < MIN_ROUNDS:
+        raise ValueError(f"rounds must be an int >= {MIN_ROUNDS}, got {rounds!r}")
     if not block_s > 0:
         raise ValueError(f"block_s must be positive, got {block_s!r}")
     compiled, compile_s, calls = {}, {}, {}
@@ -187,9 +203,8 @@ def compare(
         calls[name] = n
     wall = {name: [] for name in fns}
     cpu = {name: [] for name in fns}
-    order = list(fns)
     for r in range(rounds):
-        for name in order if r % 2 == 0 else reversed(order):
+        for name in _order(list(fns), r):
             w, c = _block(compiled[name], args, calls[name])
             wall[name].append(w)
             cpu[name].append(c)

@@ -152,12 +152,6 @@ def evaluate(model, loss, params, x, y, *, chunk=EVAL_CHUNK, mesh=None):
     return total[0] / n, (total[1] / n if loss.error is not None else None)
 
 
-def _epoch_order(key_data, key_impl, epoch, n):
-    """The epoch's permutation of ``n`` rows: ``permutation(fold_in(key, epoch), n)``."""
-    key = jax.random.wrap_key_data(key_data, impl=key_impl)
-    return jax.random.permutation(jax.random.fold_in(key, epoch), n)
-
-
 def _rows(a, order, start, size):
     """Rows ``start .. start + size`` of ``a`` in ``order`` (``None``: data order)."""
     if order is None:
@@ -188,28 +182,38 @@ def _count(tally, metrics, step, rows):
     }
 
 
-def make_steps(model, loss, optimizer, *, batch_size, n_steps, rows=None, path="custom", key_impl=None, mesh=None):
+def make_steps(
+    model, loss, optimizer, *, batch_size, n_steps, rows=None, path="custom", key_impl="threefry2x32", shuffle=False,
+    augment=None, mesh=None,
+):
     """Builds the (unjitted) function that runs ``n_steps`` optimizer steps of an epoch.
 
     Returns ``steps(params, opt_state, tally, key_data, epoch, first, x, y) ->
     (params, opt_state, tally)``: steps ``first .. first + n_steps - 1`` of the
     epoch, step ``i`` on rows ``i * batch_size`` onwards (``rows`` of them,
-    ``batch_size`` by default) in data order, or in the epoch's permutation
-    when ``key_impl`` is given (the run's key is ``key_data`` of that
-    implementation). ``tally`` (see :func:`new_tally`) records the first step
-    whose loss is not finite and sums the batches' losses and errors.
+    ``batch_size`` by default) in data order, or with ``shuffle`` in the
+    epoch's permutation ``permutation(fold_in(key, epoch), N)``, the run's key
+    being ``key_data`` of implementation ``key_impl``. ``augment(key, x) -> x``,
+    if given, transforms each step's inputs with the key
+    ``fold_in(fold_in(key, epoch), step)``. ``tally`` (see :func:`new_tally`)
+    records the first step whose loss is not finite and sums the batches'
+    losses and errors.
     """
     update = _train.optimizer_update(model, loss, optimizer, path=path)
     rows = batch_size if rows is None else rows
     split = _splitter(mesh)
 
     def steps(params, opt_state, tally, key_data, epoch, first, x, y):
-        order = None if key_impl is None else _epoch_order(key_data, key_impl, epoch, x.shape[0])
+        epoch_key = jax.random.fold_in(jax.random.wrap_key_data(key_data, impl=key_impl), epoch)
+        order = jax.random.permutation(epoch_key, x.shape[0]) if shuffle else None
 
         def step(carry, i):
             params, opt_state, tally = carry
             start = (first + i) * batch_size
-            batch = split((_rows(x, order, start, rows), _rows(y, order, start, rows)), rows)
+            inputs = _rows(x, order, start, rows)
+            if augment is not None:
+                inputs = augment(jax.random.fold_in(epoch_key, first + i), inputs)
+            batch = split((inputs, _rows(y, order, start, rows)), rows)
             params, opt_state, metrics = update(params, opt_state, batch)
             return (params, opt_state, _count(tally, metrics, first + i, rows)), None
 
@@ -220,14 +224,16 @@ def make_steps(model, loss, optimizer, *, batch_size, n_steps, rows=None, path="
 
 
 def make_epoch_end(
-    model, loss, optimizer, *, batch_size, n_train, path="custom", key_impl=None, mesh=None, train_metrics="batches"
+    model, loss, optimizer, *, batch_size, n_train, path="custom", key_impl="threefry2x32", shuffle=False, augment=None,
+    mesh=None, train_metrics="batches",
 ):
     """Builds the (unjitted) end of an epoch: the last smaller batch, if any, then the epoch's metrics.
 
     Returns ``end(params, opt_state, tally, key_data, epoch, x, y, x_test, y_test)
     -> (params, opt_state, tally, metrics)``, ``metrics`` mapping each name in
     :data:`COLUMNS` to a scalar (the errors to ``None`` when the loss has no
-    error rate). The test set is evaluated at the epoch's parameters; the
+    error rate). ``key_impl``, ``shuffle`` and ``augment`` are as in
+    :func:`make_steps`. The test set is evaluated at the epoch's parameters; the
     training metrics are the mean over the epoch's examples of each batch's
     loss and error before its update (``train_metrics="batches"``, the notes'
     way, free) or an evaluation of the whole training set at the epoch's
@@ -237,8 +243,9 @@ def make_epoch_end(
     last = None
     if remainder:
         last = make_steps(
-            model, loss, optimizer, batch_size=batch_size, n_steps=1, rows=remainder, path=path, key_impl=key_impl, mesh=mesh
-        )
+            model, loss, optimizer, batch_size=batch_size, n_steps=1, rows=remainder, path=path, key_impl=key_impl,
+            shuffle=shuffle, augment=augment, mesh=mesh,
+        )  # fmt: skip
 
     def end(params, opt_state, tally, key_data, epoch, x, y, x_test, y_test):
         if last is not None:
@@ -261,10 +268,8 @@ def _check_int(name, value, low, high=None, hint=""):
 
 
 def _key_parts(shuffle_key):
-    """``(key_data, impl)`` of the run's key; ``impl`` is None when the data is not shuffled."""
-    if shuffle_key is None:
-        return np.zeros(2, np.uint32), None
-    key = jnp.asarray(shuffle_key)
+    """``(key_data, impl)`` of the run's key: ``shuffle_key``, or ``jax.random.key(0)`` if None."""
+    key = jax.random.key(0) if shuffle_key is None else jnp.asarray(shuffle_key)
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         return jax.random.key_data(key), jax.random.key_impl(key)
     if key.dtype == jnp.uint32 and key.shape == (2,):
@@ -292,6 +297,7 @@ def fit(
     keep: int = 3,
     resume: bool = False,
     train_metrics: str = "batches",
+    augment: Callable | None = None,
 ):
     """Trains ``model`` from ``params`` on ``loss`` and reports per-epoch metrics.
 
@@ -325,6 +331,11 @@ def fit(
       keep: how many checkpoints to keep.
       resume: continue from the newest checkpoint in ``checkpoint_dir``, if
         any; the run's configuration must match the checkpoint's.
+      augment: ``augment(key, x) -> x``, applied inside the compiled step to
+        each training batch's inputs (data augmentation); the key of step
+        ``s`` of epoch ``e`` is ``fold_in(fold_in(run key, e), s)``, the run
+        key being ``shuffle_key`` or ``jax.random.key(0)``, so augmented runs
+        repeat and resume exactly. Test inputs are never augmented.
       train_metrics: ``"batches"``: an epoch's train loss and error are the
         mean over its examples of each batch's loss and error before that
         batch's update (the notes' way: free, from the forward pass the
@@ -377,8 +388,8 @@ def fit(
     arrays = parallel.replicate((x_train, y_train, x_test, y_test), mesh)
     config = {
         "model": repr(model), "loss": loss.name, "path": path, "batch_size": batch_size,
-        "n_train": n_train, "n_test": int(x_test.shape[0]), "shuffle": key_impl is not None,
-        "train_metrics": train_metrics,
+        "n_train": n_train, "n_test": int(x_test.shape[0]), "shuffle": shuffle_key is not None,
+        "train_metrics": train_metrics, "augment": None if augment is None else getattr(augment, "__name__", repr(augment)),
     }  # fmt: skip
     steps_per_epoch = full_batches + (n_train % batch_size > 0)
     first_epoch, first_step, rows = 1, 0, []
@@ -407,7 +418,8 @@ def fit(
 
     donate = {"donate_argnums": (0, 1)}
     out = {"out_shardings": parallel.replicated(mesh)}
-    kw = {"batch_size": batch_size, "path": path, "key_impl": key_impl, "mesh": mesh}
+    kw = {"batch_size": batch_size, "path": path, "key_impl": key_impl, "shuffle": shuffle_key is not None,
+          "augment": augment, "mesh": mesh}  # fmt: skip
     compiled = {}
 
     def steps_fn(n):

@@ -72,7 +72,7 @@ def test_same_timings_same_interval():
 
 
 def test_identical_ratios_give_a_point_interval():
-    wall = {"base": [1.0, 2.0, 3.0], "same": [1.0, 2.0, 3.0]}
+    wall = {"base": [1.0, 2.0, 3.0] * 2, "same": [1.0, 2.0, 3.0] * 2}
     result = bench.summarize(wall, wall, baseline="base")["same"]
     assert (result.ratio, result.ci_low, result.ci_high, result.verdict) == (1, 1, 1, "tie")
 
@@ -81,18 +81,18 @@ def test_summarize_errors():
     wall, cpu = rounds(1.0)
     with pytest.raises(ValueError, match=r"baseline 'nope' is not one of the timed functions \['base', 'other'\]"):
         bench.summarize(wall, cpu, baseline="nope")
-    with pytest.raises(ValueError, match=r"the same number of rounds, at least 2; got \[15, 16\]"):
+    with pytest.raises(ValueError, match=r"the same number of rounds, at least 6; got \[15, 16\]"):
         bench.summarize({"base": wall["base"], "other": wall["other"][:-1]}, cpu, baseline="base")
 
 
 def test_compare_times_real_functions():
     x = jnp.ones((64, 64), jnp.float32)
     results = bench.compare(
-        {"one": lambda x: x @ x, "two": lambda x: (x @ x) @ x}, x, baseline="one", rounds=4, block_s=0.005
+        {"one": lambda x: x @ x, "two": lambda x: (x @ x) @ x}, x, baseline="one", rounds=6, block_s=0.005
     )
     assert list(results) == ["one", "two"]
     for r in results.values():
-        assert r.compile_s > 0 and r.calls >= 1 and len(r.wall_s) == len(r.cpu_s) == 4
+        assert r.compile_s > 0 and r.calls >= 1 and len(r.wall_s) == len(r.cpu_s) == 6
         assert r.q1_s <= r.median_s <= r.q3_s and r.verdict in bench.VERDICTS
     assert set(results["two"].to_dict()) >= {"median_s", "ratio", "ci_low", "ci_high", "cpu_ratio", "verdict"}
 
@@ -101,7 +101,12 @@ def test_compare_errors():
     x = jnp.ones(3)
     with pytest.raises(ValueError, match="baseline 'b' is not one of"):
         bench.compare({"a": jnp.sin}, x, baseline="b")
-    with pytest.raises(ValueError, match="rounds must be an int >= 2, got 1"):
-        bench.compare({"a": jnp.sin}, x, baseline="a", rounds=1)
+    with pytest.raises(ValueError, match="rounds must be an int >= 6, got 5"):
+        bench.compare({"a": jnp.sin}, x, baseline="a", rounds=5)
     with pytest.raises(ValueError, match="at least one function"):
         bench.compare({}, x, baseline="a")
+
+
+def test_rounds_rotate_and_alternate():
+    assert ["".join(bench._order(list("AB"), r)) for r in range(4)] == ["AB", "BA", "BA", "AB"]
+    assert {"".join(bench._order(list("ABC"), r)) for r in range(6)} == {"ABC", "CBA", "BCA", "ACB", "CAB", "BAC"}

@@ -283,3 +283,23 @@ print(json.dumps({"params": digest, "history": [{k: v for k, v in r.items() if k
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert run_python(script, folder) == want
+
+
+def jitter(key, x):
+    """Data augmentation for the tests: Gaussian noise of scale 0.1 on each input."""
+    return x + 0.1 * jax.random.normal(key, x.shape, x.dtype)
+
+
+def test_augmented_runs_repeat_resume_and_really_augment(tmp_path):
+    options = {"optimizer": optax.adam(1e-2), "shuffle_key": jax.random.key(3), **RUN}
+    plain_params, _ = fnn.fit(MODEL, init(), toy_data(), **options)
+    identity_params, _ = fnn.fit(MODEL, init(), toy_data(), augment=lambda key, x: x, **options)
+    assert leaves_equal(identity_params, plain_params)
+    want_params, want = fnn.fit(MODEL, init(), toy_data(), augment=jitter, **options)
+    assert not leaves_equal(want_params, plain_params)
+    again_params, _ = fnn.fit(MODEL, init(), toy_data(), augment=jitter, **options)
+    assert leaves_equal(again_params, want_params)
+    ckpt = {"checkpoint_dir": tmp_path, "checkpoint_every_steps": 3}
+    fnn.fit(MODEL, init(), toy_data(), augment=jitter, **{**options, "epochs": 2}, **ckpt)
+    got_params, got = fnn.fit(MODEL, init(), toy_data(), augment=jitter, **options, **ckpt, resume=True)
+    assert leaves_equal(got_params, want_params) and _columns(got) == _columns(want)
