@@ -4,7 +4,7 @@ Each run trains the notes' recipe (784-500-10 on MNIST, SGD 0.5, batch 100)
 in a child process that saves a checkpoint every ``--every-steps`` steps and
 keeps the last two. The parent kills the child at a random moment after its
 first checkpoint (while it trains or while it saves), checks that the newest
-checkpoint loads, resumes the run to the end in a fresh process, and compares
+checkpoint loads (the resumed run starts from it), resumes the run to the end in a fresh process, and compares
 the final parameters (SHA-256 of their bytes) and the history (losses and
 errors of every epoch) with an uninterrupted run's, bit for bit.
 
@@ -74,19 +74,33 @@ def finish(args, folder):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def kill_once(args, folder, rng):
-    """Starts a run, SIGKILLs it at a random moment after its first checkpoint; returns what the kill hit."""
+def start(args, folder):
+    """Starts a run with checkpoints in ``folder``; returns the process once its first checkpoint exists."""
     proc = subprocess.Popen(child(args, "--worker", str(folder)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    started = time.perf_counter()
     while proc.poll() is None and not any(p.name.isdigit() for p in folder.glob("*")):
         time.sleep(0.01)
-    first_checkpoint_s = time.perf_counter() - started
-    time.sleep(rng.uniform(0.0, args.delay_s))
+    return proc
+
+
+def training_window(args):
+    """Seconds from a run's first checkpoint to its end, measured on one run left alone."""
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = start(args, Path(tmp) / "checkpoints")
+        tic = time.perf_counter()
+        proc.wait()
+        return time.perf_counter() - tic
+
+
+def kill_once(args, folder, rng, window_s):
+    """Starts a run and SIGKILLs it at a moment drawn uniformly from its training after the first checkpoint."""
+    proc = start(args, folder)
+    delay = rng.uniform(0.0, window_s)
+    time.sleep(delay)
     saving = any("tmp" in p.name for p in folder.glob("*"))
     finished = proc.poll() is not None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    return {"first_checkpoint_s": first_checkpoint_s, "saving_at_kill": saving, "finished_before_kill": finished}
+    return {"kill_after_s": delay, "saving_at_kill": saving, "finished_before_kill": finished}
 
 
 def main(argv=None):
@@ -98,27 +112,37 @@ def main(argv=None):
         subprocess.run(child(args, "--reference"), capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
     )
     reference_s = time.perf_counter() - tic
-    args.delay_s = max(reference_s - 4.0, 1.0)  # spread the kills over the training time
-    print(f"uninterrupted run: {reference_s:.1f} s, params {reference['params_sha256'][:12]}", flush=True)
+    window_s = 0.95 * training_window(args)
+    print(
+        f"uninterrupted run: {reference_s:.1f} s, params {reference['params_sha256'][:12]}; "
+        f"kills drawn from the {window_s:.1f} s after the first checkpoint",
+        flush=True,
+    )
     rng = np.random.default_rng(args.seed)
     runs = []
     for i in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / "checkpoints"
-            kill = kill_once(args, folder, rng)
+            kill = kill_once(args, folder, rng, window_s)
             result = finish(args, folder)
             same = result["params_sha256"] == reference["params_sha256"] and result["history"] == reference["history"]
             runs.append({**kill, "resumed_from_step": result["resumed_from"], "identical": same})
+            moment = "after it finished" if kill["finished_before_kill"] else "while saving" if kill["saving_at_kill"] else "while training"
             print(
-                f"run {i + 1:2d}: killed {'while saving' if kill['saving_at_kill'] else 'while training'}, "
+                f"run {i + 1:2d}: killed {moment} ({kill['kill_after_s']:.2f} s after its first checkpoint), "
                 f"resumed from step {result['resumed_from']}: {'identical' if same else 'DIFFERENT'}",
                 flush=True,
             )
     identical = sum(r["identical"] for r in runs)
-    print(f"\n{identical} of {len(runs)} killed runs resumed to the uninterrupted result bit for bit")
+    killed = sum(not r["finished_before_kill"] for r in runs)
+    print(
+        f"\n{identical} of {len(runs)} runs resumed to the uninterrupted result bit for bit "
+        f"({killed} killed while running, {sum(r['saving_at_kill'] for r in runs)} of them while saving)"
+    )
     result = {
         "dataset": args.dataset, "epochs": args.epochs, "every_steps": args.every_steps, "device": device_description(),
-        "reference": reference, "reference_s": reference_s, "runs": runs, "identical": identical,
+        "reference": reference, "reference_s": reference_s, "kill_window_s": window_s, "runs": runs,
+        "identical": identical, "killed_while_running": killed,
     }  # fmt: skip
     if args.json:
         write_json(args.json, result)
