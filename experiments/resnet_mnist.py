@@ -1,0 +1,94 @@
+"""The notes' ResNet-S on MNIST, without and with LayerNorm in its blocks, on the same budget.
+
+``fnn.nn.resnet_s(10, width=W, hidden=H, n_blocks=B, normalize=...)``:
+``dense(W) -> B x Res(z) = z + relu(MM(relu(MM(z)))) -> dense(10)``, every
+``MM`` with a bias; ``normalize=True`` puts a LayerNorm after each inner
+``MM``. Both variants get the same initialisation seed, optimiser (Adam,
+one-epoch warm-up, cosine decay), shuffled batches and number of epochs.
+
+    python -m experiments.resnet_mnist --json experiments/results/resnet_mnist.json \\
+        --plot experiments/results/resnet_mnist.png
+"""
+
+import argparse
+
+import jax
+
+import fnn
+from experiments import _cli
+from experiments._report import markdown_table, write_json
+from experiments.mnist_mlp_best import (
+    HEADER,
+    adam_cosine,
+    add_common_args,
+    load_data,
+    machine,
+    plot_curves,
+    steps_per_epoch,
+    timed_fit,
+)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(parser, epochs=6, batch_size=128, lr=1e-3)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--blocks", type=int, default=4)
+    return parser.parse_args(argv)
+
+
+def run_one(normalize, data, args):
+    model = fnn.nn.resnet_s(10, width=args.width, hidden=args.hidden, n_blocks=args.blocks, normalize=normalize)
+    _, params = model.init(jax.random.key(args.seed), data.x_train.shape[1:])
+    n_params = sum(p.size for p in jax.tree.leaves(params))
+    steps = steps_per_epoch(len(data.x_train), args.batch_size)
+    optimizer, opt_info = adam_cosine(args.lr, epochs=args.epochs, steps=steps)
+    label = "LayerNorm" if normalize else "plain"
+    print(f"\nResNet-S {label} ({n_params:,} parameters): {model!r}\n{HEADER}", flush=True)
+    _, history, timing = timed_fit(model, params, data, args, optimizer, shuffle_key=jax.random.key(args.seed + 1))
+    return {
+        "variant": label,
+        "normalize": normalize,
+        "n_params": int(n_params),
+        "test_error": float(history.test_err[-1]),
+        "train_error": float(history.train_err[-1]),
+        "best_epoch_test_error": float(history.test_err.min()),
+        **timing,
+        "optimizer": opt_info,
+        "history": history.rows(),
+    }
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    data = load_data(args)
+    print(f"ResNet-S width {args.width}, hidden {args.hidden}, {args.blocks} blocks on {data.name}: "
+          f"{len(data.x_train)} train / {len(data.x_test)} test, {args.epochs} epochs, batch {args.batch_size}, "
+          f"path {args.path}", flush=True)
+    runs = [run_one(normalize, data, args) for normalize in (False, True)]
+    print(markdown_table(
+        ["variant", "params", "test error", "train error", "train_s", "median epoch_s"],
+        [[r["variant"], f"{r['n_params']:,}", f"{100 * r['test_error']:.2f}%", f"{100 * r['train_error']:.2f}%",
+          f"{r['train_s']:.1f}", f"{sorted(r['epoch_s'])[len(r['epoch_s']) // 2]:.2f}"] for r in runs]))
+    result = {
+        "experiment": "resnet_mnist",
+        "dataset": data.name,
+        "n_train": len(data.x_train),
+        "n_test": len(data.x_test),
+        "config": {"width": args.width, "hidden": args.hidden, "n_blocks": args.blocks, "activation": "relu",
+                   "epochs": args.epochs, "batch_size": args.batch_size, "shuffle": True, "seed": args.seed},
+        "path": args.path,
+        **machine(),
+        "runs": runs,
+    }
+    if args.json:
+        write_json(args.json, result)
+    if args.plot:
+        plot_curves(args.plot, {r["variant"]: r["history"] for r in runs},
+                    f"ResNet-S (width {args.width}, {args.blocks} blocks) on {data.name}, with and without LayerNorm")
+    return result
+
+
+if __name__ == "__main__":
+    _cli.run(main)
