@@ -83,6 +83,7 @@ CASES = [
     Case("leaky_relu", lambda: nn.leaky_relu(0.2), input_shape=(4, 5)),
     Case("gelu", lambda: nn.gelu, input_shape=(4, 5)),
     Case("softplus", lambda: nn.softplus(2.0), input_shape=(4, 5)),
+    Case("silu", lambda: nn.silu, input_shape=(4, 5)),
     Case("layer_norm", lambda: nn.layer_norm(), input_shape=(4, 5)),
     Case("conv2d", lambda: nn.conv2d(3, 3), input_shape=(2, 5, 4, 2)),
     Case("conv2d_valid", lambda: nn.conv2d(3, 3, padding="VALID"), input_shape=(2, 5, 4, 2)),

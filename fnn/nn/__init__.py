@@ -1,13 +1,13 @@
 """Layers and models, each a module (see :mod:`fnn.module`): ``init``, ``apply``, ``forward``, ``backward``.
 
 Leaves: :func:`dense`, :data:`relu`, :data:`sigmoid`, :data:`tanh`,
-:func:`leaky_relu`, :data:`gelu`, :func:`softplus`, :func:`layer_norm`,
+:func:`leaky_relu`, :data:`gelu`, :func:`softplus`, :data:`silu`, :func:`layer_norm`,
 :func:`conv2d`. Wiring: :func:`serial`, :func:`residual`, :func:`flatten`.
 Models: :func:`mlp`, :func:`resnet_s`. Initialisers: :mod:`fnn.nn.initializers`.
 """
 
 from fnn.nn import initializers
-from fnn.nn.activations import activation, gelu, leaky_relu, relu, sigmoid, softplus, tanh
+from fnn.nn.activations import activation, gelu, leaky_relu, relu, sigmoid, silu, softplus, tanh
 from fnn.nn.compose import flatten, mlp, residual, resnet_s, serial
 from fnn.nn.conv import conv2d
 from fnn.nn.linear import dense
@@ -28,6 +28,7 @@ __all__ = [
     "resnet_s",
     "serial",
     "sigmoid",
+    "silu",
     "softplus",
     "tanh",
 ]

@@ -16,7 +16,7 @@ from jax.scipy.special import erf
 from fnn.module import leaf
 from fnn.nn import _checks
 
-__all__ = ["activation", "gelu", "leaky_relu", "relu", "sigmoid", "softplus", "tanh"]
+__all__ = ["activation", "gelu", "leaky_relu", "relu", "sigmoid", "silu", "softplus", "tanh"]
 
 
 def activation(name, forward, backward):
@@ -127,3 +127,17 @@ def softplus(beta=1.0):
         return y, y
 
     return activation("softplus", forward, lambda y, g: -g * jnp.expm1(-b * y))
+
+
+def _silu_forward(x):
+    s = jax.nn.sigmoid(x)
+    return x * s, (x, s)
+
+
+def _silu_backward(saved, g):
+    x, s = saved
+    return g * (s + x * s * (1 - s))
+
+
+#: SiLU (swish) ``y = x s``, ``s = sigmoid(x)``; ``dx = G (s + x s (1 - s))``; saves ``x`` and ``s``.
+silu = activation("silu", _silu_forward, _silu_backward)
