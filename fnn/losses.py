@@ -42,10 +42,15 @@ def _check_class_labels(name, scores_arg):
     return check
 
 
+def _out_of_bounds(labels, k):
+    """``labels`` with every id outside ``[0, k)`` (negative ones too) replaced by ``k``, so that
+    indexing with it fills or drops instead of wrapping around."""
+    return jnp.where((labels >= 0) & (labels < k), labels, k)
+
+
 def _label_score(scores, labels):
     """``scores[..., labels]``, shape ``labels.shape``; NaN where a label is outside ``[0, k)``."""
-    k = scores.shape[-1]
-    safe = jnp.where((labels >= 0) & (labels < k), labels, k)
+    safe = _out_of_bounds(labels, scores.shape[-1])
     return jnp.take_along_axis(scores, safe[..., None], axis=-1, mode="fill", fill_value=jnp.nan)[..., 0]
 
 
@@ -58,10 +63,22 @@ def _cross_entropy_forward(logits, labels):
     return value, (exps / total, labels)
 
 
+def _add_at_labels(scores, labels, values):
+    """``scores`` with ``values[...]`` added at each row's label entry (an in-place scatter, not a one-hot matrix).
+
+    Rows whose label is outside ``[0, k)`` are left alone (their loss is NaN).
+    """
+    k = scores.shape[-1]
+    flat, rows = scores.reshape(-1, k), _out_of_bounds(labels.reshape(-1), k)
+    flat = flat.at[jnp.arange(rows.size), rows].add(values.reshape(-1).astype(scores.dtype), mode="drop")
+    return flat.reshape(scores.shape)
+
+
 def _cross_entropy_backward(saved, g):
     probs, labels = saved
-    onehot = jax.nn.one_hot(labels, probs.shape[-1], dtype=probs.dtype)
-    return (g * (probs - onehot) / labels.size).astype(probs.dtype)
+    scale = (g / labels.size).astype(probs.dtype)
+    # g softmax(h) / m everywhere, minus g / m at the labels: one pass and a scatter, no one-hot matrix.
+    return _add_at_labels(probs * scale, labels, jnp.broadcast_to(-scale, labels.shape))
 
 
 #: Mean softmax cross-entropy of ``logits[..., k]`` against integer ``labels[...]``,
@@ -163,8 +180,7 @@ def multiclass_hinge(margin=1.0):
     def backward(saved, g):
         violated, labels = saved
         ds = jnp.where(violated, g / labels.size, 0.0).astype(jnp.result_type(g))
-        onehot = jax.nn.one_hot(labels, violated.shape[-1], dtype=ds.dtype)
-        return ds - onehot * jnp.sum(ds, axis=-1, keepdims=True)
+        return _add_at_labels(ds, labels, -jnp.sum(ds, axis=-1))
 
     return loss(
         "multiclass_hinge",
