@@ -1,0 +1,223 @@
+"""A small convolutional net on MNIST, aiming at 0.8% test error in under 10 minutes on a 2-core CPU.
+
+fnn has no pooling layer, so the net downsamples with strided convolutions
+(``SAME`` padding, NHWC, biases, ReLU, He init), then one hidden dense layer.
+Adam with a one-epoch linear warm-up and a cosine decay, batches reshuffled
+every epoch, and (``--shift 2``, the default) each training image translated
+by a random offset of up to 2 pixels in each direction at every step: without
+it this net memorised the training set by epoch 9 and stopped at 0.92% error
+on the validation split (``--validation --shift 0``). Before training the
+script reports the work per example: the multiply-adds of every layer
+(counted from the shapes) and XLA's FLOP count of one compiled training step
+(``cost_analysis``).
+
+    python -m experiments.mnist_conv --json experiments/results/mnist_conv.json \\
+        --plot experiments/results/mnist_conv.png
+    python -m experiments.mnist_conv --epochs 1            # time one epoch first
+    python -m experiments.mnist_conv --convs 5:32:2 3:64:2 --dense 128
+    python -m experiments.mnist_conv --validation --json experiments/results/mnist_conv.validation.json
+
+A convolution is ``KERNEL:CHANNELS:STRIDE``. ``train_s`` is the whole
+training: compilation, every step, and the per-epoch evaluation on the full
+training and test sets.
+
+Training is one ``fnn.fit`` call (``--path custom`` by default): the shift is
+fit's ``augment=`` hook, applied inside the compiled step with the key
+``fold_in(fold_in(shuffle key, epoch), step)``, and each epoch ends with an
+evaluation of the full training and test sets (``train_metrics="full"``).
+Measured on this 2-core CPU (XLA CPU, JAX 0.10.2) at batch 128 for the default
+net: a training step inside fit's ``lax.scan`` takes about 53 ms on the custom
+path (about 40 ms stepped one jitted call at a time), while JAX's own
+convolution rule (``--path autodiff``) takes about 4 s per step inside a scan.
+"""
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import fnn
+from experiments import _cli
+from experiments._report import markdown_table, write_json
+from experiments.mnist_mlp_best import (
+    HEADER,
+    adam_cosine,
+    add_common_args,
+    load_data,
+    machine,
+    plot_curves,
+    steps_per_epoch,
+    timed_fit,
+)
+
+TARGET = 0.008
+BUDGET_S = 600.0
+INPUT_SHAPE = (28, 28, 1)
+
+
+def parse_conv(text):
+    """``"5:32:2"`` as ``(kernel 5, channels 32, stride 2)``."""
+    try:
+        kernel, channels, stride = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a convolution is KERNEL:CHANNELS:STRIDE, e.g. 5:32:2; got {text!r}") from None
+    return kernel, channels, stride
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(parser, epochs=12, batch_size=128, lr=2e-3)
+    parser.add_argument("--convs", type=parse_conv, nargs="+", default=[(5, 32, 2), (3, 64, 2), (3, 64, 1)],
+                        help="convolutions as KERNEL:CHANNELS:STRIDE (default: 5:32:2 3:64:2 3:64:1)")
+    parser.add_argument("--dense", type=int, default=256, help="hidden dense width after the convolutions")
+    parser.add_argument("--shift", type=int, default=2,
+                        help="augment: translate each training image by up to this many pixels (0: none)")
+    _cli.add_flags(parser)
+    args = parser.parse_args(argv)
+    if args.shift < 0:
+        parser.error(f"--shift must be 0 or more, got {args.shift}")
+    return args
+
+
+def build(convs, dense):
+    """``conv -> relu`` for each of ``convs``, then ``flatten -> dense(dense) -> relu -> dense(10)``."""
+    layers = []
+    for kernel, channels, stride in convs:
+        layers += [fnn.nn.conv2d(channels, kernel, stride=stride, bias=True), fnn.nn.relu]
+    layers += [fnn.nn.flatten(), fnn.nn.dense(dense, bias=True), fnn.nn.relu, fnn.nn.dense(10, bias=True)]
+    return fnn.nn.serial(*layers)
+
+
+def layer_costs(convs, dense):
+    """Per weight layer: its output shape, parameters and multiply-adds per example (from the shapes)."""
+    rows, (h, w, c) = [], INPUT_SHAPE
+    for kernel, channels, stride in convs:
+        h, w = -(-h // stride), -(-w // stride)  # SAME padding
+        rows.append({"layer": f"conv {kernel}x{kernel}, {c}->{channels}, stride {stride}", "output": [h, w, channels],
+                     "params": kernel * kernel * c * channels + channels, "macs": h * w * kernel * kernel * c * channels})
+        c = channels
+    n = h * w * c
+    for n_out in (dense, 10):
+        rows.append({"layer": f"dense {n}->{n_out}", "output": [n_out], "params": n * n_out + n_out, "macs": n * n_out})
+        n = n_out
+    return rows
+
+
+def step_flops(model, params, data, args, optimizer):
+    """XLA's FLOP count of one compiled training step at ``--batch-size`` (``cost_analysis``)."""
+    update = fnn.train.optimizer_update(model, fnn.losses.cross_entropy, optimizer, path=args.path)
+    batch = (data.x_train[: args.batch_size], data.y_train[: args.batch_size])
+    compiled = jax.jit(update).lower(params, optimizer.init(params), batch).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+
+
+def random_shift(key, images, pixels):
+    """Translates each image ``[N, H, W, C]`` by its own random offset of up to ``pixels`` in each direction, zero-filled."""
+    n, h, w, c = images.shape
+    offsets = jax.random.randint(key, (n, 2), 0, 2 * pixels + 1)
+    padded = jnp.pad(images, ((0, 0), (pixels, pixels), (pixels, pixels), (0, 0)))
+    return jax.vmap(lambda image, o: jax.lax.dynamic_slice(image, (o[0], o[1], 0), (h, w, c)))(padded, offsets)
+
+
+def shift_augment(pixels):
+    """``augment(key, x) -> x`` for ``fnn.fit``: :func:`random_shift` by up to ``pixels``; None for 0."""
+    if not pixels:
+        return None
+
+    def augment(key, images):
+        return random_shift(key, images, pixels)
+
+    augment.__name__ = f"random_shift_{pixels}px"
+    return augment
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    data = load_data(args, image=True)
+    model = build(args.convs, args.dense)
+    _, params = model.init(jax.random.key(args.seed), INPUT_SHAPE)
+    steps = steps_per_epoch(len(data.x_train), args.batch_size)
+    optimizer, opt_info = adam_cosine(args.lr, epochs=args.epochs, steps=steps)
+
+    costs = layer_costs(args.convs, args.dense)
+    macs = sum(r["macs"] for r in costs)
+    n_params = sum(p.size for p in jax.tree.leaves(params))
+    assert n_params == sum(r["params"] for r in costs), (n_params, costs)
+    xla_step = step_flops(model, params, data, args, optimizer)
+    n_train, n_test = len(data.x_train), len(data.x_test)
+    estimate = {
+        "forward_mflop_per_example": 2 * macs / 1e6,
+        "train_mflop_per_example": 6 * macs / 1e6,  # forward + input and weight gradients
+        "xla_step_flop": xla_step,
+        "xla_mflop_per_example": xla_step / args.batch_size / 1e6,
+        # training (XLA's count) plus the forward passes of the per-epoch evaluation on both splits
+        "tflop_per_epoch": (xla_step * n_train / args.batch_size + 2 * macs * (n_train + n_test)) / 1e12,
+    }
+    print(markdown_table(["layer", "output", "params", "MMAC/example"],
+                         [[r["layer"], "x".join(map(str, r["output"])), f"{r['params']:,}", f"{r['macs'] / 1e6:.2f}"] for r in costs]))
+    print(f"{n_params:,} parameters; {estimate['forward_mflop_per_example']:.1f} MFLOP forward per example "
+          f"(x3 for a training step: {estimate['train_mflop_per_example']:.1f}; XLA counts {estimate['xla_mflop_per_example']:.1f}); "
+          f"about {estimate['tflop_per_epoch']:.2f} TFLOP per epoch with evaluation\n", flush=True)
+
+    print(f"conv net on {data.name}: {n_train} train / {n_test} test, {args.epochs} epochs of {steps} steps, "
+          f"path {args.path}\n{HEADER}", flush=True)
+    _, history, timing = timed_fit(model, params, data, args, optimizer, shuffle_key=jax.random.key(args.seed + 1),
+                                   augment=shift_augment(args.shift), train_metrics="full")
+    rows = history.rows()
+    test_error = rows[-1]["test_err"]
+    achieved = estimate["tflop_per_epoch"] * 1e3 / np.median(timing["epoch_s"])
+    print(f"test error {100 * test_error:.2f}% (target {100 * TARGET:.1f}%: {'met' if test_error <= TARGET else 'MISSED'}); "
+          f"{timing['train_s']:.1f} s wall (budget {BUDGET_S:.0f} s: {'met' if timing['train_s'] < BUDGET_S else 'MISSED'}), "
+          f"{timing['cpu_s']:.1f} s CPU; about {achieved:.0f} GFLOP/s", flush=True)
+    result = {
+        "experiment": "mnist_conv",
+        "dataset": data.name,
+        "n_train": n_train,
+        "n_test": n_test,
+        "test_error": test_error,
+        "target_test_error": TARGET,
+        "target_met": test_error <= TARGET,
+        "budget_s": BUDGET_S,
+        "budget_met": timing["train_s"] < BUDGET_S,
+        "best_epoch_test_error": min(r["test_err"] for r in rows),
+        "train_error": rows[-1]["train_err"],
+        **timing,
+        "achieved_gflops": float(achieved),
+        "path": args.path,
+        "loop": "fnn.fit",
+        **machine(),
+        "config": {
+            "model": repr(model),
+            "convs": [{"kernel": k, "channels": c, "stride": s} for k, c, s in args.convs],
+            "dense": args.dense,
+            "padding": "SAME",
+            "bias": True,
+            "activation": "relu",
+            "init": "he",
+            "n_params": int(n_params),
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "steps_per_epoch": steps,
+            "shuffle": True,
+            "augmentation": (f"random translation by up to {args.shift} pixels per image and step, zero fill "
+                             "(fnn.fit's augment, keyed by fold_in(fold_in(shuffle key, epoch), step))"
+                             if args.shift else None),
+            "seed": args.seed,
+            "optimizer": opt_info,
+        },
+        "estimate": estimate,
+        "layers": costs,
+        "history": rows,
+    }
+    if args.json:
+        write_json(args.json, result)
+    if args.plot:
+        plot_curves(args.plot, {"conv net": result["history"]}, f"conv net on {data.name}: test error {100 * test_error:.2f}%")
+    return result
+
+
+if __name__ == "__main__":
+    _cli.run(main)

@@ -1,0 +1,156 @@
+"""Smoke tests of the new experiment scripts: each main() on tiny synthetic data, its JSON fields and its PNG.
+
+The configurations are tiny (a few hundred synthetic MNIST-shaped rows, narrow
+layers, one or two epochs, a few timing rounds), so each test takes seconds;
+they check the scripts' wiring and outputs, not the figures the full runs
+report.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from experiments import activations, mnist_conv, mnist_mlp_best, module_costs, resnet_mnist
+
+SYNTHETIC = ["--synthetic", "--train-size", "256", "--test-size", "64", "--no-progress"]
+
+
+def outputs(tmp_path, name):
+    json_path, png_path = tmp_path / f"{name}.json", tmp_path / f"{name}.png"
+    return ["--json", str(json_path), "--plot", str(png_path)], json_path, png_path
+
+
+def check_written(result, json_path, png_path):
+    assert json.loads(json_path.read_text()) == json.loads(json.dumps(result))
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result["device"] and result["jax_version"]
+
+
+def check_history(rows, epochs):
+    assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
+    for row in rows:
+        assert {"train_loss", "test_loss", "train_err", "test_err", "epoch_s"} <= set(row)
+        assert 0.0 <= row["test_err"] <= 1.0 and row["train_loss"] > 0
+
+
+def test_synthetic_data_is_float32_in_the_unit_interval_and_image_shaped_on_request():
+    args = mnist_mlp_best.parse_args(SYNTHETIC + ["--validation"])
+    flat, image = mnist_mlp_best.load_data(args), mnist_mlp_best.load_data(args, image=True)
+    assert flat.x_train.dtype == jnp.float32 and 0.0 <= flat.x_train.min() and flat.x_train.max() <= 1.0
+    assert flat.x_train.shape[1:] == (784,) and image.x_train.shape[1:] == (28, 28, 1)
+    assert len(flat.x_train) + len(flat.x_test) == 256  # --validation holds out part of the 256 training rows
+
+
+def test_mnist_mlp_best_reports_the_target_and_timing(tmp_path):
+    out, json_path, png_path = outputs(tmp_path, "mlp")
+    result = mnist_mlp_best.main(SYNTHETIC + ["--epochs", "2", "--hidden", "32", "32", "--batch-size", "100"] + out)
+    check_written(result, json_path, png_path)
+    for key in ("test_error", "train_s", "compile_s", "cpu_s", "path", "device", "config", "history", "target_met"):
+        assert key in result, key
+    assert result["path"] == "custom" and result["target_test_error"] == 0.015
+    assert result["config"]["steps_per_epoch"] == 3  # 256 rows in batches of 100: the last one smaller
+    assert result["config"]["optimizer"]["name"] == "adamw" and result["config"]["optimizer"]["weight_decay"] == 0.05
+    assert result["test_error"] == result["history"][-1]["test_err"]
+    check_history(result["history"], 2)
+
+
+def test_mnist_mlp_best_refuses_more_than_20_epochs():
+    with pytest.raises(SystemExit):
+        mnist_mlp_best.main(SYNTHETIC + ["--epochs", "21"])
+
+
+def test_mnist_conv_counts_its_work_and_trains_with_fit_and_the_shift(tmp_path):
+    out, json_path, png_path = outputs(tmp_path, "conv")
+    argv = SYNTHETIC + ["--epochs", "1", "--convs", "3:4:2", "3:8:2", "--dense", "16", "--batch-size", "100"]
+    result = mnist_conv.main(argv + out)
+    check_written(result, json_path, png_path)
+    for key in ("test_error", "train_s", "path", "device", "config", "history", "estimate", "layers", "budget_met"):
+        assert key in result, key
+    # 28x28x1 -> 14x14x4 -> 7x7x8 -> 16 -> 10
+    assert [r["output"] for r in result["layers"]] == [[14, 14, 4], [7, 7, 8], [16], [10]]
+    assert result["layers"][0]["macs"] == 14 * 14 * 9 * 1 * 4
+    assert result["config"]["n_params"] == sum(r["params"] for r in result["layers"])
+    assert result["estimate"]["xla_step_flop"] > 0
+    assert result["loop"] == "fnn.fit" and "2 pixels" in result["config"]["augmentation"]
+    assert result["config"]["steps_per_epoch"] == 3  # 256 rows in batches of 100: the last one smaller
+    check_history(result["history"], 1)
+
+
+def test_random_shift_moves_each_image_within_the_bound():
+    images = jnp.zeros((16, 9, 9, 1)).at[:, 4, 4, 0].set(1.0)
+    shifted = mnist_conv.random_shift(jax.random.key(0), images, 2)
+    assert shifted.shape == images.shape and float(shifted.sum()) == 16.0  # nothing falls off a 2-pixel border
+    positions = jnp.argwhere(shifted[..., 0])[:, 1:]
+    assert int(jnp.abs(positions - 4).max()) <= 2 and len({tuple(map(int, p)) for p in positions}) > 1
+
+
+def test_mnist_conv_shift_is_fits_augment_hook_and_zero_turns_it_off():
+    augment = mnist_conv.shift_augment(1)
+    images = jnp.arange(2 * 5 * 5, dtype=jnp.float32).reshape(2, 5, 5, 1)
+    key = jax.random.key(3)
+    assert jnp.array_equal(augment(key, images), mnist_conv.random_shift(key, images, 1))
+    assert mnist_conv.shift_augment(0) is None
+    with pytest.raises(SystemExit):
+        mnist_conv.parse_args(["--shift", "-1"])
+
+
+def test_activations_records_one_norm_per_layer_per_checkpoint(tmp_path):
+    out, json_path, png_path = outputs(tmp_path, "activations")
+    argv = SYNTHETIC + ["--epochs", "1", "--depth", "3", "--width", "16", "--probe-size", "64"]
+    argv += ["--activations", "sigmoid", "relu"]
+    result = activations.main(argv + out)
+    check_written(result, json_path, png_path)
+    assert [r["activation"] for r in result["runs"]] == ["sigmoid", "relu"]
+    assert [r["init"] for r in result["runs"]] == ["glorot_normal", "he"]
+    for run in result["runs"]:
+        assert [c["epoch"] for c in run["checkpoints"]] == [0, 1]
+        for checkpoint in run["checkpoints"]:
+            assert len(checkpoint["grad_norms"]) == 4 and all(n > 0 for n in checkpoint["grad_norms"])
+        check_history(run["history"], 1)
+
+
+def test_resnet_mnist_runs_both_variants_on_the_same_budget(tmp_path):
+    out, json_path, png_path = outputs(tmp_path, "resnet")
+    argv = SYNTHETIC + ["--epochs", "1", "--width", "16", "--hidden", "16", "--blocks", "1"]
+    result = resnet_mnist.main(argv + out)
+    check_written(result, json_path, png_path)
+    assert [r["normalize"] for r in result["runs"]] == [False, True]
+    plain, normed = result["runs"]
+    assert normed["n_params"] - plain["n_params"] == 2 * (16 + 16)  # gamma and beta of two LayerNorms
+    for run in result["runs"]:
+        assert {"test_error", "train_s", "epoch_s", "history"} <= set(run)
+        check_history(run["history"], 1)
+    assert result["path"] == "custom"
+
+
+def test_module_costs_measures_both_paths_and_a_control(tmp_path):
+    out, json_path, png_path = outputs(tmp_path, "module_costs")
+    result = module_costs.main(["--items", "gelu", "cross_entropy", "--rounds", "6", "--block-s", "0.002"] + out)
+    check_written(result, json_path, png_path)
+    assert [r["item"] for r in result["rows"]] == ["gelu", "cross_entropy"]
+    for row in result["rows"]:
+        assert row["max_rel_diff"] < 1e-5
+        for path in ("custom", "autodiff"):
+            facts = row[path]
+            assert facts["flops"] > 0 and facts["kernels"] > 0 and facts["arg_bytes"] > 0 and facts["temp_bytes"] >= 0
+        r = row["time_ratio_wall"]
+        assert r["ci95"][0] <= r["median"] <= r["ci95"][1] and row["verdict"] in ("faster", "slower", "tie")
+        assert row["time_ratio_cpu"]["median"] > 0
+        assert len(row["bench"]["custom"]["wall_s"]) == len(row["bench"]["autodiff"]["wall_s"]) == 6
+        assert row["custom"]["residuals"]["computed_bytes"] >= 0 and row["custom"]["residuals"]["saved"]
+    assert result["control"]["item"].endswith("autodiff / autodiff")
+    assert set(result["flagged"]) == {"custom_temp_exceeds_autodiff", "custom_slower", "custom_faster"}
+
+
+def test_module_costs_needs_the_rounds_of_fnn_bench():
+    with pytest.raises(SystemExit):
+        module_costs.parse_args(["--rounds", "3"])
+
+
+def test_module_costs_items_cover_every_leaf_module_and_loss():
+    assert set(module_costs.ITEMS) >= {
+        "dense", "relu", "sigmoid", "tanh", "leaky_relu", "gelu", "softplus", "layer_norm", "conv2d",
+        "cross_entropy", "mse", "logistic", "multiclass_hinge",
+    }
