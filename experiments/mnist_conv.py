@@ -73,7 +73,6 @@ def parse_args(argv=None):
     parser.add_argument("--dense", type=int, default=256, help="hidden dense width after the convolutions")
     parser.add_argument("--shift", type=int, default=2,
                         help="augment: translate each training image by up to this many pixels (0: none)")
-    _cli.add_flags(parser)
     args = parser.parse_args(argv)
     if args.shift < 0:
         parser.error(f"--shift must be 0 or more, got {args.shift}")
