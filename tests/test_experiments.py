@@ -1,4 +1,4 @@
-"""Smoke tests of the new experiment scripts: each main() on tiny synthetic data, its JSON fields and its PNG.
+"""Smoke tests of the experiment scripts: each main() on tiny synthetic data, its JSON fields and its PNG.
 
 The configurations are tiny (a few hundred synthetic MNIST-shaped rows, narrow
 layers, one or two epochs, a few timing rounds), so each test takes seconds;
