@@ -1,5 +1,6 @@
 """fnn.bench: the statistics on synthetic timings (where the truth is known), and one real run."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -110,3 +111,18 @@ def test_compare_errors():
 def test_rounds_rotate_and_alternate():
     assert ["".join(bench._order(list("AB"), r)) for r in range(4)] == ["AB", "BA", "BA", "AB"]
     assert {"".join(bench._order(list("ABC"), r)) for r in range(6)} == {"ABC", "CBA", "BCA", "ACB", "CAB", "BAC"}
+
+
+def test_a_function_entered_twice_is_compiled_once():
+    x = jnp.ones((32, 32), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    results = bench.compare({"a": f, "b": f}, x, baseline="a", rounds=6, block_s=0.002)
+    assert results["a"].compile_s == results["b"].compile_s and results["a"].calls == results["b"].calls
+
+
+def test_the_self_check_experiment_runs(tmp_path):
+    from experiments import bench_check
+
+    result = bench_check.main(["--rounds", "6", "--block-s", "0.002", "--json", str(tmp_path / "check.json")])
+    assert set(result["checks"]) == {"same function twice", "two compilations of the same code", "1.3x the work"}
+    assert all({"ratio", "ci_low", "ci_high", "verdict", "ok"} <= set(c) for c in result["checks"].values())
