@@ -176,14 +176,6 @@ def drift(run, reference, noise):
     return agreement
 
 
-def _rel_errors(grads, reference):
-    """Per leaf ``max |g - r| / max |r|``, the largest over the leaves."""
-    return max(
-        float(np.max(np.abs(np.asarray(g, np.float64) - np.asarray(r))) / max(float(np.max(np.abs(r))), 1e-300))
-        for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(reference), strict=True)
-    )
-
-
 def lockstep(data, args, paths):
     """Every path's gradient at identical parameters along the reference path's SGD trajectory.
 
@@ -209,7 +201,8 @@ def lockstep(data, args, paths):
                 reference = jax.tree.map(np.asarray, reference)
             steps.append(i)
             for path in paths:
-                errors[path].append(_rel_errors(grads[path](params, *batch)[1], reference))
+                leaves = fnn.inspect.gradient_errors(grads[path](params, *batch)[1], reference)
+                errors[path].append(max(leaf["max_rel_err"] for leaf in leaves))
         params, _ = step(params, batch)
     worst = {path: max(e) for path, e in errors.items()}
     verdict = "agree" if max(worst.values()) <= LOCKSTEP_RTOL else "DISAGREE"

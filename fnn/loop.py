@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 from fnn import losses as _losses
 from fnn import parallel, validate
 from fnn import train as _train
-from fnn.module import Loss, Module
-from fnn.paths import check_path
+from fnn.module import Loss
+from fnn.paths import check_pair, check_path
 
 __all__ = [
     "COLUMNS",
@@ -351,10 +351,7 @@ def fit(
         saved after that; the last good one is kept).
     """
     start = time.perf_counter()
-    if not isinstance(model, Module):
-        raise TypeError(f"model must be an fnn module (e.g. fnn.nn.mlp([784, 500, 10])), got {type(model).__name__}")
-    if not isinstance(loss, Loss):
-        raise TypeError(f"loss must be an fnn loss (e.g. fnn.losses.cross_entropy), got {type(loss).__name__}")
+    check_pair(model, loss)
     check_path(path)
     _check_int("epochs", epochs, 1)
     splits = _split_arrays(data)

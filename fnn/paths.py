@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from fnn.module import Loss, Module
 
-__all__ = ["PATHS", "check_path", "value_and_grad"]
+__all__ = ["PATHS", "check_pair", "check_path", "value_and_grad"]
 
 PATHS = ("autodiff", "custom", "backprop")
 
@@ -26,7 +26,8 @@ def check_path(path):
     return path
 
 
-def _check_pair(model, loss):
+def check_pair(model, loss):
+    """Raises ``TypeError`` unless ``model`` is an fnn module and ``loss`` an fnn loss."""
     if not isinstance(model, Module):
         raise TypeError(f"model must be an fnn module (e.g. fnn.nn.mlp([784, 500, 10])), got {type(model).__name__}")
     if not isinstance(loss, Loss):
@@ -61,7 +62,7 @@ def value_and_grad(model, loss, *, path="custom", outputs=False):
       of ``params``. Every path gives the same value and, up to rounding, the
       same gradient.
     """
-    _check_pair(model, loss)
+    check_pair(model, loss)
     if check_path(path) == "backprop":
         with_outputs = backprop(model, loss)
     else:
