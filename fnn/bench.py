@@ -10,10 +10,14 @@ and the process's CPU time per call.
 :func:`summarize` turns those timings into a :class:`Result` per function:
 median and quartiles of its time per call, and against the baseline the
 median of the per-round ratios with a bootstrap confidence interval
-(``scipy.stats.bootstrap``, BCa) and a verdict: ``"faster"`` or ``"slower"``
-when the interval excludes 1, ``"tie"`` when it contains 1. Ratios are taken
-round by round, so that load shared by a round cancels. Equal CPU time with
-unequal wall time means the same work with less parallel overlap.
+(``scipy.stats.bootstrap``, BCa) and a verdict: ``"slower"`` when the whole
+interval lies above ``1 + margin``, ``"faster"`` when it lies below
+``1 / (1 + margin)``, ``"tie"`` otherwise. With the default ``margin=0`` a tie
+is an interval that contains 1; a positive margin is a practical-equivalence
+threshold (criterion.rs's "noise threshold"): differences the harness cannot
+tell from two compilations of the same code are not called a change. Ratios
+are taken round by round, so that load shared by a round cancels. Equal CPU
+time with unequal wall time means the same work with less parallel overlap.
 """
 
 import dataclasses
@@ -23,7 +27,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-__all__ = ["Result", "compare", "summarize"]
+__all__ = ["Result", "compare", "summarize", "verdict"]
 
 VERDICTS = ("faster", "slower", "tie")
 
@@ -44,7 +48,9 @@ class Result:
       ratio: median over the rounds of ``wall / baseline's wall`` (1.0 for the baseline).
       ci_low, ci_high: the bootstrap confidence interval of ``ratio``.
       cpu_ratio: median over the rounds of ``cpu / baseline's cpu``.
-      verdict: ``"faster"``, ``"slower"`` or ``"tie"`` (the interval contains 1; always for the baseline).
+      verdict: ``"faster"`` (the interval lies below ``1 / (1 + margin)``),
+        ``"slower"`` (above ``1 + margin``) or ``"tie"`` (always for the baseline).
+      margin: the practical-equivalence threshold the verdict was taken with.
       compile_s: seconds to compile (``nan`` when given timings only).
       calls: calls per block.
       wall_s, cpu_s: the per-call seconds of every round.
@@ -60,6 +66,7 @@ class Result:
     ci_high: float
     cpu_ratio: float
     verdict: str
+    margin: float = 0.0
     compile_s: float = float("nan")
     calls: int = 0
     wall_s: tuple = ()
@@ -91,7 +98,25 @@ def _median_ci(values, confidence, seed):
     return median, min(low, median), max(high, median)
 
 
-def summarize(wall_s, cpu_s, *, baseline, confidence=0.95, seed=0, compile_s=None, calls=None):
+def verdict(ci_low, ci_high, margin=0.0):
+    """``"slower"`` if ``ci_low > 1 + margin``, ``"faster"`` if ``ci_high < 1 / (1 + margin)``, else ``"tie"``.
+
+    The margin is symmetric in log-ratio, so swapping baseline and function
+    swaps ``"faster"`` and ``"slower"``.
+    """
+    if ci_low > 1 + margin:
+        return "slower"
+    if ci_high < 1 / (1 + margin):
+        return "faster"
+    return "tie"
+
+
+def _check_margin(margin):
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
+        raise ValueError(f"margin must be a number in [0, 1) (0.02 means differences within 2% are a tie), got {margin!r}")
+
+
+def summarize(wall_s, cpu_s, *, baseline, margin=0.0, confidence=0.95, seed=0, compile_s=None, calls=None):
     """Compares per-round timings with the baseline's.
 
     Args:
@@ -99,6 +124,7 @@ def summarize(wall_s, cpu_s, *, baseline, confidence=0.95, seed=0, compile_s=Non
         function timed in the same rounds.
       cpu_s: the same for process CPU time.
       baseline: the name every ratio is taken against.
+      margin: differences within this fraction are a tie (see :func:`verdict`).
       confidence: the level of the bootstrap interval.
       seed: seeds the bootstrap resampling (the same timings give the same interval).
       compile_s, calls: per name, recorded in the results.
@@ -108,6 +134,7 @@ def summarize(wall_s, cpu_s, *, baseline, confidence=0.95, seed=0, compile_s=Non
     """
     if baseline not in wall_s:
         raise ValueError(f"baseline {baseline!r} is not one of the timed functions {list(wall_s)}")
+    _check_margin(margin)
     rounds = {len(v) for v in wall_s.values()} | {len(v) for v in cpu_s.values()}
     if len(rounds) != 1 or min(rounds) < MIN_ROUNDS:
         raise ValueError(f"every function needs the same number of rounds, at least {MIN_ROUNDS}; got {sorted(rounds)}")
@@ -117,16 +144,14 @@ def summarize(wall_s, cpu_s, *, baseline, confidence=0.95, seed=0, compile_s=Non
         wall, cpu = np.asarray(wall, float), np.asarray(cpu_s[name], float)
         if name == baseline:
             ratio = low = high = cpu_ratio = 1.0
-            verdict = "tie"
         else:
             ratio, low, high = _median_ci(wall / base_wall, confidence, seed)
             cpu_ratio = float(np.median(cpu / base_cpu))
-            verdict = "faster" if high < 1 else "slower" if low > 1 else "tie"
         q1, median, q3 = np.percentile(wall, [25, 50, 75])
         results[name] = Result(
-            name, float(median), float(q1), float(q3), float(np.median(cpu)), ratio, low, high, cpu_ratio, verdict,
-            compile_s=(compile_s or {}).get(name, float("nan")), calls=(calls or {}).get(name, 0),
-            wall_s=tuple(wall.tolist()), cpu_s=tuple(cpu.tolist()),
+            name, float(median), float(q1), float(q3), float(np.median(cpu)), ratio, low, high, cpu_ratio,
+            verdict(low, high, margin), float(margin), compile_s=(compile_s or {}).get(name, float("nan")),
+            calls=(calls or {}).get(name, 0), wall_s=tuple(wall.tolist()), cpu_s=tuple(cpu.tolist()),
         )  # fmt: skip
     return results
 
@@ -156,6 +181,7 @@ def compare(
     fns: dict[str, Callable],
     *args,
     baseline: str,
+    margin: float = 0.0,
     rounds: int = 16,
     block_s: float = 0.2,
     warmup: int = 2,
@@ -171,6 +197,7 @@ def compare(
         Functions must not donate ``args``: every call gets the same arrays.
       *args: the arguments of every function.
       baseline: the name of the function the others are compared with.
+      margin: differences within this fraction are a tie (see :func:`verdict`).
       rounds: timed rounds, at least :data:`MIN_ROUNDS`; each runs one block
         of every function, in an order that rotates and alternates from one
         round to the next.
@@ -190,6 +217,7 @@ def compare(
         raise ValueError(f"rounds must be an int >= {MIN_ROUNDS}, got {rounds!r}")
     if not block_s > 0:
         raise ValueError(f"block_s must be positive, got {block_s!r}")
+    _check_margin(margin)
     compiled, compile_s, calls = {}, {}, {}
     first_name = {}  # a function entered under several names is compiled and calibrated once
     for name, fn in fns.items():
@@ -215,4 +243,6 @@ def compare(
             w, c = _block(compiled[name], args, calls[name])
             wall[name].append(w)
             cpu[name].append(c)
-    return summarize(wall, cpu, baseline=baseline, confidence=confidence, seed=seed, compile_s=compile_s, calls=calls)
+    return summarize(
+        wall, cpu, baseline=baseline, margin=margin, confidence=confidence, seed=seed, compile_s=compile_s, calls=calls
+    )

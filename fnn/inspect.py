@@ -459,6 +459,7 @@ def compare_paths(
     timing=True,
     rounds=16,
     block_s=0.2,
+    margin=0.0,
     learning_rate=LEARNING_RATE,
     confidence=0.95,
     seed=0,
@@ -476,7 +477,7 @@ def compare_paths(
         float64 ``autodiff`` gradient (:func:`reference_grads`).
       timing: whether to time the SGD steps (:func:`fnn.bench.compare`;
         takes about ``len(paths) * (rounds + 2) * block_s`` seconds).
-      rounds, block_s, confidence, seed: passed to :func:`fnn.bench.compare`.
+      rounds, block_s, margin, confidence, seed: passed to :func:`fnn.bench.compare`.
       learning_rate: the SGD step size of the compiled and timed steps.
 
     Returns:
@@ -492,9 +493,9 @@ def compare_paths(
     settings = {"learning_rate": learning_rate}
     if timing:
         updates = {path: sgd_update(model, loss, learning_rate, path=path) for path in paths}
-        times = bench.compare(updates, params, (x, targets), baseline=reference, rounds=rounds, block_s=block_s,
-                              confidence=confidence, seed=seed)  # fmt: skip
-        settings |= {"rounds": rounds, "block_s": block_s, "confidence": confidence, "seed": seed}
+        times = bench.compare(updates, params, (x, targets), baseline=reference, margin=margin, rounds=rounds,
+                              block_s=block_s, confidence=confidence, seed=seed)  # fmt: skip
+        settings |= {"rounds": rounds, "block_s": block_s, "margin": margin, "confidence": confidence, "seed": seed}
     rows = []
     for path in paths:
         compiled, compile_s = steps[path]

@@ -78,12 +78,53 @@ def test_identical_ratios_give_a_point_interval():
     assert (result.ratio, result.ci_low, result.ci_high, result.verdict) == (1, 1, 1, "tie")
 
 
+@pytest.mark.parametrize(
+    "low, high, margin, expected",
+    [
+        (1.005, 1.03, 0.0, "slower"),  # strict: the interval excludes 1
+        (1.005, 1.03, 0.02, "tie"),  # but part of it lies within 2%
+        (1.021, 1.03, 0.02, "slower"),  # all of it beyond 2%
+        (0.97, 0.995, 0.0, "faster"),
+        (0.97, 0.995, 0.02, "tie"),
+        (0.97, 0.98, 0.02, "faster"),  # below 1 / 1.02 = 0.9804
+        (0.97, 0.981, 0.02, "tie"),
+        (0.99, 1.01, 0.0, "tie"),
+    ],
+)
+def test_verdict_with_and_without_a_margin(low, high, margin, expected):
+    assert bench.verdict(low, high, margin) == expected
+
+
+def test_the_margin_is_symmetric_in_log_ratio():
+    """Swapping baseline and function swaps faster and slower, margin or not."""
+    wall, cpu = rounds(1.03, own=0.005)
+    swapped = {"base": wall["other"], "other": wall["base"]}, {"base": cpu["other"], "other": cpu["base"]}
+    for margin in (0.0, 0.02, 0.05):
+        there = bench.summarize(wall, cpu, baseline="base", margin=margin)["other"]
+        back = bench.summarize(*swapped, baseline="base", margin=margin)["other"]
+        flipped = {"faster": "slower", "slower": "faster", "tie": "tie"}
+        assert back.verdict == flipped[there.verdict] and there.margin == margin
+    assert bench.summarize(wall, cpu, baseline="base", margin=0.02)["other"].verdict == "slower"
+    assert bench.summarize(wall, cpu, baseline="base", margin=0.05)["other"].verdict == "tie"
+
+
+def test_a_margin_turns_a_one_percent_difference_into_a_tie():
+    """A true 1% difference, resolved by a tight interval, is slower strictly and a tie within 2%."""
+    wall, cpu = rounds(1.01, shared=0.3, own=0.002)
+    assert bench.summarize(wall, cpu, baseline="base")["other"].verdict == "slower"
+    assert bench.summarize(wall, cpu, baseline="base", margin=0.02)["other"].verdict == "tie"
+    assert bench.summarize(*rounds(1.3), baseline="base", margin=0.02)["other"].verdict == "slower"
+
+
 def test_summarize_errors():
     wall, cpu = rounds(1.0)
     with pytest.raises(ValueError, match=r"baseline 'nope' is not one of the timed functions \['base', 'other'\]"):
         bench.summarize(wall, cpu, baseline="nope")
     with pytest.raises(ValueError, match=r"the same number of rounds, at least 6; got \[15, 16\]"):
         bench.summarize({"base": wall["base"], "other": wall["other"][:-1]}, cpu, baseline="base")
+    for bad in (-0.01, 1.0, float("nan"), True, "2%"):
+        with pytest.raises(ValueError, match=r"margin must be a number in \[0, 1\) \(0.02 means differences within 2% are a tie\)"):
+            bench.summarize(wall, cpu, baseline="base", margin=bad)
 
 
 def test_compare_times_real_functions():
@@ -95,7 +136,7 @@ def test_compare_times_real_functions():
     for r in results.values():
         assert r.compile_s > 0 and r.calls >= 1 and len(r.wall_s) == len(r.cpu_s) == 6
         assert r.q1_s <= r.median_s <= r.q3_s and r.verdict in bench.VERDICTS
-    assert set(results["two"].to_dict()) >= {"median_s", "ratio", "ci_low", "ci_high", "cpu_ratio", "verdict"}
+    assert set(results["two"].to_dict()) >= {"median_s", "ratio", "ci_low", "ci_high", "cpu_ratio", "verdict", "margin"}
 
 
 def test_compare_errors():
@@ -106,6 +147,8 @@ def test_compare_errors():
         bench.compare({"a": jnp.sin}, x, baseline="a", rounds=5)
     with pytest.raises(ValueError, match="at least one function"):
         bench.compare({}, x, baseline="a")
+    with pytest.raises(ValueError, match="margin must be a number in"):
+        bench.compare({"a": jnp.sin}, x, baseline="a", margin=-1)
 
 
 def test_rounds_rotate_and_alternate():
@@ -123,6 +166,10 @@ def test_a_function_entered_twice_is_compiled_once():
 def test_the_self_check_experiment_runs(tmp_path):
     from experiments import bench_check
 
-    result = bench_check.main(["--rounds", "6", "--block-s", "0.002", "--json", str(tmp_path / "check.json")])
-    assert set(result["checks"]) == {"same function twice", "two compilations of the same code", "1.3x the work"}
+    result = bench_check.main(
+        ["--rounds", "6", "--block-s", "0.002", "--copies", "2", "--json", str(tmp_path / "check.json")]
+    )
+    assert list(result["checks"]) == ["same function twice", "recompiled copy 1", "recompiled copy 2", "1.3x the work"]
     assert all({"ratio", "ci_low", "ci_high", "verdict", "ok"} <= set(c) for c in result["checks"].values())
+    copies = [result["checks"][f"recompiled copy {i}"]["ratio"] for i in (1, 2)]
+    assert result["resolution"] == max(abs(r - 1) for r in copies)

@@ -39,6 +39,9 @@ def test_rows_have_the_schema_and_three_paths_per_config(result):
         assert row["step_s_q1"] <= row["step_s_median"] <= row["step_s_q3"]
         assert row["ci_low"] <= row["ratio_to_autodiff"] <= row["ci_high"]
         assert row["cpu_ratio"] > 0 and row["verdict"] in ("faster", "slower", "tie")
+        assert row["margin"] == compare_grads.MARGIN
+        assert row["verdict"] == fnn.bench.verdict(row["ci_low"], row["ci_high"], compare_grads.MARGIN)
+        assert row["verdict_strict"] == fnn.bench.verdict(row["ci_low"], row["ci_high"])
         if row["path"] == "autodiff":
             assert row["ratio_to_autodiff"] == row["ci_low"] == row["ci_high"] == 1.0
             assert row["verdict"] == "tie"
@@ -75,7 +78,7 @@ def test_json_and_png_are_written(result):
     written = json.loads(json_path.read_text())
     assert {"jax_version", "device", "grid", "date", "rows"} <= set(written)
     assert written["grid"]["configs"] == [compare_grads.parse_config(t).label for t in TINY]
-    assert (written["grid"]["rounds"], written["grid"]["block_s"]) == (6, 0.002)
+    assert (written["grid"]["rounds"], written["grid"]["block_s"], written["grid"]["margin"]) == (6, 0.002, 0.02)
     assert len(written["rows"]) == len(payload["rows"])
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -93,6 +96,8 @@ def test_parse_config():
         (["--configs", "500x0x1"], "positive integers"),
         (["--rounds", "0"], "--rounds must be positive"),
         (["--rounds", "5"], "--rounds must be at least 6"),
+        (["--margin", "-0.1"], "--margin must be in [0, 1), e.g. 0.02 for 2%, got -0.1"),
+        (["--margin", "1"], "--margin must be in [0, 1)"),
     ],
 )
 def test_bad_arguments_give_clear_errors(argv, message, capsys):

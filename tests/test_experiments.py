@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import fnn
+
 from experiments import activations, mnist_conv, mnist_mlp_best, module_costs, resnet_mnist
 
 SYNTHETIC = ["--synthetic", "--train-size", "256", "--test-size", "64", "--no-progress"]
@@ -154,3 +156,26 @@ def test_module_costs_items_cover_every_leaf_module_and_loss():
         "dense", "relu", "sigmoid", "tanh", "leaky_relu", "gelu", "softplus", "layer_norm", "conv2d",
         "cross_entropy", "mse", "logistic", "multiclass_hinge",
     }
+
+
+def test_step_overlap_times_every_variant_pinned_and_free(tmp_path):
+    from experiments import step_overlap
+
+    result = step_overlap.main(["--rounds", "6", "--block-s", "0.002", "--json", str(tmp_path / "overlap.json")])
+    assert list(result["runs"]) == ["one core", "every core"]
+    for run in result["runs"].values():
+        assert list(run) == [*fnn.PATHS, step_overlap.ONEHOT]
+        assert run["autodiff"]["ratio"] == 1.0
+        assert all(r["ci_low"] <= r["ratio"] <= r["ci_high"] and r["cpu_ratio"] > 0 for r in run.values())
+    assert json.loads((tmp_path / "overlap.json").read_text())["runs"] == result["runs"]
+
+
+def test_step_overlap_onehot_rule_gives_the_same_gradient():
+    """The one-hot variant differs from fnn's cross-entropy only in how it builds its backward, not in value."""
+    from experiments import step_overlap
+
+    logits = jax.random.normal(jax.random.key(0), (7, 5), jnp.float64)
+    labels = jnp.array([0, 4, 2, 2, 1, 3, 0])
+    ours = jax.grad(fnn.losses.cross_entropy.custom.apply)(logits, labels)
+    onehot = jax.grad(step_overlap.CROSS_ENTROPY_ONEHOT.custom.apply)(logits, labels)
+    assert jnp.allclose(ours, onehot, rtol=1e-12, atol=0)
