@@ -21,6 +21,7 @@ time with unequal wall time means the same work with less parallel overlap.
 """
 
 import dataclasses
+import numbers
 import time
 from collections.abc import Callable
 
@@ -104,6 +105,7 @@ def verdict(ci_low, ci_high, margin=0.0):
     The margin is symmetric in log-ratio, so swapping baseline and function
     swaps ``"faster"`` and ``"slower"``.
     """
+    _check_margin(margin)
     if ci_low > 1 + margin:
         return "slower"
     if ci_high < 1 / (1 + margin):
@@ -112,7 +114,7 @@ def verdict(ci_low, ci_high, margin=0.0):
 
 
 def _check_margin(margin):
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
+    if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not 0 <= margin < 1:
         raise ValueError(f"margin must be a number in [0, 1) (0.02 means differences within 2% are a tie), got {margin!r}")
 
 

@@ -125,6 +125,9 @@ def test_summarize_errors():
     for bad in (-0.01, 1.0, float("nan"), True, "2%"):
         with pytest.raises(ValueError, match=r"margin must be a number in \[0, 1\) \(0.02 means differences within 2% are a tie\)"):
             bench.summarize(wall, cpu, baseline="base", margin=bad)
+        with pytest.raises(ValueError, match="margin must be a number in"):
+            bench.verdict(0.9, 1.1, bad)
+    assert bench.verdict(1.05, 1.1, np.float32(0.02)) == "slower"
 
 
 def test_compare_times_real_functions():
