@@ -65,15 +65,25 @@ def run_one(name, data, args):
     for epoch in range(1, args.epochs + 1):
         # One epoch per fit call, so that the norms can be read in between; a new permutation each epoch.
         one = argparse.Namespace(**{**vars(args), "epochs": 1})
-        params, h, timing = timed_fit(model, params, data, one, args.lr, quiet=True,
-                                      shuffle_key=jax.random.fold_in(jax.random.key(args.seed + 1), epoch))
+        params, h, timing = timed_fit(
+            model,
+            params,
+            data,
+            one,
+            args.lr,
+            quiet=True,
+            shuffle_key=jax.random.fold_in(jax.random.key(args.seed + 1), epoch),
+        )
         train_s += timing["train_s"]
         row = {**h.rows()[0], "epoch": epoch}
         history.append(row)
         norms, probe_loss = layer_norms(grad_fn, params, probe)
         checkpoints.append({"epoch": epoch, "grad_norms": norms, "probe_loss": probe_loss})
-        print(f"{name:>8} epoch {epoch}: train loss {row['train_loss']:.4f}, test error {100 * row['test_err']:.2f}%; "
-              f"||dL/dW|| first {norms[0]:.2e}, last {norms[-1]:.2e}", flush=True)
+        print(
+            f"{name:>8} epoch {epoch}: train loss {row['train_loss']:.4f}, test error {100 * row['test_err']:.2f}%; "
+            f"||dL/dW|| first {norms[0]:.2e}, last {norms[-1]:.2e}",
+            flush=True,
+        )
     return {
         "activation": name,
         "init": init_name,
@@ -94,7 +104,9 @@ def plot(path, runs, title):
     for ax, index, label in ((axes[0], 0, "at initialisation"), (axes[1], -1, trained)):
         for i, run in enumerate(runs):
             norms = run["checkpoints"][index]["grad_norms"]
-            ax.plot(range(1, len(norms) + 1), norms, marker="o", color=f"C{i}", label=f"{run['activation']} ({run['init']})")
+            ax.plot(
+                range(1, len(norms) + 1), norms, marker="o", color=f"C{i}", label=f"{run['activation']} ({run['init']})"
+            )
         ax.set(xlabel="layer i (1 = input side)", ylabel="||dL/dW_i||", yscale="log", title=label)
         ax.set_xticks(range(1, len(runs[0]["checkpoints"][0]["grad_norms"]) + 1))
         ax.grid(alpha=0.3, which="both")
@@ -105,15 +117,38 @@ def plot(path, runs, title):
 def main(argv=None):
     args = parse_args(argv)
     data = load_data(args)
-    print(f"{args.depth} hidden layers of {args.width} on {data.name}; SGD step {args.lr}, batch {args.batch_size}, "
-          f"{args.epochs} epochs; probe batch of {min(args.probe_size, len(data.x_train))} training images", flush=True)
+    print(
+        f"{args.depth} hidden layers of {args.width} on {data.name}; SGD step {args.lr}, batch {args.batch_size}, "
+        f"{args.epochs} epochs; probe batch of {min(args.probe_size, len(data.x_train))} training images",
+        flush=True,
+    )
     runs = [run_one(name, data, args) for name in args.activations]
-    header = ["activation", "init", "layer 1 at init", f"layer {args.depth + 1} at init", "first/last at init",
-              "first/last trained", "test error"]
-    print(markdown_table(header, [
-        [r["activation"], r["init"], f"{r['checkpoints'][0]['grad_norms'][0]:.2e}", f"{r['checkpoints'][0]['grad_norms'][-1]:.2e}",
-         f"{r['first_over_last_at_init']:.2e}", f"{r['first_over_last_trained']:.2e}", f"{100 * r['test_error']:.2f}%"]
-        for r in runs]))
+    header = [
+        "activation",
+        "init",
+        "layer 1 at init",
+        f"layer {args.depth + 1} at init",
+        "first/last at init",
+        "first/last trained",
+        "test error",
+    ]
+    print(
+        markdown_table(
+            header,
+            [
+                [
+                    r["activation"],
+                    r["init"],
+                    f"{r['checkpoints'][0]['grad_norms'][0]:.2e}",
+                    f"{r['checkpoints'][0]['grad_norms'][-1]:.2e}",
+                    f"{r['first_over_last_at_init']:.2e}",
+                    f"{r['first_over_last_trained']:.2e}",
+                    f"{100 * r['test_error']:.2f}%",
+                ]
+                for r in runs
+            ],
+        )
+    )
     result = {
         "experiment": "activations",
         "dataset": data.name,

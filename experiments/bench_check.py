@@ -66,7 +66,8 @@ def main(argv=None):
         result["checks"][label] = {"expected": expected, "ok": ok, **r.to_dict()}
         print(
             f"{label}: ratio {r.ratio:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}], verdict {r.verdict} "
-            f"(expected {expected}{', interval within +-7%' if expected == 'tie' else ''}): {'ok' if ok else 'NOT OK'}; "
+            f"(expected {expected}{', interval within +-7%' if expected == 'tie' else ''}): "
+            f"{'ok' if ok else 'NOT OK'}; "
             f"CPU ratio {r.cpu_ratio:.3f}",
             flush=True,
         )

@@ -96,8 +96,14 @@ def full_grid():
     grid += [BASE._replace(width=w) for w in (128, 256, 1024, 2048, 4096)]
     grid += [BASE._replace(batch=b) for b in (32, 256, 1024, 4096)]
     grid += [BASE._replace(depth=d) for d in (2, 3, 4, 6, 8)]
-    grid += [Config(128, 32, 8), Config(128, 4096, 1), Config(1024, 256, 8), Config(1024, 1024, 4),
-             Config(2048, 1024, 2), Config(4096, 4096, 1)]
+    grid += [
+        Config(128, 32, 8),
+        Config(128, 4096, 1),
+        Config(1024, 256, 8),
+        Config(1024, 1024, 4),
+        Config(2048, 1024, 2),
+        Config(4096, 4096, 1),
+    ]
     grid += [BASE._replace(dtype="float64"), BASE._replace(dtype="bfloat16")]
     return grid
 
@@ -183,43 +189,64 @@ def timing_fields(result):
 
 
 def measure(config, *, rounds, block_s, margin, seed, bias, learning_rate):
-    """All measurements of the three paths at one configuration (:func:`fnn.inspect.compare_paths`); one row per path."""
+    """All measurements of the three paths at one configuration (:func:`fnn.inspect.compare_paths`), a row a path."""
     model, params, (x, labels) = make_problem(config, seed, bias)
     report = fnn.inspect.compare_paths(
-        model, LOSS, params, x, labels, paths=PATHS, reference="autodiff",
-        rounds=rounds, block_s=block_s, margin=margin, learning_rate=learning_rate, seed=seed,
-    )  # fmt: skip
+        model,
+        LOSS,
+        params,
+        x,
+        labels,
+        paths=PATHS,
+        reference="autodiff",
+        rounds=rounds,
+        block_s=block_s,
+        margin=margin,
+        learning_rate=learning_rate,
+        seed=seed,
+    )
     flop = step_flop(config)
     rows = []
     for result in report.rows:
         timing = timing_fields(result.timing)
-        rows.append({
-            "path": result.path,
-            **config._asdict(),
-            "config": config.label,
-            "sizes": config.sizes,
-            "bias": bias,
-            "step_flop": flop,
-            **timing,
-            "rounds": rounds,
-            "gflops": flop / timing["step_s_median"] / 1e9,
-            "compile_s": result.compile_s,
-            "temp_bytes": result.temp_bytes,
-            "arg_bytes": result.arg_bytes,
-            "out_bytes": result.out_bytes,
-            "max_rel_err": result.max_rel_err,
-            "max_abs_err": result.max_abs_err,
-            "per_leaf": [dict(leaf) for leaf in result.per_leaf],
-            "residuals": result.residuals,
-            "hlo": result.hlo,
-            "hlo_diff_vs_autodiff": result.hlo_diff,
-            "device": device_description(),
-        })
+        rows.append(
+            {
+                "path": result.path,
+                **config._asdict(),
+                "config": config.label,
+                "sizes": config.sizes,
+                "bias": bias,
+                "step_flop": flop,
+                **timing,
+                "rounds": rounds,
+                "gflops": flop / timing["step_s_median"] / 1e9,
+                "compile_s": result.compile_s,
+                "temp_bytes": result.temp_bytes,
+                "arg_bytes": result.arg_bytes,
+                "out_bytes": result.out_bytes,
+                "max_rel_err": result.max_rel_err,
+                "max_abs_err": result.max_abs_err,
+                "per_leaf": [dict(leaf) for leaf in result.per_leaf],
+                "residuals": result.residuals,
+                "hlo": result.hlo,
+                "hlo_diff_vs_autodiff": result.hlo_diff,
+                "device": device_description(),
+            }
+        )
     return rows
 
 
-def run(configs, *, rounds=TIMING["full"][0], block_s=TIMING["full"][1], margin=MARGIN, seed=0, bias=False,
-        learning_rate=LEARNING_RATE, log=print):
+def run(
+    configs,
+    *,
+    rounds=TIMING["full"][0],
+    block_s=TIMING["full"][1],
+    margin=MARGIN,
+    seed=0,
+    bias=False,
+    learning_rate=LEARNING_RATE,
+    log=print,
+):
     """Measures every configuration in turn; returns the rows (three per configuration, autodiff first).
 
     Args:
@@ -235,31 +262,56 @@ def run(configs, *, rounds=TIMING["full"][0], block_s=TIMING["full"][1], margin=
     rows = []
     for i, config in enumerate(configs):
         start = time.perf_counter()
-        rows += measure(config, rounds=rounds, block_s=block_s, margin=margin, seed=seed, bias=bias,
-                        learning_rate=learning_rate)
+        rows += measure(
+            config, rounds=rounds, block_s=block_s, margin=margin, seed=seed, bias=bias, learning_rate=learning_rate
+        )
         ratios = ", ".join(
             f"{r['path']} {r['ratio_to_autodiff']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] {r['verdict']}"
-            for r in rows[-len(PATHS):] if r["path"] != "autodiff"
+            for r in rows[-len(PATHS) :]
+            if r["path"] != "autodiff"
         )
-        log(f"[{i + 1}/{len(configs)}] {config.label}: {time.perf_counter() - start:.1f} s (step time / autodiff: {ratios})")
+        log(
+            f"[{i + 1}/{len(configs)}] {config.label}: {time.perf_counter() - start:.1f} s (step time / autodiff: "
+            f"{ratios})"
+        )
     return rows
 
 
 # ---------------------------------------------------------------- output
 def table(rows):
     """Markdown table: one line per configuration and path."""
-    header = ["config", "path", "step ms (median)", "IQR ms", "ratio [95% CI]", "CPU ratio", "verdict (strict)", "compile s",
-              "temp bytes", "residual bytes", "max rel err"]
-    return markdown_table(header, [
+    header = [
+        "config",
+        "path",
+        "step ms (median)",
+        "IQR ms",
+        "ratio [95% CI]",
+        "CPU ratio",
+        "verdict (strict)",
+        "compile s",
+        "temp bytes",
+        "residual bytes",
+        "max rel err",
+    ]
+    return markdown_table(
+        header,
         [
-            r["config"], r["path"], f"{1e3 * r['step_s_median']:.3f}",
-            f"{1e3 * r['step_s_q1']:.3f}-{1e3 * r['step_s_q3']:.3f}",
-            f"{r['ratio_to_autodiff']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]", f"{r['cpu_ratio']:.3f}",
-            f"{r['verdict']} ({r['verdict_strict']})", f"{r['compile_s']:.2f}", f"{r['temp_bytes']:,}",
-            f"{r['residuals']['computed_bytes']:,}", f"{r['max_rel_err']:.1e}",
-        ]
-        for r in rows
-    ])
+            [
+                r["config"],
+                r["path"],
+                f"{1e3 * r['step_s_median']:.3f}",
+                f"{1e3 * r['step_s_q1']:.3f}-{1e3 * r['step_s_q3']:.3f}",
+                f"{r['ratio_to_autodiff']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
+                f"{r['cpu_ratio']:.3f}",
+                f"{r['verdict']} ({r['verdict_strict']})",
+                f"{r['compile_s']:.2f}",
+                f"{r['temp_bytes']:,}",
+                f"{r['residuals']['computed_bytes']:,}",
+                f"{r['max_rel_err']:.1e}",
+            ]
+            for r in rows
+        ],
+    )
 
 
 def hlo_summary(rows):
@@ -267,7 +319,8 @@ def hlo_summary(rows):
     return "\n".join(
         f"{r['config']} {r['path']} vs autodiff: {r['hlo_diff_vs_autodiff']['ops_top'] or 'same top-level ops'}"
         f" (kernels {r['hlo']['kernels']}, dots {r['hlo']['dots']})"
-        for r in rows if r["path"] != "autodiff"
+        for r in rows
+        if r["path"] != "autodiff"
     )
 
 
@@ -275,7 +328,7 @@ def payload(rows, grid, rounds, block_s, margin, seed, bias):
     """The JSON document: metadata of the run and every row."""
     return {
         "experiment": "compare_grads",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "jax_version": jax.__version__,
         "device": device_description(),
         "grid": {
@@ -285,7 +338,7 @@ def payload(rows, grid, rounds, block_s, margin, seed, bias):
             "block_s": block_s,
             "margin": margin,
             "timing": "fnn.bench.compare of jitted SGD steps called from Python, alternating order, "
-                      "95% bootstrap interval of the median per-round ratio to autodiff",
+            "95% bootstrap interval of the median per-round ratio to autodiff",
             "seed": seed,
             "bias": bias,
             "learning_rate": LEARNING_RATE,
@@ -307,8 +360,9 @@ def plot(path, rows, title):
     for i, name in enumerate(p for p in PATHS if p != "autodiff"):
         ratio = np.array([by[c, name]["ratio_to_autodiff"] for c in configs])
         low, high = (np.array([by[c, name][k] for c in configs]) for k in ("ci_low", "ci_high"))
-        ax_ratio.bar(x + (i - 0.5) * 0.4, ratio, 0.4, yerr=[ratio - low, high - ratio], capsize=2,
-                     label=f"{name} / autodiff")
+        ax_ratio.bar(
+            x + (i - 0.5) * 0.4, ratio, 0.4, yerr=[ratio - low, high - ratio], capsize=2, label=f"{name} / autodiff"
+        )
     ax_ratio.axhline(1.0, color="black", linewidth=0.8)
     ax_ratio.set(ylabel="median per-round step-time ratio", title="training-step time relative to autodiff (95% CI)")
     for i, name in enumerate(PATHS):
@@ -324,17 +378,29 @@ def plot(path, rows, title):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few small points, few repetitions")
-    parser.add_argument("--configs", nargs="+", type=parse_config, metavar="WxBxD[:DTYPE]",
-                        help=f"points to run instead of the grid; dtypes: {', '.join(sorted(DTYPES))}")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        type=parse_config,
+        metavar="WxBxD[:DTYPE]",
+        help=f"points to run instead of the grid; dtypes: {', '.join(sorted(DTYPES))}",
+    )
     parser.add_argument("--rounds", type=int, help="timing rounds, at least 6 (default: 9, quick 6)")
     parser.add_argument("--block-s", type=float, help="seconds of steps per path per round (default: 2, quick 0.1)")
-    parser.add_argument("--margin", type=float, default=MARGIN,
-                        help=f"step-time differences within this fraction are a tie (default {MARGIN}; 0: strict)")
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=MARGIN,
+        help=f"step-time differences within this fraction are a tie (default {MARGIN}; 0: strict)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bias", action="store_true", help="give every layer a bias")
-    parser.add_argument("--json", metavar="PATH",
-                        help="results file (default: experiments/results/compare_grads.json; "
-                             "compare_grads_quick.json with --quick, compare_grads_selected.json with --configs)")
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help="results file (default: experiments/results/compare_grads.json; "
+        "compare_grads_quick.json with --quick, compare_grads_selected.json with --configs)",
+    )
     parser.add_argument("--plot", metavar="PATH", help="PNG plot (default: the JSON path with .png)")
     _cli.add_flags(parser)
     args = parser.parse_args(argv)
@@ -344,12 +410,14 @@ def parse_args(argv=None):
     if not 0 <= args.margin < 1:
         parser.error(f"--margin must be in [0, 1), e.g. 0.02 for 2%, got {args.margin}")
     if args.rounds is not None and 0 < args.rounds < fnn.bench.MIN_ROUNDS:
-        parser.error(f"--rounds must be at least {fnn.bench.MIN_ROUNDS} (for an interval worth a verdict), got {args.rounds}")
+        parser.error(
+            f"--rounds must be at least {fnn.bench.MIN_ROUNDS} (for an interval worth a verdict), got {args.rounds}"
+        )
     return args
 
 
 def default_json(grid):
-    """Results file of a grid (``"full"``, ``"quick"`` or ``"selected"``); only the full grid writes ``compare_grads.json``."""
+    """Results file of a grid (``"full"``, ``"quick"``, ``"selected"``); only the full grid writes the main file."""
     return RESULTS / ("compare_grads.json" if grid == "full" else f"compare_grads_{grid}.json")
 
 
@@ -361,11 +429,21 @@ def main(argv=None):
     rounds, block_s = args.rounds or default_rounds, args.block_s or default_block_s
     json_path = Path(args.json or default_json(grid))
     plot_path = Path(args.plot or json_path.with_suffix(".png"))
-    print(f"{len(configs)} configurations, {rounds} rounds of ~{block_s} s per path; "
-          f"estimated {estimate_seconds(configs, rounds, block_s) / 60:.1f} min on {device_description()}", flush=True)
+    print(
+        f"{len(configs)} configurations, {rounds} rounds of ~{block_s} s per path; "
+        f"estimated {estimate_seconds(configs, rounds, block_s) / 60:.1f} min on {device_description()}",
+        flush=True,
+    )
     start = time.perf_counter()
-    rows = run(configs, rounds=rounds, block_s=block_s, margin=args.margin, seed=args.seed, bias=args.bias,
-               log=lambda line: print(line, flush=True))
+    rows = run(
+        configs,
+        rounds=rounds,
+        block_s=block_s,
+        margin=args.margin,
+        seed=args.seed,
+        bias=args.bias,
+        log=lambda line: print(line, flush=True),
+    )
     print(f"\n{table(rows)}\n\n{hlo_summary(rows)}\n\ntotal {time.perf_counter() - start:.1f} s")
     result = payload(rows, grid, rounds, block_s, args.margin, args.seed, args.bias)
     write_json(json_path, result)

@@ -57,32 +57,45 @@ def main(argv=None):
     for name, devices, start in plan:
         trained, history = fnn.fit(model, start, data, epochs=args.epochs, devices=devices, progress=False)
         runs[name] = (trained, history)
-        print(f"{name:>10} ({devices} devices): test error {100 * history.test_err[-1]:.2f}%, wall {history.wall_s:.1f} s", flush=True)
+        print(
+            f"{name:>10} ({devices} devices): test error {100 * history.test_err[-1]:.2f}%, "
+            f"wall {history.wall_s:.1f} s",
+            flush=True,
+        )
 
     def rel(a, b):
         return float(np.max(np.abs(losses(a) - losses(b)) / np.abs(losses(b))))
 
     one, many = runs["one"][1], runs["many"][1]
     repeat = all(
-        np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(jax.tree.leaves(runs["many"][0]), jax.tree.leaves(runs["many_again"][0]))
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(runs["many"][0]), jax.tree.leaves(runs["many_again"][0]))
     )
     result = {
-        "dataset": args.dataset, "epochs": args.epochs, "devices": args.devices, "device": device_description(),
+        "dataset": args.dataset,
+        "epochs": args.epochs,
+        "devices": args.devices,
+        "device": device_description(),
         "jax_version": jax.__version__,
         "test_error": {name: float(h.test_err[-1]) for name, (_, h) in runs.items()},
         "test_error_diff_pp": 100 * abs(float(many.test_err[-1] - one.test_err[-1])),
         "max_rel_loss_diff": rel(many, one),
-        "noise_test_error_diff_pp": [100 * abs(float(h.test_err[-1] - one.test_err[-1])) for n, (_, h) in runs.items() if "nudged" in n],
+        "noise_test_error_diff_pp": [
+            100 * abs(float(h.test_err[-1] - one.test_err[-1])) for n, (_, h) in runs.items() if "nudged" in n
+        ],
         "noise_max_rel_loss_diff": [rel(h, one) for n, (_, h) in runs.items() if "nudged" in n],
         "repeats_bit_for_bit": repeat,
         "wall_s": {name: h.wall_s for name, (_, h) in runs.items()},
         "history": {name: h.rows() for name, (_, h) in runs.items()},
-    }  # fmt: skip
+    }
     noise_pp, noise_loss = result["noise_test_error_diff_pp"], result["noise_max_rel_loss_diff"]
     print(
-        f"\n{args.devices} devices vs 1: test error {result['test_error_diff_pp']:.2f} pp apart; per-epoch losses at most "
-        f"{100 * result['max_rel_loss_diff']:.2f}% apart. One-ulp nudges of the initial weights on 1 device: test error "
-        f"{min(noise_pp):.2f}-{max(noise_pp):.2f} pp, losses {100 * min(noise_loss):.2f}-{100 * max(noise_loss):.2f}% apart. "
+        f"\n{args.devices} devices vs 1: test error {result['test_error_diff_pp']:.2f} pp apart; per-epoch losses at "
+        f"most "
+        f"{100 * result['max_rel_loss_diff']:.2f}% apart. One-ulp nudges of the initial weights on 1 device: test "
+        f"error "
+        f"{min(noise_pp):.2f}-{max(noise_pp):.2f} pp, losses {100 * min(noise_loss):.2f}-{100 * max(noise_loss):.2f}% "
+        f"apart. "
         f"A second {args.devices}-device run repeats the first {'bit for bit' if repeat else 'NOT bit for bit'}."
     )
     if args.json:

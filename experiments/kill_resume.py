@@ -54,9 +54,16 @@ def train(args, checkpoint_dir):
     if checkpoint_dir is not None:
         with fnn.checkpoint.Checkpoints(checkpoint_dir, keep=2) as checkpoints:
             restored = checkpoints.latest()
-    saving = {} if checkpoint_dir is None else {
-        "checkpoint_dir": checkpoint_dir, "checkpoint_every_steps": args.every_steps, "keep": 2, "resume": True,
-    }  # fmt: skip
+    saving = (
+        {}
+        if checkpoint_dir is None
+        else {
+            "checkpoint_dir": checkpoint_dir,
+            "checkpoint_every_steps": args.every_steps,
+            "keep": 2,
+            "resume": True,
+        }
+    )
     params, history = fnn.fit(model, params, data, epochs=args.epochs, progress=False, **saving)
     digest = hashlib.sha256(b"".join(np.asarray(p).tobytes() for p in jax.tree.leaves(params))).hexdigest()
     rows = [{k: v for k, v in row.items() if k != "epoch_s"} for row in history.rows()]
@@ -64,8 +71,18 @@ def train(args, checkpoint_dir):
 
 
 def child(args, *extra):
-    return [sys.executable, "-m", "experiments.kill_resume", "--epochs", str(args.epochs),
-            "--every-steps", str(args.every_steps), "--dataset", args.dataset, *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "experiments.kill_resume",
+        "--epochs",
+        str(args.epochs),
+        "--every-steps",
+        str(args.every_steps),
+        "--dataset",
+        args.dataset,
+        *extra,
+    ]
 
 
 def finish(args, folder):
@@ -109,7 +126,9 @@ def main(argv=None):
         return train(args, args.worker)
     tic = time.perf_counter()
     reference = json.loads(
-        subprocess.run(child(args, "--reference"), capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        subprocess.run(child(args, "--reference"), capture_output=True, text=True, check=True)
+        .stdout.strip()
+        .splitlines()[-1]
     )
     reference_s = time.perf_counter() - tic
     window_s = 0.95 * training_window(args)
@@ -127,7 +146,13 @@ def main(argv=None):
             result = finish(args, folder)
             same = result["params_sha256"] == reference["params_sha256"] and result["history"] == reference["history"]
             runs.append({**kill, "resumed_from_step": result["resumed_from"], "identical": same})
-            moment = "after it finished" if kill["finished_before_kill"] else "while saving" if kill["saving_at_kill"] else "while training"
+            moment = (
+                "after it finished"
+                if kill["finished_before_kill"]
+                else "while saving"
+                if kill["saving_at_kill"]
+                else "while training"
+            )
             print(
                 f"run {i + 1:2d}: killed {moment} ({kill['kill_after_s']:.2f} s after its first checkpoint), "
                 f"resumed from step {result['resumed_from']}: {'identical' if same else 'DIFFERENT'}",
@@ -140,10 +165,17 @@ def main(argv=None):
         f"({killed} killed while running, {sum(r['saving_at_kill'] for r in runs)} of them while saving)"
     )
     result = {
-        "dataset": args.dataset, "epochs": args.epochs, "every_steps": args.every_steps, "device": device_description(),
-        "reference": reference, "reference_s": reference_s, "kill_window_s": window_s, "runs": runs,
-        "identical": identical, "killed_while_running": killed,
-    }  # fmt: skip
+        "dataset": args.dataset,
+        "epochs": args.epochs,
+        "every_steps": args.every_steps,
+        "device": device_description(),
+        "reference": reference,
+        "reference_s": reference_s,
+        "kill_window_s": window_s,
+        "runs": runs,
+        "identical": identical,
+        "killed_while_running": killed,
+    }
     if args.json:
         write_json(args.json, result)
     return result

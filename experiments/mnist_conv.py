@@ -61,18 +61,29 @@ def parse_conv(text):
     try:
         kernel, channels, stride = (int(v) for v in text.split(":"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a convolution is KERNEL:CHANNELS:STRIDE, e.g. 5:32:2; got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"a convolution is KERNEL:CHANNELS:STRIDE, e.g. 5:32:2; got {text!r}"
+        ) from None
     return kernel, channels, stride
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser, epochs=12, batch_size=128, lr=2e-3)
-    parser.add_argument("--convs", type=parse_conv, nargs="+", default=[(5, 32, 2), (3, 64, 2), (3, 64, 1)],
-                        help="convolutions as KERNEL:CHANNELS:STRIDE (default: 5:32:2 3:64:2 3:64:1)")
+    parser.add_argument(
+        "--convs",
+        type=parse_conv,
+        nargs="+",
+        default=[(5, 32, 2), (3, 64, 2), (3, 64, 1)],
+        help="convolutions as KERNEL:CHANNELS:STRIDE (default: 5:32:2 3:64:2 3:64:1)",
+    )
     parser.add_argument("--dense", type=int, default=256, help="hidden dense width after the convolutions")
-    parser.add_argument("--shift", type=int, default=2,
-                        help="augment: translate each training image by up to this many pixels (0: none)")
+    parser.add_argument(
+        "--shift",
+        type=int,
+        default=2,
+        help="augment: translate each training image by up to this many pixels (0: none)",
+    )
     args = parser.parse_args(argv)
     if args.shift < 0:
         parser.error(f"--shift must be 0 or more, got {args.shift}")
@@ -93,8 +104,14 @@ def layer_costs(convs, dense):
     rows, (h, w, c) = [], INPUT_SHAPE
     for kernel, channels, stride in convs:
         h, w = -(-h // stride), -(-w // stride)  # SAME padding
-        rows.append({"layer": f"conv {kernel}x{kernel}, {c}->{channels}, stride {stride}", "output": [h, w, channels],
-                     "params": kernel * kernel * c * channels + channels, "macs": h * w * kernel * kernel * c * channels})
+        rows.append(
+            {
+                "layer": f"conv {kernel}x{kernel}, {c}->{channels}, stride {stride}",
+                "output": [h, w, channels],
+                "params": kernel * kernel * c * channels + channels,
+                "macs": h * w * kernel * kernel * c * channels,
+            }
+        )
         c = channels
     n = h * w * c
     for n_out in (dense, 10):
@@ -114,7 +131,7 @@ def step_flops(model, params, data, args, optimizer):
 
 
 def random_shift(key, images, pixels):
-    """Translates each image ``[N, H, W, C]`` by its own random offset of up to ``pixels`` in each direction, zero-filled."""
+    """Translates each image ``[N, H, W, C]`` by its own random offset of up to ``pixels`` each way, zero-filled."""
     n, h, w, c = images.shape
     offsets = jax.random.randint(key, (n, 2), 0, 2 * pixels + 1)
     padded = jnp.pad(images, ((0, 0), (pixels, pixels), (pixels, pixels), (0, 0)))
@@ -155,22 +172,49 @@ def main(argv=None):
         # training (XLA's count) plus the forward passes of the per-epoch evaluation on both splits
         "tflop_per_epoch": (xla_step * n_train / args.batch_size + 2 * macs * (n_train + n_test)) / 1e12,
     }
-    print(markdown_table(["layer", "output", "params", "MMAC/example"],
-                         [[r["layer"], "x".join(map(str, r["output"])), f"{r['params']:,}", f"{r['macs'] / 1e6:.2f}"] for r in costs]))
-    print(f"{n_params:,} parameters; {estimate['forward_mflop_per_example']:.1f} MFLOP forward per example "
-          f"(x3 for a training step: {estimate['train_mflop_per_example']:.1f}; XLA counts {estimate['xla_mflop_per_example']:.1f}); "
-          f"about {estimate['tflop_per_epoch']:.2f} TFLOP per epoch with evaluation\n", flush=True)
+    print(
+        markdown_table(
+            ["layer", "output", "params", "MMAC/example"],
+            [
+                [r["layer"], "x".join(map(str, r["output"])), f"{r['params']:,}", f"{r['macs'] / 1e6:.2f}"]
+                for r in costs
+            ],
+        )
+    )
+    print(
+        f"{n_params:,} parameters; {estimate['forward_mflop_per_example']:.1f} MFLOP forward per example "
+        f"(x3 for a training step: {estimate['train_mflop_per_example']:.1f}; XLA counts "
+        f"{estimate['xla_mflop_per_example']:.1f}); "
+        f"about {estimate['tflop_per_epoch']:.2f} TFLOP per epoch with evaluation\n",
+        flush=True,
+    )
 
-    print(f"conv net on {data.name}: {n_train} train / {n_test} test, {args.epochs} epochs of {steps} steps, "
-          f"path {args.path}\n{HEADER}", flush=True)
-    _, history, timing = timed_fit(model, params, data, args, optimizer, shuffle_key=jax.random.key(args.seed + 1),
-                                   augment=shift_augment(args.shift), train_metrics="full")
+    print(
+        f"conv net on {data.name}: {n_train} train / {n_test} test, {args.epochs} epochs of {steps} steps, "
+        f"path {args.path}\n{HEADER}",
+        flush=True,
+    )
+    _, history, timing = timed_fit(
+        model,
+        params,
+        data,
+        args,
+        optimizer,
+        shuffle_key=jax.random.key(args.seed + 1),
+        augment=shift_augment(args.shift),
+        train_metrics="full",
+    )
     rows = history.rows()
     test_error = rows[-1]["test_err"]
     achieved = estimate["tflop_per_epoch"] * 1e3 / np.median(timing["epoch_s"])
-    print(f"test error {100 * test_error:.2f}% (target {100 * TARGET:.1f}%: {'met' if test_error <= TARGET else 'MISSED'}); "
-          f"{timing['train_s']:.1f} s wall (budget {BUDGET_S:.0f} s: {'met' if timing['train_s'] < BUDGET_S else 'MISSED'}), "
-          f"{timing['cpu_s']:.1f} s CPU; about {achieved:.0f} GFLOP/s", flush=True)
+    print(
+        f"test error {100 * test_error:.2f}% (target {100 * TARGET:.1f}%: "
+        f"{'met' if test_error <= TARGET else 'MISSED'}); "
+        f"{timing['train_s']:.1f} s wall (budget {BUDGET_S:.0f} s: "
+        f"{'met' if timing['train_s'] < BUDGET_S else 'MISSED'}), "
+        f"{timing['cpu_s']:.1f} s CPU; about {achieved:.0f} GFLOP/s",
+        flush=True,
+    )
     result = {
         "experiment": "mnist_conv",
         "dataset": data.name,
@@ -201,9 +245,12 @@ def main(argv=None):
             "batch_size": args.batch_size,
             "steps_per_epoch": steps,
             "shuffle": True,
-            "augmentation": (f"random translation by up to {args.shift} pixels per image and step, zero fill "
-                             "(fnn.fit's augment, keyed by fold_in(fold_in(shuffle key, epoch), step))"
-                             if args.shift else None),
+            "augmentation": (
+                f"random translation by up to {args.shift} pixels per image and step, zero fill "
+                "(fnn.fit's augment, keyed by fold_in(fold_in(shuffle key, epoch), step))"
+                if args.shift
+                else None
+            ),
             "seed": args.seed,
             "optimizer": opt_info,
         },
@@ -214,7 +261,9 @@ def main(argv=None):
     if args.json:
         write_json(args.json, result)
     if args.plot:
-        plot_curves(args.plot, {"conv net": result["history"]}, f"conv net on {data.name}: test error {100 * test_error:.2f}%")
+        plot_curves(
+            args.plot, {"conv net": result["history"]}, f"conv net on {data.name}: test error {100 * test_error:.2f}%"
+        )
     return result
 
 

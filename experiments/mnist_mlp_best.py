@@ -104,7 +104,7 @@ def steps_per_epoch(n_train, batch_size):
 
 
 def adam_cosine(lr, *, epochs, steps, warmup_epochs=1, end_factor=1e-3, weight_decay=0.0):
-    """``optax.adamw`` with a linear warm-up over ``warmup_epochs`` to ``lr``, then a cosine decay to ``lr * end_factor``.
+    """``optax.adamw``: a linear warm-up over ``warmup_epochs`` to ``lr``, then a cosine decay to ``lr * end_factor``.
 
     Returns ``(optimizer, description)``; ``steps`` is steps per epoch.
     """
@@ -184,8 +184,17 @@ def plot_curves(path, runs, title):
         epochs = [r["epoch"] for r in rows]
         color = f"C{i}"
         for split, style in (("train", "--"), ("test", "-")):
-            ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], style, color=color, marker="o", label=f"{label} {split}")
-            ax_err.plot(epochs, [100 * r[f"{split}_err"] for r in rows], style, color=color, marker="o", label=f"{label} {split}")
+            ax_loss.plot(
+                epochs, [r[f"{split}_loss"] for r in rows], style, color=color, marker="o", label=f"{label} {split}"
+            )
+            ax_err.plot(
+                epochs,
+                [100 * r[f"{split}_err"] for r in rows],
+                style,
+                color=color,
+                marker="o",
+                label=f"{label} {split}",
+            )
     ax_loss.set(xlabel="epoch", ylabel="mean cross-entropy", yscale="log", title="loss")
     ax_err.set(xlabel="epoch", ylabel="error (%)", yscale="log", title="error")
     for ax in (ax_loss, ax_err):
@@ -217,12 +226,19 @@ def main(argv=None):
     optimizer, opt_info = adam_cosine(
         args.lr, epochs=args.epochs, steps=steps, warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay
     )
-    print(f"MLP {sizes} ({n_params:,} parameters) on {data.name}: {len(data.x_train)} train / {len(data.x_test)} test, "
-          f"{args.epochs} epochs of {steps} steps, path {args.path}\n{HEADER}", flush=True)
+    print(
+        f"MLP {sizes} ({n_params:,} parameters) on {data.name}: {len(data.x_train)} train / {len(data.x_test)} test, "
+        f"{args.epochs} epochs of {steps} steps, path {args.path}\n{HEADER}",
+        flush=True,
+    )
     _, history, timing = timed_fit(model, params, data, args, optimizer, shuffle_key=jax.random.key(args.seed + 1))
     test_error = float(history.test_err[-1])
-    print(f"test error {100 * test_error:.2f}% (target {100 * TARGET:.1f}%: {'met' if test_error <= TARGET else 'MISSED'}); "
-          f"{timing['train_s']:.1f} s wall, {timing['cpu_s']:.1f} s CPU", flush=True)
+    print(
+        f"test error {100 * test_error:.2f}% (target {100 * TARGET:.1f}%: "
+        f"{'met' if test_error <= TARGET else 'MISSED'}); "
+        f"{timing['train_s']:.1f} s wall, {timing['cpu_s']:.1f} s CPU",
+        flush=True,
+    )
     result = {
         "experiment": "mnist_mlp_best",
         "dataset": data.name,
@@ -252,7 +268,9 @@ def main(argv=None):
     if args.json:
         write_json(args.json, result)
     if args.plot:
-        plot_curves(args.plot, {"MLP": result["history"]}, f"MLP {sizes} on {data.name}: test error {100 * test_error:.2f}%")
+        plot_curves(
+            args.plot, {"MLP": result["history"]}, f"MLP {sizes} on {data.name}: test error {100 * test_error:.2f}%"
+        )
     return result
 
 

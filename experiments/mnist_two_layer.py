@@ -64,8 +64,12 @@ HEADER = f"{'Epoch':>5} | {'Train Loss':>10} | {'Test Loss':>9} | {'Train Err':>
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--grad", choices=list(GRAD_CHOICES), default="both",
-                        help="gradient path (fnn.PATHS), or both (custom, autodiff) or all three, compared")
+    parser.add_argument(
+        "--grad",
+        choices=list(GRAD_CHOICES),
+        default="both",
+        help="gradient path (fnn.PATHS), or both (custom, autodiff) or all three, compared",
+    )
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--hidden", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=100)
@@ -79,8 +83,13 @@ def parse_args(argv=None):
     parser.add_argument("--json", metavar="PATH", help="write results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write loss and error curves as PNG")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--lockstep-every", type=int, default=100, metavar="STEPS",
-                        help="compare the paths' gradients every this many steps of the trajectory")
+    parser.add_argument(
+        "--lockstep-every",
+        type=int,
+        default=100,
+        metavar="STEPS",
+        help="compare the paths' gradients every this many steps of the trajectory",
+    )
     parser.add_argument("--devices", type=int, default=1, help="split each batch over this many devices")
     parser.add_argument("--checkpoint-dir", metavar="DIR", help="save checkpoints under DIR/<path>")
     parser.add_argument("--checkpoint-every", type=int, default=1, metavar="EPOCHS", help="save every this many epochs")
@@ -123,8 +132,13 @@ def train_one(data, grad, args, *, nudge=False):
     saving = {}
     if args.checkpoint_dir:
         folder = Path(args.checkpoint_dir) / (f"{grad}-nudged" if nudge else grad)
-        saving = {"checkpoint_dir": folder, "checkpoint_every": args.checkpoint_every,
-                  "checkpoint_every_steps": args.checkpoint_every_steps, "keep": args.keep, "resume": args.resume}  # fmt: skip
+        saving = {
+            "checkpoint_dir": folder,
+            "checkpoint_every": args.checkpoint_every,
+            "checkpoint_every_steps": args.checkpoint_every_steps,
+            "keep": args.keep,
+            "resume": args.resume,
+        }
     elif args.resume:
         raise ValueError("--resume needs --checkpoint-dir")
     _, history = fnn.fit(
@@ -197,7 +211,9 @@ def lockstep(data, args, paths):
         batch = (data.x_train[start : start + size], data.y_train[start : start + size])
         if i % args.lockstep_every == 0:
             with jax.enable_x64(True):
-                reference = float64(jax.tree.map(lambda p: np.asarray(p, np.float64), params), batch[0].astype(np.float64), batch[1])[1]
+                reference = float64(
+                    jax.tree.map(lambda p: np.asarray(p, np.float64), params), batch[0].astype(np.float64), batch[1]
+                )[1]
                 reference = jax.tree.map(np.asarray, reference)
             steps.append(i)
             for path in paths:
@@ -212,7 +228,13 @@ def lockstep(data, args, paths):
         f"the same parameters is within {LOCKSTEP_RTOL:g} (relative) of the float64 gradient: "
         + ", ".join(f"{names.get(p, p)} at most {worst[p]:.1e}" for p in paths)
     )
-    return {"steps": steps, "rtol": LOCKSTEP_RTOL, "max_rel_error_vs_float64": errors, "worst": worst, "verdict": verdict}
+    return {
+        "steps": steps,
+        "rtol": LOCKSTEP_RTOL,
+        "max_rel_error_vs_float64": errors,
+        "worst": worst,
+        "verdict": verdict,
+    }
 
 
 def plot(path, runs, title):

@@ -47,6 +47,7 @@ import numpy as np
 import fnn
 from experiments import _cli
 from experiments._report import device_description, markdown_table, pyplot, save_figure, write_json
+from fnn.testing import relative_error
 
 HIDDEN = (256, 256)
 N_IN_SWEEP, N_OUT_AT = (16, 64, 256, 784, 1024, 4096), 10
@@ -133,14 +134,15 @@ def methods(model, loss=fnn.losses.cross_entropy):
     def network(params, x):
         return model.apply(params, x)
 
+    with_outputs = fnn.paths.objective(model, loss, "autodiff")
+
     def objective(x, params, label):
-        return loss.apply(model.apply(params, x), label)
+        return with_outputs(params, x, label)[0]
+
+    sweep = fnn.paths.backprop(model, loss)
 
     def backprop_dx(params, x, label):
-        outputs, saved = model.forward(params, x)
-        value, loss_saved = loss.forward(outputs, label)
-        _, dx = model.backward(params, saved, loss.backward(loss_saved, jnp.ones_like(value)))
-        return dx
+        return sweep(params, x, label)[1][1]
 
     backprop_params = fnn.value_and_grad(model, loss, path="backprop")
     return {
@@ -166,26 +168,6 @@ def problem(n_in, n_out, hidden=HIDDEN, *, seed=0, dtype=jnp.float32):
     return model, (params, x, jnp.asarray(0, jnp.int32))
 
 
-def compiled_facts(compiled):
-    """FLOPs, transcendentals, bytes accessed and temporary bytes of one compiled function."""
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    memory = compiled.memory_analysis()
-    return {
-        "flops": float(cost.get("flops", 0.0)),
-        "transcendentals": float(cost.get("transcendentals", 0.0)),
-        "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
-        "temp_bytes": int(memory.temp_size_in_bytes),
-    }
-
-
-def _relative_difference(a, b):
-    """``max|a - b| / max|b|`` of two arrays (``max|a - b|`` where ``b`` is all zeros)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    scale = float(np.max(np.abs(b))) if b.size else 0.0
-    return float(np.max(np.abs(a - b)) / scale) if scale > 0 else float(np.max(np.abs(a - b), initial=0.0))
-
-
 def measure(n_in, n_out, *, hidden, rounds, block_s, seed=0):
     """Times, work counts and agreement of every method at one configuration."""
     model, args = problem(n_in, n_out, hidden, seed=seed)
@@ -193,7 +175,7 @@ def measure(n_in, n_out, *, hidden, rounds, block_s, seed=0):
     facts, outputs = {}, {}
     for name, fn in fns.items():
         compiled = fn.lower(*args).compile()  # the same compilation fnn.bench.compare reuses
-        facts[name] = compiled_facts(compiled)
+        facts[name] = fnn.inspect.compiled_cost(compiled)
         outputs[name] = jax.block_until_ready(compiled(*args))
     timings = fnn.bench.compare(fns, *args, baseline="forward", rounds=rounds, block_s=block_s, seed=seed)
     unit = facts["forward"]["flops"]
@@ -205,9 +187,13 @@ def measure(n_in, n_out, *, hidden, rounds, block_s, seed=0):
             {n: timings[n].wall_s for n in (b, a)}, {n: timings[n].cpu_s for n in (b, a)}, baseline=b, seed=seed
         )[a]
         pairs[f"{a}/{b}"] = {
-            "ratio": pair.ratio, "ci_low": pair.ci_low, "ci_high": pair.ci_high, "cpu_ratio": pair.cpu_ratio,
-            "verdict": pair.verdict, "flop_ratio": facts[a]["flops"] / facts[b]["flops"],
-        }  # fmt: skip
+            "ratio": pair.ratio,
+            "ci_low": pair.ci_low,
+            "ci_high": pair.ci_high,
+            "cpu_ratio": pair.cpu_ratio,
+            "verdict": pair.verdict,
+            "flop_ratio": facts[a]["flops"] / facts[b]["flops"],
+        }
     return {
         "n_in": n_in,
         "n_out": n_out,
@@ -215,8 +201,8 @@ def measure(n_in, n_out, *, hidden, rounds, block_s, seed=0):
         "methods": {name: {**facts[name], **timings[name].to_dict()} for name in fns},
         "pairs": pairs,
         "max_rel_diff": {
-            **{name: _relative_difference(outputs[name], outputs["jacrev"]) for name in JACOBIAN if name != "jacrev"},
-            **{name: _relative_difference(outputs[name], outputs["grad"]) for name in ("backprop_dx", "jacfwd_loss")},
+            **{name: relative_error(outputs[name], outputs["jacrev"]) for name in JACOBIAN if name != "jacrev"},
+            **{name: relative_error(outputs[name], outputs["grad"]) for name in ("backprop_dx", "jacfwd_loss")},
         },
     }
 
@@ -253,7 +239,7 @@ def memory_probe(depths, *, batch, width=HIDDEN[0], n_in=N_IN_AT, n_out=N_OUT_AT
         row = {"depth": depth, "activation_bytes_per_layer": batch * width * 4}
         for name, fn in fns.items():
             call_args = (params, x, labels, v) if name == "jvp_x" else (params, x, labels)
-            row[name] = compiled_facts(jax.jit(fn).lower(*call_args).compile())
+            row[name] = fnn.inspect.compiled_cost(jax.jit(fn).lower(*call_args).compile())
         rows.append(row)
     return {"batch": batch, "width": width, "n_in": n_in, "n_out": n_out, "rows": rows}
 
@@ -294,27 +280,59 @@ def tables(points):
     jac_rows, grad_rows = [], []
     for p in points:
         m, pairs = p["methods"], p["pairs"]
-        jac_rows.append([
-            p["n_in"], p["n_out"], *(_ms(m[n]["median_s"]) for n in JACOBIAN),
-            _pair(pairs["jacfwd/jacrev"]), _pair(pairs["chain_from_input/chain_from_output"]),
-            *(_mflop(m[n]["flops"]) for n in JACOBIAN),
-        ])  # fmt: skip
-        grad_rows.append([
-            p["n_in"], p["n_out"], *(_ms(m[n]["median_s"]) for n in GRADIENT),
-            _pair(pairs["jacfwd_loss/grad"]),
-            *(f"{m[n]['flops_per_forward']:.3g}" for n in GRADIENT[1:]),
-        ])  # fmt: skip
+        jac_rows.append(
+            [
+                p["n_in"],
+                p["n_out"],
+                *(_ms(m[n]["median_s"]) for n in JACOBIAN),
+                _pair(pairs["jacfwd/jacrev"]),
+                _pair(pairs["chain_from_input/chain_from_output"]),
+                *(_mflop(m[n]["flops"]) for n in JACOBIAN),
+            ]
+        )
+        grad_rows.append(
+            [
+                p["n_in"],
+                p["n_out"],
+                *(_ms(m[n]["median_s"]) for n in GRADIENT),
+                _pair(pairs["jacfwd_loss/grad"]),
+                *(f"{m[n]['flops_per_forward']:.3g}" for n in GRADIENT[1:]),
+            ]
+        )
     jac = markdown_table(
-        ["n_in", "n_out", "jacfwd ms", "jacrev ms", "chain in ms", "chain out ms", "jacfwd/jacrev [95% CI]",
-         "chain in/out [95% CI]", "jacfwd MFLOP", "jacrev MFLOP", "chain in MFLOP", "chain out MFLOP"],
+        [
+            "n_in",
+            "n_out",
+            "jacfwd ms",
+            "jacrev ms",
+            "chain in ms",
+            "chain out ms",
+            "jacfwd/jacrev [95% CI]",
+            "chain in/out [95% CI]",
+            "jacfwd MFLOP",
+            "jacrev MFLOP",
+            "chain in MFLOP",
+            "chain out MFLOP",
+        ],
         jac_rows,
-    )  # fmt: skip
+    )
     grad = markdown_table(
-        ["n_in", "n_out", "forward ms", "grad ms", "backprop dx ms", "backprop params ms", "jacfwd(loss) ms",
-         "jacfwd(loss)/grad [95% CI]", "grad FLOP/fwd", "backprop dx FLOP/fwd", "backprop params FLOP/fwd",
-         "jacfwd(loss) FLOP/fwd"],
+        [
+            "n_in",
+            "n_out",
+            "forward ms",
+            "grad ms",
+            "backprop dx ms",
+            "backprop params ms",
+            "jacfwd(loss) ms",
+            "jacfwd(loss)/grad [95% CI]",
+            "grad FLOP/fwd",
+            "backprop dx FLOP/fwd",
+            "backprop params FLOP/fwd",
+            "jacfwd(loss) FLOP/fwd",
+        ],
         grad_rows,
-    )  # fmt: skip
+    )
     return jac, grad
 
 
@@ -345,15 +363,29 @@ def plot(path, result):
                 axes[row, col + 2].plot(xs, flops, marker="o", color=f"C{i}", label=name)
             label = f"{fixed} = {points[0][fixed]}"
             what = "Jacobian" if row == 0 else "gradient of the loss"
-            axes[row, col].set(xscale="log", yscale="log", xlabel=sweep, ylabel="median ms (quartiles)",
-                               title=f"{what}: time vs {sweep} ({label})")  # fmt: skip
-            axes[row, col + 2].set(xscale="log", yscale="log", xlabel=sweep, ylabel="FLOPs (XLA cost_analysis)",
-                                   title=f"{what}: FLOPs vs {sweep} ({label})")  # fmt: skip
+            axes[row, col].set(
+                xscale="log",
+                yscale="log",
+                xlabel=sweep,
+                ylabel="median ms (quartiles)",
+                title=f"{what}: time vs {sweep} ({label})",
+            )
+            axes[row, col + 2].set(
+                xscale="log",
+                yscale="log",
+                xlabel=sweep,
+                ylabel="FLOPs (XLA cost_analysis)",
+                title=f"{what}: FLOPs vs {sweep} ({label})",
+            )
             for ax in (axes[row, col], axes[row, col + 2]):
                 ax.grid(True, which="both", alpha=0.3)
                 ax.legend(fontsize=8)
-    save_figure(fig, path, f"Forward vs reverse mode, MLP n_in-{'-'.join(map(str, result['hidden']))}-n_out, "
-                f"one example, {result['device']}")  # fmt: skip
+    save_figure(
+        fig,
+        path,
+        f"Forward vs reverse mode, MLP n_in-{'-'.join(map(str, result['hidden']))}-n_out, "
+        f"one example, {result['device']}",
+    )
 
 
 # ---------------------------------------------------------------- command line
@@ -405,8 +437,14 @@ def main(argv=None):
             f"grad {_ms(m['grad']['median_s'])} ms, jacfwd(loss) {_ms(m['jacfwd_loss']['median_s'])} ms",
             flush=True,
         )
-    memory = memory_probe(args.memory_depths, batch=args.memory_batch, width=hidden[0],
-                          n_in=args.n_in_at, n_out=args.n_out_at, seed=args.seed)  # fmt: skip
+    memory = memory_probe(
+        args.memory_depths,
+        batch=args.memory_batch,
+        width=hidden[0],
+        n_in=args.n_in_at,
+        n_out=args.n_out_at,
+        seed=args.seed,
+    )
     result = {
         "device": device_description(),
         "jax_version": jax.__version__,

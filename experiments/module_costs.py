@@ -115,15 +115,10 @@ def problem(name, seed=0):
 
 # ---------------------------------------------------------------- compiled code
 def compiled_facts(compiled):
-    """Memory (``fnn.inspect.memory``), cost and op counts (``fnn.inspect.hlo_counts``) of one compiled gradient."""
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    """Memory, cost (``fnn.inspect.compiled_cost``) and op counts (``fnn.inspect.hlo_counts``) of a gradient."""
     hlo = fnn.inspect.hlo_counts(compiled.as_text())
     return {
-        **fnn.inspect.memory(compiled),
-        "flops": float(cost.get("flops", 0.0)),
-        "transcendentals": float(cost.get("transcendentals", 0.0)),
-        "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
+        **fnn.inspect.compiled_cost(compiled),
         "kernels": hlo["kernels"],
         "ops": sum(n for kind, n in hlo["ops_all"].items() if not kind.startswith("fusion:")),
         "kernel_kinds": hlo["ops_top"],
@@ -169,16 +164,23 @@ def measure(name, *, rounds, block_s, seed=0, hlo_dir=None):
     jitted = {path: jax.jit(grads[path]) for path in PATHS}
     compiled = {path: jitted[path].lower(*args).compile() for path in PATHS}
     out_c, out_a = (compiled[p](*args) for p in PATHS)
-    err = max(float(jnp.max(jnp.abs(c - a)) / jnp.maximum(jnp.max(jnp.abs(a)), 1e-30))
-              for c, a in zip(jax.tree.leaves(out_c), jax.tree.leaves(out_a)))
+    err = max(
+        float(jnp.max(jnp.abs(c - a)) / jnp.maximum(jnp.max(jnp.abs(a)), 1e-30))
+        for c, a in zip(jax.tree.leaves(out_c), jax.tree.leaves(out_a))
+    )
     facts = {path: compiled_facts(compiled[path]) for path in PATHS}
     for path in PATHS:
         facts[path]["residuals"] = saved_residuals(name, path, args)
         if hlo_dir is not None:
             Path(hlo_dir).mkdir(parents=True, exist_ok=True)
             (Path(hlo_dir) / f"{name}.{path}.hlo.txt").write_text(compiled[path].as_text())
-    bench = fnn.bench.compare({"autodiff": jitted["autodiff"], "custom": jitted["custom"]}, *args,
-                              baseline="autodiff", rounds=rounds, block_s=block_s)
+    bench = fnn.bench.compare(
+        {"autodiff": jitted["autodiff"], "custom": jitted["custom"]},
+        *args,
+        baseline="autodiff",
+        rounds=rounds,
+        block_s=block_s,
+    )
     c, a, timed = facts["custom"], facts["autodiff"], bench["custom"]
     return {
         "item": name,
@@ -231,20 +233,36 @@ def _interval(r):
 
 
 def table(rows):
-    header = ["item", "temp KiB custom / autodiff", "arg KiB", "MFLOP custom / autodiff", "kernels c / a", "ops c / a",
-              "autodiff us", "wall ratio c/a [95% CI]", "verdict", "CPU ratio c/a"]
-    return markdown_table(header, [[
-        r["item"],
-        f"{_kib(r['custom']['temp_bytes'])} / {_kib(r['autodiff']['temp_bytes'])}",
-        _kib(r["custom"]["arg_bytes"]),
-        f"{r['custom']['flops'] / 1e6:.2f} / {r['autodiff']['flops'] / 1e6:.2f}",
-        f"{r['custom']['kernels']} / {r['autodiff']['kernels']}",
-        f"{r['custom']['ops']} / {r['autodiff']['ops']}",
-        f"{1e6 * r['step_s_autodiff_median']:.0f}",
-        _interval(r["time_ratio_wall"]),
-        r["verdict"],
-        f"{r['time_ratio_cpu']['median']:.2f}",
-    ] for r in rows])
+    header = [
+        "item",
+        "temp KiB custom / autodiff",
+        "arg KiB",
+        "MFLOP custom / autodiff",
+        "kernels c / a",
+        "ops c / a",
+        "autodiff us",
+        "wall ratio c/a [95% CI]",
+        "verdict",
+        "CPU ratio c/a",
+    ]
+    return markdown_table(
+        header,
+        [
+            [
+                r["item"],
+                f"{_kib(r['custom']['temp_bytes'])} / {_kib(r['autodiff']['temp_bytes'])}",
+                _kib(r["custom"]["arg_bytes"]),
+                f"{r['custom']['flops'] / 1e6:.2f} / {r['autodiff']['flops'] / 1e6:.2f}",
+                f"{r['custom']['kernels']} / {r['autodiff']['kernels']}",
+                f"{r['custom']['ops']} / {r['autodiff']['ops']}",
+                f"{1e6 * r['step_s_autodiff_median']:.0f}",
+                _interval(r["time_ratio_wall"]),
+                r["verdict"],
+                f"{r['time_ratio_cpu']['median']:.2f}",
+            ]
+            for r in rows
+        ],
+    )
 
 
 def plot(path, rows, ctrl, title):
@@ -263,7 +281,9 @@ def plot(path, rows, ctrl, title):
     y = np.arange(len(rows))
     ax_m.barh(y - 0.2, [t[0] for t in temp], 0.4, label="custom")
     ax_m.barh(y + 0.2, [t[1] for t in temp], 0.4, label="autodiff")
-    ax_m.set(yticks=y, yticklabels=[r["item"] for r in rows], xlabel="temporary MiB (XLA memory analysis)", title="memory")
+    ax_m.set(
+        yticks=y, yticklabels=[r["item"] for r in rows], xlabel="temporary MiB (XLA memory analysis)", title="memory"
+    )
     ax_m.invert_yaxis()
     ax_m.legend()
     for ax in (ax_t, ax_m):
@@ -274,8 +294,9 @@ def plot(path, rows, ctrl, title):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", nargs="+", choices=ITEMS, default=list(ITEMS))
-    parser.add_argument("--rounds", type=int, default=30,
-                        help=f"timing rounds per item (at least {fnn.bench.MIN_ROUNDS})")
+    parser.add_argument(
+        "--rounds", type=int, default=30, help=f"timing rounds per item (at least {fnn.bench.MIN_ROUNDS})"
+    )
     parser.add_argument("--block-s", type=float, default=0.05, help="seconds of back-to-back calls per path per round")
     parser.add_argument("--no-control", action="store_true", help="skip the autodiff-against-itself control")
     parser.add_argument("--seed", type=int, default=0)
@@ -296,13 +317,18 @@ def main(argv=None):
     for name in args.items:
         rows.append(measure(name, rounds=args.rounds, block_s=args.block_s, seed=args.seed, hlo_dir=args.hlo_dir))
         r = rows[-1]
-        print(f"{name:>16}: temp {_kib(r['custom']['temp_bytes'])} / {_kib(r['autodiff']['temp_bytes'])} KiB, "
-              f"time c/a {_interval(r['time_ratio_wall'])} {r['verdict']} (CPU {r['time_ratio_cpu']['median']:.2f}), "
-              f"autodiff {1e6 * r['step_s_autodiff_median']:.0f} us", flush=True)
+        print(
+            f"{name:>16}: temp {_kib(r['custom']['temp_bytes'])} / {_kib(r['autodiff']['temp_bytes'])} KiB, "
+            f"time c/a {_interval(r['time_ratio_wall'])} {r['verdict']} (CPU {r['time_ratio_cpu']['median']:.2f}), "
+            f"autodiff {1e6 * r['step_s_autodiff_median']:.0f} us",
+            flush=True,
+        )
     ctrl = None if args.no_control else control(rounds=args.rounds, block_s=args.block_s, seed=args.seed)
     if ctrl:
-        print(f"control {ctrl['item']}: {_interval(ctrl['time_ratio_wall'])} {ctrl['verdict']} "
-              f"(CPU {ctrl['time_ratio_cpu']['median']:.2f})")
+        print(
+            f"control {ctrl['item']}: {_interval(ctrl['time_ratio_wall'])} {ctrl['verdict']} "
+            f"(CPU {ctrl['time_ratio_cpu']['median']:.2f})"
+        )
     print()
     print(table(rows))
     result = {

@@ -24,8 +24,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -80,8 +80,7 @@ def load_mnist(data_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.
     missing = [name for name in _MNIST_FILES.values() if not (data_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(
-            f"MNIST files missing from {data_dir}: {', '.join(missing)} "
-            "(pass --data-dir or set FNN_DATASETS_DIR)"
+            f"MNIST files missing from {data_dir}: {', '.join(missing)} (pass --data-dir or set FNN_DATASETS_DIR)"
         )
     arrays = {key: load_idx(data_dir / name) for key, name in _MNIST_FILES.items()}
     x_train, x_test = (arrays[k].reshape(len(arrays[k]), -1).astype(np.float32) / 255.0 for k in ("x_train", "x_test"))
@@ -184,10 +183,17 @@ def _print_row(row: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: load MNIST, train, print the table, optionally write JSON."""
     parser = argparse.ArgumentParser(prog="python -m experiments.peer_torch", description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=_default_data_dir(), help="folder with the four MNIST .gz IDX files (default: %(default)s)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=_default_data_dir(),
+        help="folder with the four MNIST .gz IDX files (default: %(default)s)",
+    )
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N); default: torch's own choice")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads(N); default: torch's own choice"
+    )
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results as JSON to PATH")
     args = parser.parse_args(argv)
 
@@ -200,11 +206,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peer_torch: error: {e}", file=sys.stderr)
         return 1
 
-    print(f"torch {torch.__version__}, threads {args.threads or torch.get_num_threads()}, data loaded in {load_s:.2f} s")
+    print(
+        f"torch {torch.__version__}, threads {args.threads or torch.get_num_threads()}, data loaded in {load_s:.2f} s"
+    )
     print("| Epoch | Train Loss | Test Loss | Train Err | Test Err |")
     result = run(*data, epochs=args.epochs, seed=args.seed, threads=args.threads, on_epoch=_print_row)
     result = {**result, "load_s": load_s, "device": cpu_description()}
-    print(f"{result['epochs']} epochs in {result['wall_s']:.2f} s wall ({result['threads']} threads), test error {result['test_error']:.2%}")
+    print(
+        f"{result['epochs']} epochs in {result['wall_s']:.2f} s wall ({result['threads']} threads), test error "
+        f"{result['test_error']:.2%}"
+    )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

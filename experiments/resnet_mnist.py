@@ -63,21 +63,44 @@ def run_one(normalize, data, args):
 def main(argv=None):
     args = parse_args(argv)
     data = load_data(args)
-    print(f"ResNet-S width {args.width}, hidden {args.hidden}, {args.blocks} blocks on {data.name}: "
-          f"{len(data.x_train)} train / {len(data.x_test)} test, {args.epochs} epochs, batch {args.batch_size}, "
-          f"path {args.path}", flush=True)
+    print(
+        f"ResNet-S width {args.width}, hidden {args.hidden}, {args.blocks} blocks on {data.name}: "
+        f"{len(data.x_train)} train / {len(data.x_test)} test, {args.epochs} epochs, batch {args.batch_size}, "
+        f"path {args.path}",
+        flush=True,
+    )
     runs = [run_one(normalize, data, args) for normalize in (False, True)]
-    print(markdown_table(
-        ["variant", "params", "test error", "train error", "train_s", "median epoch_s"],
-        [[r["variant"], f"{r['n_params']:,}", f"{100 * r['test_error']:.2f}%", f"{100 * r['train_error']:.2f}%",
-          f"{r['train_s']:.1f}", f"{sorted(r['epoch_s'])[len(r['epoch_s']) // 2]:.2f}"] for r in runs]))
+    print(
+        markdown_table(
+            ["variant", "params", "test error", "train error", "train_s", "median epoch_s"],
+            [
+                [
+                    r["variant"],
+                    f"{r['n_params']:,}",
+                    f"{100 * r['test_error']:.2f}%",
+                    f"{100 * r['train_error']:.2f}%",
+                    f"{r['train_s']:.1f}",
+                    f"{sorted(r['epoch_s'])[len(r['epoch_s']) // 2]:.2f}",
+                ]
+                for r in runs
+            ],
+        )
+    )
     result = {
         "experiment": "resnet_mnist",
         "dataset": data.name,
         "n_train": len(data.x_train),
         "n_test": len(data.x_test),
-        "config": {"width": args.width, "hidden": args.hidden, "n_blocks": args.blocks, "activation": "relu",
-                   "epochs": args.epochs, "batch_size": args.batch_size, "shuffle": True, "seed": args.seed},
+        "config": {
+            "width": args.width,
+            "hidden": args.hidden,
+            "n_blocks": args.blocks,
+            "activation": "relu",
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "shuffle": True,
+            "seed": args.seed,
+        },
         "path": args.path,
         **machine(),
         "runs": runs,
@@ -85,8 +108,11 @@ def main(argv=None):
     if args.json:
         write_json(args.json, result)
     if args.plot:
-        plot_curves(args.plot, {r["variant"]: r["history"] for r in runs},
-                    f"ResNet-S (width {args.width}, {args.blocks} blocks) on {data.name}, with and without LayerNorm")
+        plot_curves(
+            args.plot,
+            {r["variant"]: r["history"] for r in runs},
+            f"ResNet-S (width {args.width}, {args.blocks} blocks) on {data.name}, with and without LayerNorm",
+        )
     return result
 
 

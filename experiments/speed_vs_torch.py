@@ -25,7 +25,9 @@ N_IN, HIDDEN, N_OUT, BATCH = 784, 500, 10, 100
 
 
 def recipe_flop(n_train, n_test, epochs):
-    """Multiply-adds x 2 of the recipe as the notes run it: per training example forward + backward, per test example forward.
+    """Multiply-adds x 2 of the recipe as the notes run it.
+
+    Per training example forward + backward, per test example forward.
 
     The training metrics come from the training steps' own forward passes
     (``fnn.fit``'s default, as the notes' loop), so only the test set is
@@ -106,7 +108,12 @@ def run_fnn(data, epochs, path):
 
 def run_torch(data, epochs):
     result = peer_torch.run(data.x_train, data.y_train, data.x_test, data.y_test, epochs=epochs)
-    return {"wall_s": result["wall_s"], "test_error": result["test_error"], "threads": result["threads"], "torch_version": result["torch_version"]}
+    return {
+        "wall_s": result["wall_s"],
+        "test_error": result["test_error"],
+        "threads": result["threads"],
+        "torch_version": result["torch_version"],
+    }
 
 
 def main(argv=None):
@@ -123,10 +130,15 @@ def main(argv=None):
     for repeat in range(args.repeats):
         runs["fnn"].append(run_fnn(data, args.epochs, args.grad))
         runs["torch"].append(run_torch(data, args.epochs))
-        print(f"round {repeat + 1}: fnn {runs['fnn'][-1]['wall_s']:.2f} s, torch {runs['torch'][-1]['wall_s']:.2f} s", flush=True)
+        print(
+            f"round {repeat + 1}: fnn {runs['fnn'][-1]['wall_s']:.2f} s, torch {runs['torch'][-1]['wall_s']:.2f} s",
+            flush=True,
+        )
     wall = {name: statistics.median(r["wall_s"] for r in rs) for name, rs in runs.items()}
     flop = recipe_flop(len(data.x_train), len(data.x_test), args.epochs)
-    matmul = {name: {"xla": xla_matmul_gflops(shape), "torch": torch_matmul_gflops(shape)} for name, shape in SHAPES.items()}
+    matmul = {
+        name: {"xla": xla_matmul_gflops(shape), "torch": torch_matmul_gflops(shape)} for name, shape in SHAPES.items()
+    }
     step_shapes = [matmul[name]["xla"] for name in list(SHAPES)[:3]]
     result = {
         "device": device_description(),
@@ -145,14 +157,32 @@ def main(argv=None):
         "fnn_floor_s_at_xla_matmul_speed": flop / 1e9 / statistics.mean(step_shapes),
     }
     print()
-    print(markdown_table(
-        ["run", "wall s (median)", "GFLOP/s achieved", "final test error"],
-        [[name, f"{wall[name]:.2f}", f"{result['achieved_gflops'][name]:.0f}", f"{100 * runs[name][-1]['test_error']:.2f}%"] for name in runs],
-    ))
+    print(
+        markdown_table(
+            ["run", "wall s (median)", "GFLOP/s achieved", "final test error"],
+            [
+                [
+                    name,
+                    f"{wall[name]:.2f}",
+                    f"{result['achieved_gflops'][name]:.0f}",
+                    f"{100 * runs[name][-1]['test_error']:.2f}%",
+                ]
+                for name in runs
+            ],
+        )
+    )
     print(f"\nratio fnn / torch: {result['ratio_fnn_to_torch']:.2f}")
-    print(markdown_table(["matmul", "XLA GFLOP/s", "torch GFLOP/s"], [[k, f"{v['xla']:.0f}", f"{v['torch']:.0f}"] for k, v in matmul.items()]))
-    print(f"\nfnn reaches {100 * result['fnn_fraction_of_xla_matmul_at_recipe_shapes']:.0f}% of XLA's matmul speed at the recipe's shapes "
-          f"(a run doing only those matmuls would take {result['fnn_floor_s_at_xla_matmul_speed']:.1f} s)")
+    print(
+        markdown_table(
+            ["matmul", "XLA GFLOP/s", "torch GFLOP/s"],
+            [[k, f"{v['xla']:.0f}", f"{v['torch']:.0f}"] for k, v in matmul.items()],
+        )
+    )
+    print(
+        f"\nfnn reaches {100 * result['fnn_fraction_of_xla_matmul_at_recipe_shapes']:.0f}% of XLA's matmul speed at "
+        f"the recipe's shapes "
+        f"(a run doing only those matmuls would take {result['fnn_floor_s_at_xla_matmul_speed']:.1f} s)"
+    )
     if args.json:
         write_json(args.json, result)
     return result

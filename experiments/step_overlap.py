@@ -71,8 +71,16 @@ def measure(*, rounds, block_s, seed=0):
 
 def measure_in_child(cores, *, rounds, block_s):
     """Runs :func:`measure` in a fresh process pinned to ``cores`` (``None``: every core) and returns its results."""
-    command = [sys.executable, "-m", "experiments.step_overlap", "--worker", "--rounds", str(rounds),
-               "--block-s", str(block_s)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.step_overlap",
+        "--worker",
+        "--rounds",
+        str(rounds),
+        "--block-s",
+        str(block_s),
+    ]
     if cores is not None:
         command += ["--cores", ",".join(map(str, cores))]
     out = subprocess.run(command, capture_output=True, text=True)
@@ -94,10 +102,13 @@ def table(runs):
     header = ["step"] + [f"{label}: wall / {BASELINE} [95% CI], verdict, CPU ratio" for label in runs]
     names = list(next(iter(runs.values())))
     rows = [
-        [name] + [f"{r['ratio']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] {r['verdict']}, CPU {r['cpu_ratio']:.3f}"
-                  for r in (runs[label][name] for label in runs)]
+        [name]
+        + [
+            f"{r['ratio']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] {r['verdict']}, CPU {r['cpu_ratio']:.3f}"
+            for r in (runs[label][name] for label in runs)
+        ]
         for name in names
-    ]  # fmt: skip
+    ]
     return markdown_table(header, rows)
 
 

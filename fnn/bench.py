@@ -87,14 +87,23 @@ def _median_ci(values, confidence, seed):
     if np.ptp(values) == 0:  # no spread: the bootstrap distribution is a point
         return median, median, median
     interval = stats.bootstrap(
-        (values,), np.median, confidence_level=confidence, method="BCa", n_resamples=9999, rng=np.random.default_rng(seed)
+        (values,),
+        np.median,
+        confidence_level=confidence,
+        method="BCa",
+        n_resamples=9999,
+        rng=np.random.default_rng(seed),
     ).confidence_interval
     low, high = float(interval.low), float(interval.high)
     if not (np.isfinite(low) and np.isfinite(high)):  # BCa degenerates on heavily tied samples
         interval = stats.bootstrap(
-            (values,), np.median, confidence_level=confidence, method="percentile", n_resamples=9999,
+            (values,),
+            np.median,
+            confidence_level=confidence,
+            method="percentile",
+            n_resamples=9999,
             rng=np.random.default_rng(seed),
-        ).confidence_interval  # fmt: skip
+        ).confidence_interval
         low, high = float(interval.low), float(interval.high)
     return median, min(low, median), max(high, median)
 
@@ -115,7 +124,9 @@ def verdict(ci_low, ci_high, margin=0.0):
 
 def _check_margin(margin):
     if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not 0 <= margin < 1:
-        raise ValueError(f"margin must be a number in [0, 1) (0.02 means differences within 2% are a tie), got {margin!r}")
+        raise ValueError(
+            f"margin must be a number in [0, 1) (0.02 means differences within 2% are a tie), got {margin!r}"
+        )
 
 
 def summarize(wall_s, cpu_s, *, baseline, margin=0.0, confidence=0.95, seed=0, compile_s=None, calls=None):
@@ -151,10 +162,22 @@ def summarize(wall_s, cpu_s, *, baseline, margin=0.0, confidence=0.95, seed=0, c
             cpu_ratio = float(np.median(cpu / base_cpu))
         q1, median, q3 = np.percentile(wall, [25, 50, 75])
         results[name] = Result(
-            name, float(median), float(q1), float(q3), float(np.median(cpu)), ratio, low, high, cpu_ratio,
-            verdict(low, high, margin), float(margin), compile_s=(compile_s or {}).get(name, float("nan")),
-            calls=(calls or {}).get(name, 0), wall_s=tuple(wall.tolist()), cpu_s=tuple(cpu.tolist()),
-        )  # fmt: skip
+            name,
+            float(median),
+            float(q1),
+            float(q3),
+            float(np.median(cpu)),
+            ratio,
+            low,
+            high,
+            cpu_ratio,
+            verdict(low, high, margin),
+            float(margin),
+            compile_s=(compile_s or {}).get(name, float("nan")),
+            calls=(calls or {}).get(name, 0),
+            wall_s=tuple(wall.tolist()),
+            cpu_s=tuple(cpu.tolist()),
+        )
     return results
 
 

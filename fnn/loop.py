@@ -167,7 +167,12 @@ def new_tally():
     over the rows trained so far of each batch's loss and error rate, from
     the forward pass before its update (the notes' training metrics).
     """
-    return {"bad_step": jnp.int32(-1), "bad_loss": jnp.float32(0), "loss_sum": jnp.float32(0), "error_sum": jnp.float32(0)}
+    return {
+        "bad_step": jnp.int32(-1),
+        "bad_loss": jnp.float32(0),
+        "loss_sum": jnp.float32(0),
+        "error_sum": jnp.float32(0),
+    }
 
 
 def _count(tally, metrics, step, rows):
@@ -183,8 +188,18 @@ def _count(tally, metrics, step, rows):
 
 
 def make_steps(
-    model, loss, optimizer, *, batch_size, n_steps, rows=None, path="custom", key_impl="threefry2x32", shuffle=False,
-    augment=None, mesh=None,
+    model,
+    loss,
+    optimizer,
+    *,
+    batch_size,
+    n_steps,
+    rows=None,
+    path="custom",
+    key_impl="threefry2x32",
+    shuffle=False,
+    augment=None,
+    mesh=None,
 ):
     """Builds the (unjitted) function that runs ``n_steps`` optimizer steps of an epoch.
 
@@ -224,8 +239,18 @@ def make_steps(
 
 
 def make_epoch_end(
-    model, loss, optimizer, *, batch_size, n_train, path="custom", key_impl="threefry2x32", shuffle=False, augment=None,
-    mesh=None, train_metrics="batches",
+    model,
+    loss,
+    optimizer,
+    *,
+    batch_size,
+    n_train,
+    path="custom",
+    key_impl="threefry2x32",
+    shuffle=False,
+    augment=None,
+    mesh=None,
+    train_metrics="batches",
 ):
     """Builds the (unjitted) end of an epoch: the last smaller batch, if any, then the epoch's metrics.
 
@@ -243,9 +268,18 @@ def make_epoch_end(
     last = None
     if remainder:
         last = make_steps(
-            model, loss, optimizer, batch_size=batch_size, n_steps=1, rows=remainder, path=path, key_impl=key_impl,
-            shuffle=shuffle, augment=augment, mesh=mesh,
-        )  # fmt: skip
+            model,
+            loss,
+            optimizer,
+            batch_size=batch_size,
+            n_steps=1,
+            rows=remainder,
+            path=path,
+            key_impl=key_impl,
+            shuffle=shuffle,
+            augment=augment,
+            mesh=mesh,
+        )
 
     def end(params, opt_state, tally, key_data, epoch, x, y, x_test, y_test):
         if last is not None:
@@ -384,10 +418,16 @@ def fit(
     state = parallel.replicate(state, mesh)
     arrays = parallel.replicate((x_train, y_train, x_test, y_test), mesh)
     config = {
-        "model": repr(model), "loss": loss.name, "path": path, "batch_size": batch_size,
-        "n_train": n_train, "n_test": int(x_test.shape[0]), "shuffle": shuffle_key is not None,
-        "train_metrics": train_metrics, "augment": None if augment is None else getattr(augment, "__name__", repr(augment)),
-    }  # fmt: skip
+        "model": repr(model),
+        "loss": loss.name,
+        "path": path,
+        "batch_size": batch_size,
+        "n_train": n_train,
+        "n_test": int(x_test.shape[0]),
+        "shuffle": shuffle_key is not None,
+        "train_metrics": train_metrics,
+        "augment": None if augment is None else getattr(augment, "__name__", repr(augment)),
+    }
     steps_per_epoch = full_batches + (n_train % batch_size > 0)
     first_epoch, first_step, rows = 1, 0, []
     checkpoints = None
@@ -415,17 +455,27 @@ def fit(
 
     donate = {"donate_argnums": (0, 1)}
     out = {"out_shardings": parallel.replicated(mesh)}
-    kw = {"batch_size": batch_size, "path": path, "key_impl": key_impl, "shuffle": shuffle_key is not None,
-          "augment": augment, "mesh": mesh}  # fmt: skip
+    kw = {
+        "batch_size": batch_size,
+        "path": path,
+        "key_impl": key_impl,
+        "shuffle": shuffle_key is not None,
+        "augment": augment,
+        "mesh": mesh,
+    }
     compiled = {}
 
     def steps_fn(n):
         if n not in compiled:
             fn = jax.jit(make_steps(model, loss, optimizer, n_steps=n, **kw), **donate, **out)
-            compiled[n] = fn.lower(state["params"], state["opt_state"], state["tally"], state["key"], 1, 0, *arrays[:2]).compile()
+            compiled[n] = fn.lower(
+                state["params"], state["opt_state"], state["tally"], state["key"], 1, 0, *arrays[:2]
+            ).compile()
         return compiled[n]
 
-    end_fn = jax.jit(make_epoch_end(model, loss, optimizer, n_train=n_train, train_metrics=train_metrics, **kw), **donate, **out)
+    end_fn = jax.jit(
+        make_epoch_end(model, loss, optimizer, n_train=n_train, train_metrics=train_metrics, **kw), **donate, **out
+    )
     end_fn = end_fn.lower(state["params"], state["opt_state"], state["tally"], state["key"], 1, *arrays).compile()
     for n in {segment, full_batches % segment} - {0}:
         steps_fn(n)

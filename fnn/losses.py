@@ -18,8 +18,8 @@ wrong one.
 import jax
 import jax.numpy as jnp
 
-from fnn.metrics import error_rate
 from fnn import validate
+from fnn.metrics import error_rate
 from fnn.module import loss
 from fnn.nn import _checks
 
@@ -99,7 +99,9 @@ def _check_mse(pred, target):
     _checks.require_float("mse", "pred", pred)
     _checks.require_float("mse", "target", target)
     if pred.shape != target.shape:
-        raise ValueError(f"mse: pred and target must have the same shape, got pred {pred.shape} and target {target.shape}")
+        raise ValueError(
+            f"mse: pred and target must have the same shape, got pred {pred.shape} and target {target.shape}"
+        )
     if pred.dtype != target.dtype:
         raise TypeError(f"mse: pred and target must share a dtype, got pred {pred.dtype} and target {target.dtype}")
     if pred.size == 0:
@@ -124,10 +126,14 @@ mse = loss(
 # ---------------------------------------------------------------- logistic
 def _check_logistic(logits, labels):
     _checks.require_float("logistic", "logits", logits)
-    if not (jnp.issubdtype(labels.dtype, jnp.integer) or jnp.issubdtype(labels.dtype, jnp.floating) or labels.dtype == bool):
+    if not (
+        jnp.issubdtype(labels.dtype, jnp.integer) or jnp.issubdtype(labels.dtype, jnp.floating) or labels.dtype == bool
+    ):
         raise TypeError(f"logistic: labels must be 0/1 (integer, boolean or floating), got dtype {labels.dtype}")
     if labels.shape != logits.shape:
-        raise ValueError(f"logistic: labels must have the shape of logits, got logits {logits.shape} and labels {labels.shape}")
+        raise ValueError(
+            f"logistic: labels must have the shape of logits, got logits {logits.shape} and labels {labels.shape}"
+        )
     if logits.size == 0:
         raise ValueError("logistic: the batch is empty")
 

@@ -66,7 +66,9 @@ def check_binary_labels(targets, output_shape, split):
 def check_values(targets, output_shape, split):
     """Finite floating targets of the outputs' shape (regression)."""
     if targets.shape != tuple(output_shape):
-        raise DataError(f"{split} targets must have the model's output shape {tuple(output_shape)}, got {targets.shape}")
+        raise DataError(
+            f"{split} targets must have the model's output shape {tuple(output_shape)}, got {targets.shape}"
+        )
     if not np.issubdtype(targets.dtype, np.floating):
         raise DataError(f"{split} targets must be floating-point values, got dtype {targets.dtype}")
     _check_finite(targets, f"{split} targets")

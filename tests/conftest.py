@@ -17,9 +17,7 @@ from fnn import data
 jax.config.update("jax_enable_x64", True)
 
 # Every new shape compiles afresh, so examples are few and deadlines off.
-settings.register_profile(
-    "fnn", max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+settings.register_profile("fnn", max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("thorough", max_examples=200, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fnn"))
 
@@ -54,5 +52,3 @@ def mnist(tmp_path_factory):
     seconds = time.perf_counter() - start
     assert _checksum_file_state() == before, "TFDS's installed checksums were modified"
     return ds, data_dir, seconds
-
-

@@ -123,7 +123,9 @@ def test_summarize_errors():
     with pytest.raises(ValueError, match=r"the same number of rounds, at least 6; got \[15, 16\]"):
         bench.summarize({"base": wall["base"], "other": wall["other"][:-1]}, cpu, baseline="base")
     for bad in (-0.01, 1.0, float("nan"), True, "2%"):
-        with pytest.raises(ValueError, match=r"margin must be a number in \[0, 1\) \(0.02 means differences within 2% are a tie\)"):
+        with pytest.raises(
+            ValueError, match=r"margin must be a number in \[0, 1\) \(0.02 means differences within 2% are a tie\)"
+        ):
             bench.summarize(wall, cpu, baseline="base", margin=bad)
         with pytest.raises(ValueError, match="margin must be a number in"):
             bench.verdict(0.9, 1.1, bad)

@@ -15,8 +15,12 @@ def run(*args, env=None):
     """Runs ``python -m experiments.mnist_two_layer ARGS``; returns the completed process."""
     return subprocess.run(
         [sys.executable, "-m", "experiments.mnist_two_layer", "--no-progress", *map(str, args)],
-        capture_output=True, text=True, cwd=ROOT, timeout=300, env={**os.environ, **(env or {})},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture
@@ -26,7 +30,9 @@ def broken_source(tmp_path):
 
     source = tmp_path / "mnist"
     shutil.copytree(SHARED / "mnist", source)
-    (source / "train-images-idx3-ubyte.gz").write_bytes((SHARED / "mnist" / "train-images-idx3-ubyte.gz").read_bytes()[:1000])
+    (source / "train-images-idx3-ubyte.gz").write_bytes(
+        (SHARED / "mnist" / "train-images-idx3-ubyte.gz").read_bytes()[:1000]
+    )
     return source
 
 
@@ -73,11 +79,31 @@ def test_bad_flags_are_one_line_and_exit_2(prepared, flags, message):
 
 
 def test_devices_and_checkpoints_plumb_through(prepared, tmp_path):
-    first = run(*prepared, "--epochs", "1", "--devices", "4", "--checkpoint-dir", tmp_path / "ckpt", "--json", tmp_path / "a.json")
+    first = run(
+        *prepared,
+        "--epochs",
+        "1",
+        "--devices",
+        "4",
+        "--checkpoint-dir",
+        tmp_path / "ckpt",
+        "--json",
+        tmp_path / "a.json",
+    )
     assert first.returncode == 0, first.stderr[-2000:]
     assert "on 4 devices" in first.stdout and os.listdir(tmp_path / "ckpt" / "custom") == ["600"]
-    resumed = run(*prepared, "--epochs", "2", "--devices", "4", "--checkpoint-dir", tmp_path / "ckpt", "--resume",
-                  "--json", tmp_path / "b.json")  # fmt: skip
+    resumed = run(
+        *prepared,
+        "--epochs",
+        "2",
+        "--devices",
+        "4",
+        "--checkpoint-dir",
+        tmp_path / "ckpt",
+        "--resume",
+        "--json",
+        tmp_path / "b.json",
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, b = (json.loads((tmp_path / name).read_text()) for name in ("a.json", "b.json"))
     assert a["devices"] == b["devices"] == 4

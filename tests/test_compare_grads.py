@@ -9,9 +9,29 @@ from experiments import compare_grads
 from experiments.compare_grads import Config
 
 REQUIRED = {
-    "path", "width", "batch", "depth", "dtype", "step_s_median", "ratio_to_autodiff", "temp_bytes",
-    "max_rel_err", "device", "step_s_q1", "step_s_q3", "compile_s", "arg_bytes", "out_bytes",
-    "per_leaf", "residuals", "hlo", "hlo_diff_vs_autodiff", "ci_low", "ci_high", "cpu_ratio", "verdict",
+    "path",
+    "width",
+    "batch",
+    "depth",
+    "dtype",
+    "step_s_median",
+    "ratio_to_autodiff",
+    "temp_bytes",
+    "max_rel_err",
+    "device",
+    "step_s_q1",
+    "step_s_q3",
+    "compile_s",
+    "arg_bytes",
+    "out_bytes",
+    "per_leaf",
+    "residuals",
+    "hlo",
+    "hlo_diff_vs_autodiff",
+    "ci_low",
+    "ci_high",
+    "cpu_ratio",
+    "verdict",
 }
 TINY = ["16x8x1", "16x8x2", "16x8x1:float64"]
 

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 from conftest import SHARED
 
-from fnn import _idx, data
+from fnn import data
+from fnn.data import _idx, _specs, _tfds
 
-TRAIN_IMAGES, TRAIN_LABELS = data._FILES["train"]
-TEST_IMAGES, TEST_LABELS = data._FILES["test"]
-TINY = data._Spec("tiny", num_train=30, num_test=12)
+TRAIN_IMAGES, TRAIN_LABELS = _specs.FILES["train"]
+TEST_IMAGES, TEST_LABELS = _specs.FILES["test"]
+TINY = _specs.Spec("tiny", num_train=30, num_test=12)
 # The offline datasets: $FNN_DATASETS_DIR, else shared/ beside the checkout.
 
 
@@ -62,11 +63,11 @@ def bump_mtime(path):
 @pytest.fixture
 def tiny(monkeypatch):
     """Registers TINY and replaces the TFDS stage by a fake; returns its call log."""
-    monkeypatch.setitem(data._SPECS, "tiny", TINY)
+    monkeypatch.setitem(_specs.SPECS, "tiny", TINY)
     monkeypatch.delenv(data.ENV_VAR, raising=False)
     calls = []
 
-    def fake_from_tfds(spec, data_dir, raw):
+    def fake_from_tfds(spec, data_dir, raw, *, verbose=False):
         calls.append(raw)
         prepared = data_dir / spec.name / "1.0.0"
         prepared.mkdir(parents=True, exist_ok=True)
@@ -80,7 +81,7 @@ def tiny(monkeypatch):
         }
         return arrays, prepared
 
-    monkeypatch.setattr(data, "_from_tfds", fake_from_tfds)
+    monkeypatch.setattr(_tfds, "from_tfds", fake_from_tfds)
     return calls
 
 
@@ -89,9 +90,7 @@ def assert_matches(ds, arrays):
     assert ds.x_train.dtype == np.float32 and ds.x_train.shape == (30, 784)
     assert ds.y_train.dtype == np.int32 and ds.y_train.shape == (30,)
     assert ds.x_test.shape == (12, 784) and ds.y_test.shape == (12,)
-    np.testing.assert_array_equal(
-        ds.x_train, arrays[TRAIN_IMAGES].reshape(30, -1) / np.float32(255)
-    )
+    np.testing.assert_array_equal(ds.x_train, arrays[TRAIN_IMAGES].reshape(30, -1) / np.float32(255))
     np.testing.assert_array_equal(ds.y_test, arrays[TEST_LABELS])
 
 
@@ -116,9 +115,7 @@ def test_load_tiny(tiny, tmp_path, gz):
     assert ds.name == "tiny"
     assert_matches(ds, arrays)
     assert len(tiny) == 1
-    assert tiny[0][TEST_LABELS] == _idx.encode(
-        arrays[TEST_LABELS]
-    )  # decompressed bytes
+    assert tiny[0][TEST_LABELS] == _idx.encode(arrays[TEST_LABELS])  # decompressed bytes
 
 
 def test_source_from_env_var(tiny, tmp_path, monkeypatch):
@@ -130,14 +127,10 @@ def test_source_from_env_var(tiny, tmp_path, monkeypatch):
 
 def test_matching_digest_is_accepted(tiny, tmp_path, monkeypatch):
     arrays = tiny_arrays()
-    digests = {
-        base: hashlib.sha256(_idx.encode(a)).hexdigest() for base, a in arrays.items()
-    }
-    monkeypatch.setitem(data._SPECS, "tiny", data._Spec("tiny", 30, 12, sha256=digests))
+    digests = {base: hashlib.sha256(_idx.encode(a)).hexdigest() for base, a in arrays.items()}
+    monkeypatch.setitem(_specs.SPECS, "tiny", _specs.Spec("tiny", 30, 12, sha256=digests))
     source = write_source(tmp_path / "src", arrays)
-    assert_matches(
-        data.load("tiny", source_dir=source, data_dir=tmp_path / "tfds"), arrays
-    )
+    assert_matches(data.load("tiny", source_dir=source, data_dir=tmp_path / "tfds"), arrays)
 
 
 def test_mnist_digests_match_shared_sums():
@@ -145,7 +138,7 @@ def test_mnist_digests_match_shared_sums():
     if not sums.exists():
         pytest.skip(f"no shared MNIST copy at {sums.parent}")
     listed = dict(reversed(line.split()) for line in sums.read_text().splitlines())
-    assert data._SPECS["mnist"].sha256 == listed
+    assert _specs.SPECS["mnist"].sha256 == listed
 
 
 # --- errors ---------------------------------------------------------------------------
@@ -175,9 +168,7 @@ def _bad_gzip(src):
 
 def _truncate_raw(src):
     (src / f"{TRAIN_IMAGES}.gz").unlink()
-    write_file(
-        src, TRAIN_IMAGES, _idx.encode(tiny_arrays()[TRAIN_IMAGES])[:-5], gz=False
-    )
+    write_file(src, TRAIN_IMAGES, _idx.encode(tiny_arrays()[TRAIN_IMAGES])[:-5], gz=False)
 
 
 def _trailing_bytes(src):
@@ -185,9 +176,7 @@ def _trailing_bytes(src):
 
 
 def _bad_magic(src):
-    write_file(
-        src, TRAIN_LABELS, b"\x12\x34" + _idx.encode(tiny_arrays()[TRAIN_LABELS])[2:]
-    )
+    write_file(src, TRAIN_LABELS, b"\x12\x34" + _idx.encode(tiny_arrays()[TRAIN_LABELS])[2:])
 
 
 def _bad_element_type(src):
@@ -265,11 +254,9 @@ def test_corrupt_source_is_refused(tiny, tmp_path, corrupt):
 
 def test_digest_mismatch_is_refused(tiny, tmp_path, monkeypatch):
     digests = {TRAIN_LABELS: hashlib.sha256(b"something else").hexdigest()}
-    monkeypatch.setitem(data._SPECS, "tiny", data._Spec("tiny", 30, 12, sha256=digests))
+    monkeypatch.setitem(_specs.SPECS, "tiny", _specs.Spec("tiny", 30, 12, sha256=digests))
     source = write_source(tmp_path / "src", tiny_arrays())
-    with pytest.raises(
-        data.DatasetError, match=rf"{TRAIN_LABELS}\.gz: SHA-256 digest mismatch"
-    ):
+    with pytest.raises(data.DatasetError, match=rf"{TRAIN_LABELS}\.gz: SHA-256 digest mismatch"):
         data.load("tiny", source_dir=source, data_dir=tmp_path / "tfds")
     assert not tiny
 
@@ -345,7 +332,7 @@ def offline_mnist(monkeypatch, tmp_path):
     """TFDS importable, no source folder: load("mnist") must go online."""
     pytest.importorskip("tensorflow_datasets")
     monkeypatch.delenv(data.ENV_VAR, raising=False)
-    monkeypatch.setattr(data.urllib.request, "getproxies", dict)
+    monkeypatch.setattr(_tfds.urllib.request, "getproxies", dict)
     return tmp_path / "tfds"
 
 
@@ -353,7 +340,7 @@ def test_no_network_fails_fast(offline_mnist, monkeypatch):
     def unreachable(*args, **kwargs):
         raise OSError(-2, "Name or service not known")
 
-    monkeypatch.setattr(data.socket, "create_connection", unreachable)
+    monkeypatch.setattr(_tfds.socket, "create_connection", unreachable)
     with pytest.raises(
         data.NetworkError,
         match=r"network is unreachable.*source_dir=.*FNN_DATASETS_DIR",
@@ -365,17 +352,11 @@ def test_no_network_during_tfds_download(offline_mnist, monkeypatch, tmp_path):
     import requests
     import tensorflow_datasets as tfds
 
-    def download_and_prepare(
-        self, *args, **kwargs
-    ):  # what TFDS raises offline, at once
-        raise requests.exceptions.ConnectionError(
-            "Failed to resolve 'storage.googleapis.com'"
-        )
+    def download_and_prepare(self, *args, **kwargs):  # what TFDS raises offline, at once
+        raise requests.exceptions.ConnectionError("Failed to resolve 'storage.googleapis.com'")
 
-    monkeypatch.setattr(data, "_probe_network", lambda builder: None)
-    monkeypatch.setattr(
-        tfds.core.DatasetBuilder, "download_and_prepare", download_and_prepare
-    )
+    monkeypatch.setattr(_tfds, "_probe_network", lambda builder: None)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", download_and_prepare)
     monkeypatch.setenv(data.ENV_VAR, str(tmp_path / "empty"))
     with pytest.raises(data.NetworkError, match="network is unreachable") as info:
         data.load("mnist", data_dir=offline_mnist)
@@ -409,9 +390,7 @@ def test_mnist_holds_the_source_examples(mnist):
         table = np.concatenate([x.reshape(len(x), -1), y.reshape(-1, 1)], axis=1)
         return np.sort(np.ascontiguousarray(table).view(f"V{table.shape[1]}").ravel())
 
-    loaded = rows(
-        np.round(ds.x_test * 255).astype(np.uint8), ds.y_test.astype(np.uint8)
-    )
+    loaded = rows(np.round(ds.x_test * 255).astype(np.uint8), ds.y_test.astype(np.uint8))
     assert np.array_equal(loaded, rows(images, labels))
 
 
@@ -419,26 +398,20 @@ def test_plain_tfds_load_works_afterwards(mnist):
     import tensorflow_datasets as tfds
 
     ds, data_dir, _ = mnist
-    test = tfds.load(
-        "mnist", data_dir=data_dir, split="test", batch_size=-1, download=False
-    )
+    test = tfds.load("mnist", data_dir=data_dir, split="test", batch_size=-1, download=False)
     test = tfds.as_numpy(test)
-    np.testing.assert_array_equal(
-        test["image"].reshape(10000, -1) / np.float32(255), ds.x_test
-    )
+    np.testing.assert_array_equal(test["image"].reshape(10000, -1) / np.float32(255), ds.x_test)
     np.testing.assert_array_equal(test["label"], ds.y_test)
-    assert not (data_dir / "downloads").exists(), (
-        "staged files must not stay in data_dir"
-    )
+    assert not (data_dir / "downloads").exists(), "staged files must not stay in data_dir"
 
 
 def test_mnist_second_load_hits_cache(mnist, monkeypatch):
     ds, data_dir, _ = mnist
 
-    def no_tfds(*args):
+    def no_tfds(*args, **kwargs):
         raise AssertionError("cache miss: TFDS was called")
 
-    monkeypatch.setattr(data, "_from_tfds", no_tfds)
+    monkeypatch.setattr(_tfds, "from_tfds", no_tfds)
     start = time.perf_counter()
     again = data.load("mnist", source_dir=SHARED / "mnist", data_dir=data_dir)
     seconds = time.perf_counter() - start
@@ -457,15 +430,12 @@ def test_prepared_mnist_needs_no_network(mnist, monkeypatch):
 
     def read_splits(tfds, builder):  # reading was tested above; skip its 5 s here
         read.append(builder.data_dir)
-        x = {
-            k: np.round(getattr(ds, k) * 255).astype(np.uint8)
-            for k in ("x_train", "x_test")
-        }
+        x = {k: np.round(getattr(ds, k) * 255).astype(np.uint8) for k in ("x_train", "x_test")}
         return {**x, "y_train": ds.y_train, "y_test": ds.y_test}
 
     monkeypatch.delenv(data.ENV_VAR, raising=False)
-    monkeypatch.setattr(data.socket, "create_connection", unreachable)
-    monkeypatch.setattr(data, "_read_splits", read_splits)
+    monkeypatch.setattr(_tfds.socket, "create_connection", unreachable)
+    monkeypatch.setattr(_tfds, "_read_splits", read_splits)
     again = data.load("mnist", data_dir=data_dir)  # new fingerprint: no source files
     assert read == [os.fspath(data_dir / "mnist" / "3.0.1")]
     np.testing.assert_array_equal(again.x_test, ds.x_test)

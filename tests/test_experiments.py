@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import pytest
 
 import fnn
-
 from experiments import activations, mnist_conv, mnist_mlp_best, module_costs, resnet_mnist
 
 SYNTHETIC = ["--synthetic", "--train-size", "256", "--test-size", "64", "--no-progress"]
@@ -153,8 +152,19 @@ def test_module_costs_needs_the_rounds_of_fnn_bench():
 
 def test_module_costs_items_cover_every_leaf_module_and_loss():
     assert set(module_costs.ITEMS) >= {
-        "dense", "relu", "sigmoid", "tanh", "leaky_relu", "gelu", "softplus", "layer_norm", "conv2d",
-        "cross_entropy", "mse", "logistic", "multiclass_hinge",
+        "dense",
+        "relu",
+        "sigmoid",
+        "tanh",
+        "leaky_relu",
+        "gelu",
+        "softplus",
+        "layer_norm",
+        "conv2d",
+        "cross_entropy",
+        "mse",
+        "logistic",
+        "multiclass_hinge",
     }
 
 

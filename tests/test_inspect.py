@@ -63,8 +63,9 @@ def test_every_path_agrees_with_the_float64_reference(problem, request):
 
 def test_float64_paths_agree_to_rounding():
     model, params, x, labels = _mlp(jnp.float64)
-    report = inspect.compare_paths(model, LOSS, params, x, labels, paths=("custom", "backprop"), reference="custom",
-                                   timing=False)  # fmt: skip
+    report = inspect.compare_paths(
+        model, LOSS, params, x, labels, paths=("custom", "backprop"), reference="custom", timing=False
+    )
     assert report.paths == ("custom", "backprop") and report.reference == "custom"
     assert all(row.max_rel_err < 1e-12 for row in report.rows)
     assert report["custom"].hlo_diff == {"ops_top": {}, "ops_all": {}}
@@ -130,8 +131,9 @@ def test_report_lookup_table_and_json(conv):
 
 def test_timing_fields():
     model, params, x, labels = _mlp()
-    report = inspect.compare_paths(model, LOSS, params, x, labels, paths=("autodiff", "backprop"), rounds=6,
-                                   block_s=0.002)  # fmt: skip
+    report = inspect.compare_paths(
+        model, LOSS, params, x, labels, paths=("autodiff", "backprop"), rounds=6, block_s=0.002
+    )
     assert report.settings["rounds"] == 6 and report.settings["block_s"] == 0.002
     for row in report.rows:
         t = row.timing
@@ -174,8 +176,10 @@ def test_backprop_as_one_vjp_is_the_backprop_path():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-16), grads, want_grads)
 
 
-@pytest.mark.parametrize("aval, size", [("f32[8,16]", 512), ("bf16[3]", 6), ("bool[4,2]", 8), ("f64[]", 8),
-                                        ("i32[5,1,1]", 20), ("f8_e4m3fn[4]", 4)])  # fmt: skip
+@pytest.mark.parametrize(
+    "aval, size",
+    [("f32[8,16]", 512), ("bf16[3]", 6), ("bool[4,2]", 8), ("f64[]", 8), ("i32[5,1,1]", 20), ("f8_e4m3fn[4]", 4)],
+)
 def test_aval_bytes(aval, size):
     assert inspect.aval_bytes(aval) == size
 

@@ -96,8 +96,9 @@ def test_one_epoch_equals_a_loop_of_steps_with_a_remainder_batch(path):
 
 def test_full_training_metrics_evaluate_the_training_set_at_the_end_of_the_epoch():
     data = toy_data()
-    trained, history = fnn.fit(MODEL, init(), data, epochs=1, batch_size=32, optimizer=0.1, progress=False,
-                               train_metrics="full")  # fmt: skip
+    trained, history = fnn.fit(
+        MODEL, init(), data, epochs=1, batch_size=32, optimizer=0.1, progress=False, train_metrics="full"
+    )
     logits = MODEL.apply(trained, data.x_train)
     np.testing.assert_allclose(history.train_loss[0], CE.apply(logits, data.y_train), rtol=1e-12)
     np.testing.assert_allclose(history.train_err[0], fnn.metrics.error_rate(logits, data.y_train), rtol=1e-7)

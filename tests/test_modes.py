@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 import fnn
-
 from experiments import modes
 
 FLOAT64_RTOL = 1e-12

@@ -89,10 +89,12 @@ CASES = [
     Case("conv2d_valid", lambda: nn.conv2d(3, 3, padding="VALID"), input_shape=(2, 5, 4, 2)),
     Case("conv2d_stride2_bias", lambda: nn.conv2d(3, 3, stride=2, bias=True), input_shape=(2, 5, 6, 2)),
     Case("conv2d_stride23_same", lambda: nn.conv2d(2, (2, 3), stride=(2, 3), bias=True), input_shape=(2, 5, 7, 2)),
-    Case("conv2d_stride23_valid", lambda: nn.conv2d(2, (2, 3), stride=(2, 3), padding="VALID", bias=True), input_shape=(2, 7, 8, 2)),
+    Case("conv2d_stride23_valid", lambda: nn.conv2d(2, (2, 3), stride=(2, 3), padding="VALID", bias=True),
+         input_shape=(2, 7, 8, 2)),
     Case("flatten", lambda: nn.flatten(), input_shape=(2, 3, 4)),
     Case("residual", lambda: nn.residual(nn.serial(nn.dense(5, bias=True), nn.tanh)), input_shape=(4, 5)),
-    Case("serial", lambda: nn.serial(nn.dense(4, bias=True), nn.gelu, nn.layer_norm(), nn.dense(3)), input_shape=(4, 5)),
+    Case("serial", lambda: nn.serial(nn.dense(4, bias=True), nn.gelu, nn.layer_norm(), nn.dense(3)),
+         input_shape=(4, 5)),
     Case("cross_entropy", lambda: losses.cross_entropy, input_shape=(4, 5)),
     Case("mse", lambda: losses.mse, input_shape=(4, 3), targets=real_targets),
     Case("logistic", lambda: losses.logistic, input_shape=(4, 3), targets=binary_labels),
@@ -134,9 +136,7 @@ def flat(case, seed=0):
             value, saved = built.forward(args[0], targets)
             return value, (built.backward(saved, g),)
 
-        return Flat(
-            lambda o: built.apply(o, targets), lambda o: built.custom.apply(o, targets), loss_backprop, (x,)
-        )
+        return Flat(lambda o: built.apply(o, targets), lambda o: built.custom.apply(o, targets), loss_backprop, (x,))
     # The structure and shapes init gives, without running it.
     shapes = jax.eval_shape(lambda key: built.init(key, case.input_shape[1:])[1], jax.random.key(0))
     leaves, treedef = jax.tree.flatten(shapes)
@@ -400,13 +400,16 @@ APPLY_ERRORS = [
      r"dense: params must be a dict with key 'w' and optionally 'b', got keys \['W'\]"),
     ("dense_params_not_dict", nn.dense(3), [zeros(4, 3)], zeros(2, 4), TypeError,
      "dense: params must be a dict with key 'w', got list"),
-    ("dense_w_vector", nn.dense(3), {"w": zeros(4)}, zeros(2, 4), ValueError, r"dense: w must have 2 axes, got shape \(4,\)"),
+    ("dense_w_vector", nn.dense(3), {"w": zeros(4)}, zeros(2, 4), ValueError, r"dense: w must have 2 axes, got shape "
+        r"\(4,\)"),
     ("dense_b_size", nn.dense(3, bias=True), {"w": zeros(4, 3), "b": zeros(4)}, zeros(2, 4), ValueError,
      r"dense: b must have size 3 \(w shape \(4, 3\)\), got b shape \(4,\)"),
     ("dense_scalar_input", nn.dense(3), {"w": zeros(4, 3)}, zeros(), ValueError,
      r"dense: input must have at least one axis \[..., 4\], got a scalar"),
-    ("relu_integer_input", nn.relu, (), jnp.arange(3), TypeError, "relu: input must be a floating-point array, got dtype int"),
-    ("relu_params", nn.relu, {"w": zeros(2)}, zeros(2), TypeError, r"relu: has no parameters and takes params=\(\), got dict"),
+    ("relu_integer_input", nn.relu, (), jnp.arange(3), TypeError, "relu: input must be a floating-point array, got "
+        "dtype int"),
+    ("relu_params", nn.relu, {"w": zeros(2)}, zeros(2), TypeError, r"relu: has no parameters and takes params=\(\), "
+        r"got dict"),
     ("flatten_params", nn.flatten(), zeros(2), zeros(2, 3), TypeError,
      r"flatten: has no parameters and takes params=\(\), got ArrayImpl"),
     ("flatten_scalar", nn.flatten(), (), zeros(), ValueError, "flatten: input must have a batch axis, got a scalar"),
@@ -421,7 +424,8 @@ APPLY_ERRORS = [
     ("residual_changes_shape", nn.residual(nn.dense(3)), {"w": zeros(4, 3)}, zeros(2, 4), ValueError,
      r"residual: the block maps shape \(2, 4\) to \(2, 3\); it must keep the shape"),
     ("conv_channels", nn.conv2d(3, 2), {"w": zeros(2, 2, 3, 3)}, zeros(1, 5, 5, 2), ValueError,
-     r"conv2d: input has 2 channels but the kernel expects 3 \(input shape \(1, 5, 5, 2\), kernel shape \(2, 2, 3, 3\), HWIO\)"),
+     r"conv2d: input has 2 channels but the kernel expects 3 \(input shape \(1, 5, 5, 2\), kernel shape \(2, 2, 3, "
+         r"3\), HWIO\)"),
     ("conv_valid_too_small", nn.conv2d(3, 4, padding="VALID"), {"w": zeros(4, 4, 2, 3)}, zeros(1, 3, 5, 2), ValueError,
      r"conv2d: with VALID padding the input's H x W \(3, 5\) must be at least the kernel's \(4, 4\)"),
     ("conv_not_nhwc", nn.conv2d(3, 2), {"w": zeros(2, 2, 2, 3)}, zeros(5, 2), ValueError,
@@ -468,39 +472,50 @@ BUILD_ERRORS = [
      r"dense: input_shape must be a tuple of positive ints \(batch axis excluded\), got 4"),
     ("mlp_init_783", lambda: nn.mlp([784, 500, 10]).init(jax.random.key(0), (783,)), ValueError,
      r"mlp: built for 784 input features, got input_shape \(783,\)"),
-    ("mlp_sizes", lambda: nn.mlp([784]), ValueError, r"mlp: sizes must be at least two positive ints \[n_in, ..., n_out\], got \(784,\)"),
+    ("mlp_sizes", lambda: nn.mlp([784]), ValueError, r"mlp: sizes must be at least two positive ints \[n_in, ..., "
+        r"n_out\], got \(784,\)"),
     ("mlp_zero_size", lambda: nn.mlp([784, 0]), ValueError, r"got \(784, 0\)"),
     ("serial_empty", lambda: nn.serial(), ValueError, "serial: needs at least one module"),
-    ("serial_not_a_module", lambda: nn.serial(nn.relu, jnp.tanh), TypeError, "serial: argument 1 must be an fnn module"),
+    ("serial_not_a_module", lambda: nn.serial(nn.relu, jnp.tanh), TypeError,
+     "serial: argument 1 must be an fnn module"),
     ("residual_init_changes_shape", lambda: nn.residual(nn.dense(3)).init(jax.random.key(0), (4,)), ValueError,
      r"residual: the block maps input shape \(4,\) to \(3,\); it must keep the shape"),
     ("resnet_blocks", lambda: nn.resnet_s(10, width=8, n_blocks=-1), ValueError,
      "resnet_s: n_blocks must be a non-negative int, got -1"),
     ("conv_n_out", lambda: nn.conv2d(0, 3), ValueError, "conv2d: n_out must be a positive int, got 0"),
-    ("conv_kernel", lambda: nn.conv2d(3, 0), ValueError, "conv2d: kernel must be a positive int or a pair of them, got 0"),
-    ("conv_kernel_float", lambda: nn.conv2d(3, 2.0), ValueError, "conv2d: kernel must be a positive int or a pair of them, got 2.0"),
-    ("conv_stride", lambda: nn.conv2d(3, 2, stride=0), ValueError, "conv2d: stride must be a positive int or a pair of them, got 0"),
+    ("conv_kernel", lambda: nn.conv2d(3, 0), ValueError, "conv2d: kernel must be a positive int or a pair of them, "
+        "got 0"),
+    ("conv_kernel_float", lambda: nn.conv2d(3, 2.0), ValueError, "conv2d: kernel must be a positive int or a pair of "
+        "them, got 2.0"),
+    ("conv_stride", lambda: nn.conv2d(3, 2, stride=0), ValueError, "conv2d: stride must be a positive int or a pair "
+        "of them, got 0"),
     ("conv_stride_triple", lambda: nn.conv2d(3, 2, stride=(1, 1, 1)), ValueError,
      r"conv2d: stride must be a positive int or a pair of them, got \(1, 1, 1\)"),
-    ("conv_padding", lambda: nn.conv2d(3, 2, padding="same"), ValueError, "conv2d: padding must be 'SAME' or 'VALID', got 'same'"),
+    ("conv_padding", lambda: nn.conv2d(3, 2, padding="same"), ValueError, "conv2d: padding must be 'SAME' or 'VALID', "
+        "got 'same'"),
     ("conv_integer_dtype", lambda: nn.conv2d(3, 2, dtype=jnp.int8), TypeError,
      "conv2d: dtype must be a floating-point dtype, got int8"),
     ("conv_init_ndim", lambda: nn.conv2d(3, 2).init(jax.random.key(0), (5, 5)), ValueError,
      r"conv2d: input_shape must be a tuple of 3 positive ints \(batch axis excluded\), got \(5, 5\)"),
-    ("conv_init_valid_too_small", lambda: nn.conv2d(3, 4, padding="VALID").init(jax.random.key(0), (3, 5, 2)), ValueError,
+    ("conv_init_valid_too_small", lambda: nn.conv2d(3, 4, padding="VALID").init(jax.random.key(0), (3, 5, 2)),
+     ValueError,
      r"conv2d: with VALID padding the input's H x W \(3, 5\) must be at least the kernel's \(4, 4\)"),
     ("layer_norm_eps", lambda: nn.layer_norm(eps=0), ValueError, "layer_norm: eps must be a positive number, got 0"),
-    ("layer_norm_eps_negative", lambda: nn.layer_norm(-1.0), ValueError, "layer_norm: eps must be a positive number, got -1.0"),
+    ("layer_norm_eps_negative", lambda: nn.layer_norm(-1.0), ValueError, "layer_norm: eps must be a positive number, "
+        "got -1.0"),
     ("layer_norm_integer_dtype", lambda: nn.layer_norm(dtype=jnp.int32), TypeError,
      "layer_norm: dtype must be a floating-point dtype, got int32"),
     ("leaky_relu_slope", lambda: nn.leaky_relu(1.5), ValueError,
      r"leaky_relu: negative_slope must be a number in \[0.0, 1.0\), got 1.5"),
-    ("leaky_relu_slope_negative", lambda: nn.leaky_relu(-0.1), ValueError, "leaky_relu: negative_slope must be a number in"),
+    ("leaky_relu_slope_negative", lambda: nn.leaky_relu(-0.1), ValueError, "leaky_relu: negative_slope must be a "
+        "number in"),
     ("softplus_beta", lambda: nn.softplus(0), ValueError, "softplus: beta must be a positive finite number, got 0"),
-    ("softplus_beta_inf", lambda: nn.softplus(float("inf")), ValueError, "softplus: beta must be a positive finite number, got inf"),
+    ("softplus_beta_inf", lambda: nn.softplus(float("inf")), ValueError, "softplus: beta must be a positive finite "
+        "number, got inf"),
     ("relu_init_shape", lambda: nn.relu.init(jax.random.key(0), (0,)), ValueError,
      r"relu: input_shape must be a tuple of positive ints \(batch axis excluded\), got \(0,\)"),
-    ("hinge_margin", lambda: losses.multiclass_hinge(-1), ValueError, "multiclass_hinge: margin must be a non-negative number, got -1"),
+    ("hinge_margin", lambda: losses.multiclass_hinge(-1), ValueError, "multiclass_hinge: margin must be a "
+        "non-negative number, got -1"),
     ("op_leaf_has_no_init", lambda: fnn.nn.linear.MATMUL.init(jax.random.key(0), (3,)), TypeError,
      "matmul: this leaf is an op over given parameters and has no init"),
 ]  # fmt: skip
@@ -517,17 +532,20 @@ LOSS_ERRORS = [
     ("cross_entropy_float_labels", losses.cross_entropy, zeros(2, 3), zeros(2), TypeError,
      "cross_entropy: labels must be integer class ids, got dtype float32"),
     ("cross_entropy_label_shape", losses.cross_entropy, zeros(2, 3), zeros(3, dtype=jnp.int32), ValueError,
-     r"cross_entropy: labels must have the shape of logits without its last \(class\) axis; got logits \(2, 3\) and labels \(3,\)"),
+     r"cross_entropy: labels must have the shape of logits without its last \(class\) axis; got logits \(2, 3\) and "
+         r"labels \(3,\)"),
     ("cross_entropy_label_axis", losses.cross_entropy, zeros(2, 3), zeros(2, 1, dtype=jnp.int32), ValueError,
      r"got logits \(2, 3\) and labels \(2, 1\)"),
-    ("cross_entropy_integer_logits", losses.cross_entropy, zeros(2, 3, dtype=jnp.int32), zeros(2, dtype=jnp.int32), TypeError,
+    ("cross_entropy_integer_logits", losses.cross_entropy, zeros(2, 3, dtype=jnp.int32), zeros(2, dtype=jnp.int32),
+     TypeError,
      "cross_entropy: logits must be a floating-point array, got dtype int32"),
     ("cross_entropy_empty", losses.cross_entropy, zeros(0, 3), zeros(0, dtype=jnp.int32), ValueError,
      r"cross_entropy: the batch is empty \(no labels\)"),
     ("hinge_float_labels", losses.multiclass_hinge(), zeros(2, 3), zeros(2), TypeError,
      "multiclass_hinge: labels must be integer class ids, got dtype float32"),
     ("hinge_label_shape", losses.multiclass_hinge(), zeros(2, 3), zeros(3, dtype=jnp.int32), ValueError,
-     r"multiclass_hinge: labels must have the shape of scores without its last \(class\) axis; got scores \(2, 3\) and labels \(3,\)"),
+     r"multiclass_hinge: labels must have the shape of scores without its last \(class\) axis; got scores \(2, 3\) "
+         r"and labels \(3,\)"),
     ("hinge_empty", losses.multiclass_hinge(), zeros(0, 3), zeros(0, dtype=jnp.int32), ValueError,
      "multiclass_hinge: the batch is empty"),
     ("mse_shape", losses.mse, zeros(2, 3), zeros(3, 2), ValueError,

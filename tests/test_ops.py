@@ -151,8 +151,10 @@ def test_matmul_over_leading_axes():
 ERRORS = [
     ("matmul_features", "matmul", (zeros(2, 784), zeros(785, 10)), {}, ValueError,
      r"matmul: input has 784 features but w expects 785 \(w shape \(785, 10\)\) \(input shape \(2, 784\)\)"),
-    ("matmul_w_vector", "matmul", (zeros(2, 3), zeros(3)), {}, ValueError, r"matmul: w must have 2 axes, got shape \(3,\)"),
-    ("matmul_scalar_input", "matmul", (zeros(), zeros(1, 2)), {}, ValueError, "matmul: input must have at least one axis"),
+    ("matmul_w_vector", "matmul", (zeros(2, 3), zeros(3)), {}, ValueError, r"matmul: w must have 2 axes, got shape "
+        r"\(3,\)"),
+    ("matmul_scalar_input", "matmul", (zeros(), zeros(1, 2)), {}, ValueError, "matmul: input must have at least one "
+        "axis"),
     ("matmul_integer_input", "matmul", (zeros(2, 3, dtype=jnp.int32), zeros(3, 2)), {}, TypeError,
      "matmul: input must be a floating-point array, got dtype int32"),
     ("matmul_dtype_mismatch", "matmul", (zeros(2, 3), zeros(3, 2, dtype=jnp.float64)), {}, TypeError,
@@ -164,7 +166,8 @@ ERRORS = [
      r"leaky_relu: negative_slope must be a number in \[0.0, 1.0\), got 1.5"),
     ("leaky_relu_slope_array", "leaky_relu", (zeros(3),), {"negative_slope": jnp.array(0.1)}, ValueError,
      "leaky_relu: negative_slope must be a number in"),
-    ("softplus_beta", "softplus", (zeros(3),), {"beta": -1.0}, ValueError, "softplus: beta must be a positive finite number, got -1.0"),
+    ("softplus_beta", "softplus", (zeros(3),), {"beta": -1.0}, ValueError, "softplus: beta must be a positive finite "
+        "number, got -1.0"),
     ("layer_norm_eps", "layer_norm", (zeros(2, 3), zeros(3), zeros(3)), {"eps": 0.0}, ValueError,
      "layer_norm: eps must be a positive number, got 0.0"),
     ("layer_norm_size", "layer_norm", (zeros(2, 3), zeros(4), zeros(4)), {}, ValueError,

@@ -218,10 +218,12 @@ def test_hessian_vector_products_on_all_paths(small_problem):
     """Reverse over each path's gradient, against autodiff's forward-over-reverse and central differences."""
     params, x, y = small_problem
     vector = random_params(SMALL, (4,), np.random.default_rng(4))
-    grad_fns = {
-        path: lambda p, f=fnn.value_and_grad(SMALL, losses.cross_entropy, path=path): f(p, x, y)[1]
-        for path in fnn.PATHS
-    }
+
+    def gradient(path):
+        f = fnn.value_and_grad(SMALL, losses.cross_entropy, path=path)
+        return lambda p: f(p, x, y)[1]
+
+    grad_fns = {path: gradient(path) for path in fnn.PATHS}
 
     @jax.jit
     def hvps(params, vector):
@@ -243,7 +245,9 @@ def test_hessian_vector_products_on_all_paths(small_problem):
 
 # ------------------------------------------------------------------ errors
 def test_unknown_path():
-    with pytest.raises(ValueError, match="unknown gradient path 'forward'; expected one of 'autodiff', 'custom', 'backprop'"):
+    with pytest.raises(
+        ValueError, match="unknown gradient path 'forward'; expected one of 'autodiff', 'custom', 'backprop'"
+    ):
         fnn.value_and_grad(SMALL, losses.mse, path="forward")
 
 

@@ -102,16 +102,20 @@ BAD_INPUTS = [
      r"batch_size must be an int in \[1, 200\] \(the training set has 200 examples\), got 201"),
     ("no epochs", toy_data, MODEL, {"epochs": 0}, ValueError, r"epochs must be an int >= 1, got 0"),
     ("unknown path", toy_data, MODEL, {"path": "manual"}, ValueError, r"unknown gradient path 'manual'"),
-    ("logistic label 2", _with(y_train=lambda a: a.reshape(-1, 1), y_test=lambda a: (a.reshape(-1, 1) > 0).astype(np.int32)),
+    ("logistic label 2",
+     _with(y_train=lambda a: a.reshape(-1, 1), y_test=lambda a: (a.reshape(-1, 1) > 0).astype(np.int32)),
      fnn.nn.mlp([20, 8, 1]), {"loss": fnn.losses.logistic}, DataError, r"train labels must be 0 or 1; got 2"),
-    ("NaN regression target", _with(y_train=lambda a: np.where(np.arange(200)[:, None] == 7, np.nan, a[:, None] * 1.0).astype(np.float32),
-                                    y_test=lambda a: a[:, None].astype(np.float32)),
+    ("NaN regression target",
+     _with(y_train=lambda a: np.where(np.arange(200)[:, None] == 7, np.nan, a[:, None] * 1.0).astype(np.float32),
+           y_test=lambda a: a[:, None].astype(np.float32)),
      fnn.nn.mlp([20, 8, 1]), {"loss": fnn.losses.mse}, DataError, r"train targets must be finite; 1 of 200 entries"),
     ("resume without a folder", toy_data, MODEL, {"resume": True}, ValueError, r"resume=True needs a checkpoint_dir"),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("data", "model", "options", "error", "message"), [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS])
+@pytest.mark.parametrize(
+    ("data", "model", "options", "error", "message"), [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS]
+)
 def test_bad_input_is_refused_with_a_clear_error(data, model, options, error, message):
     options = {"epochs": 2, "batch_size": 20, "progress": False, **options}
     params = options.pop("params") if "params" in options else model.init(jax.random.key(0), (20,))[1]
@@ -122,11 +126,30 @@ def test_bad_input_is_refused_with_a_clear_error(data, model, options, error, me
 def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
     # Sane for two epochs (20 steps), then a step size that blows up.
     schedule = optax.piecewise_constant_schedule(0.1, {20: 1e7})
-    with pytest.raises(TrainingDiverged, match=rf"at epoch 3, step \d+ of 10; the last good checkpoint is 20 in {tmp_path}"):
-        fnn.fit(MODEL, init(), toy_data(), epochs=4, batch_size=20, optimizer=optax.sgd(schedule),
-                progress=False, checkpoint_dir=tmp_path)  # fmt: skip
-    params, history = fnn.fit(MODEL, init(), toy_data(), epochs=2, batch_size=20, optimizer=optax.sgd(schedule),
-                              progress=False, checkpoint_dir=tmp_path, resume=True)  # fmt: skip
+    with pytest.raises(
+        TrainingDiverged, match=rf"at epoch 3, step \d+ of 10; the last good checkpoint is 20 in {tmp_path}"
+    ):
+        fnn.fit(
+            MODEL,
+            init(),
+            toy_data(),
+            epochs=4,
+            batch_size=20,
+            optimizer=optax.sgd(schedule),
+            progress=False,
+            checkpoint_dir=tmp_path,
+        )
+    params, history = fnn.fit(
+        MODEL,
+        init(),
+        toy_data(),
+        epochs=2,
+        batch_size=20,
+        optimizer=optax.sgd(schedule),
+        progress=False,
+        checkpoint_dir=tmp_path,
+        resume=True,
+    )
     assert len(history.train_loss) == 2 and np.isfinite(history.train_loss).all()
     assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
 
@@ -166,7 +189,9 @@ def test_resuming_refuses_a_different_run(tmp_path):
     with pytest.raises(CheckpointError, match=r"already holds checkpoints \(newest 10\); pass resume=True"):
         fnn.fit(MODEL, init(), toy_data(), epochs=2, batch_size=20, progress=False, checkpoint_dir=tmp_path)
     with pytest.raises(CheckpointError, match=r"is from a different run; batch_size: checkpoint 20, this run 25"):
-        fnn.fit(MODEL, init(), toy_data(), epochs=2, batch_size=25, progress=False, checkpoint_dir=tmp_path, resume=True)
+        fnn.fit(
+            MODEL, init(), toy_data(), epochs=2, batch_size=25, progress=False, checkpoint_dir=tmp_path, resume=True
+        )
 
 
 # ------------------------------------------------------------------ processes: kills, devices, hosts
@@ -174,8 +199,12 @@ def run_python(code, *args, env=None, timeout=240):
     """Runs ``code`` in a fresh Python (JAX unconfigured); returns its stdout, failing on a non-zero exit."""
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -207,7 +236,8 @@ again_p, again = train(8)
 assert jax.device_count() == 8
 print("bitwise", all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(eight_p), jax.tree.leaves(again_p))))
 print("max_rel_loss", float(np.max(np.abs(eight.train_loss - one.train_loss) / one.train_loss)))
-print("max_param_diff", max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(jax.tree.leaves(eight_p), jax.tree.leaves(one_p))))
+pairs = zip(jax.tree.leaves(eight_p), jax.tree.leaves(one_p))
+print("max_param_diff", max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in pairs))
 try:
     train(8, batch_size=20)
 except ValueError as e:
@@ -243,16 +273,29 @@ print("devices", jax.device_count(), "losses", history.train_loss.tolist())
 """
     )
     procs = [
-        subprocess.Popen([sys.executable, "-c", worker, str(i), str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        subprocess.Popen(
+            [sys.executable, "-c", worker, str(i), str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
         for i in range(2)
     ]
     outs = [p.communicate(timeout=240) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
-    single = run_python(PRELUDE + "import jax\njax.config.update('jax_num_cpu_devices', 4)\n" + TRAIN + """
+    single = run_python(
+        PRELUDE
+        + "import jax\njax.config.update('jax_num_cpu_devices', 4)\n"
+        + TRAIN
+        + """
 params, history = train(4)
 print("devices", jax.device_count(), "losses", history.train_loss.tolist())
-""")  # fmt: skip
-    losses = [eval(re.search(r"losses (\[.*\])", out)[1]) for out, _ in outs] + [eval(re.search(r"losses (\[.*\])", single)[1])]
+"""
+    )
+    losses = [eval(re.search(r"losses (\[.*\])", out)[1]) for out, _ in outs] + [
+        eval(re.search(r"losses (\[.*\])", single)[1])
+    ]
     assert all("devices 4" in out for out, _ in outs)
     assert losses[0] == losses[1]  # both processes hold the same replicated result
     np.testing.assert_allclose(losses[0], losses[2], rtol=1e-6)  # float32 noise of another reduction order
@@ -268,14 +311,17 @@ import hashlib, json
 folder = sys.argv[1] if len(sys.argv) > 1 else None
 params, history = train(epochs=6, checkpoint_dir=folder, checkpoint_every_steps=2, keep=2, resume=folder is not None)
 digest = hashlib.sha256(b"".join(np.asarray(p).tobytes() for p in jax.tree.leaves(params))).hexdigest()
-print(json.dumps({"params": digest, "history": [{k: v for k, v in r.items() if k != "epoch_s"} for r in history.rows()]}))
+rows = [{k: v for k, v in r.items() if k != "epoch_s"} for r in history.rows()]
+print(json.dumps({"params": digest, "history": rows}))
 """
     )
     want = run_python(script)
     rng = np.random.default_rng(0)
     folder = tmp_path / "run"
     for _ in range(2):
-        proc = subprocess.Popen([sys.executable, "-c", script, str(folder)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, str(folder)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.time() + 60
         while not (folder.exists() and any(p.name.isdigit() for p in folder.iterdir())) and time.time() < deadline:
             time.sleep(0.02)

@@ -24,9 +24,7 @@ wrong_matmul = custom_op(lambda a, w: (a @ w, (a, w)), lambda r, g: (g @ r[1].T,
 leaky_relu_rule = custom_op(lambda a: (jnp.maximum(a, 0), a), lambda a, g: (jnp.where(a > 0, g, 0.01 * g),))
 # Right first derivative, but a bwd that is not differentiable in its residual: cuts the
 # second-order path (stop_gradient on the saved input).
-cut_second_order = custom_op(
-    lambda a: (jnp.sin(a), a), lambda a, g: (g * jnp.cos(jax.lax.stop_gradient(a)),)
-)
+cut_second_order = custom_op(lambda a: (jnp.sin(a), a), lambda a, g: (g * jnp.cos(jax.lax.stop_gradient(a)),))
 
 
 def test_report_for_a_correct_rule():

@@ -58,7 +58,11 @@ def require_shape(name, input_shape, ndim=None):
         shape = tuple(input_shape)
     except TypeError:
         shape = None
-    if shape is None or not all(isinstance(d, int) and d > 0 for d in shape) or (ndim is not None and len(shape) != ndim):
+    if (
+        shape is None
+        or not all(isinstance(d, int) and d > 0 for d in shape)
+        or (ndim is not None and len(shape) != ndim)
+    ):
         want = f"{ndim} positive ints" if ndim is not None else "positive ints"
         raise ValueError(f"{name}: input_shape must be a tuple of {want} (batch axis excluded), got {input_shape!r}")
     return shape

@@ -43,7 +43,11 @@ def serial(*modules):
 
     def check(params):
         if not isinstance(params, (list, tuple)) or len(params) != len(modules):
-            got = f"a {type(params).__name__} of {len(params)}" if isinstance(params, (list, tuple)) else type(params).__name__
+            got = (
+                f"a {type(params).__name__} of {len(params)}"
+                if isinstance(params, (list, tuple))
+                else type(params).__name__
+            )
             raise TypeError(
                 f"serial: params must be a list with one entry per module ({len(modules)}: "
                 f"{', '.join(m.name for m in modules)}), got {got}"
@@ -76,7 +80,9 @@ def serial(*modules):
             grads[i], g = modules[i].backward(params[i], saved[i], g)
         return grads, g
 
-    return structural("serial", init=init, apply=apply, forward=forward, backward=backward, children=modules, rebuild=serial)
+    return structural(
+        "serial", init=init, apply=apply, forward=forward, backward=backward, children=modules, rebuild=serial
+    )
 
 
 def residual(block):
@@ -94,7 +100,8 @@ def residual(block):
         output_shape, params = block.init(key, input_shape)
         if tuple(output_shape) != tuple(input_shape):
             raise ValueError(
-                f"residual: the block maps input shape {tuple(input_shape)} to {tuple(output_shape)}; it must keep the shape"
+                f"residual: the block maps input shape {tuple(input_shape)} to {tuple(output_shape)}; it must keep "
+                f"the shape"
             )
         return output_shape, params
 
@@ -112,7 +119,9 @@ def residual(block):
         grads, dz = block.backward(params, saved, g)
         return grads, g + dz
 
-    return structural("residual", init=init, apply=apply, forward=forward, backward=backward, children=(block,), rebuild=residual)
+    return structural(
+        "residual", init=init, apply=apply, forward=forward, backward=backward, children=(block,), rebuild=residual
+    )
 
 
 def flatten():
@@ -185,4 +194,9 @@ def resnet_s(n_out, *, width, hidden=None, n_blocks=2, activation=relu, normaliz
     def block():
         return serial(*mm(hidden), activation, *mm(width), activation)
 
-    return serial(flatten(), dense(width, bias=True, dtype=dtype), *(residual(block()) for _ in range(n_blocks)), dense(n_out, bias=True, dtype=dtype))
+    return serial(
+        flatten(),
+        dense(width, bias=True, dtype=dtype),
+        *(residual(block()) for _ in range(n_blocks)),
+        dense(n_out, bias=True, dtype=dtype),
+    )

@@ -21,7 +21,6 @@ Both are written with ``jax.lax.conv_general_dilated``, never with JAX autodiff.
 
 import math
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -84,12 +83,15 @@ def conv2d_leaf(stride=1, padding="SAME", init=None, bias=False):
             )
         if padding == "VALID" and (x.shape[-3] < w.shape[0] or x.shape[-2] < w.shape[1]):
             raise ValueError(
-                f"conv2d: with VALID padding the input's H x W {x.shape[-3:-1]} must be at least the kernel's {w.shape[:2]}"
+                f"conv2d: with VALID padding the input's H x W {x.shape[-3:-1]} must be at least the kernel's "
+                f"{w.shape[:2]}"
             )
         if bias:
             _checks.require_param("conv2d", params, "b", x, ndim=1)
             if params["b"].shape != (w.shape[3],):
-                raise ValueError(f"conv2d: b must have size {w.shape[3]} (kernel shape {w.shape}), got {params['b'].shape}")
+                raise ValueError(
+                    f"conv2d: b must have size {w.shape[3]} (kernel shape {w.shape}), got {params['b'].shape}"
+                )
 
     def forward(params, x):
         w = params["w"]
@@ -114,18 +116,25 @@ def conv2d_leaf(stride=1, padding="SAME", init=None, bias=False):
         # when it cannot re-lay them out (inside a scan it does not), 30-40x slower.
         # dx: G dilated by the stride, convolved with the flipped, in/out-swapped kernel.
         dx_pads = [
-            (k - 1 - lo, n - 1 - (o - 1) * s + lo) for k, n, o, s, lo in zip((kh, kw), (h, wd), (ho, wo), stride, (top, left))
+            (k - 1 - lo, n - 1 - (o - 1) * s + lo)
+            for k, n, o, s, lo in zip((kh, kw), (h, wd), (ho, wo), stride, (top, left))
         ]
         dx = lax.conv_general_dilated(
             gb, jnp.swapaxes(w[::-1, ::-1], 2, 3), (1, 1), dx_pads, lhs_dilation=stride, dimension_numbers=_LAYOUT
         )
         # dw: the input with batch and channels swapped ([C, H, W, N]), correlated with G as a
         # kernel [Ho, Wo, N, O] dilated by the stride; the result [C, KH, KW, O] is moved to HWIO.
-        dw_pads = [(lo, k - n - lo + (o - 1) * s) for k, n, o, s, lo in zip((kh, kw), (h, wd), (ho, wo), stride, (top, left))]
+        dw_pads = [
+            (lo, k - n - lo + (o - 1) * s) for k, n, o, s, lo in zip((kh, kw), (h, wd), (ho, wo), stride, (top, left))
+        ]
         dw = lax.conv_general_dilated(
-            jnp.transpose(xb, (3, 1, 2, 0)), jnp.transpose(gb, (1, 2, 0, 3)), (1, 1), dw_pads,
-            rhs_dilation=stride, dimension_numbers=_LAYOUT,
-        )  # fmt: skip
+            jnp.transpose(xb, (3, 1, 2, 0)),
+            jnp.transpose(gb, (1, 2, 0, 3)),
+            (1, 1),
+            dw_pads,
+            rhs_dilation=stride,
+            dimension_numbers=_LAYOUT,
+        )
         dw = jnp.transpose(dw, (1, 2, 0, 3))
         return {"w": dw, **grads}, dx.reshape(x.shape)
 
@@ -157,7 +166,9 @@ def conv2d(n_out, kernel, *, stride=1, padding="SAME", bias=False, w_init="he", 
     def init(key, input_shape):
         shape = _checks.require_shape("conv2d", input_shape, ndim=3)
         if _check_padding("conv2d", padding) == "VALID" and (shape[0] < kernel[0] or shape[1] < kernel[1]):
-            raise ValueError(f"conv2d: with VALID padding the input's H x W {shape[:2]} must be at least the kernel's {kernel}")
+            raise ValueError(
+                f"conv2d: with VALID padding the input's H x W {shape[:2]} must be at least the kernel's {kernel}"
+            )
         params = {"w": jnp.asarray(make_w(key, (*kernel, shape[2], n_out), dtype), dtype)}
         if bias:
             params["b"] = jnp.zeros((n_out,), dtype)

@@ -1,4 +1,4 @@
-"""Weight initialisers ``(key, shape, dtype) -> array``: He normal (the notes'), zeros, or any ``jax.nn.initializers`` one."""
+"""Weight initialisers ``(key, shape, dtype) -> array``: He normal (the notes'), zeros, or any from ``jax.nn``."""
 
 import math
 

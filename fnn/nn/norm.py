@@ -22,7 +22,9 @@ def _check_scale(params, x):
     _checks.require_float("layer_norm", "input", x)
     for key in ("gamma", "beta"):
         value = _checks.require_param("layer_norm", params, key, x, ndim=1)
-        _checks.require_features("layer_norm", x, value.shape[0], f"{key} has size {value.shape[0]} ({key} shape {value.shape})")
+        _checks.require_features(
+            "layer_norm", x, value.shape[0], f"{key} has size {value.shape[0]} ({key} shape {value.shape})"
+        )
 
 
 def layer_norm_leaf(eps=1e-5, init=None):

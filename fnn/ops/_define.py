@@ -1,21 +1,18 @@
 """Builds an op set for one gradient path from the module and loss definitions.
 
-Each op is a leaf module (or a loss) applied to the parameters it is given, so
-every formula lives once, in :mod:`fnn.nn` or :mod:`fnn.losses`. The
-``"autodiff"`` set calls the plain ``apply``; the ``"custom"`` set calls the
-``jax.custom_vjp`` one (:attr:`fnn.module.Module.custom`).
+Each op is written once below, as a function of ``run`` and its arrays:
+``run(module)`` is the module's (or loss's) apply function on the path being
+built: the plain ``apply`` for ``"autodiff"``, the ``jax.custom_vjp`` one
+(:attr:`fnn.module.Module.custom`) for ``"custom"``. So every formula lives
+once, in :mod:`fnn.nn` or :mod:`fnn.losses`, and both op sets have the same
+names, signatures and checks.
 """
 
 import functools
+import inspect
 
 from fnn import losses
 from fnn.nn import activations, conv, linear, norm
-
-#: The op names, in the order :func:`op_set` returns them.
-NAMES = (
-    "matmul", "add_bias", "relu", "sigmoid", "tanh", "leaky_relu", "gelu", "softplus", "layer_norm", "conv2d",
-    "cross_entropy", "mse", "logistic_loss", "multiclass_hinge",
-)  # fmt: skip
 
 
 def _per_value(factory):
@@ -44,67 +41,115 @@ _conv2d = _per_value(conv.conv2d_leaf)
 _hinge = _per_value(losses.multiclass_hinge)
 
 
+def matmul(run, x, w):
+    """Matrix product ``y = x W`` of ``x[..., n]`` and ``W[n, k]``; ``dx = G W^T``, ``dW = x^T G``."""
+    return run(linear.MATMUL)({"w": w}, x)
+
+
+def add_bias(run, x, b):
+    """``y = x + b``, ``b[k]`` broadcast over the rows of ``x[..., k]``; ``db = sum of G over rows``."""
+    return run(linear.BIAS)({"b": b}, x)
+
+
+def relu(run, x):
+    """``max(x, 0)``; derivative ``1[x > 0]`` (0 at 0)."""
+    return run(activations.relu)((), x)
+
+
+def sigmoid(run, x):
+    """``1 / (1 + exp(-x))``; derivative ``s (1 - s)``."""
+    return run(activations.sigmoid)((), x)
+
+
+def tanh(run, x):
+    """``tanh(x)``; derivative ``1 - t^2``."""
+    return run(activations.tanh)((), x)
+
+
+def leaky_relu(run, x, negative_slope=0.01):
+    """``max(x, a x)``, ``0 <= a < 1``; derivative 1 where ``x > 0``, else ``a``."""
+    return run(_leaky_relu(negative_slope))((), x)
+
+
+def gelu(run, x):
+    """Exact GELU ``x Phi(x)``; derivative ``Phi(x) + x phi(x)``."""
+    return run(activations.gelu)((), x)
+
+
+def softplus(run, x, beta=1.0):
+    """``log(1 + exp(beta x)) / beta``, stable; derivative ``sigmoid(beta x)``."""
+    return run(_softplus(beta))((), x)
+
+
+def layer_norm(run, x, gamma, beta, eps=1e-5):
+    """LayerNorm over the last axis of ``x[..., m]``: ``beta + gamma (x - mean) / sqrt(var + eps)``."""
+    return run(_layer_norm(eps))({"gamma": gamma, "beta": beta}, x)
+
+
+def conv2d(run, x, w, *, stride=1, padding="SAME"):
+    """2-D convolution of NHWC ``x`` with an HWIO kernel ``w``; int or pair ``stride``, ``"SAME"``/``"VALID"``."""
+    return run(_conv2d(stride, padding))({"w": w}, x)
+
+
+def cross_entropy(run, logits, labels):
+    """Mean softmax cross-entropy ``mean(logsumexp(h) - h_y)``; NaN for a label outside ``[0, k)``."""
+    return run(losses.cross_entropy)(logits, labels)
+
+
+def mse(run, pred, target):
+    """Mean squared error ``mean((a - y)^2)`` over all entries."""
+    return run(losses.mse)(pred, target)
+
+
+def logistic_loss(run, logits, labels):
+    """Binary logistic loss ``mean(softplus(t) - y t)``, labels 0/1 of the logits' shape."""
+    return run(losses.logistic)(logits, labels)
+
+
+def multiclass_hinge(run, scores, labels, margin=1.0):
+    """The multiclass SVM loss ``mean_i sum_{j != y_i} max(0, s_j - s_y + margin)``."""
+    return run(_hinge(margin))(scores, labels)
+
+
+#: Every op, in the order :func:`op_set` returns them.
+OPS = (
+    matmul,
+    add_bias,
+    relu,
+    sigmoid,
+    tanh,
+    leaky_relu,
+    gelu,
+    softplus,
+    layer_norm,
+    conv2d,
+    cross_entropy,
+    mse,
+    logistic_loss,
+    multiclass_hinge,
+)
+#: The op names, in the order :func:`op_set` returns them.
+NAMES = tuple(op.__name__ for op in OPS)
+
+
+def _bind(op, run):
+    """``op`` with its ``run`` argument fixed: same name, docstring and (remaining) signature."""
+
+    @functools.wraps(op)
+    def bound(*args, **kwargs):
+        return op(run, *args, **kwargs)
+
+    signature = inspect.signature(op)
+    bound.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
+    return bound
+
+
 def op_set(path):
     """The ops of ``path`` (``"autodiff"`` or ``"custom"``) as a tuple in the order of :data:`NAMES`."""
-
-    def run(module):
-        return module.custom.apply if path == "custom" else module.apply
-
-    def matmul(x, w):
-        """Matrix product ``y = x W`` of ``x[..., n]`` and ``W[n, k]``; ``dx = G W^T``, ``dW = x^T G``."""
-        return run(linear.MATMUL)({"w": w}, x)
-
-    def add_bias(x, b):
-        """``y = x + b``, ``b[k]`` broadcast over the rows of ``x[..., k]``; ``db = sum of G over rows``."""
-        return run(linear.BIAS)({"b": b}, x)
-
-    def relu(x):
-        """``max(x, 0)``; derivative ``1[x > 0]`` (0 at 0)."""
-        return run(activations.relu)((), x)
-
-    def sigmoid(x):
-        """``1 / (1 + exp(-x))``; derivative ``s (1 - s)``."""
-        return run(activations.sigmoid)((), x)
-
-    def tanh(x):
-        """``tanh(x)``; derivative ``1 - t^2``."""
-        return run(activations.tanh)((), x)
-
-    def leaky_relu(x, negative_slope=0.01):
-        """``max(x, a x)``, ``0 <= a < 1``; derivative 1 where ``x > 0``, else ``a``."""
-        return run(_leaky_relu(negative_slope))((), x)
-
-    def gelu(x):
-        """Exact GELU ``x Phi(x)``; derivative ``Phi(x) + x phi(x)``."""
-        return run(activations.gelu)((), x)
-
-    def softplus(x, beta=1.0):
-        """``log(1 + exp(beta x)) / beta``, stable; derivative ``sigmoid(beta x)``."""
-        return run(_softplus(beta))((), x)
-
-    def layer_norm(x, gamma, beta, eps=1e-5):
-        """LayerNorm over the last axis of ``x[..., m]``: ``beta + gamma (x - mean) / sqrt(var + eps)``, var over ``m``."""
-        return run(_layer_norm(eps))({"gamma": gamma, "beta": beta}, x)
-
-    def conv2d(x, w, *, stride=1, padding="SAME"):
-        """2-D convolution of NHWC ``x`` with an HWIO kernel ``w``; integer or pair ``stride``, ``"SAME"``/``"VALID"``."""
-        return run(_conv2d(stride, padding))({"w": w}, x)
-
-    def cross_entropy(logits, labels):
-        """Mean softmax cross-entropy ``mean(logsumexp(h) - h_y)``; NaN for a label outside ``[0, k)``."""
-        return run(losses.cross_entropy)(logits, labels)
-
-    def mse(pred, target):
-        """Mean squared error ``mean((a - y)^2)`` over all entries."""
-        return run(losses.mse)(pred, target)
-
-    def logistic_loss(logits, labels):
-        """Binary logistic loss ``mean(softplus(t) - y t)``, labels 0/1 of the logits' shape."""
-        return run(losses.logistic)(logits, labels)
-
-    def multiclass_hinge(scores, labels, margin=1.0):
-        """The multiclass SVM loss ``mean_i sum_{j != y_i} max(0, s_j - s_y + margin)``."""
-        return run(_hinge(margin))(scores, labels)
-
-    ops = locals()
-    return tuple(ops[name] for name in NAMES)
+    if path == "custom":
+        run = lambda module: module.custom.apply  # noqa: E731
+    elif path == "autodiff":
+        run = lambda module: module.apply  # noqa: E731
+    else:
+        raise ValueError(f"op sets exist for 'custom' and 'autodiff', not {path!r}")
+    return tuple(_bind(op, run) for op in OPS)

@@ -5,8 +5,23 @@ is a leaf of :mod:`fnn.nn` (or a loss of :mod:`fnn.losses`) applied to the
 arrays it is given. Forward mode (``jax.jvp``, ``jax.jacfwd``) works here.
 """
 
-from fnn.ops._define import NAMES as __all__
-from fnn.ops._define import op_set
+from fnn.ops._define import NAMES, op_set
 
-(matmul, add_bias, relu, sigmoid, tanh, leaky_relu, gelu, softplus, layer_norm, conv2d,
- cross_entropy, mse, logistic_loss, multiclass_hinge) = op_set("autodiff")  # fmt: skip
+__all__ = NAMES
+
+(
+    matmul,
+    add_bias,
+    relu,
+    sigmoid,
+    tanh,
+    leaky_relu,
+    gelu,
+    softplus,
+    layer_norm,
+    conv2d,
+    cross_entropy,
+    mse,
+    logistic_loss,
+    multiclass_hinge,
+) = op_set("autodiff")

@@ -9,8 +9,23 @@ formula. They are written in differentiable JAX ops, so reverse-over-reverse
 Targets of the losses (labels) get no gradient.
 """
 
-from fnn.ops._define import NAMES as __all__
-from fnn.ops._define import op_set
+from fnn.ops._define import NAMES, op_set
 
-(matmul, add_bias, relu, sigmoid, tanh, leaky_relu, gelu, softplus, layer_norm, conv2d,
- cross_entropy, mse, logistic_loss, multiclass_hinge) = op_set("custom")  # fmt: skip
+__all__ = NAMES
+
+(
+    matmul,
+    add_bias,
+    relu,
+    sigmoid,
+    tanh,
+    leaky_relu,
+    gelu,
+    softplus,
+    layer_norm,
+    conv2d,
+    cross_entropy,
+    mse,
+    logistic_loss,
+    multiclass_hinge,
+) = op_set("custom")

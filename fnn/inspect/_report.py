@@ -1,0 +1,239 @@
+"""The paths compared for any model: :func:`compare_paths` and its :class:`Report`."""
+
+import dataclasses
+
+import jax
+
+from fnn import bench
+from fnn.inspect._accuracy import gradient_errors, reference_grads
+from fnn.inspect._compiled import LEARNING_RATE, compile_step, memory
+from fnn.inspect._hlo import hlo_counts, op_diff
+from fnn.inspect._residuals import residuals
+from fnn.paths import PATHS, check_path, value_and_grad
+from fnn.train import sgd_update
+
+#: The op-count scopes of :func:`fnn.inspect.hlo_counts` that :class:`PathReport` diffs against the reference path.
+HLO_SCOPES = ("ops_top", "ops_all")
+
+
+@dataclasses.dataclass(frozen=True)
+class PathReport:
+    """One gradient path's measurements (see :func:`compare_paths`).
+
+    Attributes:
+      path: the path's name, one of :data:`fnn.PATHS`.
+      per_leaf: :func:`gradient_errors` against the float64 reference, one
+        dict per floating parameter leaf.
+      max_abs_err, max_rel_err: the worst leaf's errors.
+      compile_s: seconds to lower and compile the SGD step.
+      temp_bytes, arg_bytes, out_bytes: :func:`memory` of the compiled step.
+      residuals: :func:`residuals` of the path.
+      hlo: :func:`hlo_counts` of the compiled step.
+      hlo_diff: ``{"ops_top": ..., "ops_all": ...}``, :func:`op_diff` of
+        ``hlo`` against the reference path's (``{}`` each for the reference).
+      timing: the step's :class:`fnn.bench.Result` against the reference
+        path (``ratio``, ``ci_low``, ``ci_high``, ``cpu_ratio``, ``verdict``,
+        ``median_s`` per step, ...); ``None`` when not timed.
+    """
+
+    path: str
+    per_leaf: tuple
+    max_abs_err: float
+    max_rel_err: float
+    compile_s: float
+    temp_bytes: int | None
+    arg_bytes: int | None
+    out_bytes: int | None
+    residuals: dict
+    hlo: dict
+    hlo_diff: dict
+    timing: bench.Result | None = None
+
+    def to_dict(self):
+        """The row as a JSON-ready dict (``timing`` as :meth:`fnn.bench.Result.to_dict` or ``None``)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return fields | {
+            "per_leaf": [dict(leaf) for leaf in self.per_leaf],
+            "timing": None if self.timing is None else self.timing.to_dict(),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """The result of :func:`compare_paths`: one :class:`PathReport` per path, in the order asked for.
+
+    Attributes:
+      reference: the path the HLO diffs and step-time ratios are taken against.
+      rows: the paths' reports.
+      settings: how it was measured (``learning_rate``, and when timed
+        ``rounds``, ``block_s``, ``confidence``, ``seed``).
+    """
+
+    reference: str
+    rows: tuple
+    settings: dict
+
+    @property
+    def paths(self):
+        """The paths measured, in order."""
+        return tuple(row.path for row in self.rows)
+
+    def __getitem__(self, path):
+        """The :class:`PathReport` of ``path``."""
+        for row in self.rows:
+            if row.path == path:
+                return row
+        raise KeyError(f"no path {path!r} in this report; it has {list(self.paths)}")
+
+    def to_dict(self):
+        """The report as a JSON-ready dict: ``reference``, ``settings`` and ``rows`` (:meth:`PathReport.to_dict`)."""
+        return {"reference": self.reference, "settings": dict(self.settings), "rows": [r.to_dict() for r in self.rows]}
+
+    def __str__(self):
+        """A table, one line per path, then how each path's top-level HLO ops differ from the reference path's."""
+        header = [
+            "path",
+            "max rel err",
+            "compile s",
+            "temp bytes",
+            "residual bytes",
+            "kernels",
+            "dots",
+            "convs",
+            "step ms",
+            f"ratio to {self.reference} [CI]",
+            "cpu ratio",
+            "verdict",
+        ]
+        lines = []
+        for r in self.rows:
+            t = r.timing
+            timing = (
+                ["-"] * 4
+                if t is None
+                else [
+                    f"{1e3 * t.median_s:.3f}",
+                    f"{t.ratio:.3f} [{t.ci_low:.3f}, {t.ci_high:.3f}]",
+                    f"{t.cpu_ratio:.3f}",
+                    t.verdict,
+                ]
+            )
+            lines.append(
+                [
+                    r.path,
+                    f"{r.max_rel_err:.1e}",
+                    f"{r.compile_s:.2f}",
+                    _count(r.temp_bytes),
+                    _count(r.residuals["computed_bytes"]),
+                    str(r.hlo["kernels"]),
+                    str(r.hlo["dots"]),
+                    str(r.hlo["convolutions"]),
+                    *timing,
+                ]
+            )
+        widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+        text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *lines]]
+        diffs = [
+            f"{r.path} vs {self.reference}: {r.hlo_diff['ops_top'] or 'same top-level ops'}"
+            for r in self.rows
+            if r.path != self.reference
+        ]
+        return "\n".join(text + diffs)
+
+
+def _count(n):
+    return "-" if n is None else f"{n:,}"
+
+
+def _check_paths(paths, reference):
+    if isinstance(paths, str):
+        raise TypeError(f"paths must be a sequence of names, e.g. ('autodiff', 'custom'), not the string {paths!r}")
+    paths = tuple(paths)
+    if not paths:
+        raise ValueError(f"paths must name at least one of {PATHS}")
+    for path in paths:
+        check_path(path)
+    if len(set(paths)) != len(paths):
+        raise ValueError(f"paths must not repeat a path, got {paths}")
+    if check_path(reference) not in paths:
+        raise ValueError(f"reference path {reference!r} must be one of the paths compared, {paths}")
+    return paths
+
+
+def compare_paths(
+    model,
+    loss,
+    params,
+    x,
+    targets,
+    *,
+    paths=PATHS,
+    reference="autodiff",
+    timing=True,
+    rounds=16,
+    block_s=0.2,
+    margin=0.0,
+    learning_rate=LEARNING_RATE,
+    confidence=0.95,
+    seed=0,
+):
+    """Compares gradient paths of ``model`` and ``loss`` on one batch.
+
+    Args:
+      model: any :class:`fnn.module.Module`; ``params`` its parameters.
+      loss: any :class:`fnn.module.Loss`.
+      params, x, targets: one batch, ``x`` with the batch axis first and
+        ``targets`` as the loss expects them (e.g. int labels ``[N]``).
+      paths: the paths to compare, a subset of :data:`fnn.PATHS`.
+      reference: the path (one of ``paths``) the HLO op counts and the step
+        times are compared with. The gradient is always compared with the
+        float64 ``autodiff`` gradient (:func:`reference_grads`).
+      timing: whether to time the SGD steps (:func:`fnn.bench.compare`;
+        takes about ``len(paths) * (rounds + 2) * block_s`` seconds).
+      rounds, block_s, margin, confidence, seed: passed to :func:`fnn.bench.compare`.
+      learning_rate: the SGD step size of the compiled and timed steps.
+
+    Returns:
+      A :class:`Report`, one :class:`PathReport` per path in the order of ``paths``.
+    """
+    paths = _check_paths(paths, reference)
+    grad_fns = {path: value_and_grad(model, loss, path=path) for path in paths}  # checks model and loss
+    sgd_update(model, loss, learning_rate, path=reference)  # checks learning_rate
+    reference_grad = reference_grads(model, loss, params, x, targets)
+    steps = {path: compile_step(model, loss, path, params, x, targets, learning_rate) for path in paths}
+    counts = {path: hlo_counts(compiled.as_text()) for path, (compiled, _) in steps.items()}
+    times = {}
+    settings = {"learning_rate": learning_rate}
+    if timing:
+        updates = {path: sgd_update(model, loss, learning_rate, path=path) for path in paths}
+        times = bench.compare(
+            updates,
+            params,
+            (x, targets),
+            baseline=reference,
+            margin=margin,
+            rounds=rounds,
+            block_s=block_s,
+            confidence=confidence,
+            seed=seed,
+        )
+        settings |= {"rounds": rounds, "block_s": block_s, "margin": margin, "confidence": confidence, "seed": seed}
+    rows = []
+    for path in paths:
+        compiled, compile_s = steps[path]
+        per_leaf = gradient_errors(jax.jit(grad_fns[path])(params, x, targets)[1], reference_grad)
+        rows.append(
+            PathReport(
+                path=path,
+                per_leaf=tuple(per_leaf),
+                max_abs_err=max((leaf["max_abs_err"] for leaf in per_leaf), default=0.0),
+                max_rel_err=max((leaf["max_rel_err"] for leaf in per_leaf), default=0.0),
+                compile_s=compile_s,
+                **memory(compiled),
+                residuals=residuals(model, loss, path, params, x, targets),
+                hlo=counts[path],
+                hlo_diff={scope: op_diff(counts[path][scope], counts[reference][scope]) for scope in HLO_SCOPES},
+                timing=times.get(path),
+            )
+        )
+    return Report(reference, tuple(rows), settings)
