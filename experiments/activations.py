@@ -23,8 +23,16 @@ import numpy as np
 
 import fnn
 from experiments import _cli
-from experiments._report import markdown_table, pyplot, save_figure, write_json
-from experiments.mnist_mlp_best import add_common_args, load_data, machine, timed_fit
+from experiments._common import (
+    add_common_args,
+    load_data,
+    machine,
+    markdown_table,
+    pyplot,
+    save_figure,
+    timed_fit,
+    write_json,
+)
 
 ACTIVATIONS = {
     "sigmoid": (fnn.nn.sigmoid, "glorot_normal"),

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 import fnn
 from experiments import _cli
-from experiments._report import device_description, write_json
+from experiments._common import device_description, write_json
 
 
 def parse_args(argv=None):

@@ -39,7 +39,7 @@ import numpy as np
 import fnn
 import fnn.inspect
 from experiments import _cli
-from experiments._report import (
+from experiments._common import (
     device_description,
     markdown_table,
     pyplot,

@@ -17,7 +17,8 @@ import numpy as np
 
 import fnn
 from experiments import _cli
-from experiments._report import device_description, write_json
+from experiments._common import device_description, write_json
+from fnn.testing import relative_error
 
 
 def parse_args(argv=None):
@@ -64,7 +65,8 @@ def main(argv=None):
         )
 
     def rel(a, b):
-        return float(np.max(np.abs(losses(a) - losses(b)) / np.abs(losses(b))))
+        """The largest relative difference of two runs' per-epoch losses."""
+        return max(relative_error(x, y) for x, y in zip(losses(a).ravel(), losses(b).ravel()))
 
     one, many = runs["one"][1], runs["many"][1]
     repeat = all(

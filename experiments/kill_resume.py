@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import _cli
-from experiments._report import device_description, write_json
+from experiments._common import device_description, write_json
 
 
 def parse_args(argv=None):
@@ -54,17 +54,10 @@ def train(args, checkpoint_dir):
     if checkpoint_dir is not None:
         with fnn.checkpoint.Checkpoints(checkpoint_dir, keep=2) as checkpoints:
             restored = checkpoints.latest()
-    saving = (
-        {}
-        if checkpoint_dir is None
-        else {
-            "checkpoint_dir": checkpoint_dir,
-            "checkpoint_every_steps": args.every_steps,
-            "keep": 2,
-            "resume": True,
-        }
-    )
-    params, history = fnn.fit(model, params, data, epochs=args.epochs, progress=False, **saving)
+    callbacks = []
+    if checkpoint_dir is not None:
+        callbacks.append(fnn.loop.Checkpointing(checkpoint_dir, every_steps=args.every_steps, keep=2, resume=True))
+    params, history = fnn.fit(model, params, data, epochs=args.epochs, progress=False, callbacks=callbacks)
     digest = hashlib.sha256(b"".join(np.asarray(p).tobytes() for p in jax.tree.leaves(params))).hexdigest()
     rows = [{k: v for k, v in row.items() if k != "epoch_s"} for row in history.rows()]
     print(json.dumps({"params_sha256": digest, "history": rows, "resumed_from": restored}), flush=True)

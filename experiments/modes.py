@@ -46,7 +46,7 @@ import numpy as np
 
 import fnn
 from experiments import _cli
-from experiments._report import device_description, markdown_table, pyplot, save_figure, write_json
+from experiments._common import device_description, markdown_table, pyplot, save_figure, write_json
 from fnn.testing import relative_error
 
 HIDDEN = (256, 256)

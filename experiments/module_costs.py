@@ -40,8 +40,7 @@ import numpy as np
 
 import fnn
 from experiments import _cli
-from experiments._report import markdown_table, pyplot, save_figure, write_json
-from experiments.mnist_mlp_best import machine
+from experiments._common import machine, markdown_table, pyplot, save_figure, write_json
 
 PATHS = ("custom", "autodiff")
 ROWS, FEATURES = 256, 1024  # elementwise modules, LayerNorm, dense

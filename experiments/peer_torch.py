@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments._report import cpu_description
+from experiments._common import cpu_description
 
 __all__ = ["load_idx", "load_mnist", "run", "main"]
 

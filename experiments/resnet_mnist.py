@@ -16,16 +16,17 @@ import jax
 
 import fnn
 from experiments import _cli
-from experiments._report import markdown_table, write_json
-from experiments.mnist_mlp_best import (
+from experiments._common import (
     HEADER,
     adam_cosine,
     add_common_args,
     load_data,
     machine,
+    markdown_table,
     plot_curves,
     steps_per_epoch,
     timed_fit,
+    write_json,
 )
 
 

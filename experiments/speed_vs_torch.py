@@ -19,7 +19,7 @@ import numpy as np
 
 import fnn
 from experiments import _cli, peer_torch
-from experiments._report import device_description, markdown_table, write_json
+from experiments._common import device_description, markdown_table, write_json
 
 N_IN, HIDDEN, N_OUT, BATCH = 784, 500, 10, 100
 

@@ -29,7 +29,7 @@ import jax
 
 import fnn
 from experiments import _cli
-from experiments._report import cpu_description, markdown_table, write_json
+from experiments._common import cpu_description, markdown_table, write_json
 
 SIZES = (784, 500, 10)
 BATCH = 100

@@ -86,25 +86,18 @@ def _median_ci(values, confidence, seed):
     median = float(np.median(values))
     if np.ptp(values) == 0:  # no spread: the bootstrap distribution is a point
         return median, median, median
-    interval = stats.bootstrap(
-        (values,),
-        np.median,
-        confidence_level=confidence,
-        method="BCa",
-        n_resamples=9999,
-        rng=np.random.default_rng(seed),
-    ).confidence_interval
-    low, high = float(interval.low), float(interval.high)
-    if not (np.isfinite(low) and np.isfinite(high)):  # BCa degenerates on heavily tied samples
+    for method in ("BCa", "percentile"):  # BCa degenerates on heavily tied samples
         interval = stats.bootstrap(
             (values,),
             np.median,
             confidence_level=confidence,
-            method="percentile",
+            method=method,
             n_resamples=9999,
             rng=np.random.default_rng(seed),
         ).confidence_interval
         low, high = float(interval.low), float(interval.high)
+        if np.isfinite(low) and np.isfinite(high):
+            break
     return median, min(low, median), max(high, median)
 
 

@@ -47,6 +47,7 @@ class Checkpoints:
         )
         self._manager = ocp.CheckpointManager(str(directory), options=options)
         self.directory = str(directory)
+        self.closed = False
 
     def latest(self):
         """The number of the newest complete checkpoint, or ``None`` if there is none."""
@@ -79,8 +80,10 @@ class Checkpoints:
         return restored["state"], restored["meta"]
 
     def close(self):
-        """Waits for pending writes and releases the folder."""
-        self._manager.close()
+        """Waits for pending writes and releases the folder; closing twice is harmless."""
+        if not self.closed:
+            self._manager.close()
+            self.closed = True
 
     def __enter__(self):
         return self

@@ -61,12 +61,25 @@ class Module:
         """Whether this module is a hand-written forward/backward pair (not wiring)."""
         return self.rebuild is None
 
+    def leaves(self):
+        """The leaf modules of this module's tree, depth first, in the order the forward pass runs them."""
+        if self.is_leaf:
+            return (self,)
+        return tuple(leaf for child in self.children for leaf in child.leaves())
+
     @functools.cached_property
     def custom(self):
         """This module with each leaf's ``apply`` a ``jax.custom_vjp`` of its own ``forward``/``backward``."""
         if self.is_leaf:
             return dataclasses.replace(self, apply=_custom_vjp_apply(self))
         return self.rebuild(*(child.custom for child in self.children))
+
+    def __call__(self, *args, **kwargs):
+        """Refuses a call: a module is not a function of its input (``nn.relu``, not ``nn.relu()``)."""
+        raise TypeError(
+            f"{self.name} is already a module, not a function to call: put it in nn.serial(...) as it is "
+            f"(nn.relu, not nn.relu()), and run a module with module.apply(params, x)"
+        )
 
     def __repr__(self):
         inner = ", ".join(map(repr, self.children))
@@ -76,10 +89,6 @@ class Module:
 def _custom_vjp_apply(module):
     """``apply`` as a ``jax.custom_vjp``: residuals ``(params, saved)``, backward ``module.backward``."""
 
-    @jax.custom_vjp
-    def apply(params, x):
-        return module.forward(params, x)[0]
-
     def fwd(params, x):
         y, saved = module.forward(params, x)
         return y, (params, saved)
@@ -88,12 +97,25 @@ def _custom_vjp_apply(module):
         params, saved = residuals
         return module.backward(params, saved, g)
 
-    apply.defvjp(fwd, bwd)
+    return functools.wraps(module.apply)(_custom_vjp(module.name, fwd, bwd))
 
-    @functools.wraps(module.apply)
-    def checked(params, x):
-        with _reverse_mode_only(module.name):
-            return apply(params, jnp.asarray(x))
+
+def _custom_vjp(name, forward, backward):
+    """``f(a, b)``, the first output of ``forward(a, b) -> (y, residuals)``, as a ``jax.custom_vjp``.
+
+    ``backward(residuals, g) -> (da, db)`` is its rule; ``b`` is made an
+    array; forward mode raises an error that names the way out.
+    """
+
+    @jax.custom_vjp
+    def fn(a, b):
+        return forward(a, b)[0]
+
+    fn.defvjp(forward, backward)
+
+    def checked(a, b):
+        with _reverse_mode_only(name):
+            return fn(a, jnp.asarray(b))
 
     return checked
 
@@ -182,19 +204,10 @@ class Loss:
     @functools.cached_property
     def custom(self):
         """This loss with ``apply`` a ``jax.custom_vjp`` of its ``forward``/``backward``."""
-
-        @jax.custom_vjp
-        def apply(outputs, targets):
-            return self.forward(outputs, targets)[0]
-
-        def bwd(saved, g):
-            return self.backward(saved, g), None
-
-        apply.defvjp(self.forward, bwd)
+        apply = _custom_vjp(self.name, self.forward, lambda saved, g: (self.backward(saved, g), None))
 
         def checked(outputs, targets):
-            with _reverse_mode_only(self.name):
-                return apply(jnp.asarray(outputs), jnp.asarray(targets))
+            return apply(jnp.asarray(outputs), targets)
 
         return dataclasses.replace(self, apply=checked)
 

@@ -19,20 +19,23 @@ from fnn.paths import value_and_grad
 __all__ = ["as_optimizer", "optimizer_step", "optimizer_update", "sgd_step", "sgd_update"]
 
 
-def _check_learning_rate(learning_rate):
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)):
+def _check_learning_rate(value, name="learning_rate"):
+    """Checks a step size passed as ``name``: a positive number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        got = f"the string {value!r}" if isinstance(value, str) else type(value).__name__
         raise TypeError(
-            f"learning_rate must be a number or an optax.GradientTransformation, got {type(learning_rate).__name__}"
+            f"{name} must be a step size (a positive number, for plain SGD) or an optax.GradientTransformation "
+            f"such as optax.adam(1e-3), got {got}"
         )
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate must be positive, got {learning_rate}")
+    if not value > 0:
+        raise ValueError(f"{name} must be a positive step size, got {value}")
 
 
 def as_optimizer(optimizer):
     """Returns ``optimizer`` as an ``optax.GradientTransformation``; a number becomes ``optax.sgd``."""
     if isinstance(optimizer, optax.GradientTransformation):
         return optimizer
-    _check_learning_rate(optimizer)
+    _check_learning_rate(optimizer, "optimizer")
     return optax.sgd(optimizer)
 
 

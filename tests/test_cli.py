@@ -2,9 +2,11 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -67,7 +69,7 @@ def prepared(mnist):
     ("flags", "message"),
     [
         (("--batch-size", "0"), "error: batch_size must be an int in [1, 60000]"),
-        (("--lr", "1e6", "--epochs", "1"), "error: training diverged: the loss became nan at epoch 1, step"),
+        (("--lr", "1e6", "--epochs", "1"), "error: training diverged: the loss became "),
         (("--devices", "3"), "error: batch_size 100 does not split evenly over 3 devices"),
         (("--resume",), "error: --resume needs --checkpoint-dir"),
     ],
@@ -108,3 +110,32 @@ def test_devices_and_checkpoints_plumb_through(prepared, tmp_path):
     a, b = (json.loads((tmp_path / name).read_text()) for name in ("a.json", "b.json"))
     assert a["devices"] == b["devices"] == 4
     assert [r["epoch"] for r in b["history"]] == [1, 2] and b["history"][0] == a["history"][0]
+
+
+def test_the_main_job_speaks_plainly_in_percent_and_says_where_its_results_go(prepared, tmp_path):
+    prepared = prepared[:-2]  # every path compared, not custom alone
+    proc = run(*prepared, "--epochs", "1", "--lockstep-every", "300", "--json", tmp_path / "out.json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert out.startswith("Loading mnist ...\n60,000 training and 10,000 test images\n")
+    assert "Comparing the paths' gradients with the float64 gradient every 300 steps" in out
+    assert "The gradient paths agree" in out and "(the notes: 2.6%)" in out
+    assert re.search(r"\n    1 \| +\d\.\d{5} \| +\d\.\d{5} \| +\d+\.\d\d% \| +\d+\.\d\d%\n", out)
+    for jargon in (" pp", "ulp", "trajectories", "(information)"):
+        assert jargon not in out
+    assert out.rstrip().endswith(
+        f"Results: {tmp_path / 'out.json'} and {tmp_path / 'out.png'} (the committed runs are in experiments/results/)"
+    )
+    assert (tmp_path / "out.png").exists() and json.loads((tmp_path / "out.json").read_text())["lockstep"][
+        "verdict"
+    ] == "agree"
+
+
+def test_the_main_job_writes_its_results_under_runs_by_default():
+    from experiments import mnist_two_layer
+
+    default = mnist_two_layer.outputs(mnist_two_layer.parse_args([]))
+    assert default == (Path("runs/mnist_two_layer.json"), Path("runs/mnist_two_layer.png"))
+    linear = mnist_two_layer.outputs(mnist_two_layer.parse_args(["--model", "linear", "--plot", "a.png"]))
+    assert linear == (Path("runs/mnist_linear.json"), Path("a.png"))
+    assert mnist_two_layer.outputs(mnist_two_layer.parse_args(["--init", "zeros"]))[0] == Path("runs/mnist_zeros.json")

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import pytest
 
 import fnn
-from experiments import activations, mnist_conv, mnist_mlp_best, module_costs, resnet_mnist
+from experiments import _common, activations, conv_in_loop, mnist_conv, mnist_mlp_best, module_costs, resnet_mnist
 
 SYNTHETIC = ["--synthetic", "--train-size", "256", "--test-size", "64", "--no-progress"]
 
@@ -38,7 +38,7 @@ def check_history(rows, epochs):
 
 def test_synthetic_data_is_float32_in_the_unit_interval_and_image_shaped_on_request():
     args = mnist_mlp_best.parse_args(SYNTHETIC + ["--validation"])
-    flat, image = mnist_mlp_best.load_data(args), mnist_mlp_best.load_data(args, image=True)
+    flat, image = _common.load_data(args), _common.load_data(args, image=True)
     assert flat.x_train.dtype == jnp.float32 and 0.0 <= flat.x_train.min() and flat.x_train.max() <= 1.0
     assert flat.x_train.shape[1:] == (784,) and image.x_train.shape[1:] == (28, 28, 1)
     assert len(flat.x_train) + len(flat.x_test) == 256  # --validation holds out part of the 256 training rows
@@ -189,3 +189,24 @@ def test_step_overlap_onehot_rule_gives_the_same_gradient():
     ours = jax.grad(fnn.losses.cross_entropy.custom.apply)(logits, labels)
     onehot = jax.grad(step_overlap.CROSS_ENTROPY_ONEHOT.custom.apply)(logits, labels)
     assert jnp.allclose(ours, onehot, rtol=1e-12, atol=0)
+
+
+def test_conv_in_loop_times_every_path_both_ways_and_the_plain_jax_reproduction(tmp_path):
+    args = [
+        "--synthetic",
+        "--train-size",
+        "64",
+        "--test-size",
+        "32",
+        "--batch-size",
+        "32",
+        "--json",
+        tmp_path / "c.json",
+    ]
+    result = conv_in_loop.main([str(a) for a in args])
+    assert [r["how"] for r in result["repro"]] == ["jit, no loop", "lax.scan of 1", "lax.scan of 8"]
+    assert {(r["path"], r["compiled"]) for r in result["fit"]} == {
+        (p, c) for p in fnn.PATHS for c in ("step", "epoch", "auto")
+    }
+    assert all(r["steps"] == 2 and r["train_s"] > 0 for r in result["fit"])
+    assert json.loads((tmp_path / "c.json").read_text())["fit"][0]["path"] == "autodiff"

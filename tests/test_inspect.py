@@ -197,7 +197,7 @@ def test_op_diff():
         ({"paths": ("autodiff", "autodiff")}, ValueError, "must not repeat"),
         ({"paths": ("custom", "backprop")}, ValueError, "reference path 'autodiff' must be one of"),
         ({"reference": "jvp"}, ValueError, "unknown gradient path 'jvp'"),
-        ({"learning_rate": -0.1}, ValueError, "learning_rate must be positive"),
+        ({"learning_rate": -0.1}, ValueError, "learning_rate must be a positive step size"),
     ],
 )
 def test_bad_arguments(kwargs, error, message):

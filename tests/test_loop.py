@@ -148,7 +148,7 @@ def test_optax_optimizers_train_through_fit_on_every_path(name):
 def test_history_and_callback():
     rows = []
     _, history = fnn.fit(
-        MODEL, init(), toy_data(), epochs=3, batch_size=23, optimizer=0.5, progress=False, on_epoch=rows.append
+        MODEL, init(), toy_data(), epochs=3, batch_size=23, optimizer=0.5, progress=False, callbacks=[rows.append]
     )
     for column in fnn.loop.COLUMNS + ("epoch_s",):
         assert getattr(history, column).shape == (3,)
@@ -173,7 +173,7 @@ def test_a_loss_without_an_error_rate_has_no_error_columns():
         batch_size=10,
         optimizer=0.05,
         progress=False,
-        on_epoch=rows.append,
+        callbacks=[rows.append],
     )
     assert history.train_err is None and history.test_err is None
     assert history.rows() == rows and set(rows[0]) == {"epoch", "train_loss", "test_loss", "epoch_s"}
@@ -244,3 +244,70 @@ def test_one_epoch_of_the_recipe_on_mnist(mnist):
         _, params = model.init(jax.random.key(0), (784,))
         _, history = fnn.fit(model, params, dataset, path=path, epochs=1, batch_size=100, optimizer=0.5, progress=False)
         assert history.test_err[0] < 0.05, (path, history.test_err)
+
+
+# ------------------------------------------------------------------ callbacks and how steps are compiled
+class Interrupt(fnn.loop.Callback):
+    """Presses Ctrl-C at the end of ``epoch``."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, run, row):
+        if run.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_run_releases_its_checkpoints_and_resumes_to_the_same_end(tmp_path):
+    pytest.importorskip("orbax.checkpoint")
+    options = {"epochs": 3, "batch_size": 23, "progress": False}
+    want, _ = fnn.fit(MODEL, init(), toy_data(), **options)
+    saving = fnn.loop.Checkpointing(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        fnn.fit(MODEL, init(), toy_data(), **options, callbacks=[saving, Interrupt(2)])
+    assert saving.checkpoints.closed
+    resumed = fnn.loop.Checkpointing(tmp_path, resume=True)
+    got, history = fnn.fit(MODEL, init(), toy_data(), **options, callbacks=[resumed])
+    assert resumed.checkpoints.closed and len(history.train_loss) == 3
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+
+
+class CountSteps(fnn.loop.Callback):
+    every_steps = 3
+
+    def __init__(self):
+        self.seen = []
+
+    def on_steps(self, run):
+        self.seen.append((run.epoch, run.step))
+
+
+def test_a_callback_runs_every_n_steps_and_can_stop_training_early():
+    counter = CountSteps()
+    stopper = fnn.loop.EarlyStopping("train_loss", patience=1, min_delta=10.0)  # no epoch improves by 10
+    _, history = fnn.fit(
+        MODEL, init(), toy_data(), epochs=5, batch_size=23, progress=False, callbacks=[counter, stopper]
+    )
+    # 230 rows: 10 full batches of 23 a epoch; the callback runs after steps 3, 6 and 9 of each epoch trained.
+    assert len(history.train_loss) == 2 and stopper.best_epoch == 1
+    assert counter.seen == [(1, 3), (1, 6), (1, 9), (2, 3), (2, 6), (2, 9)]
+
+
+CONV = fnn.nn.serial(
+    fnn.nn.conv2d(4, 3, dtype=jnp.float64), fnn.nn.relu, fnn.nn.flatten(), fnn.nn.dense(3, dtype=jnp.float64)
+)
+
+
+@pytest.mark.parametrize("model, data", [(MODEL, toy_data), (CONV, image_data)], ids=["mlp", "conv"])
+@pytest.mark.parametrize("path", fnn.PATHS)
+def test_a_step_at_a_time_gives_the_whole_epoch_scans_result_bit_for_bit(model, data, path):
+    data = data()
+    params = init(model, data.x_train.shape[1:])
+    runs = [
+        fnn.fit(
+            model, params, data, path=path, epochs=2, batch_size=16, optimizer=0.05, progress=False, steps_per_call=n
+        )
+        for n in (1, 2, None)
+    ]
+    for got, _ in runs[:2]:
+        assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(runs[2][0])))

@@ -16,7 +16,7 @@ import pytest
 
 import fnn
 from fnn.checkpoint import CheckpointError
-from fnn.loop import TrainingDiverged
+from fnn.loop import Checkpointing, TrainingDiverged
 from fnn.validate import DataError
 
 pytest.importorskip("orbax.checkpoint")
@@ -81,7 +81,7 @@ BAD_INPUTS = [
      r"train inputs must be finite; 1 of 4000 entries are NaN or infinite, the first nan at example 3"),
     ("infinite test input", _with(x_test=_set((0, 0), np.inf)), MODEL, {}, DataError, r"test inputs must be finite"),
     ("diverging step size", toy_data, MODEL, {"optimizer": 1e6}, TrainingDiverged,
-     r"training diverged: the loss became (nan|inf) at epoch 1, step \d+ of 10; no checkpoint was saved"),
+     r"training diverged: the loss became \S+(, more than 10000 times .*)? at epoch 1, step \d+ of 10; no checkpoint"),
     ("empty training set", _with(x_train=lambda a: a[:0], y_train=lambda a: a[:0]), MODEL, {}, DataError,
      r"the train split is empty \(x has shape \(0, 20\)\); it needs at least one example"),
     ("empty test set", _with(x_test=lambda a: a[:0], y_test=lambda a: a[:0]), MODEL, {}, DataError,
@@ -109,7 +109,10 @@ BAD_INPUTS = [
      _with(y_train=lambda a: np.where(np.arange(200)[:, None] == 7, np.nan, a[:, None] * 1.0).astype(np.float32),
            y_test=lambda a: a[:, None].astype(np.float32)),
      fnn.nn.mlp([20, 8, 1]), {"loss": fnn.losses.mse}, DataError, r"train targets must be finite; 1 of 200 entries"),
-    ("resume without a folder", toy_data, MODEL, {"resume": True}, ValueError, r"resume=True needs a checkpoint_dir"),
+    ("divergence factor", toy_data, MODEL, {"divergence_factor": 1.0}, ValueError,
+     r"divergence_factor must be a number above 1 or None, got 1.0"),
+    ("steps per call", toy_data, MODEL, {"steps_per_call": 0}, ValueError,
+     r"steps_per_call must be an int >= 1, got 0"),
 ]  # fmt: skip
 
 
@@ -137,7 +140,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
             batch_size=20,
             optimizer=optax.sgd(schedule),
             progress=False,
-            checkpoint_dir=tmp_path,
+            callbacks=[Checkpointing(tmp_path)],
         )
     params, history = fnn.fit(
         MODEL,
@@ -147,11 +150,33 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
         batch_size=20,
         optimizer=optax.sgd(schedule),
         progress=False,
-        checkpoint_dir=tmp_path,
-        resume=True,
+        callbacks=[Checkpointing(tmp_path, resume=True)],
     )
     assert len(history.train_loss) == 2 and np.isfinite(history.train_loss).all()
     assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
+
+
+def exploding_run(**options):
+    """One SGD step of size 1e5, then none: the loss jumps to a finite 1e9 and stays there, the net ruined."""
+    optimizer = optax.sgd(optax.piecewise_constant_schedule(1e5, {1: 0.0}))
+    return fnn.fit(MODEL, init(), toy_data(), epochs=2, batch_size=20, optimizer=optimizer, progress=False, **options)
+
+
+def test_a_finite_explosion_of_the_loss_stops_training():
+    with pytest.raises(TrainingDiverged, match=r"the loss became \S+, more than 10000 times max\(\|first loss\| "):
+        exploding_run()
+
+
+def test_without_the_factor_only_non_finite_losses_stop_training():
+    # The same run, watched for NaN and inf only, ends "successfully" with a ruined network.
+    _, history = exploding_run(divergence_factor=None)
+    assert np.isfinite(history.train_loss).all() and history.train_loss.min() > 1e8
+
+
+def test_a_healthy_run_is_never_stopped_by_the_factor():
+    # SGD at a large but stable step: the loss rises above its first value early on, by far less than 1e4.
+    _, history = fnn.fit(MODEL, init(), toy_data(), epochs=3, batch_size=20, optimizer=2.0, progress=False)
+    assert np.isfinite(history.train_loss).all()
 
 
 # ------------------------------------------------------------------ determinism and resuming
@@ -176,22 +201,22 @@ def _columns(history):
 def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, every_steps):
     options = {"optimizer": optax.adam(1e-2), "shuffle_key": jax.random.key(3), **RUN}
     want_params, want = fnn.fit(MODEL, init(), toy_data(), **options)
-    ckpt = {"checkpoint_dir": tmp_path, "checkpoint_every_steps": every_steps, "keep": 2}
-    fnn.fit(MODEL, init(), toy_data(), **{**options, "epochs": 2}, **ckpt)
+    ckpt = {"every_steps": every_steps, "keep": 2}
+    fnn.fit(MODEL, init(), toy_data(), **{**options, "epochs": 2}, callbacks=[Checkpointing(tmp_path, **ckpt)])
     assert len(os.listdir(tmp_path)) == 2  # keep=2
-    got_params, got = fnn.fit(MODEL, init(), toy_data(), **options, **ckpt, resume=True)
+    resumed = Checkpointing(tmp_path, **ckpt, resume=True)
+    got_params, got = fnn.fit(MODEL, init(), toy_data(), **options, callbacks=[resumed])
     assert leaves_equal(got_params, want_params)
     assert _columns(got) == _columns(want)
 
 
 def test_resuming_refuses_a_different_run(tmp_path):
-    fnn.fit(MODEL, init(), toy_data(), epochs=1, batch_size=20, progress=False, checkpoint_dir=tmp_path)
-    with pytest.raises(CheckpointError, match=r"already holds checkpoints \(newest 10\); pass resume=True"):
-        fnn.fit(MODEL, init(), toy_data(), epochs=2, batch_size=20, progress=False, checkpoint_dir=tmp_path)
+    options = {"epochs": 2, "progress": False}
+    fnn.fit(MODEL, init(), toy_data(), epochs=1, batch_size=20, progress=False, callbacks=[Checkpointing(tmp_path)])
+    with pytest.raises(CheckpointError, match=r"already holds checkpoints \(newest 10\); pass .*resume=True"):
+        fnn.fit(MODEL, init(), toy_data(), batch_size=20, **options, callbacks=[Checkpointing(tmp_path)])
     with pytest.raises(CheckpointError, match=r"is from a different run; batch_size: checkpoint 20, this run 25"):
-        fnn.fit(
-            MODEL, init(), toy_data(), epochs=2, batch_size=25, progress=False, checkpoint_dir=tmp_path, resume=True
-        )
+        fnn.fit(MODEL, init(), toy_data(), batch_size=25, **options, callbacks=[Checkpointing(tmp_path, resume=True)])
 
 
 # ------------------------------------------------------------------ processes: kills, devices, hosts
@@ -218,9 +243,10 @@ sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
 TRAIN = """
 import jax, optax, fnn
 from test_robust import toy_data, MODEL, init
-def train(devices=None, **kw):
+def train(devices=None, checkpoint=None, **kw):
     options = dict(epochs=3, batch_size=40, optimizer=optax.adam(1e-2), shuffle_key=jax.random.key(3), progress=False)
-    return fnn.fit(MODEL, init(), toy_data(), devices=devices, **{**options, **kw})
+    callbacks = [] if checkpoint is None else [fnn.loop.Checkpointing(**checkpoint)]
+    return fnn.fit(MODEL, init(), toy_data(), devices=devices, callbacks=callbacks, **{**options, **kw})
 """
 
 
@@ -309,7 +335,8 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
         + """
 import hashlib, json
 folder = sys.argv[1] if len(sys.argv) > 1 else None
-params, history = train(epochs=6, checkpoint_dir=folder, checkpoint_every_steps=2, keep=2, resume=folder is not None)
+checkpoint = None if folder is None else {"directory": folder, "every_steps": 2, "keep": 2, "resume": True}
+params, history = train(epochs=6, checkpoint=checkpoint)
 digest = hashlib.sha256(b"".join(np.asarray(p).tobytes() for p in jax.tree.leaves(params))).hexdigest()
 rows = [{k: v for k, v in r.items() if k != "epoch_s"} for r in history.rows()]
 print(json.dumps({"params": digest, "history": rows}))
@@ -345,7 +372,8 @@ def test_augmented_runs_repeat_resume_and_really_augment(tmp_path):
     assert not leaves_equal(want_params, plain_params)
     again_params, _ = fnn.fit(MODEL, init(), toy_data(), augment=jitter, **options)
     assert leaves_equal(again_params, want_params)
-    ckpt = {"checkpoint_dir": tmp_path, "checkpoint_every_steps": 3}
-    fnn.fit(MODEL, init(), toy_data(), augment=jitter, **{**options, "epochs": 2}, **ckpt)
-    got_params, got = fnn.fit(MODEL, init(), toy_data(), augment=jitter, **options, **ckpt, resume=True)
+    first = [Checkpointing(tmp_path, every_steps=3)]
+    fnn.fit(MODEL, init(), toy_data(), augment=jitter, **{**options, "epochs": 2}, callbacks=first)
+    resumed = [Checkpointing(tmp_path, every_steps=3, resume=True)]
+    got_params, got = fnn.fit(MODEL, init(), toy_data(), augment=jitter, **options, callbacks=resumed)
     assert leaves_equal(got_params, want_params) and _columns(got) == _columns(want)

@@ -96,8 +96,15 @@ def test_learning_rate_errors(bad, error):
     model = fnn.nn.mlp([2, 2])
     with pytest.raises(error, match="learning_rate must be"):
         fnn.train.sgd_step(model, CE, bad)
-    with pytest.raises(error, match="learning_rate must be"):
+    with pytest.raises(error, match="optimizer must be"):
         fnn.train.optimizer_step(model, CE, bad)
+
+
+def test_an_optimizer_named_by_a_string_gets_an_error_naming_the_argument_passed():
+    with pytest.raises(
+        TypeError, match=r"optimizer must be a step size .* such as optax.adam\(1e-3\), got the string 'adam'"
+    ):
+        fnn.train.as_optimizer("adam")
 
 
 def test_steps_reject_unknown_paths_and_non_modules():

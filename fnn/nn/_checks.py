@@ -1,9 +1,11 @@
-"""Trace-time checks shared by the modules and losses.
+"""Trace-time checks shared by the modules and losses, and the hints their errors give.
 
 They look only at shapes and dtypes, which are static under ``jit`` and
 ``vmap``, so they cost nothing at run time. Every message starts with the
 module's name and gives the shapes involved.
 """
+
+import math
 
 import jax.numpy as jnp
 
@@ -52,7 +54,7 @@ def require_no_params(name, params):
         raise TypeError(f"{name}: has no parameters and takes params=(), got {type(params).__name__}")
 
 
-def require_shape(name, input_shape, ndim=None):
+def require_shape(name, input_shape, ndim=None, hint=""):
     """Checks an ``init`` input shape (batch axis excluded): a tuple of positive ints; returns it as a tuple."""
     try:
         shape = tuple(input_shape)
@@ -64,5 +66,32 @@ def require_shape(name, input_shape, ndim=None):
         or (ndim is not None and len(shape) != ndim)
     ):
         want = f"{ndim} positive ints" if ndim is not None else "positive ints"
-        raise ValueError(f"{name}: input_shape must be a tuple of {want} (batch axis excluded), got {input_shape!r}")
+        raise ValueError(
+            f"{name}: input_shape must be a tuple of {want} (batch axis excluded), got {input_shape!r}{hint}"
+        )
     return shape
+
+
+def flatten_hint(shape, n):
+    """A hint for a dense layer expecting ``n`` features that meets per-example ``shape`` (batch axis excluded).
+
+    Empty unless ``shape`` looks like images (two or more axes) holding ``n`` values each.
+    """
+    if len(shape) < 2 or math.prod(shape) != n:
+        return ""
+    return (
+        f"; the input is image-shaped, {tuple(shape)} with {n} values per example: put nn.flatten() before this "
+        "layer (nn.serial(nn.flatten(), nn.dense(...), ...)), or load flat rows with fnn.data.load(..., layout='flat')"
+    )
+
+
+def image_hint(shape):
+    """A hint for a convolution that meets flat rows of per-example ``shape`` (batch axis excluded)."""
+    if not isinstance(shape, tuple) or len(shape) != 1 or not isinstance(shape[0], int) or shape[0] < 1:
+        return ""
+    side = math.isqrt(shape[0])
+    square = f", e.g. x.reshape(-1, {side}, {side}, 1)" if side * side == shape[0] else ""
+    return (
+        f"; the input is flat rows of {shape[0]} values: load images with fnn.data.load(..., layout='image') "
+        f"or reshape x to [N, H, W, C]{square}"
+    )

@@ -168,7 +168,8 @@ def mlp(sizes, *, activation=relu, bias=False, w_init="he", dtype=jnp.float32):
     def init(key, input_shape):
         shape = _checks.require_shape("mlp", input_shape)
         if shape[-1:] != sizes[:1]:
-            raise ValueError(f"mlp: built for {sizes[0]} input features, got input_shape {shape}")
+            hint = _checks.flatten_hint(shape, sizes[0])
+            raise ValueError(f"mlp: built for {sizes[0]} input features, got input_shape {shape}{hint}")
         return net.init(key, shape)
 
     return Module("mlp", init, net.apply, net.forward, net.backward, net.children, net.rebuild)

@@ -75,7 +75,8 @@ def conv2d_leaf(stride=1, padding="SAME", init=None, bias=False):
         _checks.require_float("conv2d", "input", x)
         w = _checks.require_param("conv2d", params, "w", x, ndim=4)
         if x.ndim < 3:
-            raise ValueError(f"conv2d: input must be [..., H, W, C] (NHWC), got shape {x.shape}")
+            hint = _checks.image_hint(x.shape[1:])
+            raise ValueError(f"conv2d: input must be [..., H, W, C] (NHWC), got shape {x.shape}{hint}")
         if x.shape[-1] != w.shape[2]:
             raise ValueError(
                 f"conv2d: input has {x.shape[-1]} channels but the kernel expects {w.shape[2]} "
@@ -164,7 +165,7 @@ def conv2d(n_out, kernel, *, stride=1, padding="SAME", bias=False, w_init="he", 
     make_w = _init.resolve(w_init)
 
     def init(key, input_shape):
-        shape = _checks.require_shape("conv2d", input_shape, ndim=3)
+        shape = _checks.require_shape("conv2d", input_shape, ndim=3, hint=_checks.image_hint(input_shape))
         if _check_padding("conv2d", padding) == "VALID" and (shape[0] < kernel[0] or shape[1] < kernel[1]):
             raise ValueError(
                 f"conv2d: with VALID padding the input's H x W {shape[:2]} must be at least the kernel's {kernel}"

@@ -27,7 +27,8 @@ def _rows(a):
 def _check_matmul(params, x, name="matmul"):
     _checks.require_float(name, "input", x)
     w = _checks.require_param(name, params, "w", x, ndim=2)
-    _checks.require_features(name, x, w.shape[0], f"w expects {w.shape[0]} (w shape {w.shape})")
+    hint = _checks.flatten_hint(x.shape[1:], w.shape[0])
+    _checks.require_features(name, x, w.shape[0], f"w expects {w.shape[0]} (w shape {w.shape}){hint}")
 
 
 def _matmul_forward(params, x):
@@ -89,6 +90,10 @@ def _check_dense(params, x):
 def dense(n_out, *, bias=False, w_init="he", b_init="zeros", dtype=jnp.float32):
     """A fully connected layer ``y = x W (+ b)``: ``[..., n] -> [..., n_out]``.
 
+    It acts on the last axis: flat rows ``[N, n]``, or sequences ``[N, T, n]``
+    position by position. ``init`` refuses image-shaped inputs ``(H, W, C)``:
+    put :func:`fnn.nn.flatten` before it.
+
     Args:
       n_out: output features ``k``.
       bias: whether the layer has a bias ``b[k]``.
@@ -109,6 +114,12 @@ def dense(n_out, *, bias=False, w_init="he", b_init="zeros", dtype=jnp.float32):
         shape = _checks.require_shape("dense", input_shape)
         if not shape:
             raise ValueError("dense: input_shape must have a feature axis [..., n], got ()")
+        if len(shape) >= 3:
+            raise ValueError(
+                f"dense: input_shape {shape} is image-shaped; dense acts on the last axis only and would build a "
+                f"({shape[-1]}, {n_out}) weight applied at every position. Put nn.flatten() before it "
+                f"(nn.serial(nn.flatten(), nn.dense(...), ...)), or use nn.conv2d({n_out}, 1) for a per-pixel layer"
+            )
         w_key, b_key = jax.random.split(key)
         params = {"w": jnp.asarray(make_w(w_key, (shape[-1], n_out), dtype), dtype)}
         if bias:

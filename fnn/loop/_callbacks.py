@@ -1,0 +1,243 @@
+"""Callbacks: parts that plug into :func:`fnn.fit`'s loop, each knowing when it runs.
+
+The loop owns a :class:`Run` (where training stands: the state on the
+devices, the epoch and step, the history) and calls every callback's hooks:
+
+- ``on_begin(run)``: once, before the first epoch is compiled (a checkpoint
+  restores the run here);
+- ``on_steps(run)``: within an epoch, after every ``every_steps`` steps (the
+  loop cuts the epoch's compiled scan at those steps);
+- ``on_epoch_end(run, row)``: after each epoch, ``row`` being the epoch's
+  :meth:`fnn.History.rows` entry; setting ``run.stop = True`` ends training
+  after this epoch;
+- ``on_end(run)``: once, after the last epoch when training ends normally;
+- ``close()``: always, on every exit path (an exception, ``KeyboardInterrupt``
+  included), to release what the callback holds.
+
+As Keras callbacks and CommonLoopUtils' periodic actions, a new behaviour
+(early stopping, a metrics logger, a profiler) is a new callback, not an edit
+to ``fit``. A plain function ``f(row)`` passed in ``callbacks`` is called
+after each epoch.
+"""
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+from tqdm.auto import tqdm
+
+__all__ = ["Callback", "Checkpointing", "EarlyStopping", "EpochFunction", "ProgressBar", "Run"]
+
+
+@dataclasses.dataclass
+class Run:
+    """Where a training run stands; the loop and its callbacks read and update it.
+
+    Attributes:
+      config: the run's configuration (model, loss, path, batch size, ...),
+        JSON-ready; a checkpoint refuses to resume a run of another.
+      state: what the devices carry from step to step: ``params``,
+        ``opt_state``, the run's ``key`` (its data) and the epoch's ``tally``.
+      epochs: the epoch to stop after (the total, counting restored ones).
+      steps_per_epoch: optimizer steps per epoch (the last one may be smaller).
+      epoch: the epoch being trained, from 1.
+      step: the steps of ``epoch`` done so far.
+      history: one row per finished epoch (:meth:`fnn.History.rows`).
+      stop: set by a callback to end training after the current epoch.
+      last_checkpoint: a description of the newest checkpoint saved or
+        restored (``None`` if none), named when training diverges.
+    """
+
+    config: dict
+    state: dict
+    epochs: int
+    steps_per_epoch: int
+    epoch: int = 1
+    step: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    stop: bool = False
+    last_checkpoint: str | None = None
+
+    @property
+    def steps_done(self):
+        """Optimizer steps done since the run began: ``(epoch - 1) * steps_per_epoch + step``."""
+        return (self.epoch - 1) * self.steps_per_epoch + self.step
+
+
+class Callback:
+    """A part of the training loop; override the hooks you need (see the module doc).
+
+    ``every_steps``: how often, in steps within an epoch, :meth:`on_steps`
+    runs (``None``: never).
+    """
+
+    every_steps: int | None = None
+
+    def on_begin(self, run):
+        """Before the first epoch."""
+
+    def on_steps(self, run):
+        """After every ``every_steps`` steps within an epoch (not at its end)."""
+
+    def on_epoch_end(self, run, row):
+        """After each epoch; ``row`` is its history row."""
+
+    def on_end(self, run):
+        """After the last epoch, when training ends normally."""
+
+    def close(self):
+        """Releases what the callback holds; called on every exit path."""
+
+
+class EpochFunction(Callback):
+    """Calls ``fn(row)`` after each epoch (what a plain function in ``callbacks`` becomes)."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def on_epoch_end(self, run, row):
+        self.fn(row)
+
+
+class ProgressBar(Callback):
+    """A ``tqdm`` bar over the epochs, showing the train loss and test error; ``None`` shows it only on a terminal."""
+
+    def __init__(self, enabled=None):
+        self.enabled = enabled
+        self.bar = None
+
+    def on_begin(self, run):
+        self.bar = tqdm(
+            total=run.epochs, initial=run.epoch - 1, desc="epochs", unit="epoch", disable=_tqdm_disable(self.enabled)
+        )
+
+    def on_epoch_end(self, run, row):
+        shown = {name: f"{row[name]:.4f}" for name in ("train_loss", "test_err") if name in row}
+        self.bar.set_postfix(shown, refresh=False)
+        self.bar.update()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _tqdm_disable(enabled):
+    """tqdm's ``disable``: ``None`` means "only on a terminal"."""
+    return None if enabled is None else not enabled
+
+
+class EarlyStopping(Callback):
+    """Stops training when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
+
+    Args:
+      monitor: a history column, ``"test_loss"`` by default; lower is better.
+        Train on :meth:`fnn.data.Dataset.validation` so that the test split
+        it watches is a validation split, not the test set.
+      patience: epochs without improvement to allow.
+      min_delta: the least decrease that counts as an improvement.
+
+    Attributes:
+      best, best_epoch: the best value seen and its epoch.
+    """
+
+    def __init__(self, monitor="test_loss", *, patience=3, min_delta=0.0):
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"EarlyStopping: patience must be a positive int, got {patience!r}")
+        if not isinstance(min_delta, (int, float)) or not min_delta >= 0:
+            raise ValueError(f"EarlyStopping: min_delta must be a non-negative number, got {min_delta!r}")
+        self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
+        self.best, self.best_epoch = math.inf, None
+
+    def on_epoch_end(self, run, row):
+        if self.monitor not in row:
+            raise ValueError(f"EarlyStopping: no column {self.monitor!r} in the history; it has {sorted(row)}")
+        if row[self.monitor] < self.best - self.min_delta:
+            self.best, self.best_epoch = row[self.monitor], row["epoch"]
+        elif row["epoch"] - self.best_epoch >= self.patience:
+            run.stop = True
+
+
+class Checkpointing(Callback):
+    """Saves the run with Orbax (:mod:`fnn.checkpoint`) and resumes it, bit for bit.
+
+    A checkpoint holds the parameters, the optimizer state, the run's key, the
+    epoch's tally, the epoch and step reached, the history so far and the
+    run's configuration. Written to a temporary folder and renamed when whole,
+    so a run killed at any moment keeps its last good checkpoint.
+
+    Args:
+      directory: the folder (created if missing). It must be empty of
+        checkpoints unless ``resume``.
+      every_epochs: save after every this many epochs (and after the last).
+      every_steps: also save after every this many steps within an epoch.
+      keep: how many checkpoints to keep.
+      resume: continue from the newest checkpoint in ``directory``, if any;
+        the run's configuration must match the checkpoint's.
+    """
+
+    def __init__(self, directory, *, every_epochs=1, every_steps=None, keep=3, resume=False):
+        for name, value in (("every_epochs", every_epochs), ("keep", keep)):
+            _check_positive_int(name, value)
+        if every_steps is not None:
+            _check_positive_int("every_steps", every_steps)
+        self.directory, self.every_epochs, self.every_steps = directory, every_epochs, every_steps
+        self.keep, self.resume = keep, bool(resume)
+        self.checkpoints = None
+        self._saved_at = None
+
+    def on_begin(self, run):
+        from fnn.checkpoint import Checkpoints
+
+        self.checkpoints = Checkpoints(self.directory, keep=self.keep)
+        latest = self.checkpoints.latest()
+        if latest is None:
+            return
+        if not self.resume:
+            raise _error(
+                f"{self.directory} already holds checkpoints (newest {latest}); pass "
+                "Checkpointing(..., resume=True) to continue that run, or use an empty folder"
+            )
+        state, meta = self.checkpoints.restore(latest, run.state)
+        differ = {k: (meta["config"].get(k), v) for k, v in run.config.items() if meta["config"].get(k) != v}
+        if differ:
+            raise _error(
+                f"checkpoint {latest} in {self.directory} is from a different run; "
+                + "; ".join(f"{k}: checkpoint {a!r}, this run {b!r}" for k, (a, b) in differ.items())
+            )
+        run.state, run.epoch, run.step, run.history = state, meta["next_epoch"], meta["next_step"], meta["history"]
+        self._mark(run, latest)
+
+    def on_steps(self, run):
+        self._save(run, run.epoch, run.step)
+
+    def on_epoch_end(self, run, row):
+        if run.epoch % self.every_epochs == 0 or run.epoch == run.epochs:
+            self._save(run, run.epoch + 1, 0)
+
+    def on_end(self, run):
+        if self._saved_at != run.steps_done:  # stopped early, between scheduled saves
+            self._save(run, run.epoch + 1, 0)
+
+    def close(self):
+        if self.checkpoints is not None:
+            self.checkpoints.close()
+
+    def _save(self, run, next_epoch, next_step):
+        meta = {"next_epoch": next_epoch, "next_step": next_step, "history": run.history, "config": run.config}
+        self.checkpoints.save(run.steps_done, run.state, meta)
+        self._mark(run, run.steps_done)
+
+    def _mark(self, run, number):
+        self._saved_at = number
+        run.last_checkpoint = f"{number} in {self.directory}"
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Checkpointing: {name} must be a positive int, got {value!r}")
+
+
+def _error(message):
+    from fnn.checkpoint import CheckpointError
+
+    return CheckpointError(message)

@@ -1,0 +1,230 @@
+"""The compiled parts of an epoch: its optimizer steps as one ``jax.lax.scan``, its end, and evaluation.
+
+A :class:`Plan` holds everything that decides what an epoch computes. From it,
+:func:`make_steps` builds the function that runs ``n`` consecutive optimizer
+steps (one compiled call, a ``lax.scan``), and :func:`make_epoch_end` the one
+that trains the last smaller batch, if any, and evaluates. Both carry a
+*tally* (:func:`new_tally`) through the steps: the sums behind the notes'
+training metrics, and the divergence watch.
+
+The divergence watch: a step *diverges* when its loss is NaN or infinite, or
+when ``|loss| > divergence_factor * max(|first loss|, 1)``, the first loss
+being the loss of the run's first step (a loss that grows by that factor is
+no longer training; the floor of 1 keeps a run that starts near zero loss
+from being stopped by noise). The first diverging step is recorded in the
+tally on the device, without a host sync per step.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fnn import parallel
+from fnn import train as _train
+from fnn.module import Loss, Module
+
+#: Rows per evaluation chunk: chunks keep the hidden activations small enough
+#: to stay in cache, which on a 2-core CPU beat one 60,000-row matmul.
+EVAL_CHUNK = 1000
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Plan:
+    """What one epoch computes (see :func:`fnn.fit` for each field's meaning).
+
+    ``key_impl`` is the implementation of the run's key (its data is part of
+    the carried state); ``divergence_factor`` is ``inf`` when only non-finite
+    losses count as divergence.
+    """
+
+    model: Module
+    loss: Loss
+    optimizer: optax.GradientTransformation
+    path: str
+    batch_size: int
+    n_train: int
+    key_impl: str
+    shuffle: bool
+    augment: Callable | None
+    mesh: jax.sharding.Mesh
+    train_metrics: str
+    divergence_factor: float
+
+    @property
+    def full_batches(self):
+        """Full batches per epoch."""
+        return self.n_train // self.batch_size
+
+    @property
+    def steps_per_epoch(self):
+        """Optimizer steps per epoch: the full batches and the last smaller one, if any."""
+        return self.full_batches + (self.n_train % self.batch_size > 0)
+
+
+def _batches(a, size):
+    """The first ``len(a) - len(a) % size`` rows of ``a`` as ``[len // size, size, ...]``."""
+    full = a.shape[0] - a.shape[0] % size
+    return a[:full].reshape(-1, size, *a.shape[1:])
+
+
+def _splitter(mesh):
+    """``split(tree, rows)``: constrains a batch of ``rows`` rows to be split over ``mesh``'s devices.
+
+    A batch whose rows do not divide evenly is left to XLA (computed whole on
+    every device): the result is the same.
+    """
+
+    def split(tree, rows):
+        if mesh is None or mesh.size == 1 or rows % mesh.size:
+            return tree
+        return jax.lax.with_sharding_constraint(tree, parallel.batch_sharding(mesh))
+
+    return split
+
+
+def evaluate(model, loss, params, x, y, *, chunk=EVAL_CHUNK, mesh=None):
+    """Mean loss and error rate of ``model`` on ``(x, y)``; the error is ``None`` if ``loss`` has none.
+
+    Rows are processed ``chunk`` at a time (``jax.lax.map``), the remainder in
+    one last smaller chunk; the result equals one pass over all rows. With a
+    ``mesh``, each chunk is split over its devices.
+    """
+    split = _splitter(mesh)
+
+    def totals(xy):
+        x, y = split(xy, xy[0].shape[0])
+        outputs = model.apply(params, x)
+        n = y.shape[0]
+        error = loss.error(outputs, y) if loss.error is not None else 0.0
+        return jnp.stack([loss.apply(outputs, y) * n, error * n])
+
+    n = x.shape[0]
+    full = n - n % chunk
+    total = jnp.zeros(2, jnp.result_type(jnp.float32, *(a.dtype for a in jax.tree.leaves(params))))
+    if full:
+        total = total + jax.lax.map(totals, (_batches(x, chunk), _batches(y, chunk))).sum(axis=0)
+    if full < n:
+        total = total + totals((x[full:], y[full:]))
+    return total[0] / n, (total[1] / n if loss.error is not None else None)
+
+
+def new_tally(first_loss=float("nan")):
+    """An epoch's running record before its first step.
+
+    ``bad_step``/``bad_loss``: the first diverging step (-1 while there is
+    none) and its loss; ``loss_sum``/``error_sum``: the sums over the rows
+    trained so far of each batch's loss and error rate, from the forward pass
+    before its update (the notes' training metrics); ``first_loss``: the
+    run's first loss (NaN until the run's first step), which the divergence
+    watch compares with.
+    """
+    return {
+        "bad_step": jnp.int32(-1),
+        "bad_loss": jnp.float32(0),
+        "loss_sum": jnp.float32(0),
+        "error_sum": jnp.float32(0),
+        "first_loss": jnp.float32(first_loss),
+    }
+
+
+def _count(tally, metrics, step, rows, factor):
+    """Adds one step's ``metrics`` (its batch has ``rows`` rows) to the tally and watches for divergence."""
+    value = metrics["loss"].astype(jnp.float32)
+    first = jnp.where(jnp.isnan(tally["first_loss"]), value, tally["first_loss"])
+    diverged = ~jnp.isfinite(value) | (jnp.abs(value) > factor * jnp.maximum(jnp.abs(first), 1.0))
+    first_bad = (tally["bad_step"] < 0) & diverged
+    return {
+        "bad_step": jnp.where(first_bad, step, tally["bad_step"]).astype(jnp.int32),
+        "bad_loss": jnp.where(first_bad, value, tally["bad_loss"]),
+        "loss_sum": tally["loss_sum"] + rows * value,
+        "error_sum": (tally["error_sum"] + rows * metrics.get("error", 0.0)).astype(jnp.float32),
+        "first_loss": first,
+    }
+
+
+def _rows(a, order, start, size):
+    """Rows ``start .. start + size`` of ``a`` in ``order`` (``None``: data order)."""
+    if order is None:
+        return jax.lax.dynamic_slice_in_dim(a, start, size)
+    return a[jax.lax.dynamic_slice_in_dim(order, start, size)]
+
+
+def make_steps(plan, n_steps, rows=None):
+    """Builds the (unjitted) function that runs ``n_steps`` optimizer steps of an epoch.
+
+    Returns ``steps(params, opt_state, tally, key_data, epoch, first, x, y) ->
+    (params, opt_state, tally)``: steps ``first .. first + n_steps - 1`` of the
+    epoch, step ``i`` on rows ``i * batch_size`` onwards (``rows`` of them,
+    ``batch_size`` by default) in data order, or with ``plan.shuffle`` in the
+    epoch's permutation ``permutation(fold_in(key, epoch), N)``, the run's key
+    being ``key_data`` of implementation ``plan.key_impl``. ``plan.augment(key,
+    x)``, if given, transforms each step's inputs with the key
+    ``fold_in(fold_in(key, epoch), step)``. One step is compiled without a
+    loop (see ``steps_per_call`` in :func:`fnn.fit`).
+    """
+    update = _train.optimizer_update(plan.model, plan.loss, plan.optimizer, path=plan.path)
+    rows = plan.batch_size if rows is None else rows
+    split = _splitter(plan.mesh)
+
+    def steps(params, opt_state, tally, key_data, epoch, first, x, y):
+        epoch_key = jax.random.fold_in(jax.random.wrap_key_data(key_data, impl=plan.key_impl), epoch)
+        order = jax.random.permutation(epoch_key, x.shape[0]) if plan.shuffle else None
+
+        def step(carry, i):
+            params, opt_state, tally = carry
+            start = (first + i) * plan.batch_size
+            inputs = _rows(x, order, start, rows)
+            if plan.augment is not None:
+                inputs = plan.augment(jax.random.fold_in(epoch_key, first + i), inputs)
+            batch = split((inputs, _rows(y, order, start, rows)), rows)
+            params, opt_state, metrics = update(params, opt_state, batch)
+            return (params, opt_state, _count(tally, metrics, first + i, rows, plan.divergence_factor)), None
+
+        if n_steps == 1:  # no loop at all: XLA:CPU compiles some convolutions in a loop body to slow generic code
+            (params, opt_state, tally), _ = step((params, opt_state, tally), jnp.int32(0))
+        else:
+            (params, opt_state, tally), _ = jax.lax.scan(step, (params, opt_state, tally), jnp.arange(n_steps))
+        return params, opt_state, tally
+
+    return steps
+
+
+def _all_finite(tree):
+    """Whether every floating entry of ``tree`` is finite (one boolean scalar)."""
+    flags = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
+
+
+def make_epoch_end(plan):
+    """Builds the (unjitted) end of an epoch: the last smaller batch, if any, then the epoch's metrics.
+
+    Returns ``end(params, opt_state, tally, key_data, epoch, x, y, x_test, y_test)
+    -> (params, opt_state, tally, metrics)``, ``metrics`` mapping each name in
+    :data:`fnn.loop.COLUMNS` to a scalar (the errors to ``None`` when the loss
+    has no error rate) and ``"params_finite"`` to whether every parameter is
+    finite. The test set is evaluated at the epoch's parameters; the training
+    metrics are the mean over the epoch's examples of each batch's loss and
+    error before its update (``plan.train_metrics == "batches"``, the notes'
+    way, free) or an evaluation of the whole training set at the epoch's
+    parameters (``"full"``, a third more work for the notes' recipe).
+    """
+    remainder = plan.n_train % plan.batch_size
+    last = make_steps(plan, 1, rows=remainder) if remainder else None
+    model, loss, n_train = plan.model, plan.loss, plan.n_train
+
+    def end(params, opt_state, tally, key_data, epoch, x, y, x_test, y_test):
+        if last is not None:
+            params, opt_state, tally = last(params, opt_state, tally, key_data, epoch, plan.full_batches, x, y)
+        if plan.train_metrics == "full":
+            train_loss, train_err = evaluate(model, loss, params, x, y, mesh=plan.mesh)
+        else:
+            train_loss = tally["loss_sum"] / n_train
+            train_err = tally["error_sum"] / n_train if loss.error is not None else None
+        test_loss, test_err = evaluate(model, loss, params, x_test, y_test, mesh=plan.mesh)
+        metrics = {"train_loss": train_loss, "test_loss": test_loss, "train_err": train_err, "test_err": test_err}
+        return params, opt_state, tally, {**metrics, "params_finite": _all_finite(params)}
+
+    return end

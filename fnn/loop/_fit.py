@@ -1,0 +1,320 @@
+"""``fit``: checks, then the run's state, then the compiled epoch functions, then the epoch loop."""
+
+import contextlib
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fnn import losses as _losses
+from fnn import parallel, validate
+from fnn import train as _train
+from fnn.loop._callbacks import Callback, EpochFunction, ProgressBar, Run
+from fnn.loop._epoch import Plan, make_epoch_end, make_steps, new_tally
+from fnn.loop._history import History
+from fnn.paths import check_pair, check_path
+
+#: The leaves that XLA's CPU backend runs slowly inside a loop body on the autodiff path (see :func:`fit`).
+_LOOP_SLOW_LEAVES = ("conv1d", "conv2d")
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss became NaN or infinite, or exploded; the message names the epoch and the step."""
+
+
+def fit(
+    model,
+    params,
+    data,
+    *,
+    loss=_losses.cross_entropy,
+    path="custom",
+    epochs=10,
+    batch_size=100,
+    optimizer=0.5,
+    shuffle_key=None,
+    augment=None,
+    train_metrics="batches",
+    devices=None,
+    steps_per_call=None,
+    divergence_factor=1e4,
+    callbacks=(),
+    progress=None,
+):
+    """Trains ``model`` from ``params`` on ``loss`` and reports per-epoch metrics.
+
+    Args:
+      model: any fnn module, e.g. ``fnn.nn.mlp([784, 500, 10])``.
+      params: its parameter pytree (from ``model.init``); it is copied to the devices, not changed.
+      data: an object with ``x_train [N, ...]``, ``y_train [N, ...]``,
+        ``x_test``, ``y_test`` arrays, such as :func:`fnn.data.load` returns.
+        Checked before training: no empty split, as many targets as inputs,
+        inputs the model takes (finite floating values) and targets the loss
+        can take (class ids in ``[0, k)`` for a model with ``k`` outputs, 0/1
+        labels, finite values).
+      loss: any fnn loss; mean softmax cross-entropy by default.
+      path: the gradient path, one of :data:`fnn.PATHS`.
+      epochs: passes over the training set (the total, counting restored ones).
+      batch_size: examples per step; if it does not divide ``N``, each epoch
+        ends with one smaller batch, so every example is used. With several
+        devices it must split evenly over them (the last smaller batch need
+        not: it is computed whole on each device).
+      optimizer: a step size for plain SGD, or any ``optax.GradientTransformation``.
+      shuffle_key: ``None`` keeps data order; a ``jax.random`` key shuffles
+        every epoch (epoch ``e`` uses ``permutation(fold_in(key, e), N)``).
+      augment: ``augment(key, x) -> x``, applied inside the compiled step to
+        each training batch's inputs (data augmentation); the key of step
+        ``s`` of epoch ``e`` is ``fold_in(fold_in(run key, e), s)``, the run
+        key being ``shuffle_key`` or ``jax.random.key(0)``, so augmented runs
+        repeat and resume exactly. Test inputs are never augmented.
+      train_metrics: ``"batches"``: an epoch's train loss and error are the
+        mean over its examples of each batch's loss and error before that
+        batch's update (the notes' way: free, from the forward pass the
+        gradient needs); ``"full"``: the whole training set evaluated at the
+        epoch's end. The test set is always evaluated at the epoch's end.
+      devices: ``None`` for the default device; an int ``n`` for the first
+        ``n`` devices, or a sequence of devices (``jax.devices()`` for every
+        device of every process), to split each batch over them.
+      steps_per_call: optimizer steps compiled into one call, as a
+        ``jax.lax.scan``. ``None`` chooses: the whole epoch (one call, no
+        host round trip per step), except on the ``autodiff`` path for a
+        model with a convolution on a CPU, where 1: XLA's CPU backend runs a
+        convolution inside a loop body through its slow generic code (JAX
+        issue 12868), which JAX's own convolution gradient meets there,
+        about 9x slower (fnn's hand-written rules are laid out to avoid it).
+        The result is the same either way, bit for bit.
+      divergence_factor: training stops with :class:`TrainingDiverged` at the
+        first step whose loss is NaN or infinite, or larger in magnitude than
+        ``divergence_factor * max(|first loss|, 1)`` (the run's first step's
+        loss), and when the parameters stop being finite; ``None`` watches
+        for non-finite values only.
+      callbacks: :class:`fnn.loop.Callback` objects (checkpoints, early
+        stopping, your own), or functions called after each epoch as
+        ``f(row)`` with the epoch's :meth:`History.rows` dict.
+      progress: show a ``tqdm`` bar over the epochs; ``None`` shows it only on a terminal.
+
+    Returns:
+      ``(params, history)``, the trained parameters and a :class:`History`.
+
+    Raises:
+      fnn.validate.DataError: data or parameters that cannot train this model.
+      TrainingDiverged: the loss diverged (no checkpoint is saved after that;
+        the last good one is kept).
+    """
+    start = time.perf_counter()
+    splits = _check(model, loss, path, data, params, epochs, batch_size)
+    plan = _plan(
+        model,
+        loss,
+        path,
+        optimizer,
+        splits,
+        batch_size,
+        shuffle_key,
+        augment,
+        devices,
+        train_metrics,
+        divergence_factor,
+    )
+    segment = _segment(plan, steps_per_call, callbacks)
+    parts = [*(c if isinstance(c, Callback) else EpochFunction(c) for c in callbacks), ProgressBar(progress)]
+    run = _new_run(plan, params, shuffle_key, epochs)
+    arrays = parallel.replicate(tuple(a for split in splits.values() for a in split), plan.mesh)
+    with contextlib.ExitStack() as stack:
+        for part in parts:
+            stack.callback(part.close)
+        for part in parts:
+            part.on_begin(run)
+        compiled = _Compiled(plan, run.state, arrays)
+        for n in (segment, plan.full_batches % segment):
+            compiled.steps(n)
+        compile_s = time.perf_counter() - start
+        _epochs(run, plan, compiled, segment, parts)
+        for part in parts:
+            part.on_end(run)
+    return run.state["params"], History.from_rows(run.history, compile_s=compile_s, wall_s=time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------- checks and set-up
+def _check(model, loss, path, data, params, epochs, batch_size):
+    """Checks the run's arguments and data on the host; returns ``{"train": (x, y), "test": (x, y)}``."""
+    check_pair(model, loss)
+    check_path(path)
+    _check_int("epochs", epochs, 1)
+    splits = _split_arrays(data)
+    validate.check_splits(splits)
+    n_train = splits["train"][0].shape[0]
+    _check_int("batch_size", batch_size, 1, n_train, f" (the training set has {n_train} examples)")
+    validate.check_params(model, params, splits["train"][0].shape[1:])
+    validate.check_targets(model, params, loss, splits)
+    return splits
+
+
+def _check_int(name, value, low, high=None, hint=""):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be an int {bound}{hint}, got {value!r}")
+
+
+def _split_arrays(data):
+    names = ("x_train", "y_train", "x_test", "y_test")
+    try:
+        arrays = [np.asarray(getattr(data, name)) for name in names]
+    except AttributeError:
+        raise TypeError(
+            "data must have x_train, y_train, x_test and y_test arrays (e.g. fnn.data.load(...)), "
+            f"got {type(data).__name__}"
+        ) from None
+    return {"train": tuple(arrays[:2]), "test": tuple(arrays[2:])}
+
+
+def _plan(model, loss, path, optimizer, splits, batch_size, shuffle_key, augment, devices, train_metrics, factor):
+    """The :class:`Plan` of the run, its arguments checked."""
+    if train_metrics not in ("batches", "full"):
+        raise ValueError(f"train_metrics must be 'batches' or 'full', got {train_metrics!r}")
+    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 1):
+        raise ValueError(f"divergence_factor must be a number above 1 or None, got {factor!r}")
+    mesh = parallel.data_mesh(1 if devices is None else devices)
+    if batch_size % mesh.size:
+        raise ValueError(
+            f"batch_size {batch_size} does not split evenly over {mesh.size} devices; "
+            f"use a multiple of {mesh.size} or a number of devices that divides {batch_size}"
+        )
+    return Plan(
+        model,
+        loss,
+        _train.as_optimizer(optimizer),
+        path,
+        batch_size,
+        splits["train"][0].shape[0],
+        _key_parts(shuffle_key)[1],
+        shuffle_key is not None,
+        augment,
+        mesh,
+        train_metrics,
+        math.inf if factor is None else float(factor),
+    )
+
+
+def _key_parts(shuffle_key):
+    """``(key_data, impl)`` of the run's key: ``shuffle_key``, or ``jax.random.key(0)`` if None."""
+    key = jax.random.key(0) if shuffle_key is None else jnp.asarray(shuffle_key)
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(key), jax.random.key_impl(key)
+    if key.dtype == jnp.uint32 and key.shape == (2,):
+        return key, "threefry2x32"
+    raise TypeError(f"shuffle_key must be a jax.random key (jax.random.key(seed)), got {key.dtype} {key.shape}")
+
+
+def _segment(plan, steps_per_call, callbacks):
+    """Steps per compiled call: ``steps_per_call`` (or its automatic choice), cut to the callbacks' ``every_steps``."""
+    if steps_per_call is None:
+        steps_per_call = 1 if _slow_in_a_loop(plan) else plan.full_batches
+    else:
+        _check_int("steps_per_call", steps_per_call, 1)
+    periods = [c.every_steps for c in callbacks if isinstance(c, Callback) and c.every_steps is not None]
+    return max(1, math.gcd(min(steps_per_call, plan.full_batches), *periods))
+
+
+def _slow_in_a_loop(plan):
+    """Whether the autodiff path meets a convolution on a CPU (see ``steps_per_call`` in :func:`fit`)."""
+    if plan.path != "autodiff" or plan.mesh.devices.flat[0].platform != "cpu":
+        return False
+    return any(leaf.name in _LOOP_SLOW_LEAVES for leaf in plan.model.leaves())
+
+
+def _new_run(plan, params, shuffle_key, epochs):
+    """The run before its first step: the state replicated on the devices, nothing trained."""
+    state = {
+        "params": params,
+        "opt_state": plan.optimizer.init(params),
+        "key": _key_parts(shuffle_key)[0],
+        "tally": new_tally(),
+    }
+    config = {
+        "model": repr(plan.model),
+        "loss": plan.loss.name,
+        "path": plan.path,
+        "batch_size": plan.batch_size,
+        "n_train": plan.n_train,
+        "shuffle": plan.shuffle,
+        "train_metrics": plan.train_metrics,
+        "augment": None if plan.augment is None else getattr(plan.augment, "__name__", repr(plan.augment)),
+    }
+    return Run(config, parallel.replicate(state, plan.mesh), epochs, plan.steps_per_epoch)
+
+
+# ---------------------------------------------------------------- compiled functions
+class _Compiled:
+    """The epoch's compiled functions: ``steps(n)`` for each segment length, and ``end``."""
+
+    def __init__(self, plan, state, arrays):
+        self.plan, self.arrays, self._steps = plan, arrays, {}
+        self.shapes = (state["params"], state["opt_state"], state["tally"], state["key"])
+        self.jit = {"donate_argnums": (0, 1), "out_shardings": parallel.replicated(plan.mesh)}
+        self.end = jax.jit(make_epoch_end(plan), **self.jit).lower(*self.shapes, 1, *arrays).compile()
+
+    def steps(self, n):
+        """The compiled call that runs ``n`` steps (``None`` for 0)."""
+        if n and n not in self._steps:
+            fn = jax.jit(make_steps(self.plan, n), **self.jit)
+            self._steps[n] = fn.lower(*self.shapes, 1, 0, *self.arrays[:2]).compile()
+        return self._steps.get(n)
+
+
+# ---------------------------------------------------------------- the epoch loop
+def _epochs(run, plan, compiled, segment, parts):
+    """Trains from ``run.epoch`` to ``run.epochs``, calling the callbacks; stops early on ``run.stop``."""
+    while run.epoch <= run.epochs and not run.stop:
+        tic = time.perf_counter()
+        while run.step < plan.full_batches:
+            n = min(segment, plan.full_batches - run.step)
+            _advance(run, compiled.steps(n), run.state["key"], run.epoch, run.step, *compiled.arrays[:2])
+            run.step += n
+            if run.step < plan.full_batches:
+                _watch(run, plan, run.state["tally"])
+                for part in parts:
+                    if part.every_steps and run.step % part.every_steps == 0:
+                        part.on_steps(run)
+        metrics = _advance(run, compiled.end, run.state["key"], run.epoch, *compiled.arrays)
+        values = {name: float(v) for name, v in metrics.items() if v is not None}  # waits for the epoch
+        _watch(run, plan, run.state["tally"], values.pop("params_finite"))
+        run.step = run.steps_per_epoch
+        run.state["tally"] = parallel.replicate(new_tally(float(run.state["tally"]["first_loss"])), plan.mesh)
+        row = {"epoch": run.epoch, **values, "epoch_s": time.perf_counter() - tic}
+        run.history.append(row)
+        for part in parts:
+            part.on_epoch_end(run, row)
+        if run.epoch == run.epochs or run.stop:
+            return
+        run.epoch, run.step = run.epoch + 1, 0
+
+
+def _advance(run, fn, *args):
+    """Runs a compiled ``fn`` on the run's state; returns its extra outputs, if any."""
+    state = run.state
+    params, opt_state, tally, *rest = fn(state["params"], state["opt_state"], state["tally"], *args)
+    run.state = {**state, "params": params, "opt_state": opt_state, "tally": tally}
+    return rest[0] if rest else None
+
+
+def _watch(run, plan, tally, params_finite=True):
+    """Raises :class:`TrainingDiverged` if the tally recorded a diverging step or the parameters are not finite."""
+    bad_step, bad_value = int(tally["bad_step"]), float(tally["bad_loss"])
+    if bad_step < 0 and params_finite:
+        return
+    kept = (
+        f"the last good checkpoint is {run.last_checkpoint}"
+        if run.last_checkpoint is not None
+        else "no checkpoint was saved (add fnn.loop.Checkpointing(folder) to the callbacks to keep one)"
+    )
+    if bad_step < 0:
+        what = f"the parameters stopped being finite in epoch {run.epoch}"
+    else:
+        first, factor = float(tally["first_loss"]), plan.divergence_factor
+        why = f", more than {factor:g} times max(|first loss| {abs(first):.4g}, 1)" if math.isfinite(bad_value) else ""
+        where = f"at epoch {run.epoch}, step {bad_step + 1} of {run.steps_per_epoch}"
+        what = f"the loss became {bad_value:.4g}{why} {where}"
+    raise TrainingDiverged(f"training diverged: {what}; {kept}. Try a smaller learning rate.")
