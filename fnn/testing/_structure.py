@@ -1,0 +1,94 @@
+"""Shapes, dtypes and pytree structure: of the output against ``init``'s promise, of the gradient against the primal.
+
+- the output (a module's ``y``, a loss's scalar) has the shape ``init``
+  promises (the batch axis first; ``()`` for a loss) and the dtype of the
+  floating inputs; ``forward``'s output equals ``apply``'s;
+- the gradient ``(dparams, dx)`` has the pytree structure of
+  ``(params, x)``, every floating leaf the shape and dtype of its primal
+  (float32 in, float32 out), and every integer leaf no gradient: ``backward``
+  returns ``None`` for it (``jax.vjp`` turns whatever it gets into ``float0``,
+  so only the ``backprop`` path can tell).
+"""
+
+import numpy as np
+
+from fnn.testing._agreement import leaf_error
+from fnn.testing._dtypes import rtol
+from fnn.testing._problem import StructureError
+from fnn.testing._report import FAILED, PASSED, Check
+
+__all__ = ["gradient_mismatches", "output", "output_mismatch", "structure"]
+
+
+def _result_output(problem, result):
+    """What the subject outputs: a module's ``y``, a loss's value."""
+    value, outputs, _ = result
+    return outputs if problem.kind == "module" else value
+
+
+def output_mismatch(problem, result, dtype):
+    """What is wrong with the output's shape or dtype at ``dtype``, or ``None``."""
+    out = np.asarray(_result_output(problem, result))
+    want = problem.output_shape if problem.kind == "module" else ()
+    if want is not None and out.shape != tuple(want):
+        what = "init promises" if problem.kind == "module" else "a loss is a scalar,"
+        return f"output shape {out.shape}, but {what} {tuple(want)}"
+    if any(problem.floating) and out.dtype != np.dtype(dtype):
+        return f"output dtype {out.dtype} for {np.dtype(dtype).name} inputs"
+    return None
+
+
+def output(problem):
+    """``output``: shape and dtype against ``init``'s, and ``forward``'s output against ``apply``'s (float64)."""
+    applied, forwarded = problem.gradients("autodiff"), problem.gradients("backprop")
+    mismatch = output_mismatch(problem, applied, np.float64)
+    if mismatch:
+        return Check("output", FAILED, where="y", detail=mismatch)
+    out_a, out_f = _result_output(problem, applied), _result_output(problem, forwarded)
+    if np.shape(out_a) != np.shape(out_f):
+        return Check(
+            "output", FAILED, where="y", detail=f"forward gives shape {np.shape(out_f)}, apply {np.shape(out_a)}"
+        )
+    error, _ = leaf_error(out_f, out_a)
+    tol = rtol(np.float64)
+    shape = "()" if problem.kind == "loss" else str(tuple(problem.output_shape or np.shape(out_a)))
+    status = PASSED if error <= tol else FAILED
+    return Check("output", status, float(error), tol, "y", f"shape {shape} float64; forward's output against apply's")
+
+
+def gradient_mismatches(problem, grads, dtype, path):
+    """``[(where, what)]``: how a gradient on ``path`` differs from the primal's structure, shapes and dtypes."""
+    try:
+        leaves = problem.split(grads)
+    except StructureError as exc:
+        return [("(structure)", str(exc))]
+    found = []
+    primals = problem.split(problem.data(dtype)[:2])
+    for name, is_float, d, p in zip(problem.names, problem.floating, leaves, primals):
+        if not is_float:
+            if path == "backprop" and d is not None:
+                found.append((name, f"an integer input gets no gradient: backward must return None, got {_kind(d)}"))
+            continue
+        if d is None:
+            found.append((name, f"no gradient, expected {_kind(p)}"))
+        elif np.shape(d) != np.shape(p) or np.asarray(d).dtype != np.asarray(p).dtype:
+            found.append((name, f"{_kind(d)}, expected {_kind(p)} (the primal's)"))
+    return [(where, f"{path}: {what}") for where, what in found]
+
+
+def _kind(a):
+    """``float32[4, 3]`` for an array."""
+    a = np.asarray(a)
+    return f"{a.dtype}{list(a.shape)}"
+
+
+def structure(problem):
+    """``structure``: the float64 gradient on ``backprop``, then ``custom``, has ``(params, x)``'s pytree, shapes
+    and dtypes (``jax.custom_vjp`` itself refuses some mismatches; ``backward``'s own output says which)."""
+    for path in ("backprop", "custom"):
+        found = gradient_mismatches(problem, problem.gradients(path)[2], np.float64, path)
+        if found:
+            where, what = found[0]
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            return Check("structure", FAILED, where=where, detail=what + more)
+    return Check("structure", PASSED, detail="pytree, shapes and dtypes of (dparams, dx) on backprop and custom")
