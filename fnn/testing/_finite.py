@@ -6,8 +6,9 @@ array or the input), ``max |v| = 1``:
 
 - **step** ``h = eps ** (1/5) * max(1, max |theta|)`` (``eps`` of float64):
   the step that balances the fourth-order stencil's truncation error
-  (``~h^4``) against rounding (``~eps / h``), at the leaf's own scale;
-- **points** ``phi(theta + k h v)`` for ``k = -2, ..., 2``;
+  (``~h^4``) against rounding (``~eps / h``), at the leaf's own scale; and a
+  second, ``h / 16``, for directions where ``h`` is too large (below);
+- **points** ``phi(theta + k h v)`` for ``k = -2, ..., 2``, at both steps;
 - **estimate** ``D4 = (f(-2) - 8 f(-1) + 8 f(1) - f(2)) / 12h``, fourth order;
 - **disagreement** ``d = |D4 - D2| + |F2 - B2|``, with ``D2`` the
   second-order central difference and ``F2``, ``B2`` the second-order
@@ -17,10 +18,12 @@ array or the input), ``max |v| = 1``:
   differences is of the size of the kink's jump, wherever in the stencil it
   lies; and **rounding** ``r = 16 eps max|f| / h``;
 - **decision**: with ``S`` the leaf's scale (the largest ``|D4|`` or rule
-  value over its directions), a direction is *left out* (``phi`` is not
-  smooth within the step there; counted and reported, never passed silently)
-  when ``d > eps ** (1/4) * S + r``; otherwise the rule passes when
-  ``|rule - D4| <= sqrt(eps) * S + 10 (d + r)``.
+  value over its directions), a step is *decidable* in a direction when
+  ``d <= eps ** (1/4) * S + r``. The larger decidable step's estimate is
+  used (a kink or a strong curvature within ``2h`` is usually farther than
+  ``2h / 16``); where neither is, the direction is *left out* (``phi`` is
+  not smooth within the step there; counted and reported, never passed
+  silently). The rule passes when ``|rule - D4| <= sqrt(eps) * S + 10 (d + r)``.
 
 Why not ``jax.test_util.check_grads``: it takes one random direction for all
 inputs, a fixed step and a fixed tolerance, and raises on the first miss;
@@ -56,6 +59,8 @@ __all__ = [
 ]
 
 EPS = eps(np.float64)
+#: The steps, as fractions of :func:`step`: the first decidable one is used.
+STEPS = (1.0, 1.0 / 16)
 #: Leaves with at most this many entries are checked entry by entry.
 ENTRYWISE = 256
 #: Random directions for a leaf with more entries.
@@ -112,16 +117,22 @@ class Comparison:
         return self.error <= self.tolerance
 
 
-def compare(rule, d4, disagreement, rounding):
-    """Compares a rule's directional derivatives ``rule[n]`` with :func:`estimate`'s.
+def compare(rule, *estimates):
+    """Compares a rule's directional derivatives ``rule[n]`` with :func:`estimate`'s at each step, largest first.
 
-    Returns ``None`` when every direction is left out.
+    Per direction, the first decidable step's estimate is used. Returns
+    ``None`` when every direction is left out.
     """
     rule = np.asarray(rule, np.float64)
     if not np.isfinite(rule).all():
         return Comparison(math.inf, RTOL, int(np.argmin(np.isfinite(rule))), len(rule), 0)
-    scale = max(np.max(np.abs(d4), initial=0.0), np.max(np.abs(rule), initial=0.0))
+    scale = max(np.max(np.abs(estimates[0][0]), initial=0.0), np.max(np.abs(rule), initial=0.0))
+    d4, disagreement, rounding = (np.array(a) for a in estimates[-1])
     smooth = disagreement <= SMOOTH * scale + rounding
+    for est in reversed(estimates[:-1]):  # a larger step, where decidable, replaces a smaller one's
+        decidable = est[1] <= SMOOTH * scale + est[2]
+        d4, disagreement, rounding = (np.where(decidable, a, b) for a, b in zip(est, (d4, disagreement, rounding)))
+        smooth |= decidable
     if not smooth.any():
         return None
     miss = np.where(smooth, np.abs(rule - d4), 0.0)
@@ -147,23 +158,51 @@ def _where(name, index, dirs):
     return f"{name} along random direction {index} of {len(dirs)}"
 
 
+#: Leaves are moved together (one compiled function) while ``directions x entries`` stays under this; else one by one.
+TOGETHER = 2**22
+
+
+def _values(problem, order, groups):
+    """The stencil values ``[n, 5]`` of each group ``(k, directions[n, *shape], step)`` of directions of the
+    ``k``-th floating leaf (see :func:`fnn.testing._paths.stencil`): one compiled call for all of them, or one per
+    group where the directions of all leaves together would be too large."""
+    params, x, targets, g, w = problem.data()
+    floats = tuple(i for i, f in enumerate(problem.floating) if f)
+    sizes = [a.size for a in jax.tree.leaves((params, x)) if floating(a)]
+    cols, lengths = np.cumsum([0, *sizes]), [len(d) for _, d, _ in groups]
+    if sum(lengths) * sum(sizes) <= TOGETHER:  # block-diagonal: each row moves one leaf
+        flat = np.zeros((sum(lengths), sum(sizes)))
+        for (k, d, _), row in zip(groups, np.cumsum([0, *lengths])):
+            flat[row : row + len(d), cols[k] : cols[k + 1]] = d.reshape(len(d), -1)
+        batches = [(floats, flat, np.concatenate([np.full(len(d), h) for _, d, h in groups]))]
+    else:
+        batches = [((floats[k],), d.reshape(len(d), -1), np.full(len(d), h)) for k, d, h in groups]
+    with x64():
+        values = [
+            jax.device_get(
+                _paths.jit_stencil(problem.model, problem.loss, order, moved, params, x, targets, g, w, v, h)
+            )
+            for moved, v, h in batches
+        ]
+    return np.split(np.concatenate(values), np.cumsum(lengths)[:-1])
+
+
 def finite_differences(problem, order):
     """``finite_differences`` (order 1: ``backward`` against differences of ``g L``) and ``finite_differences_2``
     (order 2: the custom path's reverse over reverse against differences of ``<(dparams, dx), w>``)."""
     name = "finite_differences" if order == 1 else "finite_differences_2"
     rng = np.random.default_rng([problem.seed, order])
-    params, x, targets, g, w = problem.data()
-    leaves = [a for a in jax.tree.leaves((params, x)) if floating(a)]
+    leaves = [a for a in jax.tree.leaves(problem.data()[:2]) if floating(a)]
     names = [n for n, f in zip(problem.names, problem.floating) if f]
     dirs, steps = [directions(a.shape, rng) for a in leaves], [step(a) for a in leaves]
-    with x64():
-        values = jax.device_get(
-            _paths.jit_stencil(problem.model, problem.loss, order, params, x, targets, g, w, dirs, steps)
-        )
+    groups = [(k, d, h * f) for f in STEPS for k, (d, h) in enumerate(zip(dirs, steps))]  # every direction at each step
+    values = _values(problem, order, groups)
+    per_leaf = [values[k :: len(leaves)] for k in range(len(leaves))]
     rule = _rule(problem, order)
     worst, checked, left_out = None, 0, 0
-    for leaf, d, h, v, r in zip(names, dirs, steps, values, rule):
-        found = compare(d.reshape(len(d), -1) @ np.asarray(r, np.float64).ravel(), *estimate(v, h))
+    for leaf, d, h, v, r in zip(names, dirs, steps, per_leaf, rule):
+        estimates = [estimate(vals, h * f) for vals, f in zip(v, STEPS)]
+        found = compare(d.reshape(len(d), -1) @ np.asarray(r, np.float64).ravel(), *estimates)
         if found is None:
             left_out += len(d)
             continue

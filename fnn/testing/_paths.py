@@ -14,8 +14,6 @@ static arguments, so ``jax.jit`` compiles them once per module and shapes and
 later draws reuse the compiled code.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -114,35 +112,36 @@ def grad_of_grad(model, loss, path, params, x, targets, g, w):
 OFFSETS = (-2.0, -1.0, 0.0, 1.0, 2.0)
 
 
-def stencil(model, loss, order, params, x, targets, g, w, directions, steps):
+def stencil(model, loss, order, moved, params, x, targets, g, w, directions, steps):
     """The scalar the finite differences of ``order`` differentiate, at every stencil point of every direction.
 
     Order 1: ``g L`` (the plain forward, no rule involved); order 2:
-    :func:`second_order_value` on the ``custom`` path. ``directions`` has
-    one ``[n, *shape]`` array per floating leaf of ``(params, x)``, ``steps``
-    one step per leaf. Returns one ``[n, 5]`` array per floating leaf.
+    :func:`second_order_value` on the ``custom`` path. ``moved`` (static)
+    lists the leaves of ``(params, x)`` the directions move, concatenated
+    flat: ``directions[n, size]`` (each row one direction in that flat
+    vector), ``steps[n]`` their steps. One ``vmap`` over every (direction,
+    offset) pair, so one copy of the function is compiled whatever the
+    number of leaves. Returns ``[n, 5]``.
     """
     leaves, treedef = jax.tree.flatten((params, x))
+    flat = jnp.concatenate([jnp.ravel(leaves[i]) for i in moved])
+    sizes = [leaves[i].size for i in moved]
 
-    def scalar(new_leaves):
-        p, z = jax.tree.unflatten(treedef, new_leaves)
+    def at(v, step, k):
+        new, start = list(leaves), 0
+        point = flat + (k * step) * v
+        for i, size in zip(moved, sizes):
+            new[i] = point[start : start + size].reshape(leaves[i].shape)
+            start += size
+        p, z = jax.tree.unflatten(treedef, new)
         if order == 1:
             return g * objective(model, loss, "autodiff")(p, z, targets)[0]
         return second_order_value(model, loss, "custom", p, z, targets, g, w)
 
-    def at(i, step, v, k):
-        moved = list(leaves)
-        moved[i] = leaves[i] + (k * step) * v
-        return scalar(moved)
-
-    offsets = jnp.asarray(OFFSETS, jnp.float64)
-    values = []
-    for i, dirs, step in zip([i for i, a in enumerate(leaves) if floating(a)], directions, steps):
-        # One vmap over every (direction, offset) pair: [n, 5] points.
-        v = jnp.repeat(dirs, len(OFFSETS), axis=0)
-        k = jnp.tile(offsets, len(dirs))
-        values.append(jax.vmap(functools.partial(at, i, step))(v, k).reshape(len(dirs), len(OFFSETS)))
-    return values
+    n, m = directions.shape[0], len(OFFSETS)
+    offsets = jnp.tile(jnp.asarray(OFFSETS, flat.dtype), n)
+    values = jax.vmap(at)(jnp.repeat(directions, m, axis=0), jnp.repeat(steps, m), offsets)
+    return values.reshape(n, m)
 
 
 #: The paths each function is compared on: the rule's two paths and autodiff, or the two JAX can transform.
@@ -155,4 +154,4 @@ def on_paths(fn, paths, model, loss, *args):
 
 
 jit_on_paths = jax.jit(on_paths, static_argnums=(0, 1, 2, 3))
-jit_stencil = jax.jit(stencil, static_argnums=(0, 1, 2))
+jit_stencil = jax.jit(stencil, static_argnums=(0, 1, 2, 3))

@@ -9,10 +9,12 @@ then give
 - finite entries wherever autodiff's, at ``dtype``, are finite;
 - an error against the truth (float64 autodiff at the same rounded values),
   relative to the truth's largest entry, of at most
-  ``max(4 * autodiff's own error at dtype, eps(dtype) ** (3/4))`` per leaf:
+  ``max(8 * autodiff's own error at dtype, eps(dtype) ** (3/4))`` per leaf:
   a rule may be as inaccurate as JAX's own derivative of the forward code at
-  that precision, within a factor of 4, but never less accurate than the
-  checker's rounding tolerance allows.
+  that precision, within a factor of 8 (three bits: two rounding errors of a
+  few ulps each have a ratio with a heavy tail; a factor of 4 called 2 of 200
+  correct draws of a four-module serial wrong in bfloat16), and is always
+  allowed the checker's rounding tolerance.
 
 The dtypes are cast by the checker (``params=`` gives the values, not the
 dtype). A module whose trace-time checks refuse the dtype (``TypeError`` or
@@ -24,14 +26,14 @@ import numpy as np
 from fnn.testing._agreement import entry, leaf_error
 from fnn.testing._dtypes import rtol
 from fnn.testing._report import FAILED, PASSED, SKIPPED, Check
-from fnn.testing._structure import gradient_mismatches, output_mismatch
+from fnn.testing._structure import gradient_mismatches, output_mismatch, output_name
 
 __all__ = ["RULE_PATHS", "accuracy", "dtype_check", "refuses"]
 
 #: The paths whose rules are held to the truth: the hand-written backward, directly and as custom VJPs.
 RULE_PATHS = ("backprop", "custom")
 #: A rule may be this many times less accurate than autodiff at the same precision.
-AUTODIFF_FACTOR = 4.0
+AUTODIFF_FACTOR = 8.0
 
 
 def _masked(keep, a):
@@ -48,12 +50,13 @@ def accuracy(problem, dtype, x=None):
     """
     truth = problem.gradients("autodiff", x=x, rounded_to=dtype)[2]
     reference = problem.gradients("autodiff", dtype=dtype, x=x)
-    mismatches = [("y", f"autodiff: {m}") for m in [output_mismatch(problem, reference, dtype)] if m]
+    y = output_name(problem)
+    mismatches = [(y, f"autodiff: {m}") for m in [output_mismatch(problem, reference, dtype)] if m]
     worst = None
     for path in RULE_PATHS:
         result = problem.gradients(path, dtype=dtype, x=x)
         found = gradient_mismatches(problem, result[2], dtype, path)
-        found += [("y", f"{path}: {m}") for m in [output_mismatch(problem, result, dtype)] if m]
+        found += [(y, f"{path}: {m}") for m in [output_mismatch(problem, result, dtype)] if m]
         mismatches += found
         if found:
             continue
@@ -89,5 +92,5 @@ def dtype_check(problem, dtype):
         more = f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else ""
         return Check(name, FAILED, where=mismatches[0][0], detail=mismatches[0][1] + more)
     status = PASSED if error <= tolerance else FAILED
-    detail = "dtypes and structure; error against float64 at the same values, held to 4x autodiff's own"
+    detail = "dtypes and structure; error against float64 at the same values, held to 8x autodiff's own"
     return Check(name, status, float(error), float(tolerance), where, detail)

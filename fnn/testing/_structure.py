@@ -17,7 +17,12 @@ from fnn.testing._dtypes import rtol
 from fnn.testing._problem import StructureError
 from fnn.testing._report import FAILED, PASSED, Check
 
-__all__ = ["gradient_mismatches", "output", "output_mismatch", "structure"]
+__all__ = ["gradient_mismatches", "output", "output_mismatch", "output_name", "structure"]
+
+
+def output_name(problem):
+    """How the report names the output: ``y`` for a module, ``loss`` for a loss's value."""
+    return "y" if problem.kind == "module" else "loss"
 
 
 def _result_output(problem, result):
@@ -41,19 +46,19 @@ def output_mismatch(problem, result, dtype):
 def output(problem):
     """``output``: shape and dtype against ``init``'s, and ``forward``'s output against ``apply``'s (float64)."""
     applied, forwarded = problem.gradients("autodiff"), problem.gradients("backprop")
+    where = output_name(problem)
     mismatch = output_mismatch(problem, applied, np.float64)
     if mismatch:
-        return Check("output", FAILED, where="y", detail=mismatch)
+        return Check("output", FAILED, where=where, detail=mismatch)
     out_a, out_f = _result_output(problem, applied), _result_output(problem, forwarded)
     if np.shape(out_a) != np.shape(out_f):
-        return Check(
-            "output", FAILED, where="y", detail=f"forward gives shape {np.shape(out_f)}, apply {np.shape(out_a)}"
-        )
+        detail = f"forward gives shape {np.shape(out_f)}, apply {np.shape(out_a)}"
+        return Check("output", FAILED, where=where, detail=detail)
     error, _ = leaf_error(out_f, out_a)
     tol = rtol(np.float64)
     shape = "()" if problem.kind == "loss" else str(tuple(problem.output_shape or np.shape(out_a)))
     status = PASSED if error <= tol else FAILED
-    return Check("output", status, float(error), tol, "y", f"shape {shape} float64; forward's output against apply's")
+    return Check("output", status, float(error), tol, where, f"shape {shape} float64; forward's output against apply's")
 
 
 def gradient_mismatches(problem, grads, dtype, path):
