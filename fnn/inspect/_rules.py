@@ -4,7 +4,7 @@
 recording what every module in the tree (leaves and wiring) receives; then
 it checks each module's ``backward`` at that input, for a random output
 cotangent, against autodiff of that module's own ``apply`` (the
-``backward`` check of :func:`fnn.testing.check_module`, run eagerly), and
+``backward`` check of :func:`fnn.testing.check_module`), and
 the loss's ``backward`` at the model's actual outputs. A module whose check
 fails while every module inside it passes has a wrong rule of its own
 (``own``); a failure explained by a failing module inside it is inherited.
@@ -138,18 +138,28 @@ class RuleReport:
 
 
 def _backward_check(problem):
-    """``backward`` against autodiff, both eagerly (no compilation per module); a raise becomes a failed check."""
+    """``backward`` against autodiff (both paths one compiled program per module); a raise becomes a failed check."""
     try:
-        got = problem.gradients("backprop", eager=True)[2]
-        want = problem.gradients("autodiff", eager=True)[2]
+        got = problem.gradients("backprop")[2]
+        want = problem.gradients("autodiff")[2]
     except Exception as exc:  # the rule's code failed: that is the finding
         return Check("backward", FAILED, detail=f"raised {type(exc).__name__}: {' '.join(str(exc).split())}")
     return agreement("backward", got, want, problem, rtol(np.float64))
 
 
-def _rule(position, kind, found, own):
+def _call_problem(call, seed):
+    """The checker's problem for one recorded call: the module at its actual parameters and input."""
+    return module_problem(
+        call.module, np.shape(call.x), params=call.params, x=call.x, seed=seed, edge_values=(), dtypes=()
+    )
+
+
+def _rule(position, kind, found, alone):
+    """A :class:`Rule` from a check; ``alone``: no module inside this one fails (so a failure is its own)."""
     tolerance = found.tolerance if found.tolerance is not None else rtol(np.float64)
-    return Rule(position, kind, found.error, tolerance, found.where, found.detail, found.passed, own)
+    return Rule(
+        position, kind, found.error, tolerance, found.where, found.detail, found.passed, alone and not found.passed
+    )
 
 
 def wrong_rules(model, loss, params, x, targets, *, seed=0):
@@ -177,28 +187,16 @@ def wrong_rules(model, loss, params, x, targets, *, seed=0):
     params, x, targets = cast((params, x, targets), np.float64)
     with x64():
         outputs, calls = recorded_calls(model, jax.tree.map(jnp.asarray, params), jnp.asarray(x))
-        checked = [
-            _backward_check(
-                module_problem(c.module, np.shape(c.x), params=c.params, x=c.x, seed=seed, edge_values=(), dtypes=())
-            )  # fmt: skip
-            for c in calls
-        ]
+        checked = [_backward_check(_call_problem(call, seed)) for call in calls]
         checked_loss = _backward_check(
-            loss_problem(
-                loss, np.shape(outputs), targets=targets, outputs=outputs, seed=seed, edge_values=(), dtypes=()
-            )
+            loss_problem(loss, outputs.shape, targets=targets, outputs=outputs, seed=seed, edge_values=(), dtypes=())
         )
     failing = {c.position for c, found in zip(calls, checked) if not found.passed}
     inherited = {a for c in calls if c.position in failing for a in c.ancestors}
     rules = [
-        _rule(
-            c.position,
-            "leaf" if c.module.is_leaf else "wiring",
-            found,
-            not found.passed and c.position not in inherited,
-        )
+        _rule(c.position, "leaf" if c.module.is_leaf else "wiring", found, c.position not in inherited)
         for c, found in zip(calls, checked)
     ]
-    rules.append(_rule(f"loss {loss.name}", "loss", checked_loss, not checked_loss.passed))
+    rules.append(_rule(f"loss {loss.name}", "loss", checked_loss, True))
     order = sorted(range(len(rules)), key=lambda i: (not rules[i].own, rules[i].ok, -rules[i].ratio, i))
     return RuleReport(tuple(rules[i] for i in order))

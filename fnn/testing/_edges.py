@@ -60,7 +60,8 @@ def _float64(problem, x, label):
     for path in RULE_PATHS:
         c = agreement("edge_values", problem.gradients(path, x=x)[2], want, problem, rtol(np.float64),
                       require_finite=True)  # fmt: skip
-        found.append(Check(c.name, c.status, c.error, c.tolerance, f"{label} {c.where} ({path})", "float64"))
+        detail = f"float64; {c.detail}" if c.detail else "float64"
+        found.append(Check(c.name, c.status, c.error, c.tolerance, f"{label} {c.where} ({path})", detail))
     return _worst(found)
 
 

@@ -149,7 +149,7 @@ def compare(rule, *estimates):
 def _rule(problem, order):
     """The rule's gradient that order ``order`` checks: ``backward``'s, or the custom path's reverse over reverse."""
     grads = problem.gradients("backprop")[2] if order == 1 else problem.grad_of_grad("custom")
-    return _paths.floating_leaves(problem.split(grads), problem.primals)
+    return [d for d, f in zip(problem.split(grads), problem.floating) if f]
 
 
 def _where(name, index, dirs):

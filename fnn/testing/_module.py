@@ -67,7 +67,7 @@ def _selected(fn, checks):
     unknown = [c for c in checks if c not in CHECKS]
     if unknown:
         raise ValueError(f"{fn}: unknown checks {unknown}; expected names from {', '.join(CHECKS)}")
-    return checks
+    return tuple(c for c in CHECKS if c in checks)  # in the order they always run
 
 
 def _check_dtypes(fn, dtypes):

@@ -31,7 +31,7 @@ class Problem:
     """One draw for :func:`fnn.testing.check_module` or :func:`fnn.testing.check_loss`.
 
     ``model`` and ``loss`` are the pair given to :mod:`fnn.paths` (see
-    :mod:`fnn.testing._paths`); ``subject`` is the module or loss under check.
+    :mod:`fnn.testing._paths`): ``(module, COTANGENT)`` or ``(IDENTITY, loss)``.
     ``params``, ``x``, ``targets`` (the output cotangent, for a module), ``g``
     and ``w`` are NumPy arrays, floating ones float64. ``names`` names each
     leaf of ``(params, x)``'s gradient; ``output_shape`` is the output shape
@@ -39,7 +39,6 @@ class Problem:
     """
 
     kind: str
-    subject: object
     model: Module
     loss: Loss
     params: object
@@ -100,26 +99,25 @@ class Problem:
         fn, paths = getattr(_paths, kind), _paths.KINDS[kind]
         args = self.data(dtype, x, rounded_to)
         args = args if kind == "grad_of_grad" else args[:4]
-        name = (np.dtype(dtype).name, rounded_to and np.dtype(rounded_to).name)
-        key = (kind, eager, *name, None if x is None else (np.asarray(x).dtype.str, np.asarray(x).tobytes()))
+        inputs = None if x is None else (np.asarray(x).dtype.str, np.asarray(x).tobytes())
+        key = (kind, eager and path, np.dtype(dtype).name, rounded_to and np.dtype(rounded_to).name, inputs)
         mode = x64() if np.dtype(dtype) == np.float64 else contextlib.nullcontext()
-        if fresh or key not in self._cache:
+        result = None if fresh else self._cache.get(key)
+        if result is None:
             with mode:
                 if eager:
                     result = {path: jax.device_get(fn(self.model, self.loss, path, *args))}
                 else:
                     result = self._all_paths(fn, paths, args)
-            if fresh:
-                return result[path] if result and path in result else self._one_path(fn, path, args, mode)
-            self._cache[key] = result
-        result = self._cache[key]
-        return result[path] if result and path in result else self._one_path(fn, path, args, mode)
+            if not fresh:
+                self._cache[key] = result
+        return result[path] if path in result else self._one_path(fn, path, args, mode)
 
     def _all_paths(self, fn, paths, args):
         try:
             return jax.device_get(_paths.jit_on_paths(fn, paths, self.model, self.loss, *args))
-        except Exception:  # one path fails: each runs alone, so that only its own checks fail
-            return None
+        except Exception:  # one path fails: each runs alone (see _one_path), so that only its own checks fail
+            return {}
 
     def _one_path(self, fn, path, args, mode):
         with mode:
@@ -233,7 +231,7 @@ def module_problem(module, input_shape, *, params, x, seed, edge_values, dtypes)
     cotangent = rng.standard_normal(y.shape)
     g, w = _draw_g(rng), _second_order_w((params, x), rng)
     description = f"check_module({module!r}, input {input_shape}, seed {seed})"
-    return Problem("module", module, module, _paths.COTANGENT, params, x, cotangent, g, w, _names(params, "dx"),
+    return Problem("module", module, _paths.COTANGENT, params, x, cotangent, g, w, _names(params, "dx"),
                    output_shape, (*module.edge_values, *edge_values), tuple(dtypes), seed, description)  # fmt: skip
 
 
@@ -257,5 +255,5 @@ def loss_problem(loss, output_shape, *, targets, outputs, seed, edge_values, dty
                          f"{targets.shape}")  # fmt: skip
     g, w = _draw_g(rng), _second_order_w(((), outputs), rng)
     description = f"check_loss({loss!r}, outputs {output_shape}, seed {seed})"
-    return Problem("loss", loss, _paths.IDENTITY, loss, (), outputs, targets, g, w, ("doutputs",), (),
+    return Problem("loss", _paths.IDENTITY, loss, (), outputs, targets, g, w, ("doutputs",), (),
                    (*loss.edge_values, *edge_values), tuple(dtypes), seed, description)  # fmt: skip
