@@ -178,6 +178,20 @@ def test_a_kink_anywhere_in_the_stencil_is_left_out_or_harmless(a, b, kink, jump
     assert wrong is None or not wrong.ok  # a slope off by half the jump (or more) is never passed
 
 
+@given(
+    rows=st.lists(st.integers(1, 3), min_size=1, max_size=2),
+    n_in=st.integers(1, 6),
+    n_out=st.integers(1, 4),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
+def test_a_correct_rule_passes_at_any_shape_and_seed(rows, n_in, n_out, bias, seed):
+    report = fnn.testing.check_module(
+        nn.dense(n_out, bias=bias), (*rows, n_in), seed=seed, checks=["structure", "backward", "finite_differences"]
+    )
+    assert report.ok, str(report)
+
+
 def test_large_leaves_are_checked_along_random_directions():
     report = fnn.testing.check_module(nn.dense(3), (2, 300), checks=["finite_differences"])
     assert report.ok and "64 directions" in report["finite_differences"].detail, report  # 32 in w, 32 in x

@@ -25,29 +25,28 @@ fails. In one call, in float64 unless a check is about another dtype:
 A test file in your own project::
 
     # tests/test_my_layers.py
-    import jax
+    import jax.numpy as jnp
     import fnn
 
 
-    def _silu_forward(x):
-        s = jax.nn.sigmoid(x)
-        return x * s, (x, s)
+    def _softsign_forward(x):  # y = x / (1 + |x|)
+        d = 1 + jnp.abs(x)
+        return x / d, d
 
 
-    def _silu_backward(saved, g):
-        x, s = saved
-        return g * (s + x * s * (1 - s))
+    def _softsign_backward(d, g):  # dx = G / (1 + |x|)^2
+        return g / (d * d)
 
 
-    silu = fnn.nn.activation("silu", _silu_forward, _silu_backward, edge_values=(0.0, 1e4, -1e4))
+    softsign = fnn.nn.activation("softsign", _softsign_forward, _softsign_backward, edge_values=(0.0, 1e4, -1e4))
 
 
-    def test_silu():
-        fnn.testing.assert_module(silu, (4, 5))
+    def test_softsign():
+        fnn.testing.assert_module(softsign, (4, 5))
 
 
     def test_a_block_of_mine():
-        block = fnn.nn.serial(fnn.nn.dense(8, bias=True), silu, fnn.nn.layer_norm())
+        block = fnn.nn.serial(fnn.nn.dense(8, bias=True), softsign, fnn.nn.layer_norm())
         fnn.testing.assert_module(block, (4, 5), seed=1)
 
 :func:`fnn.inspect.wrong_rules` finds the wrong rule inside a whole network.

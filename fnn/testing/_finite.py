@@ -199,6 +199,10 @@ def finite_differences(problem, order):
     values = _values(problem, order, groups)
     per_leaf = [values[k :: len(leaves)] for k in range(len(leaves))]
     rule = _rule(problem, order)
+    for leaf, a, r in zip(names, leaves, rule):
+        if r is None or np.shape(r) != a.shape:
+            got = "no gradient" if r is None else f"shape {np.shape(r)}"
+            return Check(name, FAILED, where=leaf, detail=f"the rule gives {got}, expected shape {a.shape}")
     worst, checked, left_out = None, 0, 0
     for leaf, d, h, v, r in zip(names, dirs, steps, per_leaf, rule):
         estimates = [estimate(vals, h * f) for vals, f in zip(v, STEPS)]

@@ -44,9 +44,9 @@ def accuracy(problem, dtype, x=None):
     """The rules at ``dtype`` against the float64 truth: ``(error, tolerance, where, mismatches)``.
 
     ``mismatches`` lists ``(where, what)`` for wrong output dtypes or
-    shapes and wrong gradient structure, shapes or dtypes; ``error`` and
-    ``tolerance`` are those of the leaf with the largest ratio (see the
-    module doc). Raises what the rules raise.
+    shapes, wrong gradient structure, shapes or dtypes, and a rule path that
+    raises; ``error`` and ``tolerance`` are those of the leaf with the
+    largest ratio (see the module doc). Raises what autodiff raises.
     """
     truth = problem.gradients("autodiff", x=x, rounded_to=dtype)[2]
     reference = problem.gradients("autodiff", dtype=dtype, x=x)
@@ -54,7 +54,11 @@ def accuracy(problem, dtype, x=None):
     mismatches = [(y, f"autodiff: {m}") for m in [output_mismatch(problem, reference, dtype)] if m]
     worst = None
     for path in RULE_PATHS:
-        result = problem.gradients(path, dtype=dtype, x=x)
+        try:
+            result = problem.gradients(path, dtype=dtype, x=x)
+        except Exception as exc:  # e.g. jax.custom_vjp refusing a gradient of the wrong shape: a finding
+            mismatches.append(("", f"{path}: raised {type(exc).__name__}: {' '.join(str(exc).split())}"))
+            continue
         found = gradient_mismatches(problem, result[2], dtype, path)
         found += [(y, f"{path}: {m}") for m in [output_mismatch(problem, result, dtype)] if m]
         mismatches += found
