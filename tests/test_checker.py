@@ -87,6 +87,13 @@ def test_the_broken_rules_messages_say_what_is_wrong():
     assert "float64[4, 5], expected float32[4, 5]" in dtype.detail
 
 
+def test_an_output_that_breaks_inits_promise_fails():
+    promises_too_much = leaf("dense", init=lambda key, shape: ((7,), DENSE.init(key, shape)[1]), forward=DENSE.forward,
+                             backward=DENSE.backward)  # fmt: skip
+    found = failed(fnn.testing.check_module(promises_too_much, (4, 5), checks=["output"]))["output"]
+    assert found.where == "y" and found.detail == "output shape (4, 3), but init promises (4, 7)"
+
+
 def test_a_rule_right_except_at_an_edge_passes_every_random_draw():
     report = fnn.testing.check_module(
         BROKEN_MODULES[-1][1], (4, 5), checks=["backward", "custom", "finite_differences"]

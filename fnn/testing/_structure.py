@@ -44,21 +44,25 @@ def output_mismatch(problem, result, dtype):
 
 
 def output(problem):
-    """``output``: shape and dtype against ``init``'s, and ``forward``'s output against ``apply``'s (float64)."""
-    applied, forwarded = problem.gradients("autodiff"), problem.gradients("backprop")
+    """``output``: shape and dtype against ``init``'s; ``forward``'s output (the backprop path's) and the custom
+    VJP's against ``apply``'s (float64)."""
+    applied = problem.gradients("autodiff")
     where = output_name(problem)
     mismatch = output_mismatch(problem, applied, np.float64)
     if mismatch:
         return Check("output", FAILED, where=where, detail=mismatch)
-    out_a, out_f = _result_output(problem, applied), _result_output(problem, forwarded)
-    if np.shape(out_a) != np.shape(out_f):
-        detail = f"forward gives shape {np.shape(out_f)}, apply {np.shape(out_a)}"
-        return Check("output", FAILED, where=where, detail=detail)
-    error, _ = leaf_error(out_f, out_a)
+    want, worst = _result_output(problem, applied), (0.0, "")
+    for path in ("backprop", "custom"):
+        got = _result_output(problem, problem.gradients(path))
+        if np.shape(got) != np.shape(want):
+            detail = f"{path} gives shape {np.shape(got)}, apply {np.shape(want)}"
+            return Check("output", FAILED, where=where, detail=detail)
+        worst = max(worst, (leaf_error(got, want)[0], path))
     tol = rtol(np.float64)
-    shape = "()" if problem.kind == "loss" else str(tuple(problem.output_shape or np.shape(out_a)))
-    status = PASSED if error <= tol else FAILED
-    return Check("output", status, float(error), tol, where, f"shape {shape} float64; forward's output against apply's")
+    shape = "()" if problem.kind == "loss" else str(tuple(problem.output_shape or np.shape(want)))
+    detail = f"shape {shape} float64; forward's and the custom VJP's output against apply's"
+    detail += f" (worst: {worst[1]})" if worst[0] > 0 else ""
+    return Check("output", PASSED if worst[0] <= tol else FAILED, float(worst[0]), tol, where, detail)
 
 
 def gradient_mismatches(problem, grads, dtype, path):
