@@ -100,4 +100,4 @@ def structure(problem):
             where, what = found[0]
             more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
             return Check("structure", FAILED, where=where, detail=what + more)
-    return Check("structure", PASSED, detail="pytree, shapes and dtypes of (dparams, dx) on backprop and custom")
+    return Check("structure", PASSED, detail="the gradient's pytree, shapes and dtypes on backprop and custom")

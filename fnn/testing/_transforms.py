@@ -65,7 +65,7 @@ def custom_grad_of_grad(problem):
     except Exception as exc:  # autodiff itself cannot: there is nothing to hold the rule to
         return Check("custom_grad_of_grad", SKIPPED, detail=f"autodiff's own second order fails: {exc}")
     got = problem.grad_of_grad("custom")
-    detail = "the gradient of <(dparams, dx), w>, reverse over reverse"
+    detail = "the gradient of <gradient, w>, reverse over reverse"
     return agreement("custom_grad_of_grad", got, want, problem, RTOL, detail=detail)
 
 
