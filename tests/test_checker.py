@@ -147,6 +147,8 @@ def test_an_integer_input_is_checked_and_gets_no_gradient():
     report = fnn.testing.check_module(_embedding(lambda ids: None), IDS.shape, x=IDS)
     assert report.ok, str(report)
     assert report["finite_differences"].where.startswith("dparams['table']")
+    drawn = fnn.testing.check_module(_embedding(lambda ids: None), (5, 4), x=lambda rng, s: rng.integers(0, 7, s))
+    assert drawn.ok, str(drawn)
 
 
 def test_a_gradient_for_an_integer_input_is_caught():

@@ -47,21 +47,23 @@ class Case:
     ``build()`` returns the module or loss under test; ``input_shape`` is the
     shape of its example input, batch axis first (a loss's input is the
     model's output). ``targets(rng, input_shape)`` makes a loss's targets
-    from a NumPy generator.
+    from a NumPy generator; ``inputs(rng, input_shape)``, if given, the
+    input (integer ids, say) instead of standard normal draws.
     """
 
     name: str
     build: Callable
     input_shape: tuple
     targets: Callable = class_labels
+    inputs: Callable | None = None
 
     def check(self, built=None, **kwargs):
         """The checker's report on this row, on ``built`` if given (one module object checked again reuses its
         compiled code), else on a fresh ``build()``; ``kwargs`` go to ``check_module``/``check_loss``."""
         built = self.build() if built is None else built
         if isinstance(built, Loss):
-            return fnn.testing.check_loss(built, self.input_shape, targets=self.targets, **kwargs)
-        return fnn.testing.check_module(built, self.input_shape, **kwargs)
+            return fnn.testing.check_loss(built, self.input_shape, targets=self.targets, outputs=self.inputs, **kwargs)
+        return fnn.testing.check_module(built, self.input_shape, x=self.inputs, **kwargs)
 
 
 # fmt: off

@@ -110,7 +110,10 @@ def check_module(module, input_shape, *, params=None, x=None, seed=0, dtypes=DTY
         scales, at which some wrong rules agree with the right one, are not
         what is checked). Their values are used, cast to each dtype checked.
       x: the input to check at (a floating or integer array of
-        ``input_shape``); by default standard normal draws.
+        ``input_shape``), or a function ``(rng, input_shape) -> array`` of a
+        NumPy generator, drawn anew for every seed (integer ids for an
+        embedding: ``lambda rng, shape: rng.integers(0, 10, shape)``); by
+        default standard normal draws.
       seed: seeds every random draw (parameters, input, cotangents,
         directions); the same seed gives the same report.
       dtypes: the lower precisions to check besides float64 (the checker
@@ -160,7 +163,8 @@ def check_loss(loss, output_shape, *, targets, outputs=None, seed=0, dtypes=DTYP
       targets: the targets, an array with the batch axis first, or a function
         ``(rng, output_shape) -> array`` of a NumPy generator (drawn anew for
         every seed), e.g. ``lambda rng, shape: rng.integers(0, shape[-1], shape[:-1])``.
-      outputs: the outputs to check at; by default standard normal draws.
+      outputs: the outputs to check at, an array or a function ``(rng, output_shape) -> array``;
+        by default standard normal draws.
       seed, dtypes, edge_values, checks: as for :func:`check_module`.
 
     Example::

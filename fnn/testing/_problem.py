@@ -161,10 +161,11 @@ def _check_shape(fn, arg, shape, what):
 
 
 def _input(fn, arg, given, shape, rng):
-    """The input: standard normal float64 draws of ``shape``, or ``given`` (checked to have that shape)."""
+    """The input: standard normal float64 draws of ``shape``, or ``given`` (an array, or a function
+    ``(rng, shape) -> array`` of the draw's generator), checked to have that shape."""
     if given is None:
         return rng.standard_normal(shape)
-    given = np.asarray(given)
+    given = np.asarray(given(rng, shape) if callable(given) else given)
     if given.shape != shape:
         raise ValueError(f"{fn}: {arg} has shape {given.shape}, expected the shape checked, {shape}")
     return given.astype(np.float64) if floating(given) else given
