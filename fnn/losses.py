@@ -15,8 +15,11 @@ a logistic label other than 0 or 1, gives a NaN loss rather than a silently
 wrong one.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fnn import validate
 from fnn.metrics import error_rate
@@ -54,6 +57,11 @@ def _label_score(scores, labels):
     return jnp.take_along_axis(scores, safe[..., None], axis=-1, mode="fill", fill_value=jnp.nan)[..., 0]
 
 
+def _huge_scores(shape):
+    """Scores of -1e4, 0 and 1e4 in turn: ``exp`` of any of them overflows unless the rule shifts it (an edge value)."""
+    return 1e4 * (np.arange(math.prod(shape)) % 3 - 1.0).reshape(shape)
+
+
 # ---------------------------------------------------------------- cross-entropy
 def _cross_entropy_forward(logits, labels):
     shifted = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
@@ -83,7 +91,7 @@ def _cross_entropy_backward(saved, g):
 
 #: Mean softmax cross-entropy of ``logits[..., k]`` against integer ``labels[...]``,
 #: through ``logsumexp`` of the max-shifted logits (logits of 1e4 neither overflow nor NaN).
-#: Saves ``softmax(h)`` and the labels.
+#: Saves ``softmax(h)`` and the labels. Edge values: logits of +-1e4.
 cross_entropy = loss(
     "cross_entropy",
     forward=_cross_entropy_forward,
@@ -91,6 +99,7 @@ cross_entropy = loss(
     check=_check_class_labels("cross_entropy", "logits"),
     error=error_rate,
     check_targets=validate.check_class_labels,
+    edge_values=(_huge_scores,),
 )
 
 
@@ -149,7 +158,7 @@ def _logistic_backward(saved, g):
 
 
 #: Binary logistic loss ``mean(softplus(t) - y t)`` of logits ``t`` and labels ``y`` in {0, 1}
-#: (same shape), finite for logits of 1e4; saves ``sigmoid(t)`` and ``y``.
+#: (same shape), finite for logits of 1e4 (its edge values); saves ``sigmoid(t)`` and ``y``.
 logistic = loss(
     "logistic",
     forward=_logistic_forward,
@@ -157,6 +166,7 @@ logistic = loss(
     check=_check_logistic,
     error=lambda logits, labels: jnp.mean((logits > 0) != (labels == 1)),
     check_targets=validate.check_binary_labels,
+    edge_values=(_huge_scores,),
 )
 
 
@@ -167,7 +177,8 @@ def multiclass_hinge(margin=1.0):
     Scores ``s[..., k]``, integer labels of shape ``s.shape[:-1]``. Backward:
     ``ds_j = g 1[s_j - s_y + margin > 0] / m`` for ``j != y``, and
     ``ds_y = -sum_{j != y} ds_j``; the derivative at exactly zero margin is 0.
-    Saves the indicator matrix and the labels.
+    Saves the indicator matrix and the labels. Edge value: scores ``s_j = j margin``,
+    so that ``s_(y-1) - s_y + margin = 0`` exactly in every row with ``y > 0``.
     """
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
         raise ValueError(f"multiclass_hinge: margin must be a non-negative number, got {margin!r}")
@@ -188,6 +199,9 @@ def multiclass_hinge(margin=1.0):
         ds = jnp.where(violated, g / labels.size, 0.0).astype(jnp.result_type(g))
         return _add_at_labels(ds, labels, -jnp.sum(ds, axis=-1))
 
+    def zero_margins(shape):
+        return np.broadcast_to(margin * np.arange(shape[-1], dtype=np.float64), shape)
+
     return loss(
         "multiclass_hinge",
         forward=forward,
@@ -195,4 +209,5 @@ def multiclass_hinge(margin=1.0):
         check=_check_class_labels("multiclass_hinge", "scores"),
         error=error_rate,
         check_targets=validate.check_class_labels,
+        edge_values=(zero_margins,),
     )

@@ -46,6 +46,8 @@ class Module:
     ``children`` are the modules a structural module wires together, and
     ``rebuild(*children)`` makes the same structure from other children (how
     :attr:`custom` swaps in the custom-VJP leaves). Leaves have neither.
+    ``edge_values`` are the inputs at which a leaf's rule is delicate (see
+    :func:`leaf`); :func:`fnn.testing.check_module` checks them.
     """
 
     name: str
@@ -55,6 +57,7 @@ class Module:
     backward: Callable
     children: tuple = ()
     rebuild: Callable | None = None
+    edge_values: tuple = ()
 
     @property
     def is_leaf(self):
@@ -135,7 +138,7 @@ def _reverse_mode_only(name):
         ) from exc
 
 
-def leaf(name, *, forward, backward, init=None, check=None):
+def leaf(name, *, forward, backward, init=None, check=None, edge_values=()):
     """Makes a leaf module from a hand-written forward/backward pair.
 
     Args:
@@ -149,6 +152,11 @@ def leaf(name, *, forward, backward, init=None, check=None):
       check: ``(params, x) -> None``, raising ``TypeError``/``ValueError``
         that names the module and the shapes; it runs at trace time on every
         path, before ``forward``.
+      edge_values: inputs at which the rule is delicate (a kink, an overflow,
+        a degenerate row), which :func:`fnn.testing.check_module` checks
+        besides its random draws: each a number or array broadcast to the
+        input's shape (batch axis included), or a function of that shape
+        returning the input, e.g. ``(0.0,)`` for ReLU.
 
     ``apply`` is ``forward``'s first output; the ``autodiff`` path lets
     ``jax.grad`` differentiate it (what ``forward`` saves but ``apply`` does
@@ -167,7 +175,7 @@ def leaf(name, *, forward, backward, init=None, check=None):
     def no_init(key, input_shape):
         raise TypeError(f"{name}: this leaf is an op over given parameters and has no init")
 
-    return Module(name, init or no_init, apply, checked_forward, backward)
+    return Module(name, init or no_init, apply, checked_forward, backward, edge_values=tuple(edge_values))
 
 
 def structural(name, *, init, apply, forward, backward, children=(), rebuild):
@@ -191,7 +199,8 @@ class Loss:
     on the host before training (values no trace-time check can see, such as
     a label out of range); see :mod:`fnn.validate`. Targets are data: the
     ``custom`` and ``backprop`` paths give them no gradient (the ``autodiff``
-    path differentiates them like any input).
+    path differentiates them like any input). ``edge_values`` are outputs at
+    which the rule is delicate, as for :func:`leaf`.
     """
 
     name: str
@@ -200,6 +209,7 @@ class Loss:
     backward: Callable
     error: Callable | None = None
     check_targets: Callable | None = None
+    edge_values: tuple = ()
 
     @functools.cached_property
     def custom(self):
@@ -215,12 +225,12 @@ class Loss:
         return self.name
 
 
-def loss(name, *, forward, backward, check=None, error=None, check_targets=None):
+def loss(name, *, forward, backward, check=None, error=None, check_targets=None, edge_values=()):
     """Makes a :class:`Loss` from a hand-written forward/backward pair.
 
     ``check(outputs, targets)`` runs at trace time on every path before
     ``forward``; it raises errors that name the loss and the shapes.
-    ``error`` and ``check_targets`` are as in :class:`Loss`.
+    ``error``, ``check_targets`` and ``edge_values`` are as in :class:`Loss`.
     """
 
     def checked_forward(outputs, targets):
@@ -232,4 +242,4 @@ def loss(name, *, forward, backward, check=None, error=None, check_targets=None)
     def apply(outputs, targets):
         return checked_forward(outputs, targets)[0]
 
-    return Loss(name, apply, checked_forward, backward, error, check_targets)
+    return Loss(name, apply, checked_forward, backward, error, check_targets, tuple(edge_values))

@@ -1,18 +1,15 @@
-"""Every module and loss: its hand-written backward function against autodiff, finite differences and the paths.
+"""Every module and loss: its hand-written backward function checked by fnn's public checker, then the edges.
 
-The conformance table ``CASES`` has one row per module or loss. Each row is
-checked, in float64, on all three gradient paths:
+The conformance table ``CASES`` has one row per module or loss, checked by
+:func:`fnn.testing.check_module` or :func:`fnn.testing.check_loss` (the same
+checker a user runs on a module of their own): in float64, ``backward``
+against autodiff's VJP, central finite differences of first and second
+order, the custom VJP eagerly, under ``jit``, ``vmap`` and grad-of-grad, the
+backprop path, dtypes and structure at float32 and bfloat16, the module's
+edge values and determinism; every tolerance by the checker's one rule.
 
-- ``custom`` against ``autodiff`` with :func:`fnn.testing.compare_vjp`:
-  values, eager VJPs, and the VJP under ``jit``, ``vmap`` and
-  reverse-over-reverse, parameters differentiated along with the input;
-- the ``custom`` VJP against central finite differences, first and second
-  order (``jax.test_util.check_grads``);
-- ``backprop`` (``forward``, then ``backward`` on what it saved) against
-  ``autodiff``'s VJP.
-
-Then edge values (GUIDE section 6) on every path, initialisers, and every
-error message.
+Then exact edge values (GUIDE section 6) on every path, initialisers, and
+every error message.
 """
 
 import dataclasses
@@ -22,24 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.test_util import check_grads
 
 import fnn
 from fnn import losses, nn
 from fnn.module import Loss
-from fnn.testing import compare_vjp
-
-# Tolerances (float64, eps 2.2e-16):
-# - custom/backprop against autodiff: compare_vjp's float64 default, a difference
-#   passes when max |a - e| <= 1e-14 + 1e-12 max |e|: both sides compute the same
-#   sums in a different order, a few hundred ulps at most at these sizes.
-# - finite differences: central differences with step h = 1e-5 have truncation
-#   error ~h^2 |f'''| / 6 ~ 2e-11 |f'''| and rounding error ~eps |f| / h ~ 2e-11 |f|,
-#   so a tolerance of 1e-6 leaves orders of magnitude of margin for the O(1-100)
-#   derivatives of these rows, while a wrong rule misses by O(1). (At h = 1e-4,
-#   truncation alone reaches 7e-6 in the residual row's second order.)
-RTOL, ATOL = 1e-12, 1e-14
-FD_STEP, FD_TOL = 1e-5, 1e-6
 
 
 def class_labels(rng, shape):
@@ -64,13 +47,23 @@ class Case:
     ``build()`` returns the module or loss under test; ``input_shape`` is the
     shape of its example input, batch axis first (a loss's input is the
     model's output). ``targets(rng, input_shape)`` makes a loss's targets
-    from a NumPy generator.
+    from a NumPy generator; ``inputs(rng, input_shape)``, if given, the
+    input (integer ids, say) instead of standard normal draws.
     """
 
     name: str
     build: Callable
     input_shape: tuple
     targets: Callable = class_labels
+    inputs: Callable | None = None
+
+    def check(self, built=None, **kwargs):
+        """The checker's report on this row, on ``built`` if given (one module object checked again reuses its
+        compiled code), else on a fresh ``build()``; ``kwargs`` go to ``check_module``/``check_loss``."""
+        built = self.build() if built is None else built
+        if isinstance(built, Loss):
+            return fnn.testing.check_loss(built, self.input_shape, targets=self.targets, outputs=self.inputs, **kwargs)
+        return fnn.testing.check_module(built, self.input_shape, x=self.inputs, **kwargs)
 
 
 # fmt: off
@@ -103,96 +96,13 @@ CASES = [
 # fmt: on
 
 
-@dataclasses.dataclass(frozen=True)
-class Flat:
-    """A row made concrete: functions of flat float64 arguments ``args``, one per path.
-
-    ``autodiff(*args)`` and ``custom(*args)`` are the plain and the custom-VJP
-    ``apply``; ``backprop(args, g) -> (output, cotangents of args)`` is the
-    hand-written ``forward`` then ``backward``.
-    """
-
-    autodiff: Callable
-    custom: Callable
-    backprop: Callable
-    args: tuple
-
-
-def flat(case, seed=0):
-    """The row's module or loss as a :class:`Flat`.
-
-    A module's arguments are its parameter leaves followed by its input; the
-    leaves are random, so that biases, LayerNorm's gamma and beta are not at
-    their initial values. A loss's argument is its input alone; its targets
-    are data, held fixed.
-    """
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_the_checker_passes_every_module_and_loss(case):
     built = case.build()
-    rng = np.random.default_rng(seed)  # NumPy draws: nothing to compile
-    x = jnp.asarray(rng.standard_normal(case.input_shape))
-    if isinstance(built, Loss):
-        targets = case.targets(rng, case.input_shape)
-
-        def loss_backprop(args, g):
-            value, saved = built.forward(args[0], targets)
-            return value, (built.backward(saved, g),)
-
-        return Flat(lambda o: built.apply(o, targets), lambda o: built.custom.apply(o, targets), loss_backprop, (x,))
-    # The structure and shapes init gives, without running it.
-    shapes = jax.eval_shape(lambda key: built.init(key, case.input_shape[1:])[1], jax.random.key(0))
-    leaves, treedef = jax.tree.flatten(shapes)
-    leaves = [jnp.asarray(rng.standard_normal(leaf.shape)) for leaf in leaves]
-
-    def on_flat(apply):
-        return lambda *args: apply(jax.tree.unflatten(treedef, args[:-1]), args[-1])
-
-    def module_backprop(args, g):
-        params = jax.tree.unflatten(treedef, args[:-1])
-        y, saved = built.forward(params, args[-1])
-        dparams, dx = built.backward(params, saved, g)
-        assert jax.tree.structure(dparams) == treedef, "backward's dparams must have the structure of params"
-        return y, (*jax.tree.leaves(dparams), dx)
-
-    return Flat(on_flat(built.apply), on_flat(built.custom.apply), module_backprop, (*leaves, x))
-
-
-def assert_close(actual, expected, rtol=RTOL, atol=ATOL):
-    """``max |a - e| <= atol + rtol max |e|`` for every pair of leaves (compare_vjp's criterion)."""
-    assert jax.tree.structure(actual) == jax.tree.structure(expected)
-    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
-        a, e = np.asarray(a), np.asarray(e)
-        assert a.shape == e.shape and a.dtype == e.dtype, (a.shape, a.dtype, e.shape, e.dtype)
-        assert np.max(np.abs(a - e), initial=0) <= atol + rtol * np.max(np.abs(e), initial=0), (a, e)
-
-
-table = pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-
-
-@table
-def test_custom_matches_autodiff(case):
-    """Values, eager VJP, jit, vmap and reverse-over-reverse of the custom VJP against autodiff."""
-    row = flat(case)
-    compare_vjp(row.custom, row.autodiff, *row.args, rtol=RTOL, atol=ATOL)
-
-
-@table
-def test_custom_matches_finite_differences(case):
-    """The custom VJP, and the VJP of that VJP, against central differences."""
-    row = flat(case)
-    check_grads(jax.jit(row.custom), row.args, order=2, modes=["rev"], eps=FD_STEP, atol=FD_TOL, rtol=FD_TOL)
-
-
-@table
-def test_backprop_matches_autodiff(case):
-    """``backward`` on ``forward``'s saved values is autodiff's VJP, for a random output cotangent."""
-    row = flat(case)
-
-    @jax.jit
-    def both(args, g):
-        y, pullback = jax.vjp(row.autodiff, *args)
-        return row.backprop(args, g), (y, pullback(g))
-
-    g = jnp.asarray(np.random.default_rng(1).standard_normal(jax.eval_shape(row.autodiff, *row.args).shape))
-    assert_close(*both(row.args, g))
+    report = case.check(built).assert_ok()
+    # Every check ran, but forward mode (custom VJPs are reverse mode only) and, where none are declared, edge values.
+    skipped = {c.name for c in report.checks if c.status == "skipped"}
+    assert skipped == {"forward_mode"} | ({"edge_values"} if not built.edge_values else set()), str(report)
 
 
 # ------------------------------------------------------------------ edge values (GUIDE section 6)

@@ -19,7 +19,9 @@ The pieces work on their own too, one job to a file:
 - compiled code: :func:`compile_step`, :func:`memory`, :func:`compiled_cost`;
 - HLO text: :func:`hlo_counts`, :func:`op_diff`;
 - residuals: :func:`residuals`, :func:`backprop_as_one_vjp`, :func:`aval_bytes`;
-- the report: :func:`compare_paths`, :class:`Report`, :class:`PathReport`.
+- the report: :func:`compare_paths`, :class:`Report`, :class:`PathReport`;
+- the wrong rule inside a network: :func:`wrong_rules` (:class:`RuleReport`,
+  :class:`Rule`), over :func:`recorded_calls`, every module's actual input.
 
 Example::
 
@@ -28,6 +30,10 @@ Example::
     report = fnn.inspect.compare_paths(model, loss, params, x, labels, timing=False)
     print(report)                  # one line per path
     report["custom"].max_rel_err   # worst leaf's relative error against float64
+
+    rules = fnn.inspect.wrong_rules(model, loss, params, x, labels)
+    print(rules)                   # every module's rule at its actual input, the wrong ones first
+    rules.wrong                    # e.g. ("serial[2] residual serial[1] sigmoid",)
 """
 
 from fnn.inspect._accuracy import gradient_errors, reference_grads
@@ -35,6 +41,7 @@ from fnn.inspect._compiled import LEARNING_RATE, compile_step, compiled_cost, me
 from fnn.inspect._hlo import BOOKKEEPING, hlo_counts, op_diff
 from fnn.inspect._report import HLO_SCOPES, PathReport, Report, compare_paths
 from fnn.inspect._residuals import aval_bytes, backprop_as_one_vjp, residuals
+from fnn.inspect._rules import Rule, RuleReport, recorded_calls, wrong_rules
 
 __all__ = [
     "BOOKKEEPING",
@@ -42,6 +49,8 @@ __all__ = [
     "LEARNING_RATE",
     "PathReport",
     "Report",
+    "Rule",
+    "RuleReport",
     "aval_bytes",
     "backprop_as_one_vjp",
     "compare_paths",
@@ -51,6 +60,8 @@ __all__ = [
     "hlo_counts",
     "memory",
     "op_diff",
+    "recorded_calls",
     "reference_grads",
     "residuals",
+    "wrong_rules",
 ]

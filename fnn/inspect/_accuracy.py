@@ -1,31 +1,17 @@
 """A gradient's accuracy: the float64 reference and the per-leaf error against it."""
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fnn.paths import value_and_grad
 from fnn.testing import relative_error
-
-
-def floating(a):
-    """Whether ``a`` (an array, or anything NumPy can make one of) has a floating dtype."""
-    dtype = a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype
-    return jnp.issubdtype(dtype, jnp.floating)
+from fnn.testing._dtypes import floating, x64
 
 
 def as_float64(tree):
     """``tree`` with every floating leaf cast to float64 (labels and other integers kept)."""
     return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if floating(a) else jnp.asarray(a), tree)
-
-
-def x64():
-    """A context in which float64 exists: a no-op when ``jax_enable_x64`` is on, else ``jax.enable_x64(True)``."""
-    if jax.config.jax_enable_x64:
-        return contextlib.nullcontext()
-    return jax.enable_x64(True)
 
 
 def reference_grads(model, loss, params, x, targets):

@@ -19,13 +19,15 @@ from fnn.nn import _checks
 __all__ = ["activation", "gelu", "leaky_relu", "relu", "sigmoid", "silu", "softplus", "tanh"]
 
 
-def activation(name, forward, backward):
+def activation(name, forward, backward, edge_values=()):
     """Makes a parameter-free elementwise leaf module (stax's ``elementwise``).
 
     Args:
       name: the module's name.
       forward: ``x -> (y, saved)`` in plain ``jax.numpy``.
       backward: ``(saved, g) -> dx``.
+      edge_values: inputs at which the rule is delicate, e.g. ``(0.0,)`` for a
+        kink at 0 (see :func:`fnn.module.leaf`).
     """
 
     def init(key, input_shape):
@@ -41,6 +43,7 @@ def activation(name, forward, backward):
         forward=lambda params, x: forward(x),
         backward=lambda params, saved, g: ((), backward(saved, g)),
         check=check,
+        edge_values=edge_values,
     )
 
 
@@ -49,8 +52,11 @@ def _relu_forward(x):
     return y, y
 
 
-#: ``y = max(x, 0)``; ``dx = G * 1[x > 0]`` (``relu'(0) = 0``, as in the notes); saves ``y``.
-relu = activation("relu", _relu_forward, lambda y, g: jnp.where(y > 0, g, jnp.zeros_like(g)))
+#: Saturated inputs: the derivative underflows to exactly 0 and must not become ``0 * inf``.
+_SATURATED = (1e4, -1e4)
+
+#: ``y = max(x, 0)``; ``dx = G * 1[x > 0]`` (``relu'(0) = 0``, as in the notes); saves ``y``. Edge value: 0.
+relu = activation("relu", _relu_forward, lambda y, g: jnp.where(y > 0, g, jnp.zeros_like(g)), edge_values=(0.0,))
 
 
 def _sigmoid_forward(x):
@@ -58,8 +64,8 @@ def _sigmoid_forward(x):
     return s, s
 
 
-#: ``s = 1 / (1 + exp(-x))``; ``dx = G s (1 - s)``; saves ``s``.
-sigmoid = activation("sigmoid", _sigmoid_forward, lambda s, g: g * s * (1 - s))
+#: ``s = 1 / (1 + exp(-x))``; ``dx = G s (1 - s)``; saves ``s``. Edge values: +-1e4 (saturated).
+sigmoid = activation("sigmoid", _sigmoid_forward, lambda s, g: g * s * (1 - s), edge_values=_SATURATED)
 
 
 def _tanh_forward(x):
@@ -67,8 +73,8 @@ def _tanh_forward(x):
     return t, t
 
 
-#: ``t = tanh(x)``; ``dx = G (1 - t^2)``; saves ``t``.
-tanh = activation("tanh", _tanh_forward, lambda t, g: g * (1 - t * t))
+#: ``t = tanh(x)``; ``dx = G (1 - t^2)``; saves ``t``. Edge values: +-1e4 (saturated).
+tanh = activation("tanh", _tanh_forward, lambda t, g: g * (1 - t * t), edge_values=_SATURATED)
 
 
 def _check_scalar(name, arg, value, low, high):
@@ -81,7 +87,7 @@ def leaky_relu(negative_slope=0.01):
     """``y = max(x, a x)`` for ``0 <= a < 1``; ``dx = G`` where ``x > 0``, else ``a G``.
 
     At exactly 0 the derivative is the negative side's ``a`` (as ``relu'(0) = 0``).
-    Saves ``y`` (``y > 0`` exactly where ``x > 0``).
+    Saves ``y`` (``y > 0`` exactly where ``x > 0``). Edge value: 0.
     """
     a = _check_scalar("leaky_relu", "negative_slope", negative_slope, 0.0, 1.0)
 
@@ -89,7 +95,7 @@ def leaky_relu(negative_slope=0.01):
         y = jnp.where(x > 0, x, a * x)
         return y, y
 
-    return activation("leaky_relu", forward, lambda y, g: jnp.where(y > 0, g, a * g))
+    return activation("leaky_relu", forward, lambda y, g: jnp.where(y > 0, g, a * g), edge_values=(0.0,))
 
 
 _SQRT_HALF = 1 / math.sqrt(2.0)
@@ -108,7 +114,8 @@ def _gelu_backward(x, g):
 
 #: Exact GELU ``y = x Phi(x)``, ``Phi`` the standard normal CDF (through ``erf``);
 #: ``dx = G (Phi(x) + x phi(x))``, ``phi(x) = exp(-x^2/2) / sqrt(2 pi)``; ``gelu'(0) = 1/2``; saves ``x``.
-gelu = activation("gelu", _gelu_forward, _gelu_backward)
+#: Edge values: 0 and +-1e4 (saturated).
+gelu = activation("gelu", _gelu_forward, _gelu_backward, edge_values=(0.0, *_SATURATED))
 
 
 def softplus(beta=1.0):
@@ -116,7 +123,7 @@ def softplus(beta=1.0):
 
     ``dx = G sigmoid(beta x)``. Saves ``y``: ``exp(beta y) = 1 + exp(beta x)``,
     so ``sigmoid(beta x) = 1 - exp(-beta y) = -expm1(-beta y)``, accurate for
-    tiny and huge ``x`` alike.
+    tiny and huge ``x`` alike. Edge values: +-800 (``exp(800)`` overflows even in float64).
     """
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (0 < beta < math.inf):
         raise ValueError(f"softplus: beta must be a positive finite number, got {beta!r}")
@@ -126,7 +133,7 @@ def softplus(beta=1.0):
         y = jnp.logaddexp(b * x, 0.0) / b
         return y, y
 
-    return activation("softplus", forward, lambda y, g: -g * jnp.expm1(-b * y))
+    return activation("softplus", forward, lambda y, g: -g * jnp.expm1(-b * y), edge_values=(800.0, -800.0))
 
 
 def _silu_forward(x):
@@ -140,4 +147,5 @@ def _silu_backward(saved, g):
 
 
 #: SiLU (swish) ``y = x s``, ``s = sigmoid(x)``; ``dx = G (s + x s (1 - s))``; saves ``x`` and ``s``.
-silu = activation("silu", _silu_forward, _silu_backward)
+#: Edge values: +-1e4 (saturated).
+silu = activation("silu", _silu_forward, _silu_backward, edge_values=_SATURATED)

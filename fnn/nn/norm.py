@@ -7,7 +7,8 @@ not ``m - 1``), ``zhat = (z - mu) / sigma``, ``y = beta + gamma zhat``.
 Backward with ``G = dJ/dy``, sums over the rows and means over the last axis:
 ``dbeta = sum G``, ``dgamma = sum G zhat``, ``d = G gamma``,
 ``dz = (d - mean(d) - zhat mean(d zhat)) / sigma``. Saves ``zhat`` and
-``sigma``. A constant row has ``zhat = 0`` and stays finite through ``eps``.
+``sigma``. A constant row has ``zhat = 0`` and stays finite through ``eps``
+(its edge value: constant rows, checked by :func:`fnn.testing.check_module`).
 """
 
 import jax.numpy as jnp
@@ -46,7 +47,7 @@ def layer_norm_leaf(eps=1e-5, init=None):
         dz = (d - jnp.mean(d, axis=-1, keepdims=True) - zhat * jnp.mean(d * zhat, axis=-1, keepdims=True)) / sigma
         return {"gamma": jnp.sum(g * zhat, axis=rows), "beta": jnp.sum(g, axis=rows)}, dz
 
-    return leaf("layer_norm", init=init, forward=forward, backward=backward, check=_check_scale)
+    return leaf("layer_norm", init=init, forward=forward, backward=backward, check=_check_scale, edge_values=(4.0,))
 
 
 def layer_norm(eps=1e-5, *, dtype=jnp.float32):

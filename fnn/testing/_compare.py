@@ -144,61 +144,11 @@ def compare_vjp(custom_fn, reference_fn, *args, rtol=None, atol=None, seed=0, ch
     loosest = max((DEFAULT_TOLERANCES[args[i].dtype] for i in float_nums), key=lambda t: t[0])
     rtol = loosest[0] if rtol is None else rtol
     atol = loosest[1] if atol is None else atol
-
-    def with_floats(fn, fixed):
-        def call(*floats):
-            full = list(fixed)
-            for i, value in zip(float_nums, floats):
-                full[i] = value
-            return fn(*full)
-
-        return call
-
-    def vjp_of(fn):
-        def cotangents(floats, fixed, ct):
-            _, pullback = jax.vjp(with_floats(fn, fixed), *floats)
-            return pullback(ct)
-
-        return cotangents
-
     floats = tuple(args[i] for i in float_nums)
-    out_shape = jax.eval_shape(reference_fn, *args)
-    rng = np.random.default_rng(seed)  # NumPy: no compilation per shape
-
-    def normal(shape, dtype):
-        return jnp.asarray(rng.standard_normal(shape), dtype)
-
-    ct = normal(out_shape.shape, out_shape.dtype)
-    batch = 3  # the vmap check maps over this many perturbed copies of the inputs
-    stacked = tuple(
-        f + 0.1 * jnp.arange(batch, dtype=f.dtype).reshape(-1, *[1] * f.ndim) * normal((batch, *f.shape), f.dtype)
-        for f in floats
-    )
-    cts = normal((batch, *ct.shape), ct.dtype)
-    directions = tuple(normal(f.shape, f.dtype) for f in floats)
-
-    def all_checks(fn):
-        """Every compared quantity of ``fn``, computed in one compiled function."""
-        vjp = vjp_of(fn)
-
-        def second_order(fl, fixed):
-            inner = lambda fl: sum(jnp.vdot(c, d) for c, d in zip(vjp(fl, fixed, ct), directions))  # noqa: E731
-            return jax.grad(inner)(fl)
-
-        @jax.jit
-        def run(floats, fixed):
-            return {
-                "value": fn(*fixed),
-                "jit": vjp(floats, fixed, ct),
-                "vmap": jax.vmap(lambda fl, c: vjp(fl, fixed, c))(stacked, cts),
-                "second_order": second_order(floats, fixed),
-            }
-
-        return run(floats, args)
-
-    want, got = all_checks(reference_fn), all_checks(custom_fn)
+    probes = _probes(floats, jax.eval_shape(reference_fn, *args), seed)
+    want, got = (_all_checks(fn, float_nums, args, probes) for fn in (reference_fn, custom_fn))
     if "vjp" in checks:  # eager: the rules as they run outside any transformation
-        got["vjp"], want["vjp"] = vjp_of(custom_fn)(floats, args, ct), want["jit"]
+        got["vjp"], want["vjp"] = _vjp_of(custom_fn, float_nums)(floats, args, probes["ct"]), want["jit"]
     got["value"], want["value"] = (got["value"],), (want["value"],)
     rows = []
     for check in checks:
@@ -209,3 +159,63 @@ def compare_vjp(custom_fn, reference_fn, *args, rtol=None, atol=None, seed=0, ch
     if raise_on_failure and not report.ok:
         raise AssertionError(f"custom VJP differs from the reference:\n{report}")
     return report
+
+
+def _vjp_of(fn, float_nums):
+    """``cotangents(floats, fixed, ct)``: the VJP of ``fn`` with respect to its floating arguments only."""
+
+    def with_floats(fixed):
+        def call(*floats):
+            full = list(fixed)
+            for i, value in zip(float_nums, floats):
+                full[i] = value
+            return fn(*full)
+
+        return call
+
+    def cotangents(floats, fixed, ct):
+        _, pullback = jax.vjp(with_floats(fixed), *floats)
+        return pullback(ct)
+
+    return cotangents
+
+
+def _probes(floats, out, seed, batch=3):
+    """The random inputs of the checks, drawn with NumPy (no compilation per shape).
+
+    ``ct`` a cotangent of the output ``out``; ``stacked`` and ``cts``:
+    ``batch`` perturbed copies of the floating inputs and cotangents for the
+    ``vmap`` check; ``directions`` for the second-order check.
+    """
+    rng = np.random.default_rng(seed)
+
+    def normal(shape, dtype):
+        return jnp.asarray(rng.standard_normal(shape), dtype)
+
+    ct = normal(out.shape, out.dtype)
+    stacked = tuple(
+        f + 0.1 * jnp.arange(batch, dtype=f.dtype).reshape(-1, *[1] * f.ndim) * normal((batch, *f.shape), f.dtype)
+        for f in floats
+    )
+    cts = normal((batch, *ct.shape), ct.dtype)
+    return {"ct": ct, "stacked": stacked, "cts": cts, "directions": tuple(normal(f.shape, f.dtype) for f in floats)}
+
+
+def _all_checks(fn, float_nums, args, probes):
+    """Every compared quantity of ``fn``, computed in one compiled function."""
+    vjp, ct = _vjp_of(fn, float_nums), probes["ct"]
+
+    def second_order(fl, fixed):
+        inner = lambda fl: sum(jnp.vdot(c, d) for c, d in zip(vjp(fl, fixed, ct), probes["directions"]))  # noqa: E731
+        return jax.grad(inner)(fl)
+
+    @jax.jit
+    def run(floats, fixed):
+        return {
+            "value": fn(*fixed),
+            "jit": vjp(floats, fixed, ct),
+            "vmap": jax.vmap(lambda fl, c: vjp(fl, fixed, c))(probes["stacked"], probes["cts"]),
+            "second_order": second_order(floats, fixed),
+        }
+
+    return run(tuple(args[i] for i in float_nums), args)

@@ -1,0 +1,202 @@
+"""Which module's rule is wrong inside a network: every module checked at its actual input from one forward pass.
+
+:func:`wrong_rules` runs the model's forward pass once, in float64,
+recording what every module in the tree (leaves and wiring) receives; then
+it checks each module's ``backward`` at that input, for a random output
+cotangent, against autodiff of that module's own ``apply`` (the
+``backward`` check of :func:`fnn.testing.check_module`), and
+the loss's ``backward`` at the model's actual outputs. A module whose check
+fails while every module inside it passes has a wrong rule of its own
+(``own``); a failure explained by a failing module inside it is inherited.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fnn.module import Module
+from fnn.paths import check_pair
+from fnn.testing._agreement import agreement
+from fnn.testing._dtypes import cast, rtol, x64
+from fnn.testing._problem import loss_problem, module_problem
+from fnn.testing._report import FAILED, Check
+
+__all__ = ["Rule", "RuleReport", "recorded_calls", "wrong_rules"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """One call of a module during a forward pass: where it sits, and what it got."""
+
+    position: str
+    module: Module
+    params: object
+    x: object
+    ancestors: tuple
+
+
+def _recording(module, prefix, ancestors, calls):
+    """``module`` with its ``apply`` (and every descendant's) appending a :class:`Call` to ``calls``."""
+    position = prefix + module.name
+    wired = module
+    if module.children:
+        many = len(module.children) > 1
+        wired = module.rebuild(
+            *(
+                _recording(child, f"{position}{f'[{i}]' if many else ''} ", (*ancestors, position), calls)
+                for i, child in enumerate(module.children)
+            )
+        )
+
+    def apply(params, x):
+        y = wired.apply(params, x)
+        calls.append(Call(position, module, params, x, ancestors))
+        return y
+
+    return dataclasses.replace(wired, apply=apply)
+
+
+def recorded_calls(model, params, x):
+    """``(outputs, calls)``: one eager forward pass of ``model``, every module's :class:`Call` in the order they end.
+
+    Positions name the path from the root: ``serial[3] dense`` is the fourth
+    module of the top ``serial``; ``serial[2] residual serial[0] dense`` the
+    first module of the block inside the residual that is the top serial's
+    third. A parent with one child gives no index. A module called twice
+    (shared) gets ``(call 2)``.
+    """
+    calls = []
+    outputs = _recording(model, "", (), calls).apply(params, x)
+    seen = {}
+    for i, call in enumerate(calls):
+        seen[call.position] = seen.get(call.position, 0) + 1
+        if seen[call.position] > 1:
+            calls[i] = dataclasses.replace(call, position=f"{call.position} (call {seen[call.position]})")
+    return outputs, calls
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One module's (or the loss's) rule, checked at its actual input.
+
+    ``kind`` is ``"leaf"``, ``"wiring"`` (a structural module: its rule
+    includes its children's) or ``"loss"``; ``error`` and ``tolerance`` are
+    relative to the largest reference entry, as in :class:`fnn.testing.Check`;
+    ``own`` is true when this rule fails while every rule inside it passes.
+    """
+
+    position: str
+    kind: str
+    error: float | None
+    tolerance: float
+    where: str
+    detail: str
+    ok: bool
+    own: bool
+
+    @property
+    def ratio(self):
+        """``error / tolerance`` (``inf`` when the check raised)."""
+        return np.inf if self.error is None else self.error / self.tolerance
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleReport:
+    """Every rule of a network, the wrong ones first: own failures, then inherited ones, then the rest by ratio."""
+
+    rules: tuple
+
+    @property
+    def ok(self):
+        """Whether every rule passed."""
+        return all(r.ok for r in self.rules)
+
+    @property
+    def wrong(self):
+        """The positions of the rules that are wrong on their own."""
+        return tuple(r.position for r in self.rules if r.own)
+
+    def __iter__(self):
+        return iter(self.rules)
+
+    def __getitem__(self, position):
+        for rule in self.rules:
+            if rule.position == position:
+                return rule
+        raise KeyError(f"no module at {position!r}; positions: {', '.join(r.position for r in self.rules)}")
+
+    def __str__(self):
+        width = max(len(r.position) for r in self.rules)
+        lines = [f"{'position':<{width}}  {'rule':<14}{'error':>9}{'tolerance':>11}  where"]
+        for r in self.rules:
+            status = "WRONG" if r.own else ("fails inside" if not r.ok else "ok")
+            error = "raised" if r.error is None else f"{r.error:.1e}"
+            lines.append(f"{r.position:<{width}}  {status:<14}{error:>9}{r.tolerance:>11.1e}  {r.where}  {r.detail}")
+        return "\n".join(line.rstrip() for line in lines)
+
+
+def _backward_check(problem):
+    """``backward`` against autodiff (both paths one compiled program per module); a raise becomes a failed check."""
+    try:
+        got = problem.gradients("backprop")[2]
+        want = problem.gradients("autodiff")[2]
+    except Exception as exc:  # the rule's code failed: that is the finding
+        return Check("backward", FAILED, detail=f"raised {type(exc).__name__}: {' '.join(str(exc).split())}")
+    return agreement("backward", got, want, problem, rtol(np.float64))
+
+
+def _call_problem(call, seed):
+    """The checker's problem for one recorded call: the module at its actual parameters and input."""
+    return module_problem(
+        call.module, np.shape(call.x), params=call.params, x=call.x, seed=seed, edge_values=(), dtypes=()
+    )
+
+
+def _rule(position, kind, found, alone):
+    """A :class:`Rule` from a check; ``alone``: no module inside this one fails (so a failure is its own)."""
+    tolerance = found.tolerance if found.tolerance is not None else rtol(np.float64)
+    return Rule(
+        position, kind, found.error, tolerance, found.where, found.detail, found.passed, alone and not found.passed
+    )
+
+
+def wrong_rules(model, loss, params, x, targets, *, seed=0):
+    """Checks every module's backward rule inside ``model`` (and ``loss``'s) at its actual input, in float64.
+
+    Args:
+      model: any fnn module (``serial``, ``residual``, nested, ``mlp``, ...).
+      loss: any fnn loss.
+      params, x, targets: a batch as training would see it (any floating
+        dtype; float64 copies are checked).
+      seed: seeds the random output cotangents.
+
+    Returns:
+      A :class:`RuleReport`: one :class:`Rule` per module call and the loss,
+      wrong ones first; ``report.wrong`` lists the positions of rules wrong
+      on their own, e.g. ``("serial[2] residual serial[1] sigmoid",)``.
+
+    Example::
+
+        report = fnn.inspect.wrong_rules(model, fnn.losses.cross_entropy, params, x, labels)
+        print(report)   # one line per module, the wrong rule first
+        assert report.ok, report.wrong
+    """
+    check_pair(model, loss)
+    params, x, targets = cast((params, x, targets), np.float64)
+    with x64():
+        outputs, calls = recorded_calls(model, jax.tree.map(jnp.asarray, params), jnp.asarray(x))
+        checked = [_backward_check(_call_problem(call, seed)) for call in calls]
+        checked_loss = _backward_check(
+            loss_problem(loss, outputs.shape, targets=targets, outputs=outputs, seed=seed, edge_values=(), dtypes=())
+        )
+    failing = {c.position for c, found in zip(calls, checked) if not found.passed}
+    inherited = {a for c in calls if c.position in failing for a in c.ancestors}
+    rules = [
+        _rule(c.position, "leaf" if c.module.is_leaf else "wiring", found, c.position not in inherited)
+        for c, found in zip(calls, checked)
+    ]
+    rules.append(_rule(f"loss {loss.name}", "loss", checked_loss, True))
+    order = sorted(range(len(rules)), key=lambda i: (not rules[i].own, rules[i].ok, -rules[i].ratio, i))
+    return RuleReport(tuple(rules[i] for i in order))

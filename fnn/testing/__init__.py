@@ -1,0 +1,86 @@
+"""Checking hand-written backward rules: your own module's or loss's, in one call, from your own tests.
+
+:func:`check_module` and :func:`check_loss` run every check of a rule and
+return a :class:`Report` (one :class:`Check` per check: name, status, the
+largest error and the tolerance it was held to, where); :func:`assert_module`
+and :func:`assert_loss` raise ``AssertionError`` with the report when a check
+fails. In one call, in float64 unless a check is about another dtype:
+
+- ``output``, ``structure``: the output's shape and dtype against ``init``'s;
+  the gradient's pytree, shapes and dtypes against the primal's, and no
+  gradient for integer inputs;
+- ``backward``: the backprop path (jitted) against JAX's VJP of the
+  module's own ``apply``;
+- ``custom``, ``custom_jit``, ``custom_vmap``, ``custom_grad_of_grad``,
+  ``forward_mode``: the custom-VJP path eagerly, jitted, per example
+  (``vmap``), reverse over reverse, and ``jvp`` (skipped: reverse mode only);
+- ``finite_differences``, ``finite_differences_2``: central differences of
+  first and second order, step and tolerance from each input's scale;
+- ``dtype[float32]``, ``dtype[bfloat16]``: dtypes, structure and accuracy at
+  lower precision;
+- ``edge_values``: the module's documented edge values and yours;
+- ``determinism``: the same draw gives the same gradient bit for bit;
+- ``saved``: what ``saved`` holds against autodiff's residuals (reported).
+
+A test file in your own project::
+
+    # tests/test_my_layers.py
+    import jax.numpy as jnp
+    import fnn
+
+
+    def _softsign_forward(x):  # y = x / (1 + |x|)
+        d = 1 + jnp.abs(x)
+        return x / d, d
+
+
+    def _softsign_backward(d, g):  # dx = G / (1 + |x|)^2
+        return g / (d * d)
+
+
+    softsign = fnn.nn.activation("softsign", _softsign_forward, _softsign_backward, edge_values=(0.0, 1e4, -1e4))
+
+
+    def test_softsign():
+        fnn.testing.assert_module(softsign, (4, 5))
+
+
+    def test_a_block_of_mine():
+        block = fnn.nn.serial(fnn.nn.dense(8, bias=True), softsign, fnn.nn.layer_norm())
+        fnn.testing.assert_module(block, (4, 5), seed=1)
+
+:func:`fnn.inspect.wrong_rules` finds the wrong rule inside a whole network.
+:func:`compare_vjp` checks a custom op (any ``jax.custom_vjp`` function)
+against a reference implementation; :func:`relative_error` is fnn's one
+definition of a relative error.
+"""
+
+from fnn.testing._compare import (
+    CHECKS,
+    DEFAULT_TOLERANCES,
+    Difference,
+    VjpReport,
+    compare_vjp,
+    difference,
+    relative_error,
+)
+from fnn.testing._module import DTYPES, MODULE_CHECKS, assert_loss, assert_module, check_loss, check_module
+from fnn.testing._report import Check, Report
+
+__all__ = [
+    "CHECKS",
+    "DEFAULT_TOLERANCES",
+    "DTYPES",
+    "MODULE_CHECKS",
+    "Check",
+    "Difference",
+    "Report",
+    "VjpReport",
+    "assert_loss",
+    "assert_module",
+    "check_loss",
+    "check_module",
+    "compare_vjp",
+    "difference",
+    "relative_error",
+]

@@ -1,0 +1,195 @@
+"""``check_module`` and ``check_loss``: every check of a hand-written rule in one call, and their assert forms.
+
+The checks run in the order of :data:`CHECKS`, each a function of one draw
+(:class:`fnn.testing._problem.Problem`) returning one :class:`Check` (or one
+per dtype). A check whose code raises is reported as failed with the
+exception, and the others still run. Adding a check (modules with state or
+a random key are next) is adding a function to :data:`CHECKS`.
+"""
+
+import functools
+
+import jax.numpy as jnp
+import numpy as np
+
+from fnn.testing._determinism import determinism
+from fnn.testing._edges import edge_values as _edge_values
+from fnn.testing._finite import finite_differences
+from fnn.testing._precision import dtype_check
+from fnn.testing._problem import loss_problem, module_problem
+from fnn.testing._report import FAILED, Check, Report
+from fnn.testing._saved import saved
+from fnn.testing._structure import output, structure
+from fnn.testing._transforms import (
+    backward,
+    custom,
+    custom_grad_of_grad,
+    custom_jit,
+    custom_vmap,
+    forward_mode,
+)
+
+__all__ = ["CHECKS", "DTYPES", "MODULE_CHECKS", "assert_loss", "assert_module", "check_loss", "check_module"]
+
+
+def _dtypes(problem):
+    return [dtype_check(problem, dtype) for dtype in problem.dtypes]
+
+
+#: Every check, in the order it runs: ``name -> function(problem)``. ``"dtypes"`` gives one
+#: ``dtype[<name>]`` entry per lower precision checked.
+CHECKS = {
+    "output": output,
+    "structure": structure,
+    "backward": backward,
+    "custom": custom,
+    "custom_jit": custom_jit,
+    "custom_vmap": custom_vmap,
+    "custom_grad_of_grad": custom_grad_of_grad,
+    "forward_mode": forward_mode,
+    "finite_differences": functools.partial(finite_differences, order=1),
+    "finite_differences_2": functools.partial(finite_differences, order=2),
+    "dtypes": _dtypes,
+    "edge_values": _edge_values,
+    "determinism": determinism,
+    "saved": saved,
+}
+#: The names of the checks, in order (what ``checks=`` selects from).
+MODULE_CHECKS = tuple(CHECKS)
+#: The lower precisions checked by default, besides float64.
+DTYPES = (jnp.float32, jnp.bfloat16)
+
+
+def _selected(fn, checks):
+    if checks is None:
+        return tuple(CHECKS)
+    checks = (checks,) if isinstance(checks, str) else tuple(checks)
+    unknown = [c for c in checks if c not in CHECKS]
+    if unknown:
+        raise ValueError(f"{fn}: unknown checks {unknown}; expected names from {', '.join(CHECKS)}")
+    return tuple(c for c in CHECKS if c in checks)  # in the order they always run
+
+
+def _check_dtypes(fn, dtypes):
+    for dtype in dtypes:
+        if not jnp.issubdtype(dtype, jnp.floating) or np.dtype(dtype) == np.float64:
+            raise ValueError(
+                f"{fn}: dtypes are the lower floating precisions to check besides float64, e.g. (jnp.float32, "
+                f"jnp.bfloat16); got {np.dtype(dtype).name}"
+            )
+    return tuple(dtypes)
+
+
+def _check_seed(fn, seed):
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"{fn}: seed must be a non-negative int, got {seed!r}")
+    return int(seed)
+
+
+def _run(problem, names):
+    checks = []
+    for name in names:
+        try:
+            found = CHECKS[name](problem)
+        except Exception as exc:  # the rule's code failed: that is the finding, and the other checks still run
+            message = " ".join(str(exc).split())
+            found = Check(name, FAILED, detail=f"raised {type(exc).__name__}: {message}")
+        checks += found if isinstance(found, list) else [found]
+    return Report(problem.description, tuple(checks))
+
+
+def check_module(module, input_shape, *, params=None, x=None, seed=0, dtypes=DTYPES, edge_values=(), checks=None):
+    """Checks a module's hand-written backward function; returns a :class:`Report`, one entry per check.
+
+    Args:
+      module: any :class:`fnn.module.Module`: a leaf (``fnn.nn.dense(3)``, your
+        own ``fnn.module.leaf``) or a structural module (``fnn.nn.serial(...)``).
+      input_shape: the input's shape, batch axis first, e.g. ``(4, 5)``.
+      params: parameters to check at; by default ``init``'s structure and
+        shapes with standard normal values (so that zero biases and unit
+        scales, at which some wrong rules agree with the right one, are not
+        what is checked). Their values are used, cast to each dtype checked.
+      x: the input to check at (a floating or integer array of
+        ``input_shape``), or a function ``(rng, input_shape) -> array`` of a
+        NumPy generator, drawn anew for every seed (integer ids for an
+        embedding: ``lambda rng, shape: rng.integers(0, 10, shape)``); by
+        default standard normal draws.
+      seed: seeds every random draw (parameters, input, cotangents,
+        directions); the same seed gives the same report.
+      dtypes: the lower precisions to check besides float64 (the checker
+        casts parameters and inputs to each).
+      edge_values: inputs to check besides the module's own
+        ``module.edge_values``: numbers or arrays broadcast to
+        ``input_shape``, or functions of ``input_shape``.
+      checks: names from :data:`CHECKS` to run (default all).
+
+    Every check is described in its module: shapes and structure
+    (``fnn.testing._structure``), the paths and transformations
+    (``_transforms``), finite differences (``_finite``), lower precisions
+    (``_precision``), edge values (``_edges``), determinism and what
+    ``saved`` holds. Tolerances follow one rule for every module:
+    ``eps ** (3/4)`` of the dtype, relative to the largest reference entry
+    (:func:`fnn.testing._dtypes.rtol`).
+
+    Example::
+
+        report = fnn.testing.check_module(fnn.nn.dense(3, bias=True), (4, 5))
+        print(report)        # one row per check
+        report.assert_ok()   # AssertionError with the table if a check failed
+    """
+    names = _selected("check_module", checks)
+    problem = module_problem(
+        module,
+        input_shape,
+        params=params,
+        x=x,
+        seed=_check_seed("check_module", seed),
+        edge_values=tuple(edge_values),
+        dtypes=_check_dtypes("check_module", dtypes),
+    )
+    return _run(problem, names)
+
+
+def check_loss(loss, output_shape, *, targets, outputs=None, seed=0, dtypes=DTYPES, edge_values=(), checks=None):
+    """Checks a loss's hand-written backward function; returns a :class:`Report`, one entry per check.
+
+    The same checks as :func:`check_module`, for the gradient with respect
+    to the outputs (targets are data: they get none), under a random upstream
+    cotangent ``g`` (a rule that ignores ``g`` fails).
+
+    Args:
+      loss: any :class:`fnn.module.Loss` (``fnn.losses.mse``, your own ``fnn.module.loss``).
+      output_shape: the shape of the model outputs the loss takes, batch axis first, e.g. ``(4, 10)``.
+      targets: the targets, an array with the batch axis first, or a function
+        ``(rng, output_shape) -> array`` of a NumPy generator (drawn anew for
+        every seed), e.g. ``lambda rng, shape: rng.integers(0, shape[-1], shape[:-1])``.
+      outputs: the outputs to check at, an array or a function ``(rng, output_shape) -> array``;
+        by default standard normal draws.
+      seed, dtypes, edge_values, checks: as for :func:`check_module`.
+
+    Example::
+
+        labels = lambda rng, shape: rng.integers(0, shape[-1], shape[:-1])
+        fnn.testing.check_loss(fnn.losses.cross_entropy, (4, 10), targets=labels).assert_ok()
+    """
+    names = _selected("check_loss", checks)
+    problem = loss_problem(
+        loss,
+        output_shape,
+        targets=targets,
+        outputs=outputs,
+        seed=_check_seed("check_loss", seed),
+        edge_values=tuple(edge_values),
+        dtypes=_check_dtypes("check_loss", dtypes),
+    )
+    return _run(problem, names)
+
+
+def assert_module(module, input_shape, **kwargs):
+    """:func:`check_module`, raising ``AssertionError`` with the report if a check failed; returns the report."""
+    return check_module(module, input_shape, **kwargs).assert_ok()
+
+
+def assert_loss(loss, output_shape, **kwargs):
+    """:func:`check_loss`, raising ``AssertionError`` with the report if a check failed; returns the report."""
+    return check_loss(loss, output_shape, **kwargs).assert_ok()

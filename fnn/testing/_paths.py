@@ -1,0 +1,159 @@
+"""A module's (or loss's) gradient on each path, as functions the checks compile once and call many times.
+
+Everything goes through :mod:`fnn.paths` with a model and a loss:
+
+- a module ``M`` is checked as the pair ``(M, COTANGENT)``, ``COTANGENT``
+  being the loss ``L = sum(y * c)`` whose targets ``c`` are the output's
+  cotangent: its gradient is ``B[M, x](g c)``;
+- a loss ``l`` is checked as the pair ``(IDENTITY, l)``: its gradient with
+  respect to the outputs is ``B[l](g)``.
+
+``g`` is the upstream cotangent of ``L`` (a random scalar, so that a rule
+that ignores it is caught). The functions below take ``(model, loss)`` as
+static arguments, so ``jax.jit`` compiles them once per module and shapes and
+later draws reuse the compiled code.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from fnn.module import loss, structural
+from fnn.paths import PATHS, objective, sweep_backward, sweep_forward
+from fnn.testing._dtypes import floating
+
+__all__ = [
+    "COTANGENT",
+    "IDENTITY",
+    "KINDS",
+    "OFFSETS",
+    "floating_leaves",
+    "grad_of_grad",
+    "gradients",
+    "jit_on_paths",
+    "jit_stencil",
+    "on_paths",
+    "per_example",
+    "second_order_value",
+    "stencil",
+]
+
+
+def _check_cotangent(y, c):
+    if y.shape != c.shape or y.dtype != c.dtype:
+        raise ValueError(
+            f"cotangent: the output cotangent must match the output, got {c.dtype}{list(c.shape)} "
+            f"for an output {y.dtype}{list(y.shape)}"
+        )
+
+
+#: ``L = sum(y * c)``, so that ``dL/dy = c``: a module's output cotangent, as a loss.
+COTANGENT = loss(
+    "cotangent", forward=lambda y, c: (jnp.sum(y * c), c), backward=lambda c, g: g * c, check=_check_cotangent
+)
+
+
+def _identity_init(key, input_shape):
+    return tuple(input_shape), ()
+
+
+#: ``y = x``, no parameters: the model under a loss checked on its own. Wiring, not a leaf, so that it
+#: stays plain JAX on the custom path (only the loss is a custom VJP there).
+IDENTITY = structural(
+    "identity",
+    init=_identity_init,
+    apply=lambda params, x: jnp.asarray(x),
+    forward=lambda params, x: (jnp.asarray(x), None),
+    backward=lambda params, saved, g: ((), g),
+    rebuild=lambda: IDENTITY,
+)
+
+
+def gradients(model, loss, path, params, x, targets, g):
+    """``(L, outputs, (dparams, dx))`` on ``path``, ``(dparams, dx)`` the VJP of ``L`` for the cotangent ``g``.
+
+    On ``backprop`` the gradient is exactly what the backward functions return
+    (``None`` where they give no gradient); on ``autodiff`` and ``custom``
+    it is ``jax.vjp``'s (``float0`` for integer inputs).
+    """
+    if path == "backprop":
+        value, outputs, saved = sweep_forward(model, loss)(params, x, targets)
+        return value, outputs, sweep_backward(model, loss)(params, saved, jnp.asarray(g, value.dtype))
+    fn = objective(model, loss, path)
+    value, pullback, outputs = jax.vjp(lambda p, z: fn(p, z, targets), params, x, has_aux=True)
+    return value, outputs, pullback(jnp.asarray(g, value.dtype))
+
+
+def per_example(model, loss, path, params, x, targets, g):
+    """Per-example gradients: :func:`gradients` of each row ``x[n:n+1]`` (with ``targets[n:n+1]``), by ``jax.vmap``."""
+
+    def one(row, row_targets):
+        return gradients(model, loss, path, params, row[None], row_targets[None], g)[2]
+
+    return jax.vmap(one)(x, targets)
+
+
+def floating_leaves(grads, primals):
+    """The leaves of ``grads`` (``None`` counted as a leaf) at the positions of ``primals``' floating leaves."""
+    leaves = jax.tree.leaves(grads, is_leaf=lambda v: v is None)
+    return [d for d, p in zip(leaves, jax.tree.leaves(primals)) if floating(p)]
+
+
+def second_order_value(model, loss, path, params, x, targets, g, w):
+    """``<(dparams, dx), w>``: the gradient on ``path`` projected on ``w`` (one array per floating leaf)."""
+    grads = gradients(model, loss, path, params, x, targets, g)[2]
+    return sum(jnp.vdot(d, v) for d, v in zip(floating_leaves(grads, (params, x)), w))
+
+
+def grad_of_grad(model, loss, path, params, x, targets, g, w):
+    """Reverse over reverse: the gradient of :func:`second_order_value` with respect to ``(params, x)``."""
+    value, pullback = jax.vjp(lambda p, z: second_order_value(model, loss, path, p, z, targets, g, w), params, x)
+    return pullback(jnp.ones_like(value))
+
+
+#: The stencil's points, in steps: ``theta + k h v`` for ``k`` in -2..2 (see :mod:`fnn.testing._finite`).
+OFFSETS = (-2.0, -1.0, 0.0, 1.0, 2.0)
+
+
+def stencil(model, loss, order, moved, params, x, targets, g, w, directions, steps):
+    """The scalar the finite differences of ``order`` differentiate, at every stencil point of every direction.
+
+    Order 1: ``g L`` (the plain forward, no rule involved); order 2:
+    :func:`second_order_value` on the ``custom`` path. ``moved`` (static)
+    lists the leaves of ``(params, x)`` the directions move, concatenated
+    flat: ``directions[n, size]`` (each row one direction in that flat
+    vector), ``steps[n]`` their steps. One ``vmap`` over every (direction,
+    offset) pair, so one copy of the function is compiled whatever the
+    number of leaves. Returns ``[n, 5]``.
+    """
+    leaves, treedef = jax.tree.flatten((params, x))
+    flat = jnp.concatenate([jnp.ravel(leaves[i]) for i in moved])
+    sizes = [leaves[i].size for i in moved]
+
+    def at(v, step, k):
+        new, start = list(leaves), 0
+        point = flat + (k * step) * v
+        for i, size in zip(moved, sizes):
+            new[i] = point[start : start + size].reshape(leaves[i].shape)
+            start += size
+        p, z = jax.tree.unflatten(treedef, new)
+        if order == 1:
+            return g * objective(model, loss, "autodiff")(p, z, targets)[0]
+        return second_order_value(model, loss, "custom", p, z, targets, g, w)
+
+    n, m = directions.shape[0], len(OFFSETS)
+    offsets = jnp.tile(jnp.asarray(OFFSETS, flat.dtype), n)
+    values = jax.vmap(at)(jnp.repeat(directions, m, axis=0), jnp.repeat(steps, m), offsets)
+    return values.reshape(n, m)
+
+
+#: The paths each function is compared on: the rule's two paths and autodiff, or the two JAX can transform.
+KINDS = {"gradients": PATHS, "per_example": ("autodiff", "custom"), "grad_of_grad": ("autodiff", "custom")}
+
+
+def on_paths(fn, paths, model, loss, *args):
+    """``{path: fn(model, loss, path, *args)}`` for every path in ``paths``, as one program."""
+    return {path: fn(model, loss, path, *args) for path in paths}
+
+
+jit_on_paths = jax.jit(on_paths, static_argnums=(0, 1, 2, 3))
+jit_stencil = jax.jit(stencil, static_argnums=(0, 1, 2, 3))

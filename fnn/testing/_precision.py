@@ -1,0 +1,100 @@
+"""The rules at a lower precision (float32, bfloat16): dtypes, structure, and accuracy no worse than autodiff's.
+
+At ``dtype``, every floating leaf of the draw (parameters, input, targets,
+cotangents) is cast to ``dtype``; the ``backprop`` and ``custom`` paths must
+then give
+
+- an output of ``dtype`` and a gradient whose structure, shapes and dtypes
+  are the primal's (a float64 gradient for a float32 input fails);
+- finite entries wherever autodiff's, at ``dtype``, are finite;
+- an error against the truth (float64 autodiff at the same rounded values),
+  relative to the truth's largest entry, of at most
+  ``max(8 * autodiff's own error at dtype, eps(dtype) ** (3/4))`` per leaf:
+  a rule may be as inaccurate as JAX's own derivative of the forward code at
+  that precision, within a factor of 8 (three bits: two rounding errors of a
+  few ulps each have a ratio with a heavy tail; a factor of 4 called 2 of 200
+  correct draws of a four-module serial wrong in bfloat16), and is always
+  allowed the checker's rounding tolerance.
+
+The dtypes are cast by the checker (``params=`` gives the values, not the
+dtype). A module whose trace-time checks refuse the dtype (``TypeError`` or
+``ValueError`` from its forward) is reported as skipped with its message.
+"""
+
+import numpy as np
+
+from fnn.testing._agreement import entry, leaf_error
+from fnn.testing._dtypes import rtol
+from fnn.testing._report import FAILED, PASSED, SKIPPED, Check
+from fnn.testing._structure import gradient_mismatches, output_mismatch, output_name
+
+__all__ = ["RULE_PATHS", "accuracy", "dtype_check", "refuses"]
+
+#: The paths whose rules are held to the truth: the hand-written backward, directly and as custom VJPs.
+RULE_PATHS = ("backprop", "custom")
+#: A rule may be this many times less accurate than autodiff at the same precision.
+AUTODIFF_FACTOR = 8.0
+
+
+def _masked(keep, a):
+    return np.where(keep, np.asarray(a, np.float64), 0.0)
+
+
+def accuracy(problem, dtype, x=None):
+    """The rules at ``dtype`` against the float64 truth: ``(error, tolerance, where, mismatches)``.
+
+    ``mismatches`` lists ``(where, what)`` for wrong output dtypes or
+    shapes, wrong gradient structure, shapes or dtypes, and a rule path that
+    raises; ``error`` and ``tolerance`` are those of the leaf with the
+    largest ratio (see the module doc). Raises what autodiff raises.
+    """
+    truth = problem.gradients("autodiff", x=x, rounded_to=dtype)[2]
+    reference = problem.gradients("autodiff", dtype=dtype, x=x)
+    y = output_name(problem)
+    mismatches = [(y, f"autodiff: {m}") for m in [output_mismatch(problem, reference, dtype)] if m]
+    worst = None
+    for path in RULE_PATHS:
+        try:
+            result = problem.gradients(path, dtype=dtype, x=x)
+        except Exception as exc:  # e.g. jax.custom_vjp refusing a gradient of the wrong shape: a finding
+            mismatches.append(("", f"{path}: raised {type(exc).__name__}: {' '.join(str(exc).split())}"))
+            continue
+        found = gradient_mismatches(problem, result[2], dtype, path)
+        found += [(y, f"{path}: {m}") for m in [output_mismatch(problem, result, dtype)] if m]
+        mismatches += found
+        if found:
+            continue
+        leaves = zip(problem.names, problem.floating, *map(problem.split, (result[2], reference[2], truth)))
+        for name, is_float, rule, ad, true in leaves:
+            if not is_float:
+                continue
+            keep = np.isfinite(np.asarray(true, np.float64)) & np.isfinite(np.asarray(ad, np.float64))
+            error, index = leaf_error(_masked(keep, rule), _masked(keep, true), require_finite=True)
+            tolerance = max(AUTODIFF_FACTOR * leaf_error(_masked(keep, ad), _masked(keep, true))[0], rtol(dtype))
+            if worst is None or error / tolerance > worst[0] / worst[1]:
+                worst = (error, tolerance, f"{entry(name, index)} ({path})")
+    return (*(worst or (0.0, rtol(dtype), "")), mismatches)
+
+
+def refuses(problem, dtype):
+    """The module's own message if its forward refuses ``dtype`` (a trace-time ``TypeError``/``ValueError``)."""
+    try:
+        problem.gradients("autodiff", dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def dtype_check(problem, dtype):
+    """``dtype[<name>]``: the rules at a lower precision (see the module doc)."""
+    name = f"dtype[{np.dtype(dtype).name}]"
+    refused = refuses(problem, dtype)
+    if refused:
+        return Check(name, SKIPPED, detail=f"the forward refuses {np.dtype(dtype).name}: {refused}")
+    error, tolerance, where, mismatches = accuracy(problem, dtype)
+    if mismatches:
+        more = f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else ""
+        return Check(name, FAILED, where=mismatches[0][0], detail=mismatches[0][1] + more)
+    status = PASSED if error <= tolerance else FAILED
+    detail = "dtypes and structure; error against float64 at the same values, held to 8x autodiff's own"
+    return Check(name, status, float(error), float(tolerance), where, detail)

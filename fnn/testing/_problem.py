@@ -1,0 +1,289 @@
+"""One draw of a checker problem: the pair under check, its float64 data on the host, and its gradients by path.
+
+:func:`module_problem` and :func:`loss_problem` draw, from one NumPy
+generator seeded by ``seed``, what the checks need: parameters and input
+(or outputs and targets), the output cotangent, the upstream cotangent ``g``
+and the second-order projections ``w``. :meth:`Problem.gradients` runs a path
+on those (or on other inputs, or cast to another dtype) and caches the
+result, so the checks share the work.
+"""
+
+import contextlib
+import dataclasses
+import functools
+
+import jax
+import numpy as np
+
+from fnn.module import Loss, Module
+from fnn.testing import _paths
+from fnn.testing._dtypes import cast, floating, x64
+
+__all__ = ["Problem", "StructureError", "loss_problem", "module_problem"]
+
+
+class StructureError(ValueError):
+    """A gradient whose pytree structure is not that of ``(params, x)``."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Problem:
+    """One draw for :func:`fnn.testing.check_module` or :func:`fnn.testing.check_loss`.
+
+    ``model`` and ``loss`` are the pair given to :mod:`fnn.paths` (see
+    :mod:`fnn.testing._paths`): ``(module, COTANGENT)`` or ``(IDENTITY, loss)``.
+    ``params``, ``x``, ``targets`` (the output cotangent, for a module), ``g``
+    and ``w`` are NumPy arrays, floating ones float64. ``names`` names each
+    leaf of ``(params, x)``'s gradient; ``output_shape`` is the output shape
+    ``init`` promises (batch axis included), ``None`` if it has no ``init``.
+    """
+
+    kind: str
+    model: Module
+    loss: Loss
+    params: object
+    x: np.ndarray
+    targets: np.ndarray
+    g: np.ndarray
+    w: tuple
+    names: tuple
+    output_shape: tuple | None
+    edge_values: tuple
+    dtypes: tuple
+    seed: int
+    description: str
+
+    @property
+    def primals(self):
+        """``(params, x)``: what the gradient is taken with respect to."""
+        return self.params, self.x
+
+    @functools.cached_property
+    def floating(self):
+        """Per leaf of ``(params, x)``, whether it is floating (differentiated)."""
+        return tuple(floating(a) for a in jax.tree.leaves(self.primals))
+
+    def split(self, grads):
+        """The leaves of a gradient ``(dparams, dx)``, ``None`` counted as a leaf; :class:`StructureError` naming
+        the first missing or extra leaf if the structure is not ``(params, x)``'s."""
+        want = jax.tree.structure(self.primals)
+        leaves, got = jax.tree.flatten(grads, is_leaf=lambda v: v is None)
+        if got != want:
+            names = lambda tree: _leaf_names(tree, self.names[-1])  # noqa: E731
+            missing = [n for n in names(self.primals) if n not in names(grads)]
+            extra = [n for n in names(grads) if n not in names(self.primals)]
+            found = f"missing {', '.join(missing)}" if missing else f"unexpected {', '.join(extra)}" if extra else ""
+            raise StructureError(f"the gradient's pytree is not that of (params, x): {found or got}")
+        return leaves
+
+    def data(self, dtype=np.float64, x=None, rounded_to=None):
+        """``(params, x, targets, g, w)``, floating leaves cast to ``dtype`` (first to ``rounded_to`` if given;
+        ``x`` replaced if given)."""
+        tree = (self.params, self.x if x is None else x, self.targets, self.g, self.w)
+        return cast(tree if rounded_to is None else cast(tree, rounded_to), dtype)
+
+    def run(self, kind, path, *, dtype=np.float64, x=None, rounded_to=None, eager=False, fresh=False):
+        """One of :mod:`fnn.testing._paths`' functions (``kind``: ``"gradients"``, ``"per_example"`` or
+        ``"grad_of_grad"``) on ``path`` for this draw, on the host.
+
+        ``dtype`` casts every floating leaf first (``rounded_to`` rounds it to
+        a lower precision before, for a float64 reference at a float32
+        draw's values); ``x`` replaces the input. float64 runs inside
+        ``jax.enable_x64``, other dtypes in the caller's mode, so that a
+        float64 constant leaking into a float32 rule shows where it would for
+        the caller. Jitted, every path of ``kind`` is one compiled program
+        (compiling once is cheaper than once per path), run once and cached;
+        if it fails, each path runs alone so that only the failing path's
+        checks fail. ``eager`` runs op by op; ``fresh`` runs again.
+        """
+        fn, paths = getattr(_paths, kind), _paths.KINDS[kind]
+        args = self.data(dtype, x, rounded_to)
+        args = args if kind == "grad_of_grad" else args[:4]
+        inputs = None if x is None else (np.asarray(x).dtype.str, np.asarray(x).tobytes())
+        key = (kind, eager and path, np.dtype(dtype).name, rounded_to and np.dtype(rounded_to).name, inputs)
+        mode = x64() if np.dtype(dtype) == np.float64 else contextlib.nullcontext()
+        result = None if fresh else self._cache.get(key)
+        if result is None:
+            with mode:
+                if eager:
+                    result = {path: jax.device_get(fn(self.model, self.loss, path, *args))}
+                else:
+                    result = self._all_paths(fn, paths, args)
+            if not fresh:
+                self._cache[key] = result
+        return result[path] if path in result else self._one_path(fn, path, args, mode)
+
+    def _all_paths(self, fn, paths, args):
+        try:
+            return jax.device_get(_paths.jit_on_paths(fn, paths, self.model, self.loss, *args))
+        except Exception:  # one path fails: each runs alone (see _one_path), so that only its own checks fail
+            return {}
+
+    def _one_path(self, fn, path, args, mode):
+        with mode:
+            return jax.device_get(_paths.jit_on_paths(fn, (path,), self.model, self.loss, *args))[path]
+
+    def gradients(self, path, **kwargs):
+        """``(L, outputs, (dparams, dx))`` on ``path`` (:meth:`run` of ``"gradients"``)."""
+        return self.run("gradients", path, **kwargs)
+
+    def per_example(self, path):
+        """Per-example gradients on ``path``, float64 (:meth:`run` of ``"per_example"``)."""
+        return self.run("per_example", path)
+
+    def grad_of_grad(self, path):
+        """Reverse over reverse on ``path``, float64 (:meth:`run` of ``"grad_of_grad"``)."""
+        return self.run("grad_of_grad", path)
+
+    @functools.cached_property
+    def _cache(self):
+        return {}
+
+
+def _draw_g(rng):
+    """The upstream cotangent: a random sign times a magnitude in [0.5, 2] (never 1, never tiny)."""
+    return np.float64(rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 2.0))
+
+
+def _standard_normal_like(tree, rng):
+    """``tree`` with every floating leaf replaced by standard normal float64 draws of its shape."""
+    return jax.tree.map(lambda a: rng.standard_normal(a.shape) if floating(a) else np.asarray(a), tree)
+
+
+def _check_shape(fn, arg, shape, what):
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        shape = None
+    if shape is None or not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise ValueError(f"{fn}: {arg} must be a tuple of positive ints, batch axis first ({what}), got {shape!r}")
+    return shape
+
+
+def _input(fn, arg, given, shape, rng):
+    """The input: standard normal float64 draws of ``shape``, or ``given`` (an array, or a function
+    ``(rng, shape) -> array`` of the draw's generator), checked to have that shape."""
+    if given is None:
+        return rng.standard_normal(shape)
+    given = np.asarray(given(rng, shape) if callable(given) else given)
+    if given.shape != shape:
+        raise ValueError(f"{fn}: {arg} has shape {given.shape}, expected the shape checked, {shape}")
+    return given.astype(np.float64) if floating(given) else given
+
+
+def _init(module, input_shape, seed):
+    """``(output shape, params)`` from the module's ``init``, or ``(None, None)`` if it has none.
+
+    Traced only (``jax.eval_shape``): the params are shapes and dtypes, the
+    draws replace their values; only integer parameters are computed.
+    """
+    promised = []
+
+    def init(key):
+        out_shape, params = module.init(key, input_shape[1:])
+        promised.append((input_shape[0], *out_shape))
+        return params
+
+    try:
+        with x64():
+            params = jax.eval_shape(init, jax.random.key(seed))
+            if not all(floating(a) for a in jax.tree.leaves(params)):
+                params = jax.device_get(init(jax.random.key(seed)))
+    except TypeError as exc:
+        if "has no init" not in str(exc):
+            raise
+        return None, None
+    return promised[0], params
+
+
+def _leaf_names(grads, x_name):
+    """The name of every leaf of a ``(dparams, dx)`` pytree (``None`` a leaf): ``dparams['w']``, ..., ``x_name``."""
+    if not isinstance(grads, tuple | list) or len(grads) != 2:
+        return [repr(type(grads).__name__)]
+    flat = jax.tree_util.tree_flatten_with_path(grads[0], is_leaf=lambda v: v is None)[0]
+    return [f"dparams{jax.tree_util.keystr(k)}" for k, _ in flat] + [x_name]
+
+
+def _names(params, x_name):
+    return tuple(_leaf_names((params, None), x_name))
+
+
+def _second_order_w(primals, rng):
+    return tuple(rng.standard_normal(np.shape(a)) for a in jax.tree.leaves(primals) if floating(a))
+
+
+def module_problem(module, input_shape, *, params, x, seed, edge_values, dtypes):
+    """The draw for ``check_module``: params (given, or standard normal of ``init``'s shapes), input, cotangents."""
+    if not isinstance(module, Module):
+        raise TypeError(
+            f"check_module: module must be an fnn module (e.g. fnn.nn.dense(3)), got {type(module).__name__}"
+        )
+    input_shape = _check_shape("check_module", "input_shape", input_shape, "e.g. (4, 5)")
+    rng = np.random.default_rng(seed)
+    output_shape, init_params = _init(module, input_shape, seed)
+    if params is None:
+        if init_params is None:
+            raise ValueError(f"check_module: {module.name} has no init; pass params=")
+        params = _standard_normal_like(init_params, rng)
+    params = cast(params, np.float64)
+    x = _input("check_module", "x", x, input_shape, rng)
+    with x64():
+        y = jax.eval_shape(module.apply, params, x)
+    cotangent = rng.standard_normal(y.shape)
+    g, w = _draw_g(rng), _second_order_w((params, x), rng)
+    description = f"check_module({module!r}, input {input_shape}, seed {seed})"
+    return Problem(
+        "module",
+        module,
+        _paths.COTANGENT,
+        params,
+        x,
+        cotangent,
+        g,
+        w,
+        _names(params, "dx"),
+        output_shape,
+        (*module.edge_values, *edge_values),
+        tuple(dtypes),
+        seed,
+        description,
+    )
+
+
+def _targets(targets, output_shape, rng):
+    if targets is None:
+        raise TypeError("check_loss: pass targets=, an array or a function (rng, output_shape) -> array")
+    made = targets(rng, output_shape) if callable(targets) else targets
+    return np.asarray(made)
+
+
+def loss_problem(loss, output_shape, *, targets, outputs, seed, edge_values, dtypes):
+    """The draw for ``check_loss``: outputs (given, or standard normal), targets, the upstream cotangent."""
+    if not isinstance(loss, Loss):
+        raise TypeError(f"check_loss: loss must be an fnn loss (e.g. fnn.losses.mse), got {type(loss).__name__}")
+    output_shape = _check_shape("check_loss", "output_shape", output_shape, "the model's outputs, e.g. (4, 10)")
+    rng = np.random.default_rng(seed)
+    outputs = _input("check_loss", "outputs", outputs, output_shape, rng)
+    targets = _targets(targets, output_shape, rng)
+    if targets.ndim == 0 or targets.shape[0] != output_shape[0]:
+        raise ValueError(
+            f"check_loss: targets must have the batch axis first, {output_shape[0]} rows; got shape {targets.shape}"
+        )
+    g, w = _draw_g(rng), _second_order_w(((), outputs), rng)
+    description = f"check_loss({loss!r}, outputs {output_shape}, seed {seed})"
+    return Problem(
+        "loss",
+        _paths.IDENTITY,
+        loss,
+        (),
+        outputs,
+        targets,
+        g,
+        w,
+        ("doutputs",),
+        (),
+        (*loss.edge_values, *edge_values),
+        tuple(dtypes),
+        seed,
+        description,
+    )

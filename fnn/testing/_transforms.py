@@ -1,0 +1,95 @@
+"""The rule on every path and under every transformation, against autodiff in float64.
+
+Each check compares a gradient of the draw with the same gradient by the
+``autodiff`` path (``jax.vjp`` of the plain forward code), leaf by leaf, to
+:func:`fnn.testing._dtypes.rtol` of float64 (1.8e-12 of the leaf's largest
+entry):
+
+- ``backward``: the ``backprop`` path (``forward``, then ``backward`` on what
+  it saved), under ``jax.jit`` as training runs it (a rule that branches in
+  Python on values fails here);
+- ``custom``, ``custom_jit``: the ``jax.custom_vjp`` made of the rule, eagerly
+  (op by op) and jitted;
+- ``custom_vmap``: per-example gradients, ``jax.vmap`` over the rows;
+- ``custom_grad_of_grad``: reverse over reverse, the gradient of
+  ``<(dparams, dx), w>`` (a Hessian-vector product for a loss);
+- ``forward_mode``: ``jax.jvp`` through the custom VJP; skipped with JAX's
+  reason when it refuses (custom VJPs are reverse mode only).
+"""
+
+import jax
+import numpy as np
+
+from fnn.paths import objective
+from fnn.testing._agreement import agreement, leaf_error
+from fnn.testing._dtypes import floating, rtol, x64
+from fnn.testing._report import FAILED, PASSED, SKIPPED, Check
+
+__all__ = ["backward", "custom", "custom_grad_of_grad", "custom_jit", "custom_vmap", "forward_mode"]
+
+RTOL = rtol(np.float64)
+
+
+def _against_autodiff(name, problem, gradient, detail):
+    return agreement(name, gradient, problem.gradients("autodiff")[2], problem, RTOL, detail=detail)
+
+
+def backward(problem):
+    """``backward``: the backprop path, jitted."""
+    got = problem.gradients("backprop")[2]
+    return _against_autodiff("backward", problem, got, "forward then backward (jitted) against autodiff's VJP")
+
+
+def custom(problem):
+    """``custom``: ``jax.vjp`` of the custom-VJP forward, eagerly."""
+    got = problem.gradients("custom", eager=True)[2]
+    return _against_autodiff("custom", problem, got, "jax.vjp through the custom VJP, eagerly")
+
+
+def custom_jit(problem):
+    """``custom_jit``: the custom path under ``jax.jit``."""
+    return _against_autodiff("custom_jit", problem, problem.gradients("custom")[2], "the custom path, jitted")
+
+
+def custom_vmap(problem):
+    """``custom_vmap``: per-example gradients (``jax.vmap`` over rows), custom against autodiff."""
+    got, want = problem.per_example("custom"), problem.per_example("autodiff")
+    detail = f"per-example gradients, jax.vmap over {problem.x.shape[0]} rows"
+    return agreement("custom_vmap", got, want, problem, RTOL, detail=detail)
+
+
+def custom_grad_of_grad(problem):
+    """``custom_grad_of_grad``: reverse over reverse, custom against autodiff."""
+    try:
+        want = problem.grad_of_grad("autodiff")
+    except Exception as exc:  # autodiff itself cannot: there is nothing to hold the rule to
+        return Check("custom_grad_of_grad", SKIPPED, detail=f"autodiff's own second order fails: {exc}")
+    got = problem.grad_of_grad("custom")
+    detail = "the gradient of <gradient, w>, reverse over reverse"
+    return agreement("custom_grad_of_grad", got, want, problem, RTOL, detail=detail)
+
+
+def _jvp(problem, path):
+    """``jax.jvp`` of ``L`` on ``path`` along ``w`` (integer leaves get ``float0`` tangents)."""
+    params, x, targets, _, w = problem.data()
+    primals = (params, x)
+    directions = iter(w)
+    tangents = jax.tree.map(
+        lambda a: next(directions) if floating(a) else np.zeros(np.shape(a), jax.dtypes.float0), primals
+    )
+    fn = objective(problem.model, problem.loss, path)
+    with x64():
+        return jax.jvp(lambda p, z: fn(p, z, targets)[0], primals, tangents)[1]
+
+
+def forward_mode(problem):
+    """``forward_mode``: ``jax.jvp`` through the custom VJP against autodiff's; skipped where JAX refuses."""
+    try:
+        got = _jvp(problem, "custom")
+    except TypeError as exc:
+        if "reverse mode only" not in str(exc) and "forward-mode" not in str(exc):
+            raise
+        return Check("forward_mode", SKIPPED, detail=str(exc).split(";")[0])
+    error, _ = leaf_error(got, _jvp(problem, "autodiff"))
+    status = PASSED if error <= RTOL else FAILED
+    return Check("forward_mode", status, float(error), RTOL, "jvp", "jax.jvp through the custom VJP along w")
