@@ -389,7 +389,7 @@ def fit(
     check_path(path)
     _check_int("epochs", epochs, 1)
     splits = _split_arrays(data)
-    validate.check_splits(splits)
+    validate.check_splits(splits, model)
     (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
     n_train = x_train.shape[0]
     _check_int("batch_size", batch_size, 1, n_train, f" (the training set has {n_train} examples)")
