@@ -142,7 +142,12 @@ def test_module_costs_measures_both_paths_and_a_control(tmp_path):
         assert len(row["bench"]["custom"]["wall_s"]) == len(row["bench"]["autodiff"]["wall_s"]) == 6
         assert row["custom"]["residuals"]["computed_bytes"] >= 0 and row["custom"]["residuals"]["saved"]
     assert result["control"]["item"].endswith("autodiff / autodiff")
-    assert set(result["flagged"]) == {"custom_temp_exceeds_autodiff", "custom_slower", "custom_faster"}
+    assert set(result["flagged"]) == {
+        "custom_temp_exceeds_autodiff",
+        "custom_slower",
+        "custom_slower_beyond_margin",
+        "custom_faster",
+    }
 
 
 def test_module_costs_needs_the_rounds_of_fnn_bench():
@@ -165,6 +170,15 @@ def test_module_costs_items_cover_every_leaf_module_and_loss():
         "mse",
         "logistic",
         "multiclass_hinge",
+        "conv1d",
+        "avg_pool",
+        "max_pool",
+        "group_norm",
+        "softmax",
+        "embedding",
+        "positional_embedding",
+        "attention",
+        "self_attention",
     }
 
 

@@ -169,7 +169,7 @@ def _attend_backward(q, k, v, o, m, g, causal, tile):
             k_j, v_j = _heads(_rows(k, j * tk, tk)), _heads(_rows(v, j * tk, tk))
             p = jnp.exp(_tile_logits(q_i, k_j, i * tq, j * tk, s, causal) - m_i)
             dv = _add_rows(dv, _heads(jnp.einsum("bhts,bhtd->bhsd", p, g_i)), j * tk)
-            dlogits = softmax_backward(p, jnp.einsum("bhtd,bhsd->bhts", g_i, v_j), d_i)
+            dlogits = softmax_backward(p, jnp.einsum("bhtd,bhsd->bhts", g_i, v_j), row_dot=d_i)
             dk = _add_rows(dk, _heads(jnp.einsum("bhts,bhtd->bhsd", dlogits, q_i)), j * tk)  # q_i carries 1/sqrt(D)
             return dq_i + dlogits @ k_j, dk, dv
 
