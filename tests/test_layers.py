@@ -213,6 +213,15 @@ def test_tiled_attention_equals_the_plain_one(causal):
         assert fnn.testing.relative_error(a, b) < 1e-5
 
 
+def test_attention_tiles():
+    """128 query rows; all keys once there are 8 query tiles or more, else 128 keys; never more than there are."""
+    assert attend.tile_shape(512, 512) == (128, 128)
+    assert attend.tile_shape(1000, 700) == (128, 128)
+    assert attend.tile_shape(1024, 300) == (128, 300)
+    assert attend.tile_shape(4096, 4096) == (128, 4096)
+    assert attend.tile_shape(28, 28) == (28, 28)
+
+
 @paths
 @pytest.mark.parametrize("causal", [False, True])
 def test_attention_logits_that_overflow_a_naive_softmax(path, causal):

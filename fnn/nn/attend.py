@@ -30,15 +30,22 @@ only ``q``, ``k``, ``v``, ``o`` and ``m`` (FlashAttention's backward pass,
 Dao et al. 2022, Algorithm 4).
 
 **Working memory.** The hand-written forward and backward run over tiles
-of :data:`TILE` = ``(query rows, key rows)``, two nested ``lax.scan`` loops,
-so that no ``[T, S]`` matrix exists at once: the forward combines each
-query tile's key tiles with the running maximum and sum of the online
+of the ``[T, S]`` matrix, two nested ``lax.scan`` loops (query tiles, and
+key tiles within each), so that it never exists whole: the forward combines
+a query tile's key tiles with the running maximum and sum of the online
 softmax; the backward recomputes each tile's ``P`` and adds its share to
 ``dq``, ``dk`` and ``dv`` (Algorithm 4, tiled as FlashAttention tiles it).
 Besides its inputs and outputs the rule then keeps ``o``, ``m`` and a few
-tiles. The price is computing ``q k^T`` twice, once in each pass: five
-matrix products of ``[T, S]`` size in the backward where autodiff has four;
-and the causal mask costs as much as none, every tile being computed.
+tiles. The tiles (:func:`tile_shape`): :data:`QUERY_TILE` query rows; each
+spans all keys when such a tile is at most an eighth of the matrix
+(``T >= 8 * 128``), else :data:`QUERY_TILE` keys. Wide tiles are faster on
+a CPU (larger matrix products, which its cores share better), narrow ones
+keep less; an eighth, or a sixteenth for shorter sequences, keeps the rule's
+memory below a quarter of autodiff's from ``T = 512`` on (measured:
+``experiments/attention_cost.py``). The price is computing ``q k^T`` twice,
+once in each pass: five matrix products of ``[T, S]`` size in the backward
+where autodiff has four; and the causal mask costs as much as none, every
+tile being computed.
 
 **The plain forward.** The ``autodiff`` path differentiates the same code
 with one tile of all rows (the leaf's ``apply``): the textbook
@@ -66,10 +73,20 @@ from fnn.nn import initializers as _init
 from fnn.nn.linear import DENSE
 from fnn.nn.probability import softmax_backward
 
-__all__ = ["TILE", "attention", "attention_leaf"]
+__all__ = ["QUERY_TILE", "attention", "attention_leaf", "tile_shape"]
 
-#: Query rows and key rows per tile of the hand-written forward and backward passes.
-TILE = (128, 128)
+#: Query rows per tile of the hand-written forward and backward passes (see :func:`tile_shape`).
+QUERY_TILE = 128
+
+
+def tile_shape(t, s):
+    """``(query rows, key rows)`` of the hand-written passes' tiles for ``T`` queries and ``S`` keys.
+
+    :data:`QUERY_TILE` query rows (all of them if fewer); all ``S`` keys when
+    there are at least 8 query tiles, so that a tile is at most an eighth of
+    the ``[T, S]`` matrix, else :data:`QUERY_TILE` keys (all if fewer).
+    """
+    return min(QUERY_TILE, t), s if t >= 8 * QUERY_TILE else min(QUERY_TILE, s)
 
 
 # ---------------------------------------------------------------- tiles
@@ -194,28 +211,33 @@ def _check(params, q):
         )
 
 
-def attention_leaf(causal=False, tile=TILE):
+def attention_leaf(causal=False, tile=None):
     """The attention op as a leaf: input ``q``, params ``{"k": k, "v": v}`` (so that all three get gradients).
 
     ``forward`` and ``backward`` run over tiles of ``tile = (query rows, key
-    rows)``; ``apply`` (the ``autodiff`` path) computes every row at once.
+    rows)``, by default :func:`tile_shape`'s; ``apply`` (the ``autodiff``
+    path) computes every row at once.
     """
     if not isinstance(causal, bool):
         raise TypeError(f"attention: causal must be True or False, got {causal!r}")
-    tile = tuple(tile)
-    if len(tile) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in tile):
-        raise ValueError(f"attention: tile must be two positive ints (query rows, key rows), got {tile!r}")
+    if tile is not None:
+        tile = tuple(tile)
+        if len(tile) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in tile):
+            raise ValueError(f"attention: tile must be two positive ints (query rows, key rows), got {tile!r}")
+
+    def tiles(q, k):
+        return tile_shape(q.shape[1], k.shape[1]) if tile is None else tile
 
     def apply(params, q):
         return _attend(q, params["k"], params["v"], causal, (q.shape[1], params["k"].shape[1]))[0]
 
     def forward(params, q):
-        o, m = _attend(q, params["k"], params["v"], causal, tile)
+        o, m = _attend(q, params["k"], params["v"], causal, tiles(q, params["k"]))
         return o, (q, o, m)
 
     def backward(params, saved, g):
         q, o, m = saved
-        dq, dk, dv = _attend_backward(q, params["k"], params["v"], o, m, g, causal, tile)
+        dq, dk, dv = _attend_backward(q, params["k"], params["v"], o, m, g, causal, tiles(q, params["k"]))
         return {"k": dk, "v": dv}, dq
 
     return leaf("attention", forward=forward, backward=backward, check=_check, apply=apply)
