@@ -168,6 +168,7 @@ def plot(path, rows, title):
     ax_t.set(xscale="log", xlabel="sequence length T = S", ylabel="step time / autodiff's (median, 95% CI)")
     ax_t.set_title("time")
     for ax in (ax_m, ax_t):
+        ax.minorticks_off()
         ax.set_xticks(lens, [str(n) for n in lens])
         ax.grid(alpha=0.3)
         ax.legend()

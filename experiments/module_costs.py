@@ -307,8 +307,8 @@ def table(rows):
 
 def plot(path, rows, ctrl, title):
     plt = pyplot()
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.5))
     names = [r["item"] for r in rows] + (["control"] if ctrl else [])
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, max(4.5, 1.5 + 0.25 * len(names))))
     ratios = [r["time_ratio_wall"] for r in rows] + ([ctrl["time_ratio_wall"]] if ctrl else [])
     y = np.arange(len(names))
     med = np.array([r["median"] for r in ratios])
