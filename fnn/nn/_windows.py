@@ -14,7 +14,17 @@ import math
 import numpy as np
 from jax import lax
 
-__all__ = ["PADDINGS", "as_batch", "check_padding", "ints", "output_spatial", "pads", "scatter_pads", "valid_offsets"]
+__all__ = [
+    "PADDINGS",
+    "as_batch",
+    "check_padding",
+    "ints",
+    "output_spatial",
+    "pads",
+    "scatter_pads",
+    "transposed_pads",
+    "valid_offsets",
+]
 
 PADDINGS = ("SAME", "VALID")
 _TUPLE = {1: "a 1-tuple", 2: "a pair"}
@@ -56,6 +66,19 @@ def output_spatial(spatial, window, stride, padding):
         (n + lo + hi - k) // s + 1
         for n, k, s, (lo, hi) in zip(spatial, window, stride, pads(spatial, window, stride, padding))
     )
+
+
+def transposed_pads(spatial, window, stride, padding, out_spatial):
+    """``[(lo, hi), ...]`` that pad an output ``G`` dilated by the stride so that sliding the window over it
+    gives the input's size: the transpose of the forward's window (a convolution's ``dx``, average pooling's).
+
+    Output position ``i`` sits at ``i s`` of the dilated ``G``; input position
+    ``p`` collects the window offsets ``a`` with ``i s + a - lo = p``.
+    """
+    return [
+        (k - 1 - lo, n - 1 - (o - 1) * s + lo)
+        for k, n, o, s, (lo, _) in zip(window, spatial, out_spatial, stride, pads(spatial, window, stride, padding))
+    ]
 
 
 def scatter_pads(spatial, window, stride, padding, out_spatial, offset):

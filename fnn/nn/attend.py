@@ -40,8 +40,9 @@ tiles. The tiles (:func:`tile_shape`): :data:`QUERY_TILE` query rows; each
 spans all keys when such a tile is at most an eighth of the matrix
 (``T >= 8 * 128``), else :data:`QUERY_TILE` keys. Wide tiles are faster on
 a CPU (larger matrix products, which its cores share better), narrow ones
-keep less; an eighth, or a sixteenth for shorter sequences, keeps the rule's
-memory below a quarter of autodiff's from ``T = 512`` on (measured:
+keep less: tiles of at most an eighth of the matrix from ``T = 1024``, and at
+most a sixteenth from ``T = 512`` to 1023, keep the rule's memory below a
+quarter of autodiff's from ``T = 512`` on (measured:
 ``experiments/attention_cost.py``). The price is computing ``q k^T`` twice,
 once in each pass: five matrix products of ``[T, S]`` size in the backward
 where autodiff has four; and the causal mask costs as much as none, every

@@ -66,7 +66,7 @@ def _convolve_backward(x, w, g, stride, padding):
     # spatial-first kernel): XLA's CPU backend runs other layouts through a slow generic
     # convolution when it cannot re-lay them out (inside a scan it does not), 30-40x slower.
     # dx: G dilated by the stride, convolved with the flipped, in/out-swapped kernel.
-    dx_pads = [(k - 1 - lo, m - 1 - (o - 1) * s + lo) for k, m, o, s, lo in zip(kernel, spatial, out, stride, los)]
+    dx_pads = _windows.transposed_pads(spatial, kernel, stride, padding, out)
     flipped = jnp.swapaxes(w[(slice(None, None, -1),) * n], n, n + 1)
     dx = lax.conv_general_dilated(g, flipped, (1,) * n, dx_pads, lhs_dilation=stride, dimension_numbers=layout)
     # dw: the input with batch and channels swapped ([C, *spatial, N]), correlated with G as a

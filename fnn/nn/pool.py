@@ -77,12 +77,8 @@ def _avg_forward(x, window, stride, padding):
 
 def _avg_backward(shape, g, window, stride, padding):
     """``dx``: each ``G / K`` spread over its window: ``G`` dilated by the stride, summed over a sliding box."""
-    spatial = shape[1:-1]
-    los = [lo for lo, _ in _windows.pads(spatial, window, stride, padding)]
-    out = g.shape[1:-1]
-    spread = [
-        (k - 1 - lo, m - 1 - (o - 1) * s + lo, s - 1) for k, m, o, s, lo in zip(window, spatial, out, stride, los)
-    ]
+    transposed = _windows.transposed_pads(shape[1:-1], window, stride, padding, g.shape[1:-1])
+    spread = [(lo, hi, s - 1) for (lo, hi), s in zip(transposed, stride)]  # interior: dilated by the stride
     dilated = lax.pad(g / math.prod(window), np.array(0, g.dtype), _full(spread, (0, 0, 0)))
     return _reduce(dilated, 0, lax.add, window, (1,) * len(window), "VALID")
 
