@@ -18,6 +18,11 @@ pair into a module whose ``apply`` is the forward pass in plain ``jax.numpy``.
 A *structural* module (``serial``, ``residual``, ``flatten``) only wires other
 modules together; its ``backward`` calls its children's.
 
+``check_inputs(x, split)`` checks a split's inputs on the host before
+training (``fnn.fit``): by default finite floating-point inputs; a leaf can
+bring its own (an embedding refuses token ids out of range), and a
+structural module asks its first child.
+
 A loss has ``forward(outputs, targets) -> (value, saved)`` and
 ``backward(saved, g) -> doutputs``, ``value`` a scalar.
 
@@ -36,6 +41,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from fnn import validate
+
 __all__ = ["Loss", "Module", "leaf", "loss", "structural"]
 
 
@@ -48,6 +55,8 @@ class Module:
     :attr:`custom` swaps in the custom-VJP leaves). Leaves have neither.
     ``edge_values`` are the inputs at which a leaf's rule is delicate (see
     :func:`leaf`); :func:`fnn.testing.check_module` checks them.
+    ``input_check`` is a leaf's own host-side check of its inputs (see
+    :meth:`check_inputs`).
     """
 
     name: str
@@ -58,6 +67,7 @@ class Module:
     children: tuple = ()
     rebuild: Callable | None = None
     edge_values: tuple = ()
+    input_check: Callable | None = None
 
     @property
     def is_leaf(self):
@@ -76,6 +86,21 @@ class Module:
         if self.is_leaf:
             return dataclasses.replace(self, apply=_custom_vjp_apply(self))
         return self.rebuild(*(child.custom for child in self.children))
+
+    def check_inputs(self, x, split):
+        """Checks a split's inputs ``x`` (a NumPy array, batch axis first) on the host before training.
+
+        Values no trace-time check can see: this module's ``input_check`` if
+        it has one, else its first child's check (a structural module's
+        inputs are its first child's), else
+        :func:`fnn.validate.check_inputs` (finite floating-point values).
+        Raises :class:`fnn.validate.DataError` naming ``split``.
+        """
+        if self.input_check is not None:
+            return self.input_check(x, split)
+        if self.children:
+            return self.children[0].check_inputs(x, split)
+        return validate.check_inputs(x, split)
 
     def __call__(self, *args, **kwargs):
         """Refuses a call: a module is not a function of its input (``nn.relu``, not ``nn.relu()``)."""
@@ -138,7 +163,7 @@ def _reverse_mode_only(name):
         ) from exc
 
 
-def leaf(name, *, forward, backward, init=None, check=None, edge_values=()):
+def leaf(name, *, forward, backward, init=None, check=None, check_inputs=None, apply=None, edge_values=()):
     """Makes a leaf module from a hand-written forward/backward pair.
 
     Args:
@@ -157,10 +182,17 @@ def leaf(name, *, forward, backward, init=None, check=None, edge_values=()):
         besides its random draws: each a number or array broadcast to the
         input's shape (batch axis included), or a function of that shape
         returning the input, e.g. ``(0.0,)`` for ReLU.
+      check_inputs: ``(x, split) -> None``, the host-side check of a split's
+        inputs before training (:meth:`Module.check_inputs`); ``None`` for
+        the default, finite floating-point inputs.
+      apply: ``(params, x) -> y``, the same values as ``forward``'s first
+        output computed the plain way, for a leaf whose ``forward`` is
+        arranged for its backward (attention computes its rows in tiles
+        there); ``None`` for ``forward``'s first output.
 
-    ``apply`` is ``forward``'s first output; the ``autodiff`` path lets
-    ``jax.grad`` differentiate it (what ``forward`` saves but ``apply`` does
-    not return is dead code that ``jit`` removes).
+    ``apply`` is what the ``autodiff`` path lets ``jax.grad`` differentiate
+    (what ``forward`` saves but ``apply`` does not return is dead code that
+    ``jit`` removes). It runs ``check`` first, as ``forward`` does.
     """
 
     def checked_forward(params, x):
@@ -169,13 +201,26 @@ def leaf(name, *, forward, backward, init=None, check=None, edge_values=()):
             check(params, x)
         return forward(params, x)
 
-    def apply(params, x):
-        return checked_forward(params, x)[0]
+    def checked_apply(params, x):
+        if apply is None:
+            return checked_forward(params, x)[0]
+        x = jnp.asarray(x)
+        if check is not None:
+            check(params, x)
+        return apply(params, x)
 
     def no_init(key, input_shape):
         raise TypeError(f"{name}: this leaf is an op over given parameters and has no init")
 
-    return Module(name, init or no_init, apply, checked_forward, backward, edge_values=tuple(edge_values))
+    return Module(
+        name,
+        init or no_init,
+        checked_apply,
+        checked_forward,
+        backward,
+        input_check=check_inputs,
+        edge_values=tuple(edge_values),
+    )
 
 
 def structural(name, *, init, apply, forward, backward, children=(), rebuild):

@@ -15,6 +15,7 @@ __all__ = [
     "DataError",
     "check_binary_labels",
     "check_class_labels",
+    "check_inputs",
     "check_params",
     "check_splits",
     "check_targets",
@@ -84,11 +85,20 @@ def _check_finite(array, what):
         )
 
 
-def check_splits(splits):
-    """Checks each split's arrays: not empty, one target per input, finite floating inputs.
+def check_inputs(x, split):
+    """Finite floating-point inputs: the default host-side check of a module's inputs (see ``Module.check_inputs``)."""
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DataError(f"{split} inputs must be floating-point, got dtype {x.dtype}")
+    _check_finite(x, f"{split} inputs")
+
+
+def check_splits(splits, model=None):
+    """Checks each split's arrays: not empty, one target per input, and the inputs by ``model.check_inputs``.
 
     Args:
       splits: ``{"train": (x, y), "test": (x, y)}`` of NumPy arrays.
+      model: the module the inputs are for; without one, :func:`check_inputs`
+        (finite floating-point inputs).
 
     Raises:
       DataError: saying which split is wrong, how, and what was expected.
@@ -101,9 +111,7 @@ def check_splits(splits):
                 f"the {split} split has {x.shape[0]} inputs but {y.shape[0] if y.ndim else 'no'} targets "
                 f"(x shape {x.shape}, targets shape {y.shape}); they must match one to one"
             )
-        if not np.issubdtype(x.dtype, np.floating):
-            raise DataError(f"{split} inputs must be floating-point, got dtype {x.dtype}")
-        _check_finite(x, f"{split} inputs")
+        (check_inputs if model is None else model.check_inputs)(x, split)
 
 
 def check_targets(model, params, loss, splits):

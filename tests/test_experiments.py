@@ -142,7 +142,39 @@ def test_module_costs_measures_both_paths_and_a_control(tmp_path):
         assert len(row["bench"]["custom"]["wall_s"]) == len(row["bench"]["autodiff"]["wall_s"]) == 6
         assert row["custom"]["residuals"]["computed_bytes"] >= 0 and row["custom"]["residuals"]["saved"]
     assert result["control"]["item"].endswith("autodiff / autodiff")
-    assert set(result["flagged"]) == {"custom_temp_exceeds_autodiff", "custom_slower", "custom_faster"}
+    assert set(result["flagged"]) == {
+        "custom_temp_exceeds_autodiff",
+        "custom_slower",
+        "custom_slower_beyond_margin",
+        "custom_faster",
+    }
+
+
+def test_attention_cost_measures_every_path_at_every_length(tmp_path):
+    from experiments import attention_cost
+
+    out, json_path, png_path = outputs(tmp_path, "attention_cost")
+    argv = ["--seq-lens", "16", "40", "--batch", "1", "--heads", "2", "--head-dim", "4", "--rounds", "6"]
+    result = attention_cost.main(argv + ["--block-s", "0.002", "--causal"] + out)
+    check_written(result, json_path, png_path)
+    assert [(r["seq_len"], r["path"]) for r in result["rows"]] == [
+        (n, p) for n in (16, 40) for p in ("custom", "autodiff", "autodiff_tiled", "jax_nn")
+    ]
+    for row in result["rows"]:
+        assert {"seq_len", "path", "temp_bytes", "step_s"} <= set(row) and row["step_s"] > 0
+        assert row["max_rel_err_vs_float64"] < 1e-5  # float32 against float64
+        r = row["time_ratio"]
+        assert r["ci95"][0] <= r["median"] <= r["ci95"][1] and row["verdict"] in ("faster", "slower", "tie")
+    assert result["config"]["causal"] and result["target"]["from_seq_len"] == 512
+    assert not result["target"]["met"]  # no length of 512 or more was measured
+
+
+def test_attention_cost_refuses_bad_flags():
+    from experiments import attention_cost
+
+    for argv in (["--seq-lens", "0"], ["--rounds", "2"], ["--margin", "1.5"]):
+        with pytest.raises(SystemExit):
+            attention_cost.parse_args(argv)
 
 
 def test_module_costs_needs_the_rounds_of_fnn_bench():
@@ -165,6 +197,15 @@ def test_module_costs_items_cover_every_leaf_module_and_loss():
         "mse",
         "logistic",
         "multiclass_hinge",
+        "conv1d",
+        "avg_pool",
+        "max_pool",
+        "group_norm",
+        "softmax",
+        "embedding",
+        "positional_embedding",
+        "attention",
+        "self_attention",
     }
 
 

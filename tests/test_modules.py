@@ -22,7 +22,8 @@ import pytest
 
 import fnn
 from fnn import losses, nn
-from fnn.module import Loss
+from fnn.module import Loss, leaf
+from fnn.nn import attend
 
 
 def class_labels(rng, shape):
@@ -38,6 +39,39 @@ def binary_labels(rng, shape):
 def real_targets(rng, shape):
     """Regression targets of ``shape``."""
     return jnp.asarray(rng.standard_normal(shape))
+
+
+def token_ids(vocab):
+    """Integer inputs in ``[0, vocab)``, ids repeating (the embedding's scatter must add them up)."""
+    return lambda rng, shape: jnp.asarray(rng.integers(0, vocab, shape))
+
+
+def attention_op(keys, causal, tile):
+    """The attention leaf as a row: input ``q[B, T, H, D]``, params ``k, v[S, H, D]`` shared by every example.
+
+    ``k`` and ``v`` are broadcast over the batch and their gradients summed
+    over it, so that the per-example checks (``vmap``) apply to the op.
+    """
+    op = attend.attention_leaf(causal, tile)
+
+    def init(key, input_shape):
+        _, heads, dim = input_shape
+        return input_shape, {p: jnp.zeros((keys, heads, dim)) for p in ("k", "v")}
+
+    def batched(params, q):
+        return {p: jnp.broadcast_to(a, (q.shape[0], *a.shape)) for p, a in params.items()}
+
+    def backward(params, saved, g):
+        grads, dq = op.backward(batched(params, saved[0]), saved, g)
+        return {p: a.sum(axis=0) for p, a in grads.items()}, dq
+
+    return leaf(
+        "attention",
+        init=init,
+        forward=lambda params, q: op.forward(batched(params, q), q),
+        backward=backward,
+        apply=lambda params, q: op.apply(batched(params, q), q),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +122,26 @@ CASES = [
     Case("residual", lambda: nn.residual(nn.serial(nn.dense(5, bias=True), nn.tanh)), input_shape=(4, 5)),
     Case("serial", lambda: nn.serial(nn.dense(4, bias=True), nn.gelu, nn.layer_norm(), nn.dense(3)),
          input_shape=(4, 5)),
+    Case("conv1d", lambda: nn.conv1d(3, 3), input_shape=(2, 7, 2)),
+    Case("conv1d_stride2_valid_bias", lambda: nn.conv1d(2, 3, stride=2, padding="VALID", bias=True),
+         input_shape=(2, 8, 3)),
+    Case("conv1d_stride3_same", lambda: nn.conv1d(2, (2,), stride=3, bias=True), input_shape=(3, 7, 2)),
+    Case("avg_pool_2d", lambda: nn.avg_pool((2, 2)), input_shape=(2, 4, 6, 2)),
+    Case("avg_pool_2d_overlap_same", lambda: nn.avg_pool((3, 2), stride=(2, 1), padding="SAME"),
+         input_shape=(2, 5, 4, 2)),
+    Case("avg_pool_1d", lambda: nn.avg_pool((3,), stride=2), input_shape=(2, 7, 3)),
+    Case("max_pool_2d", lambda: nn.max_pool((2, 2)), input_shape=(2, 4, 6, 2)),
+    Case("max_pool_2d_overlap_same", lambda: nn.max_pool((3, 3), stride=2, padding="SAME"), input_shape=(2, 5, 5, 2)),
+    Case("max_pool_1d_same", lambda: nn.max_pool((2,), stride=1, padding="SAME"), input_shape=(2, 5, 3)),
+    Case("group_norm", lambda: nn.group_norm(2), input_shape=(2, 3, 4, 4)),
+    Case("group_norm_1d_instance", lambda: nn.group_norm(3), input_shape=(2, 5, 3)),
+    Case("group_norm_flat_one_group", lambda: nn.group_norm(1), input_shape=(3, 4)),
+    Case("softmax", lambda: nn.softmax, input_shape=(2, 3, 5)),
+    Case("embedding", lambda: nn.embedding(6, 3), input_shape=(2, 5), inputs=token_ids(6)),
+    Case("positional_embedding", lambda: nn.positional_embedding(), input_shape=(2, 4, 3)),
+    Case("attention_op_causal_t_gt_s", lambda: attention_op(3, True, (2, 2)), input_shape=(2, 5, 2, 3)),
+    Case("attention_op_causal_t_lt_s", lambda: attention_op(7, True, (3, 4)), input_shape=(1, 4, 2, 3)),
+    Case("attention_bias", lambda: nn.attention(2, 3, bias=True), input_shape=(2, 5, 4)),
     Case("cross_entropy", lambda: losses.cross_entropy, input_shape=(4, 5)),
     Case("mse", lambda: losses.mse, input_shape=(4, 3), targets=real_targets),
     Case("logistic", lambda: losses.logistic, input_shape=(4, 3), targets=binary_labels),
@@ -273,8 +327,30 @@ def output_shapes(module, input_shape):
         (nn.conv2d(4, (2, 3), stride=(2, 3), padding="VALID"), (7, 8, 2), (3, 2, 4)),
         (nn.serial(nn.conv2d(4, 3), nn.flatten(), nn.dense(5)), (6, 6, 2), (5,)),
         (nn.resnet_s(10, width=8, normalize=True), (4, 4, 1), (10,)),
+        (nn.conv1d(4, 3, stride=2), (7, 2), (4, 4)),
+        (nn.conv1d(4, 3, stride=2, padding="VALID"), (8, 2), (3, 4)),
+        (nn.avg_pool((2, 2)), (7, 6, 3), (3, 3, 3)),
+        (nn.max_pool((3, 2), stride=(2, 1), padding="SAME"), (7, 6, 3), (4, 6, 3)),
+        (nn.avg_pool((28,)), (28, 5), (1, 5)),
+        (nn.group_norm(2), (5, 5, 4), (5, 5, 4)),
+        (nn.softmax, (3, 4), (3, 4)),
+        (nn.serial(nn.attention(2, 3), nn.positional_embedding()), (6, 5), (6, 5)),
     ],
-    ids=["dense", "conv2d_same", "conv2d_valid", "conv_net", "resnet_s"],
+    ids=[
+        "dense",
+        "conv2d_same",
+        "conv2d_valid",
+        "conv_net",
+        "resnet_s",
+        "conv1d_same",
+        "conv1d_valid",
+        "avg_pool_2d",
+        "max_pool_same",
+        "global_avg_pool_1d",
+        "group_norm",
+        "softmax",
+        "attention",
+    ],
 )
 def test_init_reports_the_output_shape(module, input_shape, output_shape):
     assert output_shapes(module, input_shape) == (output_shape, output_shape)
@@ -348,6 +424,61 @@ APPLY_ERRORS = [
      r"conv2d: b must have size 3 \(kernel shape \(2, 2, 2, 3\)\), got \(2,\)"),
     ("mlp_features", nn.mlp([784, 10]), [{"w": zeros(784, 10)}], zeros(2, 783), ValueError,
      "dense: input has 783 features but w expects 784"),
+    ("conv1d_channels", nn.conv1d(3, 2), {"w": zeros(2, 3, 3)}, zeros(1, 5, 2), ValueError,
+     r"conv1d: input has 2 channels but the kernel expects 3 \(input shape \(1, 5, 2\), kernel shape \(2, 3, 3\), "
+         r"WIO\)"),
+    ("conv1d_not_nwc", nn.conv1d(3, 2), {"w": zeros(2, 2, 3)}, zeros(5), ValueError,
+     r"conv1d: input must be \[..., W, C\] \(NWC\), got shape \(5,\)"),
+    ("conv1d_kernel_2d", nn.conv1d(3, 2), {"w": zeros(2, 2, 2, 3)}, zeros(1, 5, 2), ValueError,
+     r"conv1d: w must have 3 axes, got shape \(2, 2, 2, 3\)"),
+    ("conv1d_valid_too_small", nn.conv1d(3, 4, padding="VALID"), {"w": zeros(4, 2, 3)}, zeros(1, 3, 2), ValueError,
+     r"conv1d: with VALID padding the input's W \(3,\) must be at least the kernel's \(4,\)"),
+    ("avg_pool_params", nn.avg_pool((2,)), {"w": zeros(2)}, zeros(1, 4, 2), TypeError,
+     r"avg_pool: has no parameters and takes params=\(\), got dict"),
+    ("avg_pool_integer_input", nn.avg_pool((2,)), (), zeros(1, 4, 2, dtype=jnp.int32), TypeError,
+     "avg_pool: input must be a floating-point array, got dtype int32"),
+    ("max_pool_too_few_axes", nn.max_pool((2, 2)), (), zeros(4, 2), ValueError,
+     r"max_pool: a window of 2 axes needs an input \[..., H, W, C\], got shape \(4, 2\)"),
+    ("max_pool_valid_too_small", nn.max_pool((3, 2)), (), zeros(1, 2, 4, 1), ValueError,
+     r"max_pool: with VALID padding the input's spatial sizes \(2, 4\) must be at least the window \(3, 2\)"),
+    ("group_norm_groups", nn.group_norm(4), {"gamma": zeros(6), "beta": zeros(6)}, zeros(2, 3, 6), ValueError,
+     r"group_norm: 6 channels do not split into 4 groups of equal size \(input shape \(2, 3, 6\)\)"),
+    ("group_norm_no_batch", nn.group_norm(1), {"gamma": zeros(6), "beta": zeros(6)}, zeros(6), ValueError,
+     r"group_norm: input must be \[N, ..., C\] \(a batch axis first\), got shape \(6,\)"),
+    ("group_norm_size", nn.group_norm(2), {"gamma": zeros(4), "beta": zeros(4)}, zeros(2, 3, 6), ValueError,
+     r"group_norm: input has 6 features but gamma has size 4"),
+    ("softmax_scalar", nn.softmax, (), zeros(), ValueError,
+     r"softmax: input must have at least one axis \[..., k\], got a scalar"),
+    ("softmax_integer_input", nn.softmax, (), jnp.arange(3), TypeError,
+     "softmax: input must be a floating-point array, got dtype int"),
+    ("embedding_float_ids", nn.embedding(5, 2), {"table": zeros(5, 2)}, zeros(2, 3), TypeError,
+     "embedding: ids must be integer token ids, got dtype float32"),
+    ("embedding_table_axes", nn.embedding(5, 2), {"table": zeros(5)}, jnp.zeros((2, 3), jnp.int32), ValueError,
+     r"embedding: table must have 2 axes \[V, D\], got shape \(5,\)"),
+    ("embedding_params", nn.embedding(5, 2), {"w": zeros(5, 2)}, jnp.zeros((2, 3), jnp.int32), TypeError,
+     r"embedding: params must be a dict with the key 'table', got \['w'\]"),
+    ("positions_shape", nn.positional_embedding(), {"table": zeros(4, 3)}, zeros(2, 5, 3), ValueError,
+     r"positional_embedding: input must be \[..., T, D\] with \[T, D\] the table's shape \(4, 3\), got shape "
+         r"\(2, 5, 3\)"),
+    ("positions_dtype", nn.positional_embedding(), {"table": zeros(4, 3)}, zeros(2, 4, 3, dtype=F64), TypeError,
+     "positional_embedding: input and table must share a dtype, got input float64 and table float32"),
+    ("attention_input_axes", nn.attention(2, 3), {p: {"w": zeros(4, 6)} for p in "qkvo"}, zeros(4), ValueError,
+     r"attention: input must be \[..., T, D_model\], got shape \(4,\)"),
+    ("attention_params", nn.attention(2, 3), {"q": {"w": zeros(4, 6)}}, zeros(2, 5, 4), TypeError,
+     r"attention: params must be a dict with keys \['q', 'k', 'v', 'o'\], got \['q'\]"),
+    ("attention_projection", nn.attention(2, 3), {p: {"w": zeros(4, 6)} for p in "qkvo"}, zeros(2, 5, 4), ValueError,
+     r"dense: input has 6 features but w expects 4"),
+    ("attention_op_q_axes", attend.attention_leaf(), {"k": zeros(2, 5, 2, 3), "v": zeros(2, 5, 2, 3)}, zeros(2, 5, 6),
+     ValueError, r"attention: q must be \[B, T, H, D\] \(batch, queries, heads, head size\), got shape \(2, 5, 6\)"),
+    ("attention_op_kv_shapes", attend.attention_leaf(), {"k": zeros(2, 5, 2, 3), "v": zeros(2, 4, 2, 3)},
+     zeros(2, 5, 2, 3), ValueError,
+     r"attention: k and v must have the same shape \[B, S, H, D\], got k \(2, 5, 2, 3\) and v \(2, 4, 2, 3\)"),
+    ("attention_op_heads", attend.attention_leaf(), {"k": zeros(2, 5, 3, 3), "v": zeros(2, 5, 3, 3)},
+     zeros(2, 5, 2, 3), ValueError,
+     r"attention: k and v \[B, S, H, D\] must match q \[B, T, H, D\] in batch, heads and head size, got q "
+         r"\(2, 5, 2, 3\) and k \(2, 5, 3, 3\)"),
+    ("attention_op_dtype", attend.attention_leaf(), {"k": zeros(2, 5, 2, 3, dtype=F64), "v": zeros(2, 5, 2, 3)},
+     zeros(2, 5, 2, 3), TypeError, "attention: input and k must share a dtype, got input float32 and k float64"),
 ]  # fmt: skip
 
 
@@ -428,6 +559,53 @@ BUILD_ERRORS = [
         "non-negative number, got -1"),
     ("op_leaf_has_no_init", lambda: fnn.nn.linear.MATMUL.init(jax.random.key(0), (3,)), TypeError,
      "matmul: this leaf is an op over given parameters and has no init"),
+    ("conv1d_kernel_pair", lambda: nn.conv1d(3, (2, 2)), ValueError,
+     r"conv1d: kernel must be a positive int or a 1-tuple of them, got \(2, 2\)"),
+    ("conv1d_stride", lambda: nn.conv1d(3, 2, stride=0), ValueError, "conv1d: stride must be a positive int or a "
+        "1-tuple of them, got 0"),
+    ("conv1d_n_out", lambda: nn.conv1d(-1, 2), ValueError, "conv1d: n_out must be a positive int, got -1"),
+    ("conv1d_init_ndim", lambda: nn.conv1d(3, 2).init(jax.random.key(0), (5, 5, 1)), ValueError,
+     r"conv1d: input_shape must be a tuple of 2 positive ints \(batch axis excluded\), got \(5, 5, 1\)"),
+    ("conv1d_init_valid_too_small", lambda: nn.conv1d(3, 4, padding="VALID").init(jax.random.key(0), (3, 2)),
+     ValueError, r"conv1d: with VALID padding the input's W \(3,\) must be at least the kernel's \(4,\)"),
+    ("avg_pool_window_int", lambda: nn.avg_pool(2), ValueError,
+     r"avg_pool: window must be a tuple of 1 or 2 positive ints, one per spatial axis \(\(k,\) for \[N, W, C\], "
+         r"\(kh, kw\) for \[N, H, W, C\]\), got 2"),
+    ("max_pool_window_3d", lambda: nn.max_pool((2, 2, 2)), ValueError,
+     r"max_pool: window must be a tuple of 1 or 2 positive ints.*got \(2, 2, 2\)"),
+    ("max_pool_window_zero", lambda: nn.max_pool((2, 0)), ValueError, r"max_pool: window must be a tuple of 1 or 2 "
+        r"positive ints"),
+    ("max_pool_stride_length", lambda: nn.max_pool((2, 2), stride=(1, 1, 1)), ValueError,
+     r"max_pool: stride must be a positive int or a pair of them, got \(1, 1, 1\)"),
+    ("avg_pool_padding", lambda: nn.avg_pool((2,), padding="FULL"), ValueError,
+     "avg_pool: padding must be 'SAME' or 'VALID', got 'FULL'"),
+    ("max_pool_init_ndim", lambda: nn.max_pool((2, 2)).init(jax.random.key(0), (6, 2)), ValueError,
+     r"max_pool: input_shape must be a tuple of 3 positive ints \(batch axis excluded\), got \(6, 2\)"),
+    ("avg_pool_init_too_small", lambda: nn.avg_pool((4,)).init(jax.random.key(0), (3, 2)), ValueError,
+     r"avg_pool: with VALID padding the input's spatial sizes \(3,\) must be at least the window \(4,\)"),
+    ("group_norm_groups_zero", lambda: nn.group_norm(0), ValueError, "group_norm: groups must be a positive int, "
+        "got 0"),
+    ("group_norm_eps", lambda: nn.group_norm(2, eps=0.0), ValueError, "group_norm: eps must be a positive number, "
+        "got 0.0"),
+    ("group_norm_init_groups", lambda: nn.group_norm(3).init(jax.random.key(0), (5, 4)), ValueError,
+     r"group_norm: 4 channels do not split into 3 groups of equal size \(input_shape \(5, 4\)\)"),
+    ("softmax_init_scalar", lambda: nn.softmax.init(jax.random.key(0), ()), ValueError,
+     r"softmax: input_shape must have an axis to normalise over \[..., k\], got \(\)"),
+    ("embedding_vocab", lambda: nn.embedding(0, 3), ValueError, "embedding: vocab must be a positive int, got 0"),
+    ("embedding_dim", lambda: nn.embedding(5, 2.5), ValueError, "embedding: dim must be a positive int, got 2.5"),
+    ("embedding_dtype", lambda: nn.embedding(5, 2, dtype=jnp.int32), TypeError,
+     "embedding: dtype must be a floating-point dtype, got int32"),
+    ("positions_init_ndim", lambda: nn.positional_embedding().init(jax.random.key(0), (4,)), ValueError,
+     r"positional_embedding: input_shape must be a tuple of 2 positive ints \(batch axis excluded\), got \(4,\)"),
+    ("attention_heads", lambda: nn.attention(0, 3), ValueError, "attention: heads must be a positive int, got 0"),
+    ("attention_head_dim", lambda: nn.attention(2, True), ValueError, "attention: head_dim must be a positive int, "
+        "got True"),
+    ("attention_init_ndim", lambda: nn.attention(2, 3).init(jax.random.key(0), (4,)), ValueError,
+     r"attention: input_shape must be a tuple of 2 positive ints \(batch axis excluded\), got \(4,\)"),
+    ("attention_causal", lambda: nn.attention(2, 3, causal=1), TypeError, "attention: causal must be True or False, "
+        "got 1"),
+    ("attention_tile", lambda: attend.attention_leaf(tile=(8, 0)), ValueError,
+     r"attention: tile must be two positive ints \(query rows, key rows\), got \(8, 0\)"),
 ]  # fmt: skip
 
 

@@ -47,29 +47,47 @@ EXAMPLES = {
     "mse": ((normal(0, 4, 5), normal(1, 4, 5)), {}),
     "logistic_loss": ((normal(0, 4), jnp.array([0, 1, 1, 0])), {}),
     "multiclass_hinge": ((normal(0, 4, 5), jnp.array([0, 4, 2, 2])), {"margin": 0.5}),
+    "conv1d": ((normal(0, 2, 7, 2), normal(1, 3, 2, 3)), {"stride": 2, "padding": "VALID"}),
+    "avg_pool": ((normal(0, 2, 5, 6, 2), (2, 3)), {"stride": (1, 2), "padding": "SAME"}),
+    "max_pool": ((normal(0, 2, 7, 3), (3,)), {"stride": 2}),
+    "group_norm": ((normal(0, 2, 3, 4), normal(1, 4), normal(2, 4)), {"groups": 2, "eps": 1e-3}),
+    "softmax": ((normal(0, 4, 5),), {}),
+    "embedding": ((normal(0, 6, 3), jnp.array([[0, 5, 2], [2, 2, 1]])), {}),
+    "attention": ((normal(0, 2, 4, 2, 3), normal(1, 2, 5, 2, 3), normal(2, 2, 5, 2, 3)), {"causal": True}),
 }
 LOSSES = ("cross_entropy", "mse", "logistic_loss", "multiclass_hinge")
 every_op = pytest.mark.parametrize("name", NAMES)
 
 
 def cast(args, dtype):
-    """``args`` with the floating ones cast to ``dtype`` (labels untouched)."""
-    return tuple(a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a for a in args)
+    """``args`` with the floating arrays cast to ``dtype`` (labels, ids and windows untouched)."""
+    return tuple(
+        a.astype(dtype) if isinstance(a, jnp.ndarray) and jnp.issubdtype(a.dtype, jnp.floating) else a for a in args
+    )
 
 
 def call(ops, name, dtype=jnp.float64):
     """``(f, args)``: the op ``name`` of ``ops`` as a function of its differentiated args, and
     those example args in ``dtype``.
 
-    Keyword args are bound, and so are a loss's targets: they are data, which
-    the custom rules do not differentiate.
+    Keyword args are bound, and so are a loss's targets, an embedding's ids
+    and a pooling window: they are data or settings, which the custom rules
+    do not differentiate.
     """
     args, kwargs = EXAMPLES[name]
     args, op = cast(args, dtype), getattr(ops, name)
     if name in LOSSES:
         outputs, targets = args
         return (lambda o: op(o, targets, **kwargs)), (outputs,)
-    return (lambda *a: op(*a, **kwargs)), args
+    fixed = [i for i, a in enumerate(args) if not jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)]
+
+    def f(*floats):
+        full, rest = [], iter(floats)
+        for i, a in enumerate(args):
+            full.append(a if i in fixed else next(rest))
+        return op(*full, **kwargs)
+
+    return f, tuple(a for i, a in enumerate(args) if i not in fixed)
 
 
 def vjp(f, args):
@@ -131,6 +149,10 @@ def test_ops_take_hyperparameters_as_lists_too(ops):
     x, w = EXAMPLES["conv2d"][0]
     np.testing.assert_array_equal(ops.conv2d(x, w, stride=[2, 1]), ops.conv2d(x, w, stride=(2, 1)))
     np.testing.assert_array_equal(ops.conv2d(x, w, stride=[2, 2]), ops.conv2d(x, w, stride=2))
+    image = EXAMPLES["avg_pool"][0][0]
+    np.testing.assert_array_equal(
+        ops.max_pool(image, [2, 2], stride=[1, 2]), ops.max_pool(image, (2, 2), stride=(1, 2))
+    )
 
 
 @op_sets
@@ -189,6 +211,31 @@ ERRORS = [
      r"logistic: labels must have the shape of logits, got logits \(2,\) and labels \(2, 1\)"),
     ("hinge_margin", "multiclass_hinge", (zeros(2, 3), zeros(2, dtype=jnp.int32)), {"margin": -1.0}, ValueError,
      "multiclass_hinge: margin must be a non-negative number, got -1.0"),
+    ("conv1d_stride_pair", "conv1d", (zeros(1, 5, 2), zeros(2, 2, 3)), {"stride": (1, 1)}, ValueError,
+     r"conv1d: stride must be a positive int or a 1-tuple of them, got \(1, 1\)"),
+    ("conv1d_channels", "conv1d", (zeros(1, 5, 3), zeros(2, 2, 3)), {}, ValueError,
+     "conv1d: input has 3 channels but the kernel expects 2"),
+    ("avg_pool_window", "avg_pool", (zeros(1, 4, 2), 2), {}, ValueError,
+     "avg_pool: window must be a tuple of 1 or 2 positive ints"),
+    ("max_pool_padding", "max_pool", (zeros(1, 4, 2), (2,)), {"padding": "same"}, ValueError,
+     "max_pool: padding must be 'SAME' or 'VALID', got 'same'"),
+    ("max_pool_too_small", "max_pool", (zeros(1, 1, 4, 2), (2, 2)), {}, ValueError,
+     r"max_pool: with VALID padding the input's spatial sizes \(1, 4\) must be at least the window \(2, 2\)"),
+    ("group_norm_groups", "group_norm", (zeros(2, 3, 4), zeros(4), zeros(4)), {"groups": 3}, ValueError,
+     "group_norm: 4 channels do not split into 3 groups of equal size"),
+    ("group_norm_groups_type", "group_norm", (zeros(2, 3, 4), zeros(4), zeros(4)), {"groups": 2.0}, ValueError,
+     "group_norm: groups must be a positive int, got 2.0"),
+    ("softmax_scalar", "softmax", (zeros(),), {}, ValueError, "softmax: input must have at least one axis"),
+    ("embedding_float_ids", "embedding", (zeros(5, 2), zeros(3)), {}, TypeError,
+     "embedding: ids must be integer token ids, got dtype float32"),
+    ("embedding_integer_table", "embedding", (zeros(5, 2, dtype=jnp.int32), jnp.arange(3)), {}, TypeError,
+     "embedding: table must be a floating-point array, got dtype int32"),
+    ("attention_q_axes", "attention", (zeros(2, 4, 6), zeros(2, 5, 2, 3), zeros(2, 5, 2, 3)), {}, ValueError,
+     r"attention: q must be \[B, T, H, D\]"),
+    ("attention_head_size", "attention", (zeros(2, 4, 2, 3), zeros(2, 5, 2, 4), zeros(2, 5, 2, 4)), {}, ValueError,
+     "attention: k and v .* must match q .* in batch, heads and head size"),
+    ("attention_causal", "attention", (zeros(2, 4, 2, 3), zeros(2, 5, 2, 3), zeros(2, 5, 2, 3)), {"causal": "yes"},
+     TypeError, "attention: causal must be True or False, got 'yes'"),
 ]  # fmt: skip
 
 

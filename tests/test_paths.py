@@ -55,12 +55,19 @@ def targets_for(loss_name, rng, m, k):
     return jnp.asarray(rng.standard_normal((m, k)))
 
 
-def problem(model, input_shape, loss_name, m, seed):
-    """Float64 ``(params, x, targets)`` for ``model`` on a batch of ``m`` (NumPy draws: nothing to compile)."""
+def problem(model, input_shape, loss_name, m, seed, vocab=None):
+    """Float64 ``(params, x, targets)`` for ``model`` on a batch of ``m`` (NumPy draws: nothing to compile).
+
+    With ``vocab``, ``x`` holds integer token ids in ``[0, vocab)`` instead of float64 values.
+    """
     rng = np.random.default_rng(seed)
     params = random_params(model, input_shape, rng)
-    (k,) = jax.eval_shape(model.apply, params, jax.ShapeDtypeStruct((m, *input_shape), F64)).shape[1:]
-    return params, jnp.asarray(rng.standard_normal((m, *input_shape))), targets_for(loss_name, rng, m, k)
+    if vocab is None:
+        x = jnp.asarray(rng.standard_normal((m, *input_shape)))
+    else:
+        x = jnp.asarray(rng.integers(0, vocab, (m, *input_shape)))
+    (k,) = jax.eval_shape(model.apply, params, x).shape[1:]
+    return params, x, targets_for(loss_name, rng, m, k)
 
 
 def all_paths(model, loss):
@@ -139,6 +146,58 @@ def networks(draw):
 def test_random_networks_agree_on_all_paths(net, loss_name, m, seed):
     model, input_shape = net
     params, x, targets = problem(model, input_shape, loss_name, m, seed)
+    assert_paths_agree(all_paths(model, LOSSES[loss_name])(params, x, targets))
+
+
+@st.composite
+def layer_networks(draw):
+    """A random ``serial`` network over the layers for images and sequences, its input shape and input kind.
+
+    One of three front ends: a sequence (conv1d, an activation, pooling,
+    GroupNorm); an image (conv2d, pooling, GroupNorm, an activation); token
+    ids (embedding, learned positions, a residual self-attention block with
+    LayerNorm, average pooling over the sequence). Then flatten, optionally a
+    softmax between dense layers, and a dense output layer.
+    """
+    kind = draw(st.sampled_from(["sequence", "image", "tokens"]))
+    pools = [nn.avg_pool, nn.max_pool]
+    if kind == "tokens":
+        t, width = draw(st.integers(2, 4)), draw(st.integers(2, 4))
+        input_shape = (t,)
+        block = nn.serial(nn.layer_norm(), nn.attention(draw(st.integers(1, 2)), 2, causal=draw(st.booleans())))
+        layers = [nn.embedding(5, width), nn.positional_embedding(), nn.residual(block), nn.avg_pool((t,))]
+    elif kind == "sequence":
+        input_shape = (draw(st.integers(4, 7)), draw(st.integers(1, 2)))
+        groups = draw(st.integers(1, 2))
+        layers = [
+            nn.conv1d(2 * groups, draw(st.integers(1, 3)), stride=draw(st.integers(1, 2)), bias=draw(st.booleans())),
+            draw(st.sampled_from(ACTIVATIONS)),
+            draw(st.sampled_from(pools))(
+                (2,), stride=draw(st.integers(1, 2)), padding=draw(st.sampled_from(["SAME", "VALID"]))
+            ),
+            nn.group_norm(groups),
+        ]
+    else:
+        input_shape = (draw(st.integers(4, 5)), draw(st.integers(4, 5)), 1)
+        layers = [
+            nn.conv2d(2, draw(st.sampled_from([1, 2, (2, 3)])), bias=draw(st.booleans())),
+            draw(st.sampled_from(pools))(
+                draw(st.sampled_from([(2, 2), (3, 2)])), padding=draw(st.sampled_from(["SAME", "VALID"]))
+            ),
+            nn.group_norm(draw(st.sampled_from([1, 2]))),
+            draw(st.sampled_from(ACTIVATIONS)),
+        ]
+    layers.append(nn.flatten())
+    if draw(st.booleans()):
+        layers += [nn.dense(draw(st.integers(2, 4)), bias=True), nn.softmax]
+    layers.append(nn.dense(draw(st.integers(2, 4)), bias=draw(st.booleans())))
+    return nn.serial(*layers), input_shape, kind
+
+
+@given(net=layer_networks(), loss_name=st.sampled_from(sorted(LOSSES)), m=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_random_networks_of_the_image_and_sequence_layers_agree_on_all_paths(net, loss_name, m, seed):
+    model, input_shape, kind = net
+    params, x, targets = problem(model, input_shape, loss_name, m, seed, vocab=5 if kind == "tokens" else None)
     assert_paths_agree(all_paths(model, LOSSES[loss_name])(params, x, targets))
 
 

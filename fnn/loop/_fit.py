@@ -144,7 +144,7 @@ def _check(model, loss, path, data, params, epochs, batch_size):
     check_path(path)
     _check_int("epochs", epochs, 1)
     splits = _split_arrays(data)
-    validate.check_splits(splits)
+    validate.check_splits(splits, model)
     n_train = splits["train"][0].shape[0]
     _check_int("batch_size", batch_size, 1, n_train, f" (the training set has {n_train} examples)")
     validate.check_params(model, params, splits["train"][0].shape[1:])

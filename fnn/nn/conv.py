@@ -1,104 +1,131 @@
-"""2-D convolution: a matrix product with shared parameters, forward and backward side by side.
+"""Convolution over one or two spatial axes (Conv1D, Conv2D): a matrix product with shared parameters.
 
-Layouts: input ``x[..., H, W, C]`` (NHWC, any leading batch axes), kernel
-``w[KH, KW, C, O]`` (HWIO), output ``y[..., Ho, Wo, O]``; stride ``(sh, sw)``;
-padding ``"SAME"`` (``Ho = ceil(H / sh)``) or ``"VALID"`` (``Ho = floor((H - KH) / sh) + 1``),
-``(top, bottom)`` rows padded as XLA pads them.
+The notes' Conv1D-S (eq. 7.48) maps a sequence ``z[W]`` with a filter
+``w[k]`` to ``y_i = sum_j w_j z_(i - l + j - 1)`` (zero padding); it is the
+matrix product ``y = Q z`` (eq. 7.49) where ``Q[W, W]`` is banded, every
+band holding the same ``k`` shared parameters. The multi-channel Conv1D (eq.
+7.50) sums one Conv1D-S per pair of output channel ``o`` and input channel
+``c``, ``y_o = sum_c Conv1D-S_(o, c)(z_c)``: ``C O k`` parameters. With a
+stride ``s``, ``Q`` keeps every ``s``-th row. Conv2D is the same rule over two
+spatial axes.
 
-``y[n, i, j, o] = sum_{a, b, c} x[n, i sh + a - top, j sw + b - left, c] w[a, b, c, o]``.
+Layouts, channels last: input ``x[..., *spatial, C]`` (NWC or NHWC, any
+leading batch axes), kernel ``w[*k, C, O]`` (WIO or HWIO), output
+``y[..., *out, O]``; with ``(lo, hi)`` padded per axis (see
+:mod:`fnn.nn._windows`):
+
+``y[n, i, o] = sum_{a, c} x[n, i s + a - lo, c] w[a, c, o]`` (one spatial axis; two alike).
 
 Backward with ``G = dJ/dy`` (saves ``x``):
 
-- ``dx``: the transposed convolution: ``G`` dilated by the stride (``sh - 1``
-  zeros between rows), convolved with the kernel flipped in space and with its
-  in/out axes swapped, padded so that the result has ``x``'s size;
-- ``dw``: the input correlated with ``G``:
-  ``dw[a, b, c, o] = sum_{n, i, j} x[n, i sh + a - top, j sw + b - left, c] G[n, i, j, o]``,
-  a convolution over the batch axis with ``G`` as a kernel dilated by the stride.
+- ``dx = Q^T G``: the transposed convolution, ``G`` dilated by the stride
+  (``s - 1`` zeros between positions), convolved with the kernel flipped in
+  space and with its in/out axes swapped, padded so that the result has
+  ``x``'s size;
+- ``dw``: the input correlated with ``G`` (each shared parameter sums its
+  uses), ``dw[a, c, o] = sum_{n, i} x[n, i s + a - lo, c] G[n, i, o]``, a
+  convolution over the batch axis with ``G`` as a kernel dilated by the stride.
 
-Both are written with ``jax.lax.conv_general_dilated``, never with JAX autodiff.
+Both are written once for either number of spatial axes with
+``jax.lax.conv_general_dilated``, never with JAX autodiff.
 """
-
-import math
 
 import jax.numpy as jnp
 from jax import lax
 
 from fnn.module import leaf
-from fnn.nn import _checks
+from fnn.nn import _checks, _windows
 from fnn.nn import initializers as _init
 from fnn.nn.linear import BIAS
 
-__all__ = ["conv2d", "conv2d_leaf"]
+__all__ = ["conv1d", "conv1d_leaf", "conv2d", "conv2d_leaf", "conv_leaf"]
 
-_PADDINGS = ("SAME", "VALID")
-_LAYOUT = ("NHWC", "HWIO", "NHWC")  # input, kernel, output
-
-
-def _pair(name, arg, value):
-    """An int or a pair of ints, each positive, as a pair."""
-    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
-    try:
-        pair = tuple(pair)
-    except TypeError:
-        pair = ()
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
-        raise ValueError(f"{name}: {arg} must be a positive int or a pair of them, got {value!r}")
-    return pair
+#: Per number of spatial axes: (input, kernel, output) layouts, and the spatial axes' letters.
+_LAYOUTS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
+_AXES = {1: ("W",), 2: ("H", "W")}
 
 
-def _check_padding(name, padding):
-    if padding not in _PADDINGS:
-        raise ValueError(f"{name}: padding must be 'SAME' or 'VALID', got {padding!r}")
-    return padding
+def _name(n):
+    return f"conv{n}d"
 
 
-def _as_batch(x):
-    """``x[..., H, W, C]`` as ``[N, H, W, C]`` (``N`` = the product of the leading axes, 1 if none)."""
-    return x.reshape(math.prod(x.shape[:-3]), *x.shape[-3:])
+def _convolve(x, w, stride, padding):
+    """``y = Q x``: the forward convolution of ``x[N, *spatial, C]`` with ``w[*k, C, O]``."""
+    n = w.ndim - 2
+    pads = _windows.pads(x.shape[1:-1], w.shape[:n], stride, padding)
+    return lax.conv_general_dilated(x, w, stride, pads, dimension_numbers=_LAYOUTS[n])
 
 
-def _pads(spatial, kernel, stride, padding):
-    return lax.padtype_to_pads(spatial, kernel, stride, padding)
+def _convolve_backward(x, w, g, stride, padding):
+    """``(dw, dx)`` of :func:`_convolve` for ``G = g[N, *out, O]``: ``dx = Q^T G`` and the correlation ``dw``."""
+    n = w.ndim - 2
+    kernel, spatial, out = w.shape[:n], x.shape[1:-1], g.shape[1:-1]
+    los = [lo for lo, _ in _windows.pads(spatial, kernel, stride, padding)]
+    layout = _LAYOUTS[n]
+    # Both convolutions are written in the forward pass's own layouts (channels-last input,
+    # spatial-first kernel): XLA's CPU backend runs other layouts through a slow generic
+    # convolution when it cannot re-lay them out (inside a scan it does not), 30-40x slower.
+    # dx: G dilated by the stride, convolved with the flipped, in/out-swapped kernel.
+    dx_pads = _windows.transposed_pads(spatial, kernel, stride, padding, out)
+    flipped = jnp.swapaxes(w[(slice(None, None, -1),) * n], n, n + 1)
+    dx = lax.conv_general_dilated(g, flipped, (1,) * n, dx_pads, lhs_dilation=stride, dimension_numbers=layout)
+    # dw: the input with batch and channels swapped ([C, *spatial, N]), correlated with G as a
+    # kernel [*out, N, O] dilated by the stride; the result [C, *k, O] is moved to [*k, C, O].
+    dw_pads = [(lo, k - m - lo + (o - 1) * s) for k, m, o, s, lo in zip(kernel, spatial, out, stride, los)]
+    spatial_axes = tuple(range(1, n + 1))
+    dw = lax.conv_general_dilated(
+        jnp.transpose(x, (n + 1, *spatial_axes, 0)),
+        jnp.transpose(g, (*spatial_axes, 0, n + 1)),
+        (1,) * n,
+        dw_pads,
+        rhs_dilation=stride,
+        dimension_numbers=layout,
+    )
+    return jnp.transpose(dw, (*spatial_axes, 0, n + 1)), dx
 
 
-def _output_spatial(spatial, kernel, stride, padding):
-    pads = _pads(spatial, kernel, stride, padding)
-    return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(spatial, kernel, stride, pads))
-
-
-def conv2d_leaf(stride=1, padding="SAME", init=None, bias=False):
-    """The convolution leaf for a given stride and padding (``init`` and ``bias`` are the layer's)."""
-    stride, padding = _pair("conv2d", "stride", stride), _check_padding("conv2d", padding)
+def _check(n, stride, padding, bias):
+    """The trace-time check of a convolution leaf over ``n`` spatial axes."""
+    name, (layout, kernel_layout, _), axes = _name(n), _LAYOUTS[n], _AXES[n]
 
     def check(params, x):
-        _checks.require_float("conv2d", "input", x)
-        w = _checks.require_param("conv2d", params, "w", x, ndim=4)
-        if x.ndim < 3:
-            hint = _checks.image_hint(x.shape[1:])
-            raise ValueError(f"conv2d: input must be [..., H, W, C] (NHWC), got shape {x.shape}{hint}")
-        if x.shape[-1] != w.shape[2]:
+        _checks.require_float(name, "input", x)
+        w = _checks.require_param(name, params, "w", x, ndim=n + 2)
+        if x.ndim < n + 1:
+            hint = _checks.image_hint(x.shape[1:]) if n == 2 else ""
+            raise ValueError(f"{name}: input must be [..., {', '.join(axes)}, C] ({layout}), got shape {x.shape}{hint}")
+        if x.shape[-1] != w.shape[n]:
             raise ValueError(
-                f"conv2d: input has {x.shape[-1]} channels but the kernel expects {w.shape[2]} "
-                f"(input shape {x.shape}, kernel shape {w.shape}, HWIO)"
+                f"{name}: input has {x.shape[-1]} channels but the kernel expects {w.shape[n]} "
+                f"(input shape {x.shape}, kernel shape {w.shape}, {kernel_layout})"
             )
-        if padding == "VALID" and (x.shape[-3] < w.shape[0] or x.shape[-2] < w.shape[1]):
+        if padding == "VALID" and any(m < k for m, k in zip(x.shape[-n - 1 : -1], w.shape[:n])):
             raise ValueError(
-                f"conv2d: with VALID padding the input's H x W {x.shape[-3:-1]} must be at least the kernel's "
-                f"{w.shape[:2]}"
+                f"{name}: with VALID padding the input's {' x '.join(axes)} {x.shape[-n - 1 : -1]} must be at least "
+                f"the kernel's {w.shape[:n]}"
             )
         if bias:
-            _checks.require_param("conv2d", params, "b", x, ndim=1)
-            if params["b"].shape != (w.shape[3],):
+            _checks.require_param(name, params, "b", x, ndim=1)
+            if params["b"].shape != (w.shape[-1],):
                 raise ValueError(
-                    f"conv2d: b must have size {w.shape[3]} (kernel shape {w.shape}), got {params['b'].shape}"
+                    f"{name}: b must have size {w.shape[-1]} (kernel shape {w.shape}), got {params['b'].shape}"
                 )
 
+    return check
+
+
+def conv_leaf(n, stride=1, padding="SAME", init=None, bias=False):
+    """The convolution leaf over ``n`` (1 or 2) spatial axes for a given stride and padding.
+
+    ``init`` and ``bias`` are the layer's (ops pass neither).
+    """
+    name = _name(n)
+    stride, padding = _windows.ints(name, "stride", stride, n), _windows.check_padding(name, padding)
+
     def forward(params, x):
-        w = params["w"]
-        pads = _pads(x.shape[-3:-1], w.shape[:2], stride, padding)
-        y = lax.conv_general_dilated(_as_batch(x), w, stride, pads, dimension_numbers=_LAYOUT)
-        y = y.reshape(*x.shape[:-3], *y.shape[1:])
+        xb = _windows.as_batch(x, n)
+        y = _convolve(xb, params["w"], stride, padding)
+        y = y.reshape(*x.shape[: -n - 1], *y.shape[1:])
         if bias:
             y, _ = BIAS.forward(params, y)
         return y, x
@@ -107,39 +134,65 @@ def conv2d_leaf(stride=1, padding="SAME", init=None, bias=False):
         grads = {}
         if bias:
             grads, g = BIAS.backward(params, None, g)
-        w = params["w"]
-        (kh, kw), (h, wd) = w.shape[:2], x.shape[-3:-1]
-        (top, _), (left, _) = _pads((h, wd), (kh, kw), stride, padding)
-        xb, gb = _as_batch(x), _as_batch(g)
-        ho, wo = gb.shape[1:3]
-        # Both convolutions are written in the forward pass's own layouts (NHWC input, HWIO
-        # kernel): XLA's CPU backend runs other layouts through a slow generic convolution
-        # when it cannot re-lay them out (inside a scan it does not), 30-40x slower.
-        # dx: G dilated by the stride, convolved with the flipped, in/out-swapped kernel.
-        dx_pads = [
-            (k - 1 - lo, n - 1 - (o - 1) * s + lo)
-            for k, n, o, s, lo in zip((kh, kw), (h, wd), (ho, wo), stride, (top, left))
-        ]
-        dx = lax.conv_general_dilated(
-            gb, jnp.swapaxes(w[::-1, ::-1], 2, 3), (1, 1), dx_pads, lhs_dilation=stride, dimension_numbers=_LAYOUT
-        )
-        # dw: the input with batch and channels swapped ([C, H, W, N]), correlated with G as a
-        # kernel [Ho, Wo, N, O] dilated by the stride; the result [C, KH, KW, O] is moved to HWIO.
-        dw_pads = [
-            (lo, k - n - lo + (o - 1) * s) for k, n, o, s, lo in zip((kh, kw), (h, wd), (ho, wo), stride, (top, left))
-        ]
-        dw = lax.conv_general_dilated(
-            jnp.transpose(xb, (3, 1, 2, 0)),
-            jnp.transpose(gb, (1, 2, 0, 3)),
-            (1, 1),
-            dw_pads,
-            rhs_dilation=stride,
-            dimension_numbers=_LAYOUT,
-        )
-        dw = jnp.transpose(dw, (1, 2, 0, 3))
+        dw, dx = _convolve_backward(_windows.as_batch(x, n), params["w"], _windows.as_batch(g, n), stride, padding)
         return {"w": dw, **grads}, dx.reshape(x.shape)
 
-    return leaf("conv2d", init=init, forward=forward, backward=backward, check=check)
+    return leaf(name, init=init, forward=forward, backward=backward, check=_check(n, stride, padding, bias))
+
+
+def conv1d_leaf(stride=1, padding="SAME", init=None, bias=False):
+    """The 1-D convolution leaf (``x[..., W, C]``, ``w[K, C, O]``); see :func:`conv_leaf`."""
+    return conv_leaf(1, stride, padding, init, bias)
+
+
+def conv2d_leaf(stride=1, padding="SAME", init=None, bias=False):
+    """The 2-D convolution leaf (``x[..., H, W, C]``, ``w[KH, KW, C, O]``); see :func:`conv_leaf`."""
+    return conv_leaf(2, stride, padding, init, bias)
+
+
+def _conv_layer(n, n_out, kernel, stride, padding, bias, w_init, dtype):
+    """A convolution layer over ``n`` spatial axes with its own parameters (see :func:`conv1d`, :func:`conv2d`)."""
+    name = _name(n)
+    if isinstance(n_out, bool) or not isinstance(n_out, int) or n_out < 1:
+        raise ValueError(f"{name}: n_out must be a positive int, got {n_out!r}")
+    _checks.require_float_dtype(name, dtype)
+    kernel = _windows.ints(name, "kernel", kernel, n)
+    strides = _windows.ints(name, "stride", stride, n)
+    make_w = _init.resolve(w_init)
+
+    def init(key, input_shape):
+        hint = _checks.image_hint(input_shape) if n == 2 else ""
+        shape = _checks.require_shape(name, input_shape, ndim=n + 1, hint=hint)
+        if _windows.check_padding(name, padding) == "VALID" and any(m < k for m, k in zip(shape, kernel)):
+            raise ValueError(
+                f"{name}: with VALID padding the input's {' x '.join(_AXES[n])} {shape[:n]} must be at least the "
+                f"kernel's {kernel}"
+            )
+        params = {"w": jnp.asarray(make_w(key, (*kernel, shape[n], n_out), dtype), dtype)}
+        if bias:
+            params["b"] = jnp.zeros((n_out,), dtype)
+        return (*_windows.output_spatial(shape[:n], kernel, strides, padding), n_out), params
+
+    return conv_leaf(n, strides, padding, init=init, bias=bias)
+
+
+def conv1d(n_out, kernel, *, stride=1, padding="SAME", bias=False, w_init="he", dtype=jnp.float32):
+    """A 1-D convolution layer, the notes' multi-channel Conv1D: ``[N, W, C] -> [N, Wo, n_out]`` (NWC, WIO kernel).
+
+    Args:
+      n_out: output channels ``O``.
+      kernel: kernel size ``K`` (an int or a 1-tuple).
+      stride: an int or a 1-tuple.
+      padding: ``"SAME"`` (``Wo = ceil(W / s)``) or ``"VALID"`` (``Wo = (W - K) // s + 1``).
+      bias: whether the layer adds a bias ``b[O]`` to every position.
+      w_init: ``"he"`` (``randn * sqrt(2 / (K C))``), ``"zeros"`` or any
+        ``(key, shape, dtype) -> array``.
+      dtype: the parameters' floating dtype.
+
+    Params: ``{"w": [K, C, O]}`` plus ``"b": [O]`` with ``bias=True``. See
+    the module doc for the formulas (eq. 7.48-7.50 of the notes) and the backward.
+    """
+    return _conv_layer(1, n_out, kernel, stride, padding, bias, w_init, dtype)
 
 
 def conv2d(n_out, kernel, *, stride=1, padding="SAME", bias=False, w_init="he", dtype=jnp.float32):
@@ -157,22 +210,4 @@ def conv2d(n_out, kernel, *, stride=1, padding="SAME", bias=False, w_init="he", 
 
     Params: ``{"w": [KH, KW, C, O]}`` plus ``"b": [O]`` with ``bias=True``.
     """
-    if isinstance(n_out, bool) or not isinstance(n_out, int) or n_out < 1:
-        raise ValueError(f"conv2d: n_out must be a positive int, got {n_out!r}")
-    _checks.require_float_dtype("conv2d", dtype)
-    kernel = _pair("conv2d", "kernel", kernel)
-    strides = _pair("conv2d", "stride", stride)
-    make_w = _init.resolve(w_init)
-
-    def init(key, input_shape):
-        shape = _checks.require_shape("conv2d", input_shape, ndim=3, hint=_checks.image_hint(input_shape))
-        if _check_padding("conv2d", padding) == "VALID" and (shape[0] < kernel[0] or shape[1] < kernel[1]):
-            raise ValueError(
-                f"conv2d: with VALID padding the input's H x W {shape[:2]} must be at least the kernel's {kernel}"
-            )
-        params = {"w": jnp.asarray(make_w(key, (*kernel, shape[2], n_out), dtype), dtype)}
-        if bias:
-            params["b"] = jnp.zeros((n_out,), dtype)
-        return (*_output_spatial(shape[:2], kernel, strides, padding), n_out), params
-
-    return conv2d_leaf(strides, padding, init=init, bias=bias)
+    return _conv_layer(2, n_out, kernel, stride, padding, bias, w_init, dtype)

@@ -15,7 +15,7 @@ from fnn.module import leaf
 from fnn.nn import _checks
 from fnn.nn import initializers as _init
 
-__all__ = ["BIAS", "MATMUL", "dense"]
+__all__ = ["BIAS", "DENSE", "MATMUL", "dense"]
 
 
 def _rows(a):
@@ -85,6 +85,11 @@ def _check_dense(params, x):
         w, b = params["w"], _checks.require_param("dense", params, "b", x, ndim=1)
         if b.shape[0] != w.shape[1]:
             raise ValueError(f"dense: b must have size {w.shape[1]} (w shape {w.shape}), got b shape {b.shape}")
+
+
+#: ``y = x W (+ b)`` over given params ``{"w": W}`` or ``{"w": W, "b": b}``, without an init
+#: (the projections of :func:`fnn.nn.attention`, whose init makes their params).
+DENSE = leaf("dense", forward=_dense_forward, backward=_dense_backward, check=_check_dense)
 
 
 def dense(n_out, *, bias=False, w_init="he", b_init="zeros", dtype=jnp.float32):

@@ -1,14 +1,23 @@
-"""Layer normalisation over the last axis (the notes' LN), forward and backward side by side.
+"""Normalisation layers: one standardisation rule over any axes, forward and backward side by side.
 
-For each row ``z[m]`` (the last axis, size ``m``):
-``mu = mean(z)``, ``sigma = sqrt(mean((z - mu)^2) + eps)`` (dividing by ``m``,
-not ``m - 1``), ``zhat = (z - mu) / sigma``, ``y = beta + gamma zhat``.
+The rule (the notes' LN, GUIDE sections 6 and 8): over a set of ``m`` values
+``z`` (the *axes* below), ``mu = mean(z)``, ``sigma = sqrt(mean((z - mu)^2) + eps)``
+(dividing by ``m``, not ``m - 1``), ``zhat = (z - mu) / sigma``; then a
+per-channel affine map ``y = beta + gamma zhat``. Backward with ``G = dJ/dy``:
+``dbeta = sum G``, ``dgamma = sum G zhat`` (over every axis but the channels),
+``d = G gamma``, ``dz = (d - mean(d) - zhat mean(d zhat)) / sigma`` (means over
+the same axes). Saves ``zhat`` and ``sigma``. A constant set of values has
+``zhat = 0`` and stays finite through ``eps``.
 
-Backward with ``G = dJ/dy``, sums over the rows and means over the last axis:
-``dbeta = sum G``, ``dgamma = sum G zhat``, ``d = G gamma``,
-``dz = (d - mean(d) - zhat mean(d zhat)) / sigma``. Saves ``zhat`` and
-``sigma``. A constant row has ``zhat = 0`` and stays finite through ``eps``
-(its edge value: constant rows, checked by :func:`fnn.testing.check_module`).
+- LayerNorm: the axes are the last (features) axis of each row.
+- GroupNorm: ``x[N, *spatial, C]`` with its ``C`` channels split into
+  ``groups`` groups of ``C / groups`` consecutive channels (as PyTorch and
+  Flax split them); the axes are each example's spatial axes and the
+  channels of one group.
+- Batch norm is the same rule with the axes over the batch.
+
+A constant set has ``zhat = 0`` and stays finite through ``eps``: each layer's
+edge value (a constant input), checked by :func:`fnn.testing.check_module`.
 """
 
 import jax.numpy as jnp
@@ -16,38 +25,83 @@ import jax.numpy as jnp
 from fnn.module import leaf
 from fnn.nn import _checks
 
-__all__ = ["layer_norm", "layer_norm_leaf"]
+__all__ = ["group_norm", "group_norm_leaf", "layer_norm", "layer_norm_leaf", "standardize", "standardize_backward"]
 
 
-def _check_scale(params, x):
-    _checks.require_float("layer_norm", "input", x)
-    for key in ("gamma", "beta"):
-        value = _checks.require_param("layer_norm", params, key, x, ndim=1)
-        _checks.require_features(
-            "layer_norm", x, value.shape[0], f"{key} has size {value.shape[0]} ({key} shape {value.shape})"
-        )
+# ---------------------------------------------------------------- the rule, over any axes
+def standardize(z, axes, eps):
+    """``(zhat, sigma)``: ``zhat = (z - mean(z)) / sigma``, ``sigma = sqrt(mean((z - mu)^2) + eps)`` over ``axes``."""
+    mu = jnp.mean(z, axis=axes, keepdims=True)
+    centred = z - mu
+    sigma = jnp.sqrt(jnp.mean(centred * centred, axis=axes, keepdims=True) + eps)
+    return centred / sigma, sigma
 
 
+def standardize_backward(d, zhat, sigma, axes):
+    """``dz = (d - mean(d) - zhat mean(d zhat)) / sigma`` (means over ``axes``) for ``d = dJ/dzhat``."""
+    return (d - jnp.mean(d, axis=axes, keepdims=True) - zhat * jnp.mean(d * zhat, axis=axes, keepdims=True)) / sigma
+
+
+def _affine_backward(params, zhat, g):
+    """``({"gamma": sum G zhat, "beta": sum G}, d = G gamma)`` of ``y = beta + gamma zhat`` (sums over the rows)."""
+    rows = tuple(range(g.ndim - 1))
+    return {"gamma": jnp.sum(g * zhat, axis=rows), "beta": jnp.sum(g, axis=rows)}, g * params["gamma"]
+
+
+def _check_eps(name, eps):
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"{name}: eps must be a positive number, got {eps!r}")
+
+
+def _check_scale(name):
+    """The trace-time check of a floating input and per-channel ``gamma``, ``beta`` of its last axis's size."""
+
+    def check(params, x):
+        _checks.require_float(name, "input", x)
+        for key in ("gamma", "beta"):
+            value = _checks.require_param(name, params, key, x, ndim=1)
+            _checks.require_features(
+                name, x, value.shape[0], f"{key} has size {value.shape[0]} ({key} shape {value.shape})"
+            )
+
+    return check
+
+
+def _scale_params(name, dtype):
+    """``init``'s ``gamma`` ones and ``beta`` zeros over the last axis of the input shape."""
+    _checks.require_float_dtype(name, dtype)
+
+    def init(key, input_shape):
+        shape = _checks.require_shape(name, input_shape)
+        if not shape:
+            raise ValueError(f"{name}: input_shape must have a feature axis [..., m], got ()")
+        return shape, {"gamma": jnp.ones(shape[-1:], dtype), "beta": jnp.zeros(shape[-1:], dtype)}
+
+    return init
+
+
+# ---------------------------------------------------------------- LayerNorm
 def layer_norm_leaf(eps=1e-5, init=None):
     """The LayerNorm leaf for a given ``eps`` (``init`` is the module's; ops pass none)."""
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"layer_norm: eps must be a positive number, got {eps!r}")
+    _check_eps("layer_norm", eps)
 
     def forward(params, z):
-        mu = jnp.mean(z, axis=-1, keepdims=True)
-        centred = z - mu
-        sigma = jnp.sqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)
-        zhat = centred / sigma
+        zhat, sigma = standardize(z, -1, eps)
         return params["beta"] + params["gamma"] * zhat, (zhat, sigma)
 
     def backward(params, saved, g):
         zhat, sigma = saved
-        rows = tuple(range(g.ndim - 1))
-        d = g * params["gamma"]
-        dz = (d - jnp.mean(d, axis=-1, keepdims=True) - zhat * jnp.mean(d * zhat, axis=-1, keepdims=True)) / sigma
-        return {"gamma": jnp.sum(g * zhat, axis=rows), "beta": jnp.sum(g, axis=rows)}, dz
+        grads, d = _affine_backward(params, zhat, g)
+        return grads, standardize_backward(d, zhat, sigma, -1)
 
-    return leaf("layer_norm", init=init, forward=forward, backward=backward, check=_check_scale, edge_values=(4.0,))
+    return leaf(
+        "layer_norm",
+        init=init,
+        forward=forward,
+        backward=backward,
+        check=_check_scale("layer_norm"),
+        edge_values=(4.0,),
+    )
 
 
 def layer_norm(eps=1e-5, *, dtype=jnp.float32):
@@ -55,12 +109,82 @@ def layer_norm(eps=1e-5, *, dtype=jnp.float32):
 
     Params: ``{"gamma": [m], "beta": [m]}``. See the module doc for the formulas.
     """
-    _checks.require_float_dtype("layer_norm", dtype)
+    return layer_norm_leaf(eps, _scale_params("layer_norm", dtype))
+
+
+# ---------------------------------------------------------------- GroupNorm
+def _grouped(x, groups):
+    """``x[N, ..., C]`` as ``[N, ..., groups, C / groups]`` and the axes of one example's group in that shape."""
+    grouped = x.reshape(*x.shape[:-1], groups, x.shape[-1] // groups)
+    return grouped, (*range(1, x.ndim - 1), x.ndim)
+
+
+def _check_groups(groups):
+    base = _check_scale("group_norm")
+
+    def check(params, x):
+        base(params, x)
+        if x.ndim < 2:
+            raise ValueError(f"group_norm: input must be [N, ..., C] (a batch axis first), got shape {x.shape}")
+        if x.shape[-1] % groups:
+            raise ValueError(
+                f"group_norm: {x.shape[-1]} channels do not split into {groups} groups of equal size "
+                f"(input shape {x.shape})"
+            )
+
+    return check
+
+
+def group_norm_leaf(groups, eps=1e-5, init=None):
+    """The GroupNorm leaf for ``groups`` groups and ``eps`` (``init`` is the module's; ops pass none)."""
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"group_norm: groups must be a positive int, got {groups!r}")
+    _check_eps("group_norm", eps)
+
+    def forward(params, x):
+        grouped, axes = _grouped(x, groups)
+        zhat, sigma = standardize(grouped, axes, eps)
+        zhat = zhat.reshape(x.shape)
+        return params["beta"] + params["gamma"] * zhat, (zhat, sigma)
+
+    def backward(params, saved, g):
+        zhat, sigma = saved
+        grads, d = _affine_backward(params, zhat, g)
+        (d, axes), (zhat, _) = _grouped(d, groups), _grouped(zhat, groups)
+        return grads, standardize_backward(d, zhat, sigma, axes).reshape(g.shape)
+
+    return leaf(
+        "group_norm", init=init, forward=forward, backward=backward, check=_check_groups(groups), edge_values=(4.0,)
+    )
+
+
+def group_norm(groups, eps=1e-5, *, dtype=jnp.float32):
+    """GroupNorm: ``[N, *spatial, C] -> [N, *spatial, C]``, each example normalised per group of channels.
+
+    The ``C`` channels form ``groups`` groups of ``C / groups`` consecutive
+    channels; each example's values over its spatial axes and one group's
+    channels are standardised together (``groups=1``: over the whole example;
+    ``groups=C``: instance norm), then scaled and shifted per channel.
+
+    The first axis is the batch: every other axis but the channels is
+    reduced over. Under ``jax.vmap`` over single examples, give each example
+    a batch axis of one (``x[None]``), or the first spatial axis is taken for
+    the batch.
+
+    Params: ``{"gamma": [C], "beta": [C]}``, ones and zeros at init. See the
+    module doc for the formulas.
+    """
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"group_norm: groups must be a positive int, got {groups!r}")
+    scale_init = _scale_params("group_norm", dtype)
 
     def init(key, input_shape):
-        shape = _checks.require_shape("layer_norm", input_shape)
-        if not shape:
-            raise ValueError("layer_norm: input_shape must have a feature axis [..., m], got ()")
-        return shape, {"gamma": jnp.ones(shape[-1:], dtype), "beta": jnp.zeros(shape[-1:], dtype)}
+        shape, params = scale_init(key, input_shape)
+        if shape[-1] % groups:
+            raise ValueError(
+                f"group_norm: {shape[-1]} channels do not split into {groups} groups of equal size "
+                f"(input_shape {shape})"
+            )
+        return shape, params
 
-    return layer_norm_leaf(eps, init)
+    return group_norm_leaf(groups, eps, init)

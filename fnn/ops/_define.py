@@ -12,7 +12,7 @@ import functools
 import inspect
 
 from fnn import losses
-from fnn.nn import activations, conv, linear, norm
+from fnn.nn import activations, attend, conv, embeddings, linear, norm, pool, probability
 
 
 def _per_value(factory):
@@ -39,6 +39,11 @@ _softplus = _per_value(activations.softplus)
 _layer_norm = _per_value(norm.layer_norm_leaf)
 _conv2d = _per_value(conv.conv2d_leaf)
 _hinge = _per_value(losses.multiclass_hinge)
+_conv1d = _per_value(conv.conv1d_leaf)
+_avg_pool = _per_value(pool.avg_pool_leaf)
+_max_pool = _per_value(pool.max_pool_leaf)
+_group_norm = _per_value(norm.group_norm_leaf)
+_attention = _per_value(attend.attention_leaf)
 
 
 def matmul(run, x, w):
@@ -111,6 +116,41 @@ def multiclass_hinge(run, scores, labels, margin=1.0):
     return run(_hinge(margin))(scores, labels)
 
 
+def conv1d(run, x, w, *, stride=1, padding="SAME"):
+    """1-D convolution of NWC ``x[N, W, C]`` with a WIO kernel ``w[K, C, O]``; ``stride``, ``"SAME"``/``"VALID"``."""
+    return run(_conv1d(stride, padding))({"w": w}, x)
+
+
+def avg_pool(run, x, window, *, stride=None, padding="VALID"):
+    """Mean of each window of ``x[N, *spatial, C]`` (``window`` one size per spatial axis); ``dx`` spreads ``G / K``."""
+    return run(_avg_pool(window, stride, padding))((), x)
+
+
+def max_pool(run, x, window, *, stride=None, padding="VALID"):
+    """Max of each window of ``x[N, *spatial, C]``; ``dx`` routes ``G`` to the first maximal position (ties: first)."""
+    return run(_max_pool(window, stride, padding))((), x)
+
+
+def group_norm(run, x, gamma, beta, *, groups, eps=1e-5):
+    """GroupNorm of ``x[N, *spatial, C]`` over each example's spatial axes and ``groups`` groups of channels."""
+    return run(_group_norm(groups, eps))({"gamma": gamma, "beta": beta}, x)
+
+
+def softmax(run, x):
+    """Softmax over the last axis; ``dx = p * (G - sum(G * p))``."""
+    return run(probability.softmax)((), x)
+
+
+def embedding(run, table, ids):
+    """Rows ``table[ids]`` of ``table[V, D]`` for integer ``ids[...]``; ``dtable`` scatter-adds ``G``, ids get none."""
+    return run(embeddings.EMBEDDING)({"table": table}, ids)
+
+
+def attention(run, q, k, v, *, causal=False):
+    """``softmax(q k^T / sqrt(D)) v`` for ``q[B, T, H, D]``, ``k, v[B, S, H, D]``; the backward recomputes ``P``."""
+    return run(_attention(causal))({"k": k, "v": v}, q)
+
+
 #: Every op, in the order :func:`op_set` returns them.
 OPS = (
     matmul,
@@ -127,6 +167,13 @@ OPS = (
     mse,
     logistic_loss,
     multiclass_hinge,
+    conv1d,
+    avg_pool,
+    max_pool,
+    group_norm,
+    softmax,
+    embedding,
+    attention,
 )
 #: The op names, in the order :func:`op_set` returns them.
 NAMES = tuple(op.__name__ for op in OPS)

@@ -24,4 +24,11 @@ __all__ = NAMES
     mse,
     logistic_loss,
     multiclass_hinge,
+    conv1d,
+    avg_pool,
+    max_pool,
+    group_norm,
+    softmax,
+    embedding,
+    attention,
 ) = op_set("autodiff")

@@ -1,0 +1,240 @@
+"""Where writing the backward by hand wins: attention's memory and step time, hand-written rule against autodiff.
+
+The gradient of ``sum(attention(q, k, v) * C)`` with respect to ``q``, ``k``
+and ``v`` (``C`` a fixed random cotangent; ``[B, T, H, D]`` inputs, ``T = S``)
+at several sequence lengths, by
+
+- ``custom``: ``fnn.ops.custom.attention``, the hand-written rule: forward and
+  backward over tiles (``fnn.nn.attend.tile_shape``), keeping ``q``, ``k``,
+  ``v``, ``o`` and one log-sum-exp per row, and recomputing the
+  probabilities ``P`` in the backward;
+- ``autodiff``: ``fnn.ops.autodiff.attention``, ``jax.grad`` of the plain
+  ``softmax(q k^T / sqrt(D)) v``, which keeps ``P`` ``[B, H, T, S]``;
+- ``autodiff_tiled``: ``jax.grad`` of the tiled forward (what tiling alone,
+  without the hand-written backward, does for autodiff's memory);
+- ``jax_nn``: ``jax.grad`` of ``jax.nn.dot_product_attention`` (XLA's own
+  implementation), the layer a JAX user would otherwise call.
+
+Per sequence length and path: XLA's memory analysis of the compiled gradient
+(``fnn.inspect.compiled_cost``: temporary, argument and output bytes), the
+gradient's error against a float64 reference (``autodiff`` in float64), and
+the step time through ``fnn.bench.compare`` against ``autodiff`` (interleaved
+rounds, bootstrap 95% interval of the per-round ratio, verdict with the
+harness's 2% margin and strictly). The target: ``custom``'s temporary bytes
+at most a quarter of ``autodiff``'s from ``T = 512`` on.
+
+    python -m experiments.attention_cost --json experiments/results/attention_cost.json \\
+        --plot experiments/results/attention_cost.png
+"""
+
+import argparse
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import fnn
+from experiments import _cli
+from experiments._common import machine, markdown_table, pyplot, save_figure, write_json
+
+PATHS = ("custom", "autodiff", "autodiff_tiled", "jax_nn")
+TARGET_RATIO, TARGET_FROM = 0.25, 512  # custom temp bytes <= 1/4 of autodiff's for T >= 512
+
+
+def attention_fns(causal):
+    """``path -> (q, k, v) -> o`` for every path of :data:`PATHS`."""
+    leaf = fnn.nn.attend.attention_leaf(causal)
+    tiled = fnn.module.leaf("attention_tiled", forward=leaf.forward, backward=leaf.backward)  # apply = tiled forward
+    return {
+        "custom": lambda q, k, v: fnn.ops.custom.attention(q, k, v, causal=causal),
+        "autodiff": lambda q, k, v: fnn.ops.autodiff.attention(q, k, v, causal=causal),
+        "autodiff_tiled": lambda q, k, v: tiled.apply({"k": k, "v": v}, q),
+        "jax_nn": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="xla"),
+    }
+
+
+def gradient(attend):
+    """``(q, k, v, c) -> (dq, dk, dv)`` of ``sum(attend(q, k, v) * c)``."""
+    return jax.grad(lambda q, k, v, c: jnp.sum(attend(q, k, v) * c), argnums=(0, 1, 2))
+
+
+def inputs(seq_len, batch, heads, head_dim, seed):
+    """Standard normal ``q, k, v`` and cotangent ``c``, ``[batch, seq_len, heads, head_dim]`` float32."""
+    keys = jax.random.split(jax.random.key(seed), 4)
+    return tuple(jax.random.normal(k, (batch, seq_len, heads, head_dim), jnp.float32) for k in keys)
+
+
+def measure(seq_len, *, batch, heads, head_dim, causal, rounds, block_s, margin, seed):
+    """Every path's rows at one sequence length."""
+    args = inputs(seq_len, batch, heads, head_dim, seed)
+    grads = {path: jax.jit(gradient(f)) for path, f in attention_fns(causal).items()}
+    compiled = {path: g.lower(*args).compile() for path, g in grads.items()}
+    with jax.enable_x64(True):  # the float64 reference: autodiff of the plain formula
+        args64 = tuple(jnp.asarray(a, jnp.float64) for a in args)
+        reference = jax.jit(gradient(attention_fns(causal)["autodiff"]))(*args64)
+        reference = [np.asarray(r) for r in reference]
+    bench = fnn.bench.compare(grads, *args, baseline="autodiff", margin=margin, rounds=rounds, block_s=block_s)
+    p_bytes = 4 * batch * heads * seq_len * seq_len
+    rows = []
+    for path in PATHS:
+        result, cost = bench[path], fnn.inspect.compiled_cost(compiled[path])
+        errors = [fnn.testing.relative_error(g, r) for g, r in zip(compiled[path](*args), reference)]
+        rows.append(
+            {
+                "seq_len": seq_len,
+                "path": path,
+                "temp_bytes": cost["temp_bytes"],
+                "step_s": result.median_s,
+                "step_s_quartiles": [result.q1_s, result.q3_s],
+                "cpu_s": result.cpu_median_s,
+                "arg_bytes": cost["arg_bytes"],
+                "out_bytes": cost["out_bytes"],
+                "p_bytes": p_bytes,
+                "tile": list(fnn.nn.attend.tile_shape(seq_len, seq_len)),
+                "temp_over_p": cost["temp_bytes"] / p_bytes,
+                "time_ratio": {"median": result.ratio, "ci95": [result.ci_low, result.ci_high]},
+                "cpu_ratio": result.cpu_ratio,
+                "verdict": result.verdict,
+                "verdict_strict": fnn.bench.verdict(result.ci_low, result.ci_high),
+                "compile_s": result.compile_s,
+                "max_rel_err_vs_float64": max(errors),
+                "bench": result.to_dict(),
+            }
+        )
+    autodiff_temp = next(r["temp_bytes"] for r in rows if r["path"] == "autodiff")
+    for row in rows:
+        row["temp_ratio_vs_autodiff"] = row["temp_bytes"] / autodiff_temp
+    return rows
+
+
+def targets(rows):
+    """The memory target per sequence length from :data:`TARGET_FROM` on, and overall."""
+    per_len = {
+        r["seq_len"]: r["temp_ratio_vs_autodiff"] for r in rows if r["path"] == "custom" and r["seq_len"] >= TARGET_FROM
+    }
+    return {
+        "custom_temp_ratio_max": TARGET_RATIO,
+        "from_seq_len": TARGET_FROM,
+        "custom_temp_ratio": per_len,
+        "met": bool(per_len) and all(ratio <= TARGET_RATIO for ratio in per_len.values()),
+    }
+
+
+def _mib(n):
+    return f"{n / 2**20:,.1f}"
+
+
+def table(rows):
+    header = ["T", "path", "temp MiB", "temp / autodiff", "temp / P", "step ms", "time / autodiff [95% CI]"]
+    header += ["verdict (2%)", "strict", "CPU ratio", "max rel err"]
+    return markdown_table(
+        header,
+        [
+            [
+                r["seq_len"],
+                r["path"],
+                _mib(r["temp_bytes"]),
+                f"{r['temp_ratio_vs_autodiff']:.3f}",
+                f"{r['temp_over_p']:.2f}",
+                f"{1e3 * r['step_s']:.1f}",
+                f"{r['time_ratio']['median']:.2f} [{r['time_ratio']['ci95'][0]:.2f}, {r['time_ratio']['ci95'][1]:.2f}]",
+                r["verdict"],
+                r["verdict_strict"],
+                f"{r['cpu_ratio']:.2f}",
+                f"{r['max_rel_err_vs_float64']:.1e}",
+            ]
+            for r in rows
+        ],
+    )
+
+
+def plot(path, rows, title):
+    plt = pyplot()
+    fig, (ax_m, ax_t) = plt.subplots(1, 2, figsize=(12, 4.5))
+    lens = sorted({r["seq_len"] for r in rows})
+    for i, name in enumerate(PATHS):
+        mine = sorted((r for r in rows if r["path"] == name), key=lambda r: r["seq_len"])
+        ax_m.plot(lens, [r["temp_bytes"] / 2**20 for r in mine], "o-", color=f"C{i}", label=name)
+        ratios = [r["time_ratio"] for r in mine]
+        med = np.array([r["median"] for r in ratios])
+        err = [med - [r["ci95"][0] for r in ratios], [r["ci95"][1] for r in ratios] - med]
+        ax_t.errorbar(lens, med, yerr=err, fmt="o-", color=f"C{i}", capsize=3, label=name)
+    ax_m.plot(lens, [rows[0]["p_bytes"] / rows[0]["seq_len"] ** 2 * n * n / 2**20 for n in lens], "k:", label="P")
+    ax_m.set(xscale="log", yscale="log", xlabel="sequence length T = S", ylabel="temporary MiB (XLA memory analysis)")
+    ax_m.set_title("memory of the compiled gradient")
+    ax_t.axhline(1.0, color="k", lw=0.8)
+    ax_t.set(xscale="log", xlabel="sequence length T = S", ylabel="step time / autodiff's (median, 95% CI)")
+    ax_t.set_title("time")
+    for ax in (ax_m, ax_t):
+        ax.minorticks_off()
+        ax.set_xticks(lens, [str(n) for n in lens])
+        ax.grid(alpha=0.3)
+        ax.legend()
+    save_figure(fig, path, title)
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text}")
+    return value
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seq-lens", nargs="+", type=_positive, default=[128, 512, 1024, 2048, 4096])
+    parser.add_argument("--batch", type=_positive, default=2)
+    parser.add_argument("--heads", type=_positive, default=4)
+    parser.add_argument("--head-dim", type=_positive, default=64)
+    parser.add_argument("--causal", action="store_true", help="causal attention (each query sees itself and earlier)")
+    parser.add_argument("--rounds", type=int, default=10, help=f"timing rounds (at least {fnn.bench.MIN_ROUNDS})")
+    parser.add_argument("--block-s", type=float, default=0.2, help="seconds of back-to-back calls per path per round")
+    parser.add_argument("--margin", type=float, default=0.02, help="time differences within this fraction are a tie")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="PATH", help="write results as JSON")
+    parser.add_argument("--plot", metavar="PATH", help="write memory and time against sequence length as PNG")
+    _cli.add_flags(parser)
+    args = parser.parse_args(argv)
+    if args.rounds < fnn.bench.MIN_ROUNDS:
+        parser.error(f"--rounds must be at least {fnn.bench.MIN_ROUNDS}, got {args.rounds}")
+    if not 0 <= args.margin < 1:
+        parser.error(f"--margin must be in [0, 1), e.g. 0.02 for 2%, got {args.margin}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    load_before = os.getloadavg()
+    config = {k: getattr(args, k) for k in ("batch", "heads", "head_dim", "causal", "rounds", "block_s", "margin")}
+    rows = []
+    for seq_len in args.seq_lens:
+        rows += measure(seq_len, seed=args.seed, **config)
+        custom = next(r for r in rows[::-1] if r["path"] == "custom")
+        print(
+            f"T={seq_len}: custom temp {_mib(custom['temp_bytes'])} MiB ({custom['temp_ratio_vs_autodiff']:.3f} of "
+            f"autodiff's), time {custom['time_ratio']['median']:.2f} of autodiff's, {custom['verdict']}",
+            flush=True,
+        )
+    print()
+    print(table(rows))
+    result = {
+        "experiment": "attention_cost",
+        "gradient": "jax.grad of sum(attention(q, k, v) * C) w.r.t. q, k, v; T = S",
+        "config": {**config, "seq_lens": args.seq_lens, "seed": args.seed},
+        **machine(),
+        "load_average_before": list(load_before),
+        "load_average_after": list(os.getloadavg()),
+        "rows": rows,
+        "target": targets(rows),
+    }
+    print(f"\ntarget (custom temp <= {TARGET_RATIO} of autodiff's from T = {TARGET_FROM}): {result['target']}")
+    if args.json:
+        write_json(args.json, result)
+    if args.plot:
+        plot(args.plot, rows, f"attention{' (causal)' if args.causal else ''}: hand-written rule against autodiff")
+    return result
+
+
+if __name__ == "__main__":
+    _cli.run(main)

@@ -1,0 +1,107 @@
+"""Window geometry shared by the convolutions and the pooling layers: sizes, strides, padding.
+
+A window slides over ``n`` spatial axes (``n`` = 1: ``[..., W, C]``; ``n`` =
+2: ``[..., H, W, C]``), channels last. With stride ``s``, window ``k`` and
+``(lo, hi)`` zeros padded on an axis of size ``N``, the output has
+``(N + lo + hi - k) // s + 1`` positions and output position ``i`` covers
+input positions ``i s - lo, ..., i s - lo + k - 1``. ``"SAME"`` pads as XLA
+does (``ceil(N / s)`` outputs, the odd zero at the end), ``"VALID"`` pads
+nothing.
+"""
+
+import math
+
+import numpy as np
+from jax import lax
+
+__all__ = [
+    "PADDINGS",
+    "as_batch",
+    "check_padding",
+    "ints",
+    "output_spatial",
+    "pads",
+    "scatter_pads",
+    "transposed_pads",
+    "valid_offsets",
+]
+
+PADDINGS = ("SAME", "VALID")
+_TUPLE = {1: "a 1-tuple", 2: "a pair"}
+
+
+def ints(name, arg, value, n):
+    """An int or a tuple of ``n`` ints, each positive, as a tuple of ``n``."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    values = (value,) * n if is_int else value
+    try:
+        values = tuple(values)
+    except TypeError:
+        values = ()
+    if len(values) != n or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        raise ValueError(f"{name}: {arg} must be a positive int or {_TUPLE[n]} of them, got {value!r}")
+    return values
+
+
+def check_padding(name, padding):
+    """Returns ``padding`` if it is ``"SAME"`` or ``"VALID"``, else raises ``ValueError``."""
+    if padding not in PADDINGS:
+        raise ValueError(f"{name}: padding must be 'SAME' or 'VALID', got {padding!r}")
+    return padding
+
+
+def as_batch(x, n):
+    """``x[..., *spatial, C]`` with ``n`` spatial axes as ``[N, *spatial, C]`` (``N`` the product of the rest)."""
+    return x.reshape(math.prod(x.shape[: -n - 1]), *x.shape[-n - 1 :])
+
+
+def pads(spatial, window, stride, padding):
+    """``[(lo, hi), ...]`` per spatial axis, as XLA pads."""
+    return lax.padtype_to_pads(spatial, window, stride, padding)
+
+
+def output_spatial(spatial, window, stride, padding):
+    """The output's spatial sizes."""
+    return tuple(
+        (n + lo + hi - k) // s + 1
+        for n, k, s, (lo, hi) in zip(spatial, window, stride, pads(spatial, window, stride, padding))
+    )
+
+
+def transposed_pads(spatial, window, stride, padding, out_spatial):
+    """``[(lo, hi), ...]`` that pad an output ``G`` dilated by the stride so that sliding the window over it
+    gives the input's size: the transpose of the forward's window (a convolution's ``dx``, average pooling's).
+
+    Output position ``i`` sits at ``i s`` of the dilated ``G``; input position
+    ``p`` collects the window offsets ``a`` with ``i s + a - lo = p``.
+    """
+    return [
+        (k - 1 - lo, n - 1 - (o - 1) * s + lo)
+        for k, n, o, s, (lo, _) in zip(window, spatial, out_spatial, stride, pads(spatial, window, stride, padding))
+    ]
+
+
+def scatter_pads(spatial, window, stride, padding, out_spatial, offset):
+    """``lax.pad`` config that puts output position ``i`` at input position ``i s - lo + a`` for window offset ``a``.
+
+    Interior padding ``s - 1`` spaces the outputs by the stride, the low
+    padding ``a - lo`` shifts them to the offset (negative pads crop), and the
+    high padding fills the input's size; the padding value is zero.
+    """
+    return [
+        (a - lo, n - 1 - ((o - 1) * s + a - lo), s - 1)
+        for n, s, o, a, (lo, _) in zip(spatial, stride, out_spatial, offset, pads(spatial, window, stride, padding))
+    ]
+
+
+def valid_offsets(spatial, window, stride, padding, out_spatial, offset):
+    """Whether window offset ``offset`` of each output position lands inside the input (not in the padding).
+
+    A NumPy boolean array of shape ``out_spatial`` (a constant at trace time).
+    """
+    inside = np.ones(out_spatial, bool)
+    axes = zip(spatial, stride, out_spatial, offset, pads(spatial, window, stride, padding))
+    for axis, (n, s, o, a, (lo, _)) in enumerate(axes):
+        position = (np.arange(o) * s + a - lo).reshape([-1 if i == axis else 1 for i in range(len(out_spatial))])
+        inside = inside & (position >= 0) & (position < n)
+    return inside

@@ -1,0 +1,345 @@
+"""Scaled dot-product attention with a memory-saving backward, and multi-head self-attention.
+
+**The op.** Queries ``q[B, T, H, D]``, keys and values ``k, v[B, S, H, D]``
+(the layout of ``jax.nn.dot_product_attention``); per batch entry and head,
+with ``q[T, D]``, ``k[S, D]``, ``v[S, D]``:
+
+- logits ``L = q k^T / sqrt(D)`` ``[T, S]``; with ``causal=True``,
+  ``L_ts = -inf`` for ``s > t``: query ``t`` sees keys ``0 .. t``, aligned at
+  the top left as ``jax.nn.dot_product_attention`` and PyTorch align them, so
+  that key 0 is visible to every query and no row is ever fully masked, also
+  when ``T != S`` (for ``T > S`` the last ``T - S`` queries see every key);
+- one log-sum-exp per row, ``m_t = log sum_s exp(L_ts)``, computed from the
+  logits shifted by their row's maximum (logits of 1e4 neither overflow nor NaN);
+- ``P = exp(L - m)``: each row a softmax; ``o = P v`` ``[T, D]``.
+
+**The backward**, with ``G = dJ/do``:
+
+- ``dv = P^T G`` and ``dP = G v^T``;
+- the softmax Jacobian ``dP_ts/dL_tu = P_ts (1[s = u] - P_tu)`` gives
+  ``dL = P * (dP - D)``, ``D_t = sum_s P_ts dP_ts`` (:func:`fnn.nn.probability.softmax_backward`);
+- ``dq = dL k / sqrt(D)``, ``dk = dL^T q / sqrt(D)``.
+
+**Why the log-sum-exp is enough.** ``P`` is needed three times above, and
+autodiff keeps it, ``[B, H, T, S]``: at ``T = S = 1024`` and ``D = 64``, 16
+times the size of ``q``. But ``P = exp(q k^T / sqrt(D) - m)`` is a function of
+``q``, ``k`` and the one number ``m_t`` per row, so the backward can
+recompute it; and ``D_t = sum_s P_ts (G v^T)_ts = sum_d G_td (P v)_td =
+sum_d G_td o_td`` comes from the output, without ``P``. So the rule keeps
+only ``q``, ``k``, ``v``, ``o`` and ``m`` (FlashAttention's backward pass,
+Dao et al. 2022, Algorithm 4).
+
+**Working memory.** The hand-written forward and backward run over tiles
+of the ``[T, S]`` matrix, two nested ``lax.scan`` loops (query tiles, and
+key tiles within each), so that it never exists whole: the forward combines
+a query tile's key tiles with the running maximum and sum of the online
+softmax; the backward recomputes each tile's ``P`` and adds its share to
+``dq``, ``dk`` and ``dv`` (Algorithm 4, tiled as FlashAttention tiles it).
+Besides its inputs and outputs the rule then keeps ``o``, ``m`` and a few
+tiles. The tiles (:func:`tile_shape`): :data:`QUERY_TILE` query rows; each
+spans all keys when such a tile is at most an eighth of the matrix
+(``T >= 8 * 128``), else :data:`QUERY_TILE` keys. Wide tiles are faster on
+a CPU (larger matrix products, which its cores share better), narrow ones
+keep less: tiles of at most an eighth of the matrix from ``T = 1024``, and at
+most a sixteenth from ``T = 512`` to 1023, keep the rule's memory below a
+quarter of autodiff's from ``T = 512`` on (measured:
+``experiments/attention_cost.py``). The price is computing ``q k^T`` twice,
+once in each pass: five matrix products of ``[T, S]`` size in the backward
+where autodiff has four; and the causal mask costs as much as none, every
+tile being computed.
+
+**The plain forward.** The ``autodiff`` path differentiates the same code
+with one tile of all rows (the leaf's ``apply``): the textbook
+``softmax(q k^T / sqrt(D)) v``, which ``jax.grad`` differentiates by keeping
+``P``. The values agree with the tiled forward's to rounding.
+
+**The module** :func:`attention` is multi-head self-attention over
+sequences ``[N, T, D_model]``: dense projections ``x W_q``, ``x W_k``,
+``x W_v`` to ``heads`` heads of ``head_dim``, the op, and an output
+projection back to ``D_model``. Its backward is its leaves': the dense
+layers' and the op's. It adds no residual connection and no normalisation:
+compose them, e.g. ``nn.residual(nn.serial(nn.layer_norm(), nn.attention(4, 16)))``.
+It sees no positions either: add :func:`fnn.nn.positional_embedding` before it.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fnn.module import leaf, structural
+from fnn.nn import _checks
+from fnn.nn import initializers as _init
+from fnn.nn.linear import DENSE
+from fnn.nn.probability import softmax_backward
+
+__all__ = ["QUERY_TILE", "attention", "attention_leaf", "tile_shape"]
+
+#: Query rows per tile of the hand-written forward and backward passes (see :func:`tile_shape`).
+QUERY_TILE = 128
+
+
+def tile_shape(t, s):
+    """``(query rows, key rows)`` of the hand-written passes' tiles for ``T`` queries and ``S`` keys.
+
+    :data:`QUERY_TILE` query rows (all of them if fewer); all ``S`` keys when
+    there are at least 8 query tiles, so that a tile is at most an eighth of
+    the ``[T, S]`` matrix, else :data:`QUERY_TILE` keys (all if fewer).
+    """
+    return min(QUERY_TILE, t), s if t >= 8 * QUERY_TILE else min(QUERY_TILE, s)
+
+
+# ---------------------------------------------------------------- tiles
+def _heads(a):
+    """``[B, n, H, D] -> [B, H, n, D]`` (and back): the layout of the tiles' matrix products."""
+    return jnp.swapaxes(a, 1, 2)
+
+
+def _plan(n, tile):
+    """``(rows per tile, tiles)`` for ``n`` rows: one tile of all rows when they fit in one."""
+    size = min(tile, n)
+    return size, -(-n // size)
+
+
+def _pad(a, rows, axis=1):
+    """``a`` with zero rows appended along ``axis`` up to ``rows`` (itself when it has them)."""
+    extra = rows - a.shape[axis]
+    return a if not extra else jnp.pad(a, [(0, extra if i == axis else 0) for i in range(a.ndim)])
+
+
+def _rows(a, start, size, axis=1):
+    return lax.dynamic_slice_in_dim(a, start, size, axis)
+
+
+def _add_rows(a, update, start, axis=1):
+    return lax.dynamic_update_slice_in_dim(a, _rows(a, start, update.shape[axis], axis) + update, start, axis)
+
+
+def _loop(body, carry, first, last):
+    """``carry`` through ``body(carry, i)`` for ``i = first .. last - 1``: a ``lax.scan``, or a plain call for one."""
+    if last - first <= 1:
+        return body(carry, first) if last > first else carry
+    return lax.scan(lambda c, i: (body(c, i), None), carry, jnp.arange(first, last))[0]
+
+
+def _tile_logits(q, k, q_start, k_start, keys, causal):
+    """A tile's logits ``q k^T`` ``[B, H, tq, tk]`` (``q`` scaled).
+
+    ``-inf`` at the padded keys (``cols >= keys``) and, if causal, above the diagonal.
+    """
+    logits = jnp.einsum("bhtd,bhsd->bhts", q, k)
+    cols = k_start + jnp.arange(k.shape[2])
+    visible = cols < keys
+    if causal:
+        visible = visible & (cols <= (q_start + jnp.arange(q.shape[2]))[:, None])
+    return jnp.where(visible, logits, -jnp.inf)
+
+
+# ---------------------------------------------------------------- forward and backward
+def _attend(q, k, v, causal, tile):
+    """``(o [B, T, H, D], m [B, H, T])``: the output and each row's log-sum-exp, over tiles of ``tile`` rows."""
+    (b, t, h, d), s, scale = q.shape, k.shape[1], 1 / math.sqrt(q.shape[-1])
+    (tq, nq), (tk, nk) = _plan(t, tile[0]), _plan(s, tile[1])
+    q, k, v = _pad(q, nq * tq), _pad(k, nk * tk), _pad(v, nk * tk)
+
+    def query_tile(out, i):
+        o, m = out
+        q_i = _heads(_rows(q, i * tq, tq)) * scale
+
+        def key_tile(j):  # the tile's shifted exponentials, against a maximum that autodiff treats as a constant
+            logits = _tile_logits(q_i, _heads(_rows(k, j * tk, tk)), i * tq, j * tk, s, causal)
+            return logits, _heads(_rows(v, j * tk, tk))
+
+        def combine(run, j):  # the online softmax: rescale what came before to the new running maximum
+            peak, total, acc = run
+            logits, v_j = key_tile(j)
+            new_peak = jnp.maximum(peak, lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
+            decay, exps = jnp.exp(peak - new_peak), jnp.exp(logits - new_peak)
+            return new_peak, decay * total + jnp.sum(exps, -1, keepdims=True), decay * acc + exps @ v_j
+
+        logits, v_0 = key_tile(0)  # key 0 is visible to every row, so every row's maximum is finite
+        peak = lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+        exps = jnp.exp(logits - peak)
+        peak, total, acc = _loop(combine, (peak, jnp.sum(exps, -1, keepdims=True), exps @ v_0), 1, nk)
+        o = lax.dynamic_update_slice_in_dim(o, _heads(acc / total), i * tq, 1)
+        return o, lax.dynamic_update_slice_in_dim(m, (peak + jnp.log(total))[..., 0], i * tq, 2)
+
+    o, m = _loop(query_tile, (jnp.zeros((b, nq * tq, h, d), q.dtype), jnp.zeros((b, h, nq * tq), q.dtype)), 0, nq)
+    return o[:, :t], m[:, :, :t]
+
+
+def _attend_backward(q, k, v, o, m, g, causal, tile):
+    """``(dq, dk, dv)`` of :func:`_attend`, each tile's ``P`` recomputed from ``q``, ``k`` and ``m``."""
+    t, s, scale = q.shape[1], k.shape[1], 1 / math.sqrt(q.shape[-1])
+    (tq, nq), (tk, nk) = _plan(t, tile[0]), _plan(s, tile[1])
+    row_dot = _heads(jnp.sum(g * o, axis=-1)[..., None])[..., 0]  # D_t = sum_d G_td o_td = sum_s P_ts dP_ts
+    q, g, k, v = _pad(q, nq * tq), _pad(g, nq * tq), _pad(k, nk * tk), _pad(v, nk * tk)
+    m, row_dot = _pad(m, nq * tq, 2), _pad(row_dot, nq * tq, 2)
+
+    def query_tile(grads, i):
+        dq, dk, dv = grads
+        q_i, g_i = _heads(_rows(q, i * tq, tq)) * scale, _heads(_rows(g, i * tq, tq))
+        m_i, d_i = _rows(m, i * tq, tq, 2)[..., None], _rows(row_dot, i * tq, tq, 2)[..., None]
+
+        def key_tile(acc, j):
+            dq_i, dk, dv = acc
+            k_j, v_j = _heads(_rows(k, j * tk, tk)), _heads(_rows(v, j * tk, tk))
+            p = jnp.exp(_tile_logits(q_i, k_j, i * tq, j * tk, s, causal) - m_i)
+            dv = _add_rows(dv, _heads(jnp.einsum("bhts,bhtd->bhsd", p, g_i)), j * tk)
+            dlogits = softmax_backward(p, jnp.einsum("bhtd,bhsd->bhts", g_i, v_j), row_dot=d_i)
+            dk = _add_rows(dk, _heads(jnp.einsum("bhts,bhtd->bhsd", dlogits, q_i)), j * tk)  # q_i carries 1/sqrt(D)
+            return dq_i + dlogits @ k_j, dk, dv
+
+        dq_i, dk, dv = _loop(key_tile, (jnp.zeros_like(q_i), dk, dv), 0, nk)
+        return lax.dynamic_update_slice_in_dim(dq, _heads(dq_i * scale), i * tq, 1), dk, dv
+
+    dq, dk, dv = _loop(query_tile, (jnp.zeros_like(q), jnp.zeros_like(k), jnp.zeros_like(v)), 0, nq)
+    return dq[:, :t], dk[:, :s], dv[:, :s]
+
+
+def _check(params, q):
+    _checks.require_float("attention", "q", q)
+    if q.ndim != 4:
+        raise ValueError(f"attention: q must be [B, T, H, D] (batch, queries, heads, head size), got shape {q.shape}")
+    k, v = (_checks.require_param("attention", params, key, q, ndim=4) for key in ("k", "v"))
+    if k.shape != v.shape:
+        raise ValueError(f"attention: k and v must have the same shape [B, S, H, D], got k {k.shape} and v {v.shape}")
+    if (k.shape[0], *k.shape[2:]) != (q.shape[0], *q.shape[2:]):
+        raise ValueError(
+            f"attention: k and v [B, S, H, D] must match q [B, T, H, D] in batch, heads and head size, "
+            f"got q {q.shape} and k {k.shape}"
+        )
+
+
+def attention_leaf(causal=False, tile=None):
+    """The attention op as a leaf: input ``q``, params ``{"k": k, "v": v}`` (so that all three get gradients).
+
+    ``forward`` and ``backward`` run over tiles of ``tile = (query rows, key
+    rows)``, by default :func:`tile_shape`'s; ``apply`` (the ``autodiff``
+    path) computes every row at once.
+    """
+    if not isinstance(causal, bool):
+        raise TypeError(f"attention: causal must be True or False, got {causal!r}")
+    if tile is not None:
+        tile = tuple(tile)
+        if len(tile) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in tile):
+            raise ValueError(f"attention: tile must be two positive ints (query rows, key rows), got {tile!r}")
+
+    def tiles(q, k):
+        return tile_shape(q.shape[1], k.shape[1]) if tile is None else tile
+
+    def apply(params, q):
+        return _attend(q, params["k"], params["v"], causal, (q.shape[1], params["k"].shape[1]))[0]
+
+    def forward(params, q):
+        o, m = _attend(q, params["k"], params["v"], causal, tiles(q, params["k"]))
+        return o, (q, o, m)
+
+    def backward(params, saved, g):
+        q, o, m = saved
+        dq, dk, dv = _attend_backward(q, params["k"], params["v"], o, m, g, causal, tiles(q, params["k"]))
+        return {"k": dk, "v": dv}, dq
+
+    return leaf("attention", forward=forward, backward=backward, check=_check, apply=apply)
+
+
+# ---------------------------------------------------------------- multi-head self-attention
+_PROJECTIONS = ("q", "k", "v", "o")
+
+
+def _self_attention(project, attend, heads, head_dim, init):
+    """Self-attention wired from a projection leaf (dense) and the attention leaf; see :func:`attention`."""
+
+    def split(a):
+        return a.reshape(*a.shape[:-1], heads, head_dim)
+
+    def check(params, x):
+        if not isinstance(params, dict) or set(params) != set(_PROJECTIONS):
+            got = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise TypeError(f"attention: params must be a dict with keys {list(_PROJECTIONS)}, got {got}")
+        if jnp.ndim(x) < 2:
+            raise ValueError(f"attention: input must be [..., T, D_model], got shape {jnp.shape(x)}")
+        return jnp.asarray(x).reshape(-1, *jnp.shape(x)[-2:])  # one batch axis
+
+    def apply(params, x):
+        xb = check(params, x)
+        q, k, v = (split(project.apply(params[p], xb)) for p in "qkv")
+        a = attend.apply({"k": k, "v": v}, q)
+        return project.apply(params["o"], a.reshape(*a.shape[:2], -1)).reshape(jnp.shape(x))
+
+    def forward(params, x):
+        xb = check(params, x)
+        (q, sq), (k, sk), (v, sv) = (project.forward(params[p], xb) for p in "qkv")
+        kv = {"k": split(k), "v": split(v)}
+        a, sa = attend.forward(kv, split(q))
+        y, so = project.forward(params["o"], a.reshape(*a.shape[:2], -1))
+        return y.reshape(jnp.shape(x)), (sq, sk, sv, kv, sa, so)
+
+    def backward(params, saved, g):
+        sq, sk, sv, kv, sa, so = saved
+        grads = {}
+        grads["o"], da = project.backward(params["o"], so, g.reshape(-1, *g.shape[-2:]))
+        dkv, dq = attend.backward(kv, sa, split(da))
+        dx = 0
+        for p, s, d in (("q", sq, dq), ("k", sk, dkv["k"]), ("v", sv, dkv["v"])):
+            grads[p], dxp = project.backward(params[p], s, d.reshape(*d.shape[:2], -1))
+            dx = dx + dxp
+        return {p: grads[p] for p in _PROJECTIONS}, dx.reshape(g.shape)
+
+    def rebuild(project, attend):
+        return _self_attention(project, attend, heads, head_dim, init)
+
+    return structural(
+        "attention",
+        init=init,
+        apply=apply,
+        forward=forward,
+        backward=backward,
+        children=(project, attend),
+        rebuild=rebuild,
+    )
+
+
+def attention(heads, head_dim, *, causal=False, bias=False, w_init=None, dtype=jnp.float32):
+    """Multi-head self-attention: ``[N, T, D_model] -> [N, T, D_model]``.
+
+    ``y = concat_h(attention(x W_q^h, x W_k^h, x W_v^h)) W_o``: queries, keys
+    and values projected to ``heads`` heads of ``head_dim`` features, the
+    attention op (see the module doc, with its memory-saving backward), the
+    heads concatenated and projected back to ``D_model``.
+
+    Args:
+      heads, head_dim: the number of heads ``H`` and the size ``D`` of each.
+      causal: each position attends only to itself and earlier ones.
+      bias: whether the projections have biases: the queries', values' and
+        output's. The keys' would add ``q b`` to every logit of a row, which
+        the softmax ignores, so it would never learn (its gradient is zero):
+        it has none.
+      w_init: the projections' initialiser, by default
+        ``jax.nn.initializers.lecun_normal()`` (variance ``1 / fan_in``, as
+        Flax's attention); or ``"he"``, ``"zeros"``, any ``(key, shape, dtype) -> array``.
+      dtype: the parameters' floating dtype.
+
+    Params: ``{"q": {"w": [D_model, H D]}, "k": ..., "v": ..., "o": {"w": [H D, D_model]}}``,
+    ``q``, ``v`` and ``o`` with ``"b"`` with ``bias=True``. No residual connection, no
+    normalisation and no positions: compose them (see the module doc).
+    """
+    for arg, value in (("heads", heads), ("head_dim", head_dim)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"attention: {arg} must be a positive int, got {value!r}")
+    _checks.require_float_dtype("attention", dtype)
+    make_w = _init.resolve(jax.nn.initializers.lecun_normal() if w_init is None else w_init)
+
+    def init(key, input_shape):
+        shape = _checks.require_shape("attention", input_shape, ndim=2)
+        width = heads * head_dim
+        params = {}
+        for p, k in zip(_PROJECTIONS, jax.random.split(key, 4)):
+            fan_in, fan_out = (shape[1], width) if p != "o" else (width, shape[1])
+            params[p] = {"w": jnp.asarray(make_w(k, (fan_in, fan_out), dtype), dtype)}
+            if bias and p != "k":
+                params[p]["b"] = jnp.zeros((fan_out,), dtype)
+        return shape, params
+
+    return _self_attention(DENSE, attention_leaf(causal), heads, head_dim, init)

@@ -1,0 +1,201 @@
+"""Average and max pooling over one or two spatial axes, forward and backward side by side.
+
+Layouts, channels last: ``x[..., *spatial, C]`` (any leading batch axes),
+``window`` a tuple with one size per spatial axis (``(k,)`` for ``[N, W, C]``,
+``(kh, kw)`` for ``[N, H, W, C]``), ``stride`` defaulting to the window,
+padding ``"VALID"`` (the default) or ``"SAME"`` (see :mod:`fnn.nn._windows`).
+Each channel is pooled on its own; no parameters.
+
+- Average pooling: ``y = mean of the window``, the window's ``K`` positions
+  counted whether in the input or in the zero padding (``"SAME"``; as Flax's
+  ``avg_pool`` by default and PyTorch's ``count_include_pad=True``).
+  Backward: ``dx`` spreads each ``G / K`` evenly over its window's positions,
+  overlapping windows adding up: ``G`` dilated by the stride, correlated with
+  a box of ones (saves nothing).
+- Max pooling: ``y = max of the window`` (``"SAME"`` pads with ``-inf``).
+  Backward: ``dx`` sends each ``G`` to the position of its window's maximum.
+  **Ties**: to the *first* maximal position, the window read in row-major
+  order (top row first, left to right). The result is one of the subgradients
+  (equal splitting gives another), it costs no division, and it is the choice
+  of JAX's own rule for ``lax.reduce_window`` with ``lax.max`` (XLA's
+  ``select_and_scatter`` with ``>=``, so the autodiff path agrees on ties
+  too), of Flax's ``max_pool`` built on it, and of PyTorch's ``max_pool2d``
+  (which replaces its running maximum only on ``>``). ``jax.grad`` of
+  ``jnp.max`` over an axis splits equally instead. A padded position never
+  takes the gradient (JAX's rule can select one when a window's values are
+  all ``-inf``, and loses that gradient). Saves ``x`` and ``y``; the backward
+  walks the ``K`` window offsets in order, routing ``G`` where an offset
+  first meets ``y``, one pass per offset.
+"""
+
+import itertools
+import math
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from fnn.module import leaf
+from fnn.nn import _checks, _windows
+
+__all__ = ["avg_pool", "avg_pool_leaf", "max_pool", "max_pool_leaf"]
+
+
+def _window(name, window):
+    """The window as a tuple of 1 or 2 positive ints (the number of spatial axes)."""
+    values = tuple(window) if isinstance(window, (tuple, list)) else ()
+    if len(values) not in (1, 2) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        raise ValueError(
+            f"{name}: window must be a tuple of 1 or 2 positive ints, one per spatial axis "
+            f"((k,) for [N, W, C], (kh, kw) for [N, H, W, C]), got {window!r}"
+        )
+    return values
+
+
+def _geometry(name, window, stride, padding):
+    """``(window, stride, padding)`` checked, ``stride`` defaulting to ``window``."""
+    window = _window(name, window)
+    stride = window if stride is None else _windows.ints(name, "stride", stride, len(window))
+    return window, stride, _windows.check_padding(name, padding)
+
+
+def _full(spatial, batch_pad=(0, 0)):
+    """A per-spatial-axis config extended with the batch and channel axes."""
+    return [batch_pad, *spatial, batch_pad]
+
+
+def _reduce(x, init, op, window, stride, padding):
+    """``lax.reduce_window`` of ``x[N, *spatial, C]`` over ``window`` with ``stride`` and ``padding``."""
+    pads = _windows.pads(x.shape[1:-1], window, stride, padding)
+    return lax.reduce_window(x, np.array(init, x.dtype), op, (1, *window, 1), (1, *stride, 1), _full(pads))
+
+
+# ---------------------------------------------------------------- average
+def _avg_forward(x, window, stride, padding):
+    return _reduce(x, 0, lax.add, window, stride, padding) / math.prod(window)
+
+
+def _avg_backward(shape, g, window, stride, padding):
+    """``dx``: each ``G / K`` spread over its window: ``G`` dilated by the stride, summed over a sliding box."""
+    transposed = _windows.transposed_pads(shape[1:-1], window, stride, padding, g.shape[1:-1])
+    spread = [(lo, hi, s - 1) for (lo, hi), s in zip(transposed, stride)]  # interior: dilated by the stride
+    dilated = lax.pad(g / math.prod(window), np.array(0, g.dtype), _full(spread, (0, 0, 0)))
+    return _reduce(dilated, 0, lax.add, window, (1,) * len(window), "VALID")
+
+
+# ---------------------------------------------------------------- max
+def _max_forward(x, window, stride, padding):
+    return _reduce(x, -np.inf, lax.max, window, stride, padding)
+
+
+def _at_offset(x, offset, window, stride, padding, out):
+    """``x[n, i s + a - lo, c]`` for every output position ``i`` (``-inf`` in the padding): shape ``[N, *out, C]``."""
+    pads = _windows.pads(x.shape[1:-1], window, stride, padding)
+    padded = lax.pad(x, np.array(-np.inf, x.dtype), _full([(lo, hi, 0) for lo, hi in pads], (0, 0, 0)))
+    start = (0, *offset, 0)
+    limit = (x.shape[0], *((o - 1) * s + a + 1 for o, s, a in zip(out, stride, offset)), x.shape[-1])
+    return lax.slice(padded, start, limit, (1, *stride, 1))
+
+
+def _max_backward(x, y, g, window, stride, padding):
+    """``dx``: each ``G`` at its window's first maximal position (row-major order), one pass per window offset."""
+    spatial, out = x.shape[1:-1], y.shape[1:-1]
+    unrouted = jnp.ones(y.shape, bool)  # windows whose G has not found its maximum yet
+    dx = jnp.zeros(x.shape, g.dtype)
+    for offset in itertools.product(*map(range, window)):
+        hit = unrouted & (_at_offset(x, offset, window, stride, padding, out) == y)
+        inside = _windows.valid_offsets(spatial, window, stride, padding, out, offset)
+        if not inside.all():  # "SAME": an offset in the padding never takes the gradient
+            hit = hit & inside[None, ..., None]
+        unrouted = unrouted & ~hit
+        routed = jnp.where(hit, g, jnp.zeros_like(g))
+        pads = _windows.scatter_pads(spatial, window, stride, padding, out, offset)
+        dx = dx + lax.pad(routed, np.array(0, g.dtype), _full(pads, (0, 0, 0)))
+    return dx
+
+
+# ---------------------------------------------------------------- leaves and layers
+def _check(name, window, padding):
+    n = len(window)
+
+    def check(params, x):
+        _checks.require_no_params(name, params)
+        _checks.require_float(name, "input", x)
+        if x.ndim < n + 1:
+            axes = "W, C" if n == 1 else "H, W, C"
+            raise ValueError(f"{name}: a window of {n} axes needs an input [..., {axes}], got shape {x.shape}")
+        if padding == "VALID" and any(m < k for m, k in zip(x.shape[-n - 1 : -1], window)):
+            raise ValueError(
+                f"{name}: with VALID padding the input's spatial sizes {x.shape[-n - 1 : -1]} must be at least "
+                f"the window {window}"
+            )
+
+    return check
+
+
+def _pool_leaf(name, forward, backward, window, stride, padding, init, saves_input):
+    """A pooling leaf: ``forward(x, ...)`` and ``backward(saved, g, ...)`` over ``[N, *spatial, C]`` batches."""
+    n = len(window)
+
+    def leaf_forward(params, x):
+        y = forward(_windows.as_batch(x, n), window, stride, padding)
+        y = y.reshape(*x.shape[: -n - 1], *y.shape[1:])
+        # Average pooling needs only x's shape: a zero-size array carries it (no bytes).
+        return y, ((x, y) if saves_input else jnp.zeros((*x.shape, 0), x.dtype))
+
+    def leaf_backward(params, saved, g):
+        if saves_input:
+            x, y = saved
+            batch = (_windows.as_batch(a, n) for a in (x, y, g))
+            return (), backward(*batch, window, stride, padding).reshape(x.shape)
+        shape = saved.shape[:-1]
+        batch_shape = (math.prod(shape[: -n - 1]), *shape[-n - 1 :])
+        return (), backward(batch_shape, _windows.as_batch(g, n), window, stride, padding).reshape(shape)
+
+    return leaf(name, init=init, forward=leaf_forward, backward=leaf_backward, check=_check(name, window, padding))
+
+
+def avg_pool_leaf(window, stride=None, padding="VALID", init=None):
+    """The average pooling leaf (``init`` is the layer's; ops pass none)."""
+    window, stride, padding = _geometry("avg_pool", window, stride, padding)
+    return _pool_leaf("avg_pool", _avg_forward, _avg_backward, window, stride, padding, init, saves_input=False)
+
+
+def max_pool_leaf(window, stride=None, padding="VALID", init=None):
+    """The max pooling leaf (``init`` is the layer's; ops pass none)."""
+    window, stride, padding = _geometry("max_pool", window, stride, padding)
+    return _pool_leaf("max_pool", _max_forward, _max_backward, window, stride, padding, init, saves_input=True)
+
+
+def _layer(name, make_leaf, window, stride, padding):
+    window, stride, padding = _geometry(name, window, stride, padding)
+    n = len(window)
+
+    def init(key, input_shape):
+        shape = _checks.require_shape(name, input_shape, ndim=n + 1)
+        if padding == "VALID" and any(m < k for m, k in zip(shape, window)):
+            raise ValueError(
+                f"{name}: with VALID padding the input's spatial sizes {shape[:n]} must be at least the window {window}"
+            )
+        return (*_windows.output_spatial(shape[:n], window, stride, padding), shape[n]), ()
+
+    return make_leaf(window, stride, padding, init=init)
+
+
+def avg_pool(window, *, stride=None, padding="VALID"):
+    """Average pooling: ``[N, *spatial, C] -> [N, *out, C]``, one or two spatial axes (``len(window)``).
+
+    ``avg_pool((2, 2))`` halves an image's height and width (the Flax MNIST
+    tutorial's pooling); ``avg_pool((T,))`` averages a sequence ``[N, T, D]``
+    to ``[N, 1, D]``. See the module doc for the rule.
+    """
+    return _layer("avg_pool", avg_pool_leaf, window, stride, padding)
+
+
+def max_pool(window, *, stride=None, padding="VALID"):
+    """Max pooling: ``[N, *spatial, C] -> [N, *out, C]``, one or two spatial axes (``len(window)``).
+
+    The gradient of a window goes to its first maximal position (row-major
+    order); see the module doc for that choice and the rule.
+    """
+    return _layer("max_pool", max_pool_leaf, window, stride, padding)
