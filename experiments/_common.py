@@ -176,7 +176,8 @@ def print_row(row):
 
 
 def timed_fit(model, params, data, args, optimizer, *, quiet=False, train_metrics="batches", **kwargs):
-    """``fnn.fit`` with the script's options; returns ``(params, history, timing)``.
+    """``fnn.fit`` with the script's options; returns ``(params, history, timing)``, ``params`` being
+    ``(params, state)`` for a model with state (batch norm).
 
     ``timing`` has ``train_s`` (the whole ``fit`` call: compilation, every
     epoch's training and evaluation), ``compile_s``, ``epoch_s``, ``cpu_s``
@@ -188,7 +189,7 @@ def timed_fit(model, params, data, args, optimizer, *, quiet=False, train_metric
     """
     load_before = os.getloadavg()[0]
     cpu = time.process_time()
-    params, history = fnn.fit(
+    *trained, history = fnn.fit(
         model,
         params,
         data,
@@ -210,7 +211,7 @@ def timed_fit(model, params, data, args, optimizer, *, quiet=False, train_metric
         "load_average_1min_after": os.getloadavg()[0],
         "train_metrics": train_metrics,
     }
-    return params, history, timing
+    return (tuple(trained) if model.has_state else trained[0]), history, timing
 
 
 def machine():

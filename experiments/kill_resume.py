@@ -1,14 +1,19 @@
 """Kill training at random moments with SIGKILL, resume it, and compare with an uninterrupted run.
 
-Each run trains the notes' recipe (784-500-10 on MNIST, SGD 0.5, batch 100)
-in a child process that saves a checkpoint every ``--every-steps`` steps and
-keeps the last two. The parent kills the child at a random moment after its
-first checkpoint (while it trains or while it saves), checks that the newest
-checkpoint loads (the resumed run starts from it), resumes the run to the end in a fresh process, and compares
-the final parameters (SHA-256 of their bytes) and the history (losses and
-errors of every epoch) with an uninterrupted run's, bit for bit.
+Each run trains the notes' recipe (784-500-10 on MNIST, SGD 0.5, batch 100;
+with ``--model bn_dropout`` the same net with batch norm and dropout after
+the hidden layer, batches reshuffled every epoch, so that the running
+statistics and the dropout masks must resume too) in a child process that
+saves a checkpoint every ``--every-steps`` steps and keeps the last two. The
+parent kills the child at a random moment after its first checkpoint (while
+it trains or while it saves), checks that the newest checkpoint loads (the
+resumed run starts from it), resumes the run to the end in a fresh process,
+and compares the final parameters (and state: SHA-256 of their bytes) and the
+history (losses and errors of every epoch) with an uninterrupted run's, bit
+for bit.
 
     python -m experiments.kill_resume --runs 20 --json experiments/results/kill_resume.json
+    python -m experiments.kill_resume --model bn_dropout --json experiments/results/kill_resume_bn_dropout.json
 """
 
 import argparse
@@ -33,6 +38,12 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--every-steps", type=int, default=50, help="save a checkpoint every this many steps")
     parser.add_argument("--dataset", default="mnist")
+    parser.add_argument(
+        "--model",
+        choices=("recipe", "bn_dropout"),
+        default="recipe",
+        help="the notes' 784-500-10 net, or it with batch norm and dropout after the hidden layer",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the moments of the kills")
     parser.add_argument("--json", metavar="PATH", help="write results as JSON")
     parser.add_argument("--worker", metavar="DIR", help=argparse.SUPPRESS)  # child: train with checkpoints in DIR
@@ -48,7 +59,12 @@ def train(args, checkpoint_dir):
     import fnn
 
     data = fnn.data.load(args.dataset)
-    model = fnn.nn.mlp([784, 500, 10])
+    nn, options = fnn.nn, {}
+    if args.model == "bn_dropout":
+        model = nn.serial(nn.dense(500), nn.batch_norm(), nn.relu, nn.dropout(0.2), nn.dense(10))
+        options = {"shuffle_key": jax.random.key(1)}
+    else:
+        model = nn.mlp([784, 500, 10])
     _, params = model.init(jax.random.key(0), (784,))
     restored = None
     if checkpoint_dir is not None:
@@ -57,8 +73,8 @@ def train(args, checkpoint_dir):
     callbacks = []
     if checkpoint_dir is not None:
         callbacks.append(fnn.loop.Checkpointing(checkpoint_dir, every_steps=args.every_steps, keep=2, resume=True))
-    params, history = fnn.fit(model, params, data, epochs=args.epochs, progress=False, callbacks=callbacks)
-    digest = hashlib.sha256(b"".join(np.asarray(p).tobytes() for p in jax.tree.leaves(params))).hexdigest()
+    *trained, history = fnn.fit(model, params, data, epochs=args.epochs, progress=False, callbacks=callbacks, **options)
+    digest = hashlib.sha256(b"".join(np.asarray(p).tobytes() for p in jax.tree.leaves(trained))).hexdigest()
     rows = [{k: v for k, v in row.items() if k != "epoch_s"} for row in history.rows()]
     print(json.dumps({"params_sha256": digest, "history": rows, "resumed_from": restored}), flush=True)
 
@@ -74,6 +90,8 @@ def child(args, *extra):
         str(args.every_steps),
         "--dataset",
         args.dataset,
+        "--model",
+        args.model,
         *extra,
     ]
 
@@ -159,6 +177,7 @@ def main(argv=None):
     )
     result = {
         "dataset": args.dataset,
+        "model": args.model,
         "epochs": args.epochs,
         "every_steps": args.every_steps,
         "device": device_description(),

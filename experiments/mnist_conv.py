@@ -71,6 +71,12 @@ def parse_conv(text):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser, epochs=12, batch_size=128, lr=2e-3)
+    add_net_args(parser)
+    return check_net_args(parser, parser.parse_args(argv))
+
+
+def add_net_args(parser):
+    """The net's options: ``--convs``, ``--dense`` and the augmentation's ``--shift``."""
     parser.add_argument(
         "--convs",
         type=parse_conv,
@@ -85,7 +91,10 @@ def parse_args(argv=None):
         default=2,
         help="augment: translate each training image by up to this many pixels (0: none)",
     )
-    args = parser.parse_args(argv)
+
+
+def check_net_args(parser, args):
+    """``args``, or a usage error for a negative ``--shift``."""
     if args.shift < 0:
         parser.error(f"--shift must be 0 or more, got {args.shift}")
     return args

@@ -25,7 +25,9 @@ Per item and path:
   control item times autodiff against a second compilation of itself.
 
 A leaf with integer inputs (the embedding) is differentiated with respect to
-its parameters only. The attention op is a leaf over ``q`` with ``k`` and
+its parameters only. Batch norm is measured in training mode (the batch's
+statistics) and in evaluation mode, dropout in training mode, each with its
+state and key fixed (``fnn.context.fix``). The attention op is a leaf over ``q`` with ``k`` and
 ``v`` as its parameters.
 
     python -m experiments.module_costs --json experiments/results/module_costs.json \\
@@ -69,6 +71,11 @@ def _attention_op():
     return dataclasses.replace(fnn.nn.attend.attention_leaf(), init=init)
 
 
+def _in_context(module, shape, *, train):
+    """``module`` with its state (at init) and key fixed (``fnn.context.fix``): a plain leaf to differentiate."""
+    return fnn.context.fix("module_costs", module, shape[1:], train=train)[0]
+
+
 def _modules():
     """name -> (module, input shape incl. batch) for every leaf module measured (a vocabulary for integer ids)."""
     flat = (ROWS, FEATURES)
@@ -94,6 +101,10 @@ def _modules():
         "positional_embedding": (fnn.nn.positional_embedding(), (*TOKENS, WIDTH)),
         "attention": (_attention_op(), ATTENTION),
         "self_attention": (fnn.nn.attention(4, 64), SELF_ATTENTION),
+        "batch_norm": (_in_context(fnn.nn.batch_norm(), flat, train=True), flat),
+        "batch_norm_images": (_in_context(fnn.nn.batch_norm(), IMAGE, train=True), IMAGE),
+        "batch_norm_eval": (_in_context(fnn.nn.batch_norm(), IMAGE, train=False), IMAGE),
+        "dropout": (_in_context(fnn.nn.dropout(0.5), flat, train=True), flat),
     }
 
 

@@ -11,12 +11,28 @@ gradient paths, switched by one argument (:data:`PATHS`):
 
 Layers and models are in :mod:`fnn.nn`, losses in :mod:`fnn.losses`,
 op-level functions in :mod:`fnn.ops`, training in :mod:`fnn.train` and
-:func:`fit`.
+:func:`fit`; modules with state or randomness (batch norm, dropout) run in
+a context (:mod:`fnn.context`).
 """
 
 __version__ = "0.2.0"
 
-from fnn import bench, checkpoint, data, inspect, losses, metrics, module, nn, ops, parallel, testing, train, validate
+from fnn import (
+    bench,
+    checkpoint,
+    context,
+    data,
+    inspect,
+    losses,
+    metrics,
+    module,
+    nn,
+    ops,
+    parallel,
+    testing,
+    train,
+    validate,
+)
 from fnn.loop import History, fit
 from fnn.paths import PATHS, value_and_grad
 
@@ -26,6 +42,7 @@ __all__ = [
     "bench",
     "checkpoint",
     "__version__",
+    "context",
     "data",
     "fit",
     "inspect",

@@ -23,6 +23,38 @@ training (``fnn.fit``): by default finite floating-point inputs; a leaf can
 bring its own (an embedding refuses token ids out of range), and a
 structural module asks its first child.
 
+**State and randomness.** A module may keep *state*, updated by the forward
+pass and never differentiated (batch norm's running statistics), and may
+draw from a *random key* (dropout's mask), and behaves differently in
+training and in evaluation. Such a module is *contextual*; its functions take
+the context as keywords and, if it has state, return the new state as a last
+output:
+
+- ``init_state(input_shape) -> state`` (``()`` for a module without state);
+- ``apply(params, x, *, state, key=None, train=False) -> (y, state)``;
+- ``forward(params, x, *, state, key=None, train=False) -> (y, saved, state)``;
+- ``backward(params, saved, g) -> (dparams, dx)``, as for every module: the
+  state gets no gradient and the key none; what differs between training and
+  evaluation, ``forward`` says through what it saves.
+
+A module with a key but no state (dropout) takes ``key=`` and ``train=`` and
+returns what a plain module returns. ``train`` defaults to ``False``
+(evaluation), where a stochastic module needs no key. Modules without either
+are exactly as above: their functions take ``(params, x)`` only, so the
+common case stays as simple to write and to call. Composite modules
+(``serial``, ``residual``) are contextual when a child is; they pass each
+child its own state and the key ``fold_in(key, i)`` for child ``i``.
+:mod:`fnn.context` runs any module in a context (:func:`fnn.context.apply`,
+:func:`fnn.context.forward`) and fixes one (:func:`fnn.context.bind`).
+
+Why this design, against the anchors: like Haiku's ``transform_with_state``
+and Equinox's ``State``, state is a pytree passed in and returned, never
+hidden in the module; unlike Flax's mutable collections it is not a separate
+mode of one ``apply`` call, and unlike Haiku it does not change the signature
+of modules without state (stax's ``rng=`` keyword, kept for randomness).
+The hand-written ``backward`` needs no context: the forward pass keeps what
+the backward needs for the mode it ran in.
+
 A loss has ``forward(outputs, targets) -> (value, saved)`` and
 ``backward(saved, g) -> doutputs``, ``value`` a scalar.
 
@@ -43,7 +75,7 @@ import jax.numpy as jnp
 
 from fnn import validate
 
-__all__ = ["Loss", "Module", "leaf", "loss", "structural"]
+__all__ = ["Loss", "Module", "context_signatures", "leaf", "loss", "output_shape", "structural"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -56,7 +88,11 @@ class Module:
     ``edge_values`` are the inputs at which a leaf's rule is delicate (see
     :func:`leaf`); :func:`fnn.testing.check_module` checks them.
     ``input_check`` is a leaf's own host-side check of its inputs (see
-    :meth:`check_inputs`).
+    :meth:`check_inputs`). ``state_init(input_shape) -> state`` is a leaf's
+    state at the start (``None``: the leaf has no state), or a structural
+    module's, from its children's; ``stochastic`` marks a leaf that draws from
+    the key in training; ``split_context(state, key) -> [(state, key), ...]``
+    hands a contextual structural module's context to its children.
     """
 
     name: str
@@ -68,6 +104,9 @@ class Module:
     rebuild: Callable | None = None
     edge_values: tuple = ()
     input_check: Callable | None = None
+    state_init: Callable | None = None
+    stochastic: bool = False
+    split_context: Callable | None = None
 
     @property
     def is_leaf(self):
@@ -81,10 +120,30 @@ class Module:
         return tuple(leaf for child in self.children for leaf in child.leaves())
 
     @functools.cached_property
+    def has_state(self):
+        """Whether a module of this tree keeps state (it takes ``state=`` and returns the new state)."""
+        return any(leaf.state_init is not None for leaf in self.leaves())
+
+    @functools.cached_property
+    def has_randomness(self):
+        """Whether a module of this tree draws from the key in training (it takes ``key=``)."""
+        return any(leaf.stochastic for leaf in self.leaves())
+
+    @property
+    def contextual(self):
+        """Whether this module has state or randomness, and so takes ``state=``/``key=``/``train=``."""
+        return self.has_state or self.has_randomness
+
+    def init_state(self, input_shape):
+        """The state of every module of the tree before training, for inputs ``[N, *input_shape]``; ``()`` if none."""
+        return () if self.state_init is None else self.state_init(tuple(input_shape))
+
+    @functools.cached_property
     def custom(self):
         """This module with each leaf's ``apply`` a ``jax.custom_vjp`` of its own ``forward``/``backward``."""
         if self.is_leaf:
-            return dataclasses.replace(self, apply=_custom_vjp_apply(self))
+            make = _contextual_custom_apply if self.contextual else _custom_vjp_apply
+            return dataclasses.replace(self, apply=make(self))
         return self.rebuild(*(child.custom for child in self.children))
 
     def check_inputs(self, x, split):
@@ -128,6 +187,43 @@ def _custom_vjp_apply(module):
     return functools.wraps(module.apply)(_custom_vjp(module.name, fwd, bwd))
 
 
+def _contextual_custom_apply(module):
+    """A contextual leaf's ``apply`` as a ``jax.custom_vjp`` per mode: ``(params, x, state, key) -> (y, state)``.
+
+    The new state is an output that carries no gradient back (its cotangent
+    is dropped); the incoming state and the key get none.
+    """
+
+    @functools.cache
+    def for_mode(train):
+        def fwd(params, x, state, key):
+            y, saved, new_state = _forward_with_state(module, params, x, state, key, train)
+            return (y, new_state), (params, saved)
+
+        def bwd(residuals, cotangents):
+            params, saved = residuals
+            return (*module.backward(params, saved, cotangents[0]), None, None)
+
+        fn = jax.custom_vjp(lambda params, x, state, key: fwd(params, x, state, key)[0])
+        fn.defvjp(fwd, bwd)
+        return fn
+
+    def apply(params, x, *, state=None, key=None, train=False):
+        _check_context(module.name, module.has_state, state, train)
+        with _reverse_mode_only(module.name):
+            y, new_state = for_mode(train)(params, jnp.asarray(x), () if state is None else state, key)
+        return (y, new_state) if module.has_state else y
+
+    return apply
+
+
+def _forward_with_state(module, params, x, state, key, train):
+    """``(y, saved, state)`` of a contextual leaf's ``forward``, with or without state."""
+    if module.has_state:
+        return module.forward(params, x, state=state, key=key, train=train)
+    return (*module.forward(params, x, key=key, train=train), state)
+
+
 def _custom_vjp(name, forward, backward):
     """``f(a, b)``, the first output of ``forward(a, b) -> (y, residuals)``, as a ``jax.custom_vjp``.
 
@@ -163,7 +259,19 @@ def _reverse_mode_only(name):
         ) from exc
 
 
-def leaf(name, *, forward, backward, init=None, check=None, check_inputs=None, apply=None, edge_values=()):
+def leaf(
+    name,
+    *,
+    forward,
+    backward,
+    init=None,
+    check=None,
+    check_inputs=None,
+    apply=None,
+    edge_values=(),
+    state_init=None,
+    stochastic=False,
+):
     """Makes a leaf module from a hand-written forward/backward pair.
 
     Args:
@@ -171,7 +279,10 @@ def leaf(name, *, forward, backward, init=None, check=None, check_inputs=None, a
       init: ``(key, input_shape) -> (output_shape, params)``; ``None`` for a
         leaf used only as an op over given parameters.
       forward: ``(params, x) -> (y, saved)`` in plain ``jax.numpy``; ``saved``
-        holds arrays only (it becomes the custom VJP's residuals).
+        holds arrays only (it becomes the custom VJP's residuals). A
+        contextual leaf (``state_init`` or ``stochastic``) writes
+        ``(params, x, *, state, key, train) -> (y, saved, state)`` instead,
+        ``state`` being ``()`` when it has none.
       backward: ``(params, saved, g) -> (dparams, dx)``, written from the
         derivative, never by calling JAX's autodiff.
       check: ``(params, x) -> None``, raising ``TypeError``/``ValueError``
@@ -189,47 +300,147 @@ def leaf(name, *, forward, backward, init=None, check=None, check_inputs=None, a
         output computed the plain way, for a leaf whose ``forward`` is
         arranged for its backward (attention computes its rows in tiles
         there); ``None`` for ``forward``'s first output.
+      state_init: ``(input_shape) -> state``, the leaf's state before
+        training (batch norm's running statistics); ``None`` for no state.
+      stochastic: whether ``forward`` draws from ``key`` in training (it
+        gets ``key=None`` in evaluation).
 
     ``apply`` is what the ``autodiff`` path lets ``jax.grad`` differentiate
     (what ``forward`` saves but ``apply`` does not return is dead code that
     ``jit`` removes). It runs ``check`` first, as ``forward`` does.
     """
+    if (state_init is not None or stochastic) and apply is not None:
+        raise TypeError(f"{name}: a leaf with state or randomness computes apply from its forward; pass no apply")
 
-    def checked_forward(params, x):
+    def checked(x, params):
         x = jnp.asarray(x)
         if check is not None:
             check(params, x)
-        return forward(params, x)
-
-    def checked_apply(params, x):
-        if apply is None:
-            return checked_forward(params, x)[0]
-        x = jnp.asarray(x)
-        if check is not None:
-            check(params, x)
-        return apply(params, x)
+        return x
 
     def no_init(key, input_shape):
         raise TypeError(f"{name}: this leaf is an op over given parameters and has no init")
 
+    if state_init is not None or stochastic:
+        forward_fn, apply_fn = _contextual_leaf(name, forward, checked, state_init is not None, stochastic)
+    else:
+
+        def forward_fn(params, x):
+            return forward(params, checked(x, params))
+
+        def apply_fn(params, x):
+            if apply is None:
+                return forward_fn(params, x)[0]
+            return apply(params, checked(x, params))
+
     return Module(
         name,
         init or no_init,
-        checked_apply,
-        checked_forward,
+        apply_fn,
+        forward_fn,
         backward,
         input_check=check_inputs,
         edge_values=tuple(edge_values),
+        state_init=state_init,
+        stochastic=bool(stochastic),
     )
 
 
-def structural(name, *, init, apply, forward, backward, children=(), rebuild):
+def _contextual_leaf(name, forward, checked, has_state, stochastic):
+    """A contextual leaf's public ``forward`` and ``apply`` (see the module doc) over its hand-written ``forward``."""
+
+    def run(params, x, state, key, train):
+        _check_context(name, False, state, train)
+        if stochastic and train and key is None:
+            raise ValueError(f"{name}: training draws from a random key; pass key= (a jax.random key)")
+        return forward(params, checked(x, params), state=state, key=key if train else None, train=train)
+
+    return context_signatures(name, run, has_state)
+
+
+def context_signatures(name, run, has_state, run_apply=None):
+    """A contextual module's public ``forward`` and ``apply`` from ``run(params, x, state, key, train) -> (y, saved,
+    state)`` and, for wiring, ``run_apply(...) -> (y, state)`` (its children's ``apply``, so that the custom path
+    keeps their custom VJPs; a leaf's ``apply`` is ``run``'s first output). With state, they take ``state=`` and
+    return the new state last; without, they take none (``run`` gets ``()``) and return what a plain module
+    returns."""
+    if run_apply is None:
+
+        def run_apply(params, x, state, key, train):
+            y, _, new_state = run(params, x, state, key, train)
+            return y, new_state
+
+    def checked(fn, params, x, state, key, train):
+        _check_context(name, has_state, state, train)
+        return fn(params, x, state, key, train)
+
+    if not has_state:
+
+        def forward(params, x, *, key=None, train=False):
+            return checked(run, params, x, (), key, train)[:2]
+
+        def apply(params, x, *, key=None, train=False):
+            return checked(run_apply, params, x, (), key, train)[0]
+
+        return forward, apply
+
+    def forward(params, x, *, state=None, key=None, train=False):
+        return checked(run, params, x, state, key, train)
+
+    def apply(params, x, *, state=None, key=None, train=False):
+        return checked(run_apply, params, x, state, key, train)
+
+    return forward, apply
+
+
+def _check_context(name, has_state, state, train):
+    """Raises unless ``train`` is a Python bool and, for a module with state, a ``state`` was passed."""
+    if not isinstance(train, bool):
+        raise TypeError(f"{name}: train must be True or False (a Python bool, fixed when tracing), got {train!r}")
+    if has_state and state is None:
+        raise TypeError(
+            f"{name} has state: pass state= (model.init_state(input_shape) before training) and take the new "
+            "state from the last output, (y, state) = model.apply(params, x, state=state, ...)"
+        )
+
+
+def output_shape(module, input_shape):
+    """The output shape (batch axis excluded) ``module.init`` gives for ``input_shape``, computing nothing."""
+    shapes = []
+
+    def init(key):
+        shape, params = module.init(key, tuple(input_shape))
+        shapes.append(tuple(shape))
+        return params
+
+    jax.eval_shape(init, jax.random.key(0))
+    return shapes[0]
+
+
+def structural(name, *, init, apply, forward, backward, children=(), rebuild, state_init=None, split_context=None):
     """Makes a structural module: wiring whose ``backward`` calls its children's.
 
     ``rebuild(*children)`` must return the same structure over new children;
-    for a module without children it returns the module itself.
+    for a module without children it returns the module itself. A module
+    wiring contextual children passes them their context: it gives
+    ``state_init`` (its state from its children's) and ``split_context``
+    (see :class:`Module`), and its ``apply``/``forward`` take the context
+    keywords (see the module doc).
     """
-    return Module(name, init, apply, forward, backward, tuple(children), rebuild)
+    module = Module(
+        name,
+        init,
+        apply,
+        forward,
+        backward,
+        tuple(children),
+        rebuild,
+        state_init=state_init,
+        split_context=split_context,
+    )
+    if module.contextual and split_context is None:
+        raise TypeError(f"{name}: a child has state or randomness; the wiring must pass it on (split_context)")
+    return module
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

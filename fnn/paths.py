@@ -18,6 +18,7 @@ what JAX differentiates on the first two paths, :func:`sweep_forward` and
 import jax
 import jax.numpy as jnp
 
+from fnn import context
 from fnn.module import Loss, Module
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "backprop",
     "check_pair",
     "check_path",
+    "differentiate",
     "objective",
     "sweep_backward",
     "sweep_forward",
@@ -55,16 +57,18 @@ def objective(model, loss, path):
     On the ``custom`` path every leaf and the loss are their ``jax.custom_vjp``
     forms (:attr:`fnn.module.Module.custom`); on ``autodiff`` their plain
     ``apply``. The ``backprop`` path differentiates nothing: see
-    :func:`sweep_forward` and :func:`sweep_backward`.
+    :func:`sweep_forward` and :func:`sweep_backward`. A contextual model
+    (:mod:`fnn.context`) runs in training mode unless told otherwise, with the
+    keywords ``state=``, ``key=`` and ``train=``; a model with state returns
+    ``(L, (outputs, state))``, the new state last, never differentiated.
     """
     if check_path(path) == "backprop":
         raise ValueError("the backprop path has no objective for JAX to differentiate; see sweep_forward")
-    if path == "custom":
-        model, loss = model.custom, loss.custom
+    run_model, run_loss = (model.custom, loss.custom) if path == "custom" else (model, loss)
 
-    def fn(params, x, targets):
-        outputs = model.apply(params, x)
-        return loss.apply(outputs, targets), outputs
+    def fn(params, x, targets, *, state=None, key=None, train=True):
+        outputs, new_state = context.apply(run_model, params, x, state=state, key=key, train=train)
+        return run_loss.apply(outputs, targets), ((outputs, new_state) if model.has_state else outputs)
 
     return fn
 
@@ -73,13 +77,16 @@ def sweep_forward(model, loss):
     """The reverse sweep's forward half: ``(params, x, targets) -> (L, outputs, saved)``.
 
     ``saved = (model_saved, loss_saved)``: what the model's and the loss's
-    forward functions keep for their backward functions.
+    forward functions keep for their backward functions. A contextual model
+    takes ``state=``, ``key=`` and ``train=`` (default ``True``); a model with
+    state returns its new state last, ``(L, outputs, saved, state)``.
     """
 
-    def forward(params, x, targets):
-        outputs, model_saved = model.forward(params, x)
+    def forward(params, x, targets, *, state=None, key=None, train=True):
+        outputs, model_saved, new_state = context.forward(model, params, x, state=state, key=key, train=train)
         value, loss_saved = loss.forward(outputs, targets)
-        return value, outputs, (model_saved, loss_saved)
+        kept = (value, outputs, (model_saved, loss_saved))
+        return (*kept, new_state) if model.has_state else kept
 
     return forward
 
@@ -98,13 +105,43 @@ def sweep_backward(model, loss):
     return backward
 
 
+def differentiate(model, loss, path):
+    """Any path in one form: ``(params, x, targets, state, key) -> (L, outputs, grads, new_state)``.
+
+    The training step of every path (``train=True``); ``state`` and the new
+    state are ``()``/as given for a model without state, ``key`` ``None``
+    for one without randomness. :func:`value_and_grad` is its public face.
+    """
+    check_pair(model, loss)
+    if check_path(path) == "backprop":
+        forward, backward = sweep_forward(model, loss), sweep_backward(model, loss)
+
+        def by_sweep(params, x, targets, state, key):
+            value, outputs, saved, *new_state = forward(params, x, targets, state=state, key=key)
+            return value, outputs, backward(params, saved, jnp.ones_like(value))[0], (*new_state, state)[0]
+
+        return by_sweep
+    grad = jax.value_and_grad(objective(model, loss, path), has_aux=True)
+
+    def by_jax(params, x, targets, state, key):
+        (value, aux), grads = grad(params, x, targets, state=state, key=key)
+        outputs, new_state = aux if model.has_state else (aux, state)
+        return value, outputs, grads, new_state
+
+    return by_jax
+
+
 def backprop(model, loss):
-    """The notes' reverse sweep: ``(params, x, targets) -> ((L, outputs), (dparams, dx))``, no JAX autodiff."""
+    """The notes' reverse sweep: ``(params, x, targets) -> ((L, outputs), (dparams, dx))``, no JAX autodiff.
+
+    A contextual model takes ``state=`` and ``key=`` (training mode); a model
+    with state returns its new state last.
+    """
     forward, backward = sweep_forward(model, loss), sweep_backward(model, loss)
 
-    def value_and_grads(params, x, targets):
-        value, outputs, saved = forward(params, x, targets)
-        return (value, outputs), backward(params, saved, jnp.ones_like(value))
+    def value_and_grads(params, x, targets, *, state=None, key=None):
+        value, outputs, saved, *new_state = forward(params, x, targets, state=state, key=key)
+        return ((value, outputs), backward(params, saved, jnp.ones_like(value)), *new_state)
 
     return value_and_grads
 
@@ -123,23 +160,15 @@ def value_and_grad(model, loss, *, path="custom", outputs=False):
       ``f(params, x, targets) -> (loss_value, grads)``, or with ``outputs``
       ``f(...) -> ((loss_value, outputs), grads)``; ``grads`` in the structure
       of ``params``. Every path gives the same value and, up to rounding, the
-      same gradient.
+      same gradient. A contextual model (batch norm, dropout) runs in
+      training mode: ``f`` takes ``state=`` and ``key=``, and for a model with
+      state returns the new state last, ``(loss_value, grads, state)``.
     """
-    check_pair(model, loss)
-    if check_path(path) == "backprop":
-        sweep = backprop(model, loss)
+    grads_of = differentiate(model, loss, path)
 
-        def with_outputs(params, x, targets):
-            value_outputs, (grads, _) = sweep(params, x, targets)
-            return value_outputs, grads
-
-    else:
-        with_outputs = jax.value_and_grad(objective(model, loss, path), has_aux=True)
-    if outputs:
-        return with_outputs
-
-    def value_and_grads(params, x, targets):
-        (value, _), grads = with_outputs(params, x, targets)
-        return value, grads
+    def value_and_grads(params, x, targets, *, state=None, key=None):
+        value, out, grads, new_state = grads_of(params, x, targets, state, key)
+        result = ((value, out) if outputs else value, grads)
+        return (*result, new_state) if model.has_state else result
 
     return value_and_grads

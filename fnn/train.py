@@ -4,8 +4,11 @@ A step is ``(params, batch) -> (params, metrics)`` (SGD) or
 ``(params, opt_state, batch) -> (params, opt_state, metrics)`` (optax), with
 ``batch = (x, targets)`` and ``metrics = {"loss": L, "error": E}``: the loss
 and, for a loss with an error rate, the error of the batch at the parameters
-passed in (before the update), from the forward pass the gradient needs anyway. The gradient comes from
-:func:`fnn.value_and_grad` with ``path`` one of :data:`fnn.PATHS`. Jitted
+passed in (before the update), from the forward pass the gradient needs
+anyway. The gradient comes from :func:`fnn.paths.differentiate` with
+``path`` one of :data:`fnn.PATHS`. A contextual model (batch norm, dropout;
+see :mod:`fnn.module`) trains in training mode: the step takes ``state=``
+and ``key=`` and, for a model with state, returns the new state last. Jitted
 steps donate their parameter (and optimizer-state) buffers, so the update
 happens in place on every backend; the arrays passed in must not be used
 afterwards. Nothing here is device-specific.
@@ -14,7 +17,7 @@ afterwards. Nothing here is device-specific.
 import jax
 import optax
 
-from fnn.paths import value_and_grad
+from fnn.paths import differentiate
 
 __all__ = ["as_optimizer", "optimizer_step", "optimizer_update", "sgd_step", "sgd_update"]
 
@@ -51,15 +54,16 @@ def sgd_update(model, loss, learning_rate, *, path="custom"):
 
     Implements ``W <- W - learning_rate * dL/dW`` for every leaf. Use it in
     your own compiled loops (e.g. ``jax.lax.scan``); :func:`sgd_step` is its
-    jitted form.
+    jitted form. A contextual model takes ``state=`` and ``key=`` (see the
+    module doc).
     """
     _check_learning_rate(learning_rate)
-    grad_fn = value_and_grad(model, loss, path=path, outputs=True)
+    grads_of = differentiate(model, loss, path)
 
-    def update(params, batch):
-        (value, outputs), grads = grad_fn(params, *batch)
+    def update(params, batch, *, state=None, key=None):
+        value, outputs, grads, new_state = grads_of(params, *batch, state, key)
         params = jax.tree.map(lambda p, g: p - learning_rate * g, params, grads)
-        return params, _metrics(loss, value, outputs, batch[1])
+        return _out(model, (params, _metrics(loss, value, outputs, batch[1])), new_state)
 
     return update
 
@@ -69,17 +73,24 @@ def optimizer_update(model, loss, optimizer, *, path="custom"):
 
     ``optimizer`` is any ``optax.GradientTransformation`` (SGD, momentum, Adam,
     schedules, chains); a number means plain SGD with that step size.
-    Initialise the state with ``as_optimizer(optimizer).init(params)``.
+    Initialise the state with ``as_optimizer(optimizer).init(params)``. A
+    contextual model takes ``state=`` and ``key=`` (see the module doc).
     """
     optimizer = as_optimizer(optimizer)
-    grad_fn = value_and_grad(model, loss, path=path, outputs=True)
+    grads_of = differentiate(model, loss, path)
 
-    def update(params, opt_state, batch):
-        (value, outputs), grads = grad_fn(params, *batch)
+    def update(params, opt_state, batch, *, state=None, key=None):
+        value, outputs, grads, new_state = grads_of(params, *batch, state, key)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, _metrics(loss, value, outputs, batch[1])
+        result = (optax.apply_updates(params, updates), opt_state, _metrics(loss, value, outputs, batch[1]))
+        return _out(model, result, new_state)
 
     return update
+
+
+def _out(model, result, new_state):
+    """``result``, with the model's new state last when it has state."""
+    return (*result, new_state) if model.has_state else result
 
 
 def sgd_step(model, loss, learning_rate, *, path="custom"):

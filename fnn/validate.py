@@ -18,6 +18,7 @@ __all__ = [
     "check_inputs",
     "check_params",
     "check_splits",
+    "check_state",
     "check_targets",
     "check_values",
 ]
@@ -114,16 +115,24 @@ def check_splits(splits, model=None):
         (check_inputs if model is None else model.check_inputs)(x, split)
 
 
-def check_targets(model, params, loss, splits):
+def check_targets(model, loss, splits):
     """Checks each split's targets with ``loss.check_targets`` against the model's output shape.
 
-    The output shape comes from ``jax.eval_shape`` (nothing is computed).
+    The output shape is the one ``model.init`` gives (nothing is computed).
     """
+    from fnn.module import output_shape  # here: fnn.module imports this module
+
     if loss.check_targets is None:
         return
     for split, (x, y) in splits.items():
-        out = jax.eval_shape(model.apply, params, jax.ShapeDtypeStruct(x.shape, x.dtype))
-        loss.check_targets(y, out.shape, split)
+        loss.check_targets(y, (x.shape[0], *output_shape(model, x.shape[1:])), split)
+
+
+def check_state(model, state, input_shape):
+    """Raises ``DataError`` unless ``state`` has the structure and shapes ``model.init_state`` makes."""
+    if not model.has_state:
+        raise DataError(f"{model.name} keeps no state; pass no state=")
+    _check_like("state", model.init_state(tuple(input_shape)), state, model, input_shape)
 
 
 def check_params(model, params, input_shape):
@@ -134,16 +143,22 @@ def check_params(model, params, input_shape):
     """
     input_shape = tuple(input_shape)
     _, expected = jax.eval_shape(lambda key: model.init(key, input_shape), jax.random.key(0))
+    _check_like("params", expected, params, model, input_shape)
+
+
+def _check_like(what, expected, got, model, input_shape):
+    """Raises ``DataError`` unless the pytree ``got`` has ``expected``'s structure and leaf shapes."""
     want, want_def = jax.tree_util.tree_flatten_with_path(expected)
-    got, got_def = jax.tree_util.tree_flatten_with_path(params)
-    if want_def != got_def:
+    have, have_def = jax.tree_util.tree_flatten_with_path(got)
+    if want_def != have_def:
+        verb = "does" if what == "state" else "do"
         raise DataError(
-            f"params do not match the model {model!r} for inputs of shape {input_shape}: "
-            f"expected the structure {want_def}, got {got_def}"
+            f"{what} {verb} not match the model {model!r} for inputs of shape {input_shape}: "
+            f"expected the structure {want_def}, got {have_def}"
         )
-    for (path, w), (_, g) in zip(want, got):
-        if tuple(np.shape(g)) != tuple(w.shape):
+    for (path, w), (_, g) in zip(want, have):
+        if tuple(np.shape(g)) != tuple(np.shape(w)):
             raise DataError(
-                f"params{jax.tree_util.keystr(path)} has shape {tuple(np.shape(g))}, but the model {model!r} "
-                f"expects {tuple(w.shape)} for inputs of shape {input_shape}"
+                f"{what}{jax.tree_util.keystr(path)} has shape {tuple(np.shape(g))}, but the model {model!r} "
+                f"expects {tuple(np.shape(w))} for inputs of shape {input_shape}"
             )

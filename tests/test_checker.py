@@ -213,7 +213,7 @@ def test_the_report_is_a_table_of_every_check():
     assert report.ok and report.names == (
         "output", "structure", "backward", "custom", "custom_jit", "custom_vmap", "custom_grad_of_grad",
         "forward_mode", "finite_differences", "finite_differences_2", "dtype[float32]", "dtype[bfloat16]",
-        "edge_values", "determinism", "saved",
+        "edge_values", "determinism", "context", "saved",
     )  # fmt: skip
     text = str(report)
     assert text.startswith("check_module(dense, input (4, 5), seed 0): ok")

@@ -13,7 +13,16 @@ import jax.numpy as jnp
 import pytest
 
 import fnn
-from experiments import _common, activations, conv_in_loop, mnist_conv, mnist_mlp_best, module_costs, resnet_mnist
+from experiments import (
+    _common,
+    activations,
+    conv_in_loop,
+    mnist_conv,
+    mnist_conv_bn,
+    mnist_mlp_best,
+    module_costs,
+    resnet_mnist,
+)
 
 SYNTHETIC = ["--synthetic", "--train-size", "256", "--test-size", "64", "--no-progress"]
 
@@ -77,6 +86,22 @@ def test_mnist_conv_counts_its_work_and_trains_with_fit_and_the_shift(tmp_path):
     assert result["loop"] == "fnn.fit" and "2 pixels" in result["config"]["augmentation"]
     assert result["config"]["steps_per_epoch"] == 3  # 256 rows in batches of 100: the last one smaller
     check_history(result["history"], 1)
+
+
+def test_mnist_conv_bn_trains_every_variant_of_the_ablation(tmp_path):
+    out, json_path, png_path = outputs(tmp_path, "conv_bn")
+    argv = SYNTHETIC + ["--epochs", "1", "--convs", "3:4:2", "--dense", "8", "--batch-size", "100"]
+    result = mnist_conv_bn.main(argv + ["--variants", "full", "none"] + out)
+    check_written(result, json_path, png_path)
+    for key in ("test_error", "train_s", "path", "device", "config", "history", "ablation", "target_met"):
+        assert key in result, key
+    full, none = result["ablation"]
+    assert result["variant"] == "full" and result["test_error"] == full["test_error"] == full["history"][-1]["test_err"]
+    assert full["model"].count("batch_norm") == 2 and "dropout" in full["model"]
+    assert "batch_norm" not in none["model"] and "dropout" not in none["model"]
+    check_history(result["history"], 1)
+    with pytest.raises(SystemExit):
+        mnist_conv_bn.parse_args(["--rate", "1.5"])
 
 
 def test_random_shift_moves_each_image_within_the_bound():
@@ -206,6 +231,9 @@ def test_module_costs_items_cover_every_leaf_module_and_loss():
         "positional_embedding",
         "attention",
         "self_attention",
+        "batch_norm",
+        "batch_norm_eval",
+        "dropout",
     }
 
 

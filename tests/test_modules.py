@@ -22,7 +22,7 @@ import pytest
 
 import fnn
 from fnn import losses, nn
-from fnn.module import Loss, leaf
+from fnn.module import Loss, Module, leaf
 from fnn.nn import attend
 
 
@@ -74,6 +74,10 @@ def attention_op(keys, causal, tile):
     )
 
 
+#: Running statistics away from the initial zeros and ones, for batch norm in evaluation.
+BN_STATE = {"mean": np.array([0.3, -0.2, 0.1]), "var": np.array([0.5, 2.0, 1.3])}
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One row of the conformance table.
@@ -82,7 +86,9 @@ class Case:
     shape of its example input, batch axis first (a loss's input is the
     model's output). ``targets(rng, input_shape)`` makes a loss's targets
     from a NumPy generator; ``inputs(rng, input_shape)``, if given, the
-    input (integer ids, say) instead of standard normal draws.
+    input (integer ids, say) instead of standard normal draws. ``context``
+    is the mode, state and key a module with state or randomness is checked
+    in (``check_module``'s ``train=``, ``state=``, ``key=``).
     """
 
     name: str
@@ -90,6 +96,7 @@ class Case:
     input_shape: tuple
     targets: Callable = class_labels
     inputs: Callable | None = None
+    context: dict = dataclasses.field(default_factory=dict)
 
     def check(self, built=None, **kwargs):
         """The checker's report on this row, on ``built`` if given (one module object checked again reuses its
@@ -97,7 +104,7 @@ class Case:
         built = self.build() if built is None else built
         if isinstance(built, Loss):
             return fnn.testing.check_loss(built, self.input_shape, targets=self.targets, outputs=self.inputs, **kwargs)
-        return fnn.testing.check_module(built, self.input_shape, x=self.inputs, **kwargs)
+        return fnn.testing.check_module(built, self.input_shape, x=self.inputs, **self.context, **kwargs)
 
 
 # fmt: off
@@ -142,6 +149,15 @@ CASES = [
     Case("attention_op_causal_t_gt_s", lambda: attention_op(3, True, (2, 2)), input_shape=(2, 5, 2, 3)),
     Case("attention_op_causal_t_lt_s", lambda: attention_op(7, True, (3, 4)), input_shape=(1, 4, 2, 3)),
     Case("attention_bias", lambda: nn.attention(2, 3, bias=True), input_shape=(2, 5, 4)),
+    Case("batch_norm_train", lambda: nn.batch_norm(), input_shape=(4, 2, 3)),
+    Case("batch_norm_train_images", lambda: nn.batch_norm(0.5), input_shape=(2, 3, 2, 4)),
+    Case("batch_norm_eval", lambda: nn.batch_norm(), input_shape=(6, 3), context={"train": False, "state": BN_STATE}),
+    Case("dropout_train", lambda: nn.dropout(0.3), input_shape=(4, 5)),
+    Case("dropout_eval", lambda: nn.dropout(0.3), input_shape=(4, 5), context={"train": False}),
+    Case("serial_bn_dropout_train", lambda: nn.serial(nn.dense(4), nn.batch_norm(), nn.relu, nn.dropout(0.5),
+                                                      nn.dense(3)), input_shape=(5, 2, 3)),
+    Case("serial_bn_dropout_eval", lambda: nn.serial(nn.dense(4), nn.batch_norm(), nn.relu, nn.dropout(0.5),
+                                                     nn.dense(3)), input_shape=(5, 2, 3), context={"train": False}),
     Case("cross_entropy", lambda: losses.cross_entropy, input_shape=(4, 5)),
     Case("mse", lambda: losses.mse, input_shape=(4, 3), targets=real_targets),
     Case("logistic", lambda: losses.logistic, input_shape=(4, 3), targets=binary_labels),
@@ -154,9 +170,12 @@ CASES = [
 def test_the_checker_passes_every_module_and_loss(case):
     built = case.build()
     report = case.check(built).assert_ok()
-    # Every check ran, but forward mode (custom VJPs are reverse mode only) and, where none are declared, edge values.
+    # Every check ran, but forward mode (custom VJPs are reverse mode only) and, where none are declared, edge values,
+    # and, for a module without state or randomness, the context check.
     skipped = {c.name for c in report.checks if c.status == "skipped"}
-    assert skipped == {"forward_mode"} | ({"edge_values"} if not built.edge_values else set()), str(report)
+    expected = {"forward_mode"} | ({"edge_values"} if not built.edge_values else set())
+    expected |= set() if isinstance(built, Module) and built.contextual else {"context"}
+    assert skipped == expected, str(report)
 
 
 # ------------------------------------------------------------------ edge values (GUIDE section 6)

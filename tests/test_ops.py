@@ -54,6 +54,8 @@ EXAMPLES = {
     "softmax": ((normal(0, 4, 5),), {}),
     "embedding": ((normal(0, 6, 3), jnp.array([[0, 5, 2], [2, 2, 1]])), {}),
     "attention": ((normal(0, 2, 4, 2, 3), normal(1, 2, 5, 2, 3), normal(2, 2, 5, 2, 3)), {"causal": True}),
+    "batch_norm": ((normal(0, 4, 3, 5), normal(1, 5), normal(2, 5)), {"eps": 1e-3}),
+    "dropout": ((normal(0, 4, 5), jax.random.key(0)), {"rate": 0.4}),
 }
 LOSSES = ("cross_entropy", "mse", "logistic_loss", "multiclass_hinge")
 every_op = pytest.mark.parametrize("name", NAMES)
@@ -236,6 +238,14 @@ ERRORS = [
      "attention: k and v .* must match q .* in batch, heads and head size"),
     ("attention_causal", "attention", (zeros(2, 4, 2, 3), zeros(2, 5, 2, 3), zeros(2, 5, 2, 3)), {"causal": "yes"},
      TypeError, "attention: causal must be True or False, got 'yes'"),
+    ("batch_norm_no_batch_axis", "batch_norm", (zeros(4), zeros(4), zeros(4)), {}, ValueError,
+     r"batch_norm: input must be \[N, ..., C\] \(a batch axis first\), got shape \(4,\)"),
+    ("batch_norm_eps", "batch_norm", (zeros(2, 4), zeros(4), zeros(4)), {"eps": 0.0}, ValueError,
+     "batch_norm: eps must be"),
+    ("dropout_rate", "dropout", (zeros(2, 4), jax.random.key(0)), {"rate": 1.0}, ValueError,
+     r"dropout: rate must be a number in \[0, 1\), got 1.0"),
+    ("dropout_no_key", "dropout", (zeros(2, 4), None), {"rate": 0.5}, ValueError,
+     "dropout: training draws from a random key; pass key="),
 ]  # fmt: skip
 
 

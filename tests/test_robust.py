@@ -37,11 +37,13 @@ def toy_data(n_train=200, n_test=40, n=20, k=3, seed=0):
 
 
 MODEL = fnn.nn.mlp([20, 8, 3])
+#: A model with state and randomness: batch statistics must be the whole batch's, masks the same on resuming.
+STATEFUL = fnn.nn.serial(fnn.nn.dense(8), fnn.nn.batch_norm(), fnn.nn.relu, fnn.nn.dropout(0.2), fnn.nn.dense(3))
 
 
-def init():
-    """Initial parameters of :data:`MODEL`."""
-    return MODEL.init(jax.random.key(0), (20,))[1]
+def init(model=MODEL):
+    """Initial parameters of ``model`` (:data:`MODEL` by default)."""
+    return model.init(jax.random.key(0), (20,))[1]
 
 
 def leaves_equal(a, b):
@@ -242,38 +244,45 @@ sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
 
 TRAIN = """
 import jax, optax, fnn
-from test_robust import toy_data, MODEL, init
-def train(devices=None, checkpoint=None, **kw):
+from test_robust import toy_data, MODEL, STATEFUL, init
+def train(devices=None, checkpoint=None, model=MODEL, **kw):
+    \"\"\"(params, history); (params, state) in place of params for a model with state.\"\"\"
     options = dict(epochs=3, batch_size=40, optimizer=optax.adam(1e-2), shuffle_key=jax.random.key(3), progress=False)
     callbacks = [] if checkpoint is None else [fnn.loop.Checkpointing(**checkpoint)]
-    return fnn.fit(MODEL, init(), toy_data(), devices=devices, callbacks=callbacks, **{**options, **kw})
+    options |= {"devices": devices, "callbacks": callbacks, **kw}
+    *trained, history = fnn.fit(model, init(model), toy_data(), **options)
+    return (trained[0] if len(trained) == 1 else tuple(trained)), history
 """
 
 
 def test_eight_simulated_devices_match_one_and_are_deterministic():
+    """For a plain model and one with batch norm (statistics of the whole batch over the devices) and dropout."""
     out = run_python(
         PRELUDE
         + "import jax\njax.config.update('jax_num_cpu_devices', 8)\n"
         + TRAIN
         + """
-one_p, one = train(1)
-eight_p, eight = train(8)
-again_p, again = train(8)
 assert jax.device_count() == 8
-print("bitwise", all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(eight_p), jax.tree.leaves(again_p))))
-print("max_rel_loss", float(np.max(np.abs(eight.train_loss - one.train_loss) / one.train_loss)))
-pairs = zip(jax.tree.leaves(eight_p), jax.tree.leaves(one_p))
-print("max_param_diff", max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in pairs))
+for name, model in (("plain", MODEL), ("stateful", STATEFUL)):
+    one_p, one = train(1, model=model)
+    eight_p, eight = train(8, model=model)
+    again_p, again = train(8, model=model)
+    bitwise = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(eight_p), jax.tree.leaves(again_p)))
+    print(name, "bitwise", bitwise)
+    print(name, "max_rel_loss", float(np.max(np.abs(eight.train_loss - one.train_loss) / one.train_loss)))
+    pairs = zip(jax.tree.leaves(eight_p), jax.tree.leaves(one_p))
+    print(name, "max_param_diff", max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in pairs))
 try:
     train(8, batch_size=20)
 except ValueError as e:
     print("uneven", e)
 """
     )
-    assert "bitwise True" in out
-    # float32 noise: the 8-device gradient sums the batch in another order (eps 1.2e-7, a few ulps per step).
-    assert float(re.search(r"max_rel_loss (\S+)", out)[1]) < 1e-5
-    assert float(re.search(r"max_param_diff (\S+)", out)[1]) < 1e-5
+    for name in ("plain", "stateful"):
+        assert f"{name} bitwise True" in out
+        # float32 noise: the 8-device gradient sums the batch in another order (eps 1.2e-7, a few ulps per step).
+        assert float(re.search(rf"{name} max_rel_loss (\S+)", out)[1]) < 1e-5
+        assert float(re.search(rf"{name} max_param_diff (\S+)", out)[1]) < 1e-5
     assert "uneven batch_size 20 does not split evenly over 8 devices" in out
 
 
@@ -328,7 +337,9 @@ print("devices", jax.device_count(), "losses", history.train_loss.tolist())
 
 
 def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
-    """SIGKILL at random moments (training or saving); the last checkpoint loads and the resumed run ends the same."""
+    """SIGKILL at random moments (training or saving); the last checkpoint loads and the resumed run ends the same.
+
+    The model keeps batch norm's running statistics and draws dropout masks: both must resume exactly."""
     script = (
         PRELUDE
         + TRAIN
@@ -336,7 +347,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
 import hashlib, json
 folder = sys.argv[1] if len(sys.argv) > 1 else None
 checkpoint = None if folder is None else {"directory": folder, "every_steps": 2, "keep": 2, "resume": True}
-params, history = train(epochs=6, checkpoint=checkpoint)
+params, history = train(epochs=6, checkpoint=checkpoint, model=STATEFUL)
 digest = hashlib.sha256(b"".join(np.asarray(p).tobytes() for p in jax.tree.leaves(params))).hexdigest()
 rows = [{k: v for k, v in r.items() if k != "epoch_s"} for r in history.rows()]
 print(json.dumps({"params": digest, "history": rows}))

@@ -3,13 +3,14 @@
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 
-from fnn import bench
+from fnn import bench, context
 from fnn.inspect._accuracy import gradient_errors, reference_grads
 from fnn.inspect._compiled import LEARNING_RATE, compile_step, memory
 from fnn.inspect._hlo import hlo_counts, op_diff
 from fnn.inspect._residuals import residuals
-from fnn.paths import PATHS, check_path, value_and_grad
+from fnn.paths import PATHS, check_pair, check_path, value_and_grad
 from fnn.train import sgd_update
 
 #: The op-count scopes of :func:`fnn.inspect.hlo_counts` that :class:`PathReport` diffs against the reference path.
@@ -176,6 +177,9 @@ def compare_paths(
     learning_rate=LEARNING_RATE,
     confidence=0.95,
     seed=0,
+    state=None,
+    key=None,
+    train=True,
 ):
     """Compares gradient paths of ``model`` and ``loss`` on one batch.
 
@@ -192,32 +196,28 @@ def compare_paths(
         takes about ``len(paths) * (rounds + 2) * block_s`` seconds).
       rounds, block_s, margin, confidence, seed: passed to :func:`fnn.bench.compare`.
       learning_rate: the SGD step size of the compiled and timed steps.
+      state, key, train: the context of a model with state or randomness
+        (batch norm, dropout), fixed for every path
+        (:func:`fnn.context.fix`: by default ``model.init_state``'s state,
+        the key ``jax.random.key(seed)``, training mode).
 
     Returns:
       A :class:`Report`, one :class:`PathReport` per path in the order of ``paths``.
     """
     paths = _check_paths(paths, reference)
+    check_pair(model, loss)
+    model = context.fix("compare_paths", model, jnp.shape(x)[1:], state=state, key=key, train=train, seed=seed)[0]
     grad_fns = {path: value_and_grad(model, loss, path=path) for path in paths}  # checks model and loss
     sgd_update(model, loss, learning_rate, path=reference)  # checks learning_rate
     reference_grad = reference_grads(model, loss, params, x, targets)
     steps = {path: compile_step(model, loss, path, params, x, targets, learning_rate) for path in paths}
     counts = {path: hlo_counts(compiled.as_text()) for path, (compiled, _) in steps.items()}
+    timed = {"rounds": rounds, "block_s": block_s, "margin": margin, "confidence": confidence, "seed": seed}
+    settings = {"learning_rate": learning_rate} | (timed if timing else {})
     times = {}
-    settings = {"learning_rate": learning_rate}
     if timing:
         updates = {path: sgd_update(model, loss, learning_rate, path=path) for path in paths}
-        times = bench.compare(
-            updates,
-            params,
-            (x, targets),
-            baseline=reference,
-            margin=margin,
-            rounds=rounds,
-            block_s=block_s,
-            confidence=confidence,
-            seed=seed,
-        )
-        settings |= {"rounds": rounds, "block_s": block_s, "margin": margin, "confidence": confidence, "seed": seed}
+        times = bench.compare(updates, params, (x, targets), baseline=reference, **timed)
     rows = []
     for path in paths:
         compiled, compile_s = steps[path]

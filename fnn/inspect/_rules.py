@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn import context
 from fnn.module import Module
 from fnn.paths import check_pair
 from fnn.testing._agreement import agreement
@@ -162,7 +163,7 @@ def _rule(position, kind, found, alone):
     )
 
 
-def wrong_rules(model, loss, params, x, targets, *, seed=0):
+def wrong_rules(model, loss, params, x, targets, *, seed=0, state=None, key=None, train=True):
     """Checks every module's backward rule inside ``model`` (and ``loss``'s) at its actual input, in float64.
 
     Args:
@@ -171,6 +172,8 @@ def wrong_rules(model, loss, params, x, targets, *, seed=0):
       params, x, targets: a batch as training would see it (any floating
         dtype; float64 copies are checked).
       seed: seeds the random output cotangents.
+      state, key, train: the context of a model with state or randomness
+        (batch norm, dropout), as :func:`compare_paths` takes it.
 
     Returns:
       A :class:`RuleReport`: one :class:`Rule` per module call and the loss,
@@ -186,6 +189,7 @@ def wrong_rules(model, loss, params, x, targets, *, seed=0):
     check_pair(model, loss)
     params, x, targets = cast((params, x, targets), np.float64)
     with x64():
+        model = context.fix("wrong_rules", model, np.shape(x)[1:], state=state, key=key, train=train, seed=seed)[0]
         outputs, calls = recorded_calls(model, jax.tree.map(jnp.asarray, params), jnp.asarray(x))
         checked = [_backward_check(_call_problem(call, seed)) for call in calls]
         checked_loss = _backward_check(

@@ -37,7 +37,8 @@ class Run:
       config: the run's configuration (model, loss, path, batch size, ...),
         JSON-ready; a checkpoint refuses to resume a run of another.
       state: what the devices carry from step to step: ``params``,
-        ``opt_state``, the run's ``key`` (its data) and the epoch's ``tally``.
+        ``opt_state``, the model's ``model_state`` (``()`` for a model
+        without state), the run's ``key`` (its data) and the epoch's ``tally``.
       epochs: the epoch to stop after (the total, counting restored ones).
       steps_per_epoch: optimizer steps per epoch (the last one may be smaller).
       epoch: the epoch being trained, from 1.
@@ -160,7 +161,7 @@ class EarlyStopping(Callback):
 class Checkpointing(Callback):
     """Saves the run with Orbax (:mod:`fnn.checkpoint`) and resumes it, bit for bit.
 
-    A checkpoint holds the parameters, the optimizer state, the run's key, the
+    A checkpoint holds the parameters, the optimizer state, the model's state, the run's key, the
     epoch's tally, the epoch and step reached, the history so far and the
     run's configuration. Written to a temporary folder and renamed when whole,
     so a run killed at any moment keeps its last good checkpoint.

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fnn import parallel
+from fnn import context, parallel
 from fnn import train as _train
 from fnn.module import Loss, Module
 
@@ -85,18 +85,19 @@ def _splitter(mesh):
     return split
 
 
-def evaluate(model, loss, params, x, y, *, chunk=EVAL_CHUNK, mesh=None):
+def evaluate(model, loss, params, x, y, *, state=None, chunk=EVAL_CHUNK, mesh=None):
     """Mean loss and error rate of ``model`` on ``(x, y)``; the error is ``None`` if ``loss`` has none.
 
     Rows are processed ``chunk`` at a time (``jax.lax.map``), the remainder in
     one last smaller chunk; the result equals one pass over all rows. With a
-    ``mesh``, each chunk is split over its devices.
+    ``mesh``, each chunk is split over its devices. A contextual model runs
+    in evaluation mode, with its ``state``.
     """
     split = _splitter(mesh)
 
     def totals(xy):
         x, y = split(xy, xy[0].shape[0])
-        outputs = model.apply(params, x)
+        outputs, _ = context.apply(model, params, x, state=state, train=False)
         n = y.shape[0]
         error = loss.error(outputs, y) if loss.error is not None else 0.0
         return jnp.stack([loss.apply(outputs, y) * n, error * n])
@@ -155,39 +156,49 @@ def _rows(a, order, start, size):
 def make_steps(plan, n_steps, rows=None):
     """Builds the (unjitted) function that runs ``n_steps`` optimizer steps of an epoch.
 
-    Returns ``steps(params, opt_state, tally, key_data, epoch, first, x, y) ->
-    (params, opt_state, tally)``: steps ``first .. first + n_steps - 1`` of the
+    Returns ``steps(params, opt_state, model_state, tally, key_data, epoch,
+    first, x, y) -> (params, opt_state, model_state, tally)``: steps ``first .. first + n_steps - 1`` of the
     epoch, step ``i`` on rows ``i * batch_size`` onwards (``rows`` of them,
     ``batch_size`` by default) in data order, or with ``plan.shuffle`` in the
     epoch's permutation ``permutation(fold_in(key, epoch), N)``, the run's key
     being ``key_data`` of implementation ``plan.key_impl``. ``plan.augment(key,
     x)``, if given, transforms each step's inputs with the key
-    ``fold_in(fold_in(key, epoch), step)``. One step is compiled without a
-    loop (see ``steps_per_call`` in :func:`fnn.fit`).
+    ``fold_in(fold_in(key, epoch), step)``; a model with randomness draws
+    from ``fold_in(fold_in(fold_in(key, 0), epoch), step)`` (epochs count from
+    1, so the stream of epoch 0 is the model's). A model with state carries
+    ``model_state`` from step to step (``()`` for one without). One step is
+    compiled without a loop (see ``steps_per_call`` in :func:`fnn.fit`).
     """
     update = _train.optimizer_update(plan.model, plan.loss, plan.optimizer, path=plan.path)
     rows = plan.batch_size if rows is None else rows
     split = _splitter(plan.mesh)
 
-    def steps(params, opt_state, tally, key_data, epoch, first, x, y):
-        epoch_key = jax.random.fold_in(jax.random.wrap_key_data(key_data, impl=plan.key_impl), epoch)
+    def steps(params, opt_state, model_state, tally, key_data, epoch, first, x, y):
+        run_key = jax.random.wrap_key_data(key_data, impl=plan.key_impl)
+        epoch_key = jax.random.fold_in(run_key, epoch)
+        model_key = jax.random.fold_in(jax.random.fold_in(run_key, 0), epoch)
         order = jax.random.permutation(epoch_key, x.shape[0]) if plan.shuffle else None
 
         def step(carry, i):
-            params, opt_state, tally = carry
+            params, opt_state, model_state, tally = carry
             start = (first + i) * plan.batch_size
             inputs = _rows(x, order, start, rows)
             if plan.augment is not None:
                 inputs = plan.augment(jax.random.fold_in(epoch_key, first + i), inputs)
             batch = split((inputs, _rows(y, order, start, rows)), rows)
-            params, opt_state, metrics = update(params, opt_state, batch)
-            return (params, opt_state, _count(tally, metrics, first + i, rows, plan.divergence_factor)), None
+            key = jax.random.fold_in(model_key, first + i) if plan.model.has_randomness else None
+            out = update(params, opt_state, batch, state=model_state, key=key)
+            params, opt_state, metrics = out[:3]
+            model_state = out[3] if plan.model.has_state else model_state
+            tally = _count(tally, metrics, first + i, rows, plan.divergence_factor)
+            return (params, opt_state, model_state, tally), None
 
+        carry = (params, opt_state, model_state, tally)
         if n_steps == 1:  # no loop at all: XLA:CPU compiles some convolutions in a loop body to slow generic code
-            (params, opt_state, tally), _ = step((params, opt_state, tally), jnp.int32(0))
+            carry, _ = step(carry, jnp.int32(0))
         else:
-            (params, opt_state, tally), _ = jax.lax.scan(step, (params, opt_state, tally), jnp.arange(n_steps))
-        return params, opt_state, tally
+            carry, _ = jax.lax.scan(step, carry, jnp.arange(n_steps))
+        return carry
 
     return steps
 
@@ -201,8 +212,8 @@ def _all_finite(tree):
 def make_epoch_end(plan):
     """Builds the (unjitted) end of an epoch: the last smaller batch, if any, then the epoch's metrics.
 
-    Returns ``end(params, opt_state, tally, key_data, epoch, x, y, x_test, y_test)
-    -> (params, opt_state, tally, metrics)``, ``metrics`` mapping each name in
+    Returns ``end(params, opt_state, model_state, tally, key_data, epoch, x, y,
+    x_test, y_test) -> (params, opt_state, model_state, tally, metrics)``, ``metrics`` mapping each name in
     :data:`fnn.loop.COLUMNS` to a scalar (the errors to ``None`` when the loss
     has no error rate) and ``"params_finite"`` to whether every parameter is
     finite. The test set is evaluated at the epoch's parameters; the training
@@ -215,16 +226,19 @@ def make_epoch_end(plan):
     last = make_steps(plan, 1, rows=remainder) if remainder else None
     model, loss, n_train = plan.model, plan.loss, plan.n_train
 
-    def end(params, opt_state, tally, key_data, epoch, x, y, x_test, y_test):
+    def end(params, opt_state, model_state, tally, key_data, epoch, x, y, x_test, y_test):
         if last is not None:
-            params, opt_state, tally = last(params, opt_state, tally, key_data, epoch, plan.full_batches, x, y)
+            params, opt_state, model_state, tally = last(
+                params, opt_state, model_state, tally, key_data, epoch, plan.full_batches, x, y
+            )
+        evaluated = {"state": model_state, "mesh": plan.mesh}
         if plan.train_metrics == "full":
-            train_loss, train_err = evaluate(model, loss, params, x, y, mesh=plan.mesh)
+            train_loss, train_err = evaluate(model, loss, params, x, y, **evaluated)
         else:
             train_loss = tally["loss_sum"] / n_train
             train_err = tally["error_sum"] / n_train if loss.error is not None else None
-        test_loss, test_err = evaluate(model, loss, params, x_test, y_test, mesh=plan.mesh)
+        test_loss, test_err = evaluate(model, loss, params, x_test, y_test, **evaluated)
         metrics = {"train_loss": train_loss, "test_loss": test_loss, "train_err": train_err, "test_err": test_err}
-        return params, opt_state, tally, {**metrics, "params_finite": _all_finite(params)}
+        return params, opt_state, model_state, tally, {**metrics, "params_finite": _all_finite((params, model_state))}
 
     return end

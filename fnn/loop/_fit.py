@@ -42,6 +42,7 @@ def fit(
     divergence_factor=1e4,
     callbacks=(),
     progress=None,
+    state=None,
 ):
     """Trains ``model`` from ``params`` on ``loss`` and reports per-epoch metrics.
 
@@ -94,9 +95,20 @@ def fit(
         stopping, your own), or functions called after each epoch as
         ``f(row)`` with the epoch's :meth:`History.rows` dict.
       progress: show a ``tqdm`` bar over the epochs; ``None`` shows it only on a terminal.
+      state: for a model with state (batch norm), its state at the start;
+        ``None`` for ``model.init_state(input_shape)``.
+
+    A contextual model (batch norm, dropout; see :mod:`fnn.module`) trains in
+    training mode, each step with the key
+    ``fold_in(fold_in(fold_in(run key, 0), e), s)`` for step ``s`` of epoch
+    ``e`` (so runs repeat and resume exactly), its state carried through the
+    compiled steps and saved in checkpoints; it is evaluated in evaluation
+    mode. With several devices, batch statistics are those of the whole
+    batch, as on one device.
 
     Returns:
-      ``(params, history)``, the trained parameters and a :class:`History`.
+      ``(params, history)``, the trained parameters and a :class:`History`;
+      for a model with state, ``(params, state, history)``.
 
     Raises:
       fnn.validate.DataError: data or parameters that cannot train this model.
@@ -104,7 +116,7 @@ def fit(
         the last good one is kept).
     """
     start = time.perf_counter()
-    splits = _check(model, loss, path, data, params, epochs, batch_size)
+    splits = _check(model, loss, path, data, params, epochs, batch_size, state)
     plan = _plan(
         model,
         loss,
@@ -120,7 +132,7 @@ def fit(
     )
     segment = _segment(plan, steps_per_call, callbacks)
     parts = [*(c if isinstance(c, Callback) else EpochFunction(c) for c in callbacks), ProgressBar(progress)]
-    run = _new_run(plan, params, shuffle_key, epochs)
+    run = _new_run(plan, params, state, shuffle_key, epochs, splits["train"][0].shape[1:])
     arrays = parallel.replicate(tuple(a for split in splits.values() for a in split), plan.mesh)
     with contextlib.ExitStack() as stack:
         for part in parts:
@@ -134,11 +146,14 @@ def fit(
         _epochs(run, plan, compiled, segment, parts)
         for part in parts:
             part.on_end(run)
-    return run.state["params"], History.from_rows(run.history, compile_s=compile_s, wall_s=time.perf_counter() - start)
+    history = History.from_rows(run.history, compile_s=compile_s, wall_s=time.perf_counter() - start)
+    if model.has_state:
+        return run.state["params"], run.state["model_state"], history
+    return run.state["params"], history
 
 
 # ---------------------------------------------------------------- checks and set-up
-def _check(model, loss, path, data, params, epochs, batch_size):
+def _check(model, loss, path, data, params, epochs, batch_size, state):
     """Checks the run's arguments and data on the host; returns ``{"train": (x, y), "test": (x, y)}``."""
     check_pair(model, loss)
     check_path(path)
@@ -148,7 +163,9 @@ def _check(model, loss, path, data, params, epochs, batch_size):
     n_train = splits["train"][0].shape[0]
     _check_int("batch_size", batch_size, 1, n_train, f" (the training set has {n_train} examples)")
     validate.check_params(model, params, splits["train"][0].shape[1:])
-    validate.check_targets(model, params, loss, splits)
+    if state is not None:
+        validate.check_state(model, state, splits["train"][0].shape[1:])
+    validate.check_targets(model, loss, splits)
     return splits
 
 
@@ -225,11 +242,12 @@ def _slow_in_a_loop(plan):
     return any(leaf.name in _LOOP_SLOW_LEAVES for leaf in plan.model.leaves())
 
 
-def _new_run(plan, params, shuffle_key, epochs):
+def _new_run(plan, params, model_state, shuffle_key, epochs, input_shape):
     """The run before its first step: the state replicated on the devices, nothing trained."""
     state = {
         "params": params,
         "opt_state": plan.optimizer.init(params),
+        "model_state": plan.model.init_state(input_shape) if model_state is None else model_state,
         "key": _key_parts(shuffle_key)[0],
         "tally": new_tally(),
     }
@@ -252,8 +270,8 @@ class _Compiled:
 
     def __init__(self, plan, state, arrays):
         self.plan, self.arrays, self._steps = plan, arrays, {}
-        self.shapes = (state["params"], state["opt_state"], state["tally"], state["key"])
-        self.jit = {"donate_argnums": (0, 1), "out_shardings": parallel.replicated(plan.mesh)}
+        self.shapes = (state["params"], state["opt_state"], state["model_state"], state["tally"], state["key"])
+        self.jit = {"donate_argnums": (0, 1, 2), "out_shardings": parallel.replicated(plan.mesh)}
         self.end = jax.jit(make_epoch_end(plan), **self.jit).lower(*self.shapes, 1, *arrays).compile()
 
     def steps(self, n):
@@ -294,9 +312,9 @@ def _epochs(run, plan, compiled, segment, parts):
 
 def _advance(run, fn, *args):
     """Runs a compiled ``fn`` on the run's state; returns its extra outputs, if any."""
-    state = run.state
-    params, opt_state, tally, *rest = fn(state["params"], state["opt_state"], state["tally"], *args)
-    run.state = {**state, "params": params, "opt_state": opt_state, "tally": tally}
+    carried = ("params", "opt_state", "model_state", "tally")
+    params, opt_state, model_state, tally, *rest = fn(*(run.state[name] for name in carried), *args)
+    run.state = {**run.state, "params": params, "opt_state": opt_state, "model_state": model_state, "tally": tally}
     return rest[0] if rest else None
 
 

@@ -4,7 +4,8 @@ Leaves: :func:`dense`, :data:`relu`, :data:`sigmoid`, :data:`tanh`,
 :func:`leaky_relu`, :data:`gelu`, :func:`softplus`, :data:`silu`, :func:`layer_norm`,
 :func:`conv2d`, :func:`conv1d`, :func:`avg_pool`, :func:`max_pool`,
 :func:`group_norm`, :data:`softmax`, :func:`embedding`,
-:func:`positional_embedding`. Wiring: :func:`serial`, :func:`residual`,
+:func:`positional_embedding`; with state or randomness (see :mod:`fnn.module`):
+:func:`batch_norm`, :func:`dropout`. Wiring: :func:`serial`, :func:`residual`,
 :func:`flatten`, :func:`attention` (multi-head self-attention over the
 attention leaf). Models: :func:`mlp`, :func:`resnet_s`. Initialisers:
 :mod:`fnn.nn.initializers`.
@@ -13,6 +14,7 @@ attention leaf). Models: :func:`mlp`, :func:`resnet_s`. Initialisers:
 from fnn.nn import initializers
 from fnn.nn.activations import activation, gelu, leaky_relu, relu, sigmoid, silu, softplus, tanh
 from fnn.nn.attend import attention
+from fnn.nn.batchnorm import batch_norm
 from fnn.nn.compose import flatten, mlp, residual, resnet_s, serial
 from fnn.nn.conv import conv1d, conv2d
 from fnn.nn.embeddings import embedding, positional_embedding
@@ -20,14 +22,17 @@ from fnn.nn.linear import dense
 from fnn.nn.norm import group_norm, layer_norm
 from fnn.nn.pool import avg_pool, max_pool
 from fnn.nn.probability import softmax
+from fnn.nn.stochastic import dropout
 
 __all__ = [
     "activation",
     "attention",
     "avg_pool",
+    "batch_norm",
     "conv1d",
     "conv2d",
     "dense",
+    "dropout",
     "embedding",
     "flatten",
     "gelu",

@@ -10,12 +10,14 @@ Built from these: ``mlp(sizes)`` (the notes' recipe model is
 ``mlp([784, 500, 10])``) and ``resnet_s(...)`` (the notes' ResNet-S).
 """
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 
-from fnn.module import Module, structural
+from fnn import context
+from fnn.module import Module, context_signatures, output_shape, structural
 from fnn.nn import _checks
 from fnn.nn.activations import relu
 from fnn.nn.linear import dense
@@ -80,8 +82,49 @@ def serial(*modules):
             grads[i], g = modules[i].backward(params[i], saved[i], g)
         return grads, g
 
-    return structural(
-        "serial", init=init, apply=apply, forward=forward, backward=backward, children=modules, rebuild=serial
+    wiring = {"init": init, "apply": apply, "forward": forward, "backward": backward}
+    if any(m.contextual for m in modules):
+        wiring |= _serial_context(modules, check)
+    return structural("serial", **wiring, children=modules, rebuild=serial)
+
+
+def _serial_context(modules, check):
+    """A contextual ``serial``'s functions: child ``i`` runs in its own state and the key ``fold_in(key, i)``."""
+    has_state = any(m.has_state for m in modules)
+
+    def share(state, i):
+        return state[i] if has_state else ()
+
+    def split_context(state, key):
+        return [(share(state, i), context.child_key(key, i)) for i in range(len(modules))]
+
+    def run(params, x, state, key, train):
+        check(params)
+        saved, states = [], []
+        for m, p, (s, k) in zip(modules, params, split_context(state, key)):
+            x, kept, new = context.forward(m, p, x, state=s, key=k, train=train)
+            saved.append(kept)
+            states.append(new)
+        return x, saved, states
+
+    def run_apply(params, x, state, key, train):
+        check(params)
+        states = []
+        for m, p, (s, k) in zip(modules, params, split_context(state, key)):
+            x, new = context.apply(m, p, x, state=s, key=k, train=train)
+            states.append(new)
+        return x, states
+
+    def state_init(input_shape):
+        states = []
+        for m in modules:
+            states.append(m.init_state(input_shape))
+            input_shape = output_shape(m, input_shape)
+        return states
+
+    forward, apply = context_signatures("serial", run, has_state, run_apply)
+    return {"apply": apply, "forward": forward, "split_context": split_context} | (
+        {"state_init": state_init} if has_state else {}
     )
 
 
@@ -119,9 +162,33 @@ def residual(block):
         grads, dz = block.backward(params, saved, g)
         return grads, g + dz
 
-    return structural(
-        "residual", init=init, apply=apply, forward=forward, backward=backward, children=(block,), rebuild=residual
-    )
+    wiring = {"init": init, "apply": apply, "forward": forward, "backward": backward}
+    if block.contextual:
+        wiring |= _residual_context(block, check_shape)
+    return structural("residual", **wiring, children=(block,), rebuild=residual)
+
+
+def _residual_context(block, check_shape):
+    """A contextual ``residual``'s functions: the block runs in the state given and the key ``fold_in(key, 0)``."""
+
+    def split_context(state, key):
+        return [(state, context.child_key(key, 0))]
+
+    def run(params, z, state, key, train):
+        ((state, key),) = split_context(state, key)
+        y, saved, new_state = context.forward(block, params, z, state=state, key=key, train=train)
+        check_shape(z, y)
+        return z + y, saved, new_state
+
+    def run_apply(params, z, state, key, train):
+        ((state, key),) = split_context(state, key)
+        y, new_state = context.apply(block, params, z, state=state, key=key, train=train)
+        check_shape(z, y)
+        return z + y, new_state
+
+    forward, apply = context_signatures("residual", run, block.has_state, run_apply)
+    wiring = {"apply": apply, "forward": forward, "split_context": split_context}
+    return wiring | ({"state_init": block.init_state} if block.has_state else {})
 
 
 def flatten():
@@ -172,7 +239,7 @@ def mlp(sizes, *, activation=relu, bias=False, w_init="he", dtype=jnp.float32):
             raise ValueError(f"mlp: built for {sizes[0]} input features, got input_shape {shape}{hint}")
         return net.init(key, shape)
 
-    return Module("mlp", init, net.apply, net.forward, net.backward, net.children, net.rebuild)
+    return dataclasses.replace(net, name="mlp", init=init)
 
 
 def resnet_s(n_out, *, width, hidden=None, n_blocks=2, activation=relu, normalize=False, dtype=jnp.float32):

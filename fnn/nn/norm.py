@@ -14,7 +14,7 @@ the same axes). Saves ``zhat`` and ``sigma``. A constant set of values has
   ``groups`` groups of ``C / groups`` consecutive channels (as PyTorch and
   Flax split them); the axes are each example's spatial axes and the
   channels of one group.
-- Batch norm is the same rule with the axes over the batch.
+- Batch norm (:mod:`fnn.nn.batchnorm`) is the same rule with the axes over the batch.
 
 A constant set has ``zhat = 0`` and stays finite through ``eps``: each layer's
 edge value (a constant input), checked by :func:`fnn.testing.check_module`.
@@ -25,16 +25,39 @@ import jax.numpy as jnp
 from fnn.module import leaf
 from fnn.nn import _checks
 
-__all__ = ["group_norm", "group_norm_leaf", "layer_norm", "layer_norm_leaf", "standardize", "standardize_backward"]
+__all__ = [
+    "affine_backward",
+    "check_eps",
+    "check_scale",
+    "group_norm",
+    "group_norm_leaf",
+    "layer_norm",
+    "layer_norm_leaf",
+    "moments",
+    "normalize",
+    "scale_params",
+    "standardize",
+    "standardize_backward",
+]
 
 
 # ---------------------------------------------------------------- the rule, over any axes
-def standardize(z, axes, eps):
-    """``(zhat, sigma)``: ``zhat = (z - mean(z)) / sigma``, ``sigma = sqrt(mean((z - mu)^2) + eps)`` over ``axes``."""
+def moments(z, axes):
+    """``(mu, var)``: the mean and the variance (divided by ``m``, not ``m - 1``) of ``z`` over ``axes``, kept."""
     mu = jnp.mean(z, axis=axes, keepdims=True)
     centred = z - mu
-    sigma = jnp.sqrt(jnp.mean(centred * centred, axis=axes, keepdims=True) + eps)
-    return centred / sigma, sigma
+    return mu, jnp.mean(centred * centred, axis=axes, keepdims=True)
+
+
+def normalize(z, mu, var, eps):
+    """``(zhat, sigma)``: ``zhat = (z - mu) / sigma``, ``sigma = sqrt(var + eps)``."""
+    sigma = jnp.sqrt(var + eps)
+    return (z - mu) / sigma, sigma
+
+
+def standardize(z, axes, eps):
+    """``(zhat, sigma)`` of ``z`` by its own :func:`moments` over ``axes`` (:func:`normalize`)."""
+    return normalize(z, *moments(z, axes), eps)
 
 
 def standardize_backward(d, zhat, sigma, axes):
@@ -42,18 +65,18 @@ def standardize_backward(d, zhat, sigma, axes):
     return (d - jnp.mean(d, axis=axes, keepdims=True) - zhat * jnp.mean(d * zhat, axis=axes, keepdims=True)) / sigma
 
 
-def _affine_backward(params, zhat, g):
+def affine_backward(params, zhat, g):
     """``({"gamma": sum G zhat, "beta": sum G}, d = G gamma)`` of ``y = beta + gamma zhat`` (sums over the rows)."""
     rows = tuple(range(g.ndim - 1))
     return {"gamma": jnp.sum(g * zhat, axis=rows), "beta": jnp.sum(g, axis=rows)}, g * params["gamma"]
 
 
-def _check_eps(name, eps):
+def check_eps(name, eps):
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
         raise ValueError(f"{name}: eps must be a positive number, got {eps!r}")
 
 
-def _check_scale(name):
+def check_scale(name):
     """The trace-time check of a floating input and per-channel ``gamma``, ``beta`` of its last axis's size."""
 
     def check(params, x):
@@ -67,7 +90,7 @@ def _check_scale(name):
     return check
 
 
-def _scale_params(name, dtype):
+def scale_params(name, dtype):
     """``init``'s ``gamma`` ones and ``beta`` zeros over the last axis of the input shape."""
     _checks.require_float_dtype(name, dtype)
 
@@ -83,7 +106,7 @@ def _scale_params(name, dtype):
 # ---------------------------------------------------------------- LayerNorm
 def layer_norm_leaf(eps=1e-5, init=None):
     """The LayerNorm leaf for a given ``eps`` (``init`` is the module's; ops pass none)."""
-    _check_eps("layer_norm", eps)
+    check_eps("layer_norm", eps)
 
     def forward(params, z):
         zhat, sigma = standardize(z, -1, eps)
@@ -91,7 +114,7 @@ def layer_norm_leaf(eps=1e-5, init=None):
 
     def backward(params, saved, g):
         zhat, sigma = saved
-        grads, d = _affine_backward(params, zhat, g)
+        grads, d = affine_backward(params, zhat, g)
         return grads, standardize_backward(d, zhat, sigma, -1)
 
     return leaf(
@@ -99,7 +122,7 @@ def layer_norm_leaf(eps=1e-5, init=None):
         init=init,
         forward=forward,
         backward=backward,
-        check=_check_scale("layer_norm"),
+        check=check_scale("layer_norm"),
         edge_values=(4.0,),
     )
 
@@ -109,7 +132,7 @@ def layer_norm(eps=1e-5, *, dtype=jnp.float32):
 
     Params: ``{"gamma": [m], "beta": [m]}``. See the module doc for the formulas.
     """
-    return layer_norm_leaf(eps, _scale_params("layer_norm", dtype))
+    return layer_norm_leaf(eps, scale_params("layer_norm", dtype))
 
 
 # ---------------------------------------------------------------- GroupNorm
@@ -120,7 +143,7 @@ def _grouped(x, groups):
 
 
 def _check_groups(groups):
-    base = _check_scale("group_norm")
+    base = check_scale("group_norm")
 
     def check(params, x):
         base(params, x)
@@ -139,7 +162,7 @@ def group_norm_leaf(groups, eps=1e-5, init=None):
     """The GroupNorm leaf for ``groups`` groups and ``eps`` (``init`` is the module's; ops pass none)."""
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"group_norm: groups must be a positive int, got {groups!r}")
-    _check_eps("group_norm", eps)
+    check_eps("group_norm", eps)
 
     def forward(params, x):
         grouped, axes = _grouped(x, groups)
@@ -149,7 +172,7 @@ def group_norm_leaf(groups, eps=1e-5, init=None):
 
     def backward(params, saved, g):
         zhat, sigma = saved
-        grads, d = _affine_backward(params, zhat, g)
+        grads, d = affine_backward(params, zhat, g)
         (d, axes), (zhat, _) = _grouped(d, groups), _grouped(zhat, groups)
         return grads, standardize_backward(d, zhat, sigma, axes).reshape(g.shape)
 
@@ -176,7 +199,7 @@ def group_norm(groups, eps=1e-5, *, dtype=jnp.float32):
     """
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"group_norm: groups must be a positive int, got {groups!r}")
-    scale_init = _scale_params("group_norm", dtype)
+    scale_init = scale_params("group_norm", dtype)
 
     def init(key, input_shape):
         shape, params = scale_init(key, input_shape)

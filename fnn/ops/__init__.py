@@ -7,7 +7,7 @@ Both provide, with identical signatures: ``matmul``, ``add_bias``, ``relu``,
 ``sigmoid``, ``tanh``, ``leaky_relu``, ``gelu``, ``softplus``, ``layer_norm``,
 ``conv2d``, ``cross_entropy``, ``mse``, ``logistic_loss``, ``multiclass_hinge``,
 ``conv1d``, ``avg_pool``, ``max_pool``, ``group_norm``, ``softmax``,
-``embedding``, ``attention``.
+``embedding``, ``attention``, ``batch_norm``, ``dropout``.
 """
 
 from fnn.ops import autodiff, custom

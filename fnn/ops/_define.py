@@ -12,7 +12,7 @@ import functools
 import inspect
 
 from fnn import losses
-from fnn.nn import activations, attend, conv, embeddings, linear, norm, pool, probability
+from fnn.nn import activations, attend, batchnorm, conv, embeddings, linear, norm, pool, probability, stochastic
 
 
 def _per_value(factory):
@@ -44,6 +44,8 @@ _avg_pool = _per_value(pool.avg_pool_leaf)
 _max_pool = _per_value(pool.max_pool_leaf)
 _group_norm = _per_value(norm.group_norm_leaf)
 _attention = _per_value(attend.attention_leaf)
+_batch_norm = _per_value(batchnorm.batch_norm_leaf)
+_dropout = _per_value(stochastic.dropout)
 
 
 def matmul(run, x, w):
@@ -151,6 +153,25 @@ def attention(run, q, k, v, *, causal=False):
     return run(_attention(causal))({"k": k, "v": v}, q)
 
 
+def batch_norm(run, x, gamma, beta, *, eps=1e-5):
+    """Training-mode batch norm of ``x[N, ..., C]``: each channel by its own mean and variance over every other axis.
+
+    ``beta + gamma (x - mu) / sqrt(var + eps)``; no running statistics (the
+    module :func:`fnn.nn.batch_norm` keeps them). The backward goes through
+    ``mu`` and ``var``.
+    """
+    return run(_batch_norm(eps))({"gamma": gamma, "beta": beta}, x)
+
+
+def dropout(run, x, key, *, rate):
+    """Inverted dropout in training: ``x m / (1 - rate)``, ``m ~ Bernoulli(1 - rate)`` drawn from ``key``.
+
+    ``dx = G m / (1 - rate)``; the same ``key`` gives the same mask in both op
+    sets, and ``key`` gets no gradient.
+    """
+    return run(_dropout(rate))((), x, key=key, train=True)
+
+
 #: Every op, in the order :func:`op_set` returns them.
 OPS = (
     matmul,
@@ -174,6 +195,8 @@ OPS = (
     softmax,
     embedding,
     attention,
+    batch_norm,
+    dropout,
 )
 #: The op names, in the order :func:`op_set` returns them.
 NAMES = tuple(op.__name__ for op in OPS)

@@ -31,4 +31,6 @@ __all__ = NAMES
     softmax,
     embedding,
     attention,
+    batch_norm,
+    dropout,
 ) = op_set("autodiff")

@@ -3,8 +3,8 @@
 The checks run in the order of :data:`CHECKS`, each a function of one draw
 (:class:`fnn.testing._problem.Problem`) returning one :class:`Check` (or one
 per dtype). A check whose code raises is reported as failed with the
-exception, and the others still run. Adding a check (modules with state or
-a random key are next) is adding a function to :data:`CHECKS`.
+exception, and the others still run. Adding a check is adding a function to
+:data:`CHECKS`.
 """
 
 import functools
@@ -12,11 +12,13 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 
+from fnn.module import Module
+from fnn.testing._context import context, resolve
 from fnn.testing._determinism import determinism
 from fnn.testing._edges import edge_values as _edge_values
 from fnn.testing._finite import finite_differences
 from fnn.testing._precision import dtype_check
-from fnn.testing._problem import loss_problem, module_problem
+from fnn.testing._problem import check_input_shape, loss_problem, module_problem
 from fnn.testing._report import FAILED, Check, Report
 from fnn.testing._saved import saved
 from fnn.testing._structure import output, structure
@@ -52,6 +54,7 @@ CHECKS = {
     "dtypes": _dtypes,
     "edge_values": _edge_values,
     "determinism": determinism,
+    "context": context,
     "saved": saved,
 }
 #: The names of the checks, in order (what ``checks=`` selects from).
@@ -98,7 +101,20 @@ def _run(problem, names):
     return Report(problem.description, tuple(checks))
 
 
-def check_module(module, input_shape, *, params=None, x=None, seed=0, dtypes=DTYPES, edge_values=(), checks=None):
+def check_module(
+    module,
+    input_shape,
+    *,
+    params=None,
+    x=None,
+    train=True,
+    state=None,
+    key=None,
+    seed=0,
+    dtypes=DTYPES,
+    edge_values=(),
+    checks=None,
+):
     """Checks a module's hand-written backward function; returns a :class:`Report`, one entry per check.
 
     Args:
@@ -114,6 +130,12 @@ def check_module(module, input_shape, *, params=None, x=None, seed=0, dtypes=DTY
         NumPy generator, drawn anew for every seed (integer ids for an
         embedding: ``lambda rng, shape: rng.integers(0, 10, shape)``); by
         default standard normal draws.
+      train, state, key: the context a module with state or randomness
+        (batch norm, dropout) is checked in: the mode, its state (by default
+        ``module.init_state``'s) and its key (by default
+        ``jax.random.key(seed)``, so one mask for every path and check).
+        Check both modes with two calls. A module without state or
+        randomness takes neither ``state`` nor ``key``.
       seed: seeds every random draw (parameters, input, cotangents,
         directions); the same seed gives the same report.
       dtypes: the lower precisions to check besides float64 (the checker
@@ -127,7 +149,8 @@ def check_module(module, input_shape, *, params=None, x=None, seed=0, dtypes=DTY
     (``fnn.testing._structure``), the paths and transformations
     (``_transforms``), finite differences (``_finite``), lower precisions
     (``_precision``), edge values (``_edges``), determinism and what
-    ``saved`` holds. Tolerances follow one rule for every module:
+    ``saved`` holds, and, for a contextual module, that every path gives the
+    forward's outputs and new state (``_context``). Tolerances follow one rule for every module:
     ``eps ** (3/4)`` of the dtype, relative to the largest reference entry
     (:func:`fnn.testing._dtypes.rtol`).
 
@@ -138,14 +161,21 @@ def check_module(module, input_shape, *, params=None, x=None, seed=0, dtypes=DTY
         report.assert_ok()   # AssertionError with the table if a check failed
     """
     names = _selected("check_module", checks)
+    seed = _check_seed("check_module", seed)
+    in_context = None
+    if isinstance(module, Module):  # else module_problem's TypeError
+        module, in_context = resolve(
+            module, check_input_shape(input_shape), state=state, key=key, train=train, seed=seed
+        )
     problem = module_problem(
         module,
         input_shape,
         params=params,
         x=x,
-        seed=_check_seed("check_module", seed),
+        seed=seed,
         edge_values=tuple(edge_values),
         dtypes=_check_dtypes("check_module", dtypes),
+        context=in_context,
     )
     return _run(problem, names)
 

@@ -19,7 +19,7 @@ from fnn.module import Loss, Module
 from fnn.testing import _paths
 from fnn.testing._dtypes import cast, floating, x64
 
-__all__ = ["Problem", "StructureError", "loss_problem", "module_problem"]
+__all__ = ["Problem", "StructureError", "check_input_shape", "loss_problem", "module_problem"]
 
 
 class StructureError(ValueError):
@@ -36,6 +36,8 @@ class Problem:
     and ``w`` are NumPy arrays, floating ones float64. ``names`` names each
     leaf of ``(params, x)``'s gradient; ``output_shape`` is the output shape
     ``init`` promises (batch axis included), ``None`` if it has no ``init``.
+    ``context`` is the :class:`fnn.testing._context.Context` a contextual
+    module is checked in (``model`` is then the module bound to it), else ``None``.
     """
 
     kind: str
@@ -52,6 +54,7 @@ class Problem:
     dtypes: tuple
     seed: int
     description: str
+    context: object = None
 
     @property
     def primals(self):
@@ -212,13 +215,17 @@ def _second_order_w(primals, rng):
     return tuple(rng.standard_normal(np.shape(a)) for a in jax.tree.leaves(primals) if floating(a))
 
 
-def module_problem(module, input_shape, *, params, x, seed, edge_values, dtypes):
-    """The draw for ``check_module``: params (given, or standard normal of ``init``'s shapes), input, cotangents."""
+def module_problem(module, input_shape, *, params, x, seed, edge_values, dtypes, context=None):
+    """The draw for ``check_module``: params (given, or standard normal of ``init``'s shapes), input, cotangents.
+
+    ``module`` is what the gradient checks run (a contextual module bound to
+    ``context``, see :mod:`fnn.testing._context`).
+    """
     if not isinstance(module, Module):
         raise TypeError(
             f"check_module: module must be an fnn module (e.g. fnn.nn.dense(3)), got {type(module).__name__}"
         )
-    input_shape = _check_shape("check_module", "input_shape", input_shape, "e.g. (4, 5)")
+    input_shape = check_input_shape(input_shape)
     rng = np.random.default_rng(seed)
     output_shape, init_params = _init(module, input_shape, seed)
     if params is None:
@@ -231,7 +238,8 @@ def module_problem(module, input_shape, *, params, x, seed, edge_values, dtypes)
         y = jax.eval_shape(module.apply, params, x)
     cotangent = rng.standard_normal(y.shape)
     g, w = _draw_g(rng), _second_order_w((params, x), rng)
-    description = f"check_module({module!r}, input {input_shape}, seed {seed})"
+    mode = "" if context is None else f", {context.describe()}"
+    description = f"check_module({module!r}, input {input_shape}, seed {seed}{mode})"
     return Problem(
         "module",
         module,
@@ -247,7 +255,13 @@ def module_problem(module, input_shape, *, params, x, seed, edge_values, dtypes)
         tuple(dtypes),
         seed,
         description,
+        context,
     )
+
+
+def check_input_shape(input_shape):
+    """``input_shape`` as a tuple of positive ints, batch axis first, or ``ValueError``."""
+    return _check_shape("check_module", "input_shape", input_shape, "e.g. (4, 5)")
 
 
 def _targets(targets, output_shape, rng):
