@@ -54,7 +54,7 @@ STEPS, FEATURES = 28, 28
 #: Per model: its default width, depth, epochs, batch size, peak step size and weight decay.
 DEFAULTS = {
     "conv1d": {"width": 64, "depth": 2, "epochs": 10, "batch_size": 128, "lr": 2e-3, "weight_decay": 1e-4},
-    "attention": {"width": 64, "depth": 3, "epochs": 12, "batch_size": 128, "lr": 1e-3, "weight_decay": 1e-4},
+    "attention": {"width": 64, "depth": 3, "epochs": 20, "batch_size": 128, "lr": 1e-3, "weight_decay": 1e-4},
 }
 
 
