@@ -352,6 +352,8 @@ def test_peer_pooled_compares_per_round_and_writes_its_results(tmp_path, monkeyp
     assert comparison["peer"] == "torch" and comparison["target_ratio"] == 0.8
     low, high = comparison["time_ratio_ci95"]
     assert low <= comparison["time_ratio"] <= high and comparison["time_ratio"] < 1  # 1 ms against a torch epoch
+    torch_mistakes = [round(r["test_err"] * 32) for r in result["rounds"]["torch"]]
+    assert comparison["fnn_excess_test_mistakes"] == [16 - m for m in torch_mistakes]  # the fixed row: 16 of 32
     assert set(result["test_error"]) == set(result["train_s"]) == {"fnn", "torch"}
     assert result["path"] == "custom" and result["warm_up_s"]["torch"] > 0
 
