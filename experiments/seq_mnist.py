@@ -117,8 +117,9 @@ def shift_rows(pixels):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=tuple(DEFAULTS), default="conv1d")
-    known, _ = parser.parse_known_args(argv)
-    defaults = DEFAULTS[known.model]
+    first = argparse.ArgumentParser(add_help=False)  # the model first: it sets the other options' defaults
+    first.add_argument("--model", choices=tuple(DEFAULTS), default="conv1d")
+    defaults = DEFAULTS[first.parse_known_args(argv)[0].model]
     add_common_args(parser, epochs=defaults["epochs"], batch_size=defaults["batch_size"], lr=defaults["lr"])
     parser.add_argument("--width", type=int, default=defaults["width"], help="model width (channels or features)")
     parser.add_argument("--depth", type=int, default=defaults["depth"], help="conv stages or transformer blocks")
