@@ -44,7 +44,9 @@ the evaluation, after compilation and warm-up, which are reported apart
 (fnn: ``fnn.fit``'s own ``compile_s``, which every call pays; Flax: the
 first calls of its jitted steps; PyTorch: one warm-up step). Ratios are per
 round, the median with a bootstrap interval (``fnn.bench.summarize``).
-Needs the ``flax`` and ``torch`` extras; ``--libraries`` picks a subset.
+Needs the ``flax`` and ``torch`` extras; ``--libraries`` picks a subset;
+``--steps-per-call`` sets ``fnn.fit``'s (by default fit's own choice, here the
+whole epoch in one call; ``experiments.conv_in_loop`` times both).
 
     python -m experiments.peer_pooled --json experiments/results/peer_pooled.json \\
         --plot experiments/results/peer_pooled.png
@@ -87,6 +89,7 @@ def fnn_epoch(params, data, args):
         epochs=args.epochs,
         batch_size=args.batch_size,
         optimizer=optax.adamw(args.lr, b1=B1, b2=B2, eps=EPS, weight_decay=WEIGHT_DECAY),
+        steps_per_call=args.steps_per_call,
         progress=False,
     )
     row = history.rows()[-1]
@@ -293,7 +296,7 @@ def sides(args):
                 row, compile_s, cpu_s = fnn_epoch(params, data, args)
                 return {**row, "compile_s": compile_s, "cpu_s": cpu_s}
 
-            out[name] = (epoch, None, {"fnn_path": args.path})
+            out[name] = (epoch, None, {"fnn_path": args.path, "fnn_steps_per_call": args.steps_per_call})
         else:
             out[name] = {"flax": flax_side, "torch": torch_side}[name](args)
     return out
@@ -346,6 +349,7 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=fnn.bench.MIN_ROUNDS, help="interleaved rounds")
     parser.add_argument("--libraries", nargs="+", choices=LIBRARIES, default=list(LIBRARIES))
     parser.add_argument("--threads", type=int, help="torch.set_num_threads(N); default: torch's own choice")
+    parser.add_argument("--steps-per-call", type=int, help="fnn.fit's steps_per_call (default: fit's own choice)")
     args = parser.parse_args(argv)
     if args.libraries[0] != "fnn" or len(set(args.libraries)) != len(args.libraries):
         parser.error(f"--libraries must start with fnn and name each library once, got {' '.join(args.libraries)}")
