@@ -147,7 +147,7 @@ def flax_side(args):
     def new(params):
         for name, index in (("conv1", CONV1), ("conv2", CONV2), ("linear1", DENSE1), ("linear2", DENSE2)):
             layer = getattr(model, name)
-            layer.kernel.value, layer.bias.value = (jax.numpy.array(params[index][k]) for k in ("w", "b"))
+            layer.kernel[...], layer.bias[...] = (jax.numpy.array(params[index][k]) for k in ("w", "b"))
         metrics.reset()
         return model, nnx.Optimizer(model, tx, wrt=nnx.Param), metrics
 
