@@ -14,13 +14,17 @@ Two parts:
   two-convolution net, ``jax.grad`` of plain ``lax.conv_general_dilated``,
   jitted on its own and inside a ``lax.scan`` of length 1 and of length 8;
   milliseconds per step.
-- ``fit``: a conv net trained for one epoch of 375 steps (12,000 MNIST images,
-  batch 32, AdamW) through ``fnn.fit`` on all three paths, each with the whole
-  epoch in one ``lax.scan`` (``steps_per_call=375``) and a step at a time
-  (``steps_per_call=1``, compiled without a loop); ``None`` (fit's choice)
-  is the latter for the autodiff path on a CPU and the former otherwise.
-  ``train_s`` is the whole ``fit`` call, compilation and the test-set
-  evaluation included.
+- ``fit``: each of two conv nets (``--nets``) trained for one epoch of 375
+  steps (12,000 MNIST images, batch 32, AdamW) through ``fnn.fit`` on all
+  three paths, each with the whole epoch in one ``lax.scan``
+  (``steps_per_call=375``) and a step at a time (``steps_per_call=1``,
+  compiled without a loop); ``None`` (fit's choice) is the latter for the
+  autodiff path on a CPU and the former otherwise. The nets: ``strided``,
+  two 3x3 convolutions (the second strided) and two dense layers; ``pooled``,
+  ``experiments.mnist_pooled``'s Flax-tutorial CNN (two 3x3 convolutions,
+  each followed by a 2x2 average pooling). ``train_s`` is the whole ``fit``
+  call, compilation and the test-set evaluation included; ``vs_custom_auto``
+  divides it by the same net's custom path with fit's choice.
 
     python -m experiments.conv_in_loop --json experiments/results/conv_in_loop.json
     python -m experiments.conv_in_loop --synthetic --train-size 640 --parts fit   # seconds
@@ -36,7 +40,7 @@ import optax
 from jax import lax
 
 import fnn
-from experiments import _cli
+from experiments import _cli, mnist_pooled
 from experiments._common import add_common_args, load_data, machine, markdown_table, write_json
 
 
@@ -90,9 +94,13 @@ def conv_net():
     )
 
 
-def through_fit(data, args):
-    """One epoch through ``fnn.fit`` for every path and ``steps_per_call`` choice; one row each."""
-    model = conv_net()
+#: The nets timed through fit: ``--nets`` picks among them.
+NETS = {"strided": conv_net, "pooled": mnist_pooled.build}
+
+
+def through_fit(data, args, net="strided"):
+    """One epoch of ``net`` through ``fnn.fit`` for every path and ``steps_per_call`` choice; one row each."""
+    model = NETS[net]()
     _, params = model.init(jax.random.key(args.seed), data.x_train.shape[1:])
     steps = -(-len(data.x_train) // args.batch_size)
     rows = []
@@ -112,6 +120,7 @@ def through_fit(data, args):
                 progress=False,
             )
             row = {
+                "net": net,
                 "path": path,
                 "compiled": choice,
                 "steps_per_call": per_call,
@@ -121,7 +130,11 @@ def through_fit(data, args):
                 "test_error": float(history.test_err[-1]),
             }
             rows.append(row)
-            print(f"  {path:>8}, {choice:>5}: {row['train_s']:6.1f} s (test error {100 * row['test_error']:.2f}%)")
+            print(
+                f"  {net:>7}, {path:>8}, {choice:>5}: {row['train_s']:6.1f} s "
+                f"(test error {100 * row['test_error']:.2f}%)",
+                flush=True,
+            )
     custom = next(r["train_s"] for r in rows if r["path"] == "custom" and r["compiled"] == "auto")
     for row in rows:
         row["vs_custom_auto"] = row["train_s"] / custom
@@ -133,6 +146,7 @@ def parse_args(argv=None):
     add_common_args(parser, epochs=1, batch_size=32, lr=1e-3)
     parser.set_defaults(train_size=12_000)
     parser.add_argument("--parts", nargs="+", choices=("repro", "fit"), default=["repro", "fit"])
+    parser.add_argument("--nets", nargs="+", choices=tuple(NETS), default=list(NETS), help="the nets timed through fit")
     return parser.parse_args(argv)
 
 
@@ -145,10 +159,13 @@ def main(argv=None):
     if "fit" in args.parts:
         data = load_data(args, image=True)
         print(f"One epoch of {len(data.x_train)} images through fnn.fit, every path and way of compiling:", flush=True)
-        result["fit"] = through_fit(data, args)
+        result["fit"] = [row for net in args.nets for row in through_fit(data, args, net)]
         result["n_train"], result["n_test"] = len(data.x_train), len(data.x_test)
-        cells = [[r["path"], r["compiled"], f"{r['train_s']:.1f}", f"{r['vs_custom_auto']:.2f}"] for r in result["fit"]]
-        print(markdown_table(["path", "compiled", "train s", "vs custom (fit's choice)"], cells))
+        cells = [
+            [r["net"], r["path"], r["compiled"], f"{r['train_s']:.1f}", f"{r['vs_custom_auto']:.2f}"]
+            for r in result["fit"]
+        ]
+        print(markdown_table(["net", "path", "compiled", "train s", "vs custom (fit's choice)"], cells))
     if args.json:
         write_json(args.json, result)
     return result

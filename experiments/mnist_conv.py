@@ -1,7 +1,9 @@
 """A small convolutional net on MNIST, aiming at 0.8% test error in under 10 minutes on a 2-core CPU.
 
-fnn has no pooling layer, so the net downsamples with strided convolutions
-(``SAME`` padding, NHWC, biases, ReLU, He init), then one hidden dense layer.
+The net downsamples with strided convolutions rather than pooling (``SAME``
+padding, NHWC, biases, ReLU, He init), then one hidden dense layer;
+``experiments.mnist_pooled`` trains the pooled counterpart (the Flax MNIST
+tutorial's CNN, with ``nn.avg_pool``).
 Adam with a one-epoch linear warm-up and a cosine decay, batches reshuffled
 every epoch, and (``--shift 2``, the default) each training image translated
 by a random offset of up to 2 pixels in each direction at every step: without

@@ -20,8 +20,11 @@ from experiments import (
     mnist_conv,
     mnist_conv_bn,
     mnist_mlp_best,
+    mnist_pooled,
     module_costs,
+    peer_pooled,
     resnet_mnist,
+    seq_mnist,
 )
 
 SYNTHETIC = ["--synthetic", "--train-size", "256", "--test-size", "64", "--no-progress"]
@@ -269,13 +272,118 @@ def test_conv_in_loop_times_every_path_both_ways_and_the_plain_jax_reproduction(
         "32",
         "--batch-size",
         "32",
+        "--nets",
+        "pooled",  # the strided net goes through the same code; one net keeps the test short
         "--json",
         tmp_path / "c.json",
     ]
     result = conv_in_loop.main([str(a) for a in args])
     assert [r["how"] for r in result["repro"]] == ["jit, no loop", "lax.scan of 1", "lax.scan of 8"]
-    assert {(r["path"], r["compiled"]) for r in result["fit"]} == {
-        (p, c) for p in fnn.PATHS for c in ("step", "epoch", "auto")
-    }
+    assert [(r["net"], r["path"], r["compiled"]) for r in result["fit"]] == [
+        ("pooled", p, c) for p in fnn.PATHS for c in ("step", "epoch", "auto")
+    ]
     assert all(r["steps"] == 2 and r["train_s"] > 0 for r in result["fit"])
+    assert [r["vs_custom_auto"] for r in result["fit"] if r["path"] == "custom"][2] == 1.0
     assert json.loads((tmp_path / "c.json").read_text())["fit"][0]["path"] == "autodiff"
+    assert set(conv_in_loop.NETS) == {"strided", "pooled"} and conv_in_loop.parse_args([]).nets == ["strided", "pooled"]
+
+
+def test_mnist_pooled_is_the_flax_tutorials_cnn_and_trains_with_fit(tmp_path):
+    out, json_path, png_path = outputs(tmp_path, "pooled")
+    result = mnist_pooled.main(SYNTHETIC + ["--epochs", "1", "--batch-size", "100"] + out)
+    check_written(result, json_path, png_path)
+    for key in ("test_error", "train_s", "compile_s", "path", "device", "config", "history"):
+        assert key in result, key
+    # conv 3x3x1x32 + conv 3x3x32x64 + dense 3136x256 + dense 256x10, with biases: the tutorial's 824,458
+    assert result["config"]["n_params"] == 824_458
+    shapes = [s for s, _ in _layer_shapes(mnist_pooled.build(), mnist_pooled.INPUT_SHAPE)]
+    assert shapes[:7] == [(28, 28, 32), (28, 28, 32), (14, 14, 32), (14, 14, 64), (14, 14, 64), (7, 7, 64), (3136,)]
+    assert result["loop"] == "fnn.fit" and "2 pixels" in result["config"]["augmentation"]
+    check_history(result["history"], 1)
+
+
+def _layer_shapes(model, input_shape):
+    """The output shape of each of a serial model's layers."""
+    shapes = []
+    for layer in model.children:
+        input_shape, params = layer.init(jax.random.key(0), input_shape)
+        shapes.append((input_shape, params))
+    return shapes
+
+
+@pytest.mark.parametrize("model", ["conv1d", "attention"])
+def test_seq_mnist_reads_images_as_rows_and_reports_the_target(tmp_path, model):
+    out, json_path, png_path = outputs(tmp_path, model)
+    argv = SYNTHETIC + ["--model", model, "--epochs", "1", "--width", "8", "--depth", "1", "--heads", "2"]
+    result = seq_mnist.main(argv + ["--batch-size", "100"] + out)
+    check_written(result, json_path, png_path)
+    for key in ("test_error", "train_s", "path", "device", "config", "history", "target_met", "budget_met"):
+        assert key in result, key
+    assert result["model"] == model and result["target_test_error"] == 0.02 and result["budget_s"] == 600
+    assert result["config"]["steps_per_epoch"] == 3
+    check_history(result["history"], 1)
+
+
+def test_seq_mnist_models_take_rows_and_refuse_bad_sizes():
+    x = jnp.zeros((3, 28, 28), jnp.float32)
+    for model in (seq_mnist.conv1d_model(8, 2), seq_mnist.attention_model(8, 1, 2)):
+        shape, params = model.init(jax.random.key(0), (28, 28))
+        assert shape == (10,) and model.apply(params, x).shape == (3, 10)
+    with pytest.raises(ValueError, match="multiple of --heads"):
+        seq_mnist.attention_model(10, 1, 4)
+    for bad in (["--model", "conv1d", "--depth", "4"], ["--width", "0"], ["--shift", "-1"]):
+        with pytest.raises(SystemExit):
+            seq_mnist.parse_args(bad)
+
+
+def test_seq_mnist_shift_moves_whole_images_not_single_rows():
+    x = jnp.zeros((8, 28, 28), jnp.float32).at[:, 10:14, 12:16].set(1.0)
+    shifted = seq_mnist.shift_rows(2)(jax.random.key(0), x)
+    assert shifted.shape == x.shape and jnp.array_equal(shifted.sum(axis=(1, 2)), x.sum(axis=(1, 2)))
+    assert seq_mnist.shift_rows(0) is None
+
+
+def test_peer_pooled_libraries_train_the_same_network_from_the_same_start():
+    pytest.importorskip("flax")
+    pytest.importorskip("torch")
+    args = peer_pooled.parse_args(SYNTHETIC + ["--train-size", "64", "--test-size", "32"])
+    data = peer_pooled.shuffled(_common.load_data(args, image=True), 0)
+    params = mnist_pooled.build().init(jax.random.key(0), mnist_pooled.INPUT_SHAPE)[1]
+    rows = {name: side[0](params, data) for name, side in peer_pooled.sides(args).items()}
+    # Same start, batches and AdamW: after 2 steps the losses agree to float32 rounding (torch's convolutions
+    # round differently from XLA's; a wrong weight layout or flatten order gives differences of order 1).
+    for name, tol in (("flax", 1e-5), ("torch", 1e-3)):
+        for key in ("train_loss", "test_loss"):
+            assert rows[name][key] == pytest.approx(rows["fnn"][key], rel=tol), (name, key)
+    assert all(r["epoch_s"] > 0 for r in rows.values()) and rows["flax"]["cpu_s"] > 0 and rows["torch"]["cpu_s"] > 0
+
+
+def test_peer_pooled_compares_per_round_and_writes_its_results(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+
+    def quick_fnn(params, data, args):  # fnn.fit compiles anew each call: a fixed row keeps the test short
+        return {"train_loss": 1.0, "test_loss": 1.0, "train_err": 0.5, "test_err": 0.5, "epoch_s": 1e-3}, 0.1, 1e-3
+
+    monkeypatch.setattr(peer_pooled, "fnn_epoch", quick_fnn)
+    out, json_path, png_path = outputs(tmp_path, "peer")
+    argv = SYNTHETIC + ["--train-size", "32", "--test-size", "32", "--libraries", "fnn", "torch", "--rounds", "6"]
+    result = peer_pooled.main(argv + out)
+    check_written(result, json_path, png_path)
+    assert [len(rows) for rows in result["rounds"].values()] == [6, 6]
+    (comparison,) = result["comparisons"]
+    assert comparison["peer"] == "torch" and comparison["target_ratio"] == 0.8
+    low, high = comparison["time_ratio_ci95"]
+    assert low <= comparison["time_ratio"] <= high and comparison["time_ratio"] < 1  # 1 ms against a torch epoch
+    torch_mistakes = [round(r["test_err"] * 32) for r in result["rounds"]["torch"]]
+    assert comparison["fnn_excess_test_mistakes"] == [16 - m for m in torch_mistakes]  # the fixed row: 16 of 32
+    assert set(result["test_error"]) == set(result["train_s"]) == {"fnn", "torch"}
+    assert result["path"] == "custom" and result["warm_up_s"]["torch"] > 0
+
+
+def test_peer_pooled_rotates_the_order_and_refuses_bad_flags():
+    orders = [peer_pooled.round_order(["fnn", "flax", "torch"], r) for r in range(6)]
+    assert all(sorted(o) == ["flax", "fnn", "torch"] for o in orders)
+    assert {o[0] for o in orders} == {"fnn", "flax", "torch"} and orders[0] != orders[1]
+    for bad in (["--libraries", "torch", "fnn"], ["--rounds", "2"], ["--libraries", "fnn", "fnn"]):
+        with pytest.raises(SystemExit):
+            peer_pooled.parse_args(bad)
