@@ -42,10 +42,9 @@ from experiments._common import (
     markdown_table,
     plot_curves,
     steps_per_epoch,
-    timed_fit,
     write_json,
 )
-from experiments.mnist_conv import INPUT_SHAPE, add_net_args, check_net_args, shift_augment
+from experiments.mnist_conv import INPUT_SHAPE, add_net_args, check_net_args, train_shifted
 
 TARGET = 0.004
 BUDGET_S = 600.0
@@ -100,16 +99,7 @@ def train_variant(name, data, args):
     steps = steps_per_epoch(len(data.x_train), args.batch_size)
     optimizer, opt_info = adam_cosine(args.lr, epochs=args.epochs, steps=steps)
     print(f"\n{name}: {model!r}\n{HEADER}", flush=True)
-    _, history, timing = timed_fit(
-        model,
-        params,
-        data,
-        args,
-        optimizer,
-        shuffle_key=jax.random.key(args.seed + 1),
-        augment=shift_augment(args.shift),
-        train_metrics="full",
-    )
+    _, history, timing = train_shifted(model, params, data, args, optimizer)
     rows = history.rows()
     return {
         "variant": name,

@@ -33,10 +33,9 @@ from experiments._common import (
     machine,
     plot_curves,
     steps_per_epoch,
-    timed_fit,
     write_json,
 )
-from experiments.mnist_conv import shift_augment, step_flops
+from experiments.mnist_conv import step_flops, train_shifted
 
 INPUT_SHAPE = (28, 28, 1)
 
@@ -86,16 +85,7 @@ def main(argv=None):
         f"{args.epochs} epochs of {steps} steps, path {args.path}\n{HEADER}",
         flush=True,
     )
-    _, history, timing = timed_fit(
-        model,
-        params,
-        data,
-        args,
-        optimizer,
-        shuffle_key=jax.random.key(args.seed + 1),
-        augment=shift_augment(args.shift),
-        train_metrics="full",
-    )
+    _, history, timing = train_shifted(model, params, data, args, optimizer)
     rows = history.rows()
     test_error = rows[-1]["test_err"]
     print(

@@ -194,10 +194,12 @@ def _contextual_custom_apply(module):
     is dropped); the incoming state and the key get none.
     """
 
+    from fnn import context  # here: fnn.context imports this module
+
     @functools.cache
     def for_mode(train):
         def fwd(params, x, state, key):
-            y, saved, new_state = _forward_with_state(module, params, x, state, key, train)
+            y, saved, new_state = context.forward(module, params, x, state=state, key=key, train=train)
             return (y, new_state), (params, saved)
 
         def bwd(residuals, cotangents):
@@ -215,13 +217,6 @@ def _contextual_custom_apply(module):
         return (y, new_state) if module.has_state else y
 
     return apply
-
-
-def _forward_with_state(module, params, x, state, key, train):
-    """``(y, saved, state)`` of a contextual leaf's ``forward``, with or without state."""
-    if module.has_state:
-        return module.forward(params, x, state=state, key=key, train=train)
-    return (*module.forward(params, x, key=key, train=train), state)
 
 
 def _custom_vjp(name, forward, backward):
@@ -349,8 +344,7 @@ def leaf(
 def _contextual_leaf(name, forward, checked, has_state, stochastic):
     """A contextual leaf's public ``forward`` and ``apply`` (see the module doc) over its hand-written ``forward``."""
 
-    def run(params, x, state, key, train):
-        _check_context(name, False, state, train)
+    def run(params, x, state, key, train):  # train is checked by context_signatures
         if stochastic and train and key is None:
             raise ValueError(f"{name}: training draws from a random key; pass key= (a jax.random key)")
         return forward(params, checked(x, params), state=state, key=key if train else None, train=train)
