@@ -21,12 +21,14 @@ time with unequal wall time means the same work with less parallel overlap.
 """
 
 import dataclasses
-import numbers
+import math
 import time
 from collections.abc import Callable
 
 import jax
 import numpy as np
+
+from fnn._numbers import as_int, real
 
 __all__ = ["Result", "compare", "summarize", "verdict"]
 
@@ -107,7 +109,7 @@ def verdict(ci_low, ci_high, margin=0.0):
     The margin is symmetric in log-ratio, so swapping baseline and function
     swaps ``"faster"`` and ``"slower"``.
     """
-    _check_margin(margin)
+    margin = _margin("verdict", margin)
     if ci_low > 1 + margin:
         return "slower"
     if ci_high < 1 / (1 + margin):
@@ -115,11 +117,10 @@ def verdict(ci_low, ci_high, margin=0.0):
     return "tie"
 
 
-def _check_margin(margin):
-    if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not 0 <= margin < 1:
-        raise ValueError(
-            f"margin must be a number in [0, 1) (0.02 means differences within 2% are a tie), got {margin!r}"
-        )
+def _margin(owner, margin):
+    """``margin`` as a Python float in ``[0, 1)`` (see :func:`verdict`)."""
+    within = "in [0, 1) (0.02 means differences within 2% are a tie)"
+    return real(owner, "margin", margin, within=within, ok=lambda m: 0 <= m < 1)
 
 
 def summarize(wall_s, cpu_s, *, baseline, margin=0.0, confidence=0.95, seed=0, compile_s=None, calls=None):
@@ -140,7 +141,7 @@ def summarize(wall_s, cpu_s, *, baseline, margin=0.0, confidence=0.95, seed=0, c
     """
     if baseline not in wall_s:
         raise ValueError(f"baseline {baseline!r} is not one of the timed functions {list(wall_s)}")
-    _check_margin(margin)
+    margin = _margin("summarize", margin)
     rounds = {len(v) for v in wall_s.values()} | {len(v) for v in cpu_s.values()}
     if len(rounds) != 1 or min(rounds) < MIN_ROUNDS:
         raise ValueError(f"every function needs the same number of rounds, at least {MIN_ROUNDS}; got {sorted(rounds)}")
@@ -165,7 +166,7 @@ def summarize(wall_s, cpu_s, *, baseline, margin=0.0, confidence=0.95, seed=0, c
             high,
             cpu_ratio,
             verdict(low, high, margin),
-            float(margin),
+            margin,
             compile_s=(compile_s or {}).get(name, float("nan")),
             calls=(calls or {}).get(name, 0),
             wall_s=tuple(wall.tolist()),
@@ -231,11 +232,13 @@ def compare(
         raise ValueError("compare needs at least one function")
     if baseline not in fns:
         raise ValueError(f"baseline {baseline!r} is not one of {list(fns)}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < MIN_ROUNDS:
-        raise ValueError(f"rounds must be an int >= {MIN_ROUNDS}, got {rounds!r}")
-    if not block_s > 0:
-        raise ValueError(f"block_s must be positive, got {block_s!r}")
-    _check_margin(margin)
+    n_rounds = as_int(rounds)
+    if n_rounds is None or n_rounds < MIN_ROUNDS:
+        raise ValueError(
+            f"compare: rounds must be an int >= {MIN_ROUNDS}, got {rounds if n_rounds is None else n_rounds!r}"
+        )
+    block_s = real("compare", "block_s", block_s, within="in (0, inf)", ok=lambda s: 0 < s < math.inf)
+    margin = _margin("compare", margin)
     compiled, compile_s, calls = {}, {}, {}
     first_name = {}  # a function entered under several names is compiled and calibrated once
     for name, fn in fns.items():
@@ -256,7 +259,7 @@ def compare(
         calls[name] = n
     wall = {name: [] for name in fns}
     cpu = {name: [] for name in fns}
-    for r in range(rounds):
+    for r in range(n_rounds):
         for name in _order(list(fns), r):
             w, c = _block(compiled[name], args, calls[name])
             wall[name].append(w)

@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn import validate
+from fnn._numbers import real
 from fnn.metrics import error_rate
-from fnn.module import loss
+from fnn.module import loss, with_settings
 from fnn.nn import _checks
 
 __all__ = ["cross_entropy", "logistic", "mse", "multiclass_hinge"]
@@ -171,6 +172,7 @@ logistic = loss(
 
 
 # ---------------------------------------------------------------- multiclass hinge
+@with_settings
 def multiclass_hinge(margin=1.0):
     """The notes' multiclass SVM loss ``mean_i sum_{j != y_i} max(0, s_j - s_{y_i} + margin)``.
 
@@ -180,9 +182,7 @@ def multiclass_hinge(margin=1.0):
     Saves the indicator matrix and the labels. Edge value: scores ``s_j = j margin``,
     so that ``s_(y-1) - s_y + margin = 0`` exactly in every row with ``y > 0``.
     """
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
-        raise ValueError(f"multiclass_hinge: margin must be a non-negative number, got {margin!r}")
-    margin = float(margin)
+    margin = real("multiclass_hinge", "margin", margin, within="in [0, inf)", ok=lambda m: 0 <= m < math.inf)
 
     def forward(scores, labels):
         margins = scores - _label_score(scores, labels)[..., None] + margin

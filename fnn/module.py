@@ -68,14 +68,37 @@ cannot run through them; use the ``autodiff`` path (plain ``apply``) for that.
 import contextlib
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fnn import validate
 
-__all__ = ["Loss", "Module", "context_signatures", "leaf", "loss", "output_shape", "structural"]
+__all__ = [
+    "Loss",
+    "Module",
+    "Setting",
+    "context_signatures",
+    "jsonable",
+    "leaf",
+    "loss",
+    "output_shape",
+    "structural",
+    "with_settings",
+]
+
+
+class Setting(NamedTuple):
+    """One argument of the call that built a module: its ``name``, ``value`` and the constructor's ``default``
+    (``inspect.Parameter.empty`` for a required argument)."""
+
+    name: str
+    value: object
+    default: object
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -93,6 +116,12 @@ class Module:
     module's, from its children's; ``stochastic`` marks a leaf that draws from
     the key in training; ``split_context(state, key) -> [(state, key), ...]``
     hands a contextual structural module's context to its children.
+    ``settings`` are the :class:`Setting` of the constructor call that built
+    the module (see :func:`with_settings`), modules among them left out (they
+    are its children); :meth:`describe` and ``repr`` show them.
+    ``passes_values`` marks wiring whose output holds its input's values,
+    only rearranged (``flatten``): the host-side input check is then the
+    next module's (see :meth:`check_inputs`).
     """
 
     name: str
@@ -107,6 +136,8 @@ class Module:
     state_init: Callable | None = None
     stochastic: bool = False
     split_context: Callable | None = None
+    settings: tuple = ()
+    passes_values: bool = False
 
     @property
     def is_leaf(self):
@@ -144,16 +175,18 @@ class Module:
         if self.is_leaf:
             make = _contextual_custom_apply if self.contextual else _custom_vjp_apply
             return dataclasses.replace(self, apply=make(self))
-        return self.rebuild(*(child.custom for child in self.children))
+        rebuilt = self.rebuild(*(child.custom for child in self.children))
+        return dataclasses.replace(rebuilt, name=self.name, settings=self.settings)
 
     def check_inputs(self, x, split):
         """Checks a split's inputs ``x`` (a NumPy array, batch axis first) on the host before training.
 
         Values no trace-time check can see: this module's ``input_check`` if
-        it has one, else its first child's check (a structural module's
-        inputs are its first child's), else
-        :func:`fnn.validate.check_inputs` (finite floating-point values).
-        Raises :class:`fnn.validate.DataError` naming ``split``.
+        it has one (``serial`` asks its first child that does more than
+        rearrange values, so ``serial(flatten(), embedding(...))`` checks token
+        ids), else its first child's check (a structural module's inputs are
+        its first child's), else :func:`fnn.validate.check_inputs` (finite
+        floating-point values). Raises :class:`fnn.validate.DataError` naming ``split``.
         """
         if self.input_check is not None:
             return self.input_check(x, split)
@@ -168,9 +201,101 @@ class Module:
             f"(nn.relu, not nn.relu()), and run a module with module.apply(params, x)"
         )
 
+    def describe(self):
+        """The module as JSON-ready data: ``{"module": name, "settings": {...}, "children": [...]}``.
+
+        Every setting of every module of the tree, defaults included (a
+        checkpoint compares this to refuse resuming into another model); the
+        keys with nothing to show are left out.
+        """
+        described = {"module": self.name}
+        if self.settings:
+            described["settings"] = _settings_data(self.settings)
+        if self.children:
+            described["children"] = [child.describe() for child in self.children]
+        return described
+
     def __repr__(self):
-        inner = ", ".join(map(repr, self.children))
-        return f"{self.name}({inner})" if self.children else self.name
+        """``name(children..., setting=value...)``, showing the settings that differ from their defaults."""
+        return _call_repr(self.name, [*map(repr, self.children)], self.settings)
+
+
+def _call_repr(name, parts, settings):
+    """``name(parts..., setting=value...)`` with the settings that differ from their defaults; ``name`` alone if
+    there is nothing inside."""
+    shown = [
+        f"{s.name}={_shown(s.value)}"
+        for s in settings
+        if s.default is inspect.Parameter.empty or jsonable(s.value) != jsonable(s.default)
+    ]
+    inner = ", ".join([*parts, *shown])
+    return f"{name}({inner})" if inner else name
+
+
+def _settings_data(settings):
+    return {s.name: jsonable(s.value) for s in settings}
+
+
+def jsonable(value):
+    """A setting as JSON-ready data: numbers, strings, ``None`` and lists as they are, a dtype by its name
+    (``"bfloat16"``), a function by its qualified name, a module by :meth:`Module.describe`, else its ``repr``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Module):
+        return value.describe()
+    if isinstance(value, (tuple, list)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (type, np.dtype)):
+        try:
+            return jnp.dtype(value).name
+        except TypeError:
+            pass
+    if isinstance(value, np.generic) or (hasattr(value, "shape") and np.shape(value) == ()):
+        return np.asarray(value).item()
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '')}.{value.__qualname__}".lstrip(".")
+    return repr(value)
+
+
+def _shown(value):
+    """A setting's value as ``repr`` shows it: a dtype or a function by its name, a NumPy or JAX scalar as the
+    Python number it stands for, anything else by its ``repr``."""
+    if isinstance(value, (type, np.dtype)) or callable(value):
+        return jsonable(value)
+    if isinstance(value, np.generic) or (hasattr(value, "shape") and np.shape(value) == ()):
+        return repr(np.asarray(value).item())
+    return repr(value)
+
+
+def _is_module_argument(value):
+    return isinstance(value, Module) or (
+        isinstance(value, (tuple, list)) and bool(value) and all(isinstance(v, Module) for v in value)
+    )
+
+
+def with_settings(constructor):
+    """Makes a module (or loss) constructor record its call's arguments in :attr:`Module.settings`.
+
+    ``@with_settings`` on ``def dropout(rate): ...`` makes ``dropout(0.1)``
+    a module whose ``settings`` hold ``rate=0.1`` (defaults included, module
+    arguments left out: they are its children), so that ``repr`` and
+    :meth:`Module.describe` show them.
+    """
+    signature = inspect.signature(constructor)
+
+    @functools.wraps(constructor)
+    def build(*args, **kwargs):
+        module = constructor(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        settings = tuple(
+            Setting(name, value, signature.parameters[name].default)
+            for name, value in bound.arguments.items()
+            if not _is_module_argument(value) and signature.parameters[name].kind != inspect.Parameter.VAR_POSITIONAL
+        )
+        return dataclasses.replace(module, settings=settings)
+
+    return build
 
 
 def _custom_vjp_apply(module):
@@ -411,7 +536,20 @@ def output_shape(module, input_shape):
     return shapes[0]
 
 
-def structural(name, *, init, apply, forward, backward, children=(), rebuild, state_init=None, split_context=None):
+def structural(
+    name,
+    *,
+    init,
+    apply,
+    forward,
+    backward,
+    children=(),
+    rebuild,
+    state_init=None,
+    split_context=None,
+    check_inputs=None,
+    passes_values=False,
+):
     """Makes a structural module: wiring whose ``backward`` calls its children's.
 
     ``rebuild(*children)`` must return the same structure over new children;
@@ -419,7 +557,8 @@ def structural(name, *, init, apply, forward, backward, children=(), rebuild, st
     wiring contextual children passes them their context: it gives
     ``state_init`` (its state from its children's) and ``split_context``
     (see :class:`Module`), and its ``apply``/``forward`` take the context
-    keywords (see the module doc).
+    keywords (see the module doc). ``check_inputs`` (the host-side check of
+    its inputs, as for :func:`leaf`) and ``passes_values`` are as in :class:`Module`.
     """
     module = Module(
         name,
@@ -429,8 +568,10 @@ def structural(name, *, init, apply, forward, backward, children=(), rebuild, st
         backward,
         tuple(children),
         rebuild,
+        input_check=check_inputs,
         state_init=state_init,
         split_context=split_context,
+        passes_values=passes_values,
     )
     if module.contextual and split_context is None:
         raise TypeError(f"{name}: a child has state or randomness; the wiring must pass it on (split_context)")
@@ -450,7 +591,8 @@ class Loss:
     a label out of range); see :mod:`fnn.validate`. Targets are data: the
     ``custom`` and ``backprop`` paths give them no gradient (the ``autodiff``
     path differentiates them like any input). ``edge_values`` are outputs at
-    which the rule is delicate, as for :func:`leaf`.
+    which the rule is delicate, as for :func:`leaf`. ``settings`` are those of
+    the constructor call that built it, as for :class:`Module`.
     """
 
     name: str
@@ -460,6 +602,7 @@ class Loss:
     error: Callable | None = None
     check_targets: Callable | None = None
     edge_values: tuple = ()
+    settings: tuple = ()
 
     @functools.cached_property
     def custom(self):
@@ -471,8 +614,12 @@ class Loss:
 
         return dataclasses.replace(self, apply=checked)
 
+    def describe(self):
+        """The loss as JSON-ready data: ``{"loss": name, "settings": {...}}`` (``settings`` left out if none)."""
+        return {"loss": self.name, **({"settings": _settings_data(self.settings)} if self.settings else {})}
+
     def __repr__(self):
-        return self.name
+        return _call_repr(self.name, [], self.settings)
 
 
 def loss(name, *, forward, backward, check=None, error=None, check_targets=None, edge_values=()):

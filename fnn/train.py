@@ -14,32 +14,39 @@ happens in place on every backend; the arrays passed in must not be used
 afterwards. Nothing here is device-specific.
 """
 
+import math
+
 import jax
 import optax
 
+from fnn._numbers import as_float
 from fnn.paths import differentiate
 
 __all__ = ["as_optimizer", "optimizer_step", "optimizer_update", "sgd_step", "sgd_update"]
 
 
-def _check_learning_rate(value, name="learning_rate"):
-    """Checks a step size passed as ``name``: a positive number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def _step_size(value, name="learning_rate"):
+    """``value``, passed as ``name``, as a Python float: a positive finite step size (Python, NumPy or 0-d JAX).
+
+    A Python float, so that the step size's own dtype never widens the update's.
+    """
+    number = as_float(value)
+    if number is None:
         got = f"the string {value!r}" if isinstance(value, str) else type(value).__name__
         raise TypeError(
             f"{name} must be a step size (a positive number, for plain SGD) or an optax.GradientTransformation "
             f"such as optax.adam(1e-3), got {got}"
         )
-    if not value > 0:
-        raise ValueError(f"{name} must be a positive step size, got {value}")
+    if not 0 < number < math.inf:
+        raise ValueError(f"{name} must be a positive step size, a finite number above 0, got {number!r}")
+    return number
 
 
 def as_optimizer(optimizer):
     """Returns ``optimizer`` as an ``optax.GradientTransformation``; a number becomes ``optax.sgd``."""
     if isinstance(optimizer, optax.GradientTransformation):
         return optimizer
-    _check_learning_rate(optimizer, "optimizer")
-    return optax.sgd(optimizer)
+    return optax.sgd(_step_size(optimizer, "optimizer"))
 
 
 def _metrics(loss, value, outputs, targets):
@@ -57,7 +64,7 @@ def sgd_update(model, loss, learning_rate, *, path="custom"):
     jitted form. A contextual model takes ``state=`` and ``key=`` (see the
     module doc).
     """
-    _check_learning_rate(learning_rate)
+    learning_rate = _step_size(learning_rate)
     grads_of = differentiate(model, loss, path)
 
     def update(params, batch, *, state=None, key=None):

@@ -9,6 +9,7 @@ a :class:`DataError` that says what was wrong, where, and what was expected;
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
@@ -36,7 +37,7 @@ def _first_bad(mask):
 def check_class_labels(targets, output_shape, split):
     """Integer class ids in ``[0, k)``, ``k = output_shape[-1]``, one per row (shape ``output_shape[:-1]``)."""
     k = output_shape[-1]
-    if not np.issubdtype(targets.dtype, np.integer):
+    if not jnp.issubdtype(targets.dtype, jnp.integer):
         raise DataError(f"{split} labels must be integer class ids in [0, {k}), got dtype {targets.dtype}")
     if targets.shape != tuple(output_shape[:-1]):
         raise DataError(
@@ -71,13 +72,13 @@ def check_values(targets, output_shape, split):
         raise DataError(
             f"{split} targets must have the model's output shape {tuple(output_shape)}, got {targets.shape}"
         )
-    if not np.issubdtype(targets.dtype, np.floating):
+    if not jnp.issubdtype(targets.dtype, jnp.floating):
         raise DataError(f"{split} targets must be floating-point values, got dtype {targets.dtype}")
     _check_finite(targets, f"{split} targets")
 
 
 def _check_finite(array, what):
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+    if jnp.issubdtype(array.dtype, jnp.floating) and not np.isfinite(array).all():
         bad = ~np.isfinite(array)
         at = _first_bad(bad)
         raise DataError(
@@ -88,7 +89,7 @@ def _check_finite(array, what):
 
 def check_inputs(x, split):
     """Finite floating-point inputs: the default host-side check of a module's inputs (see ``Module.check_inputs``)."""
-    if not np.issubdtype(x.dtype, np.floating):
+    if not jnp.issubdtype(x.dtype, jnp.floating):
         raise DataError(f"{split} inputs must be floating-point, got dtype {x.dtype}")
     _check_finite(x, f"{split} inputs")
 

@@ -122,14 +122,22 @@ def test_summarize_errors():
         bench.summarize(wall, cpu, baseline="nope")
     with pytest.raises(ValueError, match=r"the same number of rounds, at least 6; got \[15, 16\]"):
         bench.summarize({"base": wall["base"], "other": wall["other"][:-1]}, cpu, baseline="base")
-    for bad in (-0.01, 1.0, float("nan"), True, "2%"):
+    for bad, error in (
+        (-0.01, ValueError),
+        (1.0, ValueError),
+        (float("nan"), ValueError),
+        (True, TypeError),
+        ("2%", TypeError),
+    ):
         with pytest.raises(
-            ValueError, match=r"margin must be a number in \[0, 1\) \(0.02 means differences within 2% are a tie\)"
+            error, match=r"summarize: margin must be .*in \[0, 1\) \(0.02 means differences within 2% are a tie\)"
         ):
             bench.summarize(wall, cpu, baseline="base", margin=bad)
-        with pytest.raises(ValueError, match="margin must be a number in"):
+        with pytest.raises(error, match=r"verdict: margin must be .*in \[0, 1\)"):
             bench.verdict(0.9, 1.1, bad)
-    assert bench.verdict(1.05, 1.1, np.float32(0.02)) == "slower"
+    for margin in (np.float32(0.02), np.float64(0.02), jnp.float64(0.02)):
+        assert bench.verdict(1.05, 1.1, margin) == "slower"
+        assert type(bench.summarize(wall, cpu, baseline="base", margin=margin)["other"].margin) is float
 
 
 def test_compare_times_real_functions():
@@ -148,11 +156,13 @@ def test_compare_errors():
     x = jnp.ones(3)
     with pytest.raises(ValueError, match="baseline 'b' is not one of"):
         bench.compare({"a": jnp.sin}, x, baseline="b")
-    with pytest.raises(ValueError, match="rounds must be an int >= 6, got 5"):
-        bench.compare({"a": jnp.sin}, x, baseline="a", rounds=5)
+    with pytest.raises(ValueError, match="compare: rounds must be an int >= 6, got 5"):
+        bench.compare({"a": jnp.sin}, x, baseline="a", rounds=np.int64(5))
+    with pytest.raises(ValueError, match=r"compare: block_s must be in \(0, inf\), got 0.0"):
+        bench.compare({"a": jnp.sin}, x, baseline="a", block_s=0)
     with pytest.raises(ValueError, match="at least one function"):
         bench.compare({}, x, baseline="a")
-    with pytest.raises(ValueError, match="margin must be a number in"):
+    with pytest.raises(ValueError, match=r"compare: margin must be in \[0, 1\)"):
         bench.compare({"a": jnp.sin}, x, baseline="a", margin=-1)
 
 

@@ -56,7 +56,8 @@ def test_a_conv_net_fit_on_flat_rows_names_the_image_layout():
     hint = r"got \(784,\); the input is flat rows of 784 values: load images with fnn.data.load\(..., layout='image'\) "
     with pytest.raises(ValueError, match=hint + r".*x.reshape\(-1, 28, 28, 1\)"):
         fnn.fit(CONV, params, mnist_like("flat"), epochs=1, batch_size=10, progress=False)
-    with pytest.raises(ValueError, match=r"conv2d: input must be \[..., H, W, C\] \(NHWC\), got shape \(5, 784\); "):
+    not_nhwc = r"conv2d: input must be \[N, H, W, C\], 4 axes \(NHWC\), got shape \(5, 784\); "
+    with pytest.raises(ValueError, match=not_nhwc):
         CONV.apply(params, jnp.zeros((5, 784), jnp.float32))
 
 

@@ -10,6 +10,7 @@ import time
 import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -112,9 +113,13 @@ BAD_INPUTS = [
            y_test=lambda a: a[:, None].astype(np.float32)),
      fnn.nn.mlp([20, 8, 1]), {"loss": fnn.losses.mse}, DataError, r"train targets must be finite; 1 of 200 entries"),
     ("divergence factor", toy_data, MODEL, {"divergence_factor": 1.0}, ValueError,
-     r"divergence_factor must be a number above 1 or None, got 1.0"),
+     r"fit: divergence_factor must be above 1 \(or None\), got 1.0"),
     ("steps per call", toy_data, MODEL, {"steps_per_call": 0}, ValueError,
      r"steps_per_call must be an int >= 1, got 0"),
+    ("eps that float32 rounds to 0", toy_data, fnn.nn.serial(fnn.nn.layer_norm(1e-50), MODEL), {}, ValueError,
+     r"layer_norm: eps=1e-50 is 0.0 in the input's dtype float32, below the smallest normal float32 "
+     r"1.17549\d*e-38 \(XLA flushes smaller values to 0\), so a constant input gives NaN; use eps >= 1.17549\d*e-38 "
+     r"or a wider dtype"),
 ]  # fmt: skip
 
 
@@ -179,6 +184,105 @@ def test_a_healthy_run_is_never_stopped_by_the_factor():
     # SGD at a large but stable step: the loss rises above its first value early on, by far less than 1e4.
     _, history = fnn.fit(MODEL, init(), toy_data(), epochs=3, batch_size=20, optimizer=2.0, progress=False)
     assert np.isfinite(history.train_loss).all()
+
+
+# ------------------------------------------------------------------ settings and shapes that would give wrong results
+def zeros(*shape, dtype=jnp.float32):
+    return jnp.zeros(shape, dtype)
+
+
+def norm_params(n, dtype=jnp.float32):
+    return {"gamma": jnp.ones(n, dtype), "beta": jnp.zeros(n, dtype)}
+
+
+def attention_of(x):
+    """Self-attention of ``x[N, T, 4]``, two heads of 3."""
+    attention = fnn.nn.attention(2, 3)
+    return attention.apply(attention.init(jax.random.key(0), (5, 4))[1], x)
+
+
+# Inputs a layer would silently misread (pooling over the batch axis), divide by zero on, or NaN on:
+# (name, call, message pattern); each raises ValueError naming the module, the shapes and the fix.
+BAD_SHAPES = [
+    ("pooling without a channel axis", lambda: fnn.nn.max_pool((2, 2)).apply((), zeros(4, 6, 6)),
+     r"max_pool: input must be \[N, H, W, C\], 4 axes for the window \(2, 2\), got shape \(4, 6, 6\); without a "
+     r"channel axis, add one: x\[\.\.\., None\] \(shape \(4, 6, 6, 1\)\); without a batch axis, add one: x\[None\] "
+     r"\(shape \(1, 4, 6, 6\)\)"),
+    ("pooling over extra leading axes", lambda: fnn.ops.custom.avg_pool(zeros(2, 3, 6, 1), (2,)),
+     r"avg_pool: input must be \[N, W, C\], 3 axes for the window \(2,\), got shape \(2, 3, 6, 1\); merge the leading "
+     r"axes into one batch axis: x.reshape\(-1, \*x.shape\[-2:\]\)"),
+    ("pooling init without a channel axis", lambda: fnn.nn.avg_pool((2, 2)).init(jax.random.key(0), (6, 6)),
+     r"avg_pool: input_shape must be a tuple of 3 positive ints \(batch axis excluded\), got \(6, 6\); for inputs "
+     r"without a channel axis, give one: input_shape \(6, 6, 1\) and x\[\.\.\., None\]"),
+    ("convolution without a channel axis", lambda: fnn.nn.conv2d(3, 2).apply({"w": zeros(2, 2, 6, 3)}, zeros(4, 6, 6)),
+     r"conv2d: input must be \[N, H, W, C\], 4 axes \(NHWC\), got shape \(4, 6, 6\); without a channel axis, add one"),
+    ("convolution init without a channel axis", lambda: fnn.nn.conv1d(3, 2).init(jax.random.key(0), (6,)),
+     r"conv1d: input_shape must be a tuple of 2 positive ints .*got \(6,\); for inputs without a channel axis"),
+    ("attention without keys", lambda: fnn.ops.custom.attention(zeros(2, 4, 2, 3), *(zeros(2, 0, 2, 3),) * 2),
+     r"attention: needs at least one query, one key and one feature per head \(T, S, D >= 1\), "
+     r"got q \(2, 4, 2, 3\) \[B, T, H, D\] and k, v \(2, 0, 2, 3\) \[B, S, H, D\]"),
+    ("attention without features", lambda: fnn.ops.autodiff.attention(*(zeros(2, 4, 2, 0),) * 3),
+     r"attention: needs at least one query, one key and one feature per head .*got q \(2, 4, 2, 0\)"),
+    ("self-attention without positions", lambda: attention_of(zeros(2, 0, 4)),
+     r"attention: needs at least one position T and one feature D_model, got input shape \(2, 0, 4\) "
+     r"\[\.\.\., T, D_model\]"),
+    ("eps that float16 rounds to 0", lambda: fnn.nn.group_norm(1, 1e-8).apply(norm_params(3, jnp.float16),
+                                                                                zeros(2, 3, dtype=jnp.float16)),
+     r"group_norm: eps=1e-08 is 0.0 in the input's dtype float16, below the smallest normal float32 1.17549\d*e-38 .*"
+     r"use eps >= 1.17549\d*e-38 or a wider dtype"),
+    ("eps subnormal in bfloat16", lambda: fnn.ops.custom.batch_norm(zeros(2, 3, dtype=jnp.bfloat16),
+                                                                     *norm_params(3, jnp.bfloat16).values(), eps=1e-40),
+     r"batch_norm: eps=1e-40 is 9.\d+e-41 in the input's dtype bfloat16, below the smallest normal float32"),
+    ("eps that float32 rounds to inf", lambda: fnn.nn.layer_norm(1e39).apply(norm_params(3), zeros(2, 3)),
+     r"layer_norm: eps=1e\+39 is inf in the input's dtype float32, so sigma would be infinite and every output beta; "
+     r"use eps <= 3.40282\d*e\+38 or a wider dtype"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("call", "message"), [c[1:] for c in BAD_SHAPES], ids=[c[0] for c in BAD_SHAPES])
+def test_inputs_a_layer_would_misread_are_refused_naming_the_fix(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+# Numeric settings: (owner, setting, build from the value, a value out of range, the range in words).
+SETTINGS = [
+    ("dropout", "rate", fnn.nn.dropout, 1.0, "in [0, 1)"),
+    ("batch_norm", "momentum", lambda v: fnn.nn.batch_norm(momentum=v), -1.0, "in [0, 1)"),
+    ("batch_norm", "eps", lambda v: fnn.nn.batch_norm(eps=v), 0.0, "in (0, inf)"),
+    ("layer_norm", "eps", fnn.nn.layer_norm, float("inf"), "in (0, inf)"),
+    ("group_norm", "eps", lambda v: fnn.nn.group_norm(2, eps=v), -1.0, "in (0, inf)"),
+    ("leaky_relu", "negative_slope", fnn.nn.leaky_relu, 1.0, "in [0, 1)"),
+    ("softplus", "beta", fnn.nn.softplus, 0.0, "in (0, inf)"),
+    ("multiclass_hinge", "margin", fnn.losses.multiclass_hinge, float("nan"), "in [0, inf)"),
+    ("verdict", "margin", lambda v: fnn.bench.verdict(0.9, 1.1, v), 1.0,
+     "in [0, 1) (0.02 means differences within 2% are a tie)"),
+]  # fmt: skip
+#: Values that are not real numbers (made when a test runs), and how the message names them.
+NOT_NUMBERS = {
+    "bool": (lambda: True, "bool True"),
+    "str": (lambda: "0.5", "str '0.5'"),
+    "array": (lambda: np.array([0.5]), "ndarray of shape (1,)"),
+    "jax_array": (lambda: jnp.array([0.5]), "ArrayImpl of shape (1,)"),
+}
+settings = pytest.mark.parametrize(
+    ("owner", "arg", "build", "out_of_range", "within"), SETTINGS, ids=[f"{s[0]}_{s[1]}" for s in SETTINGS]
+)
+
+
+@settings
+@pytest.mark.parametrize("kind", list(NOT_NUMBERS))
+def test_a_setting_that_is_not_a_number_is_refused_naming_its_type(owner, arg, build, out_of_range, within, kind):
+    make, named = NOT_NUMBERS[kind]
+    with pytest.raises(TypeError, match=re.escape(f"{owner}: {arg} must be a real number {within}, got {named}")):
+        build(make())
+
+
+@settings
+def test_a_setting_out_of_range_is_refused_as_the_number_it_is(owner, arg, build, out_of_range, within):
+    # Given as a NumPy float32, named as the Python float it converts to: not "got np.float32(1.0)".
+    with pytest.raises(ValueError, match=re.escape(f"{owner}: {arg} must be {within}, got {out_of_range!r}")):
+        build(np.float32(out_of_range))
 
 
 # ------------------------------------------------------------------ determinism and resuming

@@ -138,9 +138,9 @@ def test_contextual_calls_explain_what_is_missing():
         nn.batch_norm().apply(params, jnp.ones((2, 3)), state={"mu": 0})
     with pytest.raises(ValueError, match=r"batch_norm: state\['var'\] must have shape \(3,\), got \(2,\)"):
         nn.batch_norm().apply(params, jnp.ones((2, 3)), state={"mean": jnp.zeros(3), "var": jnp.ones(2)})
-    with pytest.raises(ValueError, match=r"batch_norm: momentum must be a number in \[0, 1\), got 1"):
+    with pytest.raises(ValueError, match=r"batch_norm: momentum must be in \[0, 1\), got 1.0"):
         nn.batch_norm(momentum=1)
-    with pytest.raises(ValueError, match=r"dropout: rate must be a number in \[0, 1\), got -0.1"):
+    with pytest.raises(ValueError, match=r"dropout: rate must be in \[0, 1\), got -0.1"):
         nn.dropout(-0.1)
 
 

@@ -91,13 +91,29 @@ def test_optimizer_step_with_a_number_is_plain_sgd(path):
     assert_trees_close(via_sgd, via_optax, rtol=1e-14)
 
 
-@pytest.mark.parametrize("bad, error", [(0.0, ValueError), (-1.0, ValueError), ("0.1", TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    "bad, error",
+    [(0.0, ValueError), (-1.0, ValueError), (np.float32(-1), ValueError), (np.inf, ValueError), ("0.1", TypeError)]
+    + [(True, TypeError), (np.array([0.1]), TypeError)],
+)
 def test_learning_rate_errors(bad, error):
     model = fnn.nn.mlp([2, 2])
     with pytest.raises(error, match="learning_rate must be"):
         fnn.train.sgd_step(model, CE, bad)
     with pytest.raises(error, match="optimizer must be"):
         fnn.train.optimizer_step(model, CE, bad)
+
+
+@pytest.mark.parametrize(
+    "rate", [np.float32(0.1), np.float64(0.1), jnp.float64(0.1)], ids=["numpy32", "numpy64", "jax"]
+)
+def test_a_numpy_or_jax_step_size_is_taken_as_a_python_number(rate):
+    """Accepted, and a float64 one does not widen float32 parameters (traced by jax.eval_shape: nothing compiles)."""
+    model, params = model_and_params([2, 2])
+    batch, opt_state = spiral(2), optax.sgd(0.1).init(params)
+    for update, state in ((fnn.train.sgd_update, ()), (fnn.train.optimizer_update, (opt_state,))):
+        got, want = (jax.eval_shape(update(model, CE, r), params, *state, batch) for r in (rate, 0.1))
+        assert got == want
 
 
 def test_an_optimizer_named_by_a_string_gets_an_error_naming_the_argument_passed():

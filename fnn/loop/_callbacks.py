@@ -5,6 +5,10 @@ devices, the epoch and step, the history) and calls every callback's hooks:
 
 - ``on_begin(run)``: once, before the first epoch is compiled (a checkpoint
   restores the run here);
+- ``on_resume(run)``: once, after every ``on_begin``, when the run continues
+  from a restored history: a callback whose decisions follow from the
+  history (early stopping) makes them again here, so a run resumed after it
+  stopped early stays stopped;
 - ``on_steps(run)``: within an epoch, after every ``every_steps`` steps (the
   loop cuts the epoch's compiled scan at those steps);
 - ``on_epoch_end(run, row)``: after each epoch, ``row`` being the epoch's
@@ -18,13 +22,22 @@ As Keras callbacks and CommonLoopUtils' periodic actions, a new behaviour
 (early stopping, a metrics logger, a profiler) is a new callback, not an edit
 to ``fit``. A plain function ``f(row)`` passed in ``callbacks`` is called
 after each epoch.
+
+A callback keeps no progress of its own between runs: what it decides
+follows from the run (its history, which a checkpoint holds), so a resumed
+run decides as the uninterrupted one, and one callback object can serve
+several ``fit`` calls, each starting fresh in ``on_begin``.
 """
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 
 from tqdm.auto import tqdm
+
+from fnn._numbers import positive_int, real
+from fnn.loop._config import differences
 
 __all__ = ["Callback", "Checkpointing", "EarlyStopping", "EpochFunction", "ProgressBar", "Run"]
 
@@ -34,8 +47,7 @@ class Run:
     """Where a training run stands; the loop and its callbacks read and update it.
 
     Attributes:
-      config: the run's configuration (model, loss, path, batch size, ...),
-        JSON-ready; a checkpoint refuses to resume a run of another.
+      configure: ``() -> config``, computed once on first use (see :attr:`config`).
       state: what the devices carry from step to step: ``params``,
         ``opt_state``, the model's ``model_state`` (``()`` for a model
         without state), the run's ``key`` (its data) and the epoch's ``tally``.
@@ -49,7 +61,7 @@ class Run:
         restored (``None`` if none), named when training diverges.
     """
 
-    config: dict
+    configure: Callable
     state: dict
     epochs: int
     steps_per_epoch: int
@@ -58,6 +70,12 @@ class Run:
     history: list = dataclasses.field(default_factory=list)
     stop: bool = False
     last_checkpoint: str | None = None
+
+    @functools.cached_property
+    def config(self):
+        """The run's configuration (every setting of the model, the optimizer, the loss, the path, the batch size,
+        ...), JSON-ready; a checkpoint refuses to resume a run of another (see :mod:`fnn.loop._config`)."""
+        return self.configure()
 
     @property
     def steps_done(self):
@@ -76,6 +94,9 @@ class Callback:
 
     def on_begin(self, run):
         """Before the first epoch."""
+
+    def on_resume(self, run):
+        """After every ``on_begin``, when the run continues from a restored history (``run.history`` not empty)."""
 
     def on_steps(self, run):
         """After every ``every_steps`` steps within an epoch (not at its end)."""
@@ -130,6 +151,15 @@ def _tqdm_disable(enabled):
 class EarlyStopping(Callback):
     """Stops training when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
 
+    The rule is a function of the run's history alone: an epoch *improves*
+    when its value is below ``best - min_delta``, ``best`` being the lowest
+    value of the earlier improving epochs (``inf`` before the first; a NaN
+    never improves); training stops after the first epoch ``e`` with
+    ``e - (last improving epoch, or 0 if none) >= patience``. So a run resumed
+    from a checkpoint stops where the uninterrupted run stops, a run resumed
+    after it stopped early trains no further, and one object can serve
+    several runs.
+
     Args:
       monitor: a history column, ``"test_loss"`` by default; lower is better.
         Train on :meth:`fnn.data.Dataset.validation` so that the test split
@@ -138,24 +168,34 @@ class EarlyStopping(Callback):
       min_delta: the least decrease that counts as an improvement.
 
     Attributes:
-      best, best_epoch: the best value seen and its epoch.
+      best, best_epoch: the best value of the current (or last) run and its
+        epoch (``inf`` and ``None`` before an epoch improves).
     """
 
     def __init__(self, monitor="test_loss", *, patience=3, min_delta=0.0):
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"EarlyStopping: patience must be a positive int, got {patience!r}")
-        if not isinstance(min_delta, (int, float)) or not min_delta >= 0:
-            raise ValueError(f"EarlyStopping: min_delta must be a non-negative number, got {min_delta!r}")
-        self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
+        patience = positive_int("EarlyStopping", "patience", patience)
+        self.min_delta = real("EarlyStopping", "min_delta", min_delta, within=">= 0", ok=lambda d: d >= 0)
+        self.monitor, self.patience = monitor, patience
         self.best, self.best_epoch = math.inf, None
 
+    def on_begin(self, run):
+        self.best, self.best_epoch = math.inf, None
+
+    def on_resume(self, run):
+        run.stop = self._judge(run.history)
+
     def on_epoch_end(self, run, row):
-        if self.monitor not in row:
-            raise ValueError(f"EarlyStopping: no column {self.monitor!r} in the history; it has {sorted(row)}")
-        if row[self.monitor] < self.best - self.min_delta:
-            self.best, self.best_epoch = row[self.monitor], row["epoch"]
-        elif row["epoch"] - self.best_epoch >= self.patience:
-            run.stop = True
+        run.stop = run.stop or self._judge(run.history)
+
+    def _judge(self, history):
+        """Whether the rule stops training after the last epoch of ``history``; sets ``best``, ``best_epoch``."""
+        self.best, self.best_epoch = math.inf, None
+        for row in history:
+            if self.monitor not in row:
+                raise ValueError(f"EarlyStopping: no column {self.monitor!r} in the history; it has {sorted(row)}")
+            if row[self.monitor] < self.best - self.min_delta:
+                self.best, self.best_epoch = row[self.monitor], row["epoch"]
+        return bool(history) and history[-1]["epoch"] - (self.best_epoch or 0) >= self.patience
 
 
 class Checkpointing(Callback):
@@ -177,10 +217,11 @@ class Checkpointing(Callback):
     """
 
     def __init__(self, directory, *, every_epochs=1, every_steps=None, keep=3, resume=False):
-        for name, value in (("every_epochs", every_epochs), ("keep", keep)):
-            _check_positive_int(name, value)
+        every_epochs, keep = (
+            positive_int("Checkpointing", n, v) for n, v in (("every_epochs", every_epochs), ("keep", keep))
+        )
         if every_steps is not None:
-            _check_positive_int("every_steps", every_steps)
+            every_steps = positive_int("Checkpointing", "every_steps", every_steps)
         self.directory, self.every_epochs, self.every_steps = directory, every_epochs, every_steps
         self.keep, self.resume = keep, bool(resume)
         self.checkpoints = None
@@ -189,6 +230,7 @@ class Checkpointing(Callback):
     def on_begin(self, run):
         from fnn.checkpoint import Checkpoints
 
+        self._saved_at = None
         self.checkpoints = Checkpoints(self.directory, keep=self.keep)
         latest = self.checkpoints.latest()
         if latest is None:
@@ -199,11 +241,12 @@ class Checkpointing(Callback):
                 "Checkpointing(..., resume=True) to continue that run, or use an empty folder"
             )
         state, meta = self.checkpoints.restore(latest, run.state)
-        differ = {k: (meta["config"].get(k), v) for k, v in run.config.items() if meta["config"].get(k) != v}
+        differ = differences(meta["config"], run.config)
         if differ:
             raise _error(
                 f"checkpoint {latest} in {self.directory} is from a different run; "
-                + "; ".join(f"{k}: checkpoint {a!r}, this run {b!r}" for k, (a, b) in differ.items())
+                + "; ".join(differ)
+                + ". Resume with the same settings, or start this run in an empty folder"
             )
         run.state, run.epoch, run.step, run.history = state, meta["next_epoch"], meta["next_step"], meta["history"]
         self._mark(run, latest)
@@ -231,11 +274,6 @@ class Checkpointing(Callback):
     def _mark(self, run, number):
         self._saved_at = number
         run.last_checkpoint = f"{number} in {self.directory}"
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Checkpointing: {name} must be a positive int, got {value!r}")
 
 
 def _error(message):

@@ -94,17 +94,18 @@ def evaluate(model, loss, params, x, y, *, state=None, chunk=EVAL_CHUNK, mesh=No
     in evaluation mode, with its ``state``.
     """
     split = _splitter(mesh)
+    dtype = jnp.result_type(jnp.float32, *(a.dtype for a in jax.tree.leaves(params)))  # bfloat16 sums in float32
 
     def totals(xy):
         x, y = split(xy, xy[0].shape[0])
         outputs, _ = context.apply(model, params, x, state=state, train=False)
         n = y.shape[0]
         error = loss.error(outputs, y) if loss.error is not None else 0.0
-        return jnp.stack([loss.apply(outputs, y) * n, error * n])
+        return jnp.stack([loss.apply(outputs, y).astype(dtype), jnp.asarray(error, dtype)]) * n
 
     n = x.shape[0]
     full = n - n % chunk
-    total = jnp.zeros(2, jnp.result_type(jnp.float32, *(a.dtype for a in jax.tree.leaves(params))))
+    total = jnp.zeros(2, dtype)
     if full:
         total = total + jax.lax.map(totals, (_batches(x, chunk), _batches(y, chunk))).sum(axis=0)
     if full < n:
@@ -141,7 +142,7 @@ def _count(tally, metrics, step, rows, factor):
         "bad_step": jnp.where(first_bad, step, tally["bad_step"]).astype(jnp.int32),
         "bad_loss": jnp.where(first_bad, value, tally["bad_loss"]),
         "loss_sum": tally["loss_sum"] + rows * value,
-        "error_sum": (tally["error_sum"] + rows * metrics.get("error", 0.0)).astype(jnp.float32),
+        "error_sum": tally["error_sum"] + rows * jnp.asarray(metrics.get("error", 0.0), jnp.float32),
         "first_loss": first,
     }
 

@@ -1,6 +1,7 @@
 """``fit``: checks, then the run's state, then the compiled epoch functions, then the epoch loop."""
 
 import contextlib
+import functools
 import math
 import time
 
@@ -11,7 +12,9 @@ import numpy as np
 from fnn import losses as _losses
 from fnn import parallel, validate
 from fnn import train as _train
+from fnn._numbers import as_int, real
 from fnn.loop._callbacks import Callback, EpochFunction, ProgressBar, Run
+from fnn.loop._config import run_config
 from fnn.loop._epoch import Plan, make_epoch_end, make_steps, new_tally
 from fnn.loop._history import History
 from fnn.paths import check_pair, check_path
@@ -116,7 +119,8 @@ def fit(
         the last good one is kept).
     """
     start = time.perf_counter()
-    splits = _check(model, loss, path, data, params, epochs, batch_size, state)
+    epochs = _check_int("epochs", epochs, 1)
+    splits, batch_size = _check(model, loss, path, data, params, batch_size, state)
     plan = _plan(
         model,
         loss,
@@ -139,6 +143,9 @@ def fit(
             stack.callback(part.close)
         for part in parts:
             part.on_begin(run)
+        if run.history:  # restored: decisions that follow from the history are made again
+            for part in parts:
+                part.on_resume(run)
         compiled = _Compiled(plan, run.state, arrays)
         for n in (segment, plan.full_batches % segment):
             compiled.steps(n)
@@ -153,26 +160,29 @@ def fit(
 
 
 # ---------------------------------------------------------------- checks and set-up
-def _check(model, loss, path, data, params, epochs, batch_size, state):
-    """Checks the run's arguments and data on the host; returns ``{"train": (x, y), "test": (x, y)}``."""
+def _check(model, loss, path, data, params, batch_size, state):
+    """Checks the run's arguments and data on the host; returns ``({"train": (x, y), "test": (x, y)}, batch_size)``,
+    the batch size as a Python int."""
     check_pair(model, loss)
     check_path(path)
-    _check_int("epochs", epochs, 1)
     splits = _split_arrays(data)
     validate.check_splits(splits, model)
     n_train = splits["train"][0].shape[0]
-    _check_int("batch_size", batch_size, 1, n_train, f" (the training set has {n_train} examples)")
+    batch_size = _check_int("batch_size", batch_size, 1, n_train, f" (the training set has {n_train} examples)")
     validate.check_params(model, params, splits["train"][0].shape[1:])
     if state is not None:
         validate.check_state(model, state, splits["train"][0].shape[1:])
     validate.check_targets(model, loss, splits)
-    return splits
+    return splits, batch_size
 
 
 def _check_int(name, value, low, high=None, hint=""):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+    """``value`` as a Python int (a NumPy or 0-d JAX integer too) in ``[low, high]``, else ``ValueError``."""
+    number = as_int(value)
+    if number is None or number < low or (high is not None and number > high):
         bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be an int {bound}{hint}, got {value!r}")
+    return number
 
 
 def _split_arrays(data):
@@ -191,8 +201,8 @@ def _plan(model, loss, path, optimizer, splits, batch_size, shuffle_key, augment
     """The :class:`Plan` of the run, its arguments checked."""
     if train_metrics not in ("batches", "full"):
         raise ValueError(f"train_metrics must be 'batches' or 'full', got {train_metrics!r}")
-    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 1):
-        raise ValueError(f"divergence_factor must be a number above 1 or None, got {factor!r}")
+    if factor is not None:
+        factor = real("fit", "divergence_factor", factor, within="above 1 (or None)", ok=lambda f: f > 1)
     mesh = parallel.data_mesh(1 if devices is None else devices)
     if batch_size % mesh.size:
         raise ValueError(
@@ -230,7 +240,7 @@ def _segment(plan, steps_per_call, callbacks):
     if steps_per_call is None:
         steps_per_call = 1 if _slow_in_a_loop(plan) else plan.full_batches
     else:
-        _check_int("steps_per_call", steps_per_call, 1)
+        steps_per_call = _check_int("steps_per_call", steps_per_call, 1)
     periods = [c.every_steps for c in callbacks if isinstance(c, Callback) and c.every_steps is not None]
     return max(1, math.gcd(min(steps_per_call, plan.full_batches), *periods))
 
@@ -251,17 +261,8 @@ def _new_run(plan, params, model_state, shuffle_key, epochs, input_shape):
         "key": _key_parts(shuffle_key)[0],
         "tally": new_tally(),
     }
-    config = {
-        "model": repr(plan.model),
-        "loss": plan.loss.name,
-        "path": plan.path,
-        "batch_size": plan.batch_size,
-        "n_train": plan.n_train,
-        "shuffle": plan.shuffle,
-        "train_metrics": plan.train_metrics,
-        "augment": None if plan.augment is None else getattr(plan.augment, "__name__", repr(plan.augment)),
-    }
-    return Run(config, parallel.replicate(state, plan.mesh), epochs, plan.steps_per_epoch)
+    configure = functools.partial(run_config, plan, params, state["key"])
+    return Run(configure, parallel.replicate(state, plan.mesh), epochs, plan.steps_per_epoch)
 
 
 # ---------------------------------------------------------------- compiled functions

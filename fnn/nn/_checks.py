@@ -9,6 +9,8 @@ import math
 
 import jax.numpy as jnp
 
+from fnn._numbers import as_int
+
 
 def require_float(name, arg, value):
     """Raises ``TypeError`` unless ``value`` is a floating-point array."""
@@ -55,16 +57,12 @@ def require_no_params(name, params):
 
 
 def require_shape(name, input_shape, ndim=None, hint=""):
-    """Checks an ``init`` input shape (batch axis excluded): a tuple of positive ints; returns it as a tuple."""
+    """Checks an ``init`` input shape (batch axis excluded): positive ints; returns it as a tuple of Python ints."""
     try:
-        shape = tuple(input_shape)
+        shape = tuple(map(as_int, input_shape))
     except TypeError:
         shape = None
-    if (
-        shape is None
-        or not all(isinstance(d, int) and d > 0 for d in shape)
-        or (ndim is not None and len(shape) != ndim)
-    ):
+    if shape is None or not all(d is not None and d > 0 for d in shape) or (ndim is not None and len(shape) != ndim):
         want = f"{ndim} positive ints" if ndim is not None else "positive ints"
         raise ValueError(
             f"{name}: input_shape must be a tuple of {want} (batch axis excluded), got {input_shape!r}{hint}"

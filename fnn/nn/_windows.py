@@ -1,44 +1,48 @@
 """Window geometry shared by the convolutions and the pooling layers: sizes, strides, padding.
 
-A window slides over ``n`` spatial axes (``n`` = 1: ``[..., W, C]``; ``n`` =
-2: ``[..., H, W, C]``), channels last. With stride ``s``, window ``k`` and
-``(lo, hi)`` zeros padded on an axis of size ``N``, the output has
-``(N + lo + hi - k) // s + 1`` positions and output position ``i`` covers
+A window slides over ``n`` spatial axes of an input ``[N, *spatial, C]``
+(``n`` = 1: ``[N, W, C]``; ``n`` = 2: ``[N, H, W, C]``), exactly one batch
+axis first and the channels last. With stride ``s``, window ``k`` and
+``(lo, hi)`` zeros padded on an axis of size ``L``, the output has
+``(L + lo + hi - k) // s + 1`` positions and output position ``i`` covers
 input positions ``i s - lo, ..., i s - lo + k - 1``. ``"SAME"`` pads as XLA
-does (``ceil(N / s)`` outputs, the odd zero at the end), ``"VALID"`` pads
+does (``ceil(L / s)`` outputs, the odd zero at the end), ``"VALID"`` pads
 nothing.
 """
-
-import math
 
 import numpy as np
 from jax import lax
 
+from fnn._numbers import as_int
+
 __all__ = [
+    "AXES",
     "PADDINGS",
-    "as_batch",
+    "channel_hint",
     "check_padding",
     "ints",
     "output_spatial",
     "pads",
+    "require_batch",
     "scatter_pads",
     "transposed_pads",
     "valid_offsets",
 ]
 
+#: The spatial axes' letters per number of spatial axes.
+AXES = {1: ("W",), 2: ("H", "W")}
 PADDINGS = ("SAME", "VALID")
 _TUPLE = {1: "a 1-tuple", 2: "a pair"}
 
 
 def ints(name, arg, value, n):
-    """An int or a tuple of ``n`` ints, each positive, as a tuple of ``n``."""
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    values = (value,) * n if is_int else value
+    """An int or a tuple of ``n`` ints (Python, NumPy or 0-d JAX), each positive, as a tuple of ``n`` Python ints."""
+    values = (value,) * n if as_int(value) is not None else value
     try:
-        values = tuple(values)
+        values = tuple(map(as_int, values))
     except TypeError:
         values = ()
-    if len(values) != n or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+    if len(values) != n or not all(v is not None and v > 0 for v in values):
         raise ValueError(f"{name}: {arg} must be a positive int or {_TUPLE[n]} of them, got {value!r}")
     return values
 
@@ -50,9 +54,36 @@ def check_padding(name, padding):
     return padding
 
 
-def as_batch(x, n):
-    """``x[..., *spatial, C]`` with ``n`` spatial axes as ``[N, *spatial, C]`` (``N`` the product of the rest)."""
-    return x.reshape(math.prod(x.shape[: -n - 1]), *x.shape[-n - 1 :])
+def _layout(n):
+    """The input layout over ``n`` spatial axes: ``"[N, W, C]"`` or ``"[N, H, W, C]"``."""
+    return f"[N, {', '.join(AXES[n])}, C]"
+
+
+def require_batch(name, x, n, why="", hint=""):
+    """Checks that ``x`` has ``n + 2`` axes ``[N, *spatial, C]``: a batch axis first and a channel axis last.
+
+    ``why`` follows the expected layout in the message, ``hint`` ends it.
+    With one axis too few the message names both fixes (``x[..., None]``
+    adds a channel axis, ``x[None]`` a batch axis): taken as it is, the
+    window would slide over the batch axis, or the channels be spatial.
+    """
+    if x.ndim == n + 2:
+        return
+    if x.ndim == n + 1:
+        hint = (
+            f"; without a channel axis, add one: x[..., None] (shape {(*x.shape, 1)}); "
+            f"without a batch axis, add one: x[None] (shape {(1, *x.shape)}){hint}"
+        )
+    elif x.ndim > n + 2:
+        hint = f"; merge the leading axes into one batch axis: x.reshape(-1, *x.shape[-{n + 1}:]){hint}"
+    raise ValueError(f"{name}: input must be {_layout(n)}, {n + 2} axes{why}, got shape {x.shape}{hint}")
+
+
+def channel_hint(shape, n):
+    """A hint for an ``init`` input shape of ``n`` axes, the spatial ones without channels (batch axis excluded)."""
+    if not isinstance(shape, (tuple, list)) or len(shape) != n:
+        return ""
+    return f"; for inputs without a channel axis, give one: input_shape {(*shape, 1)} and x[..., None]"
 
 
 def pads(spatial, window, stride, padding):

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import erf
 
-from fnn.module import leaf
+from fnn._numbers import real
+from fnn.module import leaf, with_settings
 from fnn.nn import _checks
 
 __all__ = ["activation", "gelu", "leaky_relu", "relu", "sigmoid", "silu", "softplus", "tanh"]
@@ -77,19 +78,14 @@ def _tanh_forward(x):
 tanh = activation("tanh", _tanh_forward, lambda t, g: g * (1 - t * t), edge_values=_SATURATED)
 
 
-def _check_scalar(name, arg, value, low, high):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
-        raise ValueError(f"{name}: {arg} must be a number in [{low}, {high}), got {value!r}")
-    return float(value)
-
-
+@with_settings
 def leaky_relu(negative_slope=0.01):
     """``y = max(x, a x)`` for ``0 <= a < 1``; ``dx = G`` where ``x > 0``, else ``a G``.
 
     At exactly 0 the derivative is the negative side's ``a`` (as ``relu'(0) = 0``).
     Saves ``y`` (``y > 0`` exactly where ``x > 0``). Edge value: 0.
     """
-    a = _check_scalar("leaky_relu", "negative_slope", negative_slope, 0.0, 1.0)
+    a = real("leaky_relu", "negative_slope", negative_slope, within="in [0, 1)", ok=lambda a: 0 <= a < 1)
 
     def forward(x):
         y = jnp.where(x > 0, x, a * x)
@@ -118,6 +114,7 @@ def _gelu_backward(x, g):
 gelu = activation("gelu", _gelu_forward, _gelu_backward, edge_values=(0.0, *_SATURATED))
 
 
+@with_settings
 def softplus(beta=1.0):
     """``y = log(1 + exp(beta x)) / beta``, computed stably (``x = 800`` gives 800, not inf).
 
@@ -125,9 +122,7 @@ def softplus(beta=1.0):
     so ``sigmoid(beta x) = 1 - exp(-beta y) = -expm1(-beta y)``, accurate for
     tiny and huge ``x`` alike. Edge values: +-800 (``exp(800)`` overflows even in float64).
     """
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (0 < beta < math.inf):
-        raise ValueError(f"softplus: beta must be a positive finite number, got {beta!r}")
-    b = float(beta)
+    b = real("softplus", "beta", beta, within="in (0, inf)", ok=lambda b: 0 < b < math.inf)
 
     def forward(x):
         y = jnp.logaddexp(b * x, 0.0) / b

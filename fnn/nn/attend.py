@@ -53,6 +53,13 @@ with one tile of all rows (the leaf's ``apply``): the textbook
 ``softmax(q k^T / sqrt(D)) v``, which ``jax.grad`` differentiates by keeping
 ``P``. The values agree with the tiled forward's to rounding.
 
+**Precision.** Every pass (the plain forward too) computes in the inputs'
+dtype or float32, whichever is wider (:func:`_wide`): the logits, the
+running maximum and sum, ``m``, the saved ``o`` and the gradients' sums.
+Only the output and the gradients are rounded to the inputs' dtype: a
+bfloat16 ``m`` near 8 would be off by up to 2^-5 from rounding alone, and
+the recomputed ``P`` by 3%.
+
 **The module** :func:`attention` is multi-head self-attention over
 sequences ``[N, T, D_model]``: dense projections ``x W_q``, ``x W_k``,
 ``x W_v`` to ``heads`` heads of ``head_dim``, the op, and an output
@@ -68,7 +75,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fnn.module import leaf, structural
+from fnn._numbers import as_int, positive_int
+from fnn.module import leaf, structural, with_settings
 from fnn.nn import _checks
 from fnn.nn import initializers as _init
 from fnn.nn.linear import DENSE
@@ -112,6 +120,16 @@ def _rows(a, start, size, axis=1):
     return lax.dynamic_slice_in_dim(a, start, size, axis)
 
 
+def _wide(dtype):
+    """The dtype the tiles are computed in: ``dtype`` or float32, whichever is wider (see the module doc)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _tile(a, start, size, dtype):
+    """Rows ``start .. start + size - 1`` of ``a[B, n, H, D]`` as ``[B, H, size, D]`` in ``dtype``."""
+    return _heads(_rows(a, start, size)).astype(dtype)
+
+
 def _add_rows(a, update, start, axis=1):
     return lax.dynamic_update_slice_in_dim(a, _rows(a, start, update.shape[axis], axis) + update, start, axis)
 
@@ -138,18 +156,22 @@ def _tile_logits(q, k, q_start, k_start, keys, causal):
 
 # ---------------------------------------------------------------- forward and backward
 def _attend(q, k, v, causal, tile):
-    """``(o [B, T, H, D], m [B, H, T])``: the output and each row's log-sum-exp, over tiles of ``tile`` rows."""
+    """``(o [B, T, H, D], m [B, H, T])``: the output and each row's log-sum-exp, over tiles of ``tile`` rows.
+
+    Both in :func:`_wide` of the inputs' dtype.
+    """
     (b, t, h, d), s, scale = q.shape, k.shape[1], 1 / math.sqrt(q.shape[-1])
     (tq, nq), (tk, nk) = _plan(t, tile[0]), _plan(s, tile[1])
     q, k, v = _pad(q, nq * tq), _pad(k, nk * tk), _pad(v, nk * tk)
+    wide = _wide(q.dtype)
 
     def query_tile(out, i):
         o, m = out
-        q_i = _heads(_rows(q, i * tq, tq)) * scale
+        q_i = _tile(q, i * tq, tq, wide) * scale
 
-        def key_tile(j):  # the tile's shifted exponentials, against a maximum that autodiff treats as a constant
-            logits = _tile_logits(q_i, _heads(_rows(k, j * tk, tk)), i * tq, j * tk, s, causal)
-            return logits, _heads(_rows(v, j * tk, tk))
+        def key_tile(j):  # the tile's logits and values, in the wide dtype
+            k_j, v_j = _tile(k, j * tk, tk, wide), _tile(v, j * tk, tk, wide)
+            return _tile_logits(q_i, k_j, i * tq, j * tk, s, causal), v_j
 
         def combine(run, j):  # the online softmax: rescale what came before to the new running maximum
             peak, total, acc = run
@@ -165,13 +187,13 @@ def _attend(q, k, v, causal, tile):
         o = lax.dynamic_update_slice_in_dim(o, _heads(acc / total), i * tq, 1)
         return o, lax.dynamic_update_slice_in_dim(m, (peak + jnp.log(total))[..., 0], i * tq, 2)
 
-    o, m = _loop(query_tile, (jnp.zeros((b, nq * tq, h, d), q.dtype), jnp.zeros((b, h, nq * tq), q.dtype)), 0, nq)
+    o, m = _loop(query_tile, (jnp.zeros((b, nq * tq, h, d), wide), jnp.zeros((b, h, nq * tq), wide)), 0, nq)
     return o[:, :t], m[:, :, :t]
 
 
 def _attend_backward(q, k, v, o, m, g, causal, tile):
     """``(dq, dk, dv)`` of :func:`_attend`, each tile's ``P`` recomputed from ``q``, ``k`` and ``m``."""
-    t, s, scale = q.shape[1], k.shape[1], 1 / math.sqrt(q.shape[-1])
+    t, s, scale, wide = q.shape[1], k.shape[1], 1 / math.sqrt(q.shape[-1]), _wide(q.dtype)
     (tq, nq), (tk, nk) = _plan(t, tile[0]), _plan(s, tile[1])
     row_dot = _heads(jnp.sum(g * o, axis=-1)[..., None])[..., 0]  # D_t = sum_d G_td o_td = sum_s P_ts dP_ts
     q, g, k, v = _pad(q, nq * tq), _pad(g, nq * tq), _pad(k, nk * tk), _pad(v, nk * tk)
@@ -179,12 +201,12 @@ def _attend_backward(q, k, v, o, m, g, causal, tile):
 
     def query_tile(grads, i):
         dq, dk, dv = grads
-        q_i, g_i = _heads(_rows(q, i * tq, tq)) * scale, _heads(_rows(g, i * tq, tq))
+        q_i, g_i = _tile(q, i * tq, tq, wide) * scale, _tile(g, i * tq, tq, wide)
         m_i, d_i = _rows(m, i * tq, tq, 2)[..., None], _rows(row_dot, i * tq, tq, 2)[..., None]
 
         def key_tile(acc, j):
             dq_i, dk, dv = acc
-            k_j, v_j = _heads(_rows(k, j * tk, tk)), _heads(_rows(v, j * tk, tk))
+            k_j, v_j = _tile(k, j * tk, tk, wide), _tile(v, j * tk, tk, wide)
             p = jnp.exp(_tile_logits(q_i, k_j, i * tq, j * tk, s, causal) - m_i)
             dv = _add_rows(dv, _heads(jnp.einsum("bhts,bhtd->bhsd", p, g_i)), j * tk)
             dlogits = softmax_backward(p, jnp.einsum("bhtd,bhsd->bhts", g_i, v_j), row_dot=d_i)
@@ -194,8 +216,9 @@ def _attend_backward(q, k, v, o, m, g, causal, tile):
         dq_i, dk, dv = _loop(key_tile, (jnp.zeros_like(q_i), dk, dv), 0, nk)
         return lax.dynamic_update_slice_in_dim(dq, _heads(dq_i * scale), i * tq, 1), dk, dv
 
-    dq, dk, dv = _loop(query_tile, (jnp.zeros_like(q), jnp.zeros_like(k), jnp.zeros_like(v)), 0, nq)
-    return dq[:, :t], dk[:, :s], dv[:, :s]
+    zeros = tuple(jnp.zeros(a.shape, wide) for a in (q, k, v))
+    dq, dk, dv = _loop(query_tile, zeros, 0, nq)
+    return dq[:, :t].astype(q.dtype), dk[:, :s].astype(k.dtype), dv[:, :s].astype(v.dtype)
 
 
 def _check(params, q):
@@ -210,6 +233,11 @@ def _check(params, q):
             f"attention: k and v [B, S, H, D] must match q [B, T, H, D] in batch, heads and head size, "
             f"got q {q.shape} and k {k.shape}"
         )
+    if 0 in (q.shape[1], k.shape[1], q.shape[3]):
+        raise ValueError(
+            f"attention: needs at least one query, one key and one feature per head (T, S, D >= 1), "
+            f"got q {q.shape} [B, T, H, D] and k, v {k.shape} [B, S, H, D]"
+        )
 
 
 def attention_leaf(causal=False, tile=None):
@@ -222,19 +250,20 @@ def attention_leaf(causal=False, tile=None):
     if not isinstance(causal, bool):
         raise TypeError(f"attention: causal must be True or False, got {causal!r}")
     if tile is not None:
-        tile = tuple(tile)
-        if len(tile) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in tile):
+        rows = tuple(map(as_int, tile))
+        if len(rows) != 2 or not all(n is not None and n > 0 for n in rows):
             raise ValueError(f"attention: tile must be two positive ints (query rows, key rows), got {tile!r}")
+        tile = rows
 
     def tiles(q, k):
         return tile_shape(q.shape[1], k.shape[1]) if tile is None else tile
 
     def apply(params, q):
-        return _attend(q, params["k"], params["v"], causal, (q.shape[1], params["k"].shape[1]))[0]
+        return _attend(q, params["k"], params["v"], causal, (q.shape[1], params["k"].shape[1]))[0].astype(q.dtype)
 
     def forward(params, q):
         o, m = _attend(q, params["k"], params["v"], causal, tiles(q, params["k"]))
-        return o, (q, o, m)
+        return o.astype(q.dtype), (q, o, m)
 
     def backward(params, saved, g):
         q, o, m = saved
@@ -260,6 +289,11 @@ def _self_attention(project, attend, heads, head_dim, init):
             raise TypeError(f"attention: params must be a dict with keys {list(_PROJECTIONS)}, got {got}")
         if jnp.ndim(x) < 2:
             raise ValueError(f"attention: input must be [..., T, D_model], got shape {jnp.shape(x)}")
+        if 0 in jnp.shape(x)[-2:]:
+            raise ValueError(
+                f"attention: needs at least one position T and one feature D_model, got input shape {jnp.shape(x)} "
+                "[..., T, D_model]"
+            )
         return jnp.asarray(x).reshape(-1, *jnp.shape(x)[-2:])  # one batch axis
 
     def apply(params, x):
@@ -301,6 +335,7 @@ def _self_attention(project, attend, heads, head_dim, init):
     )
 
 
+@with_settings
 def attention(heads, head_dim, *, causal=False, bias=False, w_init=None, dtype=jnp.float32):
     """Multi-head self-attention: ``[N, T, D_model] -> [N, T, D_model]``.
 
@@ -325,9 +360,7 @@ def attention(heads, head_dim, *, causal=False, bias=False, w_init=None, dtype=j
     ``q``, ``v`` and ``o`` with ``"b"`` with ``bias=True``. No residual connection, no
     normalisation and no positions: compose them (see the module doc).
     """
-    for arg, value in (("heads", heads), ("head_dim", head_dim)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"attention: {arg} must be a positive int, got {value!r}")
+    heads, head_dim = positive_int("attention", "heads", heads), positive_int("attention", "head_dim", head_dim)
     _checks.require_float_dtype("attention", dtype)
     make_w = _init.resolve(jax.nn.initializers.lecun_normal() if w_init is None else w_init)
 

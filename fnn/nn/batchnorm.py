@@ -33,7 +33,8 @@ import math
 
 import jax.numpy as jnp
 
-from fnn.module import leaf
+from fnn._numbers import real
+from fnn.module import leaf, with_settings
 from fnn.nn import _checks
 from fnn.nn.norm import affine_backward, check_eps, check_scale, moments, normalize, scale_params, standardize_backward
 
@@ -66,26 +67,31 @@ def _backward(params, saved, g):
     return grads, standardize_backward(d, saved["zhat"], saved["sigma"], _batch_axes(g))
 
 
-def _check(params, x):
-    check_scale("batch_norm")(params, x)
-    if x.ndim < 2:
-        raise ValueError(f"batch_norm: input must be [N, ..., C] (a batch axis first), got shape {x.shape}")
+def _check(eps):
+    scale = check_scale("batch_norm", eps)
+
+    def check(params, x):
+        scale(params, x)
+        if x.ndim < 2:
+            raise ValueError(f"batch_norm: input must be [N, ..., C] (a batch axis first), got shape {x.shape}")
+
+    return check
 
 
 def batch_norm_leaf(eps=1e-5):
     """Training-mode batch normalisation without state: the op behind ``fnn.ops.*.batch_norm``."""
-    check_eps("batch_norm", eps)
+    eps = check_eps("batch_norm", eps)
 
     def forward(params, x):
         y, saved, _ = _train_forward(params, x, eps)
         return y, saved
 
-    return _leaf(forward)
+    return _leaf(forward, eps)
 
 
-def _leaf(forward, **contextual):
+def _leaf(forward, eps, **contextual):
     """The batch norm leaf over ``forward``: the op's (no state) or the module's (``state_init``)."""
-    return leaf("batch_norm", forward=forward, backward=_backward, check=_check, edge_values=(4.0,), **contextual)
+    return leaf("batch_norm", forward=forward, backward=_backward, check=_check(eps), edge_values=(4.0,), **contextual)
 
 
 def _check_state(state, x):
@@ -97,6 +103,7 @@ def _check_state(state, x):
             raise ValueError(f"batch_norm: state[{name!r}] must have shape {x.shape[-1:]}, got {jnp.shape(value)}")
 
 
+@with_settings
 def batch_norm(momentum=0.9, eps=1e-5, *, dtype=jnp.float32):
     """Batch normalisation, channels last: ``[N, ..., C] -> [N, ..., C]``, with running statistics.
 
@@ -117,9 +124,8 @@ def batch_norm(momentum=0.9, eps=1e-5, *, dtype=jnp.float32):
     exactly zero in training): build that layer without one
     (``nn.dense(n)``, ``nn.conv2d(n, k)``); ``beta`` is the bias.
     """
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
-        raise ValueError(f"batch_norm: momentum must be a number in [0, 1), got {momentum!r}")
-    check_eps("batch_norm", eps)
+    momentum = real("batch_norm", "momentum", momentum, within="in [0, 1)", ok=lambda m: 0 <= m < 1)
+    eps = check_eps("batch_norm", eps)
     init = scale_params("batch_norm", dtype)
 
     state_dtype = jnp.promote_types(dtype, jnp.float32)
@@ -139,4 +145,4 @@ def batch_norm(momentum=0.9, eps=1e-5, *, dtype=jnp.float32):
         update = {k: momentum * state[k] + (1 - momentum) * batch[k].astype(jnp.result_type(state[k])) for k in state}
         return y, saved, update
 
-    return _leaf(forward, init=init, state_init=state_init)
+    return _leaf(forward, eps, init=init, state_init=state_init)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn import context
-from fnn.module import Module, context_signatures, output_shape, structural
+from fnn.module import Module, context_signatures, output_shape, structural, with_settings
 from fnn.nn import _checks
 from fnn.nn.activations import relu
 from fnn.nn.linear import dense
@@ -82,10 +82,17 @@ def serial(*modules):
             grads[i], g = modules[i].backward(params[i], saved[i], g)
         return grads, g
 
+    def check_inputs(x, split):  # the first module that does more than rearrange the values checks them
+        first = next((m for m in modules if not m.passes_values), modules[0])
+        return first.check_inputs(x, split)
+
     wiring = {"init": init, "apply": apply, "forward": forward, "backward": backward}
     if any(m.contextual for m in modules):
         wiring |= _serial_context(modules, check)
-    return structural("serial", **wiring, children=modules, rebuild=serial)
+    passes_values = all(m.passes_values for m in modules)
+    return structural(
+        "serial", **wiring, children=modules, rebuild=serial, check_inputs=check_inputs, passes_values=passes_values
+    )
 
 
 def _serial_context(modules, check):
@@ -211,10 +218,19 @@ def flatten():
     def backward(params, shape, g):
         return (), g.reshape(shape)
 
-    module = structural("flatten", init=init, apply=apply, forward=forward, backward=backward, rebuild=lambda: module)
+    module = structural(
+        "flatten",
+        init=init,
+        apply=apply,
+        forward=forward,
+        backward=backward,
+        rebuild=lambda: module,
+        passes_values=True,
+    )
     return module
 
 
+@with_settings
 def mlp(sizes, *, activation=relu, bias=False, w_init="he", dtype=jnp.float32):
     """The notes' multilayer perceptron ``[..., sizes[0]] -> [..., sizes[-1]]``.
 
@@ -242,6 +258,7 @@ def mlp(sizes, *, activation=relu, bias=False, w_init="he", dtype=jnp.float32):
     return dataclasses.replace(net, name="mlp", init=init)
 
 
+@with_settings
 def resnet_s(n_out, *, width, hidden=None, n_blocks=2, activation=relu, normalize=False, dtype=jnp.float32):
     """The notes' ResNet-S ``MM(Res(Res(...Res(MM(x)))))`` for inputs ``[N, ...]``.
 
@@ -262,9 +279,10 @@ def resnet_s(n_out, *, width, hidden=None, n_blocks=2, activation=relu, normaliz
     def block():
         return serial(*mm(hidden), activation, *mm(width), activation)
 
-    return serial(
+    net = serial(
         flatten(),
         dense(width, bias=True, dtype=dtype),
         *(residual(block()) for _ in range(n_blocks)),
         dense(n_out, bias=True, dtype=dtype),
     )
+    return dataclasses.replace(net, name="resnet_s")

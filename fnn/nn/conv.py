@@ -9,9 +9,9 @@ band holding the same ``k`` shared parameters. The multi-channel Conv1D (eq.
 stride ``s``, ``Q`` keeps every ``s``-th row. Conv2D is the same rule over two
 spatial axes.
 
-Layouts, channels last: input ``x[..., *spatial, C]`` (NWC or NHWC, any
-leading batch axes), kernel ``w[*k, C, O]`` (WIO or HWIO), output
-``y[..., *out, O]``; with ``(lo, hi)`` padded per axis (see
+Layouts, channels last: input ``x[N, *spatial, C]`` (NWC or NHWC, exactly
+one batch axis), kernel ``w[*k, C, O]`` (WIO or HWIO), output
+``y[N, *out, O]``; with ``(lo, hi)`` padded per axis (see
 :mod:`fnn.nn._windows`):
 
 ``y[n, i, o] = sum_{a, c} x[n, i s + a - lo, c] w[a, c, o]`` (one spatial axis; two alike).
@@ -33,16 +33,16 @@ Both are written once for either number of spatial axes with
 import jax.numpy as jnp
 from jax import lax
 
-from fnn.module import leaf
+from fnn._numbers import positive_int
+from fnn.module import leaf, with_settings
 from fnn.nn import _checks, _windows
 from fnn.nn import initializers as _init
 from fnn.nn.linear import BIAS
 
 __all__ = ["conv1d", "conv1d_leaf", "conv2d", "conv2d_leaf", "conv_leaf"]
 
-#: Per number of spatial axes: (input, kernel, output) layouts, and the spatial axes' letters.
+#: Per number of spatial axes: (input, kernel, output) layouts.
 _LAYOUTS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
-_AXES = {1: ("W",), 2: ("H", "W")}
 
 
 def _name(n):
@@ -86,22 +86,21 @@ def _convolve_backward(x, w, g, stride, padding):
 
 def _check(n, stride, padding, bias):
     """The trace-time check of a convolution leaf over ``n`` spatial axes."""
-    name, (layout, kernel_layout, _), axes = _name(n), _LAYOUTS[n], _AXES[n]
+    name, (layout, kernel_layout, _), axes = _name(n), _LAYOUTS[n], _windows.AXES[n]
 
     def check(params, x):
         _checks.require_float(name, "input", x)
         w = _checks.require_param(name, params, "w", x, ndim=n + 2)
-        if x.ndim < n + 1:
-            hint = _checks.image_hint(x.shape[1:]) if n == 2 else ""
-            raise ValueError(f"{name}: input must be [..., {', '.join(axes)}, C] ({layout}), got shape {x.shape}{hint}")
+        hint = _checks.image_hint(x.shape[1:]) if n == 2 else ""
+        _windows.require_batch(name, x, n, why=f" ({layout})", hint=hint)
         if x.shape[-1] != w.shape[n]:
             raise ValueError(
                 f"{name}: input has {x.shape[-1]} channels but the kernel expects {w.shape[n]} "
                 f"(input shape {x.shape}, kernel shape {w.shape}, {kernel_layout})"
             )
-        if padding == "VALID" and any(m < k for m, k in zip(x.shape[-n - 1 : -1], w.shape[:n])):
+        if padding == "VALID" and any(m < k for m, k in zip(x.shape[1:-1], w.shape[:n])):
             raise ValueError(
-                f"{name}: with VALID padding the input's {' x '.join(axes)} {x.shape[-n - 1 : -1]} must be at least "
+                f"{name}: with VALID padding the input's {' x '.join(axes)} {x.shape[1:-1]} must be at least "
                 f"the kernel's {w.shape[:n]}"
             )
         if bias:
@@ -123,9 +122,7 @@ def conv_leaf(n, stride=1, padding="SAME", init=None, bias=False):
     stride, padding = _windows.ints(name, "stride", stride, n), _windows.check_padding(name, padding)
 
     def forward(params, x):
-        xb = _windows.as_batch(x, n)
-        y = _convolve(xb, params["w"], stride, padding)
-        y = y.reshape(*x.shape[: -n - 1], *y.shape[1:])
+        y = _convolve(x, params["w"], stride, padding)
         if bias:
             y, _ = BIAS.forward(params, y)
         return y, x
@@ -134,39 +131,38 @@ def conv_leaf(n, stride=1, padding="SAME", init=None, bias=False):
         grads = {}
         if bias:
             grads, g = BIAS.backward(params, None, g)
-        dw, dx = _convolve_backward(_windows.as_batch(x, n), params["w"], _windows.as_batch(g, n), stride, padding)
-        return {"w": dw, **grads}, dx.reshape(x.shape)
+        dw, dx = _convolve_backward(x, params["w"], g, stride, padding)
+        return {"w": dw, **grads}, dx
 
     return leaf(name, init=init, forward=forward, backward=backward, check=_check(n, stride, padding, bias))
 
 
 def conv1d_leaf(stride=1, padding="SAME", init=None, bias=False):
-    """The 1-D convolution leaf (``x[..., W, C]``, ``w[K, C, O]``); see :func:`conv_leaf`."""
+    """The 1-D convolution leaf (``x[N, W, C]``, ``w[K, C, O]``); see :func:`conv_leaf`."""
     return conv_leaf(1, stride, padding, init, bias)
 
 
 def conv2d_leaf(stride=1, padding="SAME", init=None, bias=False):
-    """The 2-D convolution leaf (``x[..., H, W, C]``, ``w[KH, KW, C, O]``); see :func:`conv_leaf`."""
+    """The 2-D convolution leaf (``x[N, H, W, C]``, ``w[KH, KW, C, O]``); see :func:`conv_leaf`."""
     return conv_leaf(2, stride, padding, init, bias)
 
 
 def _conv_layer(n, n_out, kernel, stride, padding, bias, w_init, dtype):
     """A convolution layer over ``n`` spatial axes with its own parameters (see :func:`conv1d`, :func:`conv2d`)."""
     name = _name(n)
-    if isinstance(n_out, bool) or not isinstance(n_out, int) or n_out < 1:
-        raise ValueError(f"{name}: n_out must be a positive int, got {n_out!r}")
+    n_out = positive_int(name, "n_out", n_out)
     _checks.require_float_dtype(name, dtype)
     kernel = _windows.ints(name, "kernel", kernel, n)
     strides = _windows.ints(name, "stride", stride, n)
     make_w = _init.resolve(w_init)
 
     def init(key, input_shape):
-        hint = _checks.image_hint(input_shape) if n == 2 else ""
+        hint = (_checks.image_hint(input_shape) if n == 2 else "") or _windows.channel_hint(input_shape, n)
         shape = _checks.require_shape(name, input_shape, ndim=n + 1, hint=hint)
         if _windows.check_padding(name, padding) == "VALID" and any(m < k for m, k in zip(shape, kernel)):
             raise ValueError(
-                f"{name}: with VALID padding the input's {' x '.join(_AXES[n])} {shape[:n]} must be at least the "
-                f"kernel's {kernel}"
+                f"{name}: with VALID padding the input's {' x '.join(_windows.AXES[n])} {shape[:n]} must be at "
+                f"least the kernel's {kernel}"
             )
         params = {"w": jnp.asarray(make_w(key, (*kernel, shape[n], n_out), dtype), dtype)}
         if bias:
@@ -176,6 +172,7 @@ def _conv_layer(n, n_out, kernel, stride, padding, bias, w_init, dtype):
     return conv_leaf(n, strides, padding, init=init, bias=bias)
 
 
+@with_settings
 def conv1d(n_out, kernel, *, stride=1, padding="SAME", bias=False, w_init="he", dtype=jnp.float32):
     """A 1-D convolution layer, the notes' multi-channel Conv1D: ``[N, W, C] -> [N, Wo, n_out]`` (NWC, WIO kernel).
 
@@ -195,6 +192,7 @@ def conv1d(n_out, kernel, *, stride=1, padding="SAME", bias=False, w_init="he", 
     return _conv_layer(1, n_out, kernel, stride, padding, bias, w_init, dtype)
 
 
+@with_settings
 def conv2d(n_out, kernel, *, stride=1, padding="SAME", bias=False, w_init="he", dtype=jnp.float32):
     """A 2-D convolution layer: ``[N, H, W, C] -> [N, Ho, Wo, n_out]`` (NHWC, HWIO kernel).
 

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn import validate
-from fnn.module import leaf
+from fnn._numbers import positive_int
+from fnn.module import leaf, with_settings
 from fnn.nn import _checks
 from fnn.nn import initializers as _init
 
@@ -77,7 +78,7 @@ def _check_ids(vocab):
     """The host-side check of a split's inputs: integer ids in ``[0, vocab)``."""
 
     def check(x, split):
-        if not np.issubdtype(x.dtype, np.integer):
+        if not jnp.issubdtype(x.dtype, jnp.integer):
             raise validate.DataError(
                 f"{split} inputs must be integer token ids in [0, {vocab}) for the embedding, got dtype {x.dtype}"
             )
@@ -93,6 +94,7 @@ def _check_ids(vocab):
     return check
 
 
+@with_settings
 def embedding(vocab, dim, *, w_init=embed_normal, dtype=jnp.float32):
     """An embedding lookup: integer ids ``[N, ...]`` in ``[0, vocab)`` -> ``[N, ..., dim]``.
 
@@ -109,9 +111,7 @@ def embedding(vocab, dim, *, w_init=embed_normal, dtype=jnp.float32):
     that are not integers in ``[0, V)``, naming the split, the first bad id
     and its index. See the module doc.
     """
-    for arg, value in (("vocab", vocab), ("dim", dim)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"embedding: {arg} must be a positive int, got {value!r}")
+    vocab, dim = positive_int("embedding", "vocab", vocab), positive_int("embedding", "dim", dim)
     _checks.require_float_dtype("embedding", dtype)
     make_table = _init.resolve(w_init)
 
@@ -148,6 +148,7 @@ def _positions_backward(params, saved, g):
     return {"table": jnp.sum(g, axis=tuple(range(g.ndim - 2)))}, g
 
 
+@with_settings
 def positional_embedding(*, w_init=embed_normal, dtype=jnp.float32):
     """A learned vector per position added to a sequence: ``[N, T, D] -> [N, T, D]``, ``y = x + P``.
 

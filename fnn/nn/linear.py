@@ -11,7 +11,7 @@ leading axis (the rows):
 import jax
 import jax.numpy as jnp
 
-from fnn.module import leaf
+from fnn.module import leaf, with_settings
 from fnn.nn import _checks
 from fnn.nn import initializers as _init
 
@@ -92,6 +92,7 @@ def _check_dense(params, x):
 DENSE = leaf("dense", forward=_dense_forward, backward=_dense_backward, check=_check_dense)
 
 
+@with_settings
 def dense(n_out, *, bias=False, w_init="he", b_init="zeros", dtype=jnp.float32):
     """A fully connected layer ``y = x W (+ b)``: ``[..., n] -> [..., n_out]``.
 

@@ -20,9 +20,13 @@ A constant set has ``zhat = 0`` and stays finite through ``eps``: each layer's
 edge value (a constant input), checked by :func:`fnn.testing.check_module`.
 """
 
-import jax.numpy as jnp
+import math
 
-from fnn.module import leaf
+import jax.numpy as jnp
+import numpy as np
+
+from fnn._numbers import positive_int, real
+from fnn.module import leaf, with_settings
 from fnn.nn import _checks
 
 __all__ = [
@@ -72,15 +76,46 @@ def affine_backward(params, zhat, g):
 
 
 def check_eps(name, eps):
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"{name}: eps must be a positive number, got {eps!r}")
+    """``eps`` as a Python float, if it is a positive finite number (:func:`fnn._numbers.real`).
+
+    Whether the input's dtype holds it is checked at trace time (:func:`check_scale`).
+    """
+    return real(name, "eps", eps, within="in (0, inf)", ok=lambda e: 0 < e < math.inf)
 
 
-def check_scale(name):
-    """The trace-time check of a floating input and per-channel ``gamma``, ``beta`` of its last axis's size."""
+def _require_eps(name, eps, dtype):
+    """Checks that ``eps``, rounded to the input's ``dtype``, is a normal finite number where ``var + eps`` is
+    computed: in ``dtype``, or float32 for a narrower dtype (XLA computes float16 and bfloat16 arithmetic in
+    float32 on a CPU, so float16's default ``1e-5``, subnormal in float16, is a normal float32).
+
+    Below that type's smallest normal it is 0 to XLA, which flushes
+    subnormals (``1e-50`` and ``1e-40`` in float32 alike): a constant input's
+    ``sigma`` is then 0 and ``zhat = 0 / 0`` NaN. Above the dtype's largest
+    finite value it is inf: ``sigma`` is infinite and every output ``beta``.
+    """
+    info, computed = jnp.finfo(dtype), jnp.finfo(jnp.promote_types(dtype, jnp.float32))
+    with np.errstate(over="ignore", under="ignore"):
+        held = float(np.asarray(eps, dtype))
+    if computed.tiny <= held < math.inf:
+        return
+    if held < computed.tiny:
+        tiny = float(computed.tiny)
+        why = f"below the smallest normal {computed.dtype.name} {tiny!r} (XLA flushes smaller values to 0), so a "
+        why += "constant input gives NaN"
+        fix = f"eps >= {tiny!r}"
+    else:
+        why, fix = "so sigma would be infinite and every output beta", f"eps <= {float(info.max)!r}"
+    raise ValueError(
+        f"{name}: eps={eps!r} is {held!r} in the input's dtype {info.dtype.name}, {why}; use {fix} or a wider dtype"
+    )
+
+
+def check_scale(name, eps):
+    """The trace-time check of a floating input that holds ``eps``, and ``gamma``, ``beta`` of its last axis's size."""
 
     def check(params, x):
         _checks.require_float(name, "input", x)
+        _require_eps(name, eps, x.dtype)
         for key in ("gamma", "beta"):
             value = _checks.require_param(name, params, key, x, ndim=1)
             _checks.require_features(
@@ -106,7 +141,7 @@ def scale_params(name, dtype):
 # ---------------------------------------------------------------- LayerNorm
 def layer_norm_leaf(eps=1e-5, init=None):
     """The LayerNorm leaf for a given ``eps`` (``init`` is the module's; ops pass none)."""
-    check_eps("layer_norm", eps)
+    eps = check_eps("layer_norm", eps)
 
     def forward(params, z):
         zhat, sigma = standardize(z, -1, eps)
@@ -122,11 +157,12 @@ def layer_norm_leaf(eps=1e-5, init=None):
         init=init,
         forward=forward,
         backward=backward,
-        check=check_scale("layer_norm"),
+        check=check_scale("layer_norm", eps),
         edge_values=(4.0,),
     )
 
 
+@with_settings
 def layer_norm(eps=1e-5, *, dtype=jnp.float32):
     """LayerNorm over the last axis: ``[..., m] -> [..., m]``, ``gamma`` ones and ``beta`` zeros at init.
 
@@ -142,8 +178,8 @@ def _grouped(x, groups):
     return grouped, (*range(1, x.ndim - 1), x.ndim)
 
 
-def _check_groups(groups):
-    base = check_scale("group_norm")
+def _check_groups(groups, eps):
+    base = check_scale("group_norm", eps)
 
     def check(params, x):
         base(params, x)
@@ -160,9 +196,7 @@ def _check_groups(groups):
 
 def group_norm_leaf(groups, eps=1e-5, init=None):
     """The GroupNorm leaf for ``groups`` groups and ``eps`` (``init`` is the module's; ops pass none)."""
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"group_norm: groups must be a positive int, got {groups!r}")
-    check_eps("group_norm", eps)
+    groups, eps = positive_int("group_norm", "groups", groups), check_eps("group_norm", eps)
 
     def forward(params, x):
         grouped, axes = _grouped(x, groups)
@@ -177,10 +211,16 @@ def group_norm_leaf(groups, eps=1e-5, init=None):
         return grads, standardize_backward(d, zhat, sigma, axes).reshape(g.shape)
 
     return leaf(
-        "group_norm", init=init, forward=forward, backward=backward, check=_check_groups(groups), edge_values=(4.0,)
+        "group_norm",
+        init=init,
+        forward=forward,
+        backward=backward,
+        check=_check_groups(groups, eps),
+        edge_values=(4.0,),
     )
 
 
+@with_settings
 def group_norm(groups, eps=1e-5, *, dtype=jnp.float32):
     """GroupNorm: ``[N, *spatial, C] -> [N, *spatial, C]``, each example normalised per group of channels.
 
@@ -197,8 +237,7 @@ def group_norm(groups, eps=1e-5, *, dtype=jnp.float32):
     Params: ``{"gamma": [C], "beta": [C]}``, ones and zeros at init. See the
     module doc for the formulas.
     """
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"group_norm: groups must be a positive int, got {groups!r}")
+    groups = positive_int("group_norm", "groups", groups)
     scale_init = scale_params("group_norm", dtype)
 
     def init(key, input_shape):

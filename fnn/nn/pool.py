@@ -1,9 +1,11 @@
 """Average and max pooling over one or two spatial axes, forward and backward side by side.
 
-Layouts, channels last: ``x[..., *spatial, C]`` (any leading batch axes),
-``window`` a tuple with one size per spatial axis (``(k,)`` for ``[N, W, C]``,
-``(kh, kw)`` for ``[N, H, W, C]``), ``stride`` defaulting to the window,
-padding ``"VALID"`` (the default) or ``"SAME"`` (see :mod:`fnn.nn._windows`).
+Layouts, channels last: ``x[N, *spatial, C]``, exactly ``len(window) + 2``
+axes (an input without its channel axis is refused, not pooled over its
+batch axis), ``window`` a tuple with one size per spatial axis (``(k,)`` for
+``[N, W, C]``, ``(kh, kw)`` for ``[N, H, W, C]``), ``stride`` defaulting to
+the window, padding ``"VALID"`` (the default) or ``"SAME"`` (see
+:mod:`fnn.nn._windows`).
 Each channel is pooled on its own; no parameters.
 
 - Average pooling: ``y = mean of the window``, the window's ``K`` positions
@@ -35,16 +37,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fnn.module import leaf
+from fnn._numbers import as_int
+from fnn.module import leaf, with_settings
 from fnn.nn import _checks, _windows
 
 __all__ = ["avg_pool", "avg_pool_leaf", "max_pool", "max_pool_leaf"]
 
 
 def _window(name, window):
-    """The window as a tuple of 1 or 2 positive ints (the number of spatial axes)."""
-    values = tuple(window) if isinstance(window, (tuple, list)) else ()
-    if len(values) not in (1, 2) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+    """The window as a tuple of 1 or 2 positive Python ints (the number of spatial axes)."""
+    values = tuple(map(as_int, window)) if isinstance(window, (tuple, list)) else ()
+    if len(values) not in (1, 2) or not all(v is not None and v > 0 for v in values):
         raise ValueError(
             f"{name}: window must be a tuple of 1 or 2 positive ints, one per spatial axis "
             f"((k,) for [N, W, C], (kh, kw) for [N, H, W, C]), got {window!r}"
@@ -121,12 +124,10 @@ def _check(name, window, padding):
     def check(params, x):
         _checks.require_no_params(name, params)
         _checks.require_float(name, "input", x)
-        if x.ndim < n + 1:
-            axes = "W, C" if n == 1 else "H, W, C"
-            raise ValueError(f"{name}: a window of {n} axes needs an input [..., {axes}], got shape {x.shape}")
-        if padding == "VALID" and any(m < k for m, k in zip(x.shape[-n - 1 : -1], window)):
+        _windows.require_batch(name, x, n, why=f" for the window {window}")
+        if padding == "VALID" and any(m < k for m, k in zip(x.shape[1:-1], window)):
             raise ValueError(
-                f"{name}: with VALID padding the input's spatial sizes {x.shape[-n - 1 : -1]} must be at least "
+                f"{name}: with VALID padding the input's spatial sizes {x.shape[1:-1]} must be at least "
                 f"the window {window}"
             )
 
@@ -135,22 +136,17 @@ def _check(name, window, padding):
 
 def _pool_leaf(name, forward, backward, window, stride, padding, init, saves_input):
     """A pooling leaf: ``forward(x, ...)`` and ``backward(saved, g, ...)`` over ``[N, *spatial, C]`` batches."""
-    n = len(window)
 
     def leaf_forward(params, x):
-        y = forward(_windows.as_batch(x, n), window, stride, padding)
-        y = y.reshape(*x.shape[: -n - 1], *y.shape[1:])
+        y = forward(x, window, stride, padding)
         # Average pooling needs only x's shape: a zero-size array carries it (no bytes).
         return y, ((x, y) if saves_input else jnp.zeros((*x.shape, 0), x.dtype))
 
     def leaf_backward(params, saved, g):
         if saves_input:
             x, y = saved
-            batch = (_windows.as_batch(a, n) for a in (x, y, g))
-            return (), backward(*batch, window, stride, padding).reshape(x.shape)
-        shape = saved.shape[:-1]
-        batch_shape = (math.prod(shape[: -n - 1]), *shape[-n - 1 :])
-        return (), backward(batch_shape, _windows.as_batch(g, n), window, stride, padding).reshape(shape)
+            return (), backward(x, y, g, window, stride, padding)
+        return (), backward(saved.shape[:-1], g, window, stride, padding)
 
     return leaf(name, init=init, forward=leaf_forward, backward=leaf_backward, check=_check(name, window, padding))
 
@@ -172,7 +168,7 @@ def _layer(name, make_leaf, window, stride, padding):
     n = len(window)
 
     def init(key, input_shape):
-        shape = _checks.require_shape(name, input_shape, ndim=n + 1)
+        shape = _checks.require_shape(name, input_shape, ndim=n + 1, hint=_windows.channel_hint(input_shape, n))
         if padding == "VALID" and any(m < k for m, k in zip(shape, window)):
             raise ValueError(
                 f"{name}: with VALID padding the input's spatial sizes {shape[:n]} must be at least the window {window}"
@@ -182,6 +178,7 @@ def _layer(name, make_leaf, window, stride, padding):
     return make_leaf(window, stride, padding, init=init)
 
 
+@with_settings
 def avg_pool(window, *, stride=None, padding="VALID"):
     """Average pooling: ``[N, *spatial, C] -> [N, *out, C]``, one or two spatial axes (``len(window)``).
 
@@ -192,6 +189,7 @@ def avg_pool(window, *, stride=None, padding="VALID"):
     return _layer("avg_pool", avg_pool_leaf, window, stride, padding)
 
 
+@with_settings
 def max_pool(window, *, stride=None, padding="VALID"):
     """Max pooling: ``[N, *spatial, C] -> [N, *out, C]``, one or two spatial axes (``len(window)``).
 

@@ -13,12 +13,14 @@ whether or not float64 is enabled), so a key gives one mask everywhere.
 import jax
 import jax.numpy as jnp
 
-from fnn.module import leaf
+from fnn._numbers import real
+from fnn.module import leaf, with_settings
 from fnn.nn import _checks
 
 __all__ = ["dropout"]
 
 
+@with_settings
 def dropout(rate):
     """Inverted dropout of rate ``rate`` in ``[0, 1)``: ``[...] -> [...]``, no params, a key in training.
 
@@ -27,9 +29,8 @@ def dropout(rate):
     evaluation it is the identity. The same key gives the same mask on every
     gradient path.
     """
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
-        raise ValueError(f"dropout: rate must be a number in [0, 1), got {rate!r}")
-    keep = 1.0 - float(rate)
+    rate = real("dropout", "rate", rate, within="in [0, 1)", ok=lambda r: 0 <= r < 1)
+    keep = 1.0 - rate
 
     def init(key, input_shape):
         return _checks.require_shape("dropout", input_shape), ()
