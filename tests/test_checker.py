@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import fnn
 from fnn import losses, nn
 from fnn.module import leaf, loss, structural
-from fnn.testing import _finite
+from fnn.testing import _dtypes, _finite
 
 
 def with_backward(module, backward):
@@ -127,6 +127,51 @@ def test_a_rule_that_differs_between_runs_fails_determinism_only():
     assert failed(report)["determinism"].where.startswith("dx (")
 
 
+def test_a_gradient_in_the_wrong_container_is_named_with_the_one_expected():
+    as_list = with_backward(DENSE, lambda p, s, g, r: ([r[0]["w"], r[0]["b"]], r[1]))
+    found = failed(fnn.testing.check_module(as_list, (4, 5), checks=["structure"]))["structure"]
+    assert "dparams is a list of 2, expected a dict with keys 'b', 'w'" in found.detail, found.detail
+    assert "expected ({'b': *, 'w': *}, *), got ([*, *], *)" in found.detail and "Return (dparams, dx)" in found.detail
+    in_a_net = nn.serial(nn.dense(4), with_backward(DENSE, lambda p, s, g, r: (tuple(r[0].values()), r[1])))
+    found = failed(fnn.testing.check_module(in_a_net, (4, 5), checks=["structure"]))["structure"]
+    assert "dparams[1] is a tuple of 2, expected a dict with keys 'b', 'w'" in found.detail, found.detail
+
+
+# ------------------------------------------------------------------ tolerances that follow the conditioning
+#: Batch norm cancels most of the gradient of the weight in front of it (dparams[4]['w'], entries ~1e-4 of the
+#: others'): an ill-conditioned leaf, on which correct rules missed the rounding tolerance at these seeds.
+ILL_CONDITIONED = nn.serial(nn.dense(3), nn.batch_norm(), nn.relu, nn.dropout(0.5), nn.dense(3), nn.batch_norm())
+AGREEMENT = ["backward", "custom", "custom_jit", "custom_vmap", "custom_grad_of_grad"]
+
+
+@pytest.mark.parametrize("seed", [0, 2, 4])
+def test_a_correct_network_with_an_ill_conditioned_gradient_passes(seed):
+    fnn.testing.assert_module(ILL_CONDITIONED, (6, 4), train=True, seed=seed, checks=AGREEMENT)
+
+
+def test_the_tolerance_rises_with_the_conditioning_of_a_leaf_only_and_still_catches_a_wrong_rule_there():
+    rtol = _dtypes.rtol(np.float64)
+    ill = fnn.testing.check_module(ILL_CONDITIONED, (6, 4), train=True, checks=AGREEMENT)
+    for name in ("backward", "custom_grad_of_grad"):
+        assert ill[name].where.startswith("dparams[4]['w']") and ill[name].tolerance > 100 * rtol, str(ill)
+    well = fnn.testing.check_module(DENSE, (4, 5), checks=AGREEMENT)
+    assert {well[name].tolerance for name in AGREEMENT} == {rtol}, str(well)
+    off_by_1e6 = with_backward(nn.dense(3), lambda p, s, g, r: ({"w": r[0]["w"] * (1 + 1e-6)}, r[1]))
+    net = nn.serial(*ILL_CONDITIONED.children[:4], off_by_1e6, nn.batch_norm())
+    report = fnn.testing.check_module(net, (6, 4), train=True, checks=["backward"])
+    assert failed(report)["backward"].where.startswith("dparams[4]['w']"), str(report)
+
+
+def test_a_loss_whose_floating_targets_must_be_exact_keeps_the_rounding_tolerance():
+    # Labels 0/1 nudged by an ulp are no labels (the logistic loss gives NaN): a loss's targets are never nudged.
+    logistic = losses.logistic
+    doubled = loss("logistic", forward=logistic.forward, backward=lambda s, g: 2 * logistic.backward(s, g))
+    labels = lambda rng, shape: rng.integers(0, 2, shape).astype(np.float64)  # noqa: E731
+    report = fnn.testing.check_loss(doubled, (4, 3), targets=labels, checks=["backward", "custom", "custom_jit"])
+    assert {c.name for c in report.failed} == {"backward", "custom", "custom_jit"}, str(report)
+    assert {c.tolerance for c in report.checks} == {_dtypes.rtol(np.float64)}, str(report)
+
+
 # ------------------------------------------------------------------ integer inputs: an embedding
 def _embedding(dx):
     """A lookup ``y = table[ids]``; backward scatter-adds ``G`` into the table's rows; ``dx(ids)`` for the ids."""
@@ -216,7 +261,7 @@ def test_the_report_is_a_table_of_every_check():
         "edge_values", "determinism", "context", "saved",
     )  # fmt: skip
     text = str(report)
-    assert text.startswith("check_module(dense, input (4, 5), seed 0): ok")
+    assert text.startswith(f"check_module({DENSE!r}, input (4, 5), seed 0): ok")
     assert all(name in text for name in report.names)
     assert report["forward_mode"].status == "skipped" and "reverse mode only" in report["forward_mode"].detail
     assert report["saved"].status == "info" and "B computed" in report["saved"].detail

@@ -22,6 +22,17 @@ fails. In one call, in float64 unless a check is about another dtype:
 - ``determinism``: the same draw gives the same gradient bit for bit;
 - ``saved``: what ``saved`` holds against autodiff's residuals (reported).
 
+Errors are relative to the largest entry of the reference's gradient leaf
+(:func:`relative_error`). The float64 agreement checks (``backward``, the
+``custom`` ones, ``forward_mode``) hold each leaf to ``max(1.8e-12, 256 *
+movement)``, at most ``1.5e-8``: ``1.8e-12 = eps ** (3/4)`` is rounding, ``movement`` the
+relative change of autodiff's own result when the draw's parameters, input
+and cotangents move by one ulp in a random direction (the larger of two
+such nudges), which is what a correct rule may be off by where the gradient is
+ill-conditioned (a weight that batch norm right after it mostly cancels);
+a wrong rule misses by ``O(1)``. Each :class:`Check` reports the tolerance
+its largest error was held to.
+
 A test file in your own project::
 
     # tests/test_my_layers.py

@@ -14,6 +14,7 @@ back unchanged.
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -56,14 +57,20 @@ def resolve(module, input_shape, *, state, key, train, seed):
     return bound, (Context(module, state, key, train) if module.contextual else None)
 
 
-def _run_on(path, found, params, x, targets):
-    """``(outputs, new state)`` of ``found.module`` on ``path``, as a training step runs it (under ``jax.grad``)."""
-    module, kwargs = found.module, {"state": found.state, "key": found.key, "train": found.train}
+def _run_on(module, train, path, params, x, targets, state, key):
+    """``(outputs, new state)`` of ``module`` on ``path``, as a training step runs it (under ``jax.grad``)."""
+    kwargs = {"state": state, "key": key, "train": train}
     if path == "backprop":
         kept = sweep_forward(module, COTANGENT)(params, x, targets, **kwargs)
-        return kept[1], (kept[3] if module.has_state else found.state)
+        return kept[1], (kept[3] if module.has_state else state)
     aux = jax.grad(objective(module, COTANGENT, path), has_aux=True)(params, x, targets, **kwargs)[1]
-    return aux if module.has_state else (aux, found.state)
+    return aux if module.has_state else (aux, state)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _on_every_path(module, train, params, x, targets, state, key):
+    """``{path: (outputs, new state)}`` for every path: compiled once per module object and mode, for every key."""
+    return {path: _run_on(module, train, path, params, x, targets, state, key) for path in PATHS}
 
 
 def _worst(got, want):
@@ -92,8 +99,8 @@ def context(problem):
         want = jax.device_get(fnn_context.apply(found.module, params, x, **kwargs))
         if not found.train and not _unchanged(want[1], found.state):
             return Check("context", FAILED, where="state", detail="evaluation changed the state")
-        run = jax.jit(lambda p, x, t: {path: _run_on(path, found, p, x, t) for path in PATHS})
-        worst = max((*_worst(got, want), path) for path, got in jax.device_get(run(params, x, targets)).items())
+        found_on = _on_every_path(found.module, found.train, params, x, targets, found.state, found.key)
+        worst = max((*_worst(got, want), path) for path, got in jax.device_get(found_on).items())
     error, where, path = worst
     tolerance = rtol(jnp.float64)
     detail = f"{found.describe()}: outputs and new state against the module's forward on {', '.join(PATHS)}"

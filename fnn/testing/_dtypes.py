@@ -1,4 +1,5 @@
-"""Dtypes for the checker: which leaves are floating, each dtype's eps and tolerance, casting, float64 on demand."""
+"""Dtypes for the checker: which leaves are floating, each dtype's eps and tolerance, casting, one-ulp nudges,
+float64 on demand."""
 
 import contextlib
 
@@ -6,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["cast", "eps", "floating", "rtol", "x64"]
+__all__ = ["cast", "eps", "floating", "nudged", "rtol", "x64"]
 
 
 def floating(a):
@@ -35,6 +36,20 @@ def rtol(dtype):
 def cast(tree, dtype):
     """``tree`` as NumPy arrays on the host, every floating leaf cast to ``dtype`` (integer leaves kept)."""
     return jax.tree.map(lambda a: np.asarray(a).astype(dtype) if floating(a) else np.asarray(a), tree)
+
+
+def nudged(tree, rng):
+    """``tree`` with every floating leaf ``a`` moved by about one ulp in a random direction: ``a * (1 + eps * s)``.
+
+    ``s`` is a random sign per entry from the NumPy generator ``rng``, ``eps``
+    that of the leaf's dtype; integer leaves are kept.
+    """
+
+    def nudge(a):
+        a = np.asarray(a)
+        return a * (1 + eps(a.dtype) * rng.choice([-1.0, 1.0], a.shape)).astype(a.dtype) if floating(a) else a
+
+    return jax.tree.map(nudge, tree)
 
 
 def x64():

@@ -177,10 +177,11 @@ def _values(problem, order, groups):
         batches = [(floats, flat, np.concatenate([np.full(len(d), h) for _, d, h in groups]))]
     else:
         batches = [((floats[k],), d.reshape(len(d), -1), np.full(len(d), h)) for k, d, h in groups]
+    model, context = problem.compiled
     with x64():
         values = [
             jax.device_get(
-                _paths.jit_stencil(problem.model, problem.loss, order, moved, params, x, targets, g, w, v, h)
+                _paths.jit_stencil(model, problem.loss, order, moved, context, params, x, targets, g, w, v, h)
             )
             for moved, v, h in batches
         ]

@@ -152,7 +152,11 @@ def check_module(
     ``saved`` holds, and, for a contextual module, that every path gives the
     forward's outputs and new state (``_context``). Tolerances follow one rule for every module:
     ``eps ** (3/4)`` of the dtype, relative to the largest reference entry
-    (:func:`fnn.testing._dtypes.rtol`).
+    (:func:`fnn.testing._dtypes.rtol`), raised for the float64 agreement
+    checks to ``256`` times the change in autodiff's own gradient under
+    one-ulp nudges of the draw, where that is larger, at most ``sqrt(eps)``
+    (:mod:`fnn.testing._conditioning`). Every draw of one module object
+    (seeds, nudges) reuses its compiled code.
 
     Example::
 

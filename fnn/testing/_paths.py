@@ -11,19 +11,26 @@ Everything goes through :mod:`fnn.paths` with a model and a loss:
 ``g`` is the upstream cotangent of ``L`` (a random scalar, so that a rule
 that ignores it is caught). The functions below take ``(model, loss)`` as
 static arguments, so ``jax.jit`` compiles them once per module and shapes and
-later draws reuse the compiled code.
+later draws reuse the compiled code. A contextual module (batch norm,
+dropout) is given as :class:`Contextual` with its ``(state, key)`` as an
+argument, bound inside the compiled function, so that draws with other keys
+reuse it too.
 """
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 
-from fnn.module import loss, structural
+from fnn import context as fnn_context
+from fnn.module import Module, loss, structural
 from fnn.paths import PATHS, objective, sweep_backward, sweep_forward
 from fnn.testing._dtypes import floating
 
 __all__ = [
     "COTANGENT",
     "IDENTITY",
+    "Contextual",
     "KINDS",
     "OFFSETS",
     "floating_leaves",
@@ -66,6 +73,24 @@ IDENTITY = structural(
     backward=lambda params, saved, g: ((), g),
     rebuild=lambda: IDENTITY,
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Contextual:
+    """A contextual module in one mode, for :func:`on_paths` and :func:`stencil` to bind to the ``(state, key)``
+    they are given (:func:`fnn.context.bind`), inside the compiled function: hashed by the module object and the mode,
+    so one compiled program serves every state and key."""
+
+    module: Module
+    train: bool
+
+
+def _bound(model, context):
+    """``model``, or a :class:`Contextual` bound to ``context = (state, key)``."""
+    if not isinstance(model, Contextual):
+        return model
+    state, key = context
+    return fnn_context.bind(model.module, state=state, key=key, train=model.train)
 
 
 def gradients(model, loss, path, params, x, targets, g):
@@ -114,7 +139,7 @@ def grad_of_grad(model, loss, path, params, x, targets, g, w):
 OFFSETS = (-2.0, -1.0, 0.0, 1.0, 2.0)
 
 
-def stencil(model, loss, order, moved, params, x, targets, g, w, directions, steps):
+def stencil(model, loss, order, moved, context, params, x, targets, g, w, directions, steps):
     """The scalar the finite differences of ``order`` differentiate, at every stencil point of every direction.
 
     Order 1: ``g L`` (the plain forward, no rule involved); order 2:
@@ -123,8 +148,9 @@ def stencil(model, loss, order, moved, params, x, targets, g, w, directions, ste
     flat: ``directions[n, size]`` (each row one direction in that flat
     vector), ``steps[n]`` their steps. One ``vmap`` over every (direction,
     offset) pair, so one copy of the function is compiled whatever the
-    number of leaves. Returns ``[n, 5]``.
+    number of leaves. ``model`` may be :class:`Contextual`, bound to ``context``. Returns ``[n, 5]``.
     """
+    model = _bound(model, context)
     leaves, treedef = jax.tree.flatten((params, x))
     flat = jnp.concatenate([jnp.ravel(leaves[i]) for i in moved])
     sizes = [leaves[i].size for i in moved]
@@ -150,8 +176,10 @@ def stencil(model, loss, order, moved, params, x, targets, g, w, directions, ste
 KINDS = {"gradients": PATHS, "per_example": ("autodiff", "custom"), "grad_of_grad": ("autodiff", "custom")}
 
 
-def on_paths(fn, paths, model, loss, *args):
-    """``{path: fn(model, loss, path, *args)}`` for every path in ``paths``, as one program."""
+def on_paths(fn, paths, model, loss, context, *args):
+    """``{path: fn(model, loss, path, *args)}`` for every path in ``paths``, as one program; ``model`` may be
+    :class:`Contextual`, bound to ``context = (state, key)`` (else ``context`` is ``()``)."""
+    model = _bound(model, context)
     return {path: fn(model, loss, path, *args) for path in paths}
 
 

@@ -4,8 +4,8 @@
 generator seeded by ``seed``, what the checks need: parameters and input
 (or outputs and targets), the output cotangent, the upstream cotangent ``g``
 and the second-order projections ``w``. :meth:`Problem.gradients` runs a path
-on those (or on other inputs, or cast to another dtype) and caches the
-result, so the checks share the work.
+on those (or on other inputs, cast to another dtype, or nudged by an ulp)
+and caches the result, so the checks share the work.
 """
 
 import contextlib
@@ -17,7 +17,7 @@ import numpy as np
 
 from fnn.module import Loss, Module
 from fnn.testing import _paths
-from fnn.testing._dtypes import cast, floating, x64
+from fnn.testing._dtypes import cast, floating, nudged, x64
 
 __all__ = ["Problem", "StructureError", "check_input_shape", "loss_problem", "module_problem"]
 
@@ -61,49 +61,67 @@ class Problem:
         """``(params, x)``: what the gradient is taken with respect to."""
         return self.params, self.x
 
+    @property
+    def compiled(self):
+        """``(model, context)`` as :func:`fnn.testing._paths.on_paths` takes them: ``model`` itself and ``()``, or,
+        for a contextual module, its :class:`fnn.testing._paths.Contextual` and ``(state, key)``, so that every
+        draw of one module object reuses the compiled code."""
+        if self.context is None:
+            return self.model, ()
+        found = self.context
+        return _paths.Contextual(found.module, found.train), (found.state, found.key)
+
     @functools.cached_property
     def floating(self):
         """Per leaf of ``(params, x)``, whether it is floating (differentiated)."""
         return tuple(floating(a) for a in jax.tree.leaves(self.primals))
 
     def split(self, grads):
-        """The leaves of a gradient ``(dparams, dx)``, ``None`` counted as a leaf; :class:`StructureError` naming
-        the first missing or extra leaf if the structure is not ``(params, x)``'s."""
-        want = jax.tree.structure(self.primals)
+        """The leaves of a gradient ``(dparams, dx)``, ``None`` counted as a leaf; :class:`StructureError` if its
+        structure is not ``(params, x)``'s (:func:`structure_message`)."""
         leaves, got = jax.tree.flatten(grads, is_leaf=lambda v: v is None)
-        if got != want:
-            names = lambda tree: _leaf_names(tree, self.names[-1])  # noqa: E731
-            missing = [n for n in names(self.primals) if n not in names(grads)]
-            extra = [n for n in names(grads) if n not in names(self.primals)]
-            found = f"missing {', '.join(missing)}" if missing else f"unexpected {', '.join(extra)}" if extra else ""
-            raise StructureError(f"the gradient's pytree is not that of (params, x): {found or got}")
+        if got != jax.tree.structure(self.primals):
+            raise StructureError(structure_message(self.primals, grads, self.names[-1]))
         return leaves
 
-    def data(self, dtype=np.float64, x=None, rounded_to=None):
-        """``(params, x, targets, g, w)``, floating leaves cast to ``dtype`` (first to ``rounded_to`` if given;
-        ``x`` replaced if given)."""
-        tree = (self.params, self.x if x is None else x, self.targets, self.g, self.w)
-        return cast(tree if rounded_to is None else cast(tree, rounded_to), dtype)
+    def floating_leaves(self, grads):
+        """The leaves of a gradient ``(dparams, dx)`` at the floating leaves of ``(params, x)`` (:meth:`split`)."""
+        return [leaf for leaf, is_float in zip(self.split(grads), self.floating) if is_float]
 
-    def run(self, kind, path, *, dtype=np.float64, x=None, rounded_to=None, eager=False, fresh=False):
+    def data(self, dtype=np.float64, x=None, rounded_to=None, nudge=0):
+        """``(params, x, targets, g, w)``, floating leaves cast to ``dtype`` (first to ``rounded_to`` if given;
+        ``x`` replaced if given), then, for ``nudge`` ``k > 0``, the ``k``-th one-ulp nudge of every floating leaf
+        (:func:`fnn.testing._dtypes.nudged`, its signs drawn from ``[seed, 0, k]``) but a loss's targets (labels,
+        floating or not, may have to be exact: 0 or 1 for the logistic loss)."""
+        tree = (self.params, self.x if x is None else x, self.targets, self.g, self.w)
+        params, x, targets, g, w = cast(tree if rounded_to is None else cast(tree, rounded_to), dtype)
+        if nudge:
+            rng = np.random.default_rng([self.seed, 0, nudge])
+            params, x, g, w = nudged((params, x, g, w), rng)
+            targets = targets if self.kind == "loss" else nudged(targets, rng)
+        return params, x, targets, g, w
+
+    def run(self, kind, path, *, dtype=np.float64, x=None, rounded_to=None, nudge=0, eager=False, fresh=False):
         """One of :mod:`fnn.testing._paths`' functions (``kind``: ``"gradients"``, ``"per_example"`` or
         ``"grad_of_grad"``) on ``path`` for this draw, on the host.
 
         ``dtype`` casts every floating leaf first (``rounded_to`` rounds it to
         a lower precision before, for a float64 reference at a float32
-        draw's values); ``x`` replaces the input. float64 runs inside
+        draw's values); ``x`` replaces the input; ``nudge`` ``k > 0`` moves
+        every floating leaf by an ulp (:meth:`data`). float64 runs inside
         ``jax.enable_x64``, other dtypes in the caller's mode, so that a
         float64 constant leaking into a float32 rule shows where it would for
         the caller. Jitted, every path of ``kind`` is one compiled program
-        (compiling once is cheaper than once per path), run once and cached;
+        (compiling once is cheaper than once per path; a nudged draw has the
+        same shapes and dtypes, so it reuses it), run once and cached;
         if it fails, each path runs alone so that only the failing path's
         checks fail. ``eager`` runs op by op; ``fresh`` runs again.
         """
         fn, paths = getattr(_paths, kind), _paths.KINDS[kind]
-        args = self.data(dtype, x, rounded_to)
+        args = self.data(dtype, x, rounded_to, nudge)
         args = args if kind == "grad_of_grad" else args[:4]
         inputs = None if x is None else (np.asarray(x).dtype.str, np.asarray(x).tobytes())
-        key = (kind, eager and path, np.dtype(dtype).name, rounded_to and np.dtype(rounded_to).name, inputs)
+        key = (kind, eager and path, np.dtype(dtype).name, rounded_to and np.dtype(rounded_to).name, inputs, nudge)
         mode = x64() if np.dtype(dtype) == np.float64 else contextlib.nullcontext()
         result = None if fresh else self._cache.get(key)
         if result is None:
@@ -116,27 +134,31 @@ class Problem:
                 self._cache[key] = result
         return result[path] if path in result else self._one_path(fn, path, args, mode)
 
+    def _compiled_run(self, fn, paths, args):
+        model, context = self.compiled
+        return jax.device_get(_paths.jit_on_paths(fn, paths, model, self.loss, context, *args))
+
     def _all_paths(self, fn, paths, args):
         try:
-            return jax.device_get(_paths.jit_on_paths(fn, paths, self.model, self.loss, *args))
+            return self._compiled_run(fn, paths, args)
         except Exception:  # one path fails: each runs alone (see _one_path), so that only its own checks fail
             return {}
 
     def _one_path(self, fn, path, args, mode):
         with mode:
-            return jax.device_get(_paths.jit_on_paths(fn, (path,), self.model, self.loss, *args))[path]
+            return self._compiled_run(fn, (path,), args)[path]
 
     def gradients(self, path, **kwargs):
         """``(L, outputs, (dparams, dx))`` on ``path`` (:meth:`run` of ``"gradients"``)."""
         return self.run("gradients", path, **kwargs)
 
-    def per_example(self, path):
+    def per_example(self, path, **kwargs):
         """Per-example gradients on ``path``, float64 (:meth:`run` of ``"per_example"``)."""
-        return self.run("per_example", path)
+        return self.run("per_example", path, **kwargs)
 
-    def grad_of_grad(self, path):
+    def grad_of_grad(self, path, **kwargs):
         """Reverse over reverse on ``path``, float64 (:meth:`run` of ``"grad_of_grad"``)."""
-        return self.run("grad_of_grad", path)
+        return self.run("grad_of_grad", path, **kwargs)
 
     @functools.cached_property
     def _cache(self):
@@ -199,16 +221,75 @@ def _init(module, input_shape, seed):
     return promised[0], params
 
 
-def _leaf_names(grads, x_name):
-    """The name of every leaf of a ``(dparams, dx)`` pytree (``None`` a leaf): ``dparams['w']``, ..., ``x_name``."""
-    if not isinstance(grads, tuple | list) or len(grads) != 2:
-        return [repr(type(grads).__name__)]
-    flat = jax.tree_util.tree_flatten_with_path(grads[0], is_leaf=lambda v: v is None)[0]
-    return [f"dparams{jax.tree_util.keystr(k)}" for k, _ in flat] + [x_name]
-
-
 def _names(params, x_name):
-    return tuple(_leaf_names((params, None), x_name))
+    """The name of every leaf of ``(params, x)``'s gradient: ``dparams['w']``, ..., ``x_name``."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return (*(f"dparams{jax.tree_util.keystr(k)}" for k, _ in flat), x_name)
+
+
+def _level(tree):
+    """``(node, children)``: the top container of a pytree (its type and keys, ``None`` for a leaf; ``None`` itself
+    is a container of nothing) and what it holds."""
+    children, treedef = jax.tree_util.tree_flatten(tree, is_leaf=lambda v: v is not tree)
+    return treedef.node_data(), children
+
+
+def _describe(node, children):
+    """A container in words: ``a dict with keys 'b', 'w'``, ``a list of 2``, ``None``, ``an array``."""
+    if node is None:
+        return "an array"
+    kind, keys = node
+    if kind is type(None):
+        return "None"
+    if kind is dict:
+        return f"a dict with keys {', '.join(map(repr, keys))}" if keys else "an empty dict"
+    return f"a {kind.__name__} of {len(children)}" if children else f"an empty {kind.__name__}"
+
+
+def _keys(node, children):
+    """How each child of a container is named: ``['w']`` for a dict's, ``[0]`` for any other's."""
+    kind, keys = node
+    return [f"[{k!r}]" for k in keys] if kind is dict else [f"[{i}]" for i in range(len(children))]
+
+
+def _first_difference(want, got, name):
+    """``(name, what got is there, what it should be, missing)`` at the first container of ``got`` that is not
+    ``want``'s, depth first (``missing``: the names of keys a dict lacks); ``None`` where every container matches
+    (``None`` matches any leaf: a missing gradient is the leaf checks' finding)."""
+    (w_node, w_children), (g_node, g_children) = _level(want), _level(got)
+    if w_node is None and (g_node is None or got is None):
+        return None
+    if w_node != g_node or len(w_children) != len(g_children):
+        both_dicts = w_node is not None and g_node is not None and w_node[0] is g_node[0] is dict
+        missing = sorted(set(w_node[1]) - set(g_node[1])) if both_dicts else []
+        return name, _describe(g_node, g_children), _describe(w_node, w_children), [f"{name}[{k!r}]" for k in missing]
+    for key, w, g in zip(_keys(w_node, w_children), w_children, g_children):
+        found = _first_difference(w, g, name + key)
+        if found:
+            return found
+    return None
+
+
+def _layout(tree):
+    """A pytree's containers, every leaf (``None`` too) a ``*``: ``({'b': *, 'w': *}, *)``."""
+    return str(jax.tree.structure(tree, is_leaf=lambda v: v is None)).removeprefix("PyTreeDef(")[:-1]
+
+
+def structure_message(primals, grads, x_name):
+    """Why ``grads`` is not a gradient of ``primals = (params, x)``: where its containers first differ, what it holds
+    there and what it should, both whole layouts, and the fix."""
+    node, children = _level(grads)
+    if node != (tuple, None) or len(children) != 2:
+        where, got, want, missing = "the gradient", _describe(node, children), "a tuple of 2, (dparams, dx)", []
+    else:
+        found = _first_difference(primals[0], grads[0], "dparams") or _first_difference(primals[1], grads[1], x_name)
+        where, got, want, missing = found
+    missing = f" (missing {', '.join(missing)})" if missing else ""
+    return (
+        f"the gradient's pytree is not that of (params, x): {where} is {got}, expected {want}{missing}; expected "
+        f"{_layout(primals)}, got {_layout(grads)}. Return (dparams, dx): dparams in params' own containers (the "
+        "same dicts with the same keys, lists and tuples), dx the input's"
+    )
 
 
 def _second_order_w(primals, rng):
