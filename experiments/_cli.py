@@ -10,14 +10,8 @@ import sys
 
 import fnn
 
-#: Exceptions that report a user's mistake, not a bug.
-USER_ERRORS = (
-    fnn.data.DatasetError,
-    fnn.validate.DataError,
-    fnn.loop.TrainingDiverged,
-    fnn.checkpoint.CheckpointError,
-    ValueError,
-)
+#: Exceptions that report a user's mistake, not a bug: every fnn error, and a bad value the script itself refuses.
+USER_ERRORS = (fnn.Error, ValueError)
 
 
 def add_flags(parser):

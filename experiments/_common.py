@@ -10,14 +10,12 @@ the same way (:func:`timed_fit`). Every result names its machine
 """
 
 import json
-import math
 import os
 import platform
 import time
 from pathlib import Path
 
 import jax
-import numpy as np
 import optax
 
 import fnn
@@ -102,20 +100,9 @@ def add_common_args(parser, *, epochs, batch_size, lr):
     _cli.add_flags(parser)
 
 
-def synthetic_mnist(n_train=512, n_test=128, seed=0):
-    """MNIST-shaped random flat rows: pixels uniform in [0, 1], labels from a random linear teacher (learnable)."""
-    rng = np.random.default_rng(seed)
-    teacher = rng.standard_normal((784, 10)).astype(np.float32)
-
-    def split(n):
-        x = rng.random((n, 784), dtype=np.float32)
-        return x, np.argmax((x - 0.5) @ teacher, axis=1).astype(np.int32)
-
-    return fnn.data.Dataset("synthetic", *split(n_train), *split(n_test))
-
-
 def load_data(args, *, image=False):
-    """MNIST (or synthetic data) as ``x [N, 784]`` float32 in [0, 1], or ``[N, 28, 28, 1]`` with ``image``.
+    """MNIST (or ``fnn.data.synthetic`` data) as ``x [N, 784]`` float32 in [0, 1], or ``[N, 28, 28, 1]`` with
+    ``image``.
 
     Honours ``--synthetic``, ``--validation`` (train on the first 50,000
     training images, test on the last 10,000: ``fnn.data.Dataset.validation``),
@@ -123,12 +110,8 @@ def load_data(args, *, image=False):
     """
     layout = "image" if image else "flat"
     if args.synthetic:
-        data = synthetic_mnist(args.train_size or 512, args.test_size or 128, args.seed)
-        if image:
-            shape = (-1, 28, 28, 1)
-            data = fnn.data.Dataset(
-                data.name, data.x_train.reshape(shape), data.y_train, data.x_test.reshape(shape), data.y_test
-            )
+        shape = (28, 28, 1) if image else (784,)
+        data = fnn.data.synthetic(args.train_size or 512, args.test_size or 128, shape=shape, seed=args.seed)
     else:
         print("loading MNIST ...", flush=True)
         data = fnn.data.load(
@@ -138,11 +121,6 @@ def load_data(args, *, image=False):
         data = data.validation(min(VALIDATION_SIZE, len(data.x_train) // 5))
     train, test = slice(args.train_size), slice(args.test_size)
     return fnn.data.Dataset(data.name, data.x_train[train], data.y_train[train], data.x_test[test], data.y_test[test])
-
-
-def steps_per_epoch(n_train, batch_size):
-    """Optimizer steps per epoch of ``fnn.fit`` (a last smaller batch takes any remainder)."""
-    return math.ceil(n_train / batch_size)
 
 
 def adam_cosine(lr, *, epochs, steps, warmup_epochs=1, end_factor=1e-3, weight_decay=0.0):
@@ -177,7 +155,7 @@ def print_row(row):
 
 def timed_fit(model, params, data, args, optimizer, *, quiet=False, train_metrics="batches", **kwargs):
     """``fnn.fit`` with the script's options; returns ``(params, history, timing)``, ``params`` being
-    ``(params, state)`` for a model with state (batch norm).
+    ``(params, state)`` when a ``state=`` was passed (a model with state, batch norm, needs one).
 
     ``timing`` has ``train_s`` (the whole ``fit`` call: compilation, every
     epoch's training and evaluation), ``compile_s``, ``epoch_s``, ``cpu_s``
@@ -189,6 +167,7 @@ def timed_fit(model, params, data, args, optimizer, *, quiet=False, train_metric
     """
     load_before = os.getloadavg()[0]
     cpu = time.process_time()
+    stateful = "state" in kwargs
     *trained, history = fnn.fit(
         model,
         params,
@@ -211,7 +190,7 @@ def timed_fit(model, params, data, args, optimizer, *, quiet=False, train_metric
         "load_average_1min_after": os.getloadavg()[0],
         "train_metrics": train_metrics,
     }
-    return (tuple(trained) if model.has_state else trained[0]), history, timing
+    return (tuple(trained) if stateful else trained[0]), history, timing
 
 
 def machine():

@@ -22,9 +22,10 @@ Two parts:
   autodiff path on a CPU and the former otherwise. The nets: ``strided``,
   two 3x3 convolutions (the second strided) and two dense layers; ``pooled``,
   ``experiments.mnist_pooled``'s Flax-tutorial CNN (two 3x3 convolutions,
-  each followed by a 2x2 average pooling). ``train_s`` is the whole ``fit``
-  call, compilation and the test-set evaluation included; ``vs_custom_auto``
-  divides it by the same net's custom path with fit's choice.
+  each followed by a 2x2 average pooling; ``experiments._images.pooled_cnn``).
+  ``train_s`` is the whole ``fit`` call, compilation and the test-set
+  evaluation included; ``vs_custom_auto`` divides it by the same net's custom
+  path with fit's choice.
 
     python -m experiments.conv_in_loop --json experiments/results/conv_in_loop.json
     python -m experiments.conv_in_loop --synthetic --train-size 640 --parts fit   # seconds
@@ -40,8 +41,9 @@ import optax
 from jax import lax
 
 import fnn
-from experiments import _cli, mnist_pooled
+from experiments import _cli
 from experiments._common import add_common_args, load_data, machine, markdown_table, write_json
+from experiments._images import pooled_cnn
 
 
 # ---------------------------------------------------------------- the upstream problem, plain JAX
@@ -95,7 +97,7 @@ def conv_net():
 
 
 #: The nets timed through fit: ``--nets`` picks among them.
-NETS = {"strided": conv_net, "pooled": mnist_pooled.build}
+NETS = {"strided": conv_net, "pooled": pooled_cnn}
 
 
 def through_fit(data, args, net="strided"):

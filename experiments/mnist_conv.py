@@ -23,10 +23,11 @@ A convolution is ``KERNEL:CHANNELS:STRIDE``. ``train_s`` is the whole
 training: compilation, every step, and the per-epoch evaluation on the full
 training and test sets.
 
-Training is one ``fnn.fit`` call (``--path custom`` by default): the shift is
-fit's ``augment=`` hook, applied inside the compiled step with the key
-``fold_in(fold_in(shuffle key, epoch), step)``, and each epoch ends with an
-evaluation of the full training and test sets (``train_metrics="full"``).
+Training is one ``fnn.fit`` call (``--path custom`` by default): the shift
+(``fnn.data.random_shift``) is fit's ``augment=`` hook, applied inside the
+compiled step with the key ``fold_in(fold_in(shuffle key, epoch), step)``,
+and each epoch ends with an evaluation of the full training and test sets
+(``train_metrics="full"``).
 Measured on this 2-core CPU (XLA CPU, JAX 0.10.2) at batch 128 for the default
 net: a training step inside fit's ``lax.scan`` takes about 53 ms on the custom
 path (about 40 ms stepped one jitted call at a time), while JAX's own
@@ -36,7 +37,6 @@ convolution rule (``--path autodiff``) takes about 4 s per step inside a scan.
 import argparse
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import fnn
@@ -49,25 +49,12 @@ from experiments._common import (
     machine,
     markdown_table,
     plot_curves,
-    steps_per_epoch,
-    timed_fit,
     write_json,
 )
+from experiments._images import INPUT_SHAPE, add_net_args, check_net_args, step_flops, train_shifted
 
 TARGET = 0.008
 BUDGET_S = 600.0
-INPUT_SHAPE = (28, 28, 1)
-
-
-def parse_conv(text):
-    """``"5:32:2"`` as ``(kernel 5, channels 32, stride 2)``."""
-    try:
-        kernel, channels, stride = (int(v) for v in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"a convolution is KERNEL:CHANNELS:STRIDE, e.g. 5:32:2; got {text!r}"
-        ) from None
-    return kernel, channels, stride
 
 
 def parse_args(argv=None):
@@ -75,31 +62,6 @@ def parse_args(argv=None):
     add_common_args(parser, epochs=12, batch_size=128, lr=2e-3)
     add_net_args(parser)
     return check_net_args(parser, parser.parse_args(argv))
-
-
-def add_net_args(parser):
-    """The net's options: ``--convs``, ``--dense`` and the augmentation's ``--shift``."""
-    parser.add_argument(
-        "--convs",
-        type=parse_conv,
-        nargs="+",
-        default=[(5, 32, 2), (3, 64, 2), (3, 64, 1)],
-        help="convolutions as KERNEL:CHANNELS:STRIDE (default: 5:32:2 3:64:2 3:64:1)",
-    )
-    parser.add_argument("--dense", type=int, default=256, help="hidden dense width after the convolutions")
-    parser.add_argument(
-        "--shift",
-        type=int,
-        default=2,
-        help="augment: translate each training image by up to this many pixels (0: none)",
-    )
-
-
-def check_net_args(parser, args):
-    """``args``, or a usage error for a negative ``--shift``."""
-    if args.shift < 0:
-        parser.error(f"--shift must be 0 or more, got {args.shift}")
-    return args
 
 
 def build(convs, dense):
@@ -132,57 +94,12 @@ def layer_costs(convs, dense):
     return rows
 
 
-def step_flops(model, params, data, args, optimizer):
-    """XLA's FLOP count of one compiled training step at ``--batch-size`` (``cost_analysis``)."""
-    update = fnn.train.optimizer_update(model, fnn.losses.cross_entropy, optimizer, path=args.path)
-    batch = (data.x_train[: args.batch_size], data.y_train[: args.batch_size])
-    compiled = jax.jit(update).lower(params, optimizer.init(params), batch).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost["flops"])
-
-
-def random_shift(key, images, pixels):
-    """Translates each image ``[N, H, W, C]`` by its own random offset of up to ``pixels`` each way, zero-filled."""
-    n, h, w, c = images.shape
-    offsets = jax.random.randint(key, (n, 2), 0, 2 * pixels + 1)
-    padded = jnp.pad(images, ((0, 0), (pixels, pixels), (pixels, pixels), (0, 0)))
-    return jax.vmap(lambda image, o: jax.lax.dynamic_slice(image, (o[0], o[1], 0), (h, w, c)))(padded, offsets)
-
-
-def shift_augment(pixels):
-    """``augment(key, x) -> x`` for ``fnn.fit``: :func:`random_shift` by up to ``pixels``; None for 0."""
-    if not pixels:
-        return None
-
-    def augment(key, images):
-        return random_shift(key, images, pixels)
-
-    augment.__name__ = f"random_shift_{pixels}px"
-    return augment
-
-
-def train_shifted(model, params, data, args, optimizer):
-    """:func:`experiments._common.timed_fit` with the image scripts' recipe: batches reshuffled every epoch (the key
-    ``seed + 1``), the ``--shift`` augmentation, and both splits evaluated at each epoch's end."""
-    return timed_fit(
-        model,
-        params,
-        data,
-        args,
-        optimizer,
-        shuffle_key=jax.random.key(args.seed + 1),
-        augment=shift_augment(args.shift),
-        train_metrics="full",
-    )
-
-
 def main(argv=None):
     args = parse_args(argv)
     data = load_data(args, image=True)
     model = build(args.convs, args.dense)
     _, params = model.init(jax.random.key(args.seed), INPUT_SHAPE)
-    steps = steps_per_epoch(len(data.x_train), args.batch_size)
+    steps = fnn.loop.steps_per_epoch(len(data.x_train), args.batch_size)
     optimizer, opt_info = adam_cosine(args.lr, epochs=args.epochs, steps=steps)
 
     costs = layer_costs(args.convs, args.dense)

@@ -41,10 +41,9 @@ from experiments._common import (
     machine,
     markdown_table,
     plot_curves,
-    steps_per_epoch,
     write_json,
 )
-from experiments.mnist_conv import INPUT_SHAPE, add_net_args, check_net_args, train_shifted
+from experiments._images import INPUT_SHAPE, add_net_args, check_net_args, train_shifted
 
 TARGET = 0.004
 BUDGET_S = 600.0
@@ -96,7 +95,7 @@ def train_variant(name, data, args):
         args.convs, args.dense, batch_norm=batch_norm, dropout=dropout, momentum=args.momentum, rate=args.rate
     )
     _, params = model.init(jax.random.key(args.seed), INPUT_SHAPE)
-    steps = steps_per_epoch(len(data.x_train), args.batch_size)
+    steps = fnn.loop.steps_per_epoch(len(data.x_train), args.batch_size)
     optimizer, opt_info = adam_cosine(args.lr, epochs=args.epochs, steps=steps)
     print(f"\n{name}: {model!r}\n{HEADER}", flush=True)
     _, history, timing = train_shifted(model, params, data, args, optimizer)

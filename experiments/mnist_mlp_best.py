@@ -34,7 +34,6 @@ from experiments._common import (
     load_data,
     machine,
     plot_curves,
-    steps_per_epoch,
     timed_fit,
     write_json,
 )
@@ -61,7 +60,7 @@ def main(argv=None):
     model = fnn.nn.mlp(sizes, bias=True)
     _, params = model.init(jax.random.key(args.seed), (784,))
     n_params = sum(p.size for p in jax.tree.leaves(params))
-    steps = steps_per_epoch(len(data.x_train), args.batch_size)
+    steps = fnn.loop.steps_per_epoch(len(data.x_train), args.batch_size)
     optimizer, opt_info = adam_cosine(
         args.lr, epochs=args.epochs, steps=steps, warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay
     )

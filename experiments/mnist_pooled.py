@@ -3,13 +3,14 @@
 The network is the one Flax's NNX MNIST tutorial builds: ``conv 3x3, 32`` ->
 ReLU -> ``avg pool 2x2`` -> ``conv 3x3, 64`` -> ReLU -> ``avg pool 2x2`` ->
 flatten (``7 x 7 x 64 = 3136``) -> ``dense 256`` -> ReLU -> ``dense 10``
-(``SAME`` padding, biases, NHWC; He initialisation, fnn's default). The
-tutorial trains it for 1,200 steps of batch 32; here it is trained to
-convergence with the recipe ``mnist_conv`` chose on the validation split:
-Adam with a one-epoch linear warm-up and a cosine decay, batches reshuffled
-every epoch, each training image translated by up to 2 pixels per step
-(``--shift``), and the full training and test sets evaluated after every
-epoch. ``train_s`` is the whole ``fit`` call (compilation included).
+(``SAME`` padding, biases, NHWC; He initialisation, fnn's default;
+``experiments._images.pooled_cnn``). The tutorial trains it for 1,200 steps
+of batch 32; here it is trained to convergence with the recipe
+``mnist_conv`` chose on the validation split: Adam with a one-epoch linear
+warm-up and a cosine decay, batches reshuffled every epoch, each training
+image translated by up to 2 pixels per step (``--shift``,
+``fnn.data.random_shift``), and the full training and test sets evaluated
+after every epoch. ``train_s`` is the whole ``fit`` call (compilation included).
 
     python -m experiments.mnist_pooled --json experiments/results/mnist_pooled.json \\
         --plot experiments/results/mnist_pooled.png
@@ -32,29 +33,9 @@ from experiments._common import (
     load_data,
     machine,
     plot_curves,
-    steps_per_epoch,
     write_json,
 )
-from experiments.mnist_conv import step_flops, train_shifted
-
-INPUT_SHAPE = (28, 28, 1)
-
-
-def build(bias=True, w_init="he"):
-    """The tutorial's CNN: ``[N, 28, 28, 1] -> [N, 10]`` (see the module doc for the layers)."""
-    nn = fnn.nn
-    return nn.serial(
-        nn.conv2d(32, 3, bias=bias, w_init=w_init),
-        nn.relu,
-        nn.avg_pool((2, 2)),  # -> [N, 14, 14, 32]
-        nn.conv2d(64, 3, bias=bias, w_init=w_init),
-        nn.relu,
-        nn.avg_pool((2, 2)),  # -> [N, 7, 7, 64]
-        nn.flatten(),
-        nn.dense(256, bias=bias, w_init=w_init),
-        nn.relu,
-        nn.dense(10, bias=bias, w_init=w_init),
-    )
+from experiments._images import INPUT_SHAPE, pooled_cnn, step_flops, train_shifted
 
 
 def parse_args(argv=None):
@@ -73,9 +54,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     data = load_data(args, image=True)
-    model = build()
+    model = pooled_cnn()
     _, params = model.init(jax.random.key(args.seed), INPUT_SHAPE)
-    steps = steps_per_epoch(len(data.x_train), args.batch_size)
+    steps = fnn.loop.steps_per_epoch(len(data.x_train), args.batch_size)
     optimizer, opt_info = adam_cosine(args.lr, epochs=args.epochs, steps=steps, weight_decay=args.weight_decay)
     n_params = sum(p.size for p in jax.tree.leaves(params))
     xla_step = step_flops(model, params, data, args, optimizer)

@@ -134,12 +134,10 @@ def methods(model, loss=fnn.losses.cross_entropy):
     def network(params, x):
         return model.apply(params, x)
 
-    with_outputs = fnn.paths.objective(model, loss, "autodiff")
-
     def objective(x, params, label):
-        return with_outputs(params, x, label)[0]
+        return loss.apply(model.apply(params, x), label)
 
-    sweep = fnn.paths.backprop(model, loss)
+    sweep = fnn.value_and_grad(model, loss, path="backprop", inputs=True)
 
     def backprop_dx(params, x, label):
         return sweep(params, x, label)[1][1]

@@ -27,7 +27,7 @@ Per item and path:
 A leaf with integer inputs (the embedding) is differentiated with respect to
 its parameters only. Batch norm is measured in training mode (the batch's
 statistics) and in evaluation mode, dropout in training mode, each with its
-state and key fixed (``fnn.context.fix``). The attention op is a leaf over ``q`` with ``k`` and
+state and key fixed (``fnn.context.bind``). The attention op is a leaf over ``q`` with ``k`` and
 ``v`` as its parameters.
 
     python -m experiments.module_costs --json experiments/results/module_costs.json \\
@@ -72,8 +72,8 @@ def _attention_op():
 
 
 def _in_context(module, shape, *, train):
-    """``module`` with its state (at init) and key fixed (``fnn.context.fix``): a plain leaf to differentiate."""
-    return fnn.context.fix("module_costs", module, shape[1:], train=train)[0]
+    """``module`` with its state (at init) and key fixed (``fnn.context.bind``): a plain leaf to differentiate."""
+    return fnn.context.bind(module, state=module.init_state(shape[1:]), key=jax.random.key(0), train=train)
 
 
 def _modules():
@@ -175,8 +175,8 @@ def compiled_facts(compiled):
 # ---------------------------------------------------------------- residuals
 #: A leaf module's objective ``sum(y * C)`` as a loss of ``(y, C)``, so that ``fnn.inspect.residuals`` lists it.
 COTANGENT_DOT = fnn.module.loss("cotangent_dot", forward=lambda y, c: (jnp.sum(y * c), c), backward=lambda c, g: g * c)
-#: The identity as a leaf module, so that a loss alone is a model-and-loss pair for ``fnn.inspect.residuals``.
-IDENTITY = fnn.module.leaf("identity", forward=lambda params, x: (x, ()), backward=lambda params, saved, g: (params, g))
+#: The identity, so that a loss alone is a model-and-loss pair for ``fnn.inspect.residuals``.
+IDENTITY = fnn.nn.identity()
 
 
 def saved_residuals(name, path, args):

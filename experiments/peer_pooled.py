@@ -1,9 +1,9 @@
 """The Flax-tutorial CNN trained one epoch by ``fnn.fit``, by Flax NNX as its tutorial does it, and by PyTorch.
 
-The network is ``experiments.mnist_pooled``'s (conv 3x3 32, ReLU, avg pool
-2x2, conv 3x3 64, ReLU, avg pool 2x2, flatten, dense 256, ReLU, dense 10),
-trained for one epoch of batch 32 with AdamW in each library, side by side in
-one process on the same arrays:
+The network is ``experiments.mnist_pooled``'s (``experiments._images.pooled_cnn``:
+conv 3x3 32, ReLU, avg pool 2x2, conv 3x3 64, ReLU, avg pool 2x2, flatten,
+dense 256, ReLU, dense 10), trained for one epoch of batch 32 with AdamW in
+each library, side by side in one process on the same arrays:
 
 - **fnn**: one ``fnn.fit`` call (``path="custom"`` by default; the epoch is
   one compiled ``lax.scan``), data order, ``train_metrics="batches"``;
@@ -61,14 +61,15 @@ import numpy as np
 import optax
 
 import fnn
-from experiments import _cli, mnist_pooled, peer_torch
+from experiments import _cli, _peer_torch
 from experiments._common import add_common_args, load_data, machine, markdown_table, pyplot, save_figure, write_json
+from experiments._images import INPUT_SHAPE, pooled_cnn
+from fnn.loop._epoch import EVAL_CHUNK  # the rows fit evaluates at a time
 
 LIBRARIES = ("fnn", "flax", "torch")
 TARGET_RATIO = 0.8
-EVAL_CHUNK = fnn.loop.EVAL_CHUNK
 WEIGHT_DECAY, B1, B2, EPS = 1e-4, 0.9, 0.999, 1e-8
-#: fnn's parameter list: the positions of the weight layers in ``mnist_pooled.build()``.
+#: fnn's parameter list: the positions of the weight layers in ``pooled_cnn()``.
 CONV1, CONV2, DENSE1, DENSE2 = 0, 3, 7, 9
 
 
@@ -82,7 +83,7 @@ def fnn_epoch(params, data, args):
     """
     cpu = time.process_time()
     _, history = fnn.fit(
-        mnist_pooled.build(),
+        pooled_cnn(),
         params,
         data,
         path=args.path,
@@ -179,7 +180,7 @@ def flax_side(args):
 # ---------------------------------------------------------------- PyTorch
 def torch_side(args):
     """A plain PyTorch loop over the same batches; ``run(params, data) -> row``."""
-    torch = peer_torch._torch()
+    torch = _peer_torch.import_torch()
     if args.threads:
         torch.set_num_threads(args.threads)
     nn = torch.nn
@@ -362,17 +363,17 @@ def main(argv=None):
     args = parse_args(argv)
     data = load_data(args, image=True)
     runners = sides(args)
-    model = mnist_pooled.build()
+    model = pooled_cnn()
     warm_up_s = {}
     for name, (_, warm_up, _) in runners.items():
         if warm_up is not None:
             tic = time.perf_counter()
-            warm_up(model.init(jax.random.key(args.seed), mnist_pooled.INPUT_SHAPE)[1], data)
+            warm_up(model.init(jax.random.key(args.seed), INPUT_SHAPE)[1], data)
             warm_up_s[name] = time.perf_counter() - tic
     results = {name: [] for name in runners}
     print(f"{args.rounds} rounds of one {args.epochs}-epoch run per library, batch {args.batch_size}:", flush=True)
     for r in range(args.rounds):
-        params = model.init(jax.random.key(args.seed + r), mnist_pooled.INPUT_SHAPE)[1]
+        params = model.init(jax.random.key(args.seed + r), INPUT_SHAPE)[1]
         shuffled_data = shuffled(data, args.seed + r)
         for name in round_order(list(runners), r):
             result = runners[name][0](params, shuffled_data)

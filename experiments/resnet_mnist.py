@@ -24,7 +24,6 @@ from experiments._common import (
     machine,
     markdown_table,
     plot_curves,
-    steps_per_epoch,
     timed_fit,
     write_json,
 )
@@ -43,7 +42,7 @@ def run_one(normalize, data, args):
     model = fnn.nn.resnet_s(10, width=args.width, hidden=args.hidden, n_blocks=args.blocks, normalize=normalize)
     _, params = model.init(jax.random.key(args.seed), data.x_train.shape[1:])
     n_params = sum(p.size for p in jax.tree.leaves(params))
-    steps = steps_per_epoch(len(data.x_train), args.batch_size)
+    steps = fnn.loop.steps_per_epoch(len(data.x_train), args.batch_size)
     optimizer, opt_info = adam_cosine(args.lr, epochs=args.epochs, steps=steps)
     label = "LayerNorm" if normalize else "plain"
     print(f"\nResNet-S {label} ({n_params:,} parameters): {model!r}\n{HEADER}", flush=True)

@@ -42,11 +42,10 @@ from experiments._common import (
     load_data,
     machine,
     plot_curves,
-    steps_per_epoch,
     timed_fit,
     write_json,
 )
-from experiments.mnist_conv import random_shift
+from experiments._images import shift_augment
 
 TARGET = 0.02
 BUDGET_S = 600.0
@@ -103,14 +102,16 @@ def as_rows(data):
 
 
 def shift_rows(pixels):
-    """``augment(key, x) -> x`` for ``fnn.fit``: each image ``[28, 28]`` translated by up to ``pixels``; None for 0."""
-    if not pixels:
+    """``augment(key, x) -> x`` for ``fnn.fit``: each image ``[28, 28]`` translated by up to ``pixels``
+    (``fnn.data.random_shift`` over the image ``[28, 28, 1]``), named as that is; None for 0."""
+    shift = shift_augment(pixels)
+    if shift is None:
         return None
 
     def augment(key, x):
-        return random_shift(key, x[..., None], pixels)[..., 0]
+        return shift(key, x[..., None])[..., 0]
 
-    augment.__name__ = f"random_shift_{pixels}px"
+    augment.__name__ = shift.__name__
     return augment
 
 
@@ -142,7 +143,7 @@ def main(argv=None):
     data = as_rows(load_data(args, image=True))
     model = build(args)
     _, params = model.init(jax.random.key(args.seed), (STEPS, FEATURES))
-    steps = steps_per_epoch(len(data.x_train), args.batch_size)
+    steps = fnn.loop.steps_per_epoch(len(data.x_train), args.batch_size)
     optimizer, opt_info = adam_cosine(args.lr, epochs=args.epochs, steps=steps, weight_decay=args.weight_decay)
     n_params = sum(p.size for p in jax.tree.leaves(params))
     print(

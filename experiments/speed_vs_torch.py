@@ -1,7 +1,7 @@
 """fnn's jitted recipe against the notes' own PyTorch code, timed side by side.
 
 Runs the 10-epoch MNIST recipe with fnn (compile included) and with
-``experiments.peer_torch`` (the notes' code) alternately in one process on the
+``experiments._peer_torch`` (the notes' code) alternately in one process on the
 same arrays, then measures float32 matmul throughput of XLA and of torch at
 the recipe's shapes, to say how close each run gets to the machine's matmul
 speed. Needs the ``torch`` extra.
@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import fnn
-from experiments import _cli, peer_torch
+from experiments import _cli, _peer_torch
 from experiments._common import device_description, markdown_table, write_json
+from fnn.loop._epoch import EVAL_CHUNK  # the rows fit evaluates at a time
 
 N_IN, HIDDEN, N_OUT, BATCH = 784, 500, 10, 100
 
@@ -42,7 +43,7 @@ def recipe_flop(n_train, n_test, epochs):
 SHAPES = {
     "X W1 (batch 100)": (BATCH, N_IN, HIDDEN),
     "X^T G1 (batch 100)": (N_IN, BATCH, HIDDEN),
-    "evaluation X W1 (1000 rows)": (fnn.loop.EVAL_CHUNK, N_IN, HIDDEN),
+    "evaluation X W1 (1000 rows)": (EVAL_CHUNK, N_IN, HIDDEN),
     "square 1024": (1024, 1024, 1024),
 }
 
@@ -107,7 +108,7 @@ def run_fnn(data, epochs, path):
 
 
 def run_torch(data, epochs):
-    result = peer_torch.run(data.x_train, data.y_train, data.x_test, data.y_test, epochs=epochs)
+    result = _peer_torch.run(data.x_train, data.y_train, data.x_test, data.y_test, epochs=epochs)
     return {
         "wall_s": result["wall_s"],
         "test_error": result["test_error"],
@@ -124,7 +125,7 @@ def main(argv=None):
     parser.add_argument("--json", metavar="PATH")
     _cli.add_flags(parser)
     args = parser.parse_args(argv)
-    peer_torch._torch()  # a clear error now if torch is missing
+    _peer_torch.import_torch()  # a clear error now if torch is missing
     data = fnn.data.load("mnist")
     runs = {"fnn": [], "torch": []}
     for repeat in range(args.repeats):

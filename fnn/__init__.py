@@ -12,7 +12,8 @@ gradient paths, switched by one argument (:data:`PATHS`):
 Layers and models are in :mod:`fnn.nn`, losses in :mod:`fnn.losses`,
 op-level functions in :mod:`fnn.ops`, training in :mod:`fnn.train` and
 :func:`fit`; modules with state or randomness (batch norm, dropout) run in
-a context (:mod:`fnn.context`).
+a context (:mod:`fnn.context`). Every error fnn raises derives from
+:class:`Error` (see :mod:`fnn._errors`).
 """
 
 __version__ = "0.2.0"
@@ -23,6 +24,7 @@ from fnn import (
     context,
     data,
     inspect,
+    loop,
     losses,
     metrics,
     module,
@@ -33,12 +35,34 @@ from fnn import (
     train,
     validate,
 )
+from fnn._errors import (
+    CheckFailed,
+    CheckpointError,
+    DataError,
+    DatasetError,
+    Error,
+    InputError,
+    NetworkError,
+    StructureError,
+    TrainingDiverged,
+    UsageError,
+)
+from fnn._paths import PATHS, value_and_grad
 from fnn.loop import History, fit
-from fnn.paths import PATHS, value_and_grad
 
 __all__ = [
     "PATHS",
+    "CheckFailed",
+    "CheckpointError",
+    "DataError",
+    "DatasetError",
+    "Error",
     "History",
+    "InputError",
+    "NetworkError",
+    "StructureError",
+    "TrainingDiverged",
+    "UsageError",
     "bench",
     "checkpoint",
     "__version__",
@@ -47,6 +71,7 @@ __all__ = [
     "fit",
     "inspect",
     "losses",
+    "loop",
     "metrics",
     "module",
     "nn",

@@ -13,6 +13,8 @@ import numbers
 
 import numpy as np
 
+from fnn._errors import InputError, UsageError
+
 __all__ = ["as_float", "as_int", "positive_int", "real"]
 
 
@@ -32,9 +34,9 @@ def real(owner, arg, value, *, within, ok):
     """
     number = as_float(value)
     if number is None:
-        raise TypeError(f"{owner}: {arg} must be a real number {within}, got {_kind(value)} {value!r}")
+        raise UsageError(f"{owner}: {arg} must be a real number {within}, got {_kind(value)} {value!r}")
     if not ok(number):
-        raise ValueError(f"{owner}: {arg} must be {within}, got {number!r}")
+        raise InputError(f"{owner}: {arg} must be {within}, got {number!r}")
     return number
 
 
@@ -46,7 +48,7 @@ def positive_int(owner, arg, value):
     """
     number = as_int(value)
     if number is None or number < 1:
-        raise ValueError(f"{owner}: {arg} must be a positive int, got {value if number is None else number!r}")
+        raise InputError(f"{owner}: {arg} must be a positive int, got {value if number is None else number!r}")
     return number
 
 

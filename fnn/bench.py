@@ -28,6 +28,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
+from fnn._errors import InputError
 from fnn._numbers import as_int, real
 
 __all__ = ["Result", "compare", "summarize", "verdict"]
@@ -140,11 +141,11 @@ def summarize(wall_s, cpu_s, *, baseline, margin=0.0, confidence=0.95, seed=0, c
       ``{name: Result}`` in the order of ``wall_s``.
     """
     if baseline not in wall_s:
-        raise ValueError(f"baseline {baseline!r} is not one of the timed functions {list(wall_s)}")
+        raise InputError(f"baseline {baseline!r} is not one of the timed functions {list(wall_s)}")
     margin = _margin("summarize", margin)
     rounds = {len(v) for v in wall_s.values()} | {len(v) for v in cpu_s.values()}
     if len(rounds) != 1 or min(rounds) < MIN_ROUNDS:
-        raise ValueError(f"every function needs the same number of rounds, at least {MIN_ROUNDS}; got {sorted(rounds)}")
+        raise InputError(f"every function needs the same number of rounds, at least {MIN_ROUNDS}; got {sorted(rounds)}")
     base_wall, base_cpu = np.asarray(wall_s[baseline], float), np.asarray(cpu_s[baseline], float)
     results = {}
     for name, wall in wall_s.items():
@@ -229,12 +230,12 @@ def compare(
       ``{name: Result}``.
     """
     if not fns:
-        raise ValueError("compare needs at least one function")
+        raise InputError("compare needs at least one function")
     if baseline not in fns:
-        raise ValueError(f"baseline {baseline!r} is not one of {list(fns)}")
+        raise InputError(f"baseline {baseline!r} is not one of {list(fns)}")
     n_rounds = as_int(rounds)
     if n_rounds is None or n_rounds < MIN_ROUNDS:
-        raise ValueError(
+        raise InputError(
             f"compare: rounds must be an int >= {MIN_ROUNDS}, got {rounds if n_rounds is None else n_rounds!r}"
         )
     block_s = real("compare", "block_s", block_s, within="in (0, inf)", ok=lambda s: 0 < s < math.inf)

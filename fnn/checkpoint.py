@@ -11,11 +11,9 @@ opened. Needs the ``checkpoint`` extra (``pip install 'fnn[checkpoint]'``).
 
 import jax
 
+from fnn._errors import CheckpointError, InputError
+
 __all__ = ["CheckpointError", "Checkpoints"]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint folder cannot be used for this run; the message says why."""
 
 
 def _orbax():
@@ -39,7 +37,7 @@ class Checkpoints:
 
     def __init__(self, directory, *, keep=3):
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"keep must be a positive int (checkpoints to keep), got {keep!r}")
+            raise InputError(f"keep must be a positive int (checkpoints to keep), got {keep!r}")
         ocp = _orbax()
         self._ocp = ocp
         options = ocp.CheckpointManagerOptions(

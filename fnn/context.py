@@ -1,13 +1,9 @@
-"""Running a module in a context: its state, a random key, and training or evaluation.
+"""Fixing a module's context: its state, its random key, and training or evaluation.
 
-A *contextual* module (:attr:`fnn.module.Module.contextual`: batch norm,
-dropout, or wiring around them) takes ``state=``, ``key=`` and ``train=``
-and, if it has state, returns the new state too (see :mod:`fnn.module`).
-Code that runs any module, contextual or not (the gradient paths, ``fit``,
-:mod:`fnn.inspect`, :mod:`fnn.testing`), calls :func:`apply` and
-:func:`forward` here, which always take and return the state (``()`` for a
-module without any); :func:`bind` fixes a context once, making a plain module
-of a contextual one, for the checks that take plain modules.
+Every module takes ``state=``, ``key=`` and ``train=`` (see :mod:`fnn.module`);
+:func:`bind` fixes them once, making a plain module of a contextual one, for
+the checks that differentiate plain modules (:func:`fnn.testing.check_module`,
+:func:`fnn.inspect.compare_paths`, :func:`fnn.inspect.wrong_rules`).
 
 Keys: a composite module hands child ``i`` the key ``fold_in(key, i)``
 (:func:`child_key`), so that two dropout layers draw different masks.
@@ -17,9 +13,10 @@ import dataclasses
 
 import jax
 
+from fnn._errors import InputError, UsageError
 from fnn.module import Module
 
-__all__ = ["apply", "bind", "child_key", "fix", "forward"]
+__all__ = ["bind", "child_key"]
 
 
 def child_key(key, i):
@@ -27,38 +24,19 @@ def child_key(key, i):
     return None if key is None else jax.random.fold_in(key, i)
 
 
-def apply(module, params, x, *, state=(), key=None, train=False):
-    """``(y, new_state)`` of any module; a module without state gets none and returns ``state`` as given."""
-    if not module.contextual:
-        return module.apply(params, x), state
-    if module.has_state:
-        return module.apply(params, x, state=state, key=key, train=train)
-    return module.apply(params, x, key=key, train=train), state
-
-
-def forward(module, params, x, *, state=(), key=None, train=False):
-    """``(y, saved, new_state)`` of any module's ``forward``; as :func:`apply` for the state."""
-    if not module.contextual:
-        return (*module.forward(params, x), state)
-    if module.has_state:
-        return module.forward(params, x, state=state, key=key, train=train)
-    return (*module.forward(params, x, key=key, train=train), state)
-
-
 def bind(module, *, state=(), key=None, train=False):
     """``module`` with its context fixed: a plain module whose functions take ``(params, x)``.
 
-    Each contextual leaf becomes a leaf whose ``forward``/``apply`` run in
-    its share of the context (its state, its key) and drop the new state, and
-    whose ``backward`` is its own; the wiring is rebuilt around them, so the
-    custom path still has one custom VJP per leaf. A module that is not
-    contextual is returned as it is. What the gradient checks
-    (:func:`fnn.testing.check_module`, :func:`fnn.inspect.compare_paths`,
-    :func:`fnn.inspect.wrong_rules`) take for a module with state or
-    randomness.
+    Each contextual leaf becomes a leaf that runs in its share of the context
+    (its state, its key) and drops the new state, and whose ``backward`` is
+    its own; the wiring is rebuilt around them, so the custom path still has
+    one custom VJP per leaf. A module that is not contextual is returned as
+    it is.
     """
     if not isinstance(module, Module):
-        raise TypeError(f"bind takes an fnn module, got {type(module).__name__}")
+        raise UsageError(f"bind takes an fnn module, got {type(module).__name__}")
+    if not isinstance(train, bool):
+        raise UsageError(f"bind: train must be True or False, got {train!r}")
     if not module.contextual:
         return module
     if module.is_leaf:
@@ -76,10 +54,10 @@ def fix(caller, module, input_shape, *, state=None, key=None, train=True, seed=0
     names the function in the message).
     """
     if not isinstance(train, bool):
-        raise TypeError(f"{caller}: train must be True or False, got {train!r}")
+        raise UsageError(f"{caller}: train must be True or False, got {train!r}")
     if not module.contextual:
         if state is not None or key is not None:
-            raise ValueError(f"{caller}: {module.name} keeps no state and draws no key; pass neither state= nor key=")
+            raise InputError(f"{caller}: {module.name} keeps no state and draws no key; pass neither state= nor key=")
         return module, state, key
     state = module.init_state(tuple(input_shape)) if state is None else state
     key = jax.random.key(seed) if key is None else key
@@ -87,18 +65,19 @@ def fix(caller, module, input_shape, *, state=None, key=None, train=True, seed=0
 
 
 def _bound_leaf(module, state, key, train):
-    def bound_forward(params, x):
-        return forward(module, params, x, state=state, key=key, train=train)[:2]
+    def run(params, x, _state, _key, _train):
+        return module.run(params, x, state, key, train)[0], _state
 
-    def bound_apply(params, x):
-        return apply(module, params, x, state=state, key=key, train=train)[0]
+    def run_forward(params, x, _state, _key, _train):
+        y, saved, _ = module.run_forward(params, x, state, key, train)
+        return y, saved, _state
 
     mode = "train" if train else "eval"
     return dataclasses.replace(
         module,
         name=f"{module.name}[{mode}]",
-        apply=bound_apply,
-        forward=bound_forward,
+        run=run,
+        run_forward=run_forward,
         state_init=None,
         stochastic=False,
     )

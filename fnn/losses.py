@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn import validate
+from fnn._errors import InputError, UsageError
 from fnn._numbers import real
 from fnn.metrics import error_rate
 from fnn.module import loss, with_settings
@@ -34,14 +35,14 @@ def _check_class_labels(name, scores_arg):
     def check(scores, labels):
         _checks.require_float(name, scores_arg, scores)
         if not jnp.issubdtype(labels.dtype, jnp.integer):
-            raise TypeError(f"{name}: labels must be integer class ids, got dtype {labels.dtype}")
+            raise UsageError(f"{name}: labels must be integer class ids, got dtype {labels.dtype}")
         if scores.ndim < 1 or labels.shape != scores.shape[:-1]:
-            raise ValueError(
+            raise InputError(
                 f"{name}: labels must have the shape of {scores_arg} without its last (class) axis; "
                 f"got {scores_arg} {scores.shape} and labels {labels.shape}"
             )
         if labels.size == 0:
-            raise ValueError(f"{name}: the batch is empty (no labels)")
+            raise InputError(f"{name}: the batch is empty (no labels)")
 
     return check
 
@@ -109,13 +110,13 @@ def _check_mse(pred, target):
     _checks.require_float("mse", "pred", pred)
     _checks.require_float("mse", "target", target)
     if pred.shape != target.shape:
-        raise ValueError(
+        raise InputError(
             f"mse: pred and target must have the same shape, got pred {pred.shape} and target {target.shape}"
         )
     if pred.dtype != target.dtype:
-        raise TypeError(f"mse: pred and target must share a dtype, got pred {pred.dtype} and target {target.dtype}")
+        raise UsageError(f"mse: pred and target must share a dtype, got pred {pred.dtype} and target {target.dtype}")
     if pred.size == 0:
-        raise ValueError("mse: the batch is empty")
+        raise InputError("mse: the batch is empty")
 
 
 def _mse_forward(pred, target):
@@ -139,13 +140,13 @@ def _check_logistic(logits, labels):
     if not (
         jnp.issubdtype(labels.dtype, jnp.integer) or jnp.issubdtype(labels.dtype, jnp.floating) or labels.dtype == bool
     ):
-        raise TypeError(f"logistic: labels must be 0/1 (integer, boolean or floating), got dtype {labels.dtype}")
+        raise UsageError(f"logistic: labels must be 0/1 (integer, boolean or floating), got dtype {labels.dtype}")
     if labels.shape != logits.shape:
-        raise ValueError(
+        raise InputError(
             f"logistic: labels must have the shape of logits, got logits {logits.shape} and labels {labels.shape}"
         )
     if logits.size == 0:
-        raise ValueError("logistic: the batch is empty")
+        raise InputError("logistic: the batch is empty")
 
 
 def _logistic_forward(logits, labels):

@@ -5,7 +5,8 @@ A network is a composition of modules. Each module has
 - ``init(key, input_shape) -> (output_shape, params)``: ``input_shape``
   excludes the batch axis (``(784,)``, ``(28, 28, 1)``); ``params`` is a plain
   pytree (``()`` for a module without parameters);
-- ``apply(params, x) -> y``: the forward pass, batch axis first;
+- ``apply(params, x) -> y``: the forward pass, batch axis first (the context
+  keywords below are accepted by every module);
 - ``forward(params, x) -> (y, saved)``: the forward pass, keeping what the
   backward function needs;
 - ``backward(params, saved, g) -> (dparams, dx)``: the notes' backward
@@ -23,35 +24,45 @@ training (``fnn.fit``): by default finite floating-point inputs; a leaf can
 bring its own (an embedding refuses token ids out of range), and a
 structural module asks its first child.
 
-**State and randomness.** A module may keep *state*, updated by the forward
-pass and never differentiated (batch norm's running statistics), and may
-draw from a *random key* (dropout's mask), and behaves differently in
-training and in evaluation. Such a module is *contextual*; its functions take
-the context as keywords and, if it has state, return the new state as a last
-output:
+**One call contract.** A module may keep *state*, updated by the forward
+pass and never differentiated (batch norm's running statistics), may draw
+from a *random key* (dropout's mask), and may behave differently in training
+and in evaluation; such a module is *contextual*. Every module, contextual or
+not, is called the same way:
 
 - ``init_state(input_shape) -> state`` (``()`` for a module without state);
-- ``apply(params, x, *, state, key=None, train=False) -> (y, state)``;
-- ``forward(params, x, *, state, key=None, train=False) -> (y, saved, state)``;
-- ``backward(params, saved, g) -> (dparams, dx)``, as for every module: the
-  state gets no gradient and the key none; what differs between training and
-  evaluation, ``forward`` says through what it saves.
+- ``apply(params, x, *, state=None, key=None, train=None) -> y``, or
+  ``(y, new_state)`` exactly when ``state=`` was passed;
+- ``forward(params, x, *, state=None, key=None, train=None) -> (y, saved)``,
+  or ``(y, saved, new_state)`` exactly when ``state=`` was passed;
+- ``backward(params, saved, g) -> (dparams, dx)``: the state gets no
+  gradient and the key none; what differs between training and evaluation,
+  ``forward`` says through what it saves.
 
-A module with a key but no state (dropout) takes ``key=`` and ``train=`` and
-returns what a plain module returns. ``train`` defaults to ``False``
-(evaluation), where a stochastic module needs no key. Modules without either
-are exactly as above: their functions take ``(params, x)`` only, so the
-common case stays as simple to write and to call. Composite modules
-(``serial``, ``residual``) are contextual when a child is; they pass each
-child its own state and the key ``fold_in(key, i)`` for child ``i``.
-:mod:`fnn.context` runs any module in a context (:func:`fnn.context.apply`,
-:func:`fnn.context.forward`) and fixes one (:func:`fnn.context.bind`).
+What comes back is the caller's choice, never the model's: code that passes
+``state=`` (``model.init_state(...)``, which is ``()`` for a model without
+state) always gets the new state back, so adding a batch norm deep inside a
+block changes no call site. A module without state or randomness ignores the
+context keywords. A module with state refuses a call without ``state=``, and
+a contextual one a call without ``train=`` (``True`` or ``False``, fixed when
+tracing): where ``train`` changes the result it is never a default. A
+stochastic module needs ``key=`` in training. Composite modules (``serial``,
+``residual``) pass each child its own state and the key ``fold_in(key, i)``
+for child ``i`` (:func:`fnn.context.child_key`); :func:`fnn.context.bind`
+fixes a context once, making a plain module of a contextual one.
+
+Underneath, every module has one positional form, what the public methods
+check their arguments for and then call: ``run(params, x, state, key, train)
+-> (y, state)`` and ``run_forward(params, x, state, key, train) -> (y, saved,
+state)``, ``state`` being ``()`` for a module without any. Library code that
+threads a context through children calls these. Leaf authors never write
+them: :func:`leaf` makes them from a plain ``forward``/``backward`` pair.
 
 Why this design, against the anchors: like Haiku's ``transform_with_state``
 and Equinox's ``State``, state is a pytree passed in and returned, never
-hidden in the module; unlike Flax's mutable collections it is not a separate
-mode of one ``apply`` call, and unlike Haiku it does not change the signature
-of modules without state (stax's ``rng=`` keyword, kept for randomness).
+hidden in the module; as with Equinox's ``Sequential``, the new state comes
+back exactly when a state was passed in, and as Haiku's ``BatchNorm`` requires
+``is_training``, a contextual module requires ``train``.
 The hand-written ``backward`` needs no context: the forward pass keeps what
 the backward needs for the mode it ran in.
 
@@ -77,16 +88,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn import validate
+from fnn._errors import InputError, UsageError
 
 __all__ = [
     "Loss",
     "Module",
     "Setting",
-    "context_signatures",
-    "jsonable",
     "leaf",
     "loss",
-    "output_shape",
     "structural",
     "with_settings",
 ]
@@ -105,6 +114,8 @@ class Setting(NamedTuple):
 class Module:
     """A module: pure ``init``, ``apply``, ``forward`` and ``backward`` functions (see the module doc).
 
+    ``run`` and ``run_forward`` are the positional forms behind
+    :meth:`apply` and :meth:`forward` (see the module doc).
     ``children`` are the modules a structural module wires together, and
     ``rebuild(*children)`` makes the same structure from other children (how
     :attr:`custom` swaps in the custom-VJP leaves). Leaves have neither.
@@ -115,7 +126,7 @@ class Module:
     state at the start (``None``: the leaf has no state), or a structural
     module's, from its children's; ``stochastic`` marks a leaf that draws from
     the key in training; ``split_context(state, key) -> [(state, key), ...]``
-    hands a contextual structural module's context to its children.
+    hands a structural module's context to its children.
     ``settings`` are the :class:`Setting` of the constructor call that built
     the module (see :func:`with_settings`), modules among them left out (they
     are its children); :meth:`describe` and ``repr`` show them.
@@ -126,8 +137,8 @@ class Module:
 
     name: str
     init: Callable
-    apply: Callable
-    forward: Callable
+    run: Callable
+    run_forward: Callable
     backward: Callable
     children: tuple = ()
     rebuild: Callable | None = None
@@ -138,6 +149,56 @@ class Module:
     split_context: Callable | None = None
     settings: tuple = ()
     passes_values: bool = False
+
+    def apply(self, params, x, *, state=None, key=None, train=None):
+        """The forward pass: ``y``, or ``(y, new_state)`` exactly when ``state=`` was passed (see the module doc).
+
+        Args:
+          params: the module's parameters (from :attr:`init`).
+          x: the inputs, batch axis first.
+          state: the state (from :meth:`init_state`); required for a module
+            with state, ignored by one without (which returns it as given).
+          key: a ``jax.random`` key; required in training by a module that
+            draws from one (dropout), ignored by the others.
+          train: ``True`` or ``False``; required by a contextual module,
+            ignored by the others.
+        """
+        context = self.checked_context(state, train)
+        y, new_state = self.run(params, x, context[0], key, context[1])
+        return y if state is None else (y, new_state)
+
+    def forward(self, params, x, *, state=None, key=None, train=None):
+        """The forward pass keeping what :attr:`backward` needs: ``(y, saved)``, or ``(y, saved, new_state)``
+        exactly when ``state=`` was passed; the keywords are :meth:`apply`'s."""
+        context = self.checked_context(state, train)
+        y, saved, new_state = self.run_forward(params, x, context[0], key, context[1])
+        return (y, saved) if state is None else (y, saved, new_state)
+
+    def checked_context(self, state, train):
+        """``(state, train)`` to pass to :attr:`run`: the state (``()`` if none was passed) and the mode, after the
+        checks :meth:`apply` makes (a module with state needs ``state=``, a contextual one ``train=``)."""
+        if train is None:
+            if self.contextual:
+                through = "" if self.is_leaf else f" (through {', '.join(_contextual_names(self))})"
+                raise UsageError(
+                    f"{self.name} behaves differently in training and in evaluation{through}: pass train=True "
+                    "or train=False"
+                )
+            train = False
+        if not isinstance(train, bool):
+            traced = isinstance(train, jax.core.Tracer)
+            fix = " (under jax.jit, mark it static: static_argnames='train', or close over it)" if traced else ""
+            raise UsageError(
+                f"{self.name}: train must be True or False (a Python bool, fixed when tracing), got {train!r}{fix}"
+            )
+        if state is None and self.has_state:
+            through = "" if self.is_leaf else f" (in {', '.join(_contextual_names(self, state=True))})"
+            raise UsageError(
+                f"{self.name} keeps state{through}: pass "
+                "state=model.init_state(input_shape) (input_shape without the batch axis) and take the new state "
+                "back: y, state = model.apply(params, x, state=state, train=...)"
+            )
+        return (() if state is None else state), train
 
     @property
     def is_leaf(self):
@@ -169,12 +230,24 @@ class Module:
         """The state of every module of the tree before training, for inputs ``[N, *input_shape]``; ``()`` if none."""
         return () if self.state_init is None else self.state_init(tuple(input_shape))
 
+    def output_shape(self, input_shape):
+        """The output shape (batch axis excluded) :attr:`init` gives for ``input_shape``, computing nothing."""
+        shapes = []
+
+        def init(key):
+            shape, params = self.init(key, tuple(input_shape))
+            shapes.append(tuple(shape))
+            return params
+
+        jax.eval_shape(init, jax.random.key(0))
+        return shapes[0]
+
     @functools.cached_property
     def custom(self):
         """This module with each leaf's ``apply`` a ``jax.custom_vjp`` of its own ``forward``/``backward``."""
         if self.is_leaf:
-            make = _contextual_custom_apply if self.contextual else _custom_vjp_apply
-            return dataclasses.replace(self, apply=make(self))
+            make = _contextual_custom_run if self.contextual else _custom_run
+            return dataclasses.replace(self, run=make(self))
         rebuilt = self.rebuild(*(child.custom for child in self.children))
         return dataclasses.replace(rebuilt, name=self.name, settings=self.settings)
 
@@ -196,9 +269,9 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         """Refuses a call: a module is not a function of its input (``nn.relu``, not ``nn.relu()``)."""
-        raise TypeError(
+        raise UsageError(
             f"{self.name} is already a module, not a function to call: put it in nn.serial(...) as it is "
-            f"(nn.relu, not nn.relu()), and run a module with module.apply(params, x)"
+            f"(nn.relu, not nn.relu()), and run a module with module.apply(params, x, ...)"
         )
 
     def describe(self):
@@ -298,33 +371,44 @@ def with_settings(constructor):
     return build
 
 
-def _custom_vjp_apply(module):
-    """``apply`` as a ``jax.custom_vjp``: residuals ``(params, saved)``, backward ``module.backward``."""
+def _contextual_names(module, state=False):
+    """The names of the leaves that make ``module`` contextual (with ``state``: those that keep state), in order,
+    each once."""
+    leaves = [leaf.name for leaf in module.leaves() if leaf.state_init is not None or (not state and leaf.stochastic)]
+    return list(dict.fromkeys(leaves))
+
+
+def _custom_run(module):
+    """A plain leaf's ``run`` with its output a ``jax.custom_vjp``: residuals ``(params, saved)``, backward
+    ``module.backward``."""
 
     def fwd(params, x):
-        y, saved = module.forward(params, x)
+        y, saved, _ = module.run_forward(params, x, (), None, False)
         return y, (params, saved)
 
     def bwd(residuals, g):
         params, saved = residuals
         return module.backward(params, saved, g)
 
-    return functools.wraps(module.apply)(_custom_vjp(module.name, fwd, bwd))
+    fn = _custom_vjp(module.name, fwd, bwd)
+
+    def run(params, x, state, key, train):
+        return fn(params, x), state
+
+    return run
 
 
-def _contextual_custom_apply(module):
-    """A contextual leaf's ``apply`` as a ``jax.custom_vjp`` per mode: ``(params, x, state, key) -> (y, state)``.
+def _contextual_custom_run(module):
+    """A contextual leaf's ``run`` as a ``jax.custom_vjp`` per mode over ``(params, x, state, key) -> (y, state)``.
 
     The new state is an output that carries no gradient back (its cotangent
     is dropped); the incoming state and the key get none.
     """
 
-    from fnn import context  # here: fnn.context imports this module
-
     @functools.cache
     def for_mode(train):
         def fwd(params, x, state, key):
-            y, saved, new_state = context.forward(module, params, x, state=state, key=key, train=train)
+            y, saved, new_state = module.run_forward(params, x, state, key, train)
             return (y, new_state), (params, saved)
 
         def bwd(residuals, cotangents):
@@ -335,13 +419,11 @@ def _contextual_custom_apply(module):
         fn.defvjp(fwd, bwd)
         return fn
 
-    def apply(params, x, *, state=None, key=None, train=False):
-        _check_context(module.name, module.has_state, state, train)
+    def run(params, x, state, key, train):
         with _reverse_mode_only(module.name):
-            y, new_state = for_mode(train)(params, jnp.asarray(x), () if state is None else state, key)
-        return (y, new_state) if module.has_state else y
+            return for_mode(train)(params, jnp.asarray(x), state, key)
 
-    return apply
+    return run
 
 
 def _custom_vjp(name, forward, backward):
@@ -372,7 +454,7 @@ def _reverse_mode_only(name):
     except TypeError as exc:
         if "forward-mode" not in str(exc):
             raise
-        raise TypeError(
+        raise UsageError(
             f"{name}: the custom path's hand-written rules are reverse mode only (jax.custom_vjp), so jax.jvp, "
             "jax.jacfwd and jax.hessian (forward over reverse) cannot run through them; use the autodiff path "
             "instead: the module's plain apply, fnn.ops.autodiff, or fnn.value_and_grad(..., path='autodiff')"
@@ -430,7 +512,7 @@ def leaf(
     ``jit`` removes). It runs ``check`` first, as ``forward`` does.
     """
     if (state_init is not None or stochastic) and apply is not None:
-        raise TypeError(f"{name}: a leaf with state or randomness computes apply from its forward; pass no apply")
+        raise UsageError(f"{name}: a leaf with state or randomness computes apply from its forward; pass no apply")
 
     def checked(x, params):
         x = jnp.asarray(x)
@@ -439,25 +521,33 @@ def leaf(
         return x
 
     def no_init(key, input_shape):
-        raise TypeError(f"{name}: this leaf is an op over given parameters and has no init")
+        raise UsageError(f"{name}: this leaf is an op over given parameters and has no init")
 
     if state_init is not None or stochastic:
-        forward_fn, apply_fn = _contextual_leaf(name, forward, checked, state_init is not None, stochastic)
+
+        def run_forward(params, x, state, key, train):
+            if stochastic and train and key is None:
+                raise InputError(f"{name}: training draws from a random key; pass key= (a jax.random key)")
+            return forward(params, checked(x, params), state=state, key=key if train else None, train=train)
+
+        def run(params, x, state, key, train):
+            y, _, new_state = run_forward(params, x, state, key, train)
+            return y, new_state
+
     else:
 
-        def forward_fn(params, x):
-            return forward(params, checked(x, params))
+        def run_forward(params, x, state, key, train):
+            return (*forward(params, checked(x, params)), state)
 
-        def apply_fn(params, x):
-            if apply is None:
-                return forward_fn(params, x)[0]
-            return apply(params, checked(x, params))
+        def run(params, x, state, key, train):
+            x = checked(x, params)
+            return (forward(params, x)[0] if apply is None else apply(params, x)), state
 
     return Module(
         name,
         init or no_init,
-        apply_fn,
-        forward_fn,
+        run,
+        run_forward,
         backward,
         input_check=check_inputs,
         edge_values=tuple(edge_values),
@@ -466,85 +556,17 @@ def leaf(
     )
 
 
-def _contextual_leaf(name, forward, checked, has_state, stochastic):
-    """A contextual leaf's public ``forward`` and ``apply`` (see the module doc) over its hand-written ``forward``."""
-
-    def run(params, x, state, key, train):  # train is checked by context_signatures
-        if stochastic and train and key is None:
-            raise ValueError(f"{name}: training draws from a random key; pass key= (a jax.random key)")
-        return forward(params, checked(x, params), state=state, key=key if train else None, train=train)
-
-    return context_signatures(name, run, has_state)
-
-
-def context_signatures(name, run, has_state, run_apply=None):
-    """A contextual module's public ``forward`` and ``apply`` from ``run(params, x, state, key, train) -> (y, saved,
-    state)`` and, for wiring, ``run_apply(...) -> (y, state)`` (its children's ``apply``, so that the custom path
-    keeps their custom VJPs; a leaf's ``apply`` is ``run``'s first output). With state, they take ``state=`` and
-    return the new state last; without, they take none (``run`` gets ``()``) and return what a plain module
-    returns."""
-    if run_apply is None:
-
-        def run_apply(params, x, state, key, train):
-            y, _, new_state = run(params, x, state, key, train)
-            return y, new_state
-
-    def checked(fn, params, x, state, key, train):
-        _check_context(name, has_state, state, train)
-        return fn(params, x, state, key, train)
-
-    if not has_state:
-
-        def forward(params, x, *, key=None, train=False):
-            return checked(run, params, x, (), key, train)[:2]
-
-        def apply(params, x, *, key=None, train=False):
-            return checked(run_apply, params, x, (), key, train)[0]
-
-        return forward, apply
-
-    def forward(params, x, *, state=None, key=None, train=False):
-        return checked(run, params, x, state, key, train)
-
-    def apply(params, x, *, state=None, key=None, train=False):
-        return checked(run_apply, params, x, state, key, train)
-
-    return forward, apply
-
-
-def _check_context(name, has_state, state, train):
-    """Raises unless ``train`` is a Python bool and, for a module with state, a ``state`` was passed."""
-    if not isinstance(train, bool):
-        raise TypeError(f"{name}: train must be True or False (a Python bool, fixed when tracing), got {train!r}")
-    if has_state and state is None:
-        raise TypeError(
-            f"{name} has state: pass state= (model.init_state(input_shape) before training) and take the new "
-            "state from the last output, (y, state) = model.apply(params, x, state=state, ...)"
-        )
-
-
-def output_shape(module, input_shape):
-    """The output shape (batch axis excluded) ``module.init`` gives for ``input_shape``, computing nothing."""
-    shapes = []
-
-    def init(key):
-        shape, params = module.init(key, tuple(input_shape))
-        shapes.append(tuple(shape))
-        return params
-
-    jax.eval_shape(init, jax.random.key(0))
-    return shapes[0]
-
-
 def structural(
     name,
     *,
     init,
-    apply,
-    forward,
     backward,
-    children=(),
     rebuild,
+    apply=None,
+    forward=None,
+    run=None,
+    run_forward=None,
+    children=(),
     state_init=None,
     split_context=None,
     check_inputs=None,
@@ -553,18 +575,34 @@ def structural(
     """Makes a structural module: wiring whose ``backward`` calls its children's.
 
     ``rebuild(*children)`` must return the same structure over new children;
-    for a module without children it returns the module itself. A module
-    wiring contextual children passes them their context: it gives
-    ``state_init`` (its state from its children's) and ``split_context``
-    (see :class:`Module`), and its ``apply``/``forward`` take the context
-    keywords (see the module doc). ``check_inputs`` (the host-side check of
-    its inputs, as for :func:`leaf`) and ``passes_values`` are as in :class:`Module`.
+    for a module without children it returns the module itself. Wiring of
+    plain children gives ``apply(params, x) -> y`` and ``forward(params, x)
+    -> (y, saved)``; wiring that hands its children a context gives ``run``
+    and ``run_forward`` instead (the positional forms, see the module doc),
+    with ``split_context`` (see :class:`Module`) and, when a child keeps
+    state, ``state_init`` (its state from its children's). ``check_inputs``
+    (the host-side check of its inputs, as for :func:`leaf`) and
+    ``passes_values`` are as in :class:`Module`.
     """
+    if (
+        (apply is None) == (run is None)
+        or (forward is None) == (run_forward is None)
+        or (apply is None) != (forward is None)
+    ):
+        raise UsageError(f"{name}: give either apply and forward (plain wiring) or run and run_forward")
+    if run is None:
+
+        def run(params, x, state, key, train):
+            return apply(params, x), state
+
+        def run_forward(params, x, state, key, train):
+            return (*forward(params, x), state)
+
     module = Module(
         name,
         init,
-        apply,
-        forward,
+        run,
+        run_forward,
         backward,
         tuple(children),
         rebuild,
@@ -573,8 +611,8 @@ def structural(
         split_context=split_context,
         passes_values=passes_values,
     )
-    if module.contextual and split_context is None:
-        raise TypeError(f"{name}: a child has state or randomness; the wiring must pass it on (split_context)")
+    if module.contextual and (split_context is None or apply is not None):
+        raise UsageError(f"{name}: a child has state or randomness; the wiring must pass it on (run, split_context)")
     return module
 
 

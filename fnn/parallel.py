@@ -14,6 +14,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from fnn._errors import InputError
+
 __all__ = ["AXIS", "batch_sharding", "data_mesh", "replicate", "replicated", "use_cpu_devices"]
 
 #: The name of the mesh axis that batches are split over.
@@ -28,7 +30,7 @@ def use_cpu_devices(n):
     already there.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"the number of devices must be a positive int, got {n!r}")
+        raise InputError(f"the number of devices must be a positive int, got {n!r}")
     try:
         jax.config.update("jax_num_cpu_devices", n)
     except RuntimeError:
@@ -49,7 +51,7 @@ def data_mesh(devices=None):
         devices = available
     elif isinstance(devices, int) and not isinstance(devices, bool):
         if not 1 <= devices <= len(available):
-            raise ValueError(
+            raise InputError(
                 f"asked for {devices} devices but {len(available)} are available ({available[0].platform}); "
                 "on a CPU, more can be simulated with fnn.parallel.use_cpu_devices(n) before JAX starts"
             )

@@ -5,10 +5,10 @@ A step is ``(params, batch) -> (params, metrics)`` (SGD) or
 ``batch = (x, targets)`` and ``metrics = {"loss": L, "error": E}``: the loss
 and, for a loss with an error rate, the error of the batch at the parameters
 passed in (before the update), from the forward pass the gradient needs
-anyway. The gradient comes from :func:`fnn.paths.differentiate` with
-``path`` one of :data:`fnn.PATHS`. A contextual model (batch norm, dropout;
-see :mod:`fnn.module`) trains in training mode: the step takes ``state=``
-and ``key=`` and, for a model with state, returns the new state last. Jitted
+anyway. The gradient comes from ``path``, one of :data:`fnn.PATHS`. A step
+trains (``train=True``): it takes the context keywords ``state=`` and
+``key=`` of :meth:`fnn.module.Module.apply` and returns the model's new
+state last exactly when ``state=`` was passed. Jitted
 steps donate their parameter (and optimizer-state) buffers, so the update
 happens in place on every backend; the arrays passed in must not be used
 afterwards. Nothing here is device-specific.
@@ -19,8 +19,9 @@ import math
 import jax
 import optax
 
+from fnn._errors import InputError, UsageError
 from fnn._numbers import as_float
-from fnn.paths import differentiate
+from fnn._paths import gradients
 
 __all__ = ["as_optimizer", "optimizer_step", "optimizer_update", "sgd_step", "sgd_update"]
 
@@ -33,12 +34,12 @@ def _step_size(value, name="learning_rate"):
     number = as_float(value)
     if number is None:
         got = f"the string {value!r}" if isinstance(value, str) else type(value).__name__
-        raise TypeError(
+        raise UsageError(
             f"{name} must be a step size (a positive number, for plain SGD) or an optax.GradientTransformation "
             f"such as optax.adam(1e-3), got {got}"
         )
     if not 0 < number < math.inf:
-        raise ValueError(f"{name} must be a positive step size, a finite number above 0, got {number!r}")
+        raise InputError(f"{name} must be a positive step size, a finite number above 0, got {number!r}")
     return number
 
 
@@ -61,16 +62,15 @@ def sgd_update(model, loss, learning_rate, *, path="custom"):
 
     Implements ``W <- W - learning_rate * dL/dW`` for every leaf. Use it in
     your own compiled loops (e.g. ``jax.lax.scan``); :func:`sgd_step` is its
-    jitted form. A contextual model takes ``state=`` and ``key=`` (see the
-    module doc).
+    jitted form. With ``state=`` it returns the new state last (see the module doc).
     """
     learning_rate = _step_size(learning_rate)
-    grads_of = differentiate(model, loss, path)
+    grads_of = _training(model, loss, path)
 
     def update(params, batch, *, state=None, key=None):
-        value, outputs, grads, new_state = grads_of(params, *batch, state, key)
+        value, outputs, grads, new_state = grads_of(params, batch, state, key)
         params = jax.tree.map(lambda p, g: p - learning_rate * g, params, grads)
-        return _out(model, (params, _metrics(loss, value, outputs, batch[1])), new_state)
+        return _out((params, _metrics(loss, value, outputs, batch[1])), state, new_state)
 
     return update
 
@@ -80,24 +80,36 @@ def optimizer_update(model, loss, optimizer, *, path="custom"):
 
     ``optimizer`` is any ``optax.GradientTransformation`` (SGD, momentum, Adam,
     schedules, chains); a number means plain SGD with that step size.
-    Initialise the state with ``as_optimizer(optimizer).init(params)``. A
-    contextual model takes ``state=`` and ``key=`` (see the module doc).
+    Initialise the state with ``as_optimizer(optimizer).init(params)``. With
+    ``state=`` it returns the model's new state last (see the module doc).
     """
     optimizer = as_optimizer(optimizer)
-    grads_of = differentiate(model, loss, path)
+    grads_of = _training(model, loss, path)
 
     def update(params, opt_state, batch, *, state=None, key=None):
-        value, outputs, grads, new_state = grads_of(params, *batch, state, key)
+        value, outputs, grads, new_state = grads_of(params, batch, state, key)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         result = (optax.apply_updates(params, updates), opt_state, _metrics(loss, value, outputs, batch[1]))
-        return _out(model, result, new_state)
+        return _out(result, state, new_state)
 
     return update
 
 
-def _out(model, result, new_state):
-    """``result``, with the model's new state last when it has state."""
-    return (*result, new_state) if model.has_state else result
+def _training(model, loss, path):
+    """``(params, batch, state, key) -> (L, outputs, grads, new_state)`` in training mode, the state checked as
+    :meth:`fnn.module.Module.apply` checks it."""
+    grads_of = gradients(model, loss, path)
+
+    def fn(params, batch, state, key):
+        state, train = model.checked_context(state, True)
+        return grads_of(params, *batch, state, key, train)
+
+    return fn
+
+
+def _out(result, state, new_state):
+    """``result``, with the model's new state last exactly when a ``state`` was passed."""
+    return result if state is None else (*result, new_state)
 
 
 def sgd_step(model, loss, learning_rate, *, path="custom"):

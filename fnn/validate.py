@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn._errors import DataError
+
 __all__ = [
     "DataError",
     "check_binary_labels",
@@ -25,10 +27,6 @@ __all__ = [
 ]
 
 
-class DataError(ValueError):
-    """The data cannot train this model; the message says what is wrong and what was expected."""
-
-
 def _first_bad(mask):
     """The first index (as a tuple) where ``mask`` is True."""
     return tuple(int(i) for i in np.argwhere(mask)[0])
@@ -38,7 +36,12 @@ def check_class_labels(targets, output_shape, split):
     """Integer class ids in ``[0, k)``, ``k = output_shape[-1]``, one per row (shape ``output_shape[:-1]``)."""
     k = output_shape[-1]
     if not jnp.issubdtype(targets.dtype, jnp.integer):
-        raise DataError(f"{split} labels must be integer class ids in [0, {k}), got dtype {targets.dtype}")
+        one_hot = targets.shape == tuple(output_shape) and jnp.issubdtype(targets.dtype, jnp.floating)
+        fix = "; these look one-hot: pass y.argmax(-1)" if one_hot else ""
+        raise DataError(
+            f"{split} labels must be integer class ids in [0, {k}), got dtype {targets.dtype} with shape "
+            f"{targets.shape}{fix}"
+        )
     if targets.shape != tuple(output_shape[:-1]):
         raise DataError(
             f"{split} labels must have shape {tuple(output_shape[:-1])} (one class id per example), got {targets.shape}"
@@ -90,7 +93,10 @@ def _check_finite(array, what):
 def check_inputs(x, split):
     """Finite floating-point inputs: the default host-side check of a module's inputs (see ``Module.check_inputs``)."""
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise DataError(f"{split} inputs must be floating-point, got dtype {x.dtype}")
+        fix = " (pixels 0-255: pass x / 255, or x.astype(np.float32) / 255)" if x.dtype == np.uint8 else ""
+        raise DataError(
+            f"{split} inputs must be floating-point, got dtype {x.dtype}; convert them, e.g. x.astype(np.float32){fix}"
+        )
     _check_finite(x, f"{split} inputs")
 
 
@@ -121,18 +127,18 @@ def check_targets(model, loss, splits):
 
     The output shape is the one ``model.init`` gives (nothing is computed).
     """
-    from fnn.module import output_shape  # here: fnn.module imports this module
-
     if loss.check_targets is None:
         return
     for split, (x, y) in splits.items():
-        loss.check_targets(y, (x.shape[0], *output_shape(model, x.shape[1:])), split)
+        loss.check_targets(y, (x.shape[0], *model.output_shape(x.shape[1:])), split)
 
 
 def check_state(model, state, input_shape):
     """Raises ``DataError`` unless ``state`` has the structure and shapes ``model.init_state`` makes."""
-    if not model.has_state:
-        raise DataError(f"{model.name} keeps no state; pass no state=")
+    if not model.has_state and state != ():
+        raise DataError(
+            f"{model.name} keeps no state: pass state=() (what model.init_state gives) or no state, got {state!r}"
+        )
     _check_like("state", model.init_state(tuple(input_shape)), state, model, input_shape)
 
 
@@ -144,7 +150,21 @@ def check_params(model, params, input_shape):
     """
     input_shape = tuple(input_shape)
     _, expected = jax.eval_shape(lambda key: model.init(key, input_shape), jax.random.key(0))
+    if _is_init_result(params, model.output_shape(input_shape), expected):
+        raise DataError(
+            "params is the whole result of model.init, which returns (output_shape, params): "
+            "take the second part, _, params = model.init(key, input_shape)"
+        )
     _check_like("params", expected, params, model, input_shape)
+
+
+def _is_init_result(params, shape, expected):
+    """Whether ``params`` looks like ``model.init``'s ``(output_shape, params)`` pair rather than the params."""
+    if not (isinstance(params, tuple) and len(params) == 2):
+        return False
+    first, second = params
+    same_shape = isinstance(first, tuple) and tuple(first) == shape
+    return same_shape and jax.tree.structure(second) == jax.tree.structure(expected)
 
 
 def _check_like(what, expected, got, model, input_shape):

@@ -1,4 +1,4 @@
-"""Tests for fnn.data: IDX checks, the array cache, errors, and real MNIST via TFDS.
+"""Tests for fnn.data: IDX checks, the array cache, errors, real MNIST via TFDS, synthetic data, augmentation.
 
 Most tests use tiny fake datasets (a ``_Spec`` registered for the test) with the
 TFDS stage replaced by a fake, so they need neither TFDS nor TensorFlow. The
@@ -7,15 +7,19 @@ real-MNIST tests prepare the shared offline copy once per module.
 
 import gzip
 import hashlib
+import itertools
 import os
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import SHARED
 
 from fnn import data
 from fnn.data import _idx, _specs, _tfds
+from fnn.module import jsonable
 
 TRAIN_IMAGES, TRAIN_LABELS = _specs.FILES["train"]
 TEST_IMAGES, TEST_LABELS = _specs.FILES["test"]
@@ -362,6 +366,127 @@ def test_no_network_during_tfds_download(offline_mnist, monkeypatch, tmp_path):
         data.load("mnist", data_dir=offline_mnist)
     assert "has no mnist/ folder" in str(info.value)
     assert isinstance(info.value.__cause__, requests.exceptions.ConnectionError)
+
+
+# --- synthetic data ----------------------------------------------------------------
+
+
+def test_synthetic_shapes_dtypes_and_labels():
+    ds = data.synthetic(20, 8, shape=(4, 4, 1), classes=3, seed=1)
+    assert ds.name == "synthetic"
+    assert ds.x_train.shape == (20, 4, 4, 1) and ds.x_test.shape == (8, 4, 4, 1)
+    assert ds.x_train.dtype == ds.x_test.dtype == np.float32
+    assert 0.0 <= ds.x_train.min() and ds.x_train.max() < 1.0
+    assert ds.y_train.dtype == ds.y_test.dtype == np.int32 and ds.y_train.shape == (20,)
+    assert set(np.unique(np.concatenate([ds.y_train, ds.y_test]))) <= {0, 1, 2}
+
+
+def test_synthetic_defaults_are_the_documented_draws():
+    """MNIST's sizes by default, drawn as documented (teacher, train, test): the experiments' numbers stay put."""
+    ds = data.synthetic(6, 3)
+    rng = np.random.default_rng(0)
+    teacher = rng.standard_normal((784, 10)).astype(np.float32)
+    for x, y in ((ds.x_train, ds.y_train), (ds.x_test, ds.y_test)):
+        expected = rng.random((len(x), 784), dtype=np.float32)
+        np.testing.assert_array_equal(x, expected)
+        np.testing.assert_array_equal(y, np.argmax((expected - 0.5) @ teacher, axis=1))
+    images = data.synthetic(6, 3, shape=(28, 28, 1))
+    np.testing.assert_array_equal(images.x_train, ds.x_train.reshape(6, 28, 28, 1))
+    np.testing.assert_array_equal(images.y_test, ds.y_test)
+
+
+def test_synthetic_is_seeded():
+    a, b, c = data.synthetic(5, 2, seed=3), data.synthetic(5, 4, seed=3), data.synthetic(5, 2, seed=4)
+    np.testing.assert_array_equal(a.x_train, b.x_train)  # more test examples leave the training split alone
+    assert not np.array_equal(a.x_train, c.x_train)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n_train": 0}, r"n_train must be an int of at least 1 \(a number of examples\), got 0"),
+        ({"n_test": 2.0}, "n_test must be an int of at least 1"),
+        ({"shape": (28, 0)}, r"shape must be one example's shape, a tuple of positive ints .*got \(28, 0\)"),
+        ({"shape": "784"}, "shape must be one example's shape"),
+        ({"classes": 1}, "classes must be an int of at least 2, got 1"),
+        ({"seed": 0.5}, "seed must be an int, got 0.5"),
+    ],
+)
+def test_synthetic_refuses_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match="synthetic: " + message):
+        data.synthetic(**kwargs)
+
+
+# --- augmentation ------------------------------------------------------------------
+
+
+def translated(image, dy, dx):
+    """NumPy reference: ``image [H, W, C]`` moved ``dy`` down and ``dx`` right, zero-filled."""
+    h, w, _ = image.shape
+    out = np.zeros_like(image)
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[
+        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_random_shift_translates_each_image_by_at_most_pixels_zero_filled(jit):
+    images = np.random.default_rng(0).random((12, 5, 6, 2)).astype(np.float32)
+    augment = data.random_shift(2)
+    shifted = np.asarray((jax.jit(augment) if jit else augment)(jax.random.key(0), images))
+    assert shifted.shape == images.shape and shifted.dtype == np.float32
+    moves = []
+    for image, out in zip(images, shifted):
+        found = [d for d in itertools.product(range(-2, 3), repeat=2) if np.array_equal(out, translated(image, *d))]
+        assert len(found) == 1, found  # exactly one translation of at most 2 pixels each way
+        moves.append(found[0])
+    assert len(set(moves)) > 1  # each image draws its own offset
+
+
+def test_random_shift_keeps_integer_dtypes_and_is_a_function_of_the_key():
+    images = jnp.arange(8 * 4 * 4, dtype=jnp.uint8).reshape(8, 4, 4, 1)
+    augment = data.random_shift(1)
+    first = augment(jax.random.key(1), images)
+    assert first.dtype == jnp.uint8
+    np.testing.assert_array_equal(first, augment(jax.random.key(1), images))
+    assert not np.array_equal(first, augment(jax.random.key(2), images))
+
+
+def test_random_shift_of_zero_is_the_identity():
+    images = jnp.ones((3, 4, 4, 1))
+    np.testing.assert_array_equal(data.random_shift(0)(jax.random.key(0), images), images)
+
+
+def test_random_shift_names_itself_for_fits_record():
+    augment = data.random_shift(np.int64(2))
+    assert augment.pixels == 2 and type(augment.pixels) is int
+    assert augment.__name__ == "random_shift_2px"  # what fit records as the run's augmentation
+    assert repr(augment) == jsonable(augment) == "random_shift(2)"
+    assert augment == data.random_shift(2) and hash(augment) == hash(data.random_shift(2))
+
+
+@pytest.mark.parametrize(
+    "pixels, error, message",
+    [
+        (-1, ValueError, r"pixels must be 0 or more .*got -1; pass 0 for no shift"),
+        (1.5, TypeError, r"pixels must be an int .*got float 1.5; pass e.g. random_shift\(2\)"),
+        (True, TypeError, "pixels must be an int .*got bool True"),
+        ("2", TypeError, "pixels must be an int .*got str '2'"),
+    ],
+)
+def test_random_shift_refuses_bad_pixels(pixels, error, message):
+    with pytest.raises(error, match="random_shift: " + message):
+        data.random_shift(pixels)
+
+
+def test_random_shift_refuses_images_without_a_channel_axis():
+    with pytest.raises(
+        ValueError, match=r"random_shift\(1\): images must be \[N, H, W, C\] .*\(8, 5, 5\) .*x\[\.\.\., None\]"
+    ):
+        data.random_shift(1)(jax.random.key(0), jnp.zeros((8, 5, 5)))
+    with pytest.raises(ValueError, match=r"got shape \(8, 25\); flat rows .*layout='image'"):
+        data.random_shift(1)(jax.random.key(0), jnp.zeros((8, 25)))
 
 
 # --- real MNIST through TFDS ---------------------------------------------------------------

@@ -6,7 +6,9 @@ they check the scripts' wiring and outputs, not the figures the full runs
 report.
 """
 
+import ast
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,7 @@ import pytest
 import fnn
 from experiments import (
     _common,
+    _images,
     activations,
     conv_in_loop,
     mnist_conv,
@@ -107,22 +110,27 @@ def test_mnist_conv_bn_trains_every_variant_of_the_ablation(tmp_path):
         mnist_conv_bn.parse_args(["--rate", "1.5"])
 
 
-def test_random_shift_moves_each_image_within_the_bound():
-    images = jnp.zeros((16, 9, 9, 1)).at[:, 4, 4, 0].set(1.0)
-    shifted = mnist_conv.random_shift(jax.random.key(0), images, 2)
-    assert shifted.shape == images.shape and float(shifted.sum()) == 16.0  # nothing falls off a 2-pixel border
-    positions = jnp.argwhere(shifted[..., 0])[:, 1:]
-    assert int(jnp.abs(positions - 4).max()) <= 2 and len({tuple(map(int, p)) for p in positions}) > 1
-
-
-def test_mnist_conv_shift_is_fits_augment_hook_and_zero_turns_it_off():
-    augment = mnist_conv.shift_augment(1)
-    images = jnp.arange(2 * 5 * 5, dtype=jnp.float32).reshape(2, 5, 5, 1)
-    key = jax.random.key(3)
-    assert jnp.array_equal(augment(key, images), mnist_conv.random_shift(key, images, 1))
-    assert mnist_conv.shift_augment(0) is None
+def test_image_scripts_shift_is_fnn_random_shift_and_zero_turns_it_off():
+    augment = _images.shift_augment(1)
+    assert augment == fnn.data.random_shift(1) and augment.__name__ == "random_shift_1px"
+    assert _images.shift_augment(0) is None  # fit then draws and records no augmentation
     with pytest.raises(SystemExit):
         mnist_conv.parse_args(["--shift", "-1"])
+
+
+def test_scripts_import_no_other_script():
+    """A runnable script imports only the private helpers ``experiments/_*.py``, never another script."""
+    for path in sorted(Path(_common.__file__).parent.glob("[!_]*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "experiments":
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("experiments."):
+                names = [node.module.split(".")[1]]
+            elif isinstance(node, ast.Import):
+                names = [a.name.split(".")[1] for a in node.names if a.name.startswith("experiments.")]
+            else:
+                continue
+            assert all(name.startswith("_") for name in names), (path.name, names)
 
 
 def test_activations_records_one_norm_per_layer_per_checkpoint(tmp_path):
@@ -296,7 +304,7 @@ def test_mnist_pooled_is_the_flax_tutorials_cnn_and_trains_with_fit(tmp_path):
         assert key in result, key
     # conv 3x3x1x32 + conv 3x3x32x64 + dense 3136x256 + dense 256x10, with biases: the tutorial's 824,458
     assert result["config"]["n_params"] == 824_458
-    shapes = [s for s, _ in _layer_shapes(mnist_pooled.build(), mnist_pooled.INPUT_SHAPE)]
+    shapes = [s for s, _ in _layer_shapes(_images.pooled_cnn(), _images.INPUT_SHAPE)]
     assert shapes[:7] == [(28, 28, 32), (28, 28, 32), (14, 14, 32), (14, 14, 64), (14, 14, 64), (7, 7, 64), (3136,)]
     assert result["loop"] == "fnn.fit" and "2 pixels" in result["config"]["augmentation"]
     check_history(result["history"], 1)
@@ -338,9 +346,11 @@ def test_seq_mnist_models_take_rows_and_refuse_bad_sizes():
 
 def test_seq_mnist_shift_moves_whole_images_not_single_rows():
     x = jnp.zeros((8, 28, 28), jnp.float32).at[:, 10:14, 12:16].set(1.0)
-    shifted = seq_mnist.shift_rows(2)(jax.random.key(0), x)
+    augment = seq_mnist.shift_rows(2)
+    shifted = augment(jax.random.key(0), x)
     assert shifted.shape == x.shape and jnp.array_equal(shifted.sum(axis=(1, 2)), x.sum(axis=(1, 2)))
-    assert seq_mnist.shift_rows(0) is None
+    assert jnp.array_equal(shifted, fnn.data.random_shift(2)(jax.random.key(0), x[..., None])[..., 0])
+    assert augment.__name__ == "random_shift_2px" and seq_mnist.shift_rows(0) is None
 
 
 def test_peer_pooled_libraries_train_the_same_network_from_the_same_start():
@@ -348,7 +358,7 @@ def test_peer_pooled_libraries_train_the_same_network_from_the_same_start():
     pytest.importorskip("torch")
     args = peer_pooled.parse_args(SYNTHETIC + ["--train-size", "64", "--test-size", "32"])
     data = peer_pooled.shuffled(_common.load_data(args, image=True), 0)
-    params = mnist_pooled.build().init(jax.random.key(0), mnist_pooled.INPUT_SHAPE)[1]
+    params = _images.pooled_cnn().init(jax.random.key(0), _images.INPUT_SHAPE)[1]
     rows = {name: side[0](params, data) for name, side in peer_pooled.sides(args).items()}
     # Same start, batches and AdamW: after 2 steps the losses agree to float32 rounding (torch's convolutions
     # round differently from XLA's; a wrong weight layout or flatten order gives differences of order 1).

@@ -308,6 +308,42 @@ def test_conv1d_is_conv2d_with_a_height_of_one():
             np.testing.assert_allclose(fnn.ops.custom.conv1d(x[:1, :, 1:2], w[:, 1:2, 2:3])[0, :, 0], single)
 
 
+# ------------------------------------------------------------------ identity
+@paths
+def test_identity_returns_its_input_and_passes_the_gradient_through(path):
+    x = jnp.arange(12.0, dtype=jnp.float64).reshape(3, 4)
+    g = jnp.linspace(-1.0, 1.0, 12, dtype=jnp.float64).reshape(3, 4)
+    y, dparams, dx = module_vjp(path, nn.identity(), (), x, g)
+    np.testing.assert_array_equal(y, x)
+    np.testing.assert_array_equal(dx, g)
+    assert dparams == ()
+    # Inside a model, the loss and the gradient are those of the model without it, on every path.
+    model, bare = nn.serial(nn.dense(2, bias=True), nn.identity()), nn.serial(nn.dense(2, bias=True))
+    _, params = model.init(jax.random.key(0), (4,))
+    targets = jnp.ones((3, 2), jnp.float64)
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    loss, grads = fnn.value_and_grad(model, fnn.losses.mse, path=path)(params, x, targets)
+    loss_bare, grads_bare = fnn.value_and_grad(bare, fnn.losses.mse, path=path)(params[:1], x, targets)
+    assert loss == loss_bare
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads_bare[0]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert grads[1] == ()
+
+
+def test_identity_is_wiring_that_keeps_shape_dtype_and_the_next_modules_input_check():
+    module = nn.identity()
+    assert not module.is_leaf and module.passes_values and repr(module) == "identity"
+    assert module.init(jax.random.key(0), (5, 2)) == ((5, 2), ())
+    ids = np.array([[0, 4, 2], [1, 3, 4]])
+    np.testing.assert_array_equal(module.apply((), ids), ids)
+    assert module.apply((), ids).dtype == ids.dtype
+    nn.serial(module, nn.embedding(5, 2)).check_inputs(ids, "train")  # token ids: the embedding's check
+    with pytest.raises(TypeError, match=r"identity: has no parameters and takes params=\(\)"):
+        module.apply({"w": 1.0}, ids)
+    report = fnn.testing.check_module(module, (3, 4))
+    assert report.ok, report
+
+
 # ------------------------------------------------------------------ settings given as NumPy and JAX scalars
 def traced(input_shape, dtype=jnp.float32):
     """``module -> (y, state)`` shapes and dtypes, initialised for and run in training on ``input_shape``.
@@ -318,9 +354,8 @@ def traced(input_shape, dtype=jnp.float32):
     def run(module):
         def train(key):
             _, params = module.init(key, input_shape[1:])
-            state = module.init_state(input_shape[1:]) if module.has_state else ()
             x = jnp.zeros(input_shape, dtype)
-            return fnn.context.apply(module, params, x, state=state, key=key, train=True)
+            return module.apply(params, x, state=module.init_state(input_shape[1:]), key=key, train=True)
 
         return jax.eval_shape(train, jax.random.key(0))
 

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 import fnn
+from fnn.loop._history import COLUMNS
 
 CE = fnn.losses.cross_entropy
 
@@ -150,10 +151,10 @@ def test_history_and_callback():
     _, history = fnn.fit(
         MODEL, init(), toy_data(), epochs=3, batch_size=23, optimizer=0.5, progress=False, callbacks=[rows.append]
     )
-    for column in fnn.loop.COLUMNS + ("epoch_s",):
+    for column in COLUMNS + ("epoch_s",):
         assert getattr(history, column).shape == (3,)
     assert [r["epoch"] for r in rows] == [1, 2, 3] and history.rows() == rows
-    assert set(rows[0]) == {"epoch", *fnn.loop.COLUMNS, "epoch_s"}
+    assert set(rows[0]) == {"epoch", *COLUMNS, "epoch_s"}
     assert history.train_loss[-1] < history.train_loss[0]
     assert 0 < history.compile_s < history.wall_s
     assert np.all((0 <= history.test_err) & (history.test_err <= 1))

@@ -67,7 +67,9 @@ def test_resuming_with_other_module_settings_or_another_optimizer_is_refused_nam
     pytest.importorskip("orbax.checkpoint")
     model = bn_dropout(0.9, 0.1)
     params = model.init(jax.random.key(0), (6,))[1]
-    fnn.fit(model, params, toy_data(), epochs=1, optimizer=0.5, **OPTIONS, callbacks=[fnn.loop.Checkpointing(tmp_path)])
+    state = model.init_state((6,))
+    checkpoints = [fnn.loop.Checkpointing(tmp_path)]
+    fnn.fit(model, params, toy_data(), epochs=1, optimizer=0.5, **OPTIONS, state=state, callbacks=checkpoints)
     resume = fnn.loop.Checkpointing(tmp_path, resume=True)
     with pytest.raises(CheckpointError) as caught:
         fnn.fit(
@@ -79,6 +81,7 @@ def test_resuming_with_other_module_settings_or_another_optimizer_is_refused_nam
             shuffle_key=jax.random.key(1),
             loss=fnn.losses.multiclass_hinge(2.0),
             **OPTIONS,
+            state=state,
             callbacks=[resume],
         )
     message = str(caught.value)
@@ -117,7 +120,8 @@ def test_a_low_precision_model_trains_through_fit_with_float32_metrics_and_stati
     data = toy_data()
     low = types.SimpleNamespace(**{k: v.astype(dtype) if k.startswith("x") else v for k, v in vars(data).items()})
     params = model.init(jax.random.key(0), (6,))[1]
-    trained, state, history = fnn.fit(model, params, low, path=path, epochs=2, optimizer=0.1, **OPTIONS)
+    state = model.init_state((6,))
+    trained, state, history = fnn.fit(model, params, low, path=path, epochs=2, optimizer=0.1, **OPTIONS, state=state)
     assert all(a.dtype == dtype for a in jax.tree.leaves(trained))
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(state))
     assert all(np.isfinite(row[c]) for row in history.rows() for c in ("train_loss", "test_loss", "test_err"))

@@ -62,11 +62,11 @@ def test_batch_norm_evaluation_uses_the_running_statistics_and_keeps_them():
     params = {"gamma": normal(1, 3), "beta": normal(2, 3)}
     state = {"mean": normal(3, 3), "var": 1 + normal(4, 3) ** 2}
     x = normal(0, 4, 3)
-    y, kept = bn.apply(params, x, state=state)  # evaluation by default
+    y, kept = bn.apply(params, x, state=state, train=False)
     np.testing.assert_allclose(y, params["beta"] + params["gamma"] * (x - state["mean"]) / np.sqrt(state["var"] + 1e-3))
     assert kept is state
     # One example at a time gives the same rows: evaluation does not depend on the batch.
-    rows = jnp.concatenate([bn.apply(params, x[i : i + 1], state=state)[0] for i in range(4)])
+    rows = jnp.concatenate([bn.apply(params, x[i : i + 1], state=state, train=False)[0] for i in range(4)])
     np.testing.assert_allclose(rows, y, rtol=1e-14)
 
 
@@ -84,7 +84,8 @@ def test_batch_norm_refuses_to_train_on_one_value_per_channel():
     params = {"gamma": jnp.ones(3), "beta": jnp.zeros(3)}
     with pytest.raises(ValueError, match=r"batch_norm: training normalises each channel by .* at least 2 values"):
         nn.batch_norm().apply(params, jnp.ones((1, 3)), state=nn.batch_norm().init_state((3,)), train=True)
-    assert nn.batch_norm().apply(params, jnp.ones((1, 3)), state=nn.batch_norm().init_state((3,)))[0].shape == (1, 3)
+    evaluated = nn.batch_norm().apply(params, jnp.ones((1, 3)), state=nn.batch_norm().init_state((3,)), train=False)
+    assert evaluated[0].shape == (1, 3)
 
 
 def test_batch_norm_keeps_bfloat16_models_statistics_in_float32():
@@ -112,8 +113,7 @@ def test_dropout_zeroes_a_fraction_rate_and_scales_the_rest():
 
 def test_dropout_is_the_identity_in_evaluation_and_at_rate_zero():
     x = normal(0, 4, 5)
-    assert nn.dropout(0.5).apply((), x) is not None
-    np.testing.assert_array_equal(nn.dropout(0.5).apply((), x), x)
+    np.testing.assert_array_equal(nn.dropout(0.5).apply((), x, train=False), x)
     np.testing.assert_array_equal(nn.dropout(0.0).apply((), x, key=jax.random.key(0), train=True), x)
 
 
@@ -129,15 +129,23 @@ def test_dropout_masks_follow_the_key_in_every_dtype():
 
 # ------------------------------------------------------------------ the contract
 def test_contextual_calls_explain_what_is_missing():
-    with pytest.raises(TypeError, match=r"batch_norm has state: pass state= \(model.init_state\(input_shape\)"):
-        nn.batch_norm().apply({"gamma": jnp.ones(3), "beta": jnp.zeros(3)}, jnp.ones((2, 3)))
+    with pytest.raises(TypeError, match=r"batch_norm keeps state: pass state=model.init_state\(input_shape\)"):
+        nn.batch_norm().apply({"gamma": jnp.ones(3), "beta": jnp.zeros(3)}, jnp.ones((2, 3)), train=True)
+    with pytest.raises(TypeError, match=r"serial keeps state \(in batch_norm\): pass state=model.init_state"):
+        nn.serial(nn.dense(3), nn.batch_norm()).apply([{"w": jnp.ones((3, 3))}, {}], jnp.ones((2, 3)), train=True)
+    with pytest.raises(
+        TypeError,
+        match=r"serial behaves differently in training and in evaluation \(through "
+        r"dropout\): pass train=True or train=False",
+    ):
+        nn.serial(nn.dropout(0.5)).apply([()], jnp.ones((2, 3)))
     with pytest.raises(ValueError, match="dropout: training draws from a random key; pass key="):
         nn.dropout(0.5).apply((), jnp.ones((2, 3)), train=True)
     params = {"gamma": jnp.ones(3), "beta": jnp.zeros(3)}
     with pytest.raises(TypeError, match=r"batch_norm: state must be a dict with keys 'mean' and 'var', got \['mu'\]"):
-        nn.batch_norm().apply(params, jnp.ones((2, 3)), state={"mu": 0})
+        nn.batch_norm().apply(params, jnp.ones((2, 3)), state={"mu": 0}, train=False)
     with pytest.raises(ValueError, match=r"batch_norm: state\['var'\] must have shape \(3,\), got \(2,\)"):
-        nn.batch_norm().apply(params, jnp.ones((2, 3)), state={"mean": jnp.zeros(3), "var": jnp.ones(2)})
+        nn.batch_norm().apply(params, jnp.ones((2, 3)), state={"mean": jnp.zeros(3), "var": jnp.ones(2)}, train=False)
     with pytest.raises(ValueError, match=r"batch_norm: momentum must be in \[0, 1\), got 1.0"):
         nn.batch_norm(momentum=1)
     with pytest.raises(ValueError, match=r"dropout: rate must be in \[0, 1\), got -0.1"):
@@ -149,8 +157,16 @@ def test_the_wiring_must_pass_the_context_on():
         leaf("x", forward=lambda p, x, **k: (x, None, ()), backward=None, apply=lambda p, x: x, stochastic=True)
     with pytest.raises(TypeError, match="wrap: a child has state or randomness; the wiring must pass it on"):
         structural(
-            "wrap", init=None, apply=None, forward=None, backward=None, children=(nn.dropout(0.5),), rebuild=print
+            "wrap",
+            init=None,
+            apply=lambda p, x: x,
+            forward=lambda p, x: (x, None),
+            backward=None,
+            children=(nn.dropout(0.5),),
+            rebuild=print,
         )
+    with pytest.raises(TypeError, match="wrap: give either apply and forward .* or run and run_forward"):
+        structural("wrap", init=None, apply=lambda p, x: x, backward=None, rebuild=print)
 
 
 def test_serial_gives_each_child_its_own_state_and_key():
@@ -175,8 +191,10 @@ def test_residual_gives_its_block_the_key_fold_in_key_0():
 def test_the_mode_is_a_python_bool_and_state_is_never_optional():
     params = {"gamma": jnp.ones(3), "beta": jnp.zeros(3)}
     for module in (nn.batch_norm(), nn.batch_norm().custom):
-        with pytest.raises(TypeError, match="batch_norm has state: pass state="):
-            module.apply(params, jnp.ones((2, 3)))
+        with pytest.raises(TypeError, match="batch_norm keeps state: pass state="):
+            module.apply(params, jnp.ones((2, 3)), train=False)
+        with pytest.raises(TypeError, match="batch_norm behaves differently in training and in evaluation: pass"):
+            module.apply(params, jnp.ones((2, 3)), state=module.init_state((3,)))
     with pytest.raises(TypeError, match="dropout: train must be True or False .*, got 'no'"):
         nn.dropout(0.5).apply((), jnp.ones((2, 3)), key=jax.random.key(0), train="no")
     with pytest.raises(TypeError, match="serial: train must be True or False"):
@@ -214,7 +232,10 @@ def test_random_networks_with_batch_norm_and_dropout_agree_on_every_path(names, 
     _, params = model.init(jax.random.key(seed), (4,))
     x, y = normal(seed, 8, 4), jnp.arange(8) % 3
     state, key = model.init_state((4,)), jax.random.key(seed)
-    results = {p: jax.jit(fnn.value_and_grad(model, CE, path=p))(params, x, y, state=state, key=key) for p in fnn.PATHS}
+    results = {
+        p: jax.jit(fnn.value_and_grad(model, CE, path=p, train=True))(params, x, y, state=state, key=key)
+        for p in fnn.PATHS
+    }
     want = results["autodiff"]
     for path in ("custom", "backprop"):
         for got, expected in zip(jax.tree.leaves(results[path]), jax.tree.leaves(want)):
@@ -228,9 +249,14 @@ def test_the_custom_path_keeps_every_rule_inside_contextual_wiring(path, calls):
     block = nn.residual(nn.serial(nn.batch_norm(), nn.dense(4)))
     model = nn.serial(nn.dense(4), block, nn.relu, nn.dropout(0.5), nn.dense(3))
     _, params = model.init(jax.random.key(0), (5,))
-    objective = fnn.paths.objective(model, CE, path)
+    run_model, run_loss = (model.custom, CE.custom) if path == "custom" else (model, CE)
     x, y, state = jnp.ones((8, 5), jnp.float32), jnp.arange(8) % 3, model.init_state((5,))
-    jaxpr = jax.make_jaxpr(lambda p: objective(p, x, y, state=state, key=jax.random.key(0)))(params)
+
+    def objective(p):
+        outputs, _ = run_model.apply(p, x, state=state, key=jax.random.key(0), train=True)
+        return run_loss.apply(outputs, y)
+
+    jaxpr = jax.make_jaxpr(objective)(params)
     assert str(jaxpr).count("custom_vjp_call") == calls
 
 
@@ -238,7 +264,8 @@ def test_training_steps_return_the_new_state_last():
     model = nn.serial(nn.dense(4), nn.batch_norm(), nn.relu, nn.dropout(0.5), nn.dense(3))
     _, params = model.init(jax.random.key(0), (5,))
     state, batch = model.init_state((5,)), (normal(0, 8, 5).astype(jnp.float32), jnp.arange(8) % 3)
-    value, grads, new_state = fnn.value_and_grad(model, CE)(params, *batch, state=state, key=jax.random.key(1))
+    grad_fn = fnn.value_and_grad(model, CE, train=True)
+    value, grads, new_state = grad_fn(params, *batch, state=state, key=jax.random.key(1))
     assert value.shape == () and jax.tree.structure(grads) == jax.tree.structure(params)
     assert not np.array_equal(new_state[1]["mean"], state[1]["mean"])
     params2, metrics, state2 = fnn.train.sgd_update(model, CE, 0.1)(params, batch, state=state, key=jax.random.key(1))
@@ -250,7 +277,11 @@ def test_training_steps_return_the_new_state_last():
     assert len(out) == 4 and set(out[2]) == {"loss", "error"}
     dropout_only = nn.serial(nn.dense(4), nn.dropout(0.5), nn.dense(3))
     dropout_params = dropout_only.init(jax.random.key(0), (5,))[1]
-    assert len(fnn.value_and_grad(dropout_only, CE)(dropout_params, *batch, key=jax.random.key(1))) == 2
+    assert len(fnn.value_and_grad(dropout_only, CE, train=True)(dropout_params, *batch, key=jax.random.key(1))) == 2
+    with pytest.raises(TypeError, match="serial behaves differently in training and in evaluation"):
+        fnn.value_and_grad(dropout_only, CE)
+    with pytest.raises(TypeError, match="serial keeps state .*: pass state=model.init_state"):
+        fnn.train.sgd_update(model, CE, 0.1)(params, batch, key=jax.random.key(1))
 
 
 # ------------------------------------------------------------------ fit
@@ -266,25 +297,50 @@ FIT = {"epochs": 4, "batch_size": 32, "optimizer": optax.adam(0.05), "progress":
 def test_fit_carries_state_and_keys_and_evaluates_in_evaluation_mode():
     data = toy_data()
     params = STATEFUL.init(jax.random.key(0), (6,))[1]
-    got_params, got_state, history = fnn.fit(STATEFUL, params, data, **FIT)
-    again_params, again_state, again = fnn.fit(STATEFUL, params, data, **FIT)
+    state = STATEFUL.init_state((6,))
+    got_params, got_state, history = fnn.fit(STATEFUL, params, data, **FIT, state=state)
+    again_params, again_state, again = fnn.fit(STATEFUL, params, data, **FIT, state=state)
     same = lambda a, b: all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))  # noqa: E731
     assert same(got_params, again_params) and same(got_state, again_state)
     assert history.test_err[-1] < 0.2 and not same(got_state, STATEFUL.init_state((6,)))
-    outputs, _ = context.apply(STATEFUL, got_params, data.x_test, state=got_state)  # evaluation: no key needed
+    outputs, _ = STATEFUL.apply(got_params, data.x_test, state=got_state, train=False)  # evaluation: no key
     assert float(CE.error(outputs, data.y_test)) == pytest.approx(history.test_err[-1], abs=1e-6)
     # Another shuffle key (the run key) draws other masks.
-    other = fnn.fit(STATEFUL, params, data, **FIT, shuffle_key=jax.random.key(9))[0]
+    other = fnn.fit(STATEFUL, params, data, **FIT, state=state, shuffle_key=jax.random.key(9))[0]
     assert not same(other, got_params)
+    with pytest.raises(TypeError, match=r"serial keeps state \(in batch_norm\): pass state=model.init_state"):
+        fnn.fit(STATEFUL, params, data, **FIT)
+
+
+def test_what_comes_back_depends_only_on_what_was_passed():
+    """A stateless and a stateful model, the same calls: the new state comes back exactly when state= went in."""
+    data = toy_data()
+    for model in (nn.serial(nn.dense(8), nn.relu, nn.dense(3)), nn.serial(nn.dense(8), nn.batch_norm(), nn.dense(3))):
+        params, state = model.init(jax.random.key(0), (6,))[1], model.init_state((6,))
+        x, y = data.x_train[:16], data.y_train[:16]
+        assert model.apply(params, x, state=state, train=True)[0].shape == (16, 3)
+        assert len(model.forward(params, x, state=state, train=True)) == 3
+        for path in fnn.PATHS:
+            value, (dparams, dx), new_state = fnn.value_and_grad(model, CE, path=path, train=True, inputs=True)(
+                params, x, y, state=state
+            )
+            assert dx.shape == x.shape and jax.tree.structure(new_state) == jax.tree.structure(state), path
+        assert len(fnn.train.sgd_update(model, CE, 0.1)(params, (x, y), state=state)) == 3
+        trained = fnn.fit(model, params, data, **{**FIT, "epochs": 1}, state=state)
+        assert len(trained) == 3 and jax.tree.structure(trained[1]) == jax.tree.structure(state)
+    plain = nn.mlp([6, 3])
+    params = plain.init(jax.random.key(0), (6,))[1]
+    assert plain.apply(params, data.x_train[:4]).shape == (4, 3)  # no state in, none out
+    assert len(fnn.value_and_grad(plain, CE)(params, data.x_train[:4], data.y_train[:4])) == 2
 
 
 def test_every_path_returns_a_state_free_models_state_as_given():
     model = nn.mlp([4, 3])
     params = model.init(jax.random.key(0), (4,))[1]
     for path in fnn.PATHS:
-        new_state = fnn.paths.differentiate(model, CE, path)(
-            params, jnp.ones((2, 4), jnp.float32), jnp.arange(2), (), None
-        )[3]
+        new_state = fnn.value_and_grad(model, CE, path=path)(
+            params, jnp.ones((2, 4), jnp.float32), jnp.arange(2), state=()
+        )[2]
         assert new_state == (), path
 
 
@@ -295,7 +351,7 @@ def test_fit_refuses_a_state_that_does_not_fit_the_model():
     with pytest.raises(DataError, match=r"state\[1\]\['mean'\] has shape \(4,\), but the model .* expects \(16,\)"):
         fnn.fit(STATEFUL, params, toy_data(), **FIT, state=state)
     plain = nn.mlp([6, 3])
-    with pytest.raises(DataError, match="mlp keeps no state; pass no state="):
+    with pytest.raises(DataError, match=r"mlp keeps no state: pass state=\(\) \(what model.init_state gives\)"):
         fnn.fit(plain, plain.init(jax.random.key(0), (6,))[1], toy_data(), **FIT, state={})
 
 
@@ -318,7 +374,7 @@ def _scale_forgotten(rate):
     right = nn.dropout(rate)
 
     def forward(params, x, *, state, key, train):
-        return (*right.forward(params, x, key=key, train=train), state)
+        return right.forward(params, x, state=state, key=key, train=train)
 
     def backward(params, mask, g):
         return (), g if mask is None else jnp.where(mask, g, 0.0)

@@ -20,66 +20,46 @@ later loads read one file and never import TFDS or TensorFlow. A stale or
 unreadable cache is rebuilt. A prepared TFDS dataset is never overwritten: to
 re-prepare from different source files, delete ``<data_dir>/<name>/<version>``.
 
+Besides the datasets: :func:`synthetic`, a learnable random dataset of any
+input shape (for smoke tests and examples), and :func:`random_shift`, image
+augmentation for ``fnn.fit(augment=...)``.
+
 One job to a file: :mod:`~fnn.data._specs` (what each dataset is),
 :mod:`~fnn.data._sources` (where its files are), :mod:`~fnn.data._checks`
 (their contents), :mod:`~fnn.data._idx` (the IDX format),
-:mod:`~fnn.data._tfds` (TFDS's preparation) and :mod:`~fnn.data._cache`.
+:mod:`~fnn.data._tfds` (TFDS's preparation), :mod:`~fnn.data._cache`,
+:mod:`~fnn.data._dataset` (the :class:`Dataset`), :mod:`~fnn.data._synthetic`
+and :mod:`~fnn.data._augment`.
 """
 
-import dataclasses
 import os
 from pathlib import Path
 
 import numpy as np
 
+from fnn._errors import DatasetError, InputError, NetworkError
 from fnn.data import _cache, _checks, _sources, _specs, _tfds
+from fnn.data._augment import RandomShift, random_shift
+from fnn.data._dataset import Dataset
 from fnn.data._sources import ENV_VAR
-from fnn.data._specs import DatasetError, NetworkError
+from fnn.data._synthetic import synthetic
 
-__all__ = ["DATASETS", "ENV_VAR", "LAYOUTS", "Dataset", "DatasetError", "NetworkError", "load"]
+__all__ = [
+    "DATASETS",
+    "ENV_VAR",
+    "LAYOUTS",
+    "Dataset",
+    "DatasetError",
+    "NetworkError",
+    "RandomShift",
+    "load",
+    "random_shift",
+    "synthetic",
+]
 
 DATASETS = tuple(sorted(_specs.SPECS))
 #: How :func:`load` lays out each image: ``"flat"`` rows ``[N, H * W]`` or ``"image"`` ``[N, H, W, 1]`` (NHWC).
 LAYOUTS = ("flat", "image")
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Dataset:
-    """Train and test splits as NumPy arrays.
-
-    Attributes:
-      name: the TFDS name, e.g. ``"mnist"``.
-      x_train: ``float32`` pixels in ``[0, 1]`` (uint8 / 255), ``[N_train, 784]``
-        flat or ``[N_train, 28, 28, 1]`` as images.
-      y_train: ``int32 [N_train]`` labels in ``0..9``.
-      x_test: ``float32``, laid out as ``x_train``.
-      y_test: ``int32 [N_test]``.
-    """
-
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-    def validation(self, size=10_000):
-        """This dataset with its last ``size`` training examples held out as the test split.
-
-        Choose settings on the returned dataset (train on the first
-        ``N_train - size`` examples, evaluate on the rest), then train once on
-        the real split and test once on the real test set.
-        """
-        n = len(self.x_train)
-        if isinstance(size, bool) or not isinstance(size, int) or not 0 < size < n:
-            raise ValueError(f"validation size must be an int in [1, {n - 1}] (the training set has {n}), got {size!r}")
-        keep = n - size
-        return Dataset(
-            f"{self.name} (validation split)",
-            self.x_train[:keep],
-            self.y_train[:keep],
-            self.x_train[keep:],
-            self.y_train[keep:],
-        )
 
 
 def load(name, *, source_dir=None, data_dir=None, layout="flat", verbose=False):
@@ -107,7 +87,7 @@ def load(name, *, source_dir=None, data_dir=None, layout="flat", verbose=False):
     """
     spec = _specs.spec(name)
     if layout not in LAYOUTS:
-        raise ValueError(f"layout must be 'flat' ([N, 784]) or 'image' ([N, 28, 28, 1]), got {layout!r}")
+        raise InputError(f"layout must be 'flat' ([N, 784]) or 'image' ([N, 28, 28, 1]), got {layout!r}")
     data_dir = _data_dir(data_dir)
     files = _sources.source_files(spec, source_dir)
     cache = data_dir / name / _cache.CACHE_NAME

@@ -10,7 +10,8 @@ import zipfile
 
 import numpy as np
 
-from fnn.data._specs import SPLITS, DatasetError
+from fnn._errors import DatasetError
+from fnn.data._specs import SPLITS
 from fnn.data._tfds import tfds_version
 
 log = logging.getLogger("fnn.data")

@@ -2,8 +2,9 @@
 
 import hashlib
 
+from fnn._errors import DatasetError
 from fnn.data import _idx
-from fnn.data._specs import FILES, DatasetError
+from fnn.data._specs import FILES
 
 
 def validate(spec, files):

@@ -14,6 +14,8 @@ import zlib
 
 import numpy as np
 
+from fnn._errors import InputError
+
 UINT8 = 0x08
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -34,7 +36,7 @@ def read_bytes(path):
     try:
         return gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as e:
-        raise ValueError(f"not a valid gzip file ({e})") from e
+        raise InputError(f"not a valid gzip file ({e})") from e
 
 
 def encode(array):
@@ -56,22 +58,22 @@ def parse(data):
     ndim = _check_magic(data)
     header_size = 4 + 4 * ndim
     if len(data) < header_size:
-        raise ValueError(f"truncated header: {len(data)} bytes, a {ndim}-D header needs {header_size}")
+        raise InputError(f"truncated header: {len(data)} bytes, a {ndim}-D header needs {header_size}")
     dims = struct.unpack(f">{ndim}I", data[4:header_size])
     expected = header_size + math.prod(dims)
     if len(data) != expected:
         problem = "truncated" if len(data) < expected else "has trailing bytes"
-        raise ValueError(f"{problem}: {len(data)} bytes, but the header's shape {dims} needs {expected}")
+        raise InputError(f"{problem}: {len(data)} bytes, but the header's shape {dims} needs {expected}")
     return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(dims)
 
 
 def _check_magic(data):
     """Checks the 4-byte magic number and returns the number of dimensions."""
     if len(data) < 4:
-        raise ValueError(f"too short for an IDX header ({len(data)} bytes)")
+        raise InputError(f"too short for an IDX header ({len(data)} bytes)")
     if data[:2] != b"\0\0":
         hint = " (the data looks gzip-compressed: name the file *.gz)" if data[:2] == _GZIP_MAGIC else ""
-        raise ValueError(f"bad magic number 0x{data[:4].hex()}: IDX files start with two zero bytes{hint}")
+        raise InputError(f"bad magic number 0x{data[:4].hex()}: IDX files start with two zero bytes{hint}")
     if data[2] != UINT8:
-        raise ValueError(f"bad magic number 0x{data[:4].hex()}: element type 0x{data[2]:02x}, expected 0x08 (uint8)")
+        raise InputError(f"bad magic number 0x{data[:4].hex()}: element type 0x{data[2]:02x}, expected 0x08 (uint8)")
     return data[3]

@@ -3,7 +3,8 @@
 import os
 from pathlib import Path
 
-from fnn.data._specs import FILES, DatasetError
+from fnn._errors import DatasetError
+from fnn.data._specs import FILES
 
 #: The environment variable naming a folder with one sub-folder of IDX files per dataset.
 ENV_VAR = "FNN_DATASETS_DIR"

@@ -2,14 +2,7 @@
 
 import dataclasses
 
-
-class DatasetError(RuntimeError):
-    """A dataset cannot be loaded; the message says what is wrong and how to fix it."""
-
-
-class NetworkError(DatasetError):
-    """A dataset must be downloaded, but the network is unreachable."""
-
+from fnn._errors import DatasetError
 
 #: (images, labels) base names of the original files, per split.
 FILES = {

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fnn._errors import DatasetError, NetworkError
 from fnn.data._sources import ENV_VAR
-from fnn.data._specs import FILES, SPLITS, DatasetError, NetworkError
+from fnn.data._specs import FILES, SPLITS
 
 _PROBE_TIMEOUT_S = 5.0
 

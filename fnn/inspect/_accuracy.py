@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.paths import value_and_grad
+from fnn._errors import InputError
+from fnn._paths import value_and_grad
 from fnn.testing import relative_error
 from fnn.testing._dtypes import floating, x64
 
@@ -44,14 +45,14 @@ def gradient_errors(grads, reference):
     leaves = jax.tree_util.tree_flatten_with_path(grads)[0]
     references = jax.tree.leaves(reference)
     if len(leaves) != len(references):
-        raise ValueError(f"grads have {len(leaves)} leaves, the reference {len(references)}")
+        raise InputError(f"grads have {len(leaves)} leaves, the reference {len(references)}")
     per_leaf = []
     for (key, g), r in zip(leaves, references):
         if not (floating(g) and floating(r)):  # float0 gradients of integer leaves
             continue
         g, r = np.asarray(g, np.float64), np.asarray(r, np.float64)
         if g.shape != r.shape:
-            raise ValueError(f"leaf {jax.tree_util.keystr(key)}: shape {g.shape}, reference {r.shape}")
+            raise InputError(f"leaf {jax.tree_util.keystr(key)}: shape {g.shape}, reference {r.shape}")
         abs_err = float(np.max(np.abs(g - r), initial=0.0))
         leaf = jax.tree_util.keystr(key)
         per_leaf.append({"leaf": leaf, "max_abs_err": abs_err, "max_rel_err": relative_error(g, r)})

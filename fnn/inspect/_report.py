@@ -6,15 +6,32 @@ import jax
 import jax.numpy as jnp
 
 from fnn import bench, context
+from fnn._errors import InputError, UsageError
+from fnn._paths import PATHS, check_pair, check_path, value_and_grad
 from fnn.inspect._accuracy import gradient_errors, reference_grads
 from fnn.inspect._compiled import LEARNING_RATE, compile_step, memory
 from fnn.inspect._hlo import hlo_counts, op_diff
 from fnn.inspect._residuals import residuals
-from fnn.paths import PATHS, check_pair, check_path, value_and_grad
 from fnn.train import sgd_update
 
 #: The op-count scopes of :func:`fnn.inspect.hlo_counts` that :class:`PathReport` diffs against the reference path.
 HLO_SCOPES = ("ops_top", "ops_all")
+
+#: What each column of :class:`Report`'s table holds; the table prints it below itself.
+COLUMNS = {
+    "path": "the gradient path (one of fnn.PATHS)",
+    "max rel err": "the worst parameter leaf's gradient error, relative to the float64 reference's largest entry",
+    "compile s": "seconds to lower and compile one SGD step",
+    "temp bytes": "the compiled step's temporary memory (XLA's memory_analysis)",
+    "residual bytes": "bytes the forward pass keeps for the backward pass (fnn.inspect.residuals)",
+    "kernels": "top-level ops the compiled step launches, bookkeeping ops left out (each fusion is one kernel)",
+    "dots": "matrix products (HLO dot) in the compiled step, fused ones included",
+    "convs": "convolutions (HLO convolution) in the compiled step, fused ones included",
+    "step ms": "median wall time of one step",
+    "ratio [CI]": "median step time over the reference path's, with its bootstrap confidence interval",
+    "cpu ratio": "the path's CPU time over the reference's for the same steps (below 1: less work, or less overlap)",
+    "verdict": "faster, slower or same: whether the interval lies below, above or around 1 (fnn.bench.verdict)",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +80,9 @@ class PathReport:
 class Report:
     """The result of :func:`compare_paths`: one :class:`PathReport` per path, in the order asked for.
 
+    ``str(report)`` is a table, one line per path, whose columns
+    :data:`COLUMNS` explains (the table prints the explanation below itself).
+
     Attributes:
       reference: the path the HLO diffs and step-time ratios are taken against.
       rows: the paths' reports.
@@ -91,7 +111,8 @@ class Report:
         return {"reference": self.reference, "settings": dict(self.settings), "rows": [r.to_dict() for r in self.rows]}
 
     def __str__(self):
-        """A table, one line per path, then how each path's top-level HLO ops differ from the reference path's."""
+        """A table, one line per path, then how each path's top-level HLO ops differ from the reference path's,
+        then what each column holds (:data:`COLUMNS`)."""
         header = [
             "path",
             "max rel err",
@@ -135,11 +156,18 @@ class Report:
         widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
         text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *lines]]
         diffs = [
-            f"{r.path} vs {self.reference}: {r.hlo_diff['ops_top'] or 'same top-level ops'}"
+            f"top-level HLO ops, {r.path} minus {self.reference}: {_op_changes(r.hlo_diff['ops_top'])}"
             for r in self.rows
             if r.path != self.reference
         ]
-        return "\n".join(text + diffs)
+        legend = [f"  {name}: {meaning}" for name, meaning in COLUMNS.items()]
+        fusions = "  (fusion:kLoop is an elementwise loop fusion, fusion:kOutput one fused into its consumer's output)"
+        return "\n".join([*text, *diffs, "columns:", *legend, fusions])
+
+
+def _op_changes(diff):
+    """``{"fusion:kLoop": -1, "dot": 2}`` as ``"fusion:kLoop -1, dot +2"``; ``"the same"`` when empty."""
+    return ", ".join(f"{op} {n:+d}" for op, n in sorted(diff.items())) or "the same"
 
 
 def _count(n):
@@ -148,16 +176,16 @@ def _count(n):
 
 def _check_paths(paths, reference):
     if isinstance(paths, str):
-        raise TypeError(f"paths must be a sequence of names, e.g. ('autodiff', 'custom'), not the string {paths!r}")
+        raise UsageError(f"paths must be a sequence of names, e.g. ('autodiff', 'custom'), not the string {paths!r}")
     paths = tuple(paths)
     if not paths:
-        raise ValueError(f"paths must name at least one of {PATHS}")
+        raise InputError(f"paths must name at least one of {PATHS}")
     for path in paths:
         check_path(path)
     if len(set(paths)) != len(paths):
-        raise ValueError(f"paths must not repeat a path, got {paths}")
+        raise InputError(f"paths must not repeat a path, got {paths}")
     if check_path(reference) not in paths:
-        raise ValueError(f"reference path {reference!r} must be one of the paths compared, {paths}")
+        raise InputError(f"reference path {reference!r} must be one of the paths compared, {paths}")
     return paths
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from fnn.paths import check_path, objective, sweep_backward, sweep_forward
+from fnn._errors import InputError
+from fnn._paths import check_path, objective, sweep_backward, sweep_forward
 
 _SOURCE_ROOT = f"{Path(__file__).resolve().parents[2]}/"  # stripped from residual sources
 
@@ -17,7 +18,7 @@ def aval_bytes(aval):
     """Bytes of a short aval string such as ``f32[8,16]``, ``bf16[]``, ``bool[8]`` or ``f8_e4m3fn[4]``."""
     match = re.fullmatch(r"([a-z]+)(\d*)(?:_\w+)?\[([\d,]*)\]", aval)
     if match is None:
-        raise ValueError(f"not a short aval string: {aval!r}")
+        raise InputError(f"not a short aval string: {aval!r}")
     kind, bits, dims = match.groups()
     itemsize = int(bits) // 8 if bits else 1  # bool (pred) is one byte
     return itemsize * int(np.prod([int(d) for d in dims.split(",") if d]))
@@ -57,7 +58,7 @@ def residuals(model, loss, path, params, x, targets):
     """What the forward pass of ``path`` keeps for its backward pass.
 
     Parses ``jax.ad_checkpoint.print_saved_residuals`` (one ``aval source``
-    line per residual) of :func:`fnn.paths.objective` (``autodiff``, ``custom``) or
+    line per residual) of :func:`fnn._paths.objective` (``autodiff``, ``custom``) or
     :func:`backprop_as_one_vjp` (``backprop``), differentiated with respect to
     every argument.
 

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn import context
+from fnn._paths import check_pair
 from fnn.module import Module
-from fnn.paths import check_pair
 from fnn.testing._agreement import agreement
 from fnn.testing._dtypes import cast, rtol, x64
 from fnn.testing._problem import loss_problem, module_problem
@@ -39,7 +39,7 @@ class Call:
 
 
 def _recording(module, prefix, ancestors, calls):
-    """``module`` with its ``apply`` (and every descendant's) appending a :class:`Call` to ``calls``."""
+    """``module`` with its ``run`` (and every descendant's) appending a :class:`Call` to ``calls``."""
     position = prefix + module.name
     wired = module
     if module.children:
@@ -51,12 +51,12 @@ def _recording(module, prefix, ancestors, calls):
             )
         )
 
-    def apply(params, x):
-        y = wired.apply(params, x)
+    def run(params, x, state, key, train):
+        y, new_state = wired.run(params, x, state, key, train)
         calls.append(Call(position, module, params, x, ancestors))
-        return y
+        return y, new_state
 
-    return dataclasses.replace(wired, apply=apply)
+    return dataclasses.replace(wired, run=run)
 
 
 def recorded_calls(model, params, x):

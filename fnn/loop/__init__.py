@@ -24,26 +24,22 @@ One job to a file: ``_fit`` (the loop), ``_epoch`` (the compiled epoch),
 ``_callbacks``, ``_history``.
 """
 
+from fnn._errors import TrainingDiverged
 from fnn.loop._callbacks import Callback, Checkpointing, EarlyStopping, EpochFunction, ProgressBar, Run
-from fnn.loop._epoch import EVAL_CHUNK, Plan, evaluate, make_epoch_end, make_steps, new_tally
-from fnn.loop._fit import TrainingDiverged, fit
-from fnn.loop._history import COLUMNS, History
+from fnn.loop._epoch import evaluate, steps_per_epoch
+from fnn.loop._fit import fit
+from fnn.loop._history import History
 
 __all__ = [
-    "COLUMNS",
-    "EVAL_CHUNK",
     "Callback",
     "Checkpointing",
     "EarlyStopping",
     "EpochFunction",
     "History",
-    "Plan",
     "ProgressBar",
     "Run",
     "TrainingDiverged",
     "evaluate",
     "fit",
-    "make_epoch_end",
-    "make_steps",
-    "new_tally",
+    "steps_per_epoch",
 ]

@@ -36,7 +36,9 @@ from collections.abc import Callable
 
 from tqdm.auto import tqdm
 
+from fnn._errors import CheckpointError, InputError
 from fnn._numbers import positive_int, real
+from fnn.checkpoint import Checkpoints
 from fnn.loop._config import differences
 
 __all__ = ["Callback", "Checkpointing", "EarlyStopping", "EpochFunction", "ProgressBar", "Run"]
@@ -192,7 +194,7 @@ class EarlyStopping(Callback):
         self.best, self.best_epoch = math.inf, None
         for row in history:
             if self.monitor not in row:
-                raise ValueError(f"EarlyStopping: no column {self.monitor!r} in the history; it has {sorted(row)}")
+                raise InputError(f"EarlyStopping: no column {self.monitor!r} in the history; it has {sorted(row)}")
             if row[self.monitor] < self.best - self.min_delta:
                 self.best, self.best_epoch = row[self.monitor], row["epoch"]
         return bool(history) and history[-1]["epoch"] - (self.best_epoch or 0) >= self.patience
@@ -228,22 +230,20 @@ class Checkpointing(Callback):
         self._saved_at = None
 
     def on_begin(self, run):
-        from fnn.checkpoint import Checkpoints
-
         self._saved_at = None
         self.checkpoints = Checkpoints(self.directory, keep=self.keep)
         latest = self.checkpoints.latest()
         if latest is None:
             return
         if not self.resume:
-            raise _error(
+            raise CheckpointError(
                 f"{self.directory} already holds checkpoints (newest {latest}); pass "
                 "Checkpointing(..., resume=True) to continue that run, or use an empty folder"
             )
         state, meta = self.checkpoints.restore(latest, run.state)
         differ = differences(meta["config"], run.config)
         if differ:
-            raise _error(
+            raise CheckpointError(
                 f"checkpoint {latest} in {self.directory} is from a different run; "
                 + "; ".join(differ)
                 + ". Resume with the same settings, or start this run in an empty folder"
@@ -274,9 +274,3 @@ class Checkpointing(Callback):
     def _mark(self, run, number):
         self._saved_at = number
         run.last_checkpoint = f"{number} in {self.directory}"
-
-
-def _error(message):
-    from fnn.checkpoint import CheckpointError
-
-    return CheckpointError(message)

@@ -22,13 +22,20 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fnn import context, parallel
+from fnn import parallel
 from fnn import train as _train
 from fnn.module import Loss, Module
 
 #: Rows per evaluation chunk: chunks keep the hidden activations small enough
 #: to stay in cache, which on a 2-core CPU beat one 60,000-row matmul.
 EVAL_CHUNK = 1000
+
+
+def steps_per_epoch(n_train, batch_size):
+    """Optimizer steps per epoch of :func:`fnn.fit`: ``n_train // batch_size`` full batches and, when
+    ``batch_size`` does not divide ``n_train``, one smaller last batch. What a learning-rate schedule needs before
+    training starts, e.g. ``optax.cosine_decay_schedule(lr, epochs * steps_per_epoch(n, batch_size))``."""
+    return n_train // batch_size + (n_train % batch_size > 0)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -61,7 +68,7 @@ class Plan:
     @property
     def steps_per_epoch(self):
         """Optimizer steps per epoch: the full batches and the last smaller one, if any."""
-        return self.full_batches + (self.n_train % self.batch_size > 0)
+        return steps_per_epoch(self.n_train, self.batch_size)
 
 
 def _batches(a, size):
@@ -85,20 +92,20 @@ def _splitter(mesh):
     return split
 
 
-def evaluate(model, loss, params, x, y, *, state=None, chunk=EVAL_CHUNK, mesh=None):
+def evaluate(model, loss, params, x, y, *, state=(), chunk=EVAL_CHUNK, mesh=None):
     """Mean loss and error rate of ``model`` on ``(x, y)``; the error is ``None`` if ``loss`` has none.
 
     Rows are processed ``chunk`` at a time (``jax.lax.map``), the remainder in
     one last smaller chunk; the result equals one pass over all rows. With a
-    ``mesh``, each chunk is split over its devices. A contextual model runs
-    in evaluation mode, with its ``state``.
+    ``mesh``, each chunk is split over its devices. The model runs in
+    evaluation mode, with its ``state`` (``()`` for a model without).
     """
     split = _splitter(mesh)
     dtype = jnp.result_type(jnp.float32, *(a.dtype for a in jax.tree.leaves(params)))  # bfloat16 sums in float32
 
     def totals(xy):
         x, y = split(xy, xy[0].shape[0])
-        outputs, _ = context.apply(model, params, x, state=state, train=False)
+        outputs, _ = model.apply(params, x, state=state, train=False)
         n = y.shape[0]
         error = loss.error(outputs, y) if loss.error is not None else 0.0
         return jnp.stack([loss.apply(outputs, y).astype(dtype), jnp.asarray(error, dtype)]) * n
@@ -188,9 +195,7 @@ def make_steps(plan, n_steps, rows=None):
                 inputs = plan.augment(jax.random.fold_in(epoch_key, first + i), inputs)
             batch = split((inputs, _rows(y, order, start, rows)), rows)
             key = jax.random.fold_in(model_key, first + i) if plan.model.has_randomness else None
-            out = update(params, opt_state, batch, state=model_state, key=key)
-            params, opt_state, metrics = out[:3]
-            model_state = out[3] if plan.model.has_state else model_state
+            params, opt_state, metrics, model_state = update(params, opt_state, batch, state=model_state, key=key)
             tally = _count(tally, metrics, first + i, rows, plan.divergence_factor)
             return (params, opt_state, model_state, tally), None
 
@@ -215,7 +220,7 @@ def make_epoch_end(plan):
 
     Returns ``end(params, opt_state, model_state, tally, key_data, epoch, x, y,
     x_test, y_test) -> (params, opt_state, model_state, tally, metrics)``, ``metrics`` mapping each name in
-    :data:`fnn.loop.COLUMNS` to a scalar (the errors to ``None`` when the loss
+    :data:`fnn.loop._history.COLUMNS` to a scalar (the errors to ``None`` when the loss
     has no error rate) and ``"params_finite"`` to whether every parameter is
     finite. The test set is evaluated at the epoch's parameters; the training
     metrics are the mean over the epoch's examples of each batch's loss and

@@ -12,19 +12,16 @@ import numpy as np
 from fnn import losses as _losses
 from fnn import parallel, validate
 from fnn import train as _train
+from fnn._errors import InputError, TrainingDiverged, UsageError
 from fnn._numbers import as_int, real
+from fnn._paths import check_pair, check_path
 from fnn.loop._callbacks import Callback, EpochFunction, ProgressBar, Run
 from fnn.loop._config import run_config
 from fnn.loop._epoch import Plan, make_epoch_end, make_steps, new_tally
 from fnn.loop._history import History
-from fnn.paths import check_pair, check_path
 
 #: The leaves that XLA's CPU backend runs slowly inside a loop body on the autodiff path (see :func:`fit`).
 _LOOP_SLOW_LEAVES = ("conv1d", "conv2d")
-
-
-class TrainingDiverged(FloatingPointError):
-    """The training loss became NaN or infinite, or exploded; the message names the epoch and the step."""
 
 
 def fit(
@@ -98,8 +95,10 @@ def fit(
         stopping, your own), or functions called after each epoch as
         ``f(row)`` with the epoch's :meth:`History.rows` dict.
       progress: show a ``tqdm`` bar over the epochs; ``None`` shows it only on a terminal.
-      state: for a model with state (batch norm), its state at the start;
-        ``None`` for ``model.init_state(input_shape)``.
+      state: the model's state at the start (``model.init_state(input_shape)``);
+        required for a model with state (batch norm). As for
+        :meth:`fnn.module.Module.apply`, the trained state comes back exactly
+        when ``state=`` was passed.
 
     A contextual model (batch norm, dropout; see :mod:`fnn.module`) trains in
     training mode, each step with the key
@@ -111,7 +110,9 @@ def fit(
 
     Returns:
       ``(params, history)``, the trained parameters and a :class:`History`;
-      for a model with state, ``(params, state, history)``.
+      with ``state=``, ``(params, state, history)``. ``history.config`` is the
+      run's configuration (every setting of the model, the loss, the
+      optimizer, the data's shapes; see :attr:`History.config`).
 
     Raises:
       fnn.validate.DataError: data or parameters that cannot train this model.
@@ -153,10 +154,15 @@ def fit(
         _epochs(run, plan, compiled, segment, parts)
         for part in parts:
             part.on_end(run)
-    history = History.from_rows(run.history, compile_s=compile_s, wall_s=time.perf_counter() - start)
-    if model.has_state:
-        return run.state["params"], run.state["model_state"], history
-    return run.state["params"], history
+    history = History.from_rows(
+        run.history,
+        compile_s=compile_s,
+        wall_s=time.perf_counter() - start,
+        configure=lambda: {**run.config, "epochs": run.epochs, "devices": plan.mesh.size},
+    )
+    if state is None:
+        return run.state["params"], history
+    return run.state["params"], run.state["model_state"], history
 
 
 # ---------------------------------------------------------------- checks and set-up
@@ -170,7 +176,9 @@ def _check(model, loss, path, data, params, batch_size, state):
     n_train = splits["train"][0].shape[0]
     batch_size = _check_int("batch_size", batch_size, 1, n_train, f" (the training set has {n_train} examples)")
     validate.check_params(model, params, splits["train"][0].shape[1:])
-    if state is not None:
+    if state is None:
+        model.checked_context(None, True)  # a model with state needs one
+    else:
         validate.check_state(model, state, splits["train"][0].shape[1:])
     validate.check_targets(model, loss, splits)
     return splits, batch_size
@@ -181,7 +189,7 @@ def _check_int(name, value, low, high=None, hint=""):
     number = as_int(value)
     if number is None or number < low or (high is not None and number > high):
         bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be an int {bound}{hint}, got {value!r}")
+        raise InputError(f"{name} must be an int {bound}{hint}, got {value!r}")
     return number
 
 
@@ -190,7 +198,7 @@ def _split_arrays(data):
     try:
         arrays = [np.asarray(getattr(data, name)) for name in names]
     except AttributeError:
-        raise TypeError(
+        raise UsageError(
             "data must have x_train, y_train, x_test and y_test arrays (e.g. fnn.data.load(...)), "
             f"got {type(data).__name__}"
         ) from None
@@ -200,12 +208,12 @@ def _split_arrays(data):
 def _plan(model, loss, path, optimizer, splits, batch_size, shuffle_key, augment, devices, train_metrics, factor):
     """The :class:`Plan` of the run, its arguments checked."""
     if train_metrics not in ("batches", "full"):
-        raise ValueError(f"train_metrics must be 'batches' or 'full', got {train_metrics!r}")
+        raise InputError(f"train_metrics must be 'batches' or 'full', got {train_metrics!r}")
     if factor is not None:
         factor = real("fit", "divergence_factor", factor, within="above 1 (or None)", ok=lambda f: f > 1)
     mesh = parallel.data_mesh(1 if devices is None else devices)
     if batch_size % mesh.size:
-        raise ValueError(
+        raise InputError(
             f"batch_size {batch_size} does not split evenly over {mesh.size} devices; "
             f"use a multiple of {mesh.size} or a number of devices that divides {batch_size}"
         )
@@ -232,7 +240,7 @@ def _key_parts(shuffle_key):
         return jax.random.key_data(key), jax.random.key_impl(key)
     if key.dtype == jnp.uint32 and key.shape == (2,):
         return key, "threefry2x32"
-    raise TypeError(f"shuffle_key must be a jax.random key (jax.random.key(seed)), got {key.dtype} {key.shape}")
+    raise UsageError(f"shuffle_key must be a jax.random key (jax.random.key(seed)), got {key.dtype} {key.shape}")
 
 
 def _segment(plan, steps_per_call, callbacks):
@@ -257,7 +265,7 @@ def _new_run(plan, params, model_state, shuffle_key, epochs, input_shape):
     state = {
         "params": params,
         "opt_state": plan.optimizer.init(params),
-        "model_state": plan.model.init_state(input_shape) if model_state is None else model_state,
+        "model_state": () if model_state is None else model_state,
         "key": _key_parts(shuffle_key)[0],
         "tally": new_tally(),
     }

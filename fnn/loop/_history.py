@@ -1,6 +1,8 @@
 """The per-epoch record of a training run."""
 
 import dataclasses
+import functools
+from collections.abc import Callable
 
 import numpy as np
 
@@ -16,7 +18,8 @@ class History:
     rate (e.g. ``mse``). ``epoch_s`` is the wall time of each epoch (training
     and evaluation); ``compile_s`` the time to compile the epoch's functions;
     ``wall_s`` the whole run, compilation included. A resumed run's history
-    starts with the epochs restored from the checkpoint.
+    starts with the epochs restored from the checkpoint. :attr:`config` is
+    the run's configuration.
     """
 
     train_loss: np.ndarray
@@ -26,6 +29,15 @@ class History:
     epoch_s: np.ndarray
     compile_s: float
     wall_s: float
+    configure: Callable = dataclasses.field(default=dict, repr=False, compare=False)
+
+    @functools.cached_property
+    def config(self):
+        """The run's configuration, JSON-ready: every setting of the model and the loss, the path, the batch size,
+        the number of training examples and their order, the training metrics, the augmentation, the optimizer
+        (by its first updates on a fixed probe), the epochs and the devices; what a checkpoint compares before
+        resuming. Computed on first use."""
+        return self.configure()
 
     def rows(self):
         """One dict per epoch: ``{"epoch": 1, "train_loss": ..., ...}``."""
@@ -36,8 +48,14 @@ class History:
         ]
 
     @classmethod
-    def from_rows(cls, rows, *, compile_s, wall_s):
-        """The history of the epochs in ``rows`` (dicts as :meth:`rows` makes them)."""
+    def from_rows(cls, rows, *, compile_s, wall_s, configure=dict):
+        """The history of the epochs in ``rows`` (dicts as :meth:`rows` makes them); ``configure() -> config``."""
         has = {c: bool(rows) and c in rows[0] for c in COLUMNS}
         columns = {c: np.array([row[c] for row in rows]) if has[c] or c.endswith("loss") else None for c in COLUMNS}
-        return cls(**columns, epoch_s=np.array([row["epoch_s"] for row in rows]), compile_s=compile_s, wall_s=wall_s)
+        return cls(
+            **columns,
+            epoch_s=np.array([row["epoch_s"] for row in rows]),
+            compile_s=compile_s,
+            wall_s=wall_s,
+            configure=configure,
+        )

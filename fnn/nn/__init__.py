@@ -6,12 +6,13 @@ Leaves: :func:`dense`, :data:`relu`, :data:`sigmoid`, :data:`tanh`,
 :func:`group_norm`, :data:`softmax`, :func:`embedding`,
 :func:`positional_embedding`; with state or randomness (see :mod:`fnn.module`):
 :func:`batch_norm`, :func:`dropout`. Wiring: :func:`serial`, :func:`residual`,
-:func:`flatten`, :func:`attention` (multi-head self-attention over the
-attention leaf). Models: :func:`mlp`, :func:`resnet_s`. Initialisers:
-:mod:`fnn.nn.initializers`.
+:func:`flatten`, :func:`identity`, :func:`attention` (multi-head
+self-attention over the attention leaf). Models: :func:`mlp`,
+:func:`resnet_s`. Initialisers: :mod:`fnn.nn.initializers`.
 """
 
 from fnn.nn import initializers
+from fnn.nn._identity import identity
 from fnn.nn.activations import activation, gelu, leaky_relu, relu, sigmoid, silu, softplus, tanh
 from fnn.nn.attend import attention
 from fnn.nn.batchnorm import batch_norm
@@ -37,6 +38,7 @@ __all__ = [
     "flatten",
     "gelu",
     "group_norm",
+    "identity",
     "initializers",
     "layer_norm",
     "leaky_relu",

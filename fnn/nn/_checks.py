@@ -9,19 +9,20 @@ import math
 
 import jax.numpy as jnp
 
+from fnn._errors import InputError, UsageError
 from fnn._numbers import as_int
 
 
 def require_float(name, arg, value):
     """Raises ``TypeError`` unless ``value`` is a floating-point array."""
     if not jnp.issubdtype(value.dtype, jnp.floating):
-        raise TypeError(f"{name}: {arg} must be a floating-point array, got dtype {value.dtype}")
+        raise UsageError(f"{name}: {arg} must be a floating-point array, got dtype {value.dtype}")
 
 
 def require_float_dtype(name, dtype):
     """Checks that a parameter ``dtype`` (``jnp.float32``, ``jnp.bfloat16``, ...) is floating; returns it."""
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"{name}: dtype must be a floating-point dtype, got {jnp.dtype(dtype).name}")
+        raise UsageError(f"{name}: dtype must be a floating-point dtype, got {jnp.dtype(dtype).name}")
     return dtype
 
 
@@ -29,13 +30,13 @@ def require_param(name, params, key, x, ndim):
     """Checks that ``params[key]`` exists, is floating, has ``ndim`` axes and ``x``'s dtype; returns it."""
     if not isinstance(params, dict) or key not in params:
         got = sorted(params) if isinstance(params, dict) else type(params).__name__
-        raise TypeError(f"{name}: params must be a dict with key {key!r}, got {got}")
+        raise UsageError(f"{name}: params must be a dict with key {key!r}, got {got}")
     value = jnp.asarray(params[key])
     require_float(name, key, value)
     if value.ndim != ndim:
-        raise ValueError(f"{name}: {key} must have {ndim} axes, got shape {value.shape}")
+        raise InputError(f"{name}: {key} must have {ndim} axes, got shape {value.shape}")
     if value.dtype != x.dtype:
-        raise TypeError(
+        raise UsageError(
             f"{name}: input and {key} must share a dtype, got input {x.dtype} and {key} {value.dtype}; "
             "cast one of them explicitly"
         )
@@ -45,15 +46,15 @@ def require_param(name, params, key, x, ndim):
 def require_features(name, x, n, what):
     """Checks that ``x[..., n]`` has ``n`` features on its last axis (``what`` names who expects them)."""
     if x.ndim < 1:
-        raise ValueError(f"{name}: input must have at least one axis [..., {n}], got a scalar")
+        raise InputError(f"{name}: input must have at least one axis [..., {n}], got a scalar")
     if x.shape[-1] != n:
-        raise ValueError(f"{name}: input has {x.shape[-1]} features but {what} (input shape {x.shape})")
+        raise InputError(f"{name}: input has {x.shape[-1]} features but {what} (input shape {x.shape})")
 
 
 def require_no_params(name, params):
     """Checks that a parameter-free module got the empty pytree ``()``."""
     if not isinstance(params, (tuple, list, dict)) or params:
-        raise TypeError(f"{name}: has no parameters and takes params=(), got {type(params).__name__}")
+        raise UsageError(f"{name}: has no parameters and takes params=(), got {type(params).__name__}")
 
 
 def require_shape(name, input_shape, ndim=None, hint=""):
@@ -64,7 +65,7 @@ def require_shape(name, input_shape, ndim=None, hint=""):
         shape = None
     if shape is None or not all(d is not None and d > 0 for d in shape) or (ndim is not None and len(shape) != ndim):
         want = f"{ndim} positive ints" if ndim is not None else "positive ints"
-        raise ValueError(
+        raise InputError(
             f"{name}: input_shape must be a tuple of {want} (batch axis excluded), got {input_shape!r}{hint}"
         )
     return shape

@@ -13,6 +13,7 @@ nothing.
 import numpy as np
 from jax import lax
 
+from fnn._errors import InputError
 from fnn._numbers import as_int
 
 __all__ = [
@@ -43,14 +44,14 @@ def ints(name, arg, value, n):
     except TypeError:
         values = ()
     if len(values) != n or not all(v is not None and v > 0 for v in values):
-        raise ValueError(f"{name}: {arg} must be a positive int or {_TUPLE[n]} of them, got {value!r}")
+        raise InputError(f"{name}: {arg} must be a positive int or {_TUPLE[n]} of them, got {value!r}")
     return values
 
 
 def check_padding(name, padding):
     """Returns ``padding`` if it is ``"SAME"`` or ``"VALID"``, else raises ``ValueError``."""
     if padding not in PADDINGS:
-        raise ValueError(f"{name}: padding must be 'SAME' or 'VALID', got {padding!r}")
+        raise InputError(f"{name}: padding must be 'SAME' or 'VALID', got {padding!r}")
     return padding
 
 
@@ -76,7 +77,7 @@ def require_batch(name, x, n, why="", hint=""):
         )
     elif x.ndim > n + 2:
         hint = f"; merge the leading axes into one batch axis: x.reshape(-1, *x.shape[-{n + 1}:]){hint}"
-    raise ValueError(f"{name}: input must be {_layout(n)}, {n + 2} axes{why}, got shape {x.shape}{hint}")
+    raise InputError(f"{name}: input must be {_layout(n)}, {n + 2} axes{why}, got shape {x.shape}{hint}")
 
 
 def channel_hint(shape, n):

@@ -75,6 +75,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from fnn._errors import InputError, UsageError
 from fnn._numbers import as_int, positive_int
 from fnn.module import leaf, structural, with_settings
 from fnn.nn import _checks
@@ -224,17 +225,17 @@ def _attend_backward(q, k, v, o, m, g, causal, tile):
 def _check(params, q):
     _checks.require_float("attention", "q", q)
     if q.ndim != 4:
-        raise ValueError(f"attention: q must be [B, T, H, D] (batch, queries, heads, head size), got shape {q.shape}")
+        raise InputError(f"attention: q must be [B, T, H, D] (batch, queries, heads, head size), got shape {q.shape}")
     k, v = (_checks.require_param("attention", params, key, q, ndim=4) for key in ("k", "v"))
     if k.shape != v.shape:
-        raise ValueError(f"attention: k and v must have the same shape [B, S, H, D], got k {k.shape} and v {v.shape}")
+        raise InputError(f"attention: k and v must have the same shape [B, S, H, D], got k {k.shape} and v {v.shape}")
     if (k.shape[0], *k.shape[2:]) != (q.shape[0], *q.shape[2:]):
-        raise ValueError(
+        raise InputError(
             f"attention: k and v [B, S, H, D] must match q [B, T, H, D] in batch, heads and head size, "
             f"got q {q.shape} and k {k.shape}"
         )
     if 0 in (q.shape[1], k.shape[1], q.shape[3]):
-        raise ValueError(
+        raise InputError(
             f"attention: needs at least one query, one key and one feature per head (T, S, D >= 1), "
             f"got q {q.shape} [B, T, H, D] and k, v {k.shape} [B, S, H, D]"
         )
@@ -248,11 +249,11 @@ def attention_leaf(causal=False, tile=None):
     path) computes every row at once.
     """
     if not isinstance(causal, bool):
-        raise TypeError(f"attention: causal must be True or False, got {causal!r}")
+        raise UsageError(f"attention: causal must be True or False, got {causal!r}")
     if tile is not None:
         rows = tuple(map(as_int, tile))
         if len(rows) != 2 or not all(n is not None and n > 0 for n in rows):
-            raise ValueError(f"attention: tile must be two positive ints (query rows, key rows), got {tile!r}")
+            raise InputError(f"attention: tile must be two positive ints (query rows, key rows), got {tile!r}")
         tile = rows
 
     def tiles(q, k):
@@ -286,11 +287,11 @@ def _self_attention(project, attend, heads, head_dim, init):
     def check(params, x):
         if not isinstance(params, dict) or set(params) != set(_PROJECTIONS):
             got = sorted(params) if isinstance(params, dict) else type(params).__name__
-            raise TypeError(f"attention: params must be a dict with keys {list(_PROJECTIONS)}, got {got}")
+            raise UsageError(f"attention: params must be a dict with keys {list(_PROJECTIONS)}, got {got}")
         if jnp.ndim(x) < 2:
-            raise ValueError(f"attention: input must be [..., T, D_model], got shape {jnp.shape(x)}")
+            raise InputError(f"attention: input must be [..., T, D_model], got shape {jnp.shape(x)}")
         if 0 in jnp.shape(x)[-2:]:
-            raise ValueError(
+            raise InputError(
                 f"attention: needs at least one position T and one feature D_model, got input shape {jnp.shape(x)} "
                 "[..., T, D_model]"
             )

@@ -33,6 +33,7 @@ import math
 
 import jax.numpy as jnp
 
+from fnn._errors import InputError, UsageError
 from fnn._numbers import real
 from fnn.module import leaf, with_settings
 from fnn.nn import _checks
@@ -49,7 +50,7 @@ def _batch_axes(x):
 def _train_forward(params, x, eps):
     """``(y, saved, (mu, var))`` with the batch's own statistics over every axis but the channels."""
     if math.prod(x.shape[:-1]) < 2:
-        raise ValueError(
+        raise InputError(
             f"batch_norm: training normalises each channel by the statistics of at least 2 values, got input shape "
             f"{x.shape} (one value per channel has no variance; a last batch of one example? choose a batch_size "
             "that leaves another remainder, or evaluate with train=False)"
@@ -73,7 +74,7 @@ def _check(eps):
     def check(params, x):
         scale(params, x)
         if x.ndim < 2:
-            raise ValueError(f"batch_norm: input must be [N, ..., C] (a batch axis first), got shape {x.shape}")
+            raise InputError(f"batch_norm: input must be [N, ..., C] (a batch axis first), got shape {x.shape}")
 
     return check
 
@@ -97,10 +98,10 @@ def _leaf(forward, eps, **contextual):
 def _check_state(state, x):
     if not isinstance(state, dict) or set(state) != {"mean", "var"}:
         got = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise TypeError(f"batch_norm: state must be a dict with keys 'mean' and 'var', got {got}")
+        raise UsageError(f"batch_norm: state must be a dict with keys 'mean' and 'var', got {got}")
     for name, value in state.items():
         if jnp.shape(value) != x.shape[-1:]:
-            raise ValueError(f"batch_norm: state[{name!r}] must have shape {x.shape[-1:]}, got {jnp.shape(value)}")
+            raise InputError(f"batch_norm: state[{name!r}] must have shape {x.shape[-1:]}, got {jnp.shape(value)}")
 
 
 @with_settings

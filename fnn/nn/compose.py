@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from fnn import context
-from fnn.module import Module, context_signatures, output_shape, structural, with_settings
+from fnn._errors import InputError, UsageError
+from fnn.module import Module, structural, with_settings
 from fnn.nn import _checks
 from fnn.nn.activations import relu
 from fnn.nn.linear import dense
@@ -28,8 +29,14 @@ __all__ = ["flatten", "mlp", "residual", "resnet_s", "serial"]
 
 def _require_modules(name, modules):
     for i, m in enumerate(modules):
-        if not isinstance(m, Module):
-            raise TypeError(f"{name}: argument {i} must be an fnn module, got {type(m).__name__} ({m!r})")
+        if isinstance(m, Module):
+            continue
+        if callable(m) and getattr(m, "__module__", "").startswith("fnn."):
+            raise UsageError(
+                f"{name}: argument {i} is the constructor nn.{m.__name__}, not a module; call it: "
+                f"nn.{m.__name__}(...) (e.g. nn.{m.__name__}())"
+            )
+        raise UsageError(f"{name}: argument {i} must be an fnn module, got {type(m).__name__} ({m!r})")
 
 
 def serial(*modules):
@@ -40,7 +47,7 @@ def serial(*modules):
     next one returned.
     """
     if not modules:
-        raise ValueError("serial: needs at least one module")
+        raise InputError("serial: needs at least one module")
     _require_modules("serial", modules)
 
     def check(params):
@@ -50,10 +57,12 @@ def serial(*modules):
                 if isinstance(params, (list, tuple))
                 else type(params).__name__
             )
-            raise TypeError(
+            raise UsageError(
                 f"serial: params must be a list with one entry per module ({len(modules)}: "
                 f"{', '.join(m.name for m in modules)}), got {got}"
             )
+
+    has_state = any(m.has_state for m in modules)
 
     def init(key, input_shape):
         params = []
@@ -62,19 +71,25 @@ def serial(*modules):
             params.append(p)
         return input_shape, params
 
-    def apply(params, x):
-        check(params)
-        for module, p in zip(modules, params):
-            x = module.apply(p, x)
-        return x
+    def split_context(state, key):
+        return [(state[i] if has_state else (), context.child_key(key, i)) for i in range(len(modules))]
 
-    def forward(params, x):
+    def run(params, x, state, key, train):
         check(params)
-        saved = []
-        for module, p in zip(modules, params):
-            x, s = module.forward(p, x)
-            saved.append(s)
-        return x, saved
+        states = []
+        for m, p, (s, k) in zip(modules, params, split_context(state, key)):
+            x, new = m.run(p, x, s, k, train)
+            states.append(new)
+        return x, (states if has_state else state)
+
+    def run_forward(params, x, state, key, train):
+        check(params)
+        saved, states = [], []
+        for m, p, (s, k) in zip(modules, params, split_context(state, key)):
+            x, kept, new = m.run_forward(p, x, s, k, train)
+            saved.append(kept)
+            states.append(new)
+        return x, saved, (states if has_state else state)
 
     def backward(params, saved, g):
         grads = [None] * len(modules)
@@ -82,56 +97,29 @@ def serial(*modules):
             grads[i], g = modules[i].backward(params[i], saved[i], g)
         return grads, g
 
-    def check_inputs(x, split):  # the first module that does more than rearrange the values checks them
-        first = next((m for m in modules if not m.passes_values), modules[0])
-        return first.check_inputs(x, split)
-
-    wiring = {"init": init, "apply": apply, "forward": forward, "backward": backward}
-    if any(m.contextual for m in modules):
-        wiring |= _serial_context(modules, check)
-    passes_values = all(m.passes_values for m in modules)
-    return structural(
-        "serial", **wiring, children=modules, rebuild=serial, check_inputs=check_inputs, passes_values=passes_values
-    )
-
-
-def _serial_context(modules, check):
-    """A contextual ``serial``'s functions: child ``i`` runs in its own state and the key ``fold_in(key, i)``."""
-    has_state = any(m.has_state for m in modules)
-
-    def share(state, i):
-        return state[i] if has_state else ()
-
-    def split_context(state, key):
-        return [(share(state, i), context.child_key(key, i)) for i in range(len(modules))]
-
-    def run(params, x, state, key, train):
-        check(params)
-        saved, states = [], []
-        for m, p, (s, k) in zip(modules, params, split_context(state, key)):
-            x, kept, new = context.forward(m, p, x, state=s, key=k, train=train)
-            saved.append(kept)
-            states.append(new)
-        return x, saved, states
-
-    def run_apply(params, x, state, key, train):
-        check(params)
-        states = []
-        for m, p, (s, k) in zip(modules, params, split_context(state, key)):
-            x, new = context.apply(m, p, x, state=s, key=k, train=train)
-            states.append(new)
-        return x, states
-
     def state_init(input_shape):
         states = []
         for m in modules:
             states.append(m.init_state(input_shape))
-            input_shape = output_shape(m, input_shape)
+            input_shape = m.output_shape(input_shape)
         return states
 
-    forward, apply = context_signatures("serial", run, has_state, run_apply)
-    return {"apply": apply, "forward": forward, "split_context": split_context} | (
-        {"state_init": state_init} if has_state else {}
+    def check_inputs(x, split):  # the first module that does more than rearrange the values checks them
+        first = next((m for m in modules if not m.passes_values), modules[0])
+        return first.check_inputs(x, split)
+
+    return structural(
+        "serial",
+        init=init,
+        run=run,
+        run_forward=run_forward,
+        backward=backward,
+        children=modules,
+        rebuild=serial,
+        split_context=split_context,
+        state_init=state_init if has_state else None,
+        check_inputs=check_inputs,
+        passes_values=all(m.passes_values for m in modules),
     )
 
 
@@ -144,58 +132,45 @@ def residual(block):
 
     def check_shape(z, y):
         if y.shape != z.shape:
-            raise ValueError(f"residual: the block maps shape {z.shape} to {y.shape}; it must keep the shape")
+            raise InputError(f"residual: the block maps shape {z.shape} to {y.shape}; it must keep the shape")
 
     def init(key, input_shape):
         output_shape, params = block.init(key, input_shape)
         if tuple(output_shape) != tuple(input_shape):
-            raise ValueError(
+            raise InputError(
                 f"residual: the block maps input shape {tuple(input_shape)} to {tuple(output_shape)}; it must keep "
                 f"the shape"
             )
         return output_shape, params
 
-    def apply(params, z):
-        y = block.apply(params, z)
-        check_shape(z, y)
-        return z + y
+    def split_context(state, key):
+        return [(state, context.child_key(key, 0))]
 
-    def forward(params, z):
-        y, saved = block.forward(params, z)
+    def run(params, z, state, key, train):
+        y, new_state = block.run(params, z, state, context.child_key(key, 0), train)
         check_shape(z, y)
-        return z + y, saved
+        return z + y, new_state
+
+    def run_forward(params, z, state, key, train):
+        y, saved, new_state = block.run_forward(params, z, state, context.child_key(key, 0), train)
+        check_shape(z, y)
+        return z + y, saved, new_state
 
     def backward(params, saved, g):
         grads, dz = block.backward(params, saved, g)
         return grads, g + dz
 
-    wiring = {"init": init, "apply": apply, "forward": forward, "backward": backward}
-    if block.contextual:
-        wiring |= _residual_context(block, check_shape)
-    return structural("residual", **wiring, children=(block,), rebuild=residual)
-
-
-def _residual_context(block, check_shape):
-    """A contextual ``residual``'s functions: the block runs in the state given and the key ``fold_in(key, 0)``."""
-
-    def split_context(state, key):
-        return [(state, context.child_key(key, 0))]
-
-    def run(params, z, state, key, train):
-        ((state, key),) = split_context(state, key)
-        y, saved, new_state = context.forward(block, params, z, state=state, key=key, train=train)
-        check_shape(z, y)
-        return z + y, saved, new_state
-
-    def run_apply(params, z, state, key, train):
-        ((state, key),) = split_context(state, key)
-        y, new_state = context.apply(block, params, z, state=state, key=key, train=train)
-        check_shape(z, y)
-        return z + y, new_state
-
-    forward, apply = context_signatures("residual", run, block.has_state, run_apply)
-    wiring = {"apply": apply, "forward": forward, "split_context": split_context}
-    return wiring | ({"state_init": block.init_state} if block.has_state else {})
+    return structural(
+        "residual",
+        init=init,
+        run=run,
+        run_forward=run_forward,
+        backward=backward,
+        children=(block,),
+        rebuild=residual,
+        split_context=split_context,
+        state_init=block.init_state if block.has_state else None,
+    )
 
 
 def flatten():
@@ -209,7 +184,7 @@ def flatten():
         _checks.require_no_params("flatten", params)
         x = jnp.asarray(x)
         if x.ndim < 1:
-            raise ValueError("flatten: input must have a batch axis, got a scalar")
+            raise InputError("flatten: input must have a batch axis, got a scalar")
         return x.reshape(x.shape[0], -1)
 
     def forward(params, x):
@@ -241,7 +216,7 @@ def mlp(sizes, *, activation=relu, bias=False, w_init="he", dtype=jnp.float32):
     """
     sizes = tuple(sizes)
     if len(sizes) < 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
-        raise ValueError(f"mlp: sizes must be at least two positive ints [n_in, ..., n_out], got {sizes!r}")
+        raise InputError(f"mlp: sizes must be at least two positive ints [n_in, ..., n_out], got {sizes!r}")
     _require_modules("mlp", (activation,))
     layers = []
     for n_out in sizes[1:]:
@@ -252,7 +227,7 @@ def mlp(sizes, *, activation=relu, bias=False, w_init="he", dtype=jnp.float32):
         shape = _checks.require_shape("mlp", input_shape)
         if shape[-1:] != sizes[:1]:
             hint = _checks.flatten_hint(shape, sizes[0])
-            raise ValueError(f"mlp: built for {sizes[0]} input features, got input_shape {shape}{hint}")
+            raise InputError(f"mlp: built for {sizes[0]} input features, got input_shape {shape}{hint}")
         return net.init(key, shape)
 
     return dataclasses.replace(net, name="mlp", init=init)
@@ -271,7 +246,7 @@ def resnet_s(n_out, *, width, hidden=None, n_blocks=2, activation=relu, normaliz
     """
     hidden = width if hidden is None else hidden
     if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or n_blocks < 0:
-        raise ValueError(f"resnet_s: n_blocks must be a non-negative int, got {n_blocks!r}")
+        raise InputError(f"resnet_s: n_blocks must be a non-negative int, got {n_blocks!r}")
 
     def mm(n):
         return [dense(n, bias=True, dtype=dtype)] + ([layer_norm(dtype=dtype)] if normalize else [])

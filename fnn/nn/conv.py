@@ -33,6 +33,7 @@ Both are written once for either number of spatial axes with
 import jax.numpy as jnp
 from jax import lax
 
+from fnn._errors import InputError
 from fnn._numbers import positive_int
 from fnn.module import leaf, with_settings
 from fnn.nn import _checks, _windows
@@ -94,19 +95,19 @@ def _check(n, stride, padding, bias):
         hint = _checks.image_hint(x.shape[1:]) if n == 2 else ""
         _windows.require_batch(name, x, n, why=f" ({layout})", hint=hint)
         if x.shape[-1] != w.shape[n]:
-            raise ValueError(
+            raise InputError(
                 f"{name}: input has {x.shape[-1]} channels but the kernel expects {w.shape[n]} "
                 f"(input shape {x.shape}, kernel shape {w.shape}, {kernel_layout})"
             )
         if padding == "VALID" and any(m < k for m, k in zip(x.shape[1:-1], w.shape[:n])):
-            raise ValueError(
+            raise InputError(
                 f"{name}: with VALID padding the input's {' x '.join(axes)} {x.shape[1:-1]} must be at least "
                 f"the kernel's {w.shape[:n]}"
             )
         if bias:
             _checks.require_param(name, params, "b", x, ndim=1)
             if params["b"].shape != (w.shape[-1],):
-                raise ValueError(
+                raise InputError(
                     f"{name}: b must have size {w.shape[-1]} (kernel shape {w.shape}), got {params['b'].shape}"
                 )
 
@@ -160,7 +161,7 @@ def _conv_layer(n, n_out, kernel, stride, padding, bias, w_init, dtype):
         hint = (_checks.image_hint(input_shape) if n == 2 else "") or _windows.channel_hint(input_shape, n)
         shape = _checks.require_shape(name, input_shape, ndim=n + 1, hint=hint)
         if _windows.check_padding(name, padding) == "VALID" and any(m < k for m, k in zip(shape, kernel)):
-            raise ValueError(
+            raise InputError(
                 f"{name}: with VALID padding the input's {' x '.join(_windows.AXES[n])} {shape[:n]} must be at "
                 f"least the kernel's {kernel}"
             )

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn import validate
+from fnn._errors import InputError, UsageError
 from fnn._numbers import positive_int
 from fnn.module import leaf, with_settings
 from fnn.nn import _checks
@@ -39,11 +40,11 @@ def _table(name, params):
     """``params["table"]``, checked to be a floating 2-D array."""
     if not isinstance(params, dict) or set(params) != {"table"}:
         got = sorted(params) if isinstance(params, dict) else type(params).__name__
-        raise TypeError(f"{name}: params must be a dict with the key 'table', got {got}")
+        raise UsageError(f"{name}: params must be a dict with the key 'table', got {got}")
     table = jnp.asarray(params["table"])
     _checks.require_float(name, "table", table)
     if table.ndim != 2:
-        raise ValueError(f"{name}: table must have 2 axes [V, D], got shape {table.shape}")
+        raise InputError(f"{name}: table must have 2 axes [V, D], got shape {table.shape}")
     return table
 
 
@@ -51,7 +52,7 @@ def _table(name, params):
 def _check_embedding(params, ids):
     _table("embedding", params)
     if not jnp.issubdtype(ids.dtype, jnp.integer):
-        raise TypeError(f"embedding: ids must be integer token ids, got dtype {ids.dtype}")
+        raise UsageError(f"embedding: ids must be integer token ids, got dtype {ids.dtype}")
 
 
 def _in_range(ids, vocab):
@@ -134,11 +135,11 @@ def _check_positions(params, x):
     table = _table("positional_embedding", params)
     _checks.require_float("positional_embedding", "input", x)
     if table.dtype != x.dtype:
-        raise TypeError(
+        raise UsageError(
             f"positional_embedding: input and table must share a dtype, got input {x.dtype} and table {table.dtype}"
         )
     if x.ndim < 2 or x.shape[-2:] != table.shape:
-        raise ValueError(
+        raise InputError(
             f"positional_embedding: input must be [..., T, D] with [T, D] the table's shape {table.shape}, "
             f"got shape {x.shape}"
         )

@@ -5,6 +5,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from fnn._errors import InputError
+
 __all__ = ["INITIALIZERS", "he_normal", "resolve", "zeros"]
 
 
@@ -30,7 +32,7 @@ def resolve(init):
     try:
         return INITIALIZERS[init]
     except (KeyError, TypeError):
-        raise ValueError(
+        raise InputError(
             f"unknown initializer {init!r}; expected one of {sorted(INITIALIZERS)} "
             "or a function (key, shape, dtype) -> array such as a jax.nn.initializers one"
         ) from None

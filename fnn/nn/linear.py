@@ -11,6 +11,7 @@ leading axis (the rows):
 import jax
 import jax.numpy as jnp
 
+from fnn._errors import InputError, UsageError
 from fnn.module import leaf, with_settings
 from fnn.nn import _checks
 from fnn.nn import initializers as _init
@@ -79,12 +80,12 @@ def _dense_backward(params, saved, g):
 
 def _check_dense(params, x):
     if isinstance(params, dict) and set(params) - {"w", "b"}:
-        raise TypeError(f"dense: params must be a dict with key 'w' and optionally 'b', got keys {sorted(params)}")
+        raise UsageError(f"dense: params must be a dict with key 'w' and optionally 'b', got keys {sorted(params)}")
     _check_matmul(params, x, "dense")
     if "b" in params:
         w, b = params["w"], _checks.require_param("dense", params, "b", x, ndim=1)
         if b.shape[0] != w.shape[1]:
-            raise ValueError(f"dense: b must have size {w.shape[1]} (w shape {w.shape}), got b shape {b.shape}")
+            raise InputError(f"dense: b must have size {w.shape[1]} (w shape {w.shape}), got b shape {b.shape}")
 
 
 #: ``y = x W (+ b)`` over given params ``{"w": W}`` or ``{"w": W, "b": b}``, without an init
@@ -112,16 +113,16 @@ def dense(n_out, *, bias=False, w_init="he", b_init="zeros", dtype=jnp.float32):
     Backward: ``dx = G W^T``, ``dW = x^T G``, ``db = sum of G over rows``.
     """
     if isinstance(n_out, bool) or not isinstance(n_out, int) or n_out < 1:
-        raise ValueError(f"dense: n_out must be a positive int, got {n_out!r}")
+        raise InputError(f"dense: n_out must be a positive int, got {n_out!r}")
     _checks.require_float_dtype("dense", dtype)
     make_w, make_b = _init.resolve(w_init), _init.resolve(b_init)
 
     def init(key, input_shape):
         shape = _checks.require_shape("dense", input_shape)
         if not shape:
-            raise ValueError("dense: input_shape must have a feature axis [..., n], got ()")
+            raise InputError("dense: input_shape must have a feature axis [..., n], got ()")
         if len(shape) >= 3:
-            raise ValueError(
+            raise InputError(
                 f"dense: input_shape {shape} is image-shaped; dense acts on the last axis only and would build a "
                 f"({shape[-1]}, {n_out}) weight applied at every position. Put nn.flatten() before it "
                 f"(nn.serial(nn.flatten(), nn.dense(...), ...)), or use nn.conv2d({n_out}, 1) for a per-pixel layer"

@@ -25,6 +25,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
+from fnn._errors import InputError
 from fnn._numbers import positive_int, real
 from fnn.module import leaf, with_settings
 from fnn.nn import _checks
@@ -105,7 +106,7 @@ def _require_eps(name, eps, dtype):
         fix = f"eps >= {tiny!r}"
     else:
         why, fix = "so sigma would be infinite and every output beta", f"eps <= {float(info.max)!r}"
-    raise ValueError(
+    raise InputError(
         f"{name}: eps={eps!r} is {held!r} in the input's dtype {info.dtype.name}, {why}; use {fix} or a wider dtype"
     )
 
@@ -132,7 +133,7 @@ def scale_params(name, dtype):
     def init(key, input_shape):
         shape = _checks.require_shape(name, input_shape)
         if not shape:
-            raise ValueError(f"{name}: input_shape must have a feature axis [..., m], got ()")
+            raise InputError(f"{name}: input_shape must have a feature axis [..., m], got ()")
         return shape, {"gamma": jnp.ones(shape[-1:], dtype), "beta": jnp.zeros(shape[-1:], dtype)}
 
     return init
@@ -184,9 +185,9 @@ def _check_groups(groups, eps):
     def check(params, x):
         base(params, x)
         if x.ndim < 2:
-            raise ValueError(f"group_norm: input must be [N, ..., C] (a batch axis first), got shape {x.shape}")
+            raise InputError(f"group_norm: input must be [N, ..., C] (a batch axis first), got shape {x.shape}")
         if x.shape[-1] % groups:
-            raise ValueError(
+            raise InputError(
                 f"group_norm: {x.shape[-1]} channels do not split into {groups} groups of equal size "
                 f"(input shape {x.shape})"
             )
@@ -243,7 +244,7 @@ def group_norm(groups, eps=1e-5, *, dtype=jnp.float32):
     def init(key, input_shape):
         shape, params = scale_init(key, input_shape)
         if shape[-1] % groups:
-            raise ValueError(
+            raise InputError(
                 f"group_norm: {shape[-1]} channels do not split into {groups} groups of equal size "
                 f"(input_shape {shape})"
             )

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from fnn._errors import InputError
 from fnn._numbers import as_int
 from fnn.module import leaf, with_settings
 from fnn.nn import _checks, _windows
@@ -48,7 +49,7 @@ def _window(name, window):
     """The window as a tuple of 1 or 2 positive Python ints (the number of spatial axes)."""
     values = tuple(map(as_int, window)) if isinstance(window, (tuple, list)) else ()
     if len(values) not in (1, 2) or not all(v is not None and v > 0 for v in values):
-        raise ValueError(
+        raise InputError(
             f"{name}: window must be a tuple of 1 or 2 positive ints, one per spatial axis "
             f"((k,) for [N, W, C], (kh, kw) for [N, H, W, C]), got {window!r}"
         )
@@ -126,7 +127,7 @@ def _check(name, window, padding):
         _checks.require_float(name, "input", x)
         _windows.require_batch(name, x, n, why=f" for the window {window}")
         if padding == "VALID" and any(m < k for m, k in zip(x.shape[1:-1], window)):
-            raise ValueError(
+            raise InputError(
                 f"{name}: with VALID padding the input's spatial sizes {x.shape[1:-1]} must be at least "
                 f"the window {window}"
             )
@@ -170,7 +171,7 @@ def _layer(name, make_leaf, window, stride, padding):
     def init(key, input_shape):
         shape = _checks.require_shape(name, input_shape, ndim=n + 1, hint=_windows.channel_hint(input_shape, n))
         if padding == "VALID" and any(m < k for m, k in zip(shape, window)):
-            raise ValueError(
+            raise InputError(
                 f"{name}: with VALID padding the input's spatial sizes {shape[:n]} must be at least the window {window}"
             )
         return (*_windows.output_spatial(shape[:n], window, stride, padding), shape[n]), ()

@@ -24,6 +24,7 @@ sums obtained another way.
 import jax
 import jax.numpy as jnp
 
+from fnn._errors import InputError
 from fnn.module import leaf
 from fnn.nn import _checks
 
@@ -61,13 +62,13 @@ def _check(params, x):
     _checks.require_no_params("softmax", params)
     _checks.require_float("softmax", "input", x)
     if x.ndim < 1:
-        raise ValueError("softmax: input must have at least one axis [..., k], got a scalar")
+        raise InputError("softmax: input must have at least one axis [..., k], got a scalar")
 
 
 def _init(key, input_shape):
     shape = _checks.require_shape("softmax", input_shape)
     if not shape:  # each example a scalar: the softmax would run over the batch
-        raise ValueError("softmax: input_shape must have an axis to normalise over [..., k], got ()")
+        raise InputError("softmax: input_shape must have an axis to normalise over [..., k], got ()")
     return shape, ()
 
 

@@ -3,14 +3,13 @@
 - :mod:`fnn.ops.autodiff`: ``jax.grad`` derives the rules from plain ``jax.numpy``.
 - :mod:`fnn.ops.custom`: ``jax.custom_vjp`` ops with the hand-written rules.
 
-Both provide, with identical signatures: ``matmul``, ``add_bias``, ``relu``,
-``sigmoid``, ``tanh``, ``leaky_relu``, ``gelu``, ``softplus``, ``layer_norm``,
-``conv2d``, ``cross_entropy``, ``mse``, ``logistic_loss``, ``multiclass_hinge``,
-``conv1d``, ``avg_pool``, ``max_pool``, ``group_norm``, ``softmax``,
-``embedding``, ``attention``, ``batch_norm``, ``dropout``.
+Both provide the ops named in :data:`NAMES`, with identical signatures (each
+op is written once, in ``fnn/ops/_define.py``).
 """
 
+from fnn._errors import InputError, UsageError
 from fnn.ops import autodiff, custom
+from fnn.ops._define import NAMES
 
 OP_SETS = {"autodiff": autodiff, "custom": custom}
 
@@ -21,10 +20,10 @@ def get(ops):
         try:
             return OP_SETS[ops]
         except KeyError:
-            raise ValueError(f"unknown op set {ops!r}; expected one of {sorted(OP_SETS)}") from None
+            raise InputError(f"unknown op set {ops!r}; expected one of {sorted(OP_SETS)}") from None
     if ops not in OP_SETS.values():
-        raise TypeError(f"ops must be fnn.ops.custom, fnn.ops.autodiff or their name, got {ops!r}")
+        raise UsageError(f"ops must be fnn.ops.custom, fnn.ops.autodiff or their name, got {ops!r}")
     return ops
 
 
-__all__ = ["OP_SETS", "autodiff", "custom", "get"]
+__all__ = ["NAMES", "OP_SETS", "autodiff", "custom", "get"]

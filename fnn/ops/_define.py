@@ -12,6 +12,7 @@ import functools
 import inspect
 
 from fnn import losses
+from fnn._errors import InputError
 from fnn.nn import activations, attend, batchnorm, conv, embeddings, linear, norm, pool, probability, stochastic
 
 
@@ -221,5 +222,5 @@ def op_set(path):
     elif path == "autodiff":
         run = lambda module: module.apply  # noqa: E731
     else:
-        raise ValueError(f"op sets exist for 'custom' and 'autodiff', not {path!r}")
+        raise InputError(f"op sets exist for 'custom' and 'autodiff', not {path!r}")
     return tuple(_bind(op, run) for op in OPS)

@@ -11,30 +11,6 @@ Targets of the losses (labels) get no gradient.
 
 from fnn.ops._define import NAMES, op_set
 
-__all__ = NAMES
+__all__ = list(NAMES)
 
-(
-    matmul,
-    add_bias,
-    relu,
-    sigmoid,
-    tanh,
-    leaky_relu,
-    gelu,
-    softplus,
-    layer_norm,
-    conv2d,
-    cross_entropy,
-    mse,
-    logistic_loss,
-    multiclass_hinge,
-    conv1d,
-    avg_pool,
-    max_pool,
-    group_norm,
-    softmax,
-    embedding,
-    attention,
-    batch_norm,
-    dropout,
-) = op_set("custom")
+globals().update(zip(NAMES, op_set("custom")))  # the ops, named as fnn.ops._define.OPS lists them

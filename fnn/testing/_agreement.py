@@ -2,8 +2,8 @@
 
 import numpy as np
 
+from fnn._errors import StructureError
 from fnn.testing._compare import relative_error
-from fnn.testing._problem import StructureError
 from fnn.testing._report import FAILED, PASSED, Check
 
 __all__ = ["agreement", "entry", "leaf_error"]

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn._errors import CheckFailed, InputError
+
 #: Default tolerances per dtype, as ``(rtol, atol)``: a difference passes when
 #: ``max |a - e| <= atol + rtol * max |e|``. rtol allows accumulated rounding of
 #: a few thousand ulps in float64 (eps 2.2e-16), about 100 ulps in float32 (eps
@@ -86,7 +88,7 @@ def relative_error(actual, expected):
     """
     a, e = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     if a.shape != e.shape:
-        raise ValueError(f"relative_error: shapes {a.shape} and {e.shape} differ")
+        raise InputError(f"relative_error: shapes {a.shape} and {e.shape} differ")
     error = float(np.max(np.abs(a - e), initial=0.0))
     scale = float(np.max(np.abs(e), initial=0.0))
     if scale == 0:
@@ -102,7 +104,7 @@ def difference(check, argnum, actual, expected, rtol, atol):
     a = np.asarray(actual, dtype=np.float64)
     e = np.asarray(expected, dtype=np.float64)
     if a.shape != e.shape:
-        raise AssertionError(f"{check}: shape {a.shape} differs from reference shape {e.shape}")
+        raise CheckFailed(f"{check}: shape {a.shape} differs from reference shape {e.shape}")
     if not np.array_equal(np.isnan(a), np.isnan(e)):
         return Difference(check, argnum, np.inf, np.inf, np.nan, rtol, atol)
     a, e = np.nan_to_num(a, nan=0.0), np.nan_to_num(e, nan=0.0)
@@ -136,11 +138,11 @@ def compare_vjp(custom_fn, reference_fn, *args, rtol=None, atol=None, seed=0, ch
     """
     unknown = set(checks) - set(CHECKS)
     if unknown:
-        raise ValueError(f"unknown checks {sorted(unknown)}; expected a subset of {CHECKS}")
+        raise InputError(f"unknown checks {sorted(unknown)}; expected a subset of {CHECKS}")
     args = tuple(jnp.asarray(a) for a in args)
     float_nums = [i for i, a in enumerate(args) if _is_float(a)]
     if not float_nums:
-        raise ValueError("compare_vjp needs at least one floating-point input to differentiate")
+        raise InputError("compare_vjp needs at least one floating-point input to differentiate")
     loosest = max((DEFAULT_TOLERANCES[args[i].dtype] for i in float_nums), key=lambda t: t[0])
     rtol = loosest[0] if rtol is None else rtol
     atol = loosest[1] if atol is None else atol
@@ -157,7 +159,7 @@ def compare_vjp(custom_fn, reference_fn, *args, rtol=None, atol=None, seed=0, ch
             rows.append(difference(check, i, g, w, rtol, atol))
     report = VjpReport(tuple(rows))
     if raise_on_failure and not report.ok:
-        raise AssertionError(f"custom VJP differs from the reference:\n{report}")
+        raise CheckFailed(f"custom VJP differs from the reference:\n{report}")
     return report
 
 

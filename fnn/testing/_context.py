@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn import context as fnn_context
-from fnn.paths import PATHS, objective, sweep_forward
+from fnn._paths import PATHS, objective, sweep_forward
 from fnn.testing._agreement import leaf_error
 from fnn.testing._dtypes import cast, rtol, x64
 from fnn.testing._paths import COTANGENT
@@ -59,12 +59,11 @@ def resolve(module, input_shape, *, state, key, train, seed):
 
 def _run_on(module, train, path, params, x, targets, state, key):
     """``(outputs, new state)`` of ``module`` on ``path``, as a training step runs it (under ``jax.grad``)."""
-    kwargs = {"state": state, "key": key, "train": train}
+    kwargs = {"state": () if state is None else state, "key": key, "train": train}
     if path == "backprop":
-        kept = sweep_forward(module, COTANGENT)(params, x, targets, **kwargs)
-        return kept[1], (kept[3] if module.has_state else state)
-    aux = jax.grad(objective(module, COTANGENT, path), has_aux=True)(params, x, targets, **kwargs)[1]
-    return aux if module.has_state else (aux, state)
+        _, outputs, _, new_state = sweep_forward(module, COTANGENT)(params, x, targets, **kwargs)
+        return outputs, new_state
+    return jax.grad(objective(module, COTANGENT, path), has_aux=True)(params, x, targets, **kwargs)[1]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -94,9 +93,9 @@ def context(problem):
     if found is None:
         return Check("context", SKIPPED, detail="keeps no state and draws no key")
     params, x, targets = problem.data()[:3]
-    kwargs = {"state": found.state, "key": found.key, "train": found.train}
+    kwargs = {"state": () if found.state is None else found.state, "key": found.key, "train": found.train}
     with x64():
-        want = jax.device_get(fnn_context.apply(found.module, params, x, **kwargs))
+        want = jax.device_get(found.module.apply(params, x, **kwargs))
         if not found.train and not _unchanged(want[1], found.state):
             return Check("context", FAILED, where="state", detail="evaluation changed the state")
         found_on = _on_every_path(found.module, found.train, params, x, targets, found.state, found.key)

@@ -15,6 +15,7 @@ parameters and cotangents:
 
 import numpy as np
 
+from fnn._errors import InputError
 from fnn.testing._agreement import agreement
 from fnn.testing._dtypes import rtol
 from fnn.testing._precision import RULE_PATHS, accuracy, refuses
@@ -36,12 +37,12 @@ def edge_input(value, shape, dtype):
     if callable(value):
         made = np.asarray(value(shape))
         if made.shape != shape:
-            raise ValueError(f"edge value {edge_label(value)}: returned shape {made.shape}, expected {shape}")
+            raise InputError(f"edge value {edge_label(value)}: returned shape {made.shape}, expected {shape}")
     else:
         try:
             made = np.broadcast_to(np.asarray(value), shape)
         except ValueError:
-            raise ValueError(
+            raise InputError(
                 f"edge value {edge_label(value)}: shape {np.shape(value)} does not broadcast to the input's {shape}"
             ) from None
     return made.astype(dtype)

@@ -12,6 +12,7 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 
+from fnn._errors import InputError
 from fnn.module import Module
 from fnn.testing._context import context, resolve
 from fnn.testing._determinism import determinism
@@ -69,14 +70,14 @@ def _selected(fn, checks):
     checks = (checks,) if isinstance(checks, str) else tuple(checks)
     unknown = [c for c in checks if c not in CHECKS]
     if unknown:
-        raise ValueError(f"{fn}: unknown checks {unknown}; expected names from {', '.join(CHECKS)}")
+        raise InputError(f"{fn}: unknown checks {unknown}; expected names from {', '.join(CHECKS)}")
     return tuple(c for c in CHECKS if c in checks)  # in the order they always run
 
 
 def _check_dtypes(fn, dtypes):
     for dtype in dtypes:
         if not jnp.issubdtype(dtype, jnp.floating) or np.dtype(dtype) == np.float64:
-            raise ValueError(
+            raise InputError(
                 f"{fn}: dtypes are the lower floating precisions to check besides float64, e.g. (jnp.float32, "
                 f"jnp.bfloat16); got {np.dtype(dtype).name}"
             )
@@ -85,7 +86,7 @@ def _check_dtypes(fn, dtypes):
 
 def _check_seed(fn, seed):
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"{fn}: seed must be a non-negative int, got {seed!r}")
+        raise InputError(f"{fn}: seed must be a non-negative int, got {seed!r}")
     return int(seed)
 
 

@@ -1,6 +1,6 @@
 """A module's (or loss's) gradient on each path, as functions the checks compile once and call many times.
 
-Everything goes through :mod:`fnn.paths` with a model and a loss:
+Everything goes through :mod:`fnn._paths` with a model and a loss:
 
 - a module ``M`` is checked as the pair ``(M, COTANGENT)``, ``COTANGENT``
   being the loss ``L = sum(y * c)`` whose targets ``c`` are the output's
@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 
 from fnn import context as fnn_context
+from fnn._errors import InputError
+from fnn._paths import PATHS, objective, sweep_backward, sweep_forward
 from fnn.module import Module, loss, structural
-from fnn.paths import PATHS, objective, sweep_backward, sweep_forward
 from fnn.testing._dtypes import floating
 
 __all__ = [
@@ -47,7 +48,7 @@ __all__ = [
 
 def _check_cotangent(y, c):
     if y.shape != c.shape or y.dtype != c.dtype:
-        raise ValueError(
+        raise InputError(
             f"cotangent: the output cotangent must match the output, got {c.dtype}{list(c.shape)} "
             f"for an output {y.dtype}{list(y.shape)}"
         )

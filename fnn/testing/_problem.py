@@ -15,6 +15,7 @@ import functools
 import jax
 import numpy as np
 
+from fnn._errors import InputError, StructureError, UsageError
 from fnn.module import Loss, Module
 from fnn.testing import _paths
 from fnn.testing._dtypes import cast, floating, nudged, x64
@@ -22,15 +23,11 @@ from fnn.testing._dtypes import cast, floating, nudged, x64
 __all__ = ["Problem", "StructureError", "check_input_shape", "loss_problem", "module_problem"]
 
 
-class StructureError(ValueError):
-    """A gradient whose pytree structure is not that of ``(params, x)``."""
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class Problem:
     """One draw for :func:`fnn.testing.check_module` or :func:`fnn.testing.check_loss`.
 
-    ``model`` and ``loss`` are the pair given to :mod:`fnn.paths` (see
+    ``model`` and ``loss`` are the pair given to :mod:`fnn._paths` (see
     :mod:`fnn.testing._paths`): ``(module, COTANGENT)`` or ``(IDENTITY, loss)``.
     ``params``, ``x``, ``targets`` (the output cotangent, for a module), ``g``
     and ``w`` are NumPy arrays, floating ones float64. ``names`` names each
@@ -181,7 +178,7 @@ def _check_shape(fn, arg, shape, what):
     except TypeError:
         shape = None
     if shape is None or not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
-        raise ValueError(f"{fn}: {arg} must be a tuple of positive ints, batch axis first ({what}), got {shape!r}")
+        raise InputError(f"{fn}: {arg} must be a tuple of positive ints, batch axis first ({what}), got {shape!r}")
     return shape
 
 
@@ -192,7 +189,7 @@ def _input(fn, arg, given, shape, rng):
         return rng.standard_normal(shape)
     given = np.asarray(given(rng, shape) if callable(given) else given)
     if given.shape != shape:
-        raise ValueError(f"{fn}: {arg} has shape {given.shape}, expected the shape checked, {shape}")
+        raise InputError(f"{fn}: {arg} has shape {given.shape}, expected the shape checked, {shape}")
     return given.astype(np.float64) if floating(given) else given
 
 
@@ -303,7 +300,7 @@ def module_problem(module, input_shape, *, params, x, seed, edge_values, dtypes,
     ``context``, see :mod:`fnn.testing._context`).
     """
     if not isinstance(module, Module):
-        raise TypeError(
+        raise UsageError(
             f"check_module: module must be an fnn module (e.g. fnn.nn.dense(3)), got {type(module).__name__}"
         )
     input_shape = check_input_shape(input_shape)
@@ -311,7 +308,7 @@ def module_problem(module, input_shape, *, params, x, seed, edge_values, dtypes,
     output_shape, init_params = _init(module, input_shape, seed)
     if params is None:
         if init_params is None:
-            raise ValueError(f"check_module: {module.name} has no init; pass params=")
+            raise InputError(f"check_module: {module.name} has no init; pass params=")
         params = _standard_normal_like(init_params, rng)
     params = cast(params, np.float64)
     x = _input("check_module", "x", x, input_shape, rng)
@@ -347,7 +344,7 @@ def check_input_shape(input_shape):
 
 def _targets(targets, output_shape, rng):
     if targets is None:
-        raise TypeError("check_loss: pass targets=, an array or a function (rng, output_shape) -> array")
+        raise UsageError("check_loss: pass targets=, an array or a function (rng, output_shape) -> array")
     made = targets(rng, output_shape) if callable(targets) else targets
     return np.asarray(made)
 
@@ -355,13 +352,13 @@ def _targets(targets, output_shape, rng):
 def loss_problem(loss, output_shape, *, targets, outputs, seed, edge_values, dtypes):
     """The draw for ``check_loss``: outputs (given, or standard normal), targets, the upstream cotangent."""
     if not isinstance(loss, Loss):
-        raise TypeError(f"check_loss: loss must be an fnn loss (e.g. fnn.losses.mse), got {type(loss).__name__}")
+        raise UsageError(f"check_loss: loss must be an fnn loss (e.g. fnn.losses.mse), got {type(loss).__name__}")
     output_shape = _check_shape("check_loss", "output_shape", output_shape, "the model's outputs, e.g. (4, 10)")
     rng = np.random.default_rng(seed)
     outputs = _input("check_loss", "outputs", outputs, output_shape, rng)
     targets = _targets(targets, output_shape, rng)
     if targets.ndim == 0 or targets.shape[0] != output_shape[0]:
-        raise ValueError(
+        raise InputError(
             f"check_loss: targets must have the batch axis first, {output_shape[0]} rows; got shape {targets.shape}"
         )
     g, w = _draw_g(rng), _second_order_w(((), outputs), rng)

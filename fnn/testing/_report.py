@@ -3,6 +3,8 @@
 import dataclasses
 import math
 
+from fnn._errors import CheckFailed
+
 __all__ = ["FAILED", "INFO", "PASSED", "SKIPPED", "Check", "Report"]
 
 PASSED, FAILED, SKIPPED, INFO = "passed", "failed", "skipped", "info"
@@ -94,7 +96,7 @@ class Report:
     def assert_ok(self):
         """Raises ``AssertionError`` with the report as its message if a check failed; returns the report."""
         if not self.ok:
-            raise AssertionError(str(self))
+            raise CheckFailed(str(self))
         return self
 
     def __str__(self):

@@ -12,9 +12,9 @@
 
 import numpy as np
 
+from fnn._errors import StructureError
 from fnn.testing._agreement import leaf_error
 from fnn.testing._dtypes import rtol
-from fnn.testing._problem import StructureError
 from fnn.testing._report import FAILED, PASSED, Check
 
 __all__ = ["gradient_mismatches", "output", "output_mismatch", "output_name", "structure"]

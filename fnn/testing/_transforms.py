@@ -24,7 +24,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from fnn.paths import objective
+from fnn._paths import objective
 from fnn.testing._agreement import agreement, leaf_error
 from fnn.testing._conditioning import CAP, FACTOR, RTOL, tolerances
 from fnn.testing._dtypes import floating, x64

@@ -1,0 +1,63 @@
+"""fnn's errors: one base class, so that a program catches every error fnn raises in one clause.
+
+Each class also derives from the built-in exception its kind of mistake has
+always raised (``ValueError``, ``TypeError``, ...), so ``except ValueError``
+keeps working:
+
+- :class:`InputError` (``ValueError``): a value fnn was given is wrong (a
+  shape, a setting out of range, an unknown name);
+- :class:`UsageError` (``TypeError``): fnn was called the wrong way (a wrong
+  type, a missing keyword, a constructor passed where a module was expected);
+- :class:`DataError` (an :class:`InputError`): the data cannot train this model;
+- :class:`DatasetError` and :class:`NetworkError` (``RuntimeError``): a
+  dataset cannot be loaded;
+- :class:`CheckpointError` (``RuntimeError``): a checkpoint folder cannot be
+  used for this run;
+- :class:`TrainingDiverged` (``FloatingPointError``): the loss diverged;
+- :class:`StructureError` (an :class:`InputError`): a rule returned a
+  gradient of the wrong pytree structure;
+- :class:`CheckFailed` (``AssertionError``): a gradient check failed (the
+  ``assert_*`` forms of :mod:`fnn.testing`).
+
+Every message says what was wrong, what was expected and how to fix it.
+"""
+
+
+class Error(Exception):
+    """The base class of every error fnn raises."""
+
+
+class InputError(Error, ValueError):
+    """A value fnn was given is wrong: the message names it, what was expected, and the fix."""
+
+
+class UsageError(Error, TypeError):
+    """fnn was called the wrong way (a wrong type, a missing keyword); the message names the right call."""
+
+
+class DataError(InputError):
+    """The data cannot train this model; the message says what is wrong and what was expected."""
+
+
+class DatasetError(Error, RuntimeError):
+    """A dataset cannot be loaded; the message says what is wrong and how to fix it."""
+
+
+class NetworkError(DatasetError):
+    """A dataset must be downloaded, but the network is unreachable."""
+
+
+class CheckpointError(Error, RuntimeError):
+    """A checkpoint folder cannot be used for this run; the message says why."""
+
+
+class TrainingDiverged(Error, FloatingPointError):
+    """The training loss became NaN or infinite, or exploded; the message names the epoch and the step."""
+
+
+class StructureError(InputError):
+    """A gradient whose pytree structure is not that of ``(params, x)``."""
+
+
+class CheckFailed(Error, AssertionError):
+    """A gradient check failed; the message is the check's report."""

@@ -1,0 +1,226 @@
+"""The library's shape: imports that only go downwards, curated public names, one error class, first-hour messages."""
+
+import ast
+import importlib
+import types
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fnn
+from fnn import nn
+
+PACKAGE = Path(fnn.__file__).resolve().parent
+
+
+def _module_name(path):
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph():
+    """``({module: {fnn modules it imports}}, [(module, line) of fnn imports inside a function or class])``."""
+    paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    edges, nested = {m: set() for m in paths}, []
+    for name, path in paths.items():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the module's package
+                    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+                    base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in paths else base for a in node.names]
+            else:
+                continue
+            targets = {t for t in targets if t in paths and t != name}
+            if targets and node not in tree.body:
+                nested.append((name, node.lineno))
+            edges[name] |= targets
+    return edges, nested
+
+
+def cycles(edges):
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_fnn_imports_only_downwards():
+    edges, nested = import_graph()
+    assert len(edges) > 40 and edges["fnn.nn.compose"] >= {"fnn.module", "fnn.context"}  # the walk sees imports
+    assert cycles(edges) == []
+    assert nested == [], "an fnn import inside a function or class (to dodge a cycle?)"
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+#: Every public name of every public namespace: a new name is a decision, made here.
+PUBLIC = {
+    "fnn": {
+        "PATHS",
+        "History",
+        "fit",
+        "value_and_grad",
+        "__version__",
+        "Error",
+        "InputError",
+        "UsageError",
+        "DataError",
+        "DatasetError",
+        "NetworkError",
+        "CheckpointError",
+        "TrainingDiverged",
+        "StructureError",
+        "CheckFailed",
+        "bench",
+        "checkpoint",
+        "context",
+        "data",
+        "inspect",
+        "loop",
+        "losses",
+        "metrics",
+        "module",
+        "nn",
+        "ops",
+        "parallel",
+        "testing",
+        "train",
+        "validate",
+    },
+    "fnn.loop": {
+        "fit",
+        "History",
+        "evaluate",
+        "Run",
+        "Callback",
+        "Checkpointing",
+        "EarlyStopping",
+        "EpochFunction",
+        "ProgressBar",
+        "TrainingDiverged",
+        "steps_per_epoch",
+    },
+    "fnn.module": {"Loss", "Module", "Setting", "leaf", "loss", "structural", "with_settings"},
+    "fnn.context": {"bind", "child_key"},
+    "fnn.metrics": {"error_rate"},
+    "fnn.train": {"as_optimizer", "optimizer_step", "optimizer_update", "sgd_step", "sgd_update"},
+    "fnn.losses": {"cross_entropy", "logistic", "mse", "multiclass_hinge"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC))
+def test_each_namespace_exports_only_what_a_user_calls(name):
+    module = importlib.import_module(name)
+    assert set(module.__all__) == PUBLIC[name]
+    for public in module.__all__:
+        assert hasattr(module, public), f"{name}.{public} is listed but missing"
+    stray = {
+        n
+        for n, v in vars(module).items()
+        if not n.startswith("_")
+        and n not in PUBLIC[name]
+        and isinstance(v, types.ModuleType)
+        and v.__name__.startswith(f"{name}.")
+        and not v.__name__.split(".")[-1].startswith("_")
+    }
+    assert not stray, f"{name} has public implementation modules {stray}: make them private (_name.py)"
+
+
+def test_one_except_clause_catches_every_fnn_error():
+    errors = [
+        fnn.InputError,
+        fnn.UsageError,
+        fnn.DataError,
+        fnn.DatasetError,
+        fnn.NetworkError,
+        fnn.CheckpointError,
+        fnn.TrainingDiverged,
+        fnn.StructureError,
+        fnn.CheckFailed,
+    ]
+    assert all(issubclass(e, fnn.Error) for e in errors)
+    assert issubclass(fnn.InputError, ValueError) and issubclass(fnn.UsageError, TypeError)  # old clauses still work
+    with pytest.raises(fnn.Error, match="dense: n_out"):
+        nn.dense(0)
+    with pytest.raises(fnn.Error, match="unknown gradient path"):
+        fnn.value_and_grad(nn.mlp([2, 2]), fnn.losses.cross_entropy, path="numeric")
+    with pytest.raises(fnn.Error, match="is already a module"):
+        nn.relu(jnp.ones(2))
+
+
+# ------------------------------------------------------------------ the first hour at this surface
+def toy(x, y):
+    return types.SimpleNamespace(x_train=x, y_train=y, x_test=x, y_test=y)
+
+
+FIT = {"epochs": 1, "batch_size": 4, "progress": False}
+
+
+def test_a_constructor_put_in_serial_uncalled_says_call_it():
+    with pytest.raises(
+        fnn.UsageError,
+        match=r"serial: argument 1 is the constructor nn.batch_norm, not a module; "
+        r"call it: nn.batch_norm\(...\)",
+    ):
+        nn.serial(nn.dense(3), nn.batch_norm)
+
+
+def test_labels_and_pixels_in_the_wrong_form_name_the_conversion():
+    model = nn.mlp([4, 3])
+    params = model.init(jax.random.key(0), (4,))[1]
+    x = np.random.default_rng(0).random((8, 4), dtype=np.float32)
+    one_hot = np.eye(3, dtype=np.float32)[np.arange(8) % 3]
+    with pytest.raises(fnn.DataError, match=r"these look one-hot: pass y.argmax\(-1\)"):
+        fnn.fit(model, params, toy(x, one_hot), **FIT)
+    pixels = (x * 255).astype(np.uint8)
+    with pytest.raises(fnn.DataError, match=r"got dtype uint8; .*pass x / 255"):
+        fnn.fit(model, params, toy(pixels, np.arange(8) % 3), **FIT)
+
+
+def test_init_s_whole_result_passed_as_params_names_the_pair():
+    model = nn.mlp([4, 3])
+    with pytest.raises(fnn.DataError, match=r"model.init, which returns \(output_shape, params\): take the second"):
+        fnn.fit(model, model.init(jax.random.key(0), (4,)), toy(np.ones((8, 4), np.float32), np.arange(8) % 3), **FIT)
+
+
+def test_the_error_rate_of_an_output_state_pair_names_the_pair():
+    bn = nn.serial(nn.dense(3), nn.batch_norm())
+    params, state = bn.init(jax.random.key(0), (4,))[1], bn.init_state((4,))
+    outputs = bn.apply(params, jnp.ones((4, 4), jnp.float32), state=state, train=False)
+    with pytest.raises(fnn.UsageError, match=r"error_rate: logits is a pair \(outputs, state\)"):
+        fnn.metrics.error_rate(outputs, jnp.zeros(4, int))
