@@ -5,7 +5,7 @@ and ``v`` (``C`` a fixed random cotangent; ``[B, T, H, D]`` inputs, ``T = S``)
 at several sequence lengths, by
 
 - ``custom``: ``fnn.ops.custom.attention``, the hand-written rule: forward and
-  backward over tiles (``fnn.nn.attend.tile_shape``), keeping ``q``, ``k``,
+  backward over tiles (``fnn.nn._attention.tile_shape``), keeping ``q``, ``k``,
   ``v``, ``o`` and one log-sum-exp per row, and recomputing the
   probabilities ``P`` in the backward;
 - ``autodiff``: ``fnn.ops.autodiff.attention``, ``jax.grad`` of the plain
@@ -44,7 +44,7 @@ TARGET_RATIO, TARGET_FROM = 0.25, 512  # custom temp bytes <= 1/4 of autodiff's 
 
 def attention_fns(causal):
     """``path -> (q, k, v) -> o`` for every path of :data:`PATHS`."""
-    leaf = fnn.nn.attend.attention_leaf(causal)
+    leaf = fnn.nn._attention.attention_leaf(causal)
     tiled = fnn.module.leaf("attention_tiled", forward=leaf.forward, backward=leaf.backward)  # apply = tiled forward
     return {
         "custom": lambda q, k, v: fnn.ops.custom.attention(q, k, v, causal=causal),
@@ -91,7 +91,7 @@ def measure(seq_len, *, batch, heads, head_dim, causal, rounds, block_s, margin,
                 "arg_bytes": cost["arg_bytes"],
                 "out_bytes": cost["out_bytes"],
                 "p_bytes": p_bytes,
-                "tile": list(fnn.nn.attend.tile_shape(seq_len, seq_len)),
+                "tile": list(fnn.nn._attention.tile_shape(seq_len, seq_len)),
                 "temp_over_p": cost["temp_bytes"] / p_bytes,
                 "time_ratio": {"median": result.ratio, "ci95": [result.ci_low, result.ci_high]},
                 "cpu_ratio": result.cpu_ratio,

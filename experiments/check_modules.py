@@ -33,7 +33,7 @@ import fnn
 from experiments import _cli
 from experiments._common import device_description, markdown_table, write_json
 from fnn import nn
-from fnn.testing._conditioning import RTOL
+from fnn._gradcheck.compare import RTOL
 
 jax.config.update("jax_enable_x64", True)  # as the test suite runs the table
 
@@ -67,7 +67,7 @@ def _left_out(report):
     """Finite-difference directions left out in a report (both orders)."""
     total = 0
     for name in ("finite_differences", "finite_differences_2"):
-        found = re.search(r"(\d+) left out", report[name].detail) if name in report.names else None
+        found = re.search(r"(\d+) left out", report[name].detail) if name in report.keys else None
         total += int(found.group(1)) if found else 0
     return total
 
@@ -82,7 +82,7 @@ def timed(case, built):
 
 def _agreement_tolerance(report):
     """The largest tolerance of the float64 agreement checks in a report (raised above RTOL where ill-conditioned)."""
-    return max((c.tolerance for c in report.checks if c.name in AGREEMENT and c.tolerance is not None), default=RTOL)
+    return max((c.tolerance for c in report.rows if c.name in AGREEMENT and c.tolerance is not None), default=RTOL)
 
 
 #: JAX's caches are cleared within a row once the process maps this many memory regions (Linux allows 65,530 by
@@ -118,7 +118,7 @@ def draws(case, built, n):
             failed_draws.append({"seed": seed, "checks": found})
         tolerance = _agreement_tolerance(report)
         raised, largest = raised + (tolerance > RTOL), max(largest, tolerance)
-        for check in report.checks:
+        for check in report.rows:
             if check.status == "failed":
                 failed_checks[check.name] = failed_checks.get(check.name, 0) + 1
             if check.status == "skipped":

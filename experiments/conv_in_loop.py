@@ -13,7 +13,8 @@ Two parts:
 - ``repro``: the upstream problem in plain JAX, no fnn: one SGD step of a
   two-convolution net, ``jax.grad`` of plain ``lax.conv_general_dilated``,
   jitted on its own and inside a ``lax.scan`` of length 1 and of length 8;
-  milliseconds per step.
+  milliseconds per step (``--repro-batch`` images a step, the median of
+  ``--repro-repeats`` timed calls).
 - ``fit``: each of two conv nets (``--nets``) trained for one epoch of 375
   steps (12,000 MNIST images, batch 32, AdamW) through ``fnn.fit`` on all
   three paths, each with the whole epoch in one ``lax.scan``
@@ -143,12 +144,22 @@ def through_fit(data, args, net="strided"):
     return rows
 
 
+def _positive(text):
+    """An int >= 1, for argparse."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text}")
+    return value
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser, epochs=1, batch_size=32, lr=1e-3)
     parser.set_defaults(train_size=12_000)
     parser.add_argument("--parts", nargs="+", choices=("repro", "fit"), default=["repro", "fit"])
     parser.add_argument("--nets", nargs="+", choices=tuple(NETS), default=list(NETS), help="the nets timed through fit")
+    parser.add_argument("--repro-batch", type=_positive, default=32, help="images per step of the repro part")
+    parser.add_argument("--repro-repeats", type=_positive, default=5, help="timed calls per variant of the repro part")
     return parser.parse_args(argv)
 
 
@@ -157,7 +168,7 @@ def main(argv=None):
     result = {"experiment": "conv_in_loop", **machine(), "batch_size": args.batch_size}
     if "repro" in args.parts:
         print("The upstream problem in plain JAX (jax.grad of lax.conv_general_dilated, NHWC/HWIO):", flush=True)
-        result["repro"] = repro()
+        result["repro"] = repro(batch=args.repro_batch, repeats=args.repro_repeats)
     if "fit" in args.parts:
         data = load_data(args, image=True)
         print(f"One epoch of {len(data.x_train)} images through fnn.fit, every path and way of compiling:", flush=True)

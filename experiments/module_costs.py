@@ -68,7 +68,7 @@ def _attention_op():
         k_key, v_key = jax.random.split(key)
         return input_shape, {p: jax.random.normal(k, ATTENTION) for p, k in (("k", k_key), ("v", v_key))}
 
-    return dataclasses.replace(fnn.nn.attend.attention_leaf(), init=init)
+    return dataclasses.replace(fnn.nn._attention.attention_leaf(), init=init)
 
 
 def _in_context(module, shape, *, train):

@@ -13,7 +13,7 @@ import jax
 
 from fnn._errors import CheckpointError, InputError
 
-__all__ = ["CheckpointError", "Checkpoints"]
+__all__ = ["Checkpoints"]
 
 
 def _orbax():

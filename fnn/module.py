@@ -259,7 +259,7 @@ class Module:
         rearrange values, so ``serial(flatten(), embedding(...))`` checks token
         ids), else its first child's check (a structural module's inputs are
         its first child's), else :func:`fnn.validate.check_inputs` (finite
-        floating-point values). Raises :class:`fnn.validate.DataError` naming ``split``.
+        floating-point values). Raises :class:`fnn.DataError` naming ``split``.
         """
         if self.input_check is not None:
             return self.input_check(x, split)

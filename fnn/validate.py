@@ -15,7 +15,6 @@ import numpy as np
 from fnn._errors import DataError
 
 __all__ = [
-    "DataError",
     "check_binary_labels",
     "check_class_labels",
     "check_inputs",

@@ -16,8 +16,14 @@ from hypothesis import strategies as st
 
 import fnn
 from fnn import losses, nn
+from fnn._gradcheck import dtypes as _dtypes
 from fnn.module import leaf, loss, structural
-from fnn.testing import _dtypes, _finite
+from fnn.testing import _finite
+
+
+def wrong(report):
+    """The positions of the rules a :func:`fnn.inspect.wrong_rules` report finds wrong on their own."""
+    return tuple(r.position for r in report.failed if r.own)
 
 
 def with_backward(module, backward):
@@ -169,7 +175,7 @@ def test_a_loss_whose_floating_targets_must_be_exact_keeps_the_rounding_toleranc
     labels = lambda rng, shape: rng.integers(0, 2, shape).astype(np.float64)  # noqa: E731
     report = fnn.testing.check_loss(doubled, (4, 3), targets=labels, checks=["backward", "custom", "custom_jit"])
     assert {c.name for c in report.failed} == {"backward", "custom", "custom_jit"}, str(report)
-    assert {c.tolerance for c in report.checks} == {_dtypes.rtol(np.float64)}, str(report)
+    assert {c.tolerance for c in report.rows} == {_dtypes.rtol(np.float64)}, str(report)
 
 
 # ------------------------------------------------------------------ integer inputs: an embedding
@@ -255,18 +261,18 @@ def test_large_leaves_are_checked_along_random_directions():
 # ------------------------------------------------------------------ the report and the API
 def test_the_report_is_a_table_of_every_check():
     report = fnn.testing.check_module(DENSE, (4, 5))
-    assert report.ok and report.names == (
+    assert report.ok and report.keys == (
         "output", "structure", "backward", "custom", "custom_jit", "custom_vmap", "custom_grad_of_grad",
         "forward_mode", "finite_differences", "finite_differences_2", "dtype[float32]", "dtype[bfloat16]",
         "edge_values", "determinism", "context", "saved",
     )  # fmt: skip
     text = str(report)
     assert text.startswith(f"check_module({DENSE!r}, input (4, 5), seed 0): ok")
-    assert all(name in text for name in report.names)
+    assert all(name in text for name in report.keys)
     assert report["forward_mode"].status == "skipped" and "reverse mode only" in report["forward_mode"].detail
     assert report["saved"].status == "info" and "B computed" in report["saved"].detail
     assert 0 < report.worst_ratio() < 1
-    with pytest.raises(KeyError, match="no check named 'nope'"):
+    with pytest.raises(KeyError, match="no row named 'nope'"):
         report["nope"]
 
 
@@ -309,7 +315,7 @@ def test_assert_forms_raise_with_the_report():
          r"x has shape \(4, 6\), expected the shape checked, \(4, 5\)"),
         (lambda: fnn.testing.check_module(DENSE, (4, 5), edge_values=(np.zeros(3),), checks=["edge_values"]),
          AssertionError, "does not broadcast"),
-        (lambda: fnn.testing.check_module(fnn.nn.linear.MATMUL, (4, 5)), ValueError, "matmul has no init; pass"),
+        (lambda: fnn.testing.check_module(fnn.nn._linear.MATMUL, (4, 5)), ValueError, "matmul has no init; pass"),
         (lambda: fnn.testing.check_loss(nn.relu, (4, 5), targets=np.zeros(4)), TypeError, "loss must be an fnn loss"),
         (lambda: fnn.testing.check_loss(losses.mse, (4, 3), targets=None), TypeError, "pass targets="),
         (lambda: fnn.testing.check_loss(losses.mse, (4, 3), targets=np.zeros(3)), ValueError,
@@ -351,18 +357,21 @@ def batch(model, seed=0):
 def test_wrong_rules_names_the_one_broken_leaf_among_ten():
     model = ten_leaf_net(BAD_SIGMOID)
     report = fnn.inspect.wrong_rules(model, losses.cross_entropy, *batch(model))
-    assert report.wrong == ("serial[2] residual serial[1] sigmoid",), str(report)
-    assert report.rules[0].position == report.wrong[0] and report.rules[0].where.startswith("dx")
-    inherited = {r.position for r in report if not r.ok and not r.own}
+    assert wrong(report) == ("serial[2] residual serial[1] sigmoid",), str(report)
+    assert report.rows[0].position == wrong(report)[0] and report.rows[0].where.startswith("dx")
+    assert report.rows[0].status == "WRONG" and isinstance(report, fnn.testing.Report)
+    inherited = {r.position for r in report if not r.passed and not r.own}
     assert inherited == {"serial", "serial[2] residual", "serial[2] residual serial"}  # the wrong leaf's ancestors
-    assert all(r.ok for r in report if r.position.endswith(("dense", "tanh", "gelu", "layer_norm", "cross_entropy")))
-    assert "WRONG" in str(report).splitlines()[1]
+    assert all(
+        r.passed for r in report if r.position.endswith(("dense", "tanh", "gelu", "layer_norm", "cross_entropy"))
+    )
+    assert "WRONG" in str(report).splitlines()[2]  # the first row, after the subject and the header
 
 
 def test_wrong_rules_passes_a_correct_network_and_names_every_module():
     model = ten_leaf_net()
     report = fnn.inspect.wrong_rules(model, losses.cross_entropy, *batch(model))
-    assert report.ok and report.wrong == ()
+    assert report.ok and wrong(report) == ()
     positions = {r.position for r in report}
     assert "serial[2] residual serial[2] layer_norm" in positions and "loss cross_entropy" in positions
     assert len(positions) == 9 + 3 + 1 + 1 + 1  # nine children, three in the block, the block, the root, the loss
@@ -386,5 +395,5 @@ def test_wrong_rules_finds_a_wrong_wiring_rule_and_a_wrong_loss():
     params, x, labels = batch(model)
     bad_loss = loss("mse", forward=losses.mse.forward, backward=lambda diff, g: g * diff / diff.size)  # forgets the 2
     report = fnn.inspect.wrong_rules(model, bad_loss, params, x, jax.random.normal(jax.random.key(3), (4, 3)))
-    assert set(report.wrong) == {"serial[1] residual", "loss mse"}, str(report)
-    assert report["serial[1] residual dense"].ok
+    assert set(wrong(report)) == {"serial[1] residual", "loss mse"}, str(report)
+    assert report["serial[1] residual dense"].passed

@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import itertools
 import os
+import shutil
 import time
 
 import jax
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 from conftest import SHARED
 
+import fnn
 from fnn import data
 from fnn.data import _idx, _specs, _tfds
 from fnn.module import jsonable
@@ -150,14 +152,14 @@ def test_mnist_digests_match_shared_sums():
 
 def test_unknown_name():
     with pytest.raises(
-        data.DatasetError,
+        fnn.DatasetError,
         match=r"unknown dataset 'cifar10'.*fashion_mnist, kmnist, mnist",
     ):
         data.load("cifar10")
 
 
 def test_source_dir_must_be_a_folder(tiny, tmp_path):
-    with pytest.raises(data.DatasetError, match="is not a folder"):
+    with pytest.raises(fnn.DatasetError, match="is not a folder"):
         data.load("tiny", source_dir=tmp_path / "nowhere", data_dir=tmp_path / "tfds")
 
 
@@ -222,7 +224,7 @@ def _missing_file(src):
 
 def test_parent_folder_as_source_dir_gets_a_hint(tiny, tmp_path):
     write_source(tmp_path / "datasets" / "tiny", tiny_arrays())
-    with pytest.raises(data.DatasetError, match="did you mean source_dir="):
+    with pytest.raises(fnn.DatasetError, match="did you mean source_dir="):
         data.load("tiny", source_dir=tmp_path / "datasets", data_dir=tmp_path / "tfds")
 
 
@@ -251,7 +253,7 @@ def test_corrupt_source_is_refused(tiny, tmp_path, corrupt):
     mutate, message = corrupt
     source = write_source(tmp_path / "src", tiny_arrays())
     mutate(source)
-    with pytest.raises(data.DatasetError, match=message):
+    with pytest.raises(fnn.DatasetError, match=message):
         data.load("tiny", source_dir=source, data_dir=tmp_path / "tfds")
     assert not tiny, "nothing may reach TFDS before the source files pass"
 
@@ -260,7 +262,7 @@ def test_digest_mismatch_is_refused(tiny, tmp_path, monkeypatch):
     digests = {TRAIN_LABELS: hashlib.sha256(b"something else").hexdigest()}
     monkeypatch.setitem(_specs.SPECS, "tiny", _specs.Spec("tiny", 30, 12, sha256=digests))
     source = write_source(tmp_path / "src", tiny_arrays())
-    with pytest.raises(data.DatasetError, match=rf"{TRAIN_LABELS}\.gz: SHA-256 digest mismatch"):
+    with pytest.raises(fnn.DatasetError, match=rf"{TRAIN_LABELS}\.gz: SHA-256 digest mismatch"):
         data.load("tiny", source_dir=source, data_dir=tmp_path / "tfds")
     assert not tiny
 
@@ -302,7 +304,7 @@ def test_changed_source_is_checked_again(tiny, cached):
     source, data_dir, _ = cached
     _bad_magic(source)
     bump_mtime(source / f"{TRAIN_LABELS}.gz")
-    with pytest.raises(data.DatasetError, match="bad magic number"):
+    with pytest.raises(fnn.DatasetError, match="bad magic number"):
         data.load("tiny", source_dir=source, data_dir=data_dir)
 
 
@@ -346,7 +348,7 @@ def test_no_network_fails_fast(offline_mnist, monkeypatch):
 
     monkeypatch.setattr(_tfds.socket, "create_connection", unreachable)
     with pytest.raises(
-        data.NetworkError,
+        fnn.NetworkError,
         match=r"network is unreachable.*source_dir=.*FNN_DATASETS_DIR",
     ):
         data.load("mnist", data_dir=offline_mnist)
@@ -362,7 +364,7 @@ def test_no_network_during_tfds_download(offline_mnist, monkeypatch, tmp_path):
     monkeypatch.setattr(_tfds, "_probe_network", lambda builder: None)
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", download_and_prepare)
     monkeypatch.setenv(data.ENV_VAR, str(tmp_path / "empty"))
-    with pytest.raises(data.NetworkError, match="network is unreachable") as info:
+    with pytest.raises(fnn.NetworkError, match="network is unreachable") as info:
         data.load("mnist", data_dir=offline_mnist)
     assert "has no mnist/ folder" in str(info.value)
     assert isinstance(info.value.__cause__, requests.exceptions.ConnectionError)
@@ -545,9 +547,13 @@ def test_mnist_second_load_hits_cache(mnist, monkeypatch):
     np.testing.assert_array_equal(again.y_test, ds.y_test)
 
 
-def test_prepared_mnist_needs_no_network(mnist, monkeypatch):
+def test_prepared_mnist_needs_no_network(mnist, monkeypatch, tmp_path):
     """Without a source folder, a prepared dataset is read from TFDS with no download."""
-    ds, data_dir, _ = mnist
+    ds, shared_dir, _ = mnist
+    # A copy of the prepared data (its cache included): the load below rewrites the cache, which the other tests
+    # (and pytest-xdist workers) sharing the session's data_dir read with the source folder's fingerprint.
+    data_dir = tmp_path / "tfds"
+    shutil.copytree(shared_dir, data_dir)
     read = []
 
     def unreachable(*args, **kwargs):

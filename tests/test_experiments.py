@@ -282,6 +282,12 @@ def test_conv_in_loop_times_every_path_both_ways_and_the_plain_jax_reproduction(
         "32",
         "--nets",
         "pooled",  # the strided net goes through the same code; one net keeps the test short
+        # The repro part's wiring (three variants, a row each) holds at any size: a batch of 2, timed once, keeps
+        # the slow loop-body convolution it times from taking most of the test.
+        "--repro-batch",
+        "2",
+        "--repro-repeats",
+        "1",
         "--json",
         tmp_path / "c.json",
     ]
@@ -294,6 +300,7 @@ def test_conv_in_loop_times_every_path_both_ways_and_the_plain_jax_reproduction(
     assert [r["vs_custom_auto"] for r in result["fit"] if r["path"] == "custom"][2] == 1.0
     assert json.loads((tmp_path / "c.json").read_text())["fit"][0]["path"] == "autodiff"
     assert set(conv_in_loop.NETS) == {"strided", "pooled"} and conv_in_loop.parse_args([]).nets == ["strided", "pooled"]
+    assert (conv_in_loop.parse_args([]).repro_batch, conv_in_loop.parse_args([]).repro_repeats) == (32, 5)
 
 
 def test_mnist_pooled_is_the_flax_tutorials_cnn_and_trains_with_fit(tmp_path):

@@ -1,7 +1,5 @@
 """What a new user meets in the first hour: images for conv nets, errors that name the fix, a quiet data set-up."""
 
-import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -96,21 +94,17 @@ def test_an_optimizer_named_by_a_string_names_the_argument_passed():
 
 
 # ------------------------------------------------------------------ a quiet set-up, and the name clash
-def test_offline_preparation_prints_one_line_of_its_own(tmp_path):
-    """A fresh process prepares MNIST from the IDX files: no TFDS bars, no TensorFlow start-up logs."""
-    pytest.importorskip("tensorflow_datasets")
-    code = "import fnn; fnn.data.load('mnist', source_dir=sys.argv[1], data_dir=sys.argv[2])"
-    proc = subprocess.run(
-        [sys.executable, "-c", f"import sys; {code}", str(SHARED / "mnist"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout == ""
-    assert proc.stderr.splitlines() == [
-        f"fnn.data: reading mnist from its local files into {tmp_path} (once; later loads read a cache)"
+def test_offline_preparation_prints_one_line_of_its_own(mnist_preparation):
+    """A fresh process prepares MNIST from the IDX files: no TFDS bars, no TensorFlow start-up logs.
+
+    The process is the test session's one preparation of MNIST (``conftest.mnist_preparation``: ``python -c
+    "fnn.data.load('mnist', source_dir=..., data_dir=...)"`` in a new process), whose output it recorded.
+    """
+    proc = mnist_preparation
+    assert proc["returncode"] == 0, proc["stderr"][-3000:]
+    assert proc["stdout"] == ""
+    assert proc["stderr"].splitlines() == [
+        f"fnn.data: reading mnist from its local files into {proc['data_dir']} (once; later loads read a cache)"
     ]
 
 

@@ -10,6 +10,7 @@ import pytest
 import fnn
 import fnn.inspect
 from fnn import bench, inspect
+from fnn._gradcheck.residuals import aval_bytes
 
 LOSS = fnn.losses.cross_entropy
 N_CLASSES = 3
@@ -53,7 +54,7 @@ def _nbytes(tree):
 @pytest.mark.parametrize("problem", ["mlp", "conv"])
 def test_every_path_agrees_with_the_float64_reference(problem, request):
     model, params, x, labels, report = request.getfixturevalue(problem)
-    assert report.paths == fnn.PATHS
+    assert report.keys == fnn.PATHS
     leaves = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     for row in report.rows:
         assert [leaf["leaf"] for leaf in row.per_leaf] == leaves
@@ -66,7 +67,7 @@ def test_float64_paths_agree_to_rounding():
     report = inspect.compare_paths(
         model, LOSS, params, x, labels, paths=("custom", "backprop"), reference="custom", timing=False
     )
-    assert report.paths == ("custom", "backprop") and report.reference == "custom"
+    assert report.keys == ("custom", "backprop") and report.settings["reference"] == "custom"
     assert all(row.max_rel_err < 1e-12 for row in report.rows)
     assert report["custom"].hlo_diff == {"ops_top": {}, "ops_all": {}}
 
@@ -120,12 +121,15 @@ def test_mlp_residuals_are_the_relu_outputs_and_softmax(mlp):
 def test_report_lookup_table_and_json(conv):
     *_, report = conv
     assert report["backprop"] is report.rows[2]
-    with pytest.raises(KeyError, match="no path 'manual'"):
+    with pytest.raises(KeyError, match="no row named 'manual'"):
         report["manual"]
     text = str(report)
-    assert all(path in text for path in fnn.PATHS) and "custom vs autodiff" in text
+    assert all(path in text for path in fnn.PATHS) and "top-level HLO ops, custom minus autodiff" in text
+    assert isinstance(report, fnn.testing.Report)  # one report type for every check and comparison
+    legend = text[text.index("columns:") :]
+    assert all(f"  {c.name}: " in legend for c in report.columns) and "kernels: top-level ops" in legend
     data = json.loads(json.dumps(report.to_dict()))
-    assert data["reference"] == "autodiff" and [r["path"] for r in data["rows"]] == list(fnn.PATHS)
+    assert data["settings"]["reference"] == "autodiff" and [r["path"] for r in data["rows"]] == list(fnn.PATHS)
     assert data["rows"][0]["timing"] is None and data["rows"][1]["per_leaf"][0]["leaf"] == "[0]['w']"
 
 
@@ -181,7 +185,7 @@ def test_backprop_as_one_vjp_is_the_backprop_path():
     [("f32[8,16]", 512), ("bf16[3]", 6), ("bool[4,2]", 8), ("f64[]", 8), ("i32[5,1,1]", 20), ("f8_e4m3fn[4]", 4)],
 )
 def test_aval_bytes(aval, size):
-    assert inspect.aval_bytes(aval) == size
+    assert aval_bytes(aval) == size
 
 
 def test_op_diff():

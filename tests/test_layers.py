@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 
 import fnn
-from fnn import nn
-from fnn.nn import attend
-from fnn.validate import DataError
+from fnn import DataError, nn
+from fnn.nn import _attention as attend
 
 paths = pytest.mark.parametrize("path", fnn.PATHS)
 

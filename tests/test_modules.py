@@ -23,7 +23,7 @@ import pytest
 import fnn
 from fnn import losses, nn
 from fnn.module import Loss, Module, leaf
-from fnn.nn import attend
+from fnn.nn import _attention as attend
 
 
 def class_labels(rng, shape):
@@ -172,7 +172,7 @@ def test_the_checker_passes_every_module_and_loss(case):
     report = case.check(built).assert_ok()
     # Every check ran, but forward mode (custom VJPs are reverse mode only) and, where none are declared, edge values,
     # and, for a module without state or randomness, the context check.
-    skipped = {c.name for c in report.checks if c.status == "skipped"}
+    skipped = {c.name for c in report.rows if c.status == "skipped"}
     expected = {"forward_mode"} | ({"edge_values"} if not built.edge_values else set())
     expected |= set() if isinstance(built, Module) and built.contextual else {"context"}
     assert skipped == expected, str(report)
@@ -576,7 +576,7 @@ BUILD_ERRORS = [
      r"relu: input_shape must be a tuple of positive ints \(batch axis excluded\), got \(0,\)"),
     ("hinge_margin", lambda: losses.multiclass_hinge(-1), ValueError,
      r"multiclass_hinge: margin must be in \[0, inf\), got -1.0"),
-    ("op_leaf_has_no_init", lambda: fnn.nn.linear.MATMUL.init(jax.random.key(0), (3,)), TypeError,
+    ("op_leaf_has_no_init", lambda: fnn.nn._linear.MATMUL.init(jax.random.key(0), (3,)), TypeError,
      "matmul: this leaf is an op over given parameters and has no init"),
     ("conv1d_kernel_pair", lambda: nn.conv1d(3, (2, 2)), ValueError,
      r"conv1d: kernel must be a positive int or a 1-tuple of them, got \(2, 2\)"),

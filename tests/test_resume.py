@@ -11,10 +11,8 @@ import optax
 import pytest
 
 import fnn
-from fnn import nn
-from fnn.checkpoint import CheckpointError
+from fnn import CheckpointError, DataError, nn
 from fnn.loop import _config
-from fnn.validate import DataError
 from tests.test_loop import MODEL, init, toy_data
 
 OPTIONS = {"batch_size": 23, "progress": False}

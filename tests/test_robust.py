@@ -16,9 +16,8 @@ import optax
 import pytest
 
 import fnn
-from fnn.checkpoint import CheckpointError
+from fnn import CheckpointError, DataError
 from fnn.loop import Checkpointing, TrainingDiverged
-from fnn.validate import DataError
 
 pytest.importorskip("orbax.checkpoint")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

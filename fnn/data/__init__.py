@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fnn._errors import DatasetError, InputError, NetworkError
+from fnn._errors import InputError
 from fnn.data import _cache, _checks, _sources, _specs, _tfds
-from fnn.data._augment import RandomShift, random_shift
+from fnn.data._augment import random_shift
 from fnn.data._dataset import Dataset
 from fnn.data._sources import ENV_VAR
 from fnn.data._synthetic import synthetic
@@ -49,9 +49,6 @@ __all__ = [
     "ENV_VAR",
     "LAYOUTS",
     "Dataset",
-    "DatasetError",
-    "NetworkError",
-    "RandomShift",
     "load",
     "random_shift",
     "synthetic",
@@ -82,8 +79,8 @@ def load(name, *, source_dir=None, data_dir=None, layout="flat", verbose=False):
       A :class:`Dataset`; ``x`` is ``float32`` in ``[0, 1]``, ``y`` is ``int32 [N]``.
 
     Raises:
-      DatasetError: unknown name, missing or corrupt source files, or TFDS
-        cannot prepare the dataset (:class:`NetworkError` when offline).
+      fnn.DatasetError: unknown name, missing or corrupt source files, or TFDS
+        cannot prepare the dataset (:class:`fnn.NetworkError` when offline).
     """
     spec = _specs.spec(name)
     if layout not in LAYOUTS:

@@ -18,10 +18,12 @@ The pieces work on their own too, one job to a file:
 - accuracy: :func:`reference_grads`, :func:`gradient_errors`;
 - compiled code: :func:`compile_step`, :func:`memory`, :func:`compiled_cost`;
 - HLO text: :func:`hlo_counts`, :func:`op_diff`;
-- residuals: :func:`residuals`, :func:`backprop_as_one_vjp`, :func:`aval_bytes`;
-- the report: :func:`compare_paths`, :class:`Report`, :class:`PathReport`;
-- the wrong rule inside a network: :func:`wrong_rules` (:class:`RuleReport`,
-  :class:`Rule`), over :func:`recorded_calls`, every module's actual input.
+- residuals: :func:`residuals`, :func:`backprop_as_one_vjp`;
+- the report: :func:`compare_paths` (a :class:`fnn.testing.Report` of
+  :class:`PathRow`, one per path);
+- the wrong rule inside a network: :func:`wrong_rules` (a
+  :class:`fnn.testing.Report` of :class:`Rule`, one per module call), over
+  :func:`recorded_calls`, every module's actual input.
 
 Example::
 
@@ -33,25 +35,20 @@ Example::
 
     rules = fnn.inspect.wrong_rules(model, loss, params, x, labels)
     print(rules)                   # every module's rule at its actual input, the wrong ones first
-    rules.wrong                    # e.g. ("serial[2] residual serial[1] sigmoid",)
+    rules.failed[0].position       # e.g. "serial[2] residual serial[1] sigmoid"
 """
 
+from fnn._gradcheck.residuals import backprop_as_one_vjp, residuals
 from fnn.inspect._accuracy import gradient_errors, reference_grads
 from fnn.inspect._compiled import LEARNING_RATE, compile_step, compiled_cost, memory
-from fnn.inspect._hlo import BOOKKEEPING, hlo_counts, op_diff
-from fnn.inspect._report import HLO_SCOPES, PathReport, Report, compare_paths
-from fnn.inspect._residuals import aval_bytes, backprop_as_one_vjp, residuals
-from fnn.inspect._rules import Rule, RuleReport, recorded_calls, wrong_rules
+from fnn.inspect._hlo import hlo_counts, op_diff
+from fnn.inspect._report import PathRow, compare_paths
+from fnn.inspect._rules import Rule, recorded_calls, wrong_rules
 
 __all__ = [
-    "BOOKKEEPING",
-    "HLO_SCOPES",
     "LEARNING_RATE",
-    "PathReport",
-    "Report",
+    "PathRow",
     "Rule",
-    "RuleReport",
-    "aval_bytes",
     "backprop_as_one_vjp",
     "compare_paths",
     "compile_step",

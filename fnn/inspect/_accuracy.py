@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn._errors import InputError
+from fnn._gradcheck.compare import relative_error
+from fnn._gradcheck.dtypes import floating, x64
 from fnn._paths import value_and_grad
-from fnn.testing import relative_error
-from fnn.testing._dtypes import floating, x64
 
 
 def as_float64(tree):

@@ -1,4 +1,4 @@
-"""The paths compared for any model: :func:`compare_paths` and its :class:`Report`."""
+"""The paths compared for any model: :func:`compare_paths`, a report with one :class:`PathRow` per path."""
 
 import dataclasses
 
@@ -7,36 +7,21 @@ import jax.numpy as jnp
 
 from fnn import bench, context
 from fnn._errors import InputError, UsageError
+from fnn._gradcheck.report import Column, Report
+from fnn._gradcheck.residuals import residuals
 from fnn._paths import PATHS, check_pair, check_path, value_and_grad
 from fnn.inspect._accuracy import gradient_errors, reference_grads
 from fnn.inspect._compiled import LEARNING_RATE, compile_step, memory
 from fnn.inspect._hlo import hlo_counts, op_diff
-from fnn.inspect._residuals import residuals
 from fnn.train import sgd_update
 
-#: The op-count scopes of :func:`fnn.inspect.hlo_counts` that :class:`PathReport` diffs against the reference path.
+#: The op-count scopes of :func:`fnn.inspect.hlo_counts` that :class:`PathRow` diffs against the reference path.
 HLO_SCOPES = ("ops_top", "ops_all")
-
-#: What each column of :class:`Report`'s table holds; the table prints it below itself.
-COLUMNS = {
-    "path": "the gradient path (one of fnn.PATHS)",
-    "max rel err": "the worst parameter leaf's gradient error, relative to the float64 reference's largest entry",
-    "compile s": "seconds to lower and compile one SGD step",
-    "temp bytes": "the compiled step's temporary memory (XLA's memory_analysis)",
-    "residual bytes": "bytes the forward pass keeps for the backward pass (fnn.inspect.residuals)",
-    "kernels": "top-level ops the compiled step launches, bookkeeping ops left out (each fusion is one kernel)",
-    "dots": "matrix products (HLO dot) in the compiled step, fused ones included",
-    "convs": "convolutions (HLO convolution) in the compiled step, fused ones included",
-    "step ms": "median wall time of one step",
-    "ratio [CI]": "median step time over the reference path's, with its bootstrap confidence interval",
-    "cpu ratio": "the path's CPU time over the reference's for the same steps (below 1: less work, or less overlap)",
-    "verdict": "faster, slower or same: whether the interval lies below, above or around 1 (fnn.bench.verdict)",
-}
 
 
 @dataclasses.dataclass(frozen=True)
-class PathReport:
-    """One gradient path's measurements (see :func:`compare_paths`).
+class PathRow:
+    """One gradient path's measurements: a row of :func:`compare_paths`' report.
 
     Attributes:
       path: the path's name, one of :data:`fnn.PATHS`.
@@ -76,93 +61,58 @@ class PathReport:
         }
 
 
-@dataclasses.dataclass(frozen=True)
-class Report:
-    """The result of :func:`compare_paths`: one :class:`PathReport` per path, in the order asked for.
+def columns(reference):
+    """The columns of :func:`compare_paths`' report, step times relative to the ``reference`` path."""
 
-    ``str(report)`` is a table, one line per path, whose columns
-    :data:`COLUMNS` explains (the table prints the explanation below itself).
+    def timed(cell):
+        return lambda r: "-" if r.timing is None else cell(r.timing)
 
-    Attributes:
-      reference: the path the HLO diffs and step-time ratios are taken against.
-      rows: the paths' reports.
-      settings: how it was measured (``learning_rate``, and when timed
-        ``rounds``, ``block_s``, ``confidence``, ``seed``).
-    """
-
-    reference: str
-    rows: tuple
-    settings: dict
-
-    @property
-    def paths(self):
-        """The paths measured, in order."""
-        return tuple(row.path for row in self.rows)
-
-    def __getitem__(self, path):
-        """The :class:`PathReport` of ``path``."""
-        for row in self.rows:
-            if row.path == path:
-                return row
-        raise KeyError(f"no path {path!r} in this report; it has {list(self.paths)}")
-
-    def to_dict(self):
-        """The report as a JSON-ready dict: ``reference``, ``settings`` and ``rows`` (:meth:`PathReport.to_dict`)."""
-        return {"reference": self.reference, "settings": dict(self.settings), "rows": [r.to_dict() for r in self.rows]}
-
-    def __str__(self):
-        """A table, one line per path, then how each path's top-level HLO ops differ from the reference path's,
-        then what each column holds (:data:`COLUMNS`)."""
-        header = [
-            "path",
+    return (
+        Column("path", "the gradient path (one of fnn.PATHS)", lambda r: r.path),
+        Column(
             "max rel err",
-            "compile s",
-            "temp bytes",
+            "the worst parameter leaf's gradient error, relative to the float64 reference's largest entry",
+            lambda r: f"{r.max_rel_err:.1e}",
+        ),
+        Column("compile s", "seconds to lower and compile one SGD step", lambda r: f"{r.compile_s:.2f}"),
+        Column(
+            "temp bytes", "the compiled step's temporary memory (XLA's memory_analysis)", lambda r: _count(r.temp_bytes)
+        ),
+        Column(
             "residual bytes",
+            "bytes the forward pass keeps for the backward pass (fnn.inspect.residuals)",
+            lambda r: _count(r.residuals["computed_bytes"]),
+        ),
+        Column(
             "kernels",
-            "dots",
+            "top-level ops the compiled step launches, bookkeeping ops left out (a fusion is one kernel)",
+            lambda r: str(r.hlo["kernels"]),
+        ),
+        Column(
+            "dots", "matrix products (HLO dot) in the compiled step, fused ones included", lambda r: str(r.hlo["dots"])
+        ),
+        Column(
             "convs",
-            "step ms",
-            f"ratio to {self.reference} [CI]",
+            "convolutions (HLO convolution) in the compiled step, fused ones included",
+            lambda r: str(r.hlo["convolutions"]),
+        ),
+        Column("step ms", "median wall time of one step (-: not timed)", timed(lambda t: f"{1e3 * t.median_s:.3f}")),
+        Column(
+            f"ratio to {reference} [CI]",
+            f"median step time over the {reference} path's, with its bootstrap confidence interval",
+            timed(lambda t: f"{t.ratio:.3f} [{t.ci_low:.3f}, {t.ci_high:.3f}]"),
+        ),
+        Column(
             "cpu ratio",
+            f"CPU time over the {reference} path's for the same steps (below 1: less work, or less overlap)",
+            timed(lambda t: f"{t.cpu_ratio:.3f}"),
+        ),
+        Column(
             "verdict",
-        ]
-        lines = []
-        for r in self.rows:
-            t = r.timing
-            timing = (
-                ["-"] * 4
-                if t is None
-                else [
-                    f"{1e3 * t.median_s:.3f}",
-                    f"{t.ratio:.3f} [{t.ci_low:.3f}, {t.ci_high:.3f}]",
-                    f"{t.cpu_ratio:.3f}",
-                    t.verdict,
-                ]
-            )
-            lines.append(
-                [
-                    r.path,
-                    f"{r.max_rel_err:.1e}",
-                    f"{r.compile_s:.2f}",
-                    _count(r.temp_bytes),
-                    _count(r.residuals["computed_bytes"]),
-                    str(r.hlo["kernels"]),
-                    str(r.hlo["dots"]),
-                    str(r.hlo["convolutions"]),
-                    *timing,
-                ]
-            )
-        widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
-        text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *lines]]
-        diffs = [
-            f"top-level HLO ops, {r.path} minus {self.reference}: {_op_changes(r.hlo_diff['ops_top'])}"
-            for r in self.rows
-            if r.path != self.reference
-        ]
-        legend = [f"  {name}: {meaning}" for name, meaning in COLUMNS.items()]
-        fusions = "  (fusion:kLoop is an elementwise loop fusion, fusion:kOutput one fused into its consumer's output)"
-        return "\n".join([*text, *diffs, "columns:", *legend, fusions])
+            "faster, slower or same: whether the interval lies below, above or around 1 (fnn.bench.verdict)",
+            timed(lambda t: t.verdict),
+        ),
+    )
 
 
 def _op_changes(diff):
@@ -230,7 +180,13 @@ def compare_paths(
         the key ``jax.random.key(seed)``, training mode).
 
     Returns:
-      A :class:`Report`, one :class:`PathReport` per path in the order of ``paths``.
+      A :class:`fnn.testing.Report` with one :class:`PathRow` per path, in
+      the order of ``paths`` (``report["custom"]``); its ``settings`` hold
+      the ``reference`` path and how it was measured; ``str(report)`` is a
+      table (every column explained below it), then how each path's
+      top-level HLO ops differ from the reference's (``fusion:kLoop -1``:
+      one elementwise loop fusion fewer; ``fusion:kOutput``, one fused into
+      its consumer's output).
     """
     paths = _check_paths(paths, reference)
     check_pair(model, loss)
@@ -241,7 +197,7 @@ def compare_paths(
     steps = {path: compile_step(model, loss, path, params, x, targets, learning_rate) for path in paths}
     counts = {path: hlo_counts(compiled.as_text()) for path, (compiled, _) in steps.items()}
     timed = {"rounds": rounds, "block_s": block_s, "margin": margin, "confidence": confidence, "seed": seed}
-    settings = {"learning_rate": learning_rate} | (timed if timing else {})
+    settings = {"reference": reference, "learning_rate": learning_rate} | (timed if timing else {})
     times = {}
     if timing:
         updates = {path: sgd_update(model, loss, learning_rate, path=path) for path in paths}
@@ -251,7 +207,7 @@ def compare_paths(
         compiled, compile_s = steps[path]
         per_leaf = gradient_errors(jax.jit(grad_fns[path])(params, x, targets)[1], reference_grad)
         rows.append(
-            PathReport(
+            PathRow(
                 path=path,
                 per_leaf=tuple(per_leaf),
                 max_abs_err=max((leaf["max_abs_err"] for leaf in per_leaf), default=0.0),
@@ -264,4 +220,10 @@ def compare_paths(
                 timing=times.get(path),
             )
         )
-    return Report(reference, tuple(rows), settings)
+    notes = tuple(
+        f"top-level HLO ops, {r.path} minus {reference}: {_op_changes(r.hlo_diff['ops_top'])}"
+        for r in rows
+        if r.path != reference
+    )
+    subject = f"compare_paths({model!r}, {loss!r}, batch {tuple(jnp.shape(x))})"
+    return Report(subject, tuple(rows), columns(reference), "path", settings, notes)

@@ -17,14 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn import context
+from fnn._gradcheck.compare import agreement
+from fnn._gradcheck.dtypes import cast, rtol, x64
+from fnn._gradcheck.problem import loss_problem, module_problem
+from fnn._gradcheck.report import FAILED, Check, Column, Report, number, ratio
 from fnn._paths import check_pair
 from fnn.module import Module
-from fnn.testing._agreement import agreement
-from fnn.testing._dtypes import cast, rtol, x64
-from fnn.testing._problem import loss_problem, module_problem
-from fnn.testing._report import FAILED, Check
 
-__all__ = ["Rule", "RuleReport", "recorded_calls", "wrong_rules"]
+__all__ = ["Rule", "recorded_calls", "wrong_rules"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,12 +80,14 @@ def recorded_calls(model, params, x):
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """One module's (or the loss's) rule, checked at its actual input.
+    """One module's (or the loss's) rule, checked at its actual input: a row of :func:`wrong_rules`' report.
 
     ``kind`` is ``"leaf"``, ``"wiring"`` (a structural module: its rule
     includes its children's) or ``"loss"``; ``error`` and ``tolerance`` are
-    relative to the largest reference entry, as in :class:`fnn.testing.Check`;
-    ``own`` is true when this rule fails while every rule inside it passes.
+    relative to the largest reference entry, as in :class:`fnn.testing.Check`
+    (``error`` is ``None`` when the check raised); ``passed`` is whether the
+    rule holds; ``own`` is true when this rule fails while every rule inside
+    it passes: the wrong one.
     """
 
     position: str
@@ -94,48 +96,39 @@ class Rule:
     tolerance: float
     where: str
     detail: str
-    ok: bool
+    passed: bool
     own: bool
+
+    @property
+    def status(self):
+        """``"WRONG"`` (wrong on its own), ``"fails inside"`` (a rule inside it is wrong) or ``"ok"``."""
+        return "WRONG" if self.own else ("fails inside" if not self.passed else "ok")
 
     @property
     def ratio(self):
         """``error / tolerance`` (``inf`` when the check raised)."""
-        return np.inf if self.error is None else self.error / self.tolerance
+        return ratio(self.error, self.tolerance)
 
 
-@dataclasses.dataclass(frozen=True)
-class RuleReport:
-    """Every rule of a network, the wrong ones first: own failures, then inherited ones, then the rest by ratio."""
-
-    rules: tuple
-
-    @property
-    def ok(self):
-        """Whether every rule passed."""
-        return all(r.ok for r in self.rules)
-
-    @property
-    def wrong(self):
-        """The positions of the rules that are wrong on their own."""
-        return tuple(r.position for r in self.rules if r.own)
-
-    def __iter__(self):
-        return iter(self.rules)
-
-    def __getitem__(self, position):
-        for rule in self.rules:
-            if rule.position == position:
-                return rule
-        raise KeyError(f"no module at {position!r}; positions: {', '.join(r.position for r in self.rules)}")
-
-    def __str__(self):
-        width = max(len(r.position) for r in self.rules)
-        lines = [f"{'position':<{width}}  {'rule':<14}{'error':>9}{'tolerance':>11}  where"]
-        for r in self.rules:
-            status = "WRONG" if r.own else ("fails inside" if not r.ok else "ok")
-            error = "raised" if r.error is None else f"{r.error:.1e}"
-            lines.append(f"{r.position:<{width}}  {status:<14}{error:>9}{r.tolerance:>11.1e}  {r.where}  {r.detail}")
-        return "\n".join(line.rstrip() for line in lines)
+#: The columns of :func:`wrong_rules`' report.
+COLUMNS = (
+    Column(
+        "position",
+        "the module's place: serial[2] residual serial[1] sigmoid is the sigmoid at index 1 of "
+        "the serial inside the residual at index 2 of the top serial",
+        lambda r: r.position,
+    ),
+    Column("rule", "WRONG (wrong on its own), fails inside (a rule inside it is wrong) or ok", lambda r: r.status),
+    Column(
+        "error",
+        "the backward's largest error against autodiff at the module's actual input, relative to the "
+        "largest entry of the gradient leaf (raised: the rule's code failed)",
+        lambda r: "raised" if r.error is None else number(r.error),
+    ),
+    Column("tolerance", "what that error was held to (float64 rounding)", lambda r: number(r.tolerance)),
+    Column("where", "the entry of the largest error", lambda r: r.where),
+    Column("detail", "what was compared, and on failure what was wrong", lambda r: r.detail),
+)
 
 
 def _backward_check(problem):
@@ -159,7 +152,14 @@ def _rule(position, kind, found, alone):
     """A :class:`Rule` from a check; ``alone``: no module inside this one fails (so a failure is its own)."""
     tolerance = found.tolerance if found.tolerance is not None else rtol(np.float64)
     return Rule(
-        position, kind, found.error, tolerance, found.where, found.detail, found.passed, alone and not found.passed
+        position,
+        kind,
+        found.error,
+        tolerance,
+        found.where,
+        found.detail,
+        bool(found.passed),
+        alone and not found.passed,
     )
 
 
@@ -176,15 +176,17 @@ def wrong_rules(model, loss, params, x, targets, *, seed=0, state=None, key=None
         (batch norm, dropout), as :func:`compare_paths` takes it.
 
     Returns:
-      A :class:`RuleReport`: one :class:`Rule` per module call and the loss,
-      wrong ones first; ``report.wrong`` lists the positions of rules wrong
-      on their own, e.g. ``("serial[2] residual serial[1] sigmoid",)``.
+      A :class:`fnn.testing.Report` with one :class:`Rule` per module call
+      and the loss, named by position, the rules wrong on their own first,
+      then those that fail only because a rule inside them does, then the
+      rest by ``error / tolerance``; ``report.failed[0].position`` is the
+      wrong rule, e.g. ``"serial[2] residual serial[1] sigmoid"``.
 
     Example::
 
         report = fnn.inspect.wrong_rules(model, fnn.losses.cross_entropy, params, x, labels)
         print(report)   # one line per module, the wrong rule first
-        assert report.ok, report.wrong
+        assert report.ok, report.failed[0].position
     """
     check_pair(model, loss)
     params, x, targets = cast((params, x, targets), np.float64)
@@ -202,5 +204,5 @@ def wrong_rules(model, loss, params, x, targets, *, seed=0, state=None, key=None
         for c, found in zip(calls, checked)
     ]
     rules.append(_rule(f"loss {loss.name}", "loss", checked_loss, True))
-    order = sorted(range(len(rules)), key=lambda i: (not rules[i].own, rules[i].ok, -rules[i].ratio, i))
-    return RuleReport(tuple(rules[i] for i in order))
+    order = sorted(range(len(rules)), key=lambda i: (not rules[i].own, rules[i].passed, -rules[i].ratio, i))
+    return Report(f"wrong_rules({model!r}, {loss!r})", tuple(rules[i] for i in order), COLUMNS, "position")

@@ -115,7 +115,7 @@ def fit(
       optimizer, the data's shapes; see :attr:`History.config`).
 
     Raises:
-      fnn.validate.DataError: data or parameters that cannot train this model.
+      fnn.DataError: data or parameters that cannot train this model.
       TrainingDiverged: the loss diverged (no checkpoint is saved after that;
         the last good one is kept).
     """

@@ -13,7 +13,16 @@ import inspect
 
 from fnn import losses
 from fnn._errors import InputError
-from fnn.nn import activations, attend, batchnorm, conv, embeddings, linear, norm, pool, probability, stochastic
+from fnn.nn import _activations as activations
+from fnn.nn import _attention as attend
+from fnn.nn import _batch_norm as batchnorm
+from fnn.nn import _conv as conv
+from fnn.nn import _dropout as stochastic
+from fnn.nn import _embeddings as embeddings
+from fnn.nn import _linear as linear
+from fnn.nn import _norm as norm
+from fnn.nn import _pool as pool
+from fnn.nn import _softmax as probability
 
 
 def _per_value(factory):

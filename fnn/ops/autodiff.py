@@ -7,6 +7,6 @@ arrays it is given. Forward mode (``jax.jvp``, ``jax.jacfwd``) works here.
 
 from fnn.ops._define import NAMES, op_set
 
-__all__ = list(NAMES)
+__all__ = NAMES
 
 globals().update(zip(NAMES, op_set("autodiff")))  # the ops, named as fnn.ops._define.OPS lists them

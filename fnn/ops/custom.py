@@ -11,6 +11,6 @@ Targets of the losses (labels) get no gradient.
 
 from fnn.ops._define import NAMES, op_set
 
-__all__ = list(NAMES)
+__all__ = NAMES
 
 globals().update(zip(NAMES, op_set("custom")))  # the ops, named as fnn.ops._define.OPS lists them

@@ -66,17 +66,10 @@ against a reference implementation; :func:`relative_error` is fnn's one
 definition of a relative error.
 """
 
-from fnn.testing._compare import (
-    CHECKS,
-    DEFAULT_TOLERANCES,
-    Difference,
-    VjpReport,
-    compare_vjp,
-    difference,
-    relative_error,
-)
-from fnn.testing._module import DTYPES, MODULE_CHECKS, assert_loss, assert_module, check_loss, check_module
-from fnn.testing._report import Check, Report
+from fnn._gradcheck.compare import DEFAULT_TOLERANCES, Difference, relative_error
+from fnn._gradcheck.report import Check, Report
+from fnn.testing._api import DTYPES, MODULE_CHECKS, assert_loss, assert_module, check_loss, check_module
+from fnn.testing._vjp import CHECKS, compare_vjp
 
 __all__ = [
     "CHECKS",
@@ -86,12 +79,10 @@ __all__ = [
     "Check",
     "Difference",
     "Report",
-    "VjpReport",
     "assert_loss",
     "assert_module",
     "check_loss",
     "check_module",
     "compare_vjp",
-    "difference",
     "relative_error",
 ]

@@ -42,10 +42,10 @@ import math
 import jax
 import numpy as np
 
-from fnn.testing import _paths
-from fnn.testing._agreement import entry
-from fnn.testing._dtypes import eps, floating, x64
-from fnn.testing._report import FAILED, PASSED, SKIPPED, Check
+from fnn._gradcheck import paths as _paths
+from fnn._gradcheck.compare import entry
+from fnn._gradcheck.dtypes import eps, floating, x64
+from fnn._gradcheck.report import FAILED, PASSED, SKIPPED, Check
 
 __all__ = [
     "DIRECTIONS",
@@ -164,7 +164,7 @@ TOGETHER = 2**22
 
 def _values(problem, order, groups):
     """The stencil values ``[n, 5]`` of each group ``(k, directions[n, *shape], step)`` of directions of the
-    ``k``-th floating leaf (see :func:`fnn.testing._paths.stencil`): one compiled call for all of them, or one per
+    ``k``-th floating leaf (see :func:`fnn._gradcheck.paths.stencil`): one compiled call for all of them, or one per
     group where the directions of all leaves together would be too large."""
     params, x, targets, g, w = problem.data()
     floats = tuple(i for i, f in enumerate(problem.floating) if f)

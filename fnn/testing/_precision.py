@@ -18,7 +18,7 @@ then give
   a factor of 16, and is always allowed the checker's rounding tolerance.
   ``kappa * eps(dtype)`` is the leaf's conditioning at ``dtype``: the
   relative change of float64 autodiff's gradient under one-ulp nudges of
-  the draw (:func:`fnn.testing._conditioning.movements`, the float64
+  the draw (:func:`fnn._gradcheck.compare.movements`, the float64
   checks' measurement), scaled from float64's ``eps`` to ``dtype``'s. Where
   batch norm cancels most of a weight's gradient, autodiff at ``dtype`` may
   by chance land close to the truth while the rule, as correct, does not:
@@ -29,17 +29,29 @@ then give
 The dtypes are cast by the checker (``params=`` gives the values, not the
 dtype). A module whose trace-time checks refuse the dtype (``TypeError`` or
 ``ValueError`` from its forward) is reported as skipped with its message.
+
+**Edge values.** Edge values: inputs at which a rule is delicate (a kink, an overflow, a degenerate row).
+
+The module's own (``edge_values=`` of :func:`fnn.module.leaf` or
+:func:`fnn.module.loss`) and the caller's (``edge_values=`` of the checker)
+are each made into an input of the checked shape: a number or array is
+broadcast to it, a function is called with it. At each, with the draw's
+parameters and cotangents:
+
+- in float64, the ``backprop`` and ``custom`` gradients must be finite
+  everywhere and equal autodiff's (to the float64 tolerance) wherever
+  autodiff's are finite;
+- at every lower precision checked (that the module accepts), they must
+  pass the ``dtype`` check's rule (:mod:`fnn.testing._precision`) at that input.
 """
 
 import numpy as np
 
-from fnn.testing._agreement import entry, leaf_error
-from fnn.testing._conditioning import movements
-from fnn.testing._dtypes import eps, rtol
-from fnn.testing._report import FAILED, PASSED, SKIPPED, Check
-from fnn.testing._structure import gradient_mismatches, output_mismatch, output_name
-
-__all__ = ["RULE_PATHS", "accuracy", "dtype_check", "refuses"]
+from fnn._errors import InputError
+from fnn._gradcheck.compare import agreement, entry, leaf_error, movements
+from fnn._gradcheck.dtypes import eps, rtol
+from fnn._gradcheck.report import FAILED, PASSED, SKIPPED, Check
+from fnn.testing._checks import gradient_mismatches, output_mismatch, output_name
 
 #: The paths whose rules are held to the truth: the hand-written backward, directly and as custom VJPs.
 RULE_PATHS = ("backprop", "custom")
@@ -125,3 +137,73 @@ def dtype_check(problem, dtype):
         "leaf's conditioning at this precision"
     )
     return Check(name, status, float(error), float(tolerance), where, detail)
+
+
+def edge_label(value):
+    """A short name for an edge value: the number, ``array[2, 3]``, or the function's name."""
+    if callable(value):
+        return getattr(value, "__name__", repr(value))
+    a = np.asarray(value)
+    return repr(a.item()) if a.ndim == 0 else f"array{list(a.shape)}"
+
+
+def edge_input(value, shape, dtype):
+    """The input for an edge value: ``value(shape)`` for a function, else ``value`` broadcast to ``shape``."""
+    if callable(value):
+        made = np.asarray(value(shape))
+        if made.shape != shape:
+            raise InputError(f"edge value {edge_label(value)}: returned shape {made.shape}, expected {shape}")
+    else:
+        try:
+            made = np.broadcast_to(np.asarray(value), shape)
+        except ValueError:
+            raise InputError(
+                f"edge value {edge_label(value)}: shape {np.shape(value)} does not broadcast to the input's {shape}"
+            ) from None
+    return made.astype(dtype)
+
+
+def _worst(found):
+    """The first failed check, else the one with the largest ratio."""
+    failed = [c for c in found if c.status == FAILED]
+    return failed[0] if failed else max(found, key=lambda c: c.ratio or 0.0)
+
+
+def _float64(problem, x, label):
+    """The ``backprop`` and ``custom`` gradients at one edge input against autodiff's, in float64."""
+    want = problem.gradients("autodiff", x=x)[2]
+    found = []
+    for path in RULE_PATHS:
+        c = agreement(
+            "edge_values", problem.gradients(path, x=x)[2], want, problem, rtol(np.float64), require_finite=True
+        )
+        detail = f"float64; {c.detail}" if c.detail else "float64"
+        found.append(Check(c.name, c.status, c.error, c.tolerance, f"{label} {c.where} ({path})", detail))
+    return _worst(found)
+
+
+def _low_precision(problem, x, label, dtype):
+    """The ``dtype`` check's rule at one edge input."""
+    error, tolerance, where, mismatches = accuracy(problem, dtype, x)
+    name = np.dtype(dtype).name
+    if mismatches:
+        return Check("edge_values", FAILED, where=f"{label} {mismatches[0][0]}", detail=f"{name}: {mismatches[0][1]}")
+    status = PASSED if error <= tolerance else FAILED
+    return Check("edge_values", status, float(error), float(tolerance), f"{label} {where}", name)
+
+
+def edge_values(problem):
+    """``edge_values``: every declared and passed edge value, in float64 and at each lower precision checked."""
+    if not problem.edge_values:
+        return Check("edge_values", SKIPPED, detail="none declared by the module or passed (edge_values=)")
+    dtypes = [dtype for dtype in problem.dtypes if not refuses(problem, dtype)]
+    found = []
+    for value in problem.edge_values:
+        label = f"at {edge_label(value)}:"
+        x = edge_input(value, problem.x.shape, problem.x.dtype)
+        found.append(_float64(problem, x, label))
+        found += [_low_precision(problem, x, label, dtype) for dtype in dtypes]
+    worst = _worst(found)
+    labels = ", ".join(edge_label(v) for v in problem.edge_values)
+    detail = f"{labels}; finite, and equal to autodiff where it is finite; {worst.detail}"
+    return Check("edge_values", worst.status, worst.error, worst.tolerance, worst.where, detail)

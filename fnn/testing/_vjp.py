@@ -13,104 +13,31 @@
 Integer inputs (e.g. class labels) are passed through but not differentiated.
 """
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fnn._errors import CheckFailed, InputError
-
-#: Default tolerances per dtype, as ``(rtol, atol)``: a difference passes when
-#: ``max |a - e| <= atol + rtol * max |e|``. rtol allows accumulated rounding of
-#: a few thousand ulps in float64 (eps 2.2e-16), about 100 ulps in float32 (eps
-#: 1.2e-7) and a few ulps in bfloat16 (eps 7.8e-3); atol allows ~100 ulps of an
-#: O(1) quantity, for outputs whose entries all underflow towards zero (e.g.
-#: the gradient of a saturated softmax).
-DEFAULT_TOLERANCES = {
-    jnp.dtype(jnp.float64): (1e-12, 1e-14),
-    jnp.dtype(jnp.float32): (1e-5, 1e-6),
-    jnp.dtype(jnp.float16): (5e-3, 5e-3),
-    jnp.dtype(jnp.bfloat16): (3e-2, 3e-2),
-}
+from fnn._gradcheck.compare import DEFAULT_TOLERANCES, difference
+from fnn._gradcheck.report import Column, Report, number
 
 CHECKS = ("value", "vjp", "jit", "vmap", "second_order")
 
 
-@dataclasses.dataclass(frozen=True)
-class Difference:
-    """Largest difference of one compared quantity (one input's cotangent, or the output)."""
-
-    check: str
-    argnum: int | None
-    max_abs: float
-    max_rel: float
-    scale: float
-    rtol: float
-    atol: float
-
-    @property
-    def ok(self):
-        return self.max_abs <= self.atol + self.rtol * self.scale
-
-
-@dataclasses.dataclass(frozen=True)
-class VjpReport:
-    """All :class:`Difference` rows of one :func:`compare_vjp` call."""
-
-    rows: tuple
-
-    @property
-    def ok(self):
-        return all(row.ok for row in self.rows)
-
-    def max_rel(self, check=None):
-        """Largest relative difference over all rows (of one ``check`` if given)."""
-        return max(r.max_rel for r in self.rows if check in (None, r.check))
-
-    def __str__(self):
-        lines = [f"{'check':<13}{'arg':>4}{'max abs':>11}{'max rel':>11}{'max |ref|':>11}{'rtol':>9}{'atol':>9}  ok"]
-        for r in self.rows:
-            arg = "out" if r.argnum is None else str(r.argnum)
-            lines.append(
-                f"{r.check:<13}{arg:>4}{r.max_abs:11.2e}{r.max_rel:11.2e}{r.scale:11.2e}"
-                f"{r.rtol:9.1e}{r.atol:9.1e}  {'yes' if r.ok else 'NO'}"
-            )
-        return "\n".join(lines)
-
-
-def relative_error(actual, expected):
-    """``max|a - e| / max|e|`` of two arrays of one shape, in float64 on the host: fnn's one relative error.
-
-    Relative to the largest reference entry, not entry by entry, so that
-    entries near zero do not blow it up. ``0.0`` when both are all zero (or
-    empty), ``inf`` when only the reference is all zero.
-    """
-    a, e = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    if a.shape != e.shape:
-        raise InputError(f"relative_error: shapes {a.shape} and {e.shape} differ")
-    error = float(np.max(np.abs(a - e), initial=0.0))
-    scale = float(np.max(np.abs(e), initial=0.0))
-    if scale == 0:
-        return 0.0 if error == 0 else float("inf")
-    return error / scale
-
-
-def difference(check, argnum, actual, expected, rtol, atol):
-    """Compares two arrays: max ``|a - e|``, and :func:`relative_error`.
-
-    NaNs must sit at the same places in both; anywhere else the difference is infinite.
-    """
-    a = np.asarray(actual, dtype=np.float64)
-    e = np.asarray(expected, dtype=np.float64)
-    if a.shape != e.shape:
-        raise CheckFailed(f"{check}: shape {a.shape} differs from reference shape {e.shape}")
-    if not np.array_equal(np.isnan(a), np.isnan(e)):
-        return Difference(check, argnum, np.inf, np.inf, np.nan, rtol, atol)
-    a, e = np.nan_to_num(a, nan=0.0), np.nan_to_num(e, nan=0.0)
-    max_abs = float(np.max(np.abs(a - e), initial=0.0))
-    scale = float(np.max(np.abs(e), initial=0.0))
-    return Difference(check, argnum, max_abs, relative_error(a, e), scale, rtol, atol)
+#: The columns of :func:`compare_vjp`'s report.
+COLUMNS = (
+    Column("check", "the check and the input compared (out: the output)", lambda d: d.name),
+    Column("max abs", "the largest |custom - reference| entry", lambda d: number(d.max_abs, ".2e")),
+    Column(
+        "max rel",
+        "max abs over the largest |reference| entry (fnn.testing.relative_error)",
+        lambda d: number(d.max_rel, ".2e"),
+    ),
+    Column("max |ref|", "the largest |reference| entry", lambda d: number(d.scale, ".2e")),
+    Column("rtol", "the relative tolerance", lambda d: number(d.rtol)),
+    Column("atol", "the absolute tolerance; passes when max abs <= atol + rtol * max |ref|", lambda d: number(d.atol)),
+    Column("ok", "yes, or NO when the difference exceeds its tolerance", lambda d: "yes" if d.passed else "NO"),
+)
 
 
 def _is_float(x):
@@ -133,8 +60,9 @@ def compare_vjp(custom_fn, reference_fn, *args, rtol=None, atol=None, seed=0, ch
         exceeds the tolerance.
 
     Returns:
-      A :class:`VjpReport` with the max absolute and relative difference of
-      every check and input.
+      A :class:`fnn.testing.Report` whose rows are
+      :class:`fnn.testing.Difference`, one per check and input (named like
+      ``"vjp[0]"``), with the max absolute and relative difference.
     """
     unknown = set(checks) - set(CHECKS)
     if unknown:
@@ -157,7 +85,7 @@ def compare_vjp(custom_fn, reference_fn, *args, rtol=None, atol=None, seed=0, ch
         argnums = [None] if check == "value" else float_nums
         for i, g, w in zip(argnums, got[check], want[check]):
             rows.append(difference(check, i, g, w, rtol, atol))
-    report = VjpReport(tuple(rows))
+    report = Report("compare_vjp(custom_fn, reference_fn)", tuple(rows), COLUMNS, "name", {"seed": seed})
     if raise_on_failure and not report.ok:
         raise CheckFailed(f"custom VJP differs from the reference:\n{report}")
     return report

@@ -4,7 +4,7 @@ Channels last: for ``x[N, ..., C]`` the statistics are taken over every axis
 but the channels, ``M`` values per channel (``N`` for ``[N, C]``,
 ``N H W`` for ``[N, H, W, C]``).
 
-Training (the batch's own statistics, :mod:`fnn.nn.norm`'s rule):
+Training (the batch's own statistics, :mod:`fnn.nn._norm`'s rule):
 ``mu = mean z``, ``var = mean (z - mu)^2``, ``zhat = (z - mu) / sqrt(var + eps)``,
 ``y = gamma zhat + beta``. Backward with ``G = dJ/dy``: ``dbeta = sum G``,
 ``dgamma = sum G zhat``, ``d = G gamma``,
@@ -37,7 +37,7 @@ from fnn._errors import InputError, UsageError
 from fnn._numbers import real
 from fnn.module import leaf, with_settings
 from fnn.nn import _checks
-from fnn.nn.norm import affine_backward, check_eps, check_scale, moments, normalize, scale_params, standardize_backward
+from fnn.nn._norm import affine_backward, check_eps, check_scale, moments, normalize, scale_params, standardize_backward
 
 __all__ = ["batch_norm", "batch_norm_leaf"]
 

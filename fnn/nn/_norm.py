@@ -14,7 +14,7 @@ the same axes). Saves ``zhat`` and ``sigma``. A constant set of values has
   ``groups`` groups of ``C / groups`` consecutive channels (as PyTorch and
   Flax split them); the axes are each example's spatial axes and the
   channels of one group.
-- Batch norm (:mod:`fnn.nn.batchnorm`) is the same rule with the axes over the batch.
+- Batch norm (:mod:`fnn.nn._batch_norm`) is the same rule with the axes over the batch.
 
 A constant set has ``zhat = 0`` and stays finite through ``eps``: each layer's
 edge value (a constant input), checked by :func:`fnn.testing.check_module`.

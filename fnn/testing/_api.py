@@ -1,7 +1,7 @@
 """``check_module`` and ``check_loss``: every check of a hand-written rule in one call, and their assert forms.
 
 The checks run in the order of :data:`CHECKS`, each a function of one draw
-(:class:`fnn.testing._problem.Problem`) returning one :class:`Check` (or one
+(:class:`fnn._gradcheck.problem.Problem`) returning one :class:`Check` (or one
 per dtype). A check whose code raises is reported as failed with the
 exception, and the others still run. Adding a check is adding a function to
 :data:`CHECKS`.
@@ -13,24 +13,26 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn._errors import InputError
+from fnn._gradcheck.problem import check_input_shape, loss_problem, module_problem
+from fnn._gradcheck.report import CHECK_COLUMNS, FAILED, Check, Report
 from fnn.module import Module
-from fnn.testing._context import context, resolve
-from fnn.testing._determinism import determinism
-from fnn.testing._edges import edge_values as _edge_values
-from fnn.testing._finite import finite_differences
-from fnn.testing._precision import dtype_check
-from fnn.testing._problem import check_input_shape, loss_problem, module_problem
-from fnn.testing._report import FAILED, Check, Report
-from fnn.testing._saved import saved
-from fnn.testing._structure import output, structure
-from fnn.testing._transforms import (
+from fnn.testing._checks import (
     backward,
+    context,
     custom,
     custom_grad_of_grad,
     custom_jit,
     custom_vmap,
+    determinism,
     forward_mode,
+    output,
+    resolve,
+    saved,
+    structure,
 )
+from fnn.testing._finite import finite_differences
+from fnn.testing._precision import dtype_check
+from fnn.testing._precision import edge_values as _edge_values
 
 __all__ = ["CHECKS", "DTYPES", "MODULE_CHECKS", "assert_loss", "assert_module", "check_loss", "check_module"]
 
@@ -99,7 +101,7 @@ def _run(problem, names):
             message = " ".join(str(exc).split())
             found = Check(name, FAILED, detail=f"raised {type(exc).__name__}: {message}")
         checks += found if isinstance(found, list) else [found]
-    return Report(problem.description, tuple(checks))
+    return Report(problem.description, tuple(checks), CHECK_COLUMNS, "name")
 
 
 def check_module(
@@ -147,16 +149,16 @@ def check_module(
       checks: names from :data:`CHECKS` to run (default all).
 
     Every check is described in its module: shapes and structure
-    (``fnn.testing._structure``), the paths and transformations
+    (``fnn.testing._checks``), the paths and transformations
     (``_transforms``), finite differences (``_finite``), lower precisions
     (``_precision``), edge values (``_edges``), determinism and what
     ``saved`` holds, and, for a contextual module, that every path gives the
     forward's outputs and new state (``_context``). Tolerances follow one rule for every module:
     ``eps ** (3/4)`` of the dtype, relative to the largest reference entry
-    (:func:`fnn.testing._dtypes.rtol`), raised for the float64 agreement
+    (:func:`fnn._gradcheck.dtypes.rtol`), raised for the float64 agreement
     checks to ``256`` times the change in autodiff's own gradient under
     one-ulp nudges of the draw, where that is larger, at most ``sqrt(eps)``
-    (:mod:`fnn.testing._conditioning`). Every draw of one module object
+    (:mod:`fnn._gradcheck.compare`). Every draw of one module object
     (seeds, nudges) reuses its compiled code.
 
     Example::

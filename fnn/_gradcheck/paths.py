@@ -24,9 +24,9 @@ import jax.numpy as jnp
 
 from fnn import context as fnn_context
 from fnn._errors import InputError
+from fnn._gradcheck.dtypes import floating
 from fnn._paths import PATHS, objective, sweep_backward, sweep_forward
 from fnn.module import Module, loss, structural
-from fnn.testing._dtypes import floating
 
 __all__ = [
     "COTANGENT",

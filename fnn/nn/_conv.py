@@ -38,7 +38,7 @@ from fnn._numbers import positive_int
 from fnn.module import leaf, with_settings
 from fnn.nn import _checks, _windows
 from fnn.nn import initializers as _init
-from fnn.nn.linear import BIAS
+from fnn.nn._linear import BIAS
 
 __all__ = ["conv1d", "conv1d_leaf", "conv2d", "conv2d_leaf", "conv_leaf"]
 

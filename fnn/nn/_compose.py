@@ -20,9 +20,9 @@ from fnn import context
 from fnn._errors import InputError, UsageError
 from fnn.module import Module, structural, with_settings
 from fnn.nn import _checks
-from fnn.nn.activations import relu
-from fnn.nn.linear import dense
-from fnn.nn.norm import layer_norm
+from fnn.nn._activations import relu
+from fnn.nn._linear import dense
+from fnn.nn._norm import layer_norm
 
 __all__ = ["flatten", "mlp", "residual", "resnet_s", "serial"]
 

@@ -16,9 +16,9 @@ import jax
 import numpy as np
 
 from fnn._errors import InputError, StructureError, UsageError
+from fnn._gradcheck import paths as _paths
+from fnn._gradcheck.dtypes import cast, floating, nudged, x64
 from fnn.module import Loss, Module
-from fnn.testing import _paths
-from fnn.testing._dtypes import cast, floating, nudged, x64
 
 __all__ = ["Problem", "StructureError", "check_input_shape", "loss_problem", "module_problem"]
 
@@ -28,12 +28,12 @@ class Problem:
     """One draw for :func:`fnn.testing.check_module` or :func:`fnn.testing.check_loss`.
 
     ``model`` and ``loss`` are the pair given to :mod:`fnn._paths` (see
-    :mod:`fnn.testing._paths`): ``(module, COTANGENT)`` or ``(IDENTITY, loss)``.
+    :mod:`fnn._gradcheck.paths`): ``(module, COTANGENT)`` or ``(IDENTITY, loss)``.
     ``params``, ``x``, ``targets`` (the output cotangent, for a module), ``g``
     and ``w`` are NumPy arrays, floating ones float64. ``names`` names each
     leaf of ``(params, x)``'s gradient; ``output_shape`` is the output shape
     ``init`` promises (batch axis included), ``None`` if it has no ``init``.
-    ``context`` is the :class:`fnn.testing._context.Context` a contextual
+    ``context`` is the :class:`fnn.testing._checks.Context` a contextual
     module is checked in (``model`` is then the module bound to it), else ``None``.
     """
 
@@ -60,8 +60,8 @@ class Problem:
 
     @property
     def compiled(self):
-        """``(model, context)`` as :func:`fnn.testing._paths.on_paths` takes them: ``model`` itself and ``()``, or,
-        for a contextual module, its :class:`fnn.testing._paths.Contextual` and ``(state, key)``, so that every
+        """``(model, context)`` as :func:`fnn._gradcheck.paths.on_paths` takes them: ``model`` itself and ``()``, or,
+        for a contextual module, its :class:`fnn._gradcheck.paths.Contextual` and ``(state, key)``, so that every
         draw of one module object reuses the compiled code."""
         if self.context is None:
             return self.model, ()
@@ -88,7 +88,7 @@ class Problem:
     def data(self, dtype=np.float64, x=None, rounded_to=None, nudge=0):
         """``(params, x, targets, g, w)``, floating leaves cast to ``dtype`` (first to ``rounded_to`` if given;
         ``x`` replaced if given), then, for ``nudge`` ``k > 0``, the ``k``-th one-ulp nudge of every floating leaf
-        (:func:`fnn.testing._dtypes.nudged`, its signs drawn from ``[seed, 0, k]``) but a loss's targets (labels,
+        (:func:`fnn._gradcheck.dtypes.nudged`, its signs drawn from ``[seed, 0, k]``) but a loss's targets (labels,
         floating or not, may have to be exact: 0 or 1 for the logistic loss)."""
         tree = (self.params, self.x if x is None else x, self.targets, self.g, self.w)
         params, x, targets, g, w = cast(tree if rounded_to is None else cast(tree, rounded_to), dtype)
@@ -99,7 +99,7 @@ class Problem:
         return params, x, targets, g, w
 
     def run(self, kind, path, *, dtype=np.float64, x=None, rounded_to=None, nudge=0, eager=False, fresh=False):
-        """One of :mod:`fnn.testing._paths`' functions (``kind``: ``"gradients"``, ``"per_example"`` or
+        """One of :mod:`fnn._gradcheck.paths`' functions (``kind``: ``"gradients"``, ``"per_example"`` or
         ``"grad_of_grad"``) on ``path`` for this draw, on the host.
 
         ``dtype`` casts every floating leaf first (``rounded_to`` rounds it to
@@ -297,7 +297,7 @@ def module_problem(module, input_shape, *, params, x, seed, edge_values, dtypes,
     """The draw for ``check_module``: params (given, or standard normal of ``init``'s shapes), input, cotangents.
 
     ``module`` is what the gradient checks run (a contextual module bound to
-    ``context``, see :mod:`fnn.testing._context`).
+    ``context``, see :mod:`fnn.testing._checks`).
     """
     if not isinstance(module, Module):
         raise UsageError(

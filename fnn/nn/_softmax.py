@@ -17,7 +17,7 @@ relative error of 5e-4 in float32), while ``exp(x - c) / s`` is the forward's
 own value.
 
 :func:`softmax_backward` is the rule, written once: attention's backward
-(:mod:`fnn.nn.attend`) applies it to its probability matrix, with the row
+(:mod:`fnn.nn._attention`) applies it to its probability matrix, with the row
 sums obtained another way.
 """
 

@@ -17,7 +17,7 @@ with ``q[T, D]``, ``k[S, D]``, ``v[S, D]``:
 
 - ``dv = P^T G`` and ``dP = G v^T``;
 - the softmax Jacobian ``dP_ts/dL_tu = P_ts (1[s = u] - P_tu)`` gives
-  ``dL = P * (dP - D)``, ``D_t = sum_s P_ts dP_ts`` (:func:`fnn.nn.probability.softmax_backward`);
+  ``dL = P * (dP - D)``, ``D_t = sum_s P_ts dP_ts`` (:func:`fnn.nn._softmax.softmax_backward`);
 - ``dq = dL k / sqrt(D)``, ``dk = dL^T q / sqrt(D)``.
 
 **Why the log-sum-exp is enough.** ``P`` is needed three times above, and
@@ -80,8 +80,8 @@ from fnn._numbers import as_int, positive_int
 from fnn.module import leaf, structural, with_settings
 from fnn.nn import _checks
 from fnn.nn import initializers as _init
-from fnn.nn.linear import DENSE
-from fnn.nn.probability import softmax_backward
+from fnn.nn._linear import DENSE
+from fnn.nn._softmax import softmax_backward
 
 __all__ = ["QUERY_TILE", "attention", "attention_leaf", "tile_shape"]
 
