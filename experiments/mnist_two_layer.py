@@ -26,6 +26,7 @@ information, not the test.
     python -m experiments.mnist_two_layer --init zeros   # the saddle point
     python -m experiments.mnist_two_layer --devices 4    # each batch split over 4 devices
     python -m experiments.mnist_two_layer --checkpoint-dir ckpt [--resume]
+    python -m experiments.mnist_two_layer --train-size 6000 --epochs 1   # a quick check: 60 steps
 
 Results go to ``runs/mnist_<model>.json`` and ``.png`` unless ``--json`` and
 ``--plot`` name other files (the committed runs are in ``experiments/results/``).
@@ -86,6 +87,9 @@ def parse_args(argv=None):
     parser.add_argument("--model", choices=["two_layer", "linear"], default="two_layer")
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--train-size", type=int, metavar="N", help="train on the first N training images only (for quick checks)"
+    )
     parser.add_argument("--source-dir", help="folder with the dataset's IDX files (default: $FNN_DATASETS_DIR/NAME)")
     parser.add_argument("--data-dir", help="TFDS data folder (default: TFDS's own)")
     parser.add_argument("--json", metavar="PATH", help="write results as JSON (default: runs/mnist_<model>.json)")
@@ -105,7 +109,10 @@ def parse_args(argv=None):
     parser.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --checkpoint-dir")
     _cli.add_flags(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.train_size is not None and args.train_size < 1:
+        parser.error(f"--train-size must be a positive int, got {args.train_size}")
+    return args
 
 
 def print_row(row):
@@ -279,6 +286,9 @@ def main(argv=None):
         fnn.parallel.use_cpu_devices(args.devices)  # before JAX starts; used only where the host is a CPU
     print(f"Loading {args.dataset} ...", flush=True)
     data = fnn.data.load(args.dataset, source_dir=args.source_dir, data_dir=args.data_dir, verbose=args.debug)
+    if args.train_size is not None:
+        first = slice(args.train_size)
+        data = fnn.data.Dataset(data.name, data.x_train[first], data.y_train[first], data.x_test, data.y_test)
     print(f"{len(data.x_train):,} training and {len(data.x_test):,} test images", flush=True)
     grads = GRAD_CHOICES[args.grad]
     runs = [train_one(data, grad, args) for grad in grads]
@@ -295,6 +305,7 @@ def main(argv=None):
         "seed": args.seed,
         "epochs": args.epochs,
         "devices": args.devices,
+        **({"train_size": args.train_size} if args.train_size is not None else {}),
         "device": device_description(),
         "jax_version": jax.__version__,
         **({"runs": runs} if len(runs) > 1 else runs[0]),

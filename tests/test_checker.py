@@ -77,7 +77,7 @@ BROKEN_MODULES = [
 @pytest.mark.parametrize("name, module, check, where", BROKEN_MODULES, ids=[b[0] for b in BROKEN_MODULES])
 def test_a_broken_rule_fails_the_check_that_should_catch_it(name, module, check, where):
     edges = (0.0,) if name == "wrong_only_at_zero" else ()
-    report = fnn.testing.check_module(module, (4, 5), edge_values=edges)
+    report = fnn.testing.check_module(module, (5,), edge_values=edges)
     assert check in failed(report), str(report)
     assert failed(report)[check].where.startswith(where), str(report)
     with pytest.raises(AssertionError, match=rf"(?s){re.escape(check)} +FAILED.*{re.escape(where)}"):
@@ -85,39 +85,37 @@ def test_a_broken_rule_fails_the_check_that_should_catch_it(name, module, check,
 
 
 def test_the_broken_rules_messages_say_what_is_wrong():
-    bias = failed(fnn.testing.check_module(BROKEN_MODULES[2][1], (4, 5), checks=["structure"]))["structure"]
+    bias = failed(fnn.testing.check_module(BROKEN_MODULES[2][1], (5,), checks=["structure"]))["structure"]
     assert "float64[4, 3], expected float64[3]" in bias.detail
-    dropped = failed(fnn.testing.check_module(BROKEN_MODULES[4][1], (4, 5), checks=["structure"]))["structure"]
+    dropped = failed(fnn.testing.check_module(BROKEN_MODULES[4][1], (5,), checks=["structure"]))["structure"]
     assert "missing dparams['b']" in dropped.detail
-    dtype = failed(fnn.testing.check_module(BROKEN_MODULES[3][1], (4, 5), checks=["dtypes"]))["dtype[float32]"]
+    dtype = failed(fnn.testing.check_module(BROKEN_MODULES[3][1], (5,), checks=["dtypes"]))["dtype[float32]"]
     assert "float64[4, 5], expected float32[4, 5]" in dtype.detail
 
 
 def test_an_output_that_breaks_inits_promise_fails():
     promises_too_much = leaf("dense", init=lambda key, shape: ((7,), DENSE.init(key, shape)[1]), forward=DENSE.forward,
                              backward=DENSE.backward)  # fmt: skip
-    found = failed(fnn.testing.check_module(promises_too_much, (4, 5), checks=["output"]))["output"]
+    found = failed(fnn.testing.check_module(promises_too_much, (5,), checks=["output"]))["output"]
     assert found.where == "y" and found.detail == "output shape (4, 3), but init promises (4, 7)"
 
 
 def test_a_rule_right_except_at_an_edge_passes_every_random_draw():
-    report = fnn.testing.check_module(
-        BROKEN_MODULES[-1][1], (4, 5), checks=["backward", "custom", "finite_differences"]
-    )
+    report = fnn.testing.check_module(BROKEN_MODULES[-1][1], (5,), checks=["backward", "custom", "finite_differences"])
     assert report.ok, str(report)
 
 
 def test_a_loss_that_ignores_its_upstream_cotangent_fails():
     ignores_g = loss("cross_entropy", forward=losses.cross_entropy.forward,
                      backward=lambda saved, g: losses.cross_entropy.backward(saved, jnp.ones_like(g)))  # fmt: skip
-    report = fnn.testing.check_loss(ignores_g, (4, 5), targets=lambda rng, s: rng.integers(0, s[-1], s[:-1]))
+    report = fnn.testing.check_loss(ignores_g, (5,), targets=lambda rng, s: rng.integers(0, s[-1], s[:-1]))
     assert {"backward", "custom", "finite_differences"} <= set(failed(report)), str(report)
     assert failed(report)["backward"].where.startswith("doutputs")
 
 
 def test_a_rule_that_cuts_the_second_order_fails_only_there():
     cut = with_backward(nn.tanh, lambda p, t, g, r: ((), g * (1 - jax.lax.stop_gradient(t) ** 2)))
-    report = fnn.testing.check_module(cut, (4, 5))
+    report = fnn.testing.check_module(cut, (5,))
     assert set(failed(report)) == {"custom_grad_of_grad", "finite_differences_2"}, str(report)
 
 
@@ -128,18 +126,18 @@ def test_a_rule_that_differs_between_runs_fails_determinism_only():
         return jax.pure_callback(lambda: np.float64(1 + 1e-15 * rng.uniform()), jax.ShapeDtypeStruct((), jnp.float64))
 
     noisy = with_backward(nn.tanh, lambda p, s, g, r: ((), r[1] * noise()))
-    report = fnn.testing.check_module(noisy, (4, 5), checks=["backward", "custom", "custom_jit", "determinism"])
+    report = fnn.testing.check_module(noisy, (5,), checks=["backward", "custom", "custom_jit", "determinism"])
     assert set(failed(report)) == {"determinism"}, str(report)
     assert failed(report)["determinism"].where.startswith("dx (")
 
 
 def test_a_gradient_in_the_wrong_container_is_named_with_the_one_expected():
     as_list = with_backward(DENSE, lambda p, s, g, r: ([r[0]["w"], r[0]["b"]], r[1]))
-    found = failed(fnn.testing.check_module(as_list, (4, 5), checks=["structure"]))["structure"]
+    found = failed(fnn.testing.check_module(as_list, (5,), checks=["structure"]))["structure"]
     assert "dparams is a list of 2, expected a dict with keys 'b', 'w'" in found.detail, found.detail
     assert "expected ({'b': *, 'w': *}, *), got ([*, *], *)" in found.detail and "Return (dparams, dx)" in found.detail
     in_a_net = nn.serial(nn.dense(4), with_backward(DENSE, lambda p, s, g, r: (tuple(r[0].values()), r[1])))
-    found = failed(fnn.testing.check_module(in_a_net, (4, 5), checks=["structure"]))["structure"]
+    found = failed(fnn.testing.check_module(in_a_net, (5,), checks=["structure"]))["structure"]
     assert "dparams[1] is a tuple of 2, expected a dict with keys 'b', 'w'" in found.detail, found.detail
 
 
@@ -152,19 +150,19 @@ AGREEMENT = ["backward", "custom", "custom_jit", "custom_vmap", "custom_grad_of_
 
 @pytest.mark.parametrize("seed", [0, 2, 4])
 def test_a_correct_network_with_an_ill_conditioned_gradient_passes(seed):
-    fnn.testing.assert_module(ILL_CONDITIONED, (6, 4), train=True, seed=seed, checks=AGREEMENT)
+    fnn.testing.assert_module(ILL_CONDITIONED, (4,), batch_size=6, train=True, seed=seed, checks=AGREEMENT)
 
 
 def test_the_tolerance_rises_with_the_conditioning_of_a_leaf_only_and_still_catches_a_wrong_rule_there():
     rtol = _dtypes.rtol(np.float64)
-    ill = fnn.testing.check_module(ILL_CONDITIONED, (6, 4), train=True, checks=AGREEMENT)
+    ill = fnn.testing.check_module(ILL_CONDITIONED, (4,), batch_size=6, train=True, checks=AGREEMENT)
     for name in ("backward", "custom_grad_of_grad"):
         assert ill[name].where.startswith("dparams[4]['w']") and ill[name].tolerance > 100 * rtol, str(ill)
-    well = fnn.testing.check_module(DENSE, (4, 5), checks=AGREEMENT)
+    well = fnn.testing.check_module(DENSE, (5,), checks=AGREEMENT)
     assert {well[name].tolerance for name in AGREEMENT} == {rtol}, str(well)
     off_by_1e6 = with_backward(nn.dense(3), lambda p, s, g, r: ({"w": r[0]["w"] * (1 + 1e-6)}, r[1]))
     net = nn.serial(*ILL_CONDITIONED.children[:4], off_by_1e6, nn.batch_norm())
-    report = fnn.testing.check_module(net, (6, 4), train=True, checks=["backward"])
+    report = fnn.testing.check_module(net, (4,), batch_size=6, train=True, checks=["backward"])
     assert failed(report)["backward"].where.startswith("dparams[4]['w']"), str(report)
 
 
@@ -173,7 +171,7 @@ def test_a_loss_whose_floating_targets_must_be_exact_keeps_the_rounding_toleranc
     logistic = losses.logistic
     doubled = loss("logistic", forward=logistic.forward, backward=lambda s, g: 2 * logistic.backward(s, g))
     labels = lambda rng, shape: rng.integers(0, 2, shape).astype(np.float64)  # noqa: E731
-    report = fnn.testing.check_loss(doubled, (4, 3), targets=labels, checks=["backward", "custom", "custom_jit"])
+    report = fnn.testing.check_loss(doubled, (3,), targets=labels, checks=["backward", "custom", "custom_jit"])
     assert {c.name for c in report.failed} == {"backward", "custom", "custom_jit"}, str(report)
     assert {c.tolerance for c in report.rows} == {_dtypes.rtol(np.float64)}, str(report)
 
@@ -195,15 +193,17 @@ IDS = np.array([[0, 3, 3], [6, 1, 0]])
 
 
 def test_an_integer_input_is_checked_and_gets_no_gradient():
-    report = fnn.testing.check_module(_embedding(lambda ids: None), IDS.shape, x=IDS)
+    report = fnn.testing.check_module(_embedding(lambda ids: None), IDS.shape[1:], x=IDS)
     assert report.ok, str(report)
     assert report["finite_differences"].where.startswith("dparams['table']")
-    drawn = fnn.testing.check_module(_embedding(lambda ids: None), (5, 4), x=lambda rng, s: rng.integers(0, 7, s))
+    drawn = fnn.testing.check_module(
+        _embedding(lambda ids: None), (4,), batch_size=5, x=lambda rng, s: rng.integers(0, 7, s)
+    )
     assert drawn.ok, str(drawn)
 
 
 def test_a_gradient_for_an_integer_input_is_caught():
-    report = fnn.testing.check_module(_embedding(lambda ids: jnp.zeros(ids.shape)), IDS.shape, x=IDS)
+    report = fnn.testing.check_module(_embedding(lambda ids: jnp.zeros(ids.shape)), IDS.shape[1:], x=IDS)
     assert failed(report)["structure"].where == "dx", str(report)
     assert "an integer input gets no gradient" in failed(report)["structure"].detail
 
@@ -212,7 +212,7 @@ def test_a_gradient_for_an_integer_input_is_caught():
 def test_a_kink_within_the_step_is_left_out_not_failed():
     x = np.random.default_rng(0).standard_normal((4, 5))
     x[1, 2] = 1e-9  # relu's kink lies within the step of this entry
-    report = fnn.testing.check_module(nn.relu, (4, 5), x=x, checks=["finite_differences"])
+    report = fnn.testing.check_module(nn.relu, (5,), x=x, checks=["finite_differences"])
     assert report.ok and "19 directions, 1 left out" in report["finite_differences"].detail, str(report)
 
 
@@ -247,20 +247,24 @@ def test_a_kink_anywhere_in_the_stencil_is_left_out_or_harmless(a, b, kink, jump
 )
 def test_a_correct_rule_passes_at_any_shape_and_seed(rows, n_in, n_out, bias, seed):
     report = fnn.testing.check_module(
-        nn.dense(n_out, bias=bias), (*rows, n_in), seed=seed, checks=["structure", "backward", "finite_differences"]
+        nn.dense(n_out, bias=bias),
+        (*rows[1:], n_in),
+        batch_size=rows[0],
+        seed=seed,
+        checks=["structure", "backward", "finite_differences"],
     )
     assert report.ok, str(report)
 
 
 def test_large_leaves_are_checked_along_random_directions():
-    report = fnn.testing.check_module(nn.dense(3), (2, 300), checks=["finite_differences"])
+    report = fnn.testing.check_module(nn.dense(3), (300,), batch_size=2, checks=["finite_differences"])
     assert report.ok and "64 directions" in report["finite_differences"].detail, report  # 32 in w, 32 in x
     assert "along random direction" in report["finite_differences"].where
 
 
 # ------------------------------------------------------------------ the report and the API
 def test_the_report_is_a_table_of_every_check():
-    report = fnn.testing.check_module(DENSE, (4, 5))
+    report = fnn.testing.check_module(DENSE, (5,))
     assert report.ok and report.keys == (
         "output", "structure", "backward", "custom", "custom_jit", "custom_vmap", "custom_grad_of_grad",
         "forward_mode", "finite_differences", "finite_differences_2", "dtype[float32]", "dtype[bfloat16]",
@@ -277,20 +281,20 @@ def test_the_report_is_a_table_of_every_check():
 
 
 def test_the_same_seed_gives_the_same_report_and_another_seed_other_draws():
-    first, again = (fnn.testing.check_module(DENSE, (4, 5), checks=["finite_differences"]) for _ in range(2))
-    other = fnn.testing.check_module(DENSE, (4, 5), checks=["finite_differences"], seed=1)
+    first, again = (fnn.testing.check_module(DENSE, (5,), checks=["finite_differences"]) for _ in range(2))
+    other = fnn.testing.check_module(DENSE, (5,), checks=["finite_differences"], seed=1)
     assert first == again and first["finite_differences"].error != other["finite_differences"].error
 
 
 def test_the_checker_runs_with_float64_off():
     with jax.enable_x64(False):
-        report = fnn.testing.assert_module(DENSE, (4, 5), checks=["backward", "dtypes", "finite_differences"])
+        report = fnn.testing.assert_module(DENSE, (5,), checks=["backward", "dtypes", "finite_differences"])
     assert report["backward"].tolerance < 1e-11  # float64, turned on inside the checker
 
 
 def test_params_and_edge_values_given_by_the_caller_are_used():
     params = {"w": np.ones((5, 3)), "b": np.zeros(3)}
-    report = fnn.testing.check_module(DENSE, (4, 5), params=params, edge_values=(0.0, lambda s: np.full(s, 1e3)))
+    report = fnn.testing.check_module(DENSE, (5,), params=params, edge_values=(0.0, lambda s: np.full(s, 1e3)))
     assert report.ok
     assert "0.0, <lambda>" in report["edge_values"].detail
 
@@ -298,28 +302,28 @@ def test_params_and_edge_values_given_by_the_caller_are_used():
 def test_assert_forms_raise_with_the_report():
     broken = BROKEN_MODULES[0][1]
     with pytest.raises(AssertionError, match=r"check_module\(dense, input \(4, 5\), seed 0\): \d+ FAILED"):
-        fnn.testing.assert_module(broken, (4, 5), checks=["backward"])
-    assert fnn.testing.assert_loss(losses.mse, (4, 3), targets=np.zeros((4, 3)), checks=["backward"]).ok
+        fnn.testing.assert_module(broken, (5,), checks=["backward"])
+    assert fnn.testing.assert_loss(losses.mse, (3,), targets=np.zeros((4, 3)), checks=["backward"]).ok
 
 
 @pytest.mark.parametrize(
     "call, error, message",
     [
-        (lambda: fnn.testing.check_module(jnp.tanh, (4, 5)), TypeError, "module must be an fnn module"),
+        (lambda: fnn.testing.check_module(jnp.tanh, (5,)), TypeError, "module must be an fnn module"),
         (lambda: fnn.testing.check_module(DENSE, 5), ValueError, r"input_shape must be a tuple of positive ints"),
-        (lambda: fnn.testing.check_module(DENSE, (4, 5), checks=["jvp"]), ValueError, r"unknown checks \['jvp'\]"),
-        (lambda: fnn.testing.check_module(DENSE, (4, 5), dtypes=[jnp.float64]), ValueError, "got float64"),
-        (lambda: fnn.testing.check_module(DENSE, (4, 5), dtypes=[jnp.int32]), ValueError, "got int32"),
-        (lambda: fnn.testing.check_module(DENSE, (4, 5), seed=-1), ValueError, "seed must be a non-negative int"),
-        (lambda: fnn.testing.check_module(DENSE, (4, 5), x=np.zeros((4, 6))), ValueError,
+        (lambda: fnn.testing.check_module(DENSE, (5,), checks=["jvp"]), ValueError, r"unknown checks \['jvp'\]"),
+        (lambda: fnn.testing.check_module(DENSE, (5,), dtypes=[jnp.float64]), ValueError, "got float64"),
+        (lambda: fnn.testing.check_module(DENSE, (5,), dtypes=[jnp.int32]), ValueError, "got int32"),
+        (lambda: fnn.testing.check_module(DENSE, (5,), seed=-1), ValueError, "seed must be a non-negative int"),
+        (lambda: fnn.testing.check_module(DENSE, (5,), x=np.zeros((4, 6))), ValueError,
          r"x has shape \(4, 6\), expected the shape checked, \(4, 5\)"),
-        (lambda: fnn.testing.check_module(DENSE, (4, 5), edge_values=(np.zeros(3),), checks=["edge_values"]),
+        (lambda: fnn.testing.check_module(DENSE, (5,), edge_values=(np.zeros(3),), checks=["edge_values"]),
          AssertionError, "does not broadcast"),
-        (lambda: fnn.testing.check_module(fnn.nn._linear.MATMUL, (4, 5)), ValueError, "matmul has no init; pass"),
-        (lambda: fnn.testing.check_loss(nn.relu, (4, 5), targets=np.zeros(4)), TypeError, "loss must be an fnn loss"),
-        (lambda: fnn.testing.check_loss(losses.mse, (4, 3), targets=None), TypeError, "pass targets="),
-        (lambda: fnn.testing.check_loss(losses.mse, (4, 3), targets=np.zeros(3)), ValueError,
-         r"targets must have the batch axis first, 4 rows; got shape \(3,\)"),
+        (lambda: fnn.testing.check_module(fnn.nn._linear.MATMUL, (5,)), ValueError, "matmul has no init; pass"),
+        (lambda: fnn.testing.check_loss(nn.relu, (5,), targets=np.zeros(4)), TypeError, "loss must be an fnn loss"),
+        (lambda: fnn.testing.check_loss(losses.mse, (3,), targets=None), TypeError, "pass targets="),
+        (lambda: fnn.testing.check_loss(losses.mse, (3,), targets=np.zeros(3)), ValueError,
+         r"targets must have the batch axis first, 4 rows \(batch_size=\); got shape \(3,\)"),
     ],
     ids=["not_a_module", "shape_not_tuple", "unknown_check", "dtype_float64", "dtype_int", "seed", "x_shape",
          "edge_shape", "no_init", "not_a_loss", "no_targets", "targets_rows"],

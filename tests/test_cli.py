@@ -80,9 +80,16 @@ def test_bad_flags_are_one_line_and_exit_2(prepared, flags, message):
     assert proc.stderr.startswith(message) and "Traceback" not in proc.stderr
 
 
+#: The first 6,000 training images: 60 steps of 100 an epoch, not 600. Where the flags lead (the devices, the
+#: checkpoints, the output) does not depend on how many steps there are, and the ten-fold shorter epochs keep the
+#: tests that train short.
+SUBSET = ("--train-size", "6000")
+
+
 def test_devices_and_checkpoints_plumb_through(prepared, tmp_path):
     first = run(
         *prepared,
+        *SUBSET,
         "--epochs",
         "1",
         "--devices",
@@ -93,9 +100,10 @@ def test_devices_and_checkpoints_plumb_through(prepared, tmp_path):
         tmp_path / "a.json",
     )
     assert first.returncode == 0, first.stderr[-2000:]
-    assert "on 4 devices" in first.stdout and os.listdir(tmp_path / "ckpt" / "custom") == ["600"]
+    assert "on 4 devices" in first.stdout and os.listdir(tmp_path / "ckpt" / "custom") == ["60"]
     resumed = run(
         *prepared,
+        *SUBSET,
         "--epochs",
         "2",
         "--devices",
@@ -108,17 +116,17 @@ def test_devices_and_checkpoints_plumb_through(prepared, tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, b = (json.loads((tmp_path / name).read_text()) for name in ("a.json", "b.json"))
-    assert a["devices"] == b["devices"] == 4
+    assert a["devices"] == b["devices"] == 4 and a["train_size"] == b["train_size"] == 6000
     assert [r["epoch"] for r in b["history"]] == [1, 2] and b["history"][0] == a["history"][0]
 
 
 def test_the_main_job_speaks_plainly_in_percent_and_says_where_its_results_go(prepared, tmp_path):
     prepared = prepared[:-2]  # every path compared, not custom alone
-    proc = run(*prepared, "--epochs", "1", "--lockstep-every", "300", "--json", tmp_path / "out.json")
+    proc = run(*prepared, *SUBSET, "--epochs", "1", "--lockstep-every", "30", "--json", tmp_path / "out.json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
-    assert out.startswith("Loading mnist ...\n60,000 training and 10,000 test images\n")
-    assert "Comparing the paths' gradients with the float64 gradient every 300 steps" in out
+    assert out.startswith("Loading mnist ...\n6,000 training and 10,000 test images\n")
+    assert "Comparing the paths' gradients with the float64 gradient every 30 steps" in out
     assert "The gradient paths agree" in out and "(the notes: 2.6%)" in out
     assert re.search(r"\n    1 \| +\d\.\d{5} \| +\d\.\d{5} \| +\d+\.\d\d% \| +\d+\.\d\d%\n", out)
     for jargon in (" pp", "ulp", "trajectories", "(information)"):
@@ -139,3 +147,4 @@ def test_the_main_job_writes_its_results_under_runs_by_default():
     linear = mnist_two_layer.outputs(mnist_two_layer.parse_args(["--model", "linear", "--plot", "a.png"]))
     assert linear == (Path("runs/mnist_linear.json"), Path("a.png"))
     assert mnist_two_layer.outputs(mnist_two_layer.parse_args(["--init", "zeros"]))[0] == Path("runs/mnist_zeros.json")
+    assert mnist_two_layer.parse_args([]).train_size is None  # the recipe trains on all 60,000 images

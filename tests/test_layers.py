@@ -339,7 +339,7 @@ def test_identity_is_wiring_that_keeps_shape_dtype_and_the_next_modules_input_ch
     nn.serial(module, nn.embedding(5, 2)).check_inputs(ids, "train")  # token ids: the embedding's check
     with pytest.raises(TypeError, match=r"identity: has no parameters and takes params=\(\)"):
         module.apply({"w": 1.0}, ids)
-    report = fnn.testing.check_module(module, (3, 4))
+    report = fnn.testing.check_module(module, (4,), batch_size=3)
     assert report.ok, report
 
 

@@ -103,8 +103,12 @@ class Case:
         compiled code), else on a fresh ``build()``; ``kwargs`` go to ``check_module``/``check_loss``."""
         built = self.build() if built is None else built
         if isinstance(built, Loss):
-            return fnn.testing.check_loss(built, self.input_shape, targets=self.targets, outputs=self.inputs, **kwargs)
-        return fnn.testing.check_module(built, self.input_shape, x=self.inputs, **self.context, **kwargs)
+            shape, batch = self.input_shape[1:], self.input_shape[0]
+            return fnn.testing.check_loss(
+                built, shape, batch_size=batch, targets=self.targets, outputs=self.inputs, **kwargs
+            )
+        shape, batch = self.input_shape[1:], self.input_shape[0]
+        return fnn.testing.check_module(built, shape, batch_size=batch, x=self.inputs, **self.context, **kwargs)
 
 
 # fmt: off

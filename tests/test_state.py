@@ -356,16 +356,18 @@ def test_fit_refuses_a_state_that_does_not_fit_the_model():
 
 # ------------------------------------------------------------------ the checks
 def test_check_module_skips_per_example_gradients_where_one_example_cannot_train():
-    report = fnn.testing.check_module(nn.batch_norm(), (6, 3), checks=("backward", "custom_vmap", "context"))
+    report = fnn.testing.check_module(
+        nn.batch_norm(), (3,), batch_size=6, checks=("backward", "custom_vmap", "context")
+    )
     assert report.ok and report["custom_vmap"].status == "skipped", str(report)
     assert "at least 2 values" in report["custom_vmap"].detail
 
 
 def test_check_module_takes_a_context_only_for_a_contextual_module():
     with pytest.raises(ValueError, match="check_module: dense keeps no state and draws no key; pass neither"):
-        fnn.testing.check_module(nn.dense(3), (4, 5), key=jax.random.key(0))
+        fnn.testing.check_module(nn.dense(3), (5,), key=jax.random.key(0))
     with pytest.raises(TypeError, match="check_module: train must be True or False, got 1"):
-        fnn.testing.check_module(nn.dropout(0.5), (4, 5), train=1)
+        fnn.testing.check_module(nn.dropout(0.5), (5,), train=1)
 
 
 def _scale_forgotten(rate):
@@ -390,6 +392,6 @@ def test_the_checks_find_a_wrong_rule_in_a_network_with_state_and_randomness():
     report = fnn.inspect.wrong_rules(model, CE, params, x, y)
     assert [r.position for r in report.failed if r.own] == ["serial[3] dropout[train]"], str(report)
     assert fnn.inspect.wrong_rules(model, CE, params, x, y, train=False).ok  # in evaluation the mask is not used
-    assert not fnn.testing.check_module(_scale_forgotten(0.5), (4, 5), checks=("backward", "custom")).ok
+    assert not fnn.testing.check_module(_scale_forgotten(0.5), (5,), checks=("backward", "custom")).ok
     compared = fnn.inspect.compare_paths(model, CE, params, x, y, paths=("autodiff", "custom"), timing=False)
     assert compared["custom"].max_rel_err > 0.1 and compared["autodiff"].max_rel_err < 1e-6

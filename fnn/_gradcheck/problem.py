@@ -359,7 +359,8 @@ def loss_problem(loss, output_shape, *, targets, outputs, seed, edge_values, dty
     targets = _targets(targets, output_shape, rng)
     if targets.ndim == 0 or targets.shape[0] != output_shape[0]:
         raise InputError(
-            f"check_loss: targets must have the batch axis first, {output_shape[0]} rows; got shape {targets.shape}"
+            f"check_loss: targets must have the batch axis first, {output_shape[0]} rows (batch_size=); got shape "
+            f"{targets.shape}"
         )
     g, w = _draw_g(rng), _second_order_w(((), outputs), rng)
     description = f"check_loss({loss!r}, outputs {output_shape}, seed {seed})"

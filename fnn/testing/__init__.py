@@ -53,12 +53,12 @@ A test file in your own project::
 
 
     def test_softsign():
-        fnn.testing.assert_module(softsign, (4, 5))
+        fnn.testing.assert_module(softsign, (5,))
 
 
     def test_a_block_of_mine():
         block = fnn.nn.serial(fnn.nn.dense(8, bias=True), softsign, fnn.nn.layer_norm())
-        fnn.testing.assert_module(block, (4, 5), seed=1)
+        fnn.testing.assert_module(block, (5,), seed=1)
 
 :func:`fnn.inspect.wrong_rules` finds the wrong rule inside a whole network.
 :func:`compare_vjp` checks a custom op (any ``jax.custom_vjp`` function)

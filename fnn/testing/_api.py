@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn._errors import InputError
-from fnn._gradcheck.problem import check_input_shape, loss_problem, module_problem
+from fnn._gradcheck.problem import loss_problem, module_problem
 from fnn._gradcheck.report import CHECK_COLUMNS, FAILED, Check, Report
+from fnn._numbers import positive_int
 from fnn.module import Module
 from fnn.testing._checks import (
     backward,
@@ -65,6 +66,9 @@ MODULE_CHECKS = tuple(CHECKS)
 #: The lower precisions checked by default, besides float64.
 DTYPES = (jnp.float32, jnp.bfloat16)
 
+#: The examples in a checked batch when neither ``batch_size`` nor an input array says.
+BATCH_SIZE = 4
+
 
 def _selected(fn, checks):
     if checks is None:
@@ -104,10 +108,28 @@ def _run(problem, names):
     return Report(problem.description, tuple(checks), CHECK_COLUMNS, "name")
 
 
+def _batched(fn, arg, shape, batch_size, given):
+    """``(batch_size, *shape)``: the shape checked, ``shape`` given without the batch axis; ``batch_size`` by default
+    ``given``'s first axis when it is an array, else :data:`BATCH_SIZE`."""
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        shape = None
+    if shape is None or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise InputError(
+            f"{fn}: {arg} must be a tuple of positive ints without the batch axis (e.g. (5,) for a batch [N, 5]; "
+            f"batch_size= sets N), got {shape!r}"
+        )
+    if batch_size is None:
+        batch_size = np.shape(given)[0] if given is not None and not callable(given) and np.ndim(given) else BATCH_SIZE
+    return (positive_int(fn, "batch_size", batch_size), *shape)
+
+
 def check_module(
     module,
     input_shape,
     *,
+    batch_size=None,
     params=None,
     x=None,
     train=True,
@@ -123,13 +145,16 @@ def check_module(
     Args:
       module: any :class:`fnn.module.Module`: a leaf (``fnn.nn.dense(3)``, your
         own ``fnn.module.leaf``) or a structural module (``fnn.nn.serial(...)``).
-      input_shape: the input's shape, batch axis first, e.g. ``(4, 5)``.
+      input_shape: the shape of one example, without the batch axis (as
+        ``init`` takes it), e.g. ``(5,)``.
+      batch_size: the examples in the batch checked; by default the first
+        axis of ``x`` when it is an array, else :data:`BATCH_SIZE` (4).
       params: parameters to check at; by default ``init``'s structure and
         shapes with standard normal values (so that zero biases and unit
         scales, at which some wrong rules agree with the right one, are not
         what is checked). Their values are used, cast to each dtype checked.
-      x: the input to check at (a floating or integer array of
-        ``input_shape``), or a function ``(rng, input_shape) -> array`` of a
+      x: the input to check at (a floating or integer array of shape
+        ``(batch_size, *input_shape)``), or a function ``(rng, shape) -> array`` of a
         NumPy generator, drawn anew for every seed (integer ids for an
         embedding: ``lambda rng, shape: rng.integers(0, 10, shape)``); by
         default standard normal draws.
@@ -163,17 +188,16 @@ def check_module(
 
     Example::
 
-        report = fnn.testing.check_module(fnn.nn.dense(3, bias=True), (4, 5))
+        report = fnn.testing.check_module(fnn.nn.dense(3, bias=True), (), batch_size=5)
         print(report)        # one row per check
         report.assert_ok()   # AssertionError with the table if a check failed
     """
     names = _selected("check_module", checks)
     seed = _check_seed("check_module", seed)
+    input_shape = _batched("check_module", "input_shape", input_shape, batch_size, x)
     in_context = None
     if isinstance(module, Module):  # else module_problem's TypeError
-        module, in_context = resolve(
-            module, check_input_shape(input_shape), state=state, key=key, train=train, seed=seed
-        )
+        module, in_context = resolve(module, input_shape, state=state, key=key, train=train, seed=seed)
     problem = module_problem(
         module,
         input_shape,
@@ -187,7 +211,9 @@ def check_module(
     return _run(problem, names)
 
 
-def check_loss(loss, output_shape, *, targets, outputs=None, seed=0, dtypes=DTYPES, edge_values=(), checks=None):
+def check_loss(
+    loss, output_shape, *, targets, batch_size=None, outputs=None, seed=0, dtypes=DTYPES, edge_values=(), checks=None
+):
     """Checks a loss's hand-written backward function; returns a :class:`Report`, one entry per check.
 
     The same checks as :func:`check_module`, for the gradient with respect
@@ -196,23 +222,27 @@ def check_loss(loss, output_shape, *, targets, outputs=None, seed=0, dtypes=DTYP
 
     Args:
       loss: any :class:`fnn.module.Loss` (``fnn.losses.mse``, your own ``fnn.module.loss``).
-      output_shape: the shape of the model outputs the loss takes, batch axis first, e.g. ``(4, 10)``.
+      output_shape: the shape of one example's model outputs, without the
+        batch axis, e.g. ``(10,)``.
       targets: the targets, an array with the batch axis first, or a function
-        ``(rng, output_shape) -> array`` of a NumPy generator (drawn anew for
-        every seed), e.g. ``lambda rng, shape: rng.integers(0, shape[-1], shape[:-1])``.
-      outputs: the outputs to check at, an array or a function ``(rng, output_shape) -> array``;
+        ``(rng, shape) -> array`` of a NumPy generator and the outputs' shape
+        (batch axis first; drawn anew for every seed), e.g.
+        ``lambda rng, shape: rng.integers(0, shape[-1], shape[:-1])``.
+      batch_size: as for :func:`check_module`, from ``outputs`` when it is an array.
+      outputs: the outputs to check at, an array of shape
+        ``(batch_size, *output_shape)`` or a function ``(rng, shape) -> array``;
         by default standard normal draws.
       seed, dtypes, edge_values, checks: as for :func:`check_module`.
 
     Example::
 
         labels = lambda rng, shape: rng.integers(0, shape[-1], shape[:-1])
-        fnn.testing.check_loss(fnn.losses.cross_entropy, (4, 10), targets=labels).assert_ok()
+        fnn.testing.check_loss(fnn.losses.cross_entropy, (), batch_size=10, targets=labels).assert_ok()
     """
     names = _selected("check_loss", checks)
     problem = loss_problem(
         loss,
-        output_shape,
+        _batched("check_loss", "output_shape", output_shape, batch_size, outputs),
         targets=targets,
         outputs=outputs,
         seed=_check_seed("check_loss", seed),
