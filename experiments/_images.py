@@ -87,9 +87,8 @@ def shift_augment(pixels):
 
 def train_shifted(model, params, data, args, optimizer):
     """:func:`experiments._common.timed_fit` with the image scripts' recipe: batches reshuffled every epoch (the key
-    ``seed + 1``), the ``--shift`` augmentation, and both splits evaluated at each epoch's end. A model with state
-    (batch norm) starts from ``model.init_state``; ``params`` comes back as ``(params, state)`` for it."""
-    start = {"state": model.init_state(data.x_train.shape[1:])} if model.has_state else {}
+    ``seed + 1``), the ``--shift`` augmentation, and both splits evaluated at each epoch's end, from
+    ``model.init_state`` (``()`` for a model without state); ``params`` comes back as ``(params, state)``."""
     return timed_fit(
         model,
         params,
@@ -99,7 +98,7 @@ def train_shifted(model, params, data, args, optimizer):
         shuffle_key=jax.random.key(args.seed + 1),
         augment=shift_augment(args.shift),
         train_metrics="full",
-        **start,
+        state=model.init_state(data.x_train.shape[1:]),
     )
 
 

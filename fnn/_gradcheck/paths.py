@@ -26,7 +26,8 @@ from fnn import context as fnn_context
 from fnn._errors import InputError
 from fnn._gradcheck.dtypes import floating
 from fnn._paths import PATHS, objective, sweep_backward, sweep_forward
-from fnn.module import Module, loss, structural
+from fnn.module import Module, loss
+from fnn.nn import identity
 
 __all__ = [
     "COTANGENT",
@@ -60,20 +61,9 @@ COTANGENT = loss(
 )
 
 
-def _identity_init(key, input_shape):
-    return tuple(input_shape), ()
-
-
 #: ``y = x``, no parameters: the model under a loss checked on its own. Wiring, not a leaf, so that it
 #: stays plain JAX on the custom path (only the loss is a custom VJP there).
-IDENTITY = structural(
-    "identity",
-    init=_identity_init,
-    apply=lambda params, x: jnp.asarray(x),
-    forward=lambda params, x: (jnp.asarray(x), None),
-    backward=lambda params, saved, g: ((), g),
-    rebuild=lambda: IDENTITY,
-)
+IDENTITY = identity()
 
 
 @dataclasses.dataclass(frozen=True)

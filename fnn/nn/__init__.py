@@ -15,11 +15,10 @@ from fnn.nn import initializers
 from fnn.nn._activations import activation, gelu, leaky_relu, relu, sigmoid, silu, softplus, tanh
 from fnn.nn._attention import attention
 from fnn.nn._batch_norm import batch_norm
-from fnn.nn._compose import flatten, mlp, residual, resnet_s, serial
+from fnn.nn._compose import flatten, identity, mlp, residual, resnet_s, serial
 from fnn.nn._conv import conv1d, conv2d
 from fnn.nn._dropout import dropout
 from fnn.nn._embeddings import embedding, positional_embedding
-from fnn.nn._identity import identity
 from fnn.nn._linear import dense
 from fnn.nn._norm import group_norm, layer_norm
 from fnn.nn._pool import avg_pool, max_pool

@@ -5,6 +5,7 @@
 - ``residual(block)``: ``y = z + block(z)``; ``dz = G + B[block, z](G)``.
 - ``flatten()``: ``[N, d1, ..., dr] -> [N, d1 * ... * dr]``; ``dx`` is ``G``
   reshaped back.
+- ``identity()``: ``y = x``, ``dx = G``.
 
 Built from these: ``mlp(sizes)`` (the notes' recipe model is
 ``mlp([784, 500, 10])``) and ``resnet_s(...)`` (the notes' ResNet-S).
@@ -24,7 +25,7 @@ from fnn.nn._activations import relu
 from fnn.nn._linear import dense
 from fnn.nn._norm import layer_norm
 
-__all__ = ["flatten", "mlp", "residual", "resnet_s", "serial"]
+__all__ = ["flatten", "identity", "mlp", "residual", "resnet_s", "serial"]
 
 
 def _require_modules(name, modules):
@@ -173,6 +174,15 @@ def residual(block):
     )
 
 
+def _rearranging(name, init, apply, forward, backward):
+    """Wiring without parameters whose output holds its input's values (``passes_values``): ``flatten``,
+    ``identity``."""
+    module = structural(
+        name, init=init, apply=apply, forward=forward, backward=backward, rebuild=lambda: module, passes_values=True
+    )
+    return module
+
+
 def flatten():
     """Flattens all but the batch axis: ``[N, d1, ..., dr] -> [N, d1 * ... * dr]``; no params."""
 
@@ -193,16 +203,35 @@ def flatten():
     def backward(params, shape, g):
         return (), g.reshape(shape)
 
-    module = structural(
-        "flatten",
-        init=init,
-        apply=apply,
-        forward=forward,
-        backward=backward,
-        rebuild=lambda: module,
-        passes_values=True,
-    )
-    return module
+    return _rearranging("flatten", init, apply, forward, backward)
+
+
+def identity():
+    """``y = x``, any shape and dtype; backward ``dx = G``; no params, nothing saved.
+
+    A placeholder where a model needs a module but no computation: the
+    model under a loss checked on its own (``fnn.value_and_grad(identity(),
+    loss, ...)`` differentiates the loss alone), a skipped layer. It is
+    wiring, like :func:`flatten`, not a leaf: on the ``custom`` path it adds
+    no ``jax.custom_vjp`` of its own, and ``fit`` checks its inputs with the
+    next module's check (``serial(identity(), embedding(...))`` takes token
+    ids).
+    """
+
+    def init(key, input_shape):
+        return _checks.require_shape("identity", input_shape), ()
+
+    def apply(params, x):
+        _checks.require_no_params("identity", params)
+        return jnp.asarray(x)
+
+    def forward(params, x):
+        return apply(params, x), None
+
+    def backward(params, saved, g):
+        return (), g
+
+    return _rearranging("identity", init, apply, forward, backward)
 
 
 @with_settings
