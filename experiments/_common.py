@@ -163,7 +163,8 @@ def timed_fit(model, params, data, args, optimizer, *, quiet=False, train_metric
     cores were busy on average), the 1-minute load average before and after
     (the machine is shared), and ``train_metrics``: ``"batches"`` (fit's
     default: each batch's loss and error before its update, averaged over the
-    epoch) or ``"full"`` (the training set evaluated at the epoch's end).
+    epoch) or ``"full"`` (the training set evaluated at the epoch's end), and ``run_config``, the run's
+    configuration as ``fit`` records it (:attr:`fnn.History.config`).
     """
     load_before = os.getloadavg()[0]
     cpu = time.process_time()
@@ -189,6 +190,7 @@ def timed_fit(model, params, data, args, optimizer, *, quiet=False, train_metric
         "load_average_1min_before": load_before,
         "load_average_1min_after": os.getloadavg()[0],
         "train_metrics": train_metrics,
+        "run_config": history.config,  # what fit ran: every setting of the model, loss, optimizer, data order
     }
     return (tuple(trained) if stateful else trained[0]), history, timing
 
