@@ -323,7 +323,7 @@ def jsonable(value):
             return jnp.dtype(value).name
         except TypeError:
             pass
-    if isinstance(value, np.generic) or (hasattr(value, "shape") and np.shape(value) == ()):
+    if _is_scalar(value):
         return np.asarray(value).item()
     if callable(value) and hasattr(value, "__qualname__"):
         return f"{getattr(value, '__module__', '')}.{value.__qualname__}".lstrip(".")
@@ -335,9 +335,14 @@ def _shown(value):
     Python number it stands for, anything else by its ``repr``."""
     if isinstance(value, (type, np.dtype)) or callable(value):
         return jsonable(value)
-    if isinstance(value, np.generic) or (hasattr(value, "shape") and np.shape(value) == ()):
-        return repr(np.asarray(value).item())
+    if _is_scalar(value):
+        return repr(jsonable(value))
     return repr(value)
+
+
+def _is_scalar(value):
+    """Whether ``value`` is a NumPy scalar or a 0-d array (JAX's too)."""
+    return isinstance(value, np.generic) or (hasattr(value, "shape") and np.shape(value) == ())
 
 
 def _is_module_argument(value):

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn._gradcheck.compare import relative_error
+
 __all__ = ["differences", "optimizer_updates", "run_config"]
 
 #: Optimizer steps the probe takes.
@@ -122,11 +124,8 @@ def _module_differences(a, b, where):
 
 
 def _close(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape:
-        return False
-    scale = max(float(np.max(np.abs(a), initial=0.0)), float(np.max(np.abs(b), initial=0.0)))
-    return bool(np.all(np.abs(a - b) <= PROBE_RTOL * scale))
+    """Whether two probes agree: :func:`fnn.testing.relative_error` within :data:`PROBE_RTOL`."""
+    return np.shape(a) == np.shape(b) and relative_error(a, b) <= PROBE_RTOL
 
 
 def _rounded(values):
