@@ -234,3 +234,30 @@ def movements(reference, leaves=lambda result: [result]):
 def tolerances(reference, leaves=lambda result: [result]):
     """Per leaf: :func:`tolerance` of its :func:`movements`."""
     return [tolerance(m) for m in movements(reference, leaves)]
+
+
+def against(name, problem, gradient, reference, detail):
+    """``gradient`` against ``reference(0)`` (autodiff's), each leaf to the tolerance of its conditioning;
+    ``reference(k)`` is autodiff's at the ``k``-th nudge of the draw."""
+    found = agreement(
+        name, gradient, reference(0), problem, tolerances(reference, problem.floating_leaves), detail=detail
+    )
+    return noted(found)
+
+
+def noted(found):
+    """``found``, its detail saying so where its tolerance was raised above :data:`RTOL`."""
+    if found.tolerance is None or found.tolerance <= RTOL:
+        return found
+    note = (
+        f"; tolerance raised by the leaf's conditioning: {FACTOR:g} x the change of autodiff's own result under "
+        f"one-ulp nudges, at most {CAP:.1e}"
+    )
+    return dataclasses.replace(found, detail=found.detail + note)
+
+
+def against_autodiff(name, problem, gradient, detail):
+    """``gradient`` against autodiff's on the draw (:meth:`fnn._gradcheck.problem.Problem.gradients`), each leaf to
+    the tolerance of its conditioning."""
+    reference = lambda nudge: problem.gradients("autodiff", nudge=nudge)[2]  # noqa: E731
+    return against(name, problem, gradient, reference, detail)

@@ -61,7 +61,7 @@ import numpy as np
 
 from fnn import context as fnn_context
 from fnn._errors import StructureError
-from fnn._gradcheck.compare import CAP, FACTOR, RTOL, agreement, leaf_error, tolerances
+from fnn._gradcheck.compare import against, against_autodiff, leaf_error, noted, tolerances
 from fnn._gradcheck.dtypes import cast, floating, rtol, x64
 from fnn._gradcheck.paths import COTANGENT
 from fnn._gradcheck.report import FAILED, INFO, PASSED, SKIPPED, Check
@@ -156,46 +156,21 @@ def structure(problem):
     return Check("structure", PASSED, detail="the gradient's pytree, shapes and dtypes on backprop and custom")
 
 
-def _against(name, problem, gradient, reference, detail):
-    """``gradient`` against ``reference(0)`` (autodiff's), each leaf to the tolerance of its conditioning;
-    ``reference(k)`` is autodiff's at the ``k``-th nudge of the draw."""
-    found = agreement(
-        name, gradient, reference(0), problem, tolerances(reference, problem.floating_leaves), detail=detail
-    )
-    return _noted(found)
-
-
-def _noted(found):
-    """``found``, its detail saying so where its tolerance was raised above :data:`RTOL`."""
-    if found.tolerance is None or found.tolerance <= RTOL:
-        return found
-    note = (
-        f"; tolerance raised by the leaf's conditioning: {FACTOR:g} x the change of autodiff's own result under "
-        f"one-ulp nudges, at most {CAP:.1e}"
-    )
-    return dataclasses.replace(found, detail=found.detail + note)
-
-
-def _against_autodiff(name, problem, gradient, detail):
-    reference = lambda nudge: problem.gradients("autodiff", nudge=nudge)[2]  # noqa: E731
-    return _against(name, problem, gradient, reference, detail)
-
-
 def backward(problem):
     """``backward``: the backprop path, jitted."""
     got = problem.gradients("backprop")[2]
-    return _against_autodiff("backward", problem, got, "forward then backward (jitted) against autodiff's VJP")
+    return against_autodiff("backward", problem, got, "forward then backward (jitted) against autodiff's VJP")
 
 
 def custom(problem):
     """``custom``: ``jax.vjp`` of the custom-VJP forward, eagerly."""
     got = problem.gradients("custom", eager=True)[2]
-    return _against_autodiff("custom", problem, got, "jax.vjp through the custom VJP, eagerly")
+    return against_autodiff("custom", problem, got, "jax.vjp through the custom VJP, eagerly")
 
 
 def custom_jit(problem):
     """``custom_jit``: the custom path under ``jax.jit``."""
-    return _against_autodiff("custom_jit", problem, problem.gradients("custom")[2], "the custom path, jitted")
+    return against_autodiff("custom_jit", problem, problem.gradients("custom")[2], "the custom path, jitted")
 
 
 def custom_vmap(problem):
@@ -209,7 +184,7 @@ def custom_vmap(problem):
     got = problem.per_example("custom")
     detail = f"per-example gradients, jax.vmap over {problem.x.shape[0]} rows"
     reference = lambda nudge: problem.per_example("autodiff", nudge=nudge)  # noqa: E731
-    return _against("custom_vmap", problem, got, reference, detail)
+    return against("custom_vmap", problem, got, reference, detail)
 
 
 def custom_grad_of_grad(problem):
@@ -221,7 +196,7 @@ def custom_grad_of_grad(problem):
     got = problem.grad_of_grad("custom")
     detail = "the gradient of <gradient, w>, reverse over reverse"
     reference = lambda nudge: problem.grad_of_grad("autodiff", nudge=nudge)  # noqa: E731
-    return _against("custom_grad_of_grad", problem, got, reference, detail)
+    return against("custom_grad_of_grad", problem, got, reference, detail)
 
 
 def _jvp(problem, path, nudge=0):
@@ -249,7 +224,7 @@ def forward_mode(problem):
     error, _ = leaf_error(got, _jvp(problem, "autodiff"))
     (tol,) = tolerances(lambda nudge: _jvp(problem, "autodiff", nudge))
     status = PASSED if error <= tol else FAILED
-    return _noted(Check("forward_mode", status, float(error), tol, "jvp", "jax.jvp through the custom VJP along w"))
+    return noted(Check("forward_mode", status, float(error), tol, "jvp", "jax.jvp through the custom VJP along w"))
 
 
 #: ``(path, eager)``: the rule's paths as they run op by op (Python re-run) and compiled (the kernels re-run).
