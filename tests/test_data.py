@@ -2,7 +2,7 @@
 
 Most tests use tiny fake datasets (a ``_Spec`` registered for the test) with the
 TFDS stage replaced by a fake, so they need neither TFDS nor TensorFlow. The
-real-MNIST tests prepare the shared offline copy once per module.
+real-MNIST tests prepare the shared offline copy once per test run (``conftest.mnist_preparation``).
 """
 
 import gzip
