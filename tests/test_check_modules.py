@@ -7,6 +7,7 @@ import pytest
 from experiments import check_modules
 
 
+@pytest.mark.slow
 def test_check_modules_times_rows_counts_failures_and_tries_the_broken_rules(tmp_path):
     json_path = tmp_path / "check_modules.json"
     result = check_modules.main(["--items", "relu", "mse", "--draws", "2", "--json", str(json_path)])

@@ -59,6 +59,7 @@ def test_synthetic_data_is_float32_in_the_unit_interval_and_image_shaped_on_requ
     assert len(flat.x_train) + len(flat.x_test) == 256  # --validation holds out part of the 256 training rows
 
 
+@pytest.mark.slow
 def test_mnist_mlp_best_reports_the_target_and_timing(tmp_path):
     out, json_path, png_path = outputs(tmp_path, "mlp")
     result = mnist_mlp_best.main(SYNTHETIC + ["--epochs", "2", "--hidden", "32", "32", "--batch-size", "100"] + out)
@@ -77,6 +78,7 @@ def test_mnist_mlp_best_refuses_more_than_20_epochs():
         mnist_mlp_best.main(SYNTHETIC + ["--epochs", "21"])
 
 
+@pytest.mark.slow
 def test_mnist_conv_counts_its_work_and_trains_with_fit_and_the_shift(tmp_path):
     out, json_path, png_path = outputs(tmp_path, "conv")
     argv = SYNTHETIC + ["--epochs", "1", "--convs", "3:4:2", "3:8:2", "--dense", "16", "--batch-size", "100"]
@@ -94,6 +96,7 @@ def test_mnist_conv_counts_its_work_and_trains_with_fit_and_the_shift(tmp_path):
     check_history(result["history"], 1)
 
 
+@pytest.mark.slow
 def test_mnist_conv_bn_trains_every_variant_of_the_ablation(tmp_path):
     out, json_path, png_path = outputs(tmp_path, "conv_bn")
     argv = SYNTHETIC + ["--epochs", "1", "--convs", "3:4:2", "--dense", "8", "--batch-size", "100"]
@@ -133,6 +136,7 @@ def test_scripts_import_no_other_script():
             assert all(name.startswith("_") for name in names), (path.name, names)
 
 
+@pytest.mark.slow
 def test_activations_records_one_norm_per_layer_per_checkpoint(tmp_path):
     out, json_path, png_path = outputs(tmp_path, "activations")
     argv = SYNTHETIC + ["--epochs", "1", "--depth", "3", "--width", "16", "--probe-size", "64"]
@@ -148,6 +152,7 @@ def test_activations_records_one_norm_per_layer_per_checkpoint(tmp_path):
         check_history(run["history"], 1)
 
 
+@pytest.mark.slow
 def test_resnet_mnist_runs_both_variants_on_the_same_budget(tmp_path):
     out, json_path, png_path = outputs(tmp_path, "resnet")
     argv = SYNTHETIC + ["--epochs", "1", "--width", "16", "--hidden", "16", "--blocks", "1"]
@@ -186,6 +191,7 @@ def test_module_costs_measures_both_paths_and_a_control(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_attention_cost_measures_every_path_at_every_length(tmp_path):
     from experiments import attention_cost
 
@@ -248,6 +254,7 @@ def test_module_costs_items_cover_every_leaf_module_and_loss():
     }
 
 
+@pytest.mark.slow
 def test_step_overlap_times_every_variant_pinned_and_free(tmp_path):
     from experiments import step_overlap
 
@@ -271,6 +278,7 @@ def test_step_overlap_onehot_rule_gives_the_same_gradient():
     assert jnp.allclose(ours, onehot, rtol=1e-12, atol=0)
 
 
+@pytest.mark.slow
 def test_conv_in_loop_times_every_path_both_ways_and_the_plain_jax_reproduction(tmp_path):
     args = [
         "--synthetic",
@@ -303,6 +311,7 @@ def test_conv_in_loop_times_every_path_both_ways_and_the_plain_jax_reproduction(
     assert (conv_in_loop.parse_args([]).repro_batch, conv_in_loop.parse_args([]).repro_repeats) == (32, 5)
 
 
+@pytest.mark.slow
 def test_mnist_pooled_is_the_flax_tutorials_cnn_and_trains_with_fit(tmp_path):
     out, json_path, png_path = outputs(tmp_path, "pooled")
     result = mnist_pooled.main(SYNTHETIC + ["--epochs", "1", "--batch-size", "100"] + out)
@@ -326,6 +335,7 @@ def _layer_shapes(model, input_shape):
     return shapes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["conv1d", "attention"])
 def test_seq_mnist_reads_images_as_rows_and_reports_the_target(tmp_path, model):
     out, json_path, png_path = outputs(tmp_path, model)

@@ -26,6 +26,7 @@ def relative_error(a, b):
     return np.max(np.abs(a - b)) / np.max(np.abs(b))
 
 
+@pytest.mark.slow
 def test_quick_run_records_times_work_counts_and_the_custom_path_refusal(tmp_path):
     json_path, png_path = tmp_path / "modes.json", tmp_path / "modes.png"
     result = modes.main(["--quick", "--json", str(json_path), "--plot", str(png_path)])
