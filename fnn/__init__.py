@@ -13,7 +13,7 @@ Layers and models are in :mod:`fnn.nn`, losses in :mod:`fnn.losses`,
 op-level functions in :mod:`fnn.ops`, training in :mod:`fnn.train` and
 :func:`fit`; modules with state or randomness (batch norm, dropout) run in
 a context (:mod:`fnn.context`). Every error fnn raises derives from
-:class:`Error` (see :mod:`fnn._errors`).
+:class:`Error`, so one ``except fnn.Error`` clause catches them all.
 """
 
 __version__ = "0.2.0"

@@ -218,7 +218,7 @@ def compare(
       *args: the arguments of every function.
       baseline: the name of the function the others are compared with.
       margin: differences within this fraction are a tie (see :func:`verdict`).
-      rounds: timed rounds, at least :data:`MIN_ROUNDS`; each runs one block
+      rounds: timed rounds, at least 6 (``MIN_ROUNDS``); each runs one block
         of every function, in an order that rotates and alternates from one
         round to the next.
       block_s: the target wall seconds of one block (the calls per block are

@@ -114,40 +114,41 @@ class Setting(NamedTuple):
 class Module:
     """A module: pure ``init``, ``apply``, ``forward`` and ``backward`` functions (see the module doc).
 
-    ``run`` and ``run_forward`` are the positional forms behind
-    :meth:`apply` and :meth:`forward` (see the module doc).
-    ``children`` are the modules a structural module wires together, and
-    ``rebuild(*children)`` makes the same structure from other children (how
-    :attr:`custom` swaps in the custom-VJP leaves). Leaves have neither.
-    ``edge_values`` are the inputs at which a leaf's rule is delicate (see
-    :func:`leaf`); :func:`fnn.testing.check_module` checks them.
-    ``input_check`` is a leaf's own host-side check of its inputs (see
-    :meth:`check_inputs`). ``state_init(input_shape) -> state`` is a leaf's
-    state at the start (``None``: the leaf has no state), or a structural
-    module's, from its children's; ``stochastic`` marks a leaf that draws from
-    the key in training; ``split_context(state, key) -> [(state, key), ...]``
-    hands a structural module's context to its children.
-    ``settings`` are the :class:`Setting` of the constructor call that built
-    the module (see :func:`with_settings`), modules among them left out (they
-    are its children); :meth:`describe` and ``repr`` show them.
-    ``passes_values`` marks wiring whose output holds its input's values,
-    only rearranged (``flatten``): the host-side input check is then the
-    next module's (see :meth:`check_inputs`).
+    Leaves are made by :func:`leaf`, structural modules by the wiring in
+    :mod:`fnn.nn`; each field below is one of their functions or settings.
     """
 
+    #: The module's name, as errors and reports show it (``"dense"``).
     name: str
+    #: ``init(key, input_shape) -> (output_shape, params)``, the batch axis excluded from both shapes.
     init: Callable
+    #: ``run(params, x, state, key, train) -> (y, state)``: the positional form behind :meth:`apply`.
     run: Callable
+    #: ``run_forward(params, x, state, key, train) -> (y, saved, state)``: the positional form behind :meth:`forward`.
     run_forward: Callable
+    #: ``backward(params, saved, g) -> (dparams, dx)``: the notes' backward function ``B[M, z](g)``.
     backward: Callable
+    #: The modules a structural module wires together (leaves have none).
     children: tuple = ()
+    #: ``rebuild(*children)`` makes the same structure from other children (how :attr:`custom` swaps in the
+    #: custom-VJP leaves); ``None`` for a leaf.
     rebuild: Callable | None = None
+    #: The inputs at which a leaf's rule is delicate (see :func:`leaf`); :func:`fnn.testing.check_module` checks them.
     edge_values: tuple = ()
+    #: A leaf's own host-side check of its inputs (see :meth:`check_inputs`).
     input_check: Callable | None = None
+    #: ``state_init(input_shape) -> state``: a leaf's state at the start (``None``: the leaf has no state), or a
+    #: structural module's, from its children's.
     state_init: Callable | None = None
+    #: Whether the leaf draws from the key in training (dropout).
     stochastic: bool = False
+    #: ``split_context(state, key) -> [(state, key), ...]`` hands a structural module's context to its children.
     split_context: Callable | None = None
+    #: The :class:`Setting` of the constructor call that built the module (see :func:`with_settings`), modules
+    #: among them left out (they are its children); :meth:`describe` and ``repr`` show them.
     settings: tuple = ()
+    #: Whether the module is wiring whose output holds its input's values, only rearranged (``flatten``): the
+    #: host-side input check is then the next module's (see :meth:`check_inputs`).
     passes_values: bool = False
 
     def apply(self, params, x, *, state=None, key=None, train=None):
@@ -460,9 +461,10 @@ def _reverse_mode_only(name):
         if "forward-mode" not in str(exc):
             raise
         raise UsageError(
-            f"{name}: the custom path's hand-written rules are reverse mode only (jax.custom_vjp), so jax.jvp, "
-            "jax.jacfwd and jax.hessian (forward over reverse) cannot run through them; use the autodiff path "
-            "instead: the module's plain apply, fnn.ops.autodiff, or fnn.value_and_grad(..., path='autodiff')"
+            f"{name}: the custom path's hand-written rules are reverse mode only (jax.custom_vjp), so forward mode "
+            "(jax.jvp, jax.jacfwd) cannot run through them, though forward over reverse (jax.hessian) can; for "
+            "forward mode use the autodiff path: the module's plain apply, fnn.ops.autodiff, or "
+            "fnn.value_and_grad(..., path='autodiff')"
         ) from exc
 
 

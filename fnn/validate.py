@@ -4,7 +4,7 @@ Values that no trace-time check can see (a label out of range, a NaN pixel)
 would otherwise train to a meaningless model without a word: a label outside
 ``[0, k)`` gives a NaN loss, a NaN input is mapped to 0 by ReLU and silences
 the network. :func:`check_splits` and :func:`check_targets` refuse them with
-a :class:`DataError` that says what was wrong, where, and what was expected;
+a :class:`fnn.DataError` that says what was wrong, where, and what was expected;
 :func:`check_params` refuses parameters that do not fit the model.
 """
 

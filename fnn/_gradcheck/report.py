@@ -114,7 +114,7 @@ class Report:
     Attributes:
       subject: what was checked or compared, e.g. ``"check_module(dense(n_out=3), input (4, 5), seed 0)"``.
       rows: the rows, in the order the producer gives them (its docs say which).
-      columns: the :class:`Column` of the table ``str(report)`` prints.
+      columns: the ``Column`` of the table ``str(report)`` prints.
       key: the row attribute that names a row: ``report[name]`` is the row whose ``key`` is ``name``.
       settings: how the rows were measured, JSON-ready (``{}`` if nothing to say).
       notes: lines printed after the table (e.g. how compiled code differs).

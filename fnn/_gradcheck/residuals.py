@@ -58,14 +58,15 @@ def residuals(model, loss, path, params, x, targets):
     """What the forward pass of ``path`` keeps for its backward pass.
 
     Parses ``jax.ad_checkpoint.print_saved_residuals`` (one ``aval source``
-    line per residual) of :func:`fnn._paths.objective` (``autodiff``, ``custom``) or
+    line per residual) of the objective ``loss(model(params, x), targets)`` (``autodiff``, ``custom``) or
     :func:`backprop_as_one_vjp` (``backprop``), differentiated with respect to
     every argument.
 
     Returns:
-      ``{"of": description, "saved": [{"aval": "f32[100,500]", "bytes": int,
-      "source": "output of ... from fnn/nn/activations.py:48:8 (...)"}, ...],
-      "total_bytes": all saved bytes, "computed_bytes": those not arguments}``.
+      A dict with ``"of"`` (a description), ``"saved"`` (one dict per residual,
+      such as ``{"aval": "f32[100,500]", "bytes": 200000, "source": "output of
+      ... from fnn/nn/_activations.py:52:8 (...)"}``), ``"total_bytes"`` (all
+      saved bytes) and ``"computed_bytes"`` (those not arguments).
       ``computed_bytes`` leaves out the parameters and inputs, which are alive
       anyway; it is what the path adds to memory between forward and backward.
     """

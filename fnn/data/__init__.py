@@ -24,12 +24,10 @@ Besides the datasets: :func:`synthetic`, a learnable random dataset of any
 input shape (for smoke tests and examples), and :func:`random_shift`, image
 augmentation for ``fnn.fit(augment=...)``.
 
-One job to a file: :mod:`~fnn.data._specs` (what each dataset is),
-:mod:`~fnn.data._sources` (where its files are), :mod:`~fnn.data._checks`
-(their contents), :mod:`~fnn.data._idx` (the IDX format),
-:mod:`~fnn.data._tfds` (TFDS's preparation), :mod:`~fnn.data._cache`,
-:mod:`~fnn.data._dataset` (the :class:`Dataset`), :mod:`~fnn.data._synthetic`
-and :mod:`~fnn.data._augment`.
+One job to a file: ``_specs`` (what each dataset is), ``_sources`` (where
+its files are), ``_checks`` (their contents), ``_idx`` (the IDX format),
+``_tfds`` (TFDS's preparation), ``_cache``, ``_dataset`` (the
+:class:`Dataset`), ``_synthetic`` and ``_augment``.
 """
 
 import os

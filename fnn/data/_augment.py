@@ -35,7 +35,7 @@ def random_shift(pixels):
         gives the identity (nothing is drawn).
 
     Returns:
-      A :class:`RandomShift`, ``augment(key, images) -> images`` with
+      A ``RandomShift``, ``augment(key, images) -> images`` with
       ``images`` ``[N, H, W, C]`` (channels last, as
       ``fnn.data.load(..., layout="image")`` gives them) and the output of the
       same shape and dtype. Its ``__name__`` is ``"random_shift_<pixels>px"``

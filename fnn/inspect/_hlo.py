@@ -44,7 +44,7 @@ def hlo_counts(hlo_text):
     ``ops_top`` counts the ops of the entry computation and of the loop
     bodies and conditions it reaches (the kernels a call launches);
     ``ops_all`` those of every computation, inside fusions too. Bookkeeping
-    ops (:data:`BOOKKEEPING`) are left out. ``dots`` and ``convolutions``
+    ops (parameters, constants, tuples, bitcasts) are left out. ``dots`` and ``convolutions``
     count every ``dot`` and ``convolution``, also those XLA CPU wraps in
     ``kind=kCustom`` fusions (matmul kernels); ``dots_unfused`` the top-level
     ones; ``kernels`` the top-level ops that do work (fusions, unfused dots

@@ -109,7 +109,7 @@ def columns(reference):
         ),
         Column(
             "verdict",
-            "faster, slower or same: whether the interval lies below, above or around 1 (fnn.bench.verdict)",
+            "faster, slower or tie: whether the interval lies below, above or around 1 (fnn.bench.verdict)",
             timed(lambda t: t.verdict),
         ),
     )
@@ -176,7 +176,7 @@ def compare_paths(
       learning_rate: the SGD step size of the compiled and timed steps.
       state, key, train: the context of a model with state or randomness
         (batch norm, dropout), fixed for every path
-        (:func:`fnn.context.fix`: by default ``model.init_state``'s state,
+        (``fnn.context.fix``: by default ``model.init_state``'s state,
         the key ``jax.random.key(seed)``, training mode).
 
     Returns:

@@ -39,7 +39,7 @@ class Call:
 
 
 def _recording(module, prefix, ancestors, calls):
-    """``module`` with its ``run`` (and every descendant's) appending a :class:`Call` to ``calls``."""
+    """``module`` with its ``run`` (and every descendant's) appending a ``Call`` to ``calls``."""
     position = prefix + module.name
     wired = module
     if module.children:
@@ -60,7 +60,11 @@ def _recording(module, prefix, ancestors, calls):
 
 
 def recorded_calls(model, params, x):
-    """``(outputs, calls)``: one eager forward pass of ``model``, every module's :class:`Call` in the order they end.
+    """``(outputs, calls)``: one eager forward pass of ``model``, and every module's call in the order they end.
+
+    Each call records ``position`` (where the module sits), ``module``,
+    ``params``, ``x`` (what it got) and ``ancestors`` (the positions of the
+    modules around it).
 
     Positions name the path from the root: ``serial[3] dense`` is the fourth
     module of the top ``serial``; ``serial[2] residual serial[0] dense`` the

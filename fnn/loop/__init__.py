@@ -11,7 +11,7 @@ syncs once per epoch, to report metrics.
 
 Every step watches its loss: the first step whose loss is not finite, or
 explodes (see ``divergence_factor``), is carried through the scan (no host
-sync per step) and stops training with :class:`TrainingDiverged`, naming the
+sync per step) and stops training with :class:`fnn.TrainingDiverged`, naming the
 epoch and the step.
 
 With several devices (:mod:`fnn.parallel`) each batch is split over them and

@@ -76,12 +76,12 @@ class Run:
     @functools.cached_property
     def config(self):
         """The run's configuration (every setting of the model, the optimizer, the loss, the path, the batch size,
-        ...), JSON-ready; a checkpoint refuses to resume a run of another (see :mod:`fnn.loop._config`)."""
+        ...), JSON-ready; a checkpoint refuses to resume a run of another (see :attr:`fnn.History.config`)."""
         return self.configure()
 
     @property
     def steps_done(self):
-        """Optimizer steps done since the run began: ``(epoch - 1) * steps_per_epoch + step``."""
+        """The optimizer steps done since the run began, ``(epoch - 1) * steps_per_epoch + step``."""
         return (self.epoch - 1) * self.steps_per_epoch + self.step
 
 

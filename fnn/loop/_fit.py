@@ -86,14 +86,14 @@ def fit(
         issue 12868), which JAX's own convolution gradient meets there,
         about 9x slower (fnn's hand-written rules are laid out to avoid it).
         The result is the same either way, bit for bit.
-      divergence_factor: training stops with :class:`TrainingDiverged` at the
+      divergence_factor: training stops with :class:`fnn.TrainingDiverged` at the
         first step whose loss is NaN or infinite, or larger in magnitude than
         ``divergence_factor * max(|first loss|, 1)`` (the run's first step's
         loss), and when the parameters stop being finite; ``None`` watches
         for non-finite values only.
       callbacks: :class:`fnn.loop.Callback` objects (checkpoints, early
         stopping, your own), or functions called after each epoch as
-        ``f(row)`` with the epoch's :meth:`History.rows` dict.
+        ``f(row)`` with the epoch's :meth:`fnn.History.rows` dict.
       progress: show a ``tqdm`` bar over the epochs; ``None`` shows it only on a terminal.
       state: the model's state at the start (``model.init_state(input_shape)``);
         required for a model with state (batch norm). As for
@@ -109,10 +109,10 @@ def fit(
     batch, as on one device.
 
     Returns:
-      ``(params, history)``, the trained parameters and a :class:`History`;
+      ``(params, history)``, the trained parameters and a :class:`fnn.History`;
       with ``state=``, ``(params, state, history)``. ``history.config`` is the
       run's configuration (every setting of the model, the loss, the
-      optimizer, the data's shapes; see :attr:`History.config`).
+      optimizer, the data's shapes; see :attr:`fnn.History.config`).
 
     Raises:
       fnn.DataError: data or parameters that cannot train this model.
@@ -328,7 +328,7 @@ def _advance(run, fn, *args):
 
 
 def _watch(run, plan, tally, params_finite=True):
-    """Raises :class:`TrainingDiverged` if the tally recorded a diverging step or the parameters are not finite."""
+    """Raises :class:`fnn.TrainingDiverged` if the tally recorded a diverging step or the parameters are not finite."""
     bad_step, bad_value = int(tally["bad_step"]), float(tally["bad_loss"])
     if bad_step < 0 and params_finite:
         return

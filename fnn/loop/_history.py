@@ -33,10 +33,14 @@ class History:
 
     @functools.cached_property
     def config(self):
-        """The run's configuration, JSON-ready: every setting of the model and the loss, the path, the batch size,
-        the number of training examples and their order, the training metrics, the augmentation, the optimizer
-        (by its first updates on a fixed probe), the epochs and the devices; what a checkpoint compares before
-        resuming. Computed on first use."""
+        """The run's configuration as a dict of JSON-ready values.
+
+        Every setting of the model and the loss, the path, the batch size, the
+        number of training examples and their order, the training metrics, the
+        augmentation, the optimizer (by its first updates on a fixed probe),
+        the epochs and the devices; what a checkpoint compares before resuming.
+        Computed on first use.
+        """
         return self.configure()
 
     def rows(self):

@@ -184,7 +184,7 @@ def _rearranging(name, init, apply, forward, backward):
 
 
 def flatten():
-    """Flattens all but the batch axis: ``[N, d1, ..., dr] -> [N, d1 * ... * dr]``; no params."""
+    """Flattens all but the batch axis, ``[N, *dims] -> [N, prod(dims)]``; no params."""
 
     def init(key, input_shape):
         shape = _checks.require_shape("flatten", input_shape)

@@ -103,7 +103,7 @@ def embedding(vocab, dim, *, w_init=embed_normal, dtype=jnp.float32):
       vocab: the number of rows ``V`` (ids ``0 .. V - 1``).
       dim: the size ``D`` of each row.
       w_init: ``(key, shape, dtype) -> array`` for the table, by default
-        :func:`embed_normal` (standard deviation ``1 / sqrt(D)``); or ``"he"``,
+        normal (standard deviation ``1 / sqrt(D)``); or ``"he"``,
         ``"zeros"``.
       dtype: the table's floating dtype.
 

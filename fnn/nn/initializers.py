@@ -22,6 +22,7 @@ def zeros(key, shape, dtype=jnp.float32):
     return jnp.zeros(shape, dtype)
 
 
+#: The initialisers by name, as :func:`resolve` takes them: ``"he"`` (:func:`he_normal`) and ``"zeros"``.
 INITIALIZERS = {"he": he_normal, "zeros": zeros}
 
 

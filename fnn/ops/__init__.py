@@ -4,13 +4,14 @@
 - :mod:`fnn.ops.custom`: ``jax.custom_vjp`` ops with the hand-written rules.
 
 Both provide the ops named in :data:`NAMES`, with identical signatures (each
-op is written once, in ``fnn/ops/_define.py``).
+op is written once, in ``fnn/ops/_define.py``). :func:`get` returns a set by its name.
 """
 
 from fnn._errors import InputError, UsageError
 from fnn.ops import autodiff, custom
 from fnn.ops._define import NAMES
 
+#: The op sets by name: ``{"autodiff": fnn.ops.autodiff, "custom": fnn.ops.custom}``.
 OP_SETS = {"autodiff": autodiff, "custom": custom}
 
 

@@ -208,7 +208,7 @@ OPS = (
     batch_norm,
     dropout,
 )
-#: The op names, in the order :func:`op_set` returns them.
+#: The op names: each of :mod:`fnn.ops.autodiff` and :mod:`fnn.ops.custom` holds one function of each name.
 NAMES = tuple(op.__name__ for op in OPS)
 
 

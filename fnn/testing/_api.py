@@ -148,7 +148,7 @@ def check_module(
       input_shape: the shape of one example, without the batch axis (as
         ``init`` takes it), e.g. ``(5,)``.
       batch_size: the examples in the batch checked; by default the first
-        axis of ``x`` when it is an array, else :data:`BATCH_SIZE` (4).
+        axis of ``x`` when it is an array, else 4.
       params: parameters to check at; by default ``init``'s structure and
         shapes with standard normal values (so that zero biases and unit
         scales, at which some wrong rules agree with the right one, are not
@@ -180,10 +180,10 @@ def check_module(
     ``saved`` holds, and, for a contextual module, that every path gives the
     forward's outputs and new state (``_context``). Tolerances follow one rule for every module:
     ``eps ** (3/4)`` of the dtype, relative to the largest reference entry
-    (:func:`fnn._gradcheck.dtypes.rtol`), raised for the float64 agreement
+    (``fnn/_gradcheck/dtypes.py``), raised for the float64 agreement
     checks to ``256`` times the change in autodiff's own gradient under
     one-ulp nudges of the draw, where that is larger, at most ``sqrt(eps)``
-    (:mod:`fnn._gradcheck.compare`). Every draw of one module object
+    (``fnn/_gradcheck/compare.py``). Every draw of one module object
     (seeds, nudges) reuses its compiled code.
 
     Example::

@@ -1,0 +1,137 @@
+"""The documentation: every code block of the guides and the README runs, every public name has a reference entry,
+and the site builds with no warning."""
+
+import importlib
+import os
+import re
+import subprocess
+import sys
+import types
+
+import jax
+import pytest
+
+from tests.conftest import ROOT, SHARED
+from tests.test_surface import PUBLIC
+
+DOCS = ROOT / "docs"
+GUIDES = sorted((DOCS / "guides").glob("*.md"))
+#: Namespaces whose ``__all__`` the reference covers: every public one (``fnn.nn.initializers`` and the op sets are
+#: public modules inside them).
+NAMESPACES = sorted({*PUBLIC, "fnn.nn.initializers"})
+
+
+def python_blocks(path):
+    """The fenced ``python`` code blocks of the Markdown file ``path``, in order."""
+    return re.findall(r"^```python\n(.*?)^```", path.read_text(), flags=re.S | re.M)
+
+
+def run_blocks(path):
+    """Runs ``path``'s Python blocks in order in one namespace, as a user pasting them would; returns the namespace."""
+    namespace = {"__name__": f"docs_{path.stem}"}
+    with jax.enable_x64(False):  # as a user runs them: the test suite turns float64 on
+        for block in python_blocks(path):
+            exec(compile(block, str(path), "exec"), namespace)
+    return namespace
+
+
+def test_every_guide_has_code_and_is_in_the_index():
+    index = (DOCS / "index.md").read_text()
+    assert len(GUIDES) >= 8
+    for guide in GUIDES:
+        assert f"guides/{guide.stem}\n" in index, f"{guide.name} is not in docs/index.md's table of contents"
+        assert python_blocks(guide) or guide.stem == "design", f"{guide.name} has no runnable example"
+
+
+@pytest.fixture
+def offline_mnist(mnist, monkeypatch):
+    """``fnn.data.load("mnist")`` with no arguments finds the test run's prepared MNIST, as a user's set-up would."""
+    _, data_dir, _ = mnist
+    monkeypatch.setenv("FNN_DATASETS_DIR", str(SHARED))
+    monkeypatch.setenv("TFDS_DATA_DIR", str(data_dir))
+
+
+@pytest.mark.parametrize("guide", [g for g in GUIDES if g.stem != "getting_started"], ids=lambda g: g.stem)
+def test_the_guides_code_runs(guide, capsys):
+    run_blocks(guide)
+    assert "Traceback" not in capsys.readouterr().out
+
+
+def test_getting_started_trains_on_mnist_and_the_paths_agree(offline_mnist, capsys):
+    namespace = run_blocks(DOCS / "guides" / "getting_started.md")
+    printed = capsys.readouterr().out
+    assert namespace["history"].test_err[-1] < 0.05, printed  # two epochs of the notes' recipe
+    gaps = [float(m) for m in re.findall(r"largest difference (\S+)", printed)]
+    assert len(gaps) == 2 and max(gaps) < 1e-5, printed
+
+
+def test_the_readme_examples_run(offline_mnist, capsys):
+    namespace = run_blocks(ROOT / "README.md")
+    printed = capsys.readouterr().out
+    gap = float(re.search(r"backprop against autodiff: (\S+)", printed).group(1))
+    assert gap < 1e-5 and namespace["history"].test_err[-1] < 0.1, printed  # float32 rounding; one epoch learns
+
+
+# ---------------------------------------------------------------- the API reference
+def reference_entries():
+    """``{page: [qualified name, ...]}``: what each API page documents (autosummary entries under its
+    ``currentmodule``)."""
+    entries = {}
+    for page in sorted((DOCS / "api").glob("*.md")):
+        text, names, module = page.read_text(), [], None
+        for line in text.splitlines():
+            if m := re.match(r"\.\. currentmodule:: (\S+)", line):
+                module = m.group(1)
+            elif module and (m := re.match(r"   ([A-Za-z_][\w.]*)$", line)):
+                names.append(f"{module}.{m.group(1)}")
+        entries[page] = names
+    return entries
+
+
+def _resolve(qualified):
+    module, _, name = qualified.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def test_every_public_name_has_an_entry_in_the_api_reference():
+    entries = reference_entries()
+    documented = {name for names in entries.values() for name in names}
+    documented_objects = {id(_resolve(name)) for name in documented}
+    pages = {page: page.read_text() for page in entries}
+    missing = []
+    for namespace in NAMESPACES:
+        module = importlib.import_module(namespace)
+        page = next((p for p, text in pages.items() if f".. automodule:: {namespace}\n" in text), None)
+        assert page is not None, f"{namespace} has no page in docs/api/"
+        for name in module.__all__:
+            value = getattr(module, name)
+            qualified = f"{namespace}.{name}"
+            if name == "__version__" or qualified in documented:
+                continue
+            if isinstance(value, types.ModuleType) and value.__name__ in NAMESPACES:
+                continue  # a namespace of its own, with its own page
+            if id(value) in documented_objects and f"`{namespace}.{name}`" in pages[page]:
+                continue  # documented under another name, which this namespace's page names
+            missing.append(qualified)
+    assert not missing, f"public names with no entry in docs/api/: {missing}"
+
+
+def test_the_coverage_check_sees_a_missing_name(monkeypatch):
+    monkeypatch.setattr(fnn_nn := importlib.import_module("fnn.nn"), "__all__", [*fnn_nn.__all__, "undocumented"])
+    monkeypatch.setattr(fnn_nn, "undocumented", lambda: None, raising=False)
+    with pytest.raises(AssertionError, match=r"fnn\.nn\.undocumented"):
+        test_every_public_name_has_an_entry_in_the_api_reference()
+
+
+def test_the_site_builds_with_no_warning(tmp_path):
+    build = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "-d", tmp_path / "doctrees",
+         DOCS, tmp_path / "html"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-5000:]
+    for page in ["index", "api/index", "results", *(f"guides/{g.stem}" for g in GUIDES)]:
+        assert (tmp_path / "html" / f"{page}.html").exists(), page
