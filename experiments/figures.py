@@ -178,7 +178,7 @@ def draw_peers(results, path):
         ratios.append(comparison["time_ratio"])
         lows.append(comparison["time_ratio"] - comparison["time_ratio_ci95"][0])
         highs.append(comparison["time_ratio_ci95"][1] - comparison["time_ratio"])
-    labels.append("fnn / notes' torch\n(medians of 3 runs)")
+    labels.append(f"fnn / notes' torch\n(medians of {len(notes['runs']['fnn'])} runs)")
     ratios.append(notes["ratio_fnn_to_torch"])
     lows.append(0)
     highs.append(0)

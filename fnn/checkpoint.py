@@ -6,7 +6,7 @@ epoch and step reached, the history so far and the run's configuration. Orbax
 writes each checkpoint into a temporary folder and renames it when complete,
 so a save interrupted at any moment (even by SIGKILL) leaves the previous
 checkpoint intact; unfinished folders are removed the next time the folder is
-opened. Needs the ``checkpoint`` extra (``pip install 'fnn[checkpoint]'``).
+opened. Needs the ``checkpoint`` extra (``pip install -e '.[checkpoint]'`` in a clone).
 """
 
 import jax
@@ -21,7 +21,8 @@ def _orbax():
         import orbax.checkpoint as ocp
     except ImportError:
         raise CheckpointError(
-            "checkpoints need orbax-checkpoint: pip install 'fnn[checkpoint]' (or pip install orbax-checkpoint)"
+            "checkpoints need orbax-checkpoint: pip install orbax-checkpoint "
+            "(in a clone of fnn: pip install -e '.[checkpoint]')"
         ) from None
     return ocp
 

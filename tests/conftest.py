@@ -26,10 +26,11 @@ from fnn import data
 jax.config.update("jax_enable_x64", True)
 
 
-#: One id per test run, shared by its pytest-xdist workers (see pytest_configure).
-RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex
-#: Compiled programs go to a cache folder that this run's processes share (the workers and the command lines
-#: the tests start), so a program compiled in one process is not compiled again in another.
+#: One id per test run, shared by every process of the run: pytest-xdist's workers and the command lines the tests
+#: start inherit it from the run's first process.
+RUN_ID = os.environ.setdefault("FNN_TESTS_RUN_ID", uuid.uuid4().hex)
+#: Compiled programs go to a cache folder that this run's processes share, so a program compiled in one process is
+#: not compiled again in another.
 COMPILED = Path(tempfile.gettempdir()) / f"fnn-tests-compiled-{RUN_ID}"
 os.environ["JAX_COMPILATION_CACHE_DIR"] = str(COMPILED)  # the command lines the tests start inherit these
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
@@ -37,13 +38,8 @@ jax.config.update("jax_compilation_cache_dir", str(COMPILED))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-def pytest_configure(config):
-    if getattr(config.option, "testrunuid", "") is None:  # the run's first process: its workers take its id
-        config.option.testrunuid = RUN_ID
-
-
 def pytest_unconfigure(config):
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # the run's first process, after its workers
         shutil.rmtree(COMPILED, ignore_errors=True)
 
 

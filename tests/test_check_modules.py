@@ -23,7 +23,7 @@ def test_check_modules_times_rows_counts_failures_and_tries_the_broken_rules(tmp
 
 
 def test_check_modules_items_are_the_conformance_table():
-    from tests.test_modules import CASES
+    from test_modules import CASES
 
     assert check_modules.ITEMS == tuple(c.name for c in CASES)
     with pytest.raises(SystemExit):

@@ -28,7 +28,7 @@ def run(*args, env=None):
 @pytest.fixture
 def broken_source(tmp_path):
     """A copy of the MNIST source folder whose training images are cut short."""
-    from tests.conftest import SHARED
+    from conftest import SHARED
 
     source = tmp_path / "mnist"
     shutil.copytree(SHARED / "mnist", source)
@@ -59,7 +59,7 @@ def test_debug_shows_the_traceback(broken_source, tmp_path):
 @pytest.fixture
 def prepared(mnist):
     """Options that load the test session's prepared MNIST from its cache (the child imports no TensorFlow)."""
-    from tests.conftest import SHARED
+    from conftest import SHARED
 
     _, data_dir, _ = mnist
     return ("--data-dir", data_dir, "--source-dir", SHARED / "mnist", "--grad", "custom")

@@ -3,9 +3,9 @@
 import re
 
 import pytest
+from conftest import ROOT
 
 from experiments import _cli, figures
-from tests.conftest import ROOT
 
 PAGE = ROOT / "docs" / "results.md"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from test_loop import MODEL, init, toy_data
 
 import fnn
 from fnn import CheckpointError, DataError, nn
 from fnn.loop import _config
-from tests.test_loop import MODEL, init, toy_data
 
 OPTIONS = {"batch_size": 23, "progress": False}
 

@@ -176,7 +176,7 @@ def compare_paths(
       learning_rate: the SGD step size of the compiled and timed steps.
       state, key, train: the context of a model with state or randomness
         (batch norm, dropout), fixed for every path
-        (``fnn.context.fix``: by default ``model.init_state``'s state,
+        (by default ``model.init_state``'s state,
         the key ``jax.random.key(seed)``, training mode).
 
     Returns:
