@@ -228,6 +228,14 @@ def compare(
 
     Returns:
       ``{name: Result}``.
+
+    Examples:
+      >>> import jax.numpy as jnp, fnn
+      >>> x = jnp.ones((128, 128))
+      >>> fns = {"matmul": lambda x: x @ x, "twice": lambda x: (x @ x) @ x}
+      >>> results = fnn.bench.compare(fns, x, baseline="matmul", rounds=6, block_s=0.01)
+      >>> results["matmul"].verdict, results["twice"].ratio > 1
+      ('tie', True)
     """
     if not fns:
         raise InputError("compare needs at least one function")

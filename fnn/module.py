@@ -517,6 +517,21 @@ def leaf(
     ``apply`` is what the ``autodiff`` path lets ``jax.grad`` differentiate
     (what ``forward`` saves but ``apply`` does not return is dead code that
     ``jit`` removes). It runs ``check`` first, as ``forward`` does.
+
+    Example: a learned scale per feature, ``y = x * s``, with ``ds = sum of
+    G * x over the batch`` and ``dx = G * s``.
+
+    >>> import jax, jax.numpy as jnp, fnn
+    >>> scale = fnn.module.leaf(
+    ...     "scale",
+    ...     init=lambda key, shape: (shape, {"s": jnp.ones(shape[-1:])}),
+    ...     forward=lambda params, x: (x * params["s"], x),
+    ...     backward=lambda params, x, g: ({"s": (g * x).sum(0)}, g * params["s"]),
+    ... )
+    >>> _, params = scale.init(jax.random.key(0), (3,))
+    >>> y, saved = scale.forward(params, jnp.ones((2, 3)))
+    >>> scale.backward(params, saved, jnp.ones((2, 3)))[0]["s"].tolist()
+    [2.0, 2.0, 2.0]
     """
     if (state_init is not None or stochastic) and apply is not None:
         raise UsageError(f"{name}: a leaf with state or randomness computes apply from its forward; pass no apply")

@@ -1,6 +1,7 @@
 """The documentation: every code block of the guides and the README runs, every public name has a reference entry,
 and the site builds with no warning."""
 
+import doctest
 import importlib
 import os
 import re
@@ -139,6 +140,24 @@ def test_the_coverage_check_sees_a_missing_name(monkeypatch):
     monkeypatch.setattr(fnn_nn, "undocumented", lambda: None, raising=False)
     with pytest.raises(AssertionError, match=r"fnn\.nn\.undocumented"):
         test_every_public_name_has_an_entry_in_the_api_reference()
+
+
+def test_the_examples_in_the_docstrings_run():
+    """Every ``>>>`` example in the docstring of a public name runs and prints what it shows."""
+    finder, seen, tests = doctest.DocTestFinder(recurse=False), set(), []
+    for namespace in NAMESPACES:
+        module = importlib.import_module(namespace)
+        for name in module.__all__:
+            value = getattr(module, name)
+            if id(value) in seen or isinstance(value, types.ModuleType):
+                continue
+            seen.add(id(value))
+            tests += [t for t in finder.find(value, f"{namespace}.{name}") if t.examples]
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    with jax.enable_x64(False):
+        for test in tests:
+            runner.run(test)
+    assert len(tests) >= 6 and runner.summarize(verbose=False).failed == 0
 
 
 def test_the_site_builds_with_no_warning(tmp_path):

@@ -45,6 +45,12 @@ def synthetic(n_train=512, n_test=128, *, shape=(784,), classes=10, seed=0):
       InputError: (a ``ValueError``) a size, the shape or the number of
         classes is not a positive int (at least 2 classes), or ``seed`` is
         not an int.
+
+    Examples:
+      >>> import fnn
+      >>> data = fnn.data.synthetic(64, 16, shape=(28, 28, 1))
+      >>> data.x_train.shape, data.x_train.dtype.name, data.y_test.shape
+      ((64, 28, 28, 1), 'float32', (16,))
     """
     n_train, n_test = (_count(name, n) for name, n in (("n_train", n_train), ("n_test", n_test)))
     shape = _shape(shape)

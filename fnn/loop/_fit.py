@@ -118,6 +118,15 @@ def fit(
       fnn.DataError: data or parameters that cannot train this model.
       TrainingDiverged: the loss diverged (no checkpoint is saved after that;
         the last good one is kept).
+
+    Examples:
+      >>> import jax, fnn
+      >>> data = fnn.data.synthetic(2048, 256, shape=(20,), classes=3)
+      >>> model = fnn.nn.mlp([20, 64, 3])
+      >>> _, params = model.init(jax.random.key(0), (20,))
+      >>> params, history = fnn.fit(model, params, data, epochs=2, batch_size=64, progress=False)
+      >>> len(history.test_err), bool(history.test_err[-1] < 0.5)
+      (2, True)
     """
     start = time.perf_counter()
     epochs = _check_int("epochs", epochs, 1)

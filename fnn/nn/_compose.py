@@ -46,6 +46,12 @@ def serial(*modules):
     Params: a list ``[p1, ..., pk]`` with each module's params. Backward runs
     ``B[mk]``, then ``B[m(k-1)]``, ..., ``B[m1]``, each on the gradient the
     next one returned.
+
+    >>> import jax, fnn
+    >>> model = fnn.nn.serial(fnn.nn.dense(32), fnn.nn.relu, fnn.nn.dense(10))
+    >>> out_shape, params = model.init(jax.random.key(0), (784,))
+    >>> out_shape, [jax.tree.map(lambda a: a.shape, p) for p in params]
+    ((10,), [{'w': (784, 32)}, (), {'w': (32, 10)}])
     """
     if not modules:
         raise InputError("serial: needs at least one module")
