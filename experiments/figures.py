@@ -10,7 +10,11 @@ Each figure is one PNG, drawn from JSON files in ``experiments/results/``:
   (``attention_cost.json``);
 - ``peers.png``: fnn against Flax NNX and PyTorch (``peer_pooled.json``) and against the notes' PyTorch code
   (``speed_vs_torch.json``);
-- ``kill_resume.png``: runs killed with SIGKILL and resumed (``kill_resume.json``, ``kill_resume_bn_dropout.json``).
+- ``kill_resume.png``: runs killed with SIGKILL and resumed (``kill_resume.json``, ``kill_resume_bn_dropout.json``);
+- ``compare_grads.png``: per MLP configuration, the custom and backprop paths' step time, temporary memory and
+  gradient error against autodiff and float64 (``compare_grads.json``, ``compare_grads_rerun.json``);
+- ``modes.png``: the full Jacobian by forward and by reverse mode, time and FLOPs against inputs and outputs
+  (``modes.json``).
 
 Every figure names the machine its numbers were measured on (the files' ``device`` and ``jax_version``).
 
@@ -33,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 OUT = ROOT / "docs" / "_static" / "figures"
 ANNOTATION = {"textcoords": "offset points", "xytext": (6, -10), "fontsize": 8}
-PATH_COLORS = {"custom": "C0", "autodiff": "C1", "autodiff_tiled": "C2", "jax_nn": "C3"}
+PATH_COLORS = {"custom": "C0", "autodiff": "C1", "autodiff_tiled": "C2", "jax_nn": "C3", "backprop": "C4"}
 
 
 # ---------------------------------------------------------------- reading the results, finishing a figure
@@ -219,6 +223,124 @@ def draw_kill_resume(results, path):
     finish(fig, path, title, [n for n, _ in loaded], [r for _, r in loaded])
 
 
+def draw_compare_grads(results, path):
+    """Per MLP configuration, sorted by work: each path's step time over autodiff's, temporary bytes and error."""
+    files = ["compare_grads.json", "compare_grads_rerun.json"]
+    loaded = [(n, r) for n in files if (r := load(results, n, optional=(n != files[0]))) is not None]
+    runs = [{(row["config"], row["path"]): row for row in result["rows"]} for _, result in loaded]
+    first, paths = runs[0], ["custom", "backprop"]
+    base = {config: first[config, "autodiff"] for config in loaded[0][1]["grid"]["configs"]}
+    configs = sorted(base, key=lambda c: (base[c]["dtype"] != "float32", base[c]["step_flop"]))  # float32 first
+    labels = [
+        f"{b['width']}x{b['batch']}x{b['depth']}{'' if b['dtype'] == 'float32' else ' ' + b['dtype']}, "
+        f"{b['step_flop'] / 1e9:.3g} GFLOP"
+        for b in map(base.get, configs)
+    ]
+    ys = range(len(configs))[::-1]
+    fig, (ax_time, ax_mem, ax_err) = pyplot().subplots(
+        1, 3, figsize=(13, 0.34 * len(configs) + 2.4), sharey=True, gridspec_kw={"width_ratios": (2, 1, 1)}
+    )
+    margin = loaded[0][1]["grid"]["margin"]
+    ax_time.axvspan(1 - margin, 1 + margin, color="0.88", label=f"the harness's {margin:.0%} margin")
+    styles = [{"marker": "o"}, {"marker": "D", "mfc": "white"}]  # the first run, the rerun
+    slots = [(name, r) for name in paths for r in range(len(runs))]
+    for slot, (name, r) in enumerate(slots):
+        offset = 0.36 - 0.72 * slot / max(len(slots) - 1, 1)
+        rows = [runs[r][config, name] for config in configs]
+        ratios = [row["ratio_to_autodiff"] for row in rows]
+        errors = [
+            [t - row["ci_low"] for t, row in zip(ratios, rows)],
+            [row["ci_high"] - t for t, row in zip(ratios, rows)],
+        ]
+        style = {"color": PATH_COLORS[name], "capsize": 2, "ms": 4, "ls": "none", **styles[r]}
+        ax_time.errorbar(ratios, [y + offset for y in ys], xerr=errors, label=f"{name} ({loaded[r][0]})", **style)
+    for p, name in enumerate(paths):  # compiled, not timed: the same in every run
+        ratios = [first[config, name]["temp_bytes"] / base[config]["temp_bytes"] for config in configs]
+        bars = ax_mem.barh([y + 0.2 - 0.4 * p for y in ys], ratios, 0.4, color=PATH_COLORS[name], label=name)
+        ax_mem.bar_label(bars, fmt="%.2f", fontsize=6, padding=2)
+    for p, name in enumerate(["autodiff", *paths]):
+        errors = [(first[config, name]["max_rel_err"], y + 0.25 - 0.25 * p) for config, y in zip(configs, ys)]
+        drawn = [(error, y) for error, y in errors if error > 0]  # float64 autodiff is the reference itself
+        ax_err.plot(*zip(*drawn), "o^v"[p], color=PATH_COLORS[name], ms=5, label=name)
+        for config, (error, y) in zip(configs, errors):
+            if error <= 0:
+                beside = min(e for e in (first[config, n]["max_rel_err"] for n in paths) if e > 0)
+                ax_err.annotate(f"{name}: 0", (beside, y), textcoords="offset points", xytext=(8, -3), fontsize=7)
+    ax_time.set(yticks=list(ys), xlabel="step time over autodiff's (median, 95% interval)")
+    ax_time.set_yticklabels(labels, fontsize=8)
+    ax_time.set_ylim(-0.7, len(configs) + 2.4)  # room for the legends above the rows
+    ax_time.set_title("one SGD step; width x batch x depth, by work", fontsize=10)
+    ax_mem.set(xlabel="temporary bytes over autodiff's", xlim=(0, 1.3))
+    ax_mem.set_title("temporary memory of the step", fontsize=10)
+    ax_err.set(xscale="log", xlabel="largest relative error of the gradient")
+    ax_err.set_xlim(right=ax_err.get_xlim()[1] * 10)
+    ax_err.set_title("against the float64 gradient", fontsize=10)
+    float32 = sum(base[config]["dtype"] == "float32" for config in configs)
+    for ax in (ax_time, ax_mem, ax_err):
+        ax.axhline(len(configs) - float32 - 0.5, color="0.5", ls="--", lw=0.8)
+        ax.grid(alpha=0.3, axis="x", which="both")
+        ax.legend(fontsize=8, loc="upper center", ncol=2)
+    for ax in (ax_time, ax_mem):
+        ax.axvline(1, color="k", lw=1)
+    title = "Gradient paths against autodiff, per MLP configuration (below 1: cheaper)"
+    finish(fig, path, title, [n for n, _ in loaded], [r for _, r in loaded])
+
+
+def draw_modes(results, path):
+    """The full Jacobian by jacfwd and by jacrev: time and FLOPs as the inputs grow, and as the outputs grow."""
+    result = load(results, "modes.json")
+    fig, axes = pyplot().subplots(2, 2, figsize=(11, 7.6), sharey="row")
+    methods = {
+        "jacfwd": "jax.jacfwd (forward mode)",
+        "jacrev": "jax.jacrev (reverse mode)",
+        "forward": "one forward pass",
+    }
+    colors = {"jacfwd": "C0", "jacrev": "C1", "forward": "0.5"}
+    hidden = "-".join(str(h) for h in result["hidden"])
+    for column, (sweep, fixed) in enumerate((("n_in", "n_out"), ("n_out", "n_in"))):
+        points = sorted((p for p in result["points"] if sweep in p["sweeps"]), key=lambda p: p[sweep])
+        xs = [p[sweep] for p in points]
+        ax_time, ax_flop = axes[:, column]
+        for i, point in enumerate(points):  # who wins at this point, by the round-by-round comparison
+            verdict = point["pairs"]["jacfwd/jacrev"]["verdict"]
+            if verdict != "tie":
+                low = (xs[i - 1] * xs[i]) ** 0.5 if i else xs[i] / 1.5
+                high = (xs[i] * xs[i + 1]) ** 0.5 if i + 1 < len(xs) else xs[i] * 1.5
+                for ax in (ax_time, ax_flop):
+                    ax.axvspan(low, high, color=colors["jacrev" if verdict == "slower" else "jacfwd"], alpha=0.08, lw=0)
+        for name, label in methods.items():
+            rows = [p["methods"][name] for p in points]
+            medians = [1e3 * row["median_s"] for row in rows]
+            low = [m - 1e3 * row["q1_s"] for m, row in zip(medians, rows)]
+            high = [1e3 * row["q3_s"] - m for m, row in zip(medians, rows)]
+            style = {"color": colors[name], "label": label, "ls": ":" if name == "forward" else "-"}
+            ax_time.errorbar(xs, medians, yerr=[low, high], fmt="o", capsize=2, ms=4, **style)
+            ax_flop.plot(xs, [row["flops"] for row in rows], marker="o", ms=4, **style)
+        for point, x in zip(points, xs):
+            ratio = point["pairs"]["jacfwd/jacrev"]["ratio"]
+            digits = 2 if ratio < 1 else 1 if ratio < 10 else 0
+            ax_time.annotate(f"{ratio:.{digits}f}x", (x, 1e3 * point["methods"]["jacfwd"]["median_s"]), **ANNOTATION)
+        fixed_value = points[0][fixed]
+        ax_time.set_title(f"time as {sweep} grows ({fixed} = {fixed_value})", fontsize=10)
+        ax_flop.set_title(f"FLOPs as {sweep} grows ({fixed} = {fixed_value})", fontsize=10)
+        for ax in (ax_time, ax_flop):
+            ax.set(xscale="log", yscale="log", xlabel=sweep)
+            ax.set_xticks(xs, [str(x) if i == 0 or x / xs[i - 1] > 1.5 else "" for i, x in enumerate(xs)])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.grid(alpha=0.3, which="both")
+    axes[0, 0].set_ylabel("ms per Jacobian (median, quartiles)")
+    axes[1, 0].set_ylabel("FLOPs (XLA's cost analysis)")
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    handles += [Patch(color=c, alpha=0.25) for c in (colors["jacfwd"], colors["jacrev"])]
+    names += ["forward mode faster", "reverse mode faster"]
+    axes[0, 0].legend(handles, names, fontsize=8, title="labels: jacfwd's time over jacrev's", title_fontsize=8)
+    title = (
+        f"Full Jacobian of an MLP n_in-{hidden}-n_out: forward mode's cost grows with the inputs, "
+        "reverse mode's with the outputs"
+    )
+    finish(fig, path, title, ["modes.json"], [result])
+
+
 #: Every figure the results page shows: file name -> the function that draws it.
 FIGURES = {
     "recipe_curves.png": draw_recipe_curves,
@@ -226,6 +348,8 @@ FIGURES = {
     "attention_cost.png": draw_attention_cost,
     "peers.png": draw_peers,
     "kill_resume.png": draw_kill_resume,
+    "compare_grads.png": draw_compare_grads,
+    "modes.png": draw_modes,
 }
 
 
