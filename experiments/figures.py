@@ -57,6 +57,17 @@ def load(results, name, *, optional=False):
         raise ValueError(f"cannot read the results file {path}: {reason}") from exc
 
 
+def load_present(results, files):
+    """``[(name, parsed JSON), ...]`` of ``files``: the first required, the others drawn only if present."""
+    loaded = [(name, load(results, name, optional=i > 0)) for i, name in enumerate(files)]
+    return [(name, result) for name, result in loaded if result is not None]
+
+
+def interval(centers, lows, highs):
+    """Matplotlib's asymmetric error bars ``[[c - low, ...], [high - c, ...]]`` for an interval around each center."""
+    return [[c - low for c, low in zip(centers, lows)], [high - c for c, high in zip(centers, highs)]]
+
+
 def machine(*results):
     """Names the machines the results were measured on, e.g. ``"cpu: Intel Xeon x 2 cores, JAX 0.10.2"``."""
     names = []
@@ -107,14 +118,15 @@ def draw_recipe_curves(results, path):
 def draw_module_costs(results, path):
     """Per module: the custom path's wall time (median, 95% interval) and temporary bytes over autodiff's."""
     files = ["module_costs.json", "module_costs_state.json"]
-    loaded = [(n, r) for n in files if (r := load(results, n, optional=(n != files[0]))) is not None]
+    loaded = load_present(results, files)
     rows = [(i, row) for i, (_, result) in enumerate(loaded) for row in result["rows"]]
     fig, (ax_time, ax_mem) = pyplot().subplots(1, 2, figsize=(11, 0.28 * len(rows) + 1.6), sharey=True)
     ys = range(len(rows))[::-1]
     colors = [f"C{i}" for i, _ in rows]
     times = [row["time_ratio_wall"] for _, row in rows]
-    errors = [[t["median"] - t["ci95"][0] for t in times], [t["ci95"][1] - t["median"] for t in times]]
-    bars = ax_time.barh(ys, [t["median"] for t in times], xerr=errors, color=colors, capsize=2)
+    medians = [t["median"] for t in times]
+    errors = interval(medians, [t["ci95"][0] for t in times], [t["ci95"][1] for t in times])
+    bars = ax_time.barh(ys, medians, xerr=errors, color=colors, capsize=2)
     ax_time.bar_label(bars, fmt="%.2f", fontsize=7, padding=8)
     bars = ax_mem.barh(ys, [row["temp_bytes_ratio"] for _, row in rows], color=colors)
     ax_mem.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
@@ -140,9 +152,8 @@ def draw_attention_cost(results, path):
         color = PATH_COLORS.get(name)
         ax_mem.plot(seq_lens, [row["temp_bytes"] / 2**20 for row in rows], "o-", color=color, label=name)
         medians = [row["step_s"] for row in rows]
-        low = [m - row["step_s_quartiles"][0] for m, row in zip(medians, rows)]
-        high = [row["step_s_quartiles"][1] - m for m, row in zip(medians, rows)]
-        ax_time.errorbar(seq_lens, medians, yerr=[low, high], fmt="o-", color=color, capsize=2, label=name)
+        quartiles = interval(medians, *zip(*(row["step_s_quartiles"] for row in rows)))
+        ax_time.errorbar(seq_lens, medians, yerr=quartiles, fmt="o-", color=color, capsize=2, label=name)
         if name == "custom":  # its ratios to autodiff, as the experiment reports them
             for row in rows:
                 memory, time = row["temp_ratio_vs_autodiff"], row["time_ratio"]["median"]
@@ -176,17 +187,13 @@ def draw_peers(results, path):
         ax.grid(alpha=0.3, axis="y")
     ax_peer.set(ylabel="seconds per epoch", title=f"pooled CNN, one epoch, {len(peers['rounds']['fnn'])} rounds")
     ax_notes.set(ylabel="seconds per run", title=f"the notes' recipe, {notes['epochs']} epochs, per run")
-    labels, ratios, lows, highs = [], [], [], []
-    for comparison in peers["comparisons"]:
-        labels.append(f"fnn / {comparison['peer']}")
-        ratios.append(comparison["time_ratio"])
-        lows.append(comparison["time_ratio"] - comparison["time_ratio_ci95"][0])
-        highs.append(comparison["time_ratio_ci95"][1] - comparison["time_ratio"])
-    labels.append(f"fnn / notes' torch\n(medians of {len(notes['runs']['fnn'])} runs)")
-    ratios.append(notes["ratio_fnn_to_torch"])
-    lows.append(0)
-    highs.append(0)
-    ax_ratio.errorbar(range(len(ratios)), ratios, yerr=[lows, highs], fmt="o", color="k", capsize=4)
+    measured = [  # (label, ratio, its interval); speed_vs_torch.json records no interval
+        *((f"fnn / {c['peer']}", c["time_ratio"], c["time_ratio_ci95"]) for c in peers["comparisons"]),
+        (f"fnn / notes' torch\n(medians of {len(notes['runs']['fnn'])} runs)", notes["ratio_fnn_to_torch"], None),
+    ]
+    labels, ratios, cis = zip(*measured)
+    lows, highs = zip(*(ci or (r, r) for r, ci in zip(ratios, cis)))
+    ax_ratio.errorbar(range(len(ratios)), ratios, yerr=interval(ratios, lows, highs), fmt="o", color="k", capsize=4)
     for x, ratio in enumerate(ratios):
         ax_ratio.annotate(f"{ratio:.2f}", (x, ratio), **ANNOTATION)
     for target in {comparison["target_ratio"] for comparison in peers["comparisons"]}:
@@ -204,7 +211,7 @@ def draw_peers(results, path):
 def draw_kill_resume(results, path):
     """Each killed run: when it was killed, the step it resumed from, while saving or not, bit for bit or not."""
     files = ["kill_resume.json", "kill_resume_bn_dropout.json"]
-    loaded = [(n, r) for n in files if (r := load(results, n, optional=(n != files[0]))) is not None]
+    loaded = load_present(results, files)
     fig, axes = pyplot().subplots(1, len(loaded), figsize=(5.5 * len(loaded), 4.2), squeeze=False)
     for ax, (name, result) in zip(axes[0], loaded):
         for saving, marker, what in ((False, "o", "training"), (True, "s", "saving")):
@@ -226,7 +233,7 @@ def draw_kill_resume(results, path):
 def draw_compare_grads(results, path):
     """Per MLP configuration, sorted by work: each path's step time over autodiff's, temporary bytes and error."""
     files = ["compare_grads.json", "compare_grads_rerun.json"]
-    loaded = [(n, r) for n in files if (r := load(results, n, optional=(n != files[0]))) is not None]
+    loaded = load_present(results, files)
     runs = [{(row["config"], row["path"]): row for row in result["rows"]} for _, result in loaded]
     first, paths = runs[0], ["custom", "backprop"]
     base = {config: first[config, "autodiff"] for config in loaded[0][1]["grid"]["configs"]}
@@ -248,10 +255,7 @@ def draw_compare_grads(results, path):
         offset = 0.36 - 0.72 * slot / max(len(slots) - 1, 1)
         rows = [runs[r][config, name] for config in configs]
         ratios = [row["ratio_to_autodiff"] for row in rows]
-        errors = [
-            [t - row["ci_low"] for t, row in zip(ratios, rows)],
-            [row["ci_high"] - t for t, row in zip(ratios, rows)],
-        ]
+        errors = interval(ratios, [row["ci_low"] for row in rows], [row["ci_high"] for row in rows])
         style = {"color": PATH_COLORS[name], "capsize": 2, "ms": 4, "ls": "none", **styles[r]}
         ax_time.errorbar(ratios, [y + offset for y in ys], xerr=errors, label=f"{name} ({loaded[r][0]})", **style)
     for p, name in enumerate(paths):  # compiled, not timed: the same in every run
@@ -311,10 +315,9 @@ def draw_modes(results, path):
         for name, label in methods.items():
             rows = [p["methods"][name] for p in points]
             medians = [1e3 * row["median_s"] for row in rows]
-            low = [m - 1e3 * row["q1_s"] for m, row in zip(medians, rows)]
-            high = [1e3 * row["q3_s"] - m for m, row in zip(medians, rows)]
+            quartiles = interval(medians, [1e3 * row["q1_s"] for row in rows], [1e3 * row["q3_s"] for row in rows])
             style = {"color": colors[name], "label": label, "ls": ":" if name == "forward" else "-"}
-            ax_time.errorbar(xs, medians, yerr=[low, high], fmt="o", capsize=2, ms=4, **style)
+            ax_time.errorbar(xs, medians, yerr=quartiles, fmt="o", capsize=2, ms=4, **style)
             ax_flop.plot(xs, [row["flops"] for row in rows], marker="o", ms=4, **style)
         for point, x in zip(points, xs):
             ratio = point["pairs"]["jacfwd/jacrev"]["ratio"]

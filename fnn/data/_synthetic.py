@@ -19,10 +19,10 @@ def synthetic(n_train=512, n_test=128, *, shape=(784,), classes=10, seed=0):
     normal ``[prod(shape), classes]`` teacher. A linear model can fit it
     exactly; with a few input features (``shape=(20,)``, 3 classes, 2,048
     examples) a small net learns most of it in a few epochs, while at
-    MNIST's 784 features it needs far more examples than the defaults: at any
-    size training moves, which is what a smoke test needs. The defaults are MNIST's sizes
-    (flat rows of 784 pixels, 10 classes); ``shape=(28, 28, 1)`` gives the
-    same values laid out as images.
+    MNIST's 784 features it needs far more examples than the defaults. At
+    any size training moves, which is what a smoke test needs. The defaults
+    are MNIST's sizes (flat rows of 784 pixels, 10 classes); ``shape=(28,
+    28, 1)`` gives the same values laid out as images.
 
     The draws, from ``numpy.random.default_rng(seed)``, are in this order:
     the teacher, the training inputs, the test inputs; so the same arguments
