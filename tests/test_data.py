@@ -288,24 +288,26 @@ def test_second_load_hits_cache(tiny, cached):
     assert sorted(leftovers) == ["1.0.0", "fnn_cache.npz"]  # no temporary files
 
 
-def test_changed_source_invalidates_cache(tiny, cached):
-    source, data_dir, _ = cached
+def test_one_cache_serves_every_route(tiny, cached, monkeypatch):
+    """Loads with and without the source folder (FNN_DATASETS_DIR on and off) read the one cache: no rebuild."""
+    source, data_dir, arrays = cached
+    assert_matches(data.load("tiny", data_dir=data_dir), arrays)  # no source folder: the prepared dataset's cache
+    monkeypatch.setenv(data.ENV_VAR, str(source.parent))
+    (source.parent / "tiny").mkdir(exist_ok=True)
+    for base in (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS):
+        shutil.copy(source / f"{base}.gz", source.parent / "tiny")
+    assert_matches(data.load("tiny", data_dir=data_dir), arrays)  # through the variable
+    assert len(tiny) == 1
+
+
+def test_prepared_data_wins_over_changed_sources(tiny, cached):
+    """Once TFDS prepared a dataset, its source files are not read again (re-preparing means deleting it)."""
+    source, data_dir, arrays = cached
     new = tiny_arrays(seed=1)
     for base in (TRAIN_IMAGES, TEST_LABELS):
         bump_mtime(write_file(source, base, new[base]))
-    ds = data.load("tiny", source_dir=source, data_dir=data_dir)
-    assert len(tiny) == 2
-    np.testing.assert_array_equal(ds.y_test, new[TEST_LABELS])
-    data.load("tiny", source_dir=source, data_dir=data_dir)
-    assert len(tiny) == 2  # the rebuilt cache is current again
-
-
-def test_changed_source_is_checked_again(tiny, cached):
-    source, data_dir, _ = cached
-    _bad_magic(source)
-    bump_mtime(source / f"{TRAIN_LABELS}.gz")
-    with pytest.raises(fnn.DatasetError, match="bad magic number"):
-        data.load("tiny", source_dir=source, data_dir=data_dir)
+    assert_matches(data.load("tiny", source_dir=source, data_dir=data_dir), arrays)
+    assert len(tiny) == 1
 
 
 def test_changed_prepared_data_invalidates_cache(tiny, cached):

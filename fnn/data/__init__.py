@@ -14,11 +14,20 @@ fnn:
   temporary TFDS download cache, where TFDS finds them as if it had downloaded
   them itself, and lets TFDS extract and prepare them.
 
-The arrays are then cached in ``<data_dir>/<name>/fnn_cache.npz`` with a
-fingerprint of the TFDS version, the prepared files and the source files, so
-later loads read one file and never import TFDS or TensorFlow. A stale or
-unreadable cache is rebuilt. A prepared TFDS dataset is never overwritten: to
-re-prepare from different source files, delete ``<data_dir>/<name>/<version>``.
+The arrays are then cached in ``<data_dir>/<name>/fnn_cache.npz`` (by
+default ``~/tensorflow_datasets/<name>/fnn_cache.npz``) with a fingerprint
+of the TFDS version and of TFDS's prepared files, so later loads read one
+file and never import TFDS or TensorFlow, whichever route (a download, local
+files, ``FNN_DATASETS_DIR`` set or not) prepared the dataset. A stale or
+unreadable cache is rebuilt. A prepared TFDS dataset is never overwritten
+and its source files are not read again: to re-prepare from different source
+files, delete ``<data_dir>/<name>/<version>``.
+
+Data larger than memory: :func:`stream` (or a :class:`Stream` over any
+random-access source, such as :class:`Records` written by
+:func:`write_records`) gives ``fnn.fit`` a training split that is read from
+disk as training needs it, shuffled, sharded over processes and resumable
+mid-epoch (the rules are :class:`Stream`'s).
 
 Besides the datasets: :func:`synthetic`, a learnable random dataset of any
 input shape (for smoke tests and examples), and :func:`random_shift`, image
@@ -27,7 +36,8 @@ augmentation for ``fnn.fit(augment=...)``.
 One job to a file: ``_specs`` (what each dataset is), ``_sources`` (where
 its files are), ``_checks`` (their contents), ``_idx`` (the IDX format),
 ``_tfds`` (TFDS's preparation), ``_cache``, ``_dataset`` (the
-:class:`Dataset`), ``_synthetic`` and ``_augment``.
+:class:`Dataset`), ``_records`` (record files), ``_stream`` (streaming),
+``_synthetic`` and ``_augment``.
 """
 
 import os
@@ -36,20 +46,27 @@ from pathlib import Path
 import numpy as np
 
 from fnn._errors import InputError
-from fnn.data import _cache, _checks, _sources, _specs, _tfds
+from fnn.data import _cache, _checks, _records, _sources, _specs, _tfds
 from fnn.data._augment import random_shift
 from fnn.data._dataset import Dataset
+from fnn.data._records import Records, write_records
 from fnn.data._sources import ENV_VAR
+from fnn.data._stream import Batches, Stream
 from fnn.data._synthetic import synthetic
 
 __all__ = [
     "DATASETS",
     "ENV_VAR",
     "LAYOUTS",
+    "Batches",
     "Dataset",
+    "Records",
+    "Stream",
     "load",
     "random_shift",
+    "stream",
     "synthetic",
+    "write_records",
 ]
 
 DATASETS = tuple(sorted(_specs.SPECS))
@@ -86,13 +103,40 @@ def load(name, *, source_dir=None, data_dir=None, layout="flat", verbose=False):
     data_dir = _data_dir(data_dir)
     files = _sources.source_files(spec, source_dir)
     cache = data_dir / name / _cache.CACHE_NAME
-    arrays = _cache.read_cache(cache, spec, data_dir, files)
+    arrays = _cache.read_cache(cache, spec, data_dir)
     if arrays is None:
         raw = None if files is None else _checks.validate(spec, files)
         arrays, prepared_dir = _tfds.from_tfds(spec, data_dir, raw, verbose=verbose)
         _cache.check_arrays(spec, arrays, f"TFDS's prepared {name} at {prepared_dir}")
-        _cache.write_cache(cache, arrays, _cache.fingerprint(data_dir / name, prepared_dir.name, files))
+        _cache.write_cache(cache, arrays, _cache.fingerprint(data_dir / name, prepared_dir.name))
     return _dataset(spec, arrays, layout)
+
+
+def stream(name, *, source_dir=None, data_dir=None, layout="flat", transform=None, workers=0, verbose=False):
+    """An MNIST-style dataset as a :class:`Stream`: its training split read from record files as training needs it.
+
+    The first call writes the training split as record files
+    (:func:`write_records`) in ``<data_dir>/<name>/fnn_records/<layout>/``
+    from the arrays :func:`load` gives (so a streamed run trains on the same
+    values as one from arrays), and later calls read them; they are written
+    again when the dataset's cache changes. The test split is returned as
+    arrays. ``fnn.fit(model, params, fnn.data.stream("mnist"))`` trains the
+    notes' recipe as ``fnn.fit(model, params, fnn.data.load("mnist"))`` does,
+    step for step.
+
+    Args:
+      name, source_dir, data_dir, layout, verbose: as for :func:`load`.
+      transform, workers: as for :class:`Stream`.
+
+    Returns:
+      A :class:`Stream` over :class:`Records`.
+    """
+    data = load(name, source_dir=source_dir, data_dir=data_dir, layout=layout, verbose=verbose)
+    dataset_dir = _data_dir(data_dir) / name
+    made_from = {"cache": _cache.stamp(dataset_dir / _cache.CACHE_NAME), "layout": layout}
+    folder = dataset_dir / "fnn_records" / layout
+    records = _records.open_or_write(folder, data.x_train, data.y_train, made_from)
+    return Stream(records, data.x_test, data.y_test, transform=transform, workers=workers, name=f"{name} records")
 
 
 def _data_dir(data_dir):

@@ -17,22 +17,32 @@ from fnn.data._tfds import tfds_version
 log = logging.getLogger("fnn.data")
 
 CACHE_NAME = "fnn_cache.npz"
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 _ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-def fingerprint(dataset_dir, version, files):
-    """A JSON string that changes when TFDS, its prepared files or the source files do."""
+def fingerprint(dataset_dir, version):
+    """A JSON string that changes when TFDS or its prepared files do.
+
+    The source files are not part of it: whichever route prepared the
+    dataset (a download, or local IDX files), the prepared files are what the
+    arrays come from, and TFDS never prepares a dataset twice.
+    """
     return json.dumps(
         {
             "format": _CACHE_FORMAT,
             "tfds": tfds_version(),
             "version": version,
             "prepared": _stats(sorted((dataset_dir / version).glob("*"))),
-            "source": None if files is None else _stats(files[b] for b in sorted(files)),
         },
         sort_keys=True,
     )
+
+
+def stamp(path):
+    """``[size, mtime_ns]`` of the cache file at ``path``: what records made from it remember of it."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
 
 
 def _stats(paths):
@@ -45,13 +55,13 @@ def _stats(paths):
     return out
 
 
-def read_cache(path, spec, data_dir, files):
+def read_cache(path, spec, data_dir):
     """Returns the cached arrays if the cache is intact and current, else None."""
     try:
         with np.load(path, allow_pickle=False) as cache:
             stored = str(cache["fingerprint"])
             version = json.loads(stored)["version"]
-            if stored != fingerprint(data_dir / spec.name, version, files):
+            if stored != fingerprint(data_dir / spec.name, version):
                 log.info("fnn cache %s is stale; rebuilding it", path)
                 return None
             arrays = {key: cache[key] for key in _ARRAY_KEYS}

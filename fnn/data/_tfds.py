@@ -39,7 +39,8 @@ def from_tfds(spec, data_dir, raw, *, verbose=False):
         let TFDS download.
       verbose: show TFDS's and TensorFlow's own output; otherwise one line
         says what happens, and their output is shown only if it fails (a
-        download always shows TFDS's progress).
+        download always shows TFDS's progress; preparing from local files
+        and reading a prepared dataset show nothing else).
 
     Returns:
       ``(arrays, prepared_dir)``: ``{"x_train": uint8 [N, 784], "y_train": int32
@@ -49,8 +50,9 @@ def from_tfds(spec, data_dir, raw, *, verbose=False):
     source = "its local files" if raw is not None else "TFDS (a download, if it has not prepared it yet)"
     message = f"fnn.data: reading {spec.name} from {source} into {data_dir} (once; later loads read a cache)"
     print(message, file=sys.stderr, flush=True)
+    downloading = raw is None and not any((Path(data_dir) / spec.name).glob("*/dataset_info.json"))
     try:
-        with _silenced(not verbose and raw is not None):
+        with _silenced(not verbose and not downloading):  # a download shows TFDS's progress
             builder = tfds.builder(spec.name, data_dir=os.fspath(data_dir))
             if not _is_prepared(builder):
                 if raw is None:

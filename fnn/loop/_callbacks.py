@@ -61,6 +61,9 @@ class Run:
       stop: set by a callback to end training after the current epoch.
       last_checkpoint: a description of the newest checkpoint saved or
         restored (``None`` if none), named when training diverges.
+      data_state: the position of a streamed run's reader within the epoch
+        (JSON, ``None`` between epochs and for data in arrays), which
+        checkpoints keep.
     """
 
     configure: Callable
@@ -72,6 +75,7 @@ class Run:
     history: list = dataclasses.field(default_factory=list)
     stop: bool = False
     last_checkpoint: str | None = None
+    data_state: dict | None = None
 
     @functools.cached_property
     def config(self):
@@ -204,8 +208,8 @@ class Checkpointing(Callback):
     """Saves the run with Orbax (:mod:`fnn.checkpoint`) and resumes it, bit for bit.
 
     A checkpoint holds the parameters, the optimizer state, the model's state, the run's key, the
-    epoch's tally, the epoch and step reached, the history so far and the
-    run's configuration. Written to a temporary folder and renamed when whole,
+    epoch's tally, the epoch and step reached (with a stream, the reader's
+    position too), the history so far and the run's configuration. Written to a temporary folder and renamed when whole,
     so a run killed at any moment keeps its last good checkpoint.
 
     Args:
@@ -249,6 +253,7 @@ class Checkpointing(Callback):
                 + ". Resume with the same settings, or start this run in an empty folder"
             )
         run.state, run.epoch, run.step, run.history = state, meta["next_epoch"], meta["next_step"], meta["history"]
+        run.data_state = meta.get("data_state")
         self._mark(run, latest)
 
     def on_steps(self, run):
@@ -268,6 +273,8 @@ class Checkpointing(Callback):
 
     def _save(self, run, next_epoch, next_step):
         meta = {"next_epoch": next_epoch, "next_step": next_step, "history": run.history, "config": run.config}
+        if next_step:
+            meta["data_state"] = run.data_state
         self.checkpoints.save(run.steps_done, run.state, meta)
         self._mark(run, run.steps_done)
 

@@ -40,10 +40,16 @@ def run_config(plan, params, key_data):
         "shuffle": plan.shuffle,
         "key": np.asarray(key_data).tolist(),
         "train_metrics": plan.train_metrics,
-        "augment": None if plan.augment is None else getattr(plan.augment, "__name__", repr(plan.augment)),
+        "augment": _name(plan.augment),
+        "transform": _name(plan.transform),
         "optimizer_updates": optimizer_updates(plan.optimizer, params),
     }
     return json.loads(json.dumps(config))  # as a checkpoint gives it back: lists, not tuples
+
+
+def _name(fn):
+    """How the configuration names an augmentation: its ``__name__`` (``None`` for none)."""
+    return None if fn is None else getattr(fn, "__name__", repr(fn))
 
 
 def _probe_leaf(leaf, offset, phase):

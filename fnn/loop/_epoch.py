@@ -44,7 +44,9 @@ class Plan:
 
     ``key_impl`` is the implementation of the run's key (its data is part of
     the carried state); ``divergence_factor`` is ``inf`` when only non-finite
-    losses count as divergence.
+    losses count as divergence. ``streamed``: the steps are given the batches
+    they train on (from a :class:`fnn.data.Stream`, whose per-record
+    ``transform`` is recorded), not the whole training split.
     """
 
     model: Module
@@ -59,6 +61,8 @@ class Plan:
     mesh: jax.sharding.Mesh
     train_metrics: str
     divergence_factor: float
+    streamed: bool = False
+    transform: Callable | None = None
 
     @property
     def full_batches(self):
@@ -169,7 +173,10 @@ def make_steps(plan, n_steps, rows=None):
     epoch, step ``i`` on rows ``i * batch_size`` onwards (``rows`` of them,
     ``batch_size`` by default) in data order, or with ``plan.shuffle`` in the
     epoch's permutation ``permutation(fold_in(key, epoch), N)``, the run's key
-    being ``key_data`` of implementation ``plan.key_impl``. ``plan.augment(key,
+    being ``key_data`` of implementation ``plan.key_impl``. With
+    ``plan.streamed``, ``x`` and ``y`` are instead the batches themselves,
+    ``[n_steps, >= rows, ...]``, in that order (a batch's rows past ``rows``
+    are padding, dropped). ``plan.augment(key,
     x)``, if given, transforms each step's inputs with the key
     ``fold_in(fold_in(key, epoch), step)``; a model with randomness draws
     from ``fold_in(fold_in(fold_in(key, 0), epoch), step)`` (epochs count from
@@ -185,15 +192,18 @@ def make_steps(plan, n_steps, rows=None):
         run_key = jax.random.wrap_key_data(key_data, impl=plan.key_impl)
         epoch_key = jax.random.fold_in(run_key, epoch)
         model_key = jax.random.fold_in(jax.random.fold_in(run_key, 0), epoch)
-        order = jax.random.permutation(epoch_key, x.shape[0]) if plan.shuffle else None
+        order = jax.random.permutation(epoch_key, x.shape[0]) if plan.shuffle and not plan.streamed else None
 
         def step(carry, i):
             params, opt_state, model_state, tally = carry
-            start = (first + i) * plan.batch_size
-            inputs = _rows(x, order, start, rows)
+            if plan.streamed:
+                inputs, targets = x[i, :rows], y[i, :rows]
+            else:
+                start = (first + i) * plan.batch_size
+                inputs, targets = _rows(x, order, start, rows), _rows(y, order, start, rows)
             if plan.augment is not None:
                 inputs = plan.augment(jax.random.fold_in(epoch_key, first + i), inputs)
-            batch = split((inputs, _rows(y, order, start, rows)), rows)
+            batch = split((inputs, targets), rows)
             key = jax.random.fold_in(model_key, first + i) if plan.model.has_randomness else None
             params, opt_state, metrics, model_state = update(params, opt_state, batch, state=model_state, key=key)
             tally = _count(tally, metrics, first + i, rows, plan.divergence_factor)

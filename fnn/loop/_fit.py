@@ -15,6 +15,8 @@ from fnn import train as _train
 from fnn._errors import InputError, TrainingDiverged, UsageError
 from fnn._numbers import as_int, real
 from fnn._paths import check_pair, check_path
+from fnn.data import Stream
+from fnn.loop import _feed
 from fnn.loop._callbacks import Callback, EpochFunction, ProgressBar, Run
 from fnn.loop._config import run_config
 from fnn.loop._epoch import Plan, make_epoch_end, make_steps, new_tally
@@ -80,7 +82,9 @@ def fit(
         device of every process), to split each batch over them.
       steps_per_call: optimizer steps compiled into one call, as a
         ``jax.lax.scan``. ``None`` chooses: the whole epoch (one call, no
-        host round trip per step), except on the ``autodiff`` path for a
+        host round trip per step), or from a stream as many steps as about
+        16 MiB of training data (the chunk read ahead and sent to the devices
+        while the previous one trains), except on the ``autodiff`` path for a
         model with a convolution on a CPU, where 1: XLA's CPU backend runs a
         convolution inside a loop body through its slow generic code (JAX
         issue 12868), which JAX's own convolution gradient meets there,
@@ -131,6 +135,7 @@ def fit(
     start = time.perf_counter()
     epochs = _check_int("epochs", epochs, 1)
     splits, batch_size = _check(model, loss, path, data, params, batch_size, state)
+    stream = data if isinstance(data, Stream) else None
     plan = _plan(
         model,
         loss,
@@ -143,11 +148,16 @@ def fit(
         devices,
         train_metrics,
         divergence_factor,
+        stream,
     )
-    segment = _segment(plan, steps_per_call, callbacks)
     parts = [*(c if isinstance(c, Callback) else EpochFunction(c) for c in callbacks), ProgressBar(progress)]
-    run = _new_run(plan, params, state, shuffle_key, epochs, splits["train"][0].shape[1:])
-    arrays = parallel.replicate(tuple(a for split in splits.values() for a in split), plan.mesh)
+    input_shape = splits["train"][0].shape[1:]
+    run = _new_run(plan, params, state, shuffle_key, epochs, input_shape)
+    if stream is None:
+        feed = _feed.Arrays(splits, plan.mesh)
+    else:
+        feed = _feed.Streamed(stream, plan, _key_parts(shuffle_key)[0], _batch_check(model, loss, input_shape))
+    segment = _segment(plan, steps_per_call, callbacks, feed)
     with contextlib.ExitStack() as stack:
         for part in parts:
             stack.callback(part.close)
@@ -156,11 +166,11 @@ def fit(
         if run.history:  # restored: decisions that follow from the history are made again
             for part in parts:
                 part.on_resume(run)
-        compiled = _Compiled(plan, run.state, arrays)
+        compiled = _Compiled(plan, run.state, feed)
         for n in (segment, plan.full_batches % segment):
             compiled.steps(n)
         compile_s = time.perf_counter() - start
-        _epochs(run, plan, compiled, segment, parts)
+        _epochs(run, plan, compiled, segment, parts, feed)
         for part in parts:
             part.on_end(run)
     history = History.from_rows(
@@ -180,9 +190,9 @@ def _check(model, loss, path, data, params, batch_size, state):
     the batch size as a Python int."""
     check_pair(model, loss)
     check_path(path)
-    splits = _split_arrays(data)
+    splits = _stream_splits(data) if isinstance(data, Stream) else _split_arrays(data)
     validate.check_splits(splits, model)
-    n_train = splits["train"][0].shape[0]
+    n_train = len(data.train) if isinstance(data, Stream) else splits["train"][0].shape[0]
     batch_size = _check_int("batch_size", batch_size, 1, n_train, f" (the training set has {n_train} examples)")
     validate.check_params(model, params, splits["train"][0].shape[1:])
     if state is None:
@@ -202,6 +212,26 @@ def _check_int(name, value, low, high=None, hint=""):
     return number
 
 
+def _stream_splits(stream):
+    """The splits to check before a streamed run: its record 0 as the training split (every batch is checked
+    as it is read), and the test arrays."""
+    x, y = (np.asarray(a)[None] for a in stream.train[0])
+    return {"train": (x, y), "test": (np.asarray(stream.x_test), np.asarray(stream.y_test))}
+
+
+def _batch_check(model, loss, input_shape):
+    """``check(x, y)``: the checks of :func:`_check` on one batch of a stream's training records."""
+
+    output_shape = model.output_shape(input_shape)
+
+    def check(x, y):
+        model.check_inputs(x, "train")
+        if loss.check_targets is not None:
+            loss.check_targets(y, (x.shape[0], *output_shape), "train")
+
+    return check
+
+
 def _split_arrays(data):
     names = ("x_train", "y_train", "x_test", "y_test")
     try:
@@ -209,15 +239,22 @@ def _split_arrays(data):
     except AttributeError:
         raise UsageError(
             "data must have x_train, y_train, x_test and y_test arrays (e.g. fnn.data.load(...)), "
-            f"got {type(data).__name__}"
+            f"or be a fnn.data.Stream (e.g. fnn.data.stream(...)), got {type(data).__name__}"
         ) from None
     return {"train": tuple(arrays[:2]), "test": tuple(arrays[2:])}
 
 
-def _plan(model, loss, path, optimizer, splits, batch_size, shuffle_key, augment, devices, train_metrics, factor):
+def _plan(
+    model, loss, path, optimizer, splits, batch_size, shuffle_key, augment, devices, train_metrics, factor, stream
+):
     """The :class:`Plan` of the run, its arguments checked."""
     if train_metrics not in ("batches", "full"):
         raise InputError(f"train_metrics must be 'batches' or 'full', got {train_metrics!r}")
+    if train_metrics == "full" and stream is not None:
+        raise InputError(
+            "train_metrics='full' evaluates the whole training set, which a stream does not hold in memory; "
+            "use train_metrics='batches' (the notes' metrics), or pass the data as arrays"
+        )
     if factor is not None:
         factor = real("fit", "divergence_factor", factor, within="above 1 (or None)", ok=lambda f: f > 1)
     mesh = parallel.data_mesh(1 if devices is None else devices)
@@ -232,13 +269,15 @@ def _plan(model, loss, path, optimizer, splits, batch_size, shuffle_key, augment
         _train.as_optimizer(optimizer),
         path,
         batch_size,
-        splits["train"][0].shape[0],
+        splits["train"][0].shape[0] if stream is None else len(stream.train),
         _key_parts(shuffle_key)[1],
         shuffle_key is not None,
         augment,
         mesh,
         train_metrics,
         math.inf if factor is None else float(factor),
+        stream is not None,
+        None if stream is None else stream.transform,
     )
 
 
@@ -252,10 +291,10 @@ def _key_parts(shuffle_key):
     raise UsageError(f"shuffle_key must be a jax.random key (jax.random.key(seed)), got {key.dtype} {key.shape}")
 
 
-def _segment(plan, steps_per_call, callbacks):
+def _segment(plan, steps_per_call, callbacks, feed):
     """Steps per compiled call: ``steps_per_call`` (or its automatic choice), cut to the callbacks' ``every_steps``."""
     if steps_per_call is None:
-        steps_per_call = 1 if _slow_in_a_loop(plan) else plan.full_batches
+        steps_per_call = 1 if _slow_in_a_loop(plan) else min(plan.full_batches, feed.steps_per_call)
     else:
         steps_per_call = _check_int("steps_per_call", steps_per_call, 1)
     periods = [c.every_steps for c in callbacks if isinstance(c, Callback) and c.every_steps is not None]
@@ -286,35 +325,39 @@ def _new_run(plan, params, model_state, shuffle_key, epochs, input_shape):
 class _Compiled:
     """The epoch's compiled functions: ``steps(n)`` for each segment length, and ``end``."""
 
-    def __init__(self, plan, state, arrays):
-        self.plan, self.arrays, self._steps = plan, arrays, {}
+    def __init__(self, plan, state, feed):
+        self.plan, self.feed, self._steps = plan, feed, {}
         self.shapes = (state["params"], state["opt_state"], state["model_state"], state["tally"], state["key"])
         self.jit = {"donate_argnums": (0, 1, 2), "out_shardings": parallel.replicated(plan.mesh)}
-        self.end = jax.jit(make_epoch_end(plan), **self.jit).lower(*self.shapes, 1, *arrays).compile()
+        end = jax.jit(make_epoch_end(plan), **self.jit)
+        self.end = end.lower(*self.shapes, 1, *feed.specs(None), *feed.test).compile()
 
     def steps(self, n):
         """The compiled call that runs ``n`` steps (``None`` for 0)."""
         if n and n not in self._steps:
             fn = jax.jit(make_steps(self.plan, n), **self.jit)
-            self._steps[n] = fn.lower(*self.shapes, 1, 0, *self.arrays[:2]).compile()
+            self._steps[n] = fn.lower(*self.shapes, 1, 0, *self.feed.specs(n)).compile()
         return self._steps.get(n)
 
 
 # ---------------------------------------------------------------- the epoch loop
-def _epochs(run, plan, compiled, segment, parts):
+def _epochs(run, plan, compiled, segment, parts, feed):
     """Trains from ``run.epoch`` to ``run.epochs``, calling the callbacks; stops early on ``run.stop``."""
     while run.epoch <= run.epochs and not run.stop:
         tic = time.perf_counter()
+        feed.begin(run, segment)
         while run.step < plan.full_batches:
             n = min(segment, plan.full_batches - run.step)
-            _advance(run, compiled.steps(n), run.state["key"], run.epoch, run.step, *compiled.arrays[:2])
+            _advance(run, compiled.steps(n), run.state["key"], run.epoch, run.step, *feed.chunk(n))
             run.step += n
-            if run.step < plan.full_batches:
-                _watch(run, plan, run.state["tally"])
-                for part in parts:
-                    if part.every_steps and run.step % part.every_steps == 0:
-                        part.on_steps(run)
-        metrics = _advance(run, compiled.end, run.state["key"], run.epoch, *compiled.arrays)
+            due = [part for part in parts if part.every_steps and run.step % part.every_steps == 0]
+            if due and run.step < plan.full_batches:
+                feed.mark(run)
+                _watch(run, plan, run.state["tally"])  # waits for the steps: only before a callback sees them
+                for part in due:
+                    part.on_steps(run)
+        metrics = _advance(run, compiled.end, run.state["key"], run.epoch, *feed.last(), *feed.test)
+        feed.end(run)
         values = {name: float(v) for name, v in metrics.items() if v is not None}  # waits for the epoch
         _watch(run, plan, run.state["tally"], values.pop("params_finite"))
         run.step = run.steps_per_epoch

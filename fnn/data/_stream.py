@@ -1,0 +1,280 @@
+"""Streaming training data: a :class:`Stream` names a random-access training source; :class:`Batches` reads it
+by the rules :class:`Stream` states."""
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from fnn._errors import DataError, InputError, UsageError
+from fnn._numbers import positive_int
+
+__all__ = ["Batches", "Stream"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Stream:
+    """Training data read from a random-access source as training needs it, for :func:`fnn.fit`.
+
+    :func:`fnn.fit` trains from a :class:`Stream` as from arrays, reading the
+    records as training needs them, through a Grain pipeline:
+
+    * **Order.** Epoch ``e`` visits the records in the order
+      ``permutation(fold_in(run key, e), N)``, the order the in-memory path uses,
+      so both train the same steps on the same batches (without a
+      ``shuffle_key``, data order). The order does not depend on the number of
+      processes.
+    * **Shards.** Global batch ``s`` is the records at positions ``s * B ..
+      (s + 1) * B - 1`` of that order; process ``p`` of ``P`` reads only its
+      ``B / P`` consecutive rows of it (the rows its devices hold), so the
+      processes read disjoint records and together all of them.
+    * **The last smaller batch.** When ``B`` does not divide ``N``, the last
+      ``r = N mod B`` records form one smaller batch. Each process reads its
+      share of them: ``ceil(r / D)`` rows per device of its own (``D`` devices in
+      all) from the start of those ``r``, fewer or none at the end, padded with
+      zeros to that size; the compiled step drops the padding, so it trains on
+      exactly the ``r`` records, as the in-memory path does. No record is dropped.
+    * **Reading.** Each step's rows are read as one batch (``source.read`` when
+      the source has it, as :class:`fnn.data.Records` does, else record by
+      record), checked, transformed record by record, and ``n`` steps are
+      stacked into one chunk ``[n, B / P, ...]`` for one compiled call. Grain runs
+      the reads in ``threads`` threads (or ``workers`` processes) and keeps
+      ``prefetch`` batches ready, so host memory holds a few chunks, not the
+      dataset.
+    * **Transforms.** ``transform(x, rng) -> x`` runs on each training record in
+      the readers, ``rng`` being a ``numpy.random.Generator`` (Philox) keyed by
+      the run's key and counting from the epoch and the record's position in the
+      epoch: augmented runs repeat, resume and shard exactly.
+    * **Resume.** The Grain iterator's state (the next step of the epoch) goes
+      into checkpoints, and a resumed epoch continues from it.
+    * **Checks.** Every batch is checked as it is read, as ``fit`` checks
+      arrays (shapes and dtypes of record 0, finite inputs, targets the loss
+      takes); a failure names the source and the record's index.
+
+    Attributes:
+      train: the training records: any object with ``len(train)`` and
+        ``train[i] -> (x, y)`` (NumPy arrays, or values NumPy takes), such as
+        :class:`fnn.data.Records`, a ``grain.MapDataset`` (e.g.
+        ``grain.MapDataset.source(tfds.data_source(...)).map(to_pair)``) or a
+        list. Every record must have the shapes and dtypes of record 0.
+      x_test: test inputs ``[N_test, ...]``, evaluated in memory.
+      y_test: test targets ``[N_test, ...]``.
+      transform: ``transform(x, rng) -> x``, applied to each training record's
+        input in the readers (augmentation), ``rng`` a
+        ``numpy.random.Generator`` of its own (see above); it must
+        keep the input's shape and dtype, and must be picklable when
+        ``workers > 0``.
+      workers: Grain worker processes that read and transform; 0 reads in
+        threads of this process.
+      threads: reading threads (per worker).
+      prefetch: batches read ahead (per worker); ``None``: as many as two
+        compiled calls of :func:`fnn.fit` train on, so the next call's data is
+        ready when the current one ends.
+      name: how messages name the source (default: its ``repr``).
+    """
+
+    train: Any
+    x_test: Any
+    y_test: Any
+    transform: Callable | None = None
+    workers: int = 0
+    threads: int = 2
+    prefetch: int | None = None
+    name: str | None = None
+
+    def __post_init__(self):
+        if not (hasattr(self.train, "__len__") and hasattr(self.train, "__getitem__")):
+            raise UsageError(
+                "Stream(train=...) needs a random-access source (len(train) and train[i] -> (x, y)): "
+                "fnn.data.Records, a grain.MapDataset, a list of pairs; "
+                f"got {type(self.train).__name__} (an iterator cannot be shuffled, sharded or resumed)"
+            )
+        if len(self.train) == 0:
+            raise DataError(f"the training source {self.source_name} holds no records")
+        if self.transform is not None and not callable(self.transform):
+            raise UsageError(f"Stream(transform=...) must be a function transform(x, rng) -> x, got {self.transform!r}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise InputError(f"Stream(workers=...) must be an int >= 0 (0: read in threads), got {self.workers!r}")
+        positive_int("Stream", "threads", self.threads)
+        if self.prefetch is not None:
+            positive_int("Stream", "prefetch", self.prefetch)
+
+    @property
+    def source_name(self):
+        """How messages name the training source."""
+        return self.name or repr(self.train)
+
+    def record_spec(self):
+        """``((x shape, x dtype), (y shape, y dtype))`` of record 0, which every record must match."""
+        x, y = (np.asarray(a) for a in self.train[0])
+        return (x.shape, x.dtype), (y.shape, y.dtype)
+
+
+class Batches:
+    """The training batches one process reads from a :class:`Stream`, by the rules :class:`Stream` states.
+
+    Args:
+      stream: the :class:`Stream`.
+      batch_size: the global batch size ``B``.
+      key_data, key_impl: the run's key (its data and implementation).
+      shuffle: shuffle every epoch (else data order).
+      devices: ``D``, devices over all processes; ``local_devices`` of them
+        are this process's, which is ``process`` of ``processes``.
+      check: ``check(x, y)`` raising :class:`fnn.DataError` for a batch the
+        model or loss cannot take; each batch is checked as it is read.
+    """
+
+    def __init__(
+        self, stream, batch_size, key_data, key_impl, shuffle, *, devices, local_devices, process, processes, check
+    ):
+        self.stream, self.batch_size, self.shuffle, self.check = stream, batch_size, shuffle, check
+        self.n = len(stream.train)
+        self.key_data, self.key_impl = np.asarray(key_data), key_impl
+        self.process, self.processes = process, processes
+        self.local_batch = batch_size // processes
+        remainder = self.n % batch_size
+        self.last_rows = math.ceil(remainder / devices) * local_devices if remainder else 0
+        self.spec = stream.record_spec()
+        self._philox_key = _philox_key(self.key_data)
+        if shuffle:  # compiled now, not in the first epoch
+            _permutation.lower(self.key_data, key_impl, 1, self.n).compile()
+
+    @property
+    def full_batches(self):
+        return self.n // self.batch_size
+
+    def order(self, epoch):
+        """The epoch's order of the records, ``permutation(fold_in(key, epoch), N)`` (``arange(N)`` unshuffled)."""
+        if not self.shuffle:
+            return np.arange(self.n)
+        return np.asarray(_permutation(self.key_data, self.key_impl, epoch, self.n))
+
+    def epoch(self, epoch, state=None, prefetch=4):
+        """An iterator over this process's rows of the epoch's full batches, one ``(x [B / P, ...], y [B / P,
+        ...])`` per step, resumed from a Grain iterator ``state`` if given; its ``get_state()`` (JSON) is what a
+        checkpoint keeps. ``prefetch``: batches read ahead unless the stream says how many."""
+        import grain
+
+        dataset = grain.MapDataset.range(self.full_batches).map(_ReadStep(self, self.order(epoch), epoch))
+        prefetch = self.stream.prefetch or prefetch
+        options = grain.ReadOptions(num_threads=self.stream.threads, prefetch_buffer_size=prefetch)
+        steps = dataset.to_iter_dataset(options)
+        if self.stream.workers:
+            steps = steps.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.stream.workers))
+        iterator = iter(steps)
+        if state is not None:
+            iterator.set_state(state)
+        return iterator
+
+    def last(self, epoch):
+        """This process's share of the epoch's last smaller batch, ``(x [1, L, ...], y [1, L, ...])`` padded with
+        zeros to ``L`` rows (see :class:`Stream`); ``L`` is 0 when ``B`` divides ``N``."""
+        first = self.full_batches * self.batch_size
+        start = first + self.process * self.last_rows
+        positions = np.arange(min(start, self.n), min(start + self.last_rows, self.n))
+        x, y = _ReadStep(self, self.order(epoch), epoch).rows(positions)
+        (x_shape, x_dtype), (y_shape, y_dtype) = self.spec
+        pad = self.last_rows - len(positions)
+        x = np.concatenate([x, np.zeros((pad, *x_shape), x_dtype)])
+        y = np.concatenate([y, np.zeros((pad, *y_shape), y_dtype)])
+        return x[None], y[None]
+
+
+@functools.partial(jax.jit, static_argnums=(1, 3))
+def _permutation(key_data, key_impl, epoch, n):
+    key = jax.random.wrap_key_data(key_data, impl=key_impl)
+    return jax.random.permutation(jax.random.fold_in(key, epoch), n)
+
+
+def _philox_key(key_data):
+    """The run's key data as the two 64-bit words of a Philox key."""
+    words = np.zeros(4, np.uint32)
+    flat = np.asarray(key_data, np.uint32).ravel()[:4]
+    words[: len(flat)] = flat
+    return words.view(np.uint64)
+
+
+class _ReadStep:
+    """``read(step) -> (x, y)``: this process's rows of global batch ``step`` of an epoch (picklable for workers)."""
+
+    def __init__(self, batches, order, epoch):
+        self.order, self.epoch = order, epoch
+        self.source, self.name = batches.stream.train, batches.stream.source_name
+        self.transform, self.check, self.spec = batches.stream.transform, batches.check, batches.spec
+        self.batch_size, self.local_batch, self.process = batches.batch_size, batches.local_batch, batches.process
+        self.philox_key = batches._philox_key
+
+    def __call__(self, step):
+        start = int(step) * self.batch_size + self.process * self.local_batch
+        return self.rows(np.arange(start, start + self.local_batch))
+
+    def rows(self, positions):
+        """The records at ``positions`` of the epoch's order, read, checked and transformed."""
+        indices = self.order[positions]
+        if not len(indices):
+            (x_shape, x_dtype), (y_shape, y_dtype) = self.spec
+            return np.empty((0, *x_shape), x_dtype), np.empty((0, *y_shape), y_dtype)
+        x, y = self._read(indices)
+        self._check(indices, x, y)
+        if self.transform is not None:
+            x = self._transformed(positions, indices, x)
+        return x, y
+
+    def _read(self, indices):
+        if hasattr(self.source, "read"):
+            x, y = self.source.read(indices)
+            self._check_spec((x.shape[1:], y.shape[1:]), (x.dtype, y.dtype), None)
+            return x, y
+        (x_shape, x_dtype), (y_shape, y_dtype) = self.spec
+        x = np.empty((len(indices), *x_shape), x_dtype)
+        y = np.empty((len(indices), *y_shape), y_dtype)
+        for j, i in enumerate(indices):
+            record = self.source[int(i)]
+            if not (isinstance(record, tuple | list) and len(record) == 2):
+                raise DataError(
+                    f"{self.name}: record {i} is a {type(record).__name__}, expected an (x, y) pair; "
+                    "map the source to pairs, e.g. grain.MapDataset.source(src).map(lambda r: (r['image'], r['label']))"
+                )
+            xi, yi = (np.asarray(a) for a in record)
+            self._check_spec((xi.shape, yi.shape), (xi.dtype, yi.dtype), i)
+            x[j], y[j] = xi, yi
+        return x, y
+
+    def _check_spec(self, shapes, dtypes, index):
+        """Refuses records whose shapes or dtypes differ from record 0's (``index`` None: a batch read at once)."""
+        (x_shape, x_dtype), (y_shape, y_dtype) = self.spec
+        if shapes != (x_shape, y_shape) or dtypes != (x_dtype, y_dtype):
+            which = f"record {index}" if index is not None else "its records"
+            raise DataError(
+                f"{self.name}: {which} has x {dtypes[0]}{list(shapes[0])} and y {dtypes[1]}{list(shapes[1])}; "
+                f"expected x {x_dtype}{list(x_shape)} and y {y_dtype}{list(y_shape)} like record 0"
+            )
+
+    def _check(self, indices, x, y):
+        """``check`` on the batch; on a failure, finds the first failing record and names it."""
+        try:
+            self.check(x, y)
+        except DataError:
+            for j, i in enumerate(indices):
+                try:
+                    self.check(x[j : j + 1], y[j : j + 1])
+                except DataError as e:
+                    raise DataError(f"{self.name}: record {i}: {e}") from None
+            raise
+
+    def _transformed(self, positions, indices, x):
+        out = np.empty_like(x)
+        for j, position in enumerate(positions):
+            bits = np.random.Philox(key=self.philox_key, counter=[int(position), self.epoch, 0, 0])
+            result = np.asarray(self.transform(x[j], np.random.Generator(bits)))
+            if result.shape != x.shape[1:] or result.dtype != x.dtype:
+                raise DataError(
+                    f"{self.name}: the transform turned record {indices[j]}'s x {x.dtype}{list(x.shape[1:])} into "
+                    f"{result.dtype}{list(result.shape)}; it must keep the shape and dtype"
+                )
+            out[j] = result
+        return out
