@@ -1,4 +1,5 @@
-"""Data augmentation for ``fnn.fit(augment=...)``: functions ``augment(key, x) -> x`` of a step's key and inputs.
+"""Data augmentation for ``fnn.fit(augment=...)``: functions ``augment(key, x) -> x`` of a step's key and inputs
+(each also offers ``random_map(x, rng)``, the per-record form that a :class:`fnn.data.Stream` runs in its readers).
 
 ``fit`` calls ``augment`` inside the compiled training step on each training
 batch's inputs, with the step's own key, so an augmented run repeats and
@@ -11,6 +12,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fnn._errors import InputError, UsageError
 from fnn._numbers import as_int
@@ -100,6 +102,26 @@ class RandomShift:
         if self.pixels == 0:
             return images
         return _shift(key, images, self.pixels)
+
+
+    def random_map(self, image, rng):
+        """One image ``[H, W, C]`` (NumPy) translated by an offset drawn from ``rng`` (a ``numpy.random.Generator``):
+        the per-record form, for :class:`fnn.data.Stream`'s ``transform`` (Grain's ``RandomMap`` protocol).
+
+        Raises:
+          InputError: (a ``ValueError``) ``image`` is not ``[H, W, C]``.
+        """
+        image = np.asarray(image)
+        if image.ndim != 3:
+            raise InputError(
+                f"{self!r}: a record's image must be [H, W, C] (channels last), got shape {image.shape}; "
+                "stream images with fnn.data.stream(..., layout='image')"
+            )
+        if self.pixels == 0:
+            return image
+        (h, w, _), p = image.shape, self.pixels
+        dy, dx = rng.integers(0, 2 * p + 1, size=2)
+        return np.pad(image, ((p, p), (p, p), (0, 0)))[dy : dy + h, dx : dx + w]
 
 
 def _shift(key, images, pixels):

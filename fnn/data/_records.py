@@ -61,7 +61,7 @@ def write_records(folder, x, y, *, meta=None, shard_bytes=_SHARD_BYTES):
     if (folder / MANIFEST).exists():
         raise InputError(f"{folder} already holds records ({MANIFEST}); write to a new folder or delete it")
     folder.mkdir(parents=True, exist_ok=True)
-    per_shard = max(BLOCK, shard_bytes // max(1, x[0].nbytes) // BLOCK * BLOCK)
+    per_shard = max(1, shard_bytes // max(1, x[0].nbytes))
     shards = []
     for number, start in enumerate(range(0, x.shape[0], per_shard)):
         shard = {"count": min(per_shard, x.shape[0] - start)}

@@ -65,7 +65,9 @@ class Stream:
       y_test: test targets ``[N_test, ...]``.
       transform: ``transform(x, rng) -> x``, applied to each training record's
         input in the readers (augmentation), ``rng`` a
-        ``numpy.random.Generator`` of its own (see above); it must
+        ``numpy.random.Generator`` of its own (see above), or an object with
+        that as its ``random_map(x, rng)`` method (Grain's ``RandomMap``,
+        :func:`fnn.data.random_shift`); it must
         keep the input's shape and dtype, and must be picklable when
         ``workers > 0``.
       workers: Grain worker processes that read and transform; 0 reads in
@@ -95,7 +97,7 @@ class Stream:
             )
         if len(self.train) == 0:
             raise DataError(f"the training source {self.source_name} holds no records")
-        if self.transform is not None and not callable(self.transform):
+        if self.transform is not None and not callable(getattr(self.transform, "random_map", self.transform)):
             raise UsageError(f"Stream(transform=...) must be a function transform(x, rng) -> x, got {self.transform!r}")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise InputError(f"Stream(workers=...) must be an int >= 0 (0: read in threads), got {self.workers!r}")
@@ -204,7 +206,9 @@ class _ReadStep:
     def __init__(self, batches, order, epoch):
         self.order, self.epoch = order, epoch
         self.source, self.name = batches.stream.train, batches.stream.source_name
-        self.transform, self.check, self.spec = batches.stream.transform, batches.check, batches.spec
+        transform = batches.stream.transform
+        self.transform = getattr(transform, "random_map", transform)
+        self.check, self.spec = batches.check, batches.spec
         self.batch_size, self.local_batch, self.process = batches.batch_size, batches.local_batch, batches.process
         self.philox_key = batches._philox_key
 
