@@ -3,7 +3,9 @@
 Each run trains the notes' recipe (784-500-10 on MNIST, SGD 0.5, batch 100;
 with ``--model bn_dropout`` the same net with batch norm and dropout after
 the hidden layer, batches reshuffled every epoch, so that the running
-statistics and the dropout masks must resume too) in a child process that
+statistics and the dropout masks must resume too; with ``--data stream``
+the recipe streamed from record files, reshuffled every epoch, so that the
+reader's position must resume too) in a child process that
 saves a checkpoint every ``--every-steps`` steps and keeps the last two. The
 parent kills the child at a random moment after its first checkpoint (while
 it trains or while it saves), checks that the newest checkpoint loads (the
@@ -14,6 +16,7 @@ for bit.
 
     python -m experiments.kill_resume --runs 20 --json experiments/results/kill_resume.json
     python -m experiments.kill_resume --model bn_dropout --json experiments/results/kill_resume_bn_dropout.json
+    python -m experiments.kill_resume --data stream --runs 12 --json experiments/results/kill_resume_stream.json
 """
 
 import argparse
@@ -44,6 +47,12 @@ def parse_args(argv=None):
         default="recipe",
         help="the notes' 784-500-10 net, or it with batch norm and dropout after the hidden layer",
     )
+    parser.add_argument(
+        "--data",
+        choices=("arrays", "stream"),
+        default="arrays",
+        help="train from arrays (fnn.data.load), or streamed from record files (fnn.data.stream), shuffled",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the moments of the kills")
     parser.add_argument("--json", metavar="PATH", help="write results as JSON")
     parser.add_argument("--worker", metavar="DIR", help=argparse.SUPPRESS)  # child: train with checkpoints in DIR
@@ -58,8 +67,12 @@ def train(args, checkpoint_dir):
 
     import fnn
 
-    data = fnn.data.load(args.dataset)
     nn, options = fnn.nn, {}
+    if args.data == "stream":
+        data = fnn.data.stream(args.dataset)
+        options = {"shuffle_key": jax.random.key(1)}
+    else:
+        data = fnn.data.load(args.dataset)
     if args.model == "bn_dropout":
         model = nn.serial(nn.dense(500), nn.batch_norm(), nn.relu, nn.dropout(0.2), nn.dense(10))
         options = {"shuffle_key": jax.random.key(1)}
@@ -92,6 +105,8 @@ def child(args, *extra):
         args.dataset,
         "--model",
         args.model,
+        "--data",
+        args.data,
         *extra,
     ]
 
@@ -178,6 +193,7 @@ def main(argv=None):
     result = {
         "dataset": args.dataset,
         "model": args.model,
+        "data": args.data,
         "epochs": args.epochs,
         "every_steps": args.every_steps,
         "device": device_description(),

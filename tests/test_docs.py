@@ -54,6 +54,7 @@ def offline_mnist(mnist, monkeypatch):
 
 #: What each guide's code prints, as its prose and comments say (a guide whose claim goes stale fails here).
 PRINTS = {
+    "data": [r"^2000 True$"],
     "images_and_sequences": [r"custom vs autodiff: max \|difference\| \d\.\de-(0[6-9]|[1-9]\d)"],
     "modes": [r"UsageError .*reverse mode only"],
     "modules": [

@@ -5,6 +5,7 @@ fits share one small model and dataset, so each compiles a few small programs.
 """
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -48,9 +49,11 @@ def batches(stream, *, process=0, processes=1, devices=1, shuffle=True, check=no
 
 def epoch_rows(b, epoch=1):
     """Every row one process reads in an epoch, its full batches then its share of the last one, as (x, y)."""
-    steps = list(b.epoch(epoch))
+    chunks = list(b.epoch(epoch, 0, 4))  # 15 full batches: chunks of 4, 4, 4 and 3 steps
+    assert [len(x) for x, _ in chunks] == [4, 4, 4, 3]
     x_last, y_last = b.last(epoch)
-    return np.concatenate([*(x for x, _ in steps), x_last[0]]), np.concatenate([*(y for _, y in steps), y_last[0]])
+    x = np.concatenate([*(x.reshape(-1, *x.shape[2:]) for x, _ in chunks), x_last[0]])
+    return x, np.concatenate([*(y.reshape(-1) for _, y in chunks), y_last[0]])
 
 
 # --- record files ------------------------------------------------------------------------
@@ -223,10 +226,14 @@ def test_a_streamed_run_stopped_mid_epoch_resumes_bit_for_bit(records, tmp_path)
     folder = tmp_path / "run"
     with pytest.raises(Stop):
         fit(stream, callbacks=[fnn.loop.Checkpointing(folder, every_steps=4), StopAt(2, 8)])
-    params, history = fit(stream, callbacks=[fnn.loop.Checkpointing(folder, every_steps=4, resume=True)])
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
-        np.testing.assert_array_equal(a, b)
-    assert [r["train_loss"] for r in history.rows()] == [r["train_loss"] for r in want_history.rows()]
+    shutil.copytree(folder, tmp_path / "copy")
+    # Resumed with the same chunks (the reader's saved position), then cut otherwise (a fresh reader at the step).
+    for where, options in ((folder, {}), (tmp_path / "copy", {"steps_per_call": 2})):
+        resume = fnn.loop.Checkpointing(where, every_steps=4, resume=True)
+        params, history = fit(stream, callbacks=[resume], **options)
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
+            np.testing.assert_array_equal(a, b)
+        assert [r["train_loss"] for r in history.rows()] == [r["train_loss"] for r in want_history.rows()]
 
 
 # --- bad data ----------------------------------------------------------------------------
@@ -252,17 +259,17 @@ def test_a_record_unlike_record_0_is_named(bad, message):
     pairs[77] = (bad, DATA.y_train[77])
     b = batches(Stream(pairs, DATA.x_test, DATA.y_test, name="listed"), shuffle=False)
     with pytest.raises(fnn.DataError, match="listed: " + message):
-        list(b.epoch(1))
+        list(b.epoch(1, 0, 4))
 
 
 def test_bad_records_and_transforms_are_named():
     pairs = list(zip(DATA.x_train, DATA.y_train))
     pairs[5] = DATA.x_train[5]
     with pytest.raises(fnn.DataError, match=r"record 5 is a ndarray, expected an \(x, y\) pair"):
-        list(batches(Stream(pairs, DATA.x_test, DATA.y_test), shuffle=False).epoch(1))
+        list(batches(Stream(pairs, DATA.x_test, DATA.y_test), shuffle=False).epoch(1, 0, 4))
     stream = Stream(list(zip(DATA.x_train, DATA.y_train)), DATA.x_test, DATA.y_test, transform=lambda x, rng: x[0])
     with pytest.raises(fnn.DataError, match=r"the transform turned record \d+'s x float32\[4, 4, 1\] into"):
-        list(batches(stream).epoch(1))
+        list(batches(stream).epoch(1, 0, 4))
 
 
 def test_streams_refuse_what_they_cannot_do(records):

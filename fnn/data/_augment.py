@@ -103,7 +103,6 @@ class RandomShift:
             return images
         return _shift(key, images, self.pixels)
 
-
     def random_map(self, image, rng):
         """One image ``[H, W, C]`` (NumPy) translated by an offset drawn from ``rng`` (a ``numpy.random.Generator``):
         the per-record form, for :class:`fnn.data.Stream`'s ``transform`` (Grain's ``RandomMap`` protocol).

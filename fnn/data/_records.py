@@ -36,47 +36,57 @@ _FORMAT = 1
 _SHARD_BYTES = 1 << 30
 
 
-def write_records(folder, x, y, *, meta=None, shard_bytes=_SHARD_BYTES):
+def write_records(folder, x, y=None, *, meta=None, shard_bytes=_SHARD_BYTES):
     """Writes ``(x, y)`` as a record folder that :class:`Records` reads; returns the folder as a ``Path``.
 
     Args:
       folder: the folder to write (created; it must not hold records already).
       x: inputs ``[N, ...]``, stored with their dtype (what the model takes,
-        e.g. ``float32``).
+        e.g. ``float32``); or, with ``y`` left out, an iterable of ``(x, y)``
+        chunks of records (each ``[n, ...]``, of one shape and dtype), so
+        that data larger than memory is written a chunk at a time.
       y: targets ``[N, ...]``, one per input.
       meta: JSON-ready notes kept in the manifest (:attr:`Records.meta`),
         e.g. where the records came from.
-      shard_bytes: about how many bytes of inputs go to one shard file.
+      shard_bytes: at most about this many bytes of inputs go to one shard
+        file (a chunk is split into shards of that size).
 
     Each shard is written to a temporary name and renamed when complete, and
     the manifest last, so a folder whose writing was interrupted has no
     manifest and is refused when opened.
     """
-    x, y = np.asarray(x), np.asarray(y)
-    if x.ndim < 1 or y.ndim < 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise InputError(
-            f"write_records needs as many targets as inputs, at least one, got x {x.shape} and y {y.shape}"
-        )
     folder = Path(folder)
     if (folder / MANIFEST).exists():
         raise InputError(f"{folder} already holds records ({MANIFEST}); write to a new folder or delete it")
     folder.mkdir(parents=True, exist_ok=True)
-    per_shard = max(1, shard_bytes // max(1, x[0].nbytes))
-    shards = []
-    for number, start in enumerate(range(0, x.shape[0], per_shard)):
-        shard = {"count": min(per_shard, x.shape[0] - start)}
-        for part, array in (("x", x), ("y", y)):
-            name = f"{part}-{number:05d}.npy"
-            block = np.ascontiguousarray(array[start : start + shard["count"]])
-            _write_atomically(folder / name, block)
-            shard[part] = {"file": name, "crc32": _block_checksums(block)}
-        shards.append(shard)
+    shards, spec = [], None
+    for x_chunk, y_chunk in [(x, y)] if y is not None else x:
+        x_chunk, y_chunk = np.asarray(x_chunk), np.asarray(y_chunk)
+        if x_chunk.ndim < 1 or y_chunk.ndim < 1 or x_chunk.shape[0] != y_chunk.shape[0] or not len(x_chunk):
+            raise InputError(
+                f"write_records needs as many targets as inputs, at least one, got x {x_chunk.shape} and y "
+                f"{y_chunk.shape}" + (f" in chunk {len(shards)}" if y is None else "")
+            )
+        chunk_spec = {
+            a: {"shape": list(v.shape[1:]), "dtype": v.dtype.str} for a, v in (("x", x_chunk), ("y", y_chunk))
+        }
+        if spec is not None and chunk_spec != spec:
+            raise InputError(f"write_records: a chunk of records {chunk_spec} unlike the first chunk's {spec}")
+        spec = chunk_spec
+        per_shard = max(1, shard_bytes // max(1, x_chunk[0].nbytes))
+        for start in range(0, len(x_chunk), per_shard):
+            shards.append(
+                _write_shard(
+                    folder, len(shards), x_chunk[start : start + per_shard], y_chunk[start : start + per_shard]
+                )
+            )
+    if spec is None:
+        raise InputError("write_records got no records (an empty iterable of chunks)")
     manifest = {
         "format": _FORMAT,
         "block": BLOCK,
-        "x": {"shape": list(x.shape[1:]), "dtype": x.dtype.str},
-        "y": {"shape": list(y.shape[1:]), "dtype": y.dtype.str},
-        "count": int(x.shape[0]),
+        **spec,
+        "count": sum(shard["count"] for shard in shards),
         "meta": meta,
         "shards": shards,
     }
@@ -84,6 +94,17 @@ def write_records(folder, x, y, *, meta=None, shard_bytes=_SHARD_BYTES):
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, folder / MANIFEST)
     return folder
+
+
+def _write_shard(folder, number, x, y):
+    """Writes shard ``number``'s two files; returns its manifest entry."""
+    shard = {"count": len(x)}
+    for part, array in (("x", x), ("y", y)):
+        name = f"{part}-{number:05d}.npy"
+        array = np.ascontiguousarray(array)
+        _write_atomically(folder / name, array)
+        shard[part] = {"file": name, "crc32": _block_checksums(array)}
+    return shard
 
 
 def _write_atomically(path, array):
@@ -192,13 +213,15 @@ class Records:
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
             raise IndexError(f"record indices must be in [0, {len(self)}), got {indices.min()}..{indices.max()}")
+        if len(self._x) == 1:  # one gather, no second copy
+            return np.take(self._x[0], indices, axis=0), np.take(self._y[0], indices, axis=0)
         shard = np.searchsorted(self._starts, indices, side="right") - 1
         x = np.empty((len(indices), *self.x_shape), self.x_dtype)
         y = np.empty((len(indices), *self.y_shape), self.y_dtype)
         for s in np.unique(shard):
-            rows = shard == s
+            rows = np.flatnonzero(shard == s)
             local = indices[rows] - self._starts[s]
-            x[rows], y[rows] = self._x[s][local], self._y[s][local]
+            x[rows], y[rows] = np.take(self._x[s], local, axis=0), np.take(self._y[s], local, axis=0)
         return x, y
 
     def __reduce__(self):  # for Grain's worker processes: reopen the folder rather than copy the maps

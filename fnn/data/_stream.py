@@ -38,18 +38,17 @@ class Stream:
       all) from the start of those ``r``, fewer or none at the end, padded with
       zeros to that size; the compiled step drops the padding, so it trains on
       exactly the ``r`` records, as the in-memory path does. No record is dropped.
-    * **Reading.** Each step's rows are read as one batch (``source.read`` when
-      the source has it, as :class:`fnn.data.Records` does, else record by
-      record), checked, transformed record by record, and ``n`` steps are
-      stacked into one chunk ``[n, B / P, ...]`` for one compiled call. Grain runs
-      the reads in ``threads`` threads (or ``workers`` processes) and keeps
-      ``prefetch`` batches ready, so host memory holds a few chunks, not the
-      dataset.
+    * **Reading.** The rows of the ``n`` steps of one compiled call are read
+      as one chunk ``[n, B / P, ...]`` (with ``source.read`` when the source
+      has it, as :class:`fnn.data.Records` does, else record by record),
+      checked and transformed record by record. Grain reads chunks in
+      ``threads`` threads (or ``workers`` processes) and keeps ``prefetch``
+      of them ready, so host memory holds a few chunks, not the dataset.
     * **Transforms.** ``transform(x, rng) -> x`` runs on each training record in
       the readers, ``rng`` being a ``numpy.random.Generator`` (Philox) keyed by
       the run's key and counting from the epoch and the record's position in the
       epoch: augmented runs repeat, resume and shard exactly.
-    * **Resume.** The Grain iterator's state (the next step of the epoch) goes
+    * **Resume.** The Grain iterator's state (the next chunk of the epoch) goes
       into checkpoints, and a resumed epoch continues from it.
     * **Checks.** Every batch is checked as it is read, as ``fit`` checks
       arrays (shapes and dtypes of record 0, finite inputs, targets the loss
@@ -73,9 +72,9 @@ class Stream:
       workers: Grain worker processes that read and transform; 0 reads in
         threads of this process.
       threads: reading threads (per worker).
-      prefetch: batches read ahead (per worker); ``None``: as many as two
-        compiled calls of :func:`fnn.fit` train on, so the next call's data is
-        ready when the current one ends.
+      prefetch: chunks read ahead (per worker), each the steps of one
+        compiled call of :func:`fnn.fit`; ``None``: 3, so the next call's data
+        is ready when the current one ends.
       name: how messages name the source (default: its ``repr``).
     """
 
@@ -142,6 +141,7 @@ class Batches:
         self.last_rows = math.ceil(remainder / devices) * local_devices if remainder else 0
         self.spec = stream.record_spec()
         self._philox_key = _philox_key(self.key_data)
+        self._orders = {}  # epoch -> its order (a NumPy array, or a jax.Array still being computed)
         if shuffle:  # compiled now, not in the first epoch
             _permutation.lower(self.key_data, key_impl, 1, self.n).compile()
 
@@ -150,24 +150,33 @@ class Batches:
         return self.n // self.batch_size
 
     def order(self, epoch):
-        """The epoch's order of the records, ``permutation(fold_in(key, epoch), N)`` (``arange(N)`` unshuffled)."""
+        """The epoch's order of the records, ``permutation(fold_in(key, epoch), N)`` (``arange(N)`` unshuffled).
+
+        The orders of ``epoch`` and ``epoch + 1`` are kept (the next one is
+        computed on the device while this one trains); older ones are dropped.
+        """
         if not self.shuffle:
             return np.arange(self.n)
-        return np.asarray(_permutation(self.key_data, self.key_impl, epoch, self.n))
+        for e in (epoch, epoch + 1):
+            if e not in self._orders:
+                self._orders[e] = _permutation(self.key_data, self.key_impl, e, self.n)  # dispatched, not awaited
+        self._orders = {e: order for e, order in self._orders.items() if e >= epoch}
+        self._orders[epoch] = np.asarray(self._orders[epoch])
+        return self._orders[epoch]
 
-    def epoch(self, epoch, state=None, prefetch=4):
-        """An iterator over this process's rows of the epoch's full batches, one ``(x [B / P, ...], y [B / P,
-        ...])`` per step, resumed from a Grain iterator ``state`` if given; its ``get_state()`` (JSON) is what a
-        checkpoint keeps. ``prefetch``: batches read ahead unless the stream says how many."""
-        import grain
-
-        dataset = grain.MapDataset.range(self.full_batches).map(_ReadStep(self, self.order(epoch), epoch))
-        prefetch = self.stream.prefetch or prefetch
+    def epoch(self, epoch, first, segment, state=None):
+        """An iterator over this process's rows of the epoch's full batches from step ``first`` on, ``segment``
+        steps at a time (the last chunk shorter): ``(x [n, B / P, ...], y [n, B / P, ...])``, resumed from a
+        Grain iterator ``state`` (JSON, its ``get_state()``) if given."""
+        grain = _grain()
+        chunks = math.ceil((self.full_batches - first) / segment)
+        read = _ReadChunk(self, self.order(epoch), epoch, first, segment)
+        prefetch = self.stream.prefetch or 3
         options = grain.ReadOptions(num_threads=self.stream.threads, prefetch_buffer_size=prefetch)
-        steps = dataset.to_iter_dataset(options)
+        iterator = grain.MapDataset.range(chunks).map(read).to_iter_dataset(options)
         if self.stream.workers:
-            steps = steps.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.stream.workers))
-        iterator = iter(steps)
+            iterator = iterator.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.stream.workers))
+        iterator = iter(iterator)
         if state is not None:
             iterator.set_state(state)
         return iterator
@@ -186,6 +195,16 @@ class Batches:
         return x[None], y[None]
 
 
+def _grain():
+    try:
+        import grain
+    except ImportError:
+        raise UsageError(
+            "streaming needs Grain: pip install grain (in a clone of fnn: pip install -e '.[stream]')"
+        ) from None
+    return grain
+
+
 @functools.partial(jax.jit, static_argnums=(1, 3))
 def _permutation(key_data, key_impl, epoch, n):
     key = jax.random.wrap_key_data(key_data, impl=key_impl)
@@ -201,7 +220,7 @@ def _philox_key(key_data):
 
 
 class _ReadStep:
-    """``read(step) -> (x, y)``: this process's rows of global batch ``step`` of an epoch (picklable for workers)."""
+    """``rows(positions) -> (x, y)``: the records at ``positions`` of an epoch's order (picklable for workers)."""
 
     def __init__(self, batches, order, epoch):
         self.order, self.epoch = order, epoch
@@ -211,10 +230,6 @@ class _ReadStep:
         self.check, self.spec = batches.check, batches.spec
         self.batch_size, self.local_batch, self.process = batches.batch_size, batches.local_batch, batches.process
         self.philox_key = batches._philox_key
-
-    def __call__(self, step):
-        start = int(step) * self.batch_size + self.process * self.local_batch
-        return self.rows(np.arange(start, start + self.local_batch))
 
     def rows(self, positions):
         """The records at ``positions`` of the epoch's order, read, checked and transformed."""
@@ -271,6 +286,7 @@ class _ReadStep:
             raise
 
     def _transformed(self, positions, indices, x):
+        """Each record's ``transform(x, rng)`` with its own Philox generator (see :class:`Stream`)."""
         out = np.empty_like(x)
         for j, position in enumerate(positions):
             bits = np.random.Philox(key=self.philox_key, counter=[int(position), self.epoch, 0, 0])
@@ -282,3 +298,22 @@ class _ReadStep:
                 )
             out[j] = result
         return out
+
+
+class _ReadChunk(_ReadStep):
+    """``read(j) -> (x [n, B / P, ...], y [n, B / P, ...])``: this process's rows of chunk ``j`` of an epoch, the
+    ``n`` (at most ``segment``) steps from ``first + j * segment`` on, read as one batch."""
+
+    def __init__(self, batches, order, epoch, first, segment):
+        super().__init__(batches, order, epoch)
+        self.first, self.segment, self.full_batches = first, segment, batches.full_batches
+
+    def __call__(self, j):
+        steps = np.arange(
+            self.first + int(j) * self.segment, min(self.first + (int(j) + 1) * self.segment, self.full_batches)
+        )
+        starts = steps * self.batch_size + self.process * self.local_batch
+        x, y = self.rows((starts[:, None] + np.arange(self.local_batch)).ravel())
+        return x.reshape(len(steps), self.local_batch, *x.shape[1:]), y.reshape(
+            len(steps), self.local_batch, *y.shape[1:]
+        )

@@ -2,9 +2,10 @@
 
 A feed gives the compiled calls their data arguments: ``chunk(n)`` the
 training data of the next ``n`` steps, ``last()`` that of the epoch's last
-smaller batch, ``test`` the test split; ``begin(run)`` and ``end(run)``
-bracket an epoch, and ``mark(run)`` records the position reached in
-``run.data_state``, which checkpoints keep. :class:`Arrays` hands every call the whole
+smaller batch, ``test`` the test split; ``begin(run, segment)`` and ``end(run)``
+bracket an epoch, ``read_ahead(epoch, segment)`` prepares the next one while
+the devices finish the current one, and ``mark(run)`` records the position
+reached in ``run.data_state``, which checkpoints keep. :class:`Arrays` hands every call the whole
 training split (the compiled steps pick their rows, in the epoch's order);
 :class:`Streamed` hands each call the chunk of batches it trains on, read by
 :class:`fnn.data.Batches` and assembled into global arrays over the devices
@@ -48,6 +49,9 @@ class Arrays:
     def mark(self, run):
         """Records the position reached (the arrays need none: the step is the position)."""
 
+    def read_ahead(self, epoch, segment):
+        """Prepares epoch ``epoch`` while the devices finish the current one (the arrays need nothing)."""
+
     def last(self):
         return self.arrays[:2]
 
@@ -84,7 +88,7 @@ class Streamed:
         self.sharding = NamedSharding(mesh, P(None, parallel.AXIS))
         self.test = parallel.replicate((np.asarray(stream.x_test), np.asarray(stream.y_test)), mesh)
         (self.x_shape, self.x_dtype), (self.y_shape, self.y_dtype) = self.batches.spec
-        self.iterator = None
+        self.iterator, self.first_chunk, self.ahead = None, None, None
         record_bytes = self.x_dtype.itemsize * np.prod(self.x_shape) + self.y_dtype.itemsize * np.prod(self.y_shape)
         #: Steps per compiled call unless told otherwise: about :data:`STREAM_CHUNK_BYTES` of data.
         self.steps_per_call = max(1, int(STREAM_CHUNK_BYTES // (record_bytes * plan.batch_size)))
@@ -103,27 +107,44 @@ class Streamed:
         )
 
     def begin(self, run, segment):
-        state = run.data_state if run.step else None
-        if run.step and state is None:
+        saved = run.data_state if run.step else None
+        if run.step and saved is None:
             raise CheckpointError(
                 f"the checkpoint resumes epoch {run.epoch} at step {run.step} but holds no position of the "
                 "stream (it was saved by a run from arrays): resume it with the same arrays"
             )
-        self.epoch, self.iterator = run.epoch, self.batches.epoch(run.epoch, state, prefetch=2 * segment)
-        if state is not None and state.get("next_index", run.step) != run.step:
-            raise CheckpointError(
-                f"the checkpoint resumes epoch {run.epoch} at step {run.step} but the stream's saved position is "
-                f"step {state['next_index']}: the checkpoint is damaged"
-            )
+        if self.ahead is not None and self.ahead[0] == (run.epoch, run.step, segment):
+            (self.epoch, self.first, self.segment), self.iterator, self.first_chunk = self.ahead
+            self.ahead = None
+            return
+        self.ahead, self.first_chunk = None, None
+        self.epoch, self.first, self.segment, state = run.epoch, run.step, segment, None
+        if saved is not None and saved["segment"] == segment:  # the same chunks: Grain's own position
+            self.first, state = saved["first"], saved["reader"]
+            reached = self.first + state["next_index"] * segment if "next_index" in state else run.step
+            if reached != run.step:
+                raise CheckpointError(
+                    f"the checkpoint resumes epoch {run.epoch} at step {run.step} but the stream's saved position "
+                    f"is step {reached}: the checkpoint is damaged"
+                )
+        self.iterator = self.batches.epoch(run.epoch, self.first, segment, state)
+
+    def read_ahead(self, epoch, segment):
+        """Starts epoch ``epoch`` (from its first step) and reads its first chunk, while the devices finish the
+        current epoch; :meth:`begin` takes it up."""
+        iterator = self.batches.epoch(epoch, 0, segment)
+        self.ahead = ((epoch, 0, segment), iterator, next(iterator))
 
     def chunk(self, n):
-        steps = [next(self.iterator) for _ in range(n)]
-        x = np.stack([x for x, _ in steps])
-        y = np.stack([y for _, y in steps])
+        if self.first_chunk is not None:
+            (x, y), self.first_chunk = self.first_chunk, None
+        else:
+            x, y = next(self.iterator)
+        assert len(x) == n, (len(x), n)  # the loop and the reader cut the epoch alike
         return self._put(x, y, self.batch_size)
 
     def mark(self, run):
-        run.data_state = self.iterator.get_state()
+        run.data_state = {"first": self.first, "segment": self.segment, "reader": self.iterator.get_state()}
 
     def last(self):
         x, y = self.batches.last(self.epoch)

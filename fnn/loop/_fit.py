@@ -358,6 +358,8 @@ def _epochs(run, plan, compiled, segment, parts, feed):
                     part.on_steps(run)
         metrics = _advance(run, compiled.end, run.state["key"], run.epoch, *feed.last(), *feed.test)
         feed.end(run)
+        if run.epoch < run.epochs:
+            feed.read_ahead(run.epoch + 1, segment)  # while the devices evaluate
         values = {name: float(v) for name, v in metrics.items() if v is not None}  # waits for the epoch
         _watch(run, plan, run.state["tally"], values.pop("params_finite"))
         run.step = run.steps_per_epoch
