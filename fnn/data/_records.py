@@ -46,7 +46,7 @@ def write_records(folder, x, y=None, *, meta=None, shard_bytes=_SHARD_BYTES):
         chunks of records (each ``[n, ...]``, of one shape and dtype), so
         that data larger than memory is written a chunk at a time.
       y: targets ``[N, ...]``, one per input.
-      meta: JSON-ready notes kept in the manifest (:attr:`Records.meta`),
+      meta: JSON-ready notes kept in the manifest (``Records(folder).meta``),
         e.g. where the records came from.
       shard_bytes: at most about this many bytes of inputs go to one shard
         file (a chunk is split into shards of that size).
