@@ -310,6 +310,32 @@ def test_prepared_data_wins_over_changed_sources(tiny, cached):
     assert len(tiny) == 1
 
 
+def test_stream_writes_the_records_once_then_reads_only_the_test_split(tiny, cached, monkeypatch, caplog):
+    source, data_dir, arrays = cached
+    loaded = data.load("tiny", data_dir=data_dir, layout="image")
+    first = data.stream("tiny", data_dir=data_dir, layout="image")
+    x, y = first.train.read(np.arange(30))
+    np.testing.assert_array_equal(x, loaded.x_train)
+    np.testing.assert_array_equal(y, loaded.y_train)
+    assert first.train.folder == data_dir / "tiny" / "fnn_records" / "image"
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the training split was loaded")
+
+    load = data.load
+    monkeypatch.setattr(data, "load", no_load)
+    again = data.stream("tiny", data_dir=data_dir, layout="image")
+    np.testing.assert_array_equal(again.x_test, loaded.x_test)
+    assert again.y_test.dtype == np.int32 and again.name == "tiny records"
+    monkeypatch.setattr(data, "load", load)
+    damaged = next(first.train.folder.glob("x-*.npy"))
+    damaged.write_bytes(damaged.read_bytes()[:-7] + b"\x00" * 7)
+    with caplog.at_level("WARNING", logger="fnn.data"):
+        rewritten = data.stream("tiny", data_dir=data_dir, layout="image")
+    assert "rewriting the unreadable records" in caplog.text and "fail their checksum" in caplog.text
+    np.testing.assert_array_equal(rewritten.train.read(np.arange(30))[0], loaded.x_train)
+
+
 def test_changed_prepared_data_invalidates_cache(tiny, cached):
     source, data_dir, _ = cached
     bump_mtime(data_dir / "tiny" / "1.0.0" / "dataset_info.json")

@@ -70,9 +70,13 @@ def test_records_round_trip_across_shards(records):
     assert y7 == DATA.y_train[7]
 
 
-def test_write_records_refuses_a_folder_with_records(records):
+def test_write_records_refuses_a_folder_with_records_and_unlike_chunks(records, tmp_path):
     with pytest.raises(fnn.InputError, match="already holds records"):
         write_records(records.folder, DATA.x_train, DATA.y_train)
+    chunks = [(DATA.x_train[:10], DATA.y_train[:10]), (DATA.x_train[10:20].astype(np.float64), DATA.y_train[10:20])]
+    with pytest.raises(fnn.InputError, match="a chunk of records .*<f8.* unlike the first chunk's .*<f4"):
+        write_records(tmp_path / "mixed", chunks)
+    assert not (tmp_path / "mixed" / "records.json").exists()
 
 
 @pytest.fixture
@@ -168,6 +172,23 @@ def test_processes_read_disjoint_shares_that_make_up_the_one_process_epoch():
     np.testing.assert_array_equal(x1[full + 8 :], 0)  # padding
     np.testing.assert_array_equal(np.concatenate([y0[full:], y1[full:]])[:20], y_one[15 * 32 :][:20])
     assert not np.array_equal(x_one, DATA.x_train[batches(Stream(whole, DATA.x_test, DATA.y_test)).order(1)])
+
+
+def test_worker_processes_read_what_threads_read(records):
+    """Grain worker processes (the source and the transform pickled to them) give the rows threads give."""
+    images = fnn.data.random_shift(1)
+    threads = epoch_rows(batches(Stream(records, DATA.x_test, DATA.y_test, transform=images)))
+    workers = epoch_rows(batches(Stream(records, DATA.x_test, DATA.y_test, transform=images, workers=2)))
+    for a, b in zip(threads, workers):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_each_record_draws_from_its_own_stream(records):
+    """Records' generators do not overlap: 64 draws each, no two records alike (Philox counts within a record)."""
+    noise = batches(Stream(records, DATA.x_test, DATA.y_test, transform=lambda x, rng: rng.random(x.shape, x.dtype)))
+    x = epoch_rows(noise)[0][:100].reshape(100, -1)
+    assert len({row.tobytes() for row in x}) == 100
+    assert not (x[1:, :8, None] == x[:-1, None, :]).any()  # no record's first draws among its neighbour's
 
 
 def test_random_shift_runs_per_record_and_repeats(records):
@@ -270,6 +291,15 @@ def test_bad_records_and_transforms_are_named():
     stream = Stream(list(zip(DATA.x_train, DATA.y_train)), DATA.x_test, DATA.y_test, transform=lambda x, rng: x[0])
     with pytest.raises(fnn.DataError, match=r"the transform turned record \d+'s x float32\[4, 4, 1\] into"):
         list(batches(stream).epoch(1, 0, 4))
+
+
+def test_a_batch_size_that_divides_the_records_leaves_no_last_batch(records):
+    """500 = 20 * 25: the last batch is empty ([1, 0, ...]) and the run equals the arrays' run."""
+    options = {"epochs": 1, "batch_size": 25, "shuffle_key": KEY, "progress": False}
+    streamed, _ = fnn.fit(MODEL, PARAMS, Stream(records, DATA.x_test, DATA.y_test), **options)
+    want, _ = fnn.fit(MODEL, PARAMS, DATA, **options)
+    for a, b in zip(jax.tree.leaves(streamed), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_streams_refuse_what_they_cannot_do(records):

@@ -20,7 +20,7 @@ of the TFDS version and of TFDS's prepared files, so later loads read one
 file and never import TFDS or TensorFlow, whichever route (a download, local
 files, ``FNN_DATASETS_DIR`` set or not) prepared the dataset. A stale or
 unreadable cache is rebuilt. A prepared TFDS dataset is never overwritten
-and its source files are not read again: to re-prepare from different source
+and its source files are not used again: to re-prepare from different source
 files, delete ``<data_dir>/<name>/<version>``.
 
 Data larger than memory: :func:`stream` (or a :class:`Stream` over any
@@ -40,12 +40,13 @@ its files are), ``_checks`` (their contents), ``_idx`` (the IDX format),
 ``_synthetic`` and ``_augment``.
 """
 
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
-from fnn._errors import InputError
+from fnn._errors import DataError, InputError
 from fnn.data import _cache, _checks, _records, _sources, _specs, _tfds
 from fnn.data._augment import random_shift
 from fnn.data._dataset import Dataset
@@ -73,6 +74,8 @@ DATASETS = tuple(sorted(_specs.SPECS))
 #: How :func:`load` lays out each image: ``"flat"`` rows ``[N, H * W]`` or ``"image"`` ``[N, H, W, 1]`` (NHWC).
 LAYOUTS = ("flat", "image")
 
+_log = logging.getLogger("fnn.data")
+
 
 def load(name, *, source_dir=None, data_dir=None, layout="flat", verbose=False):
     """Loads an MNIST-style dataset through TFDS, offline from IDX files if given.
@@ -98,8 +101,7 @@ def load(name, *, source_dir=None, data_dir=None, layout="flat", verbose=False):
         cannot prepare the dataset (:class:`fnn.NetworkError` when offline).
     """
     spec = _specs.spec(name)
-    if layout not in LAYOUTS:
-        raise InputError(f"layout must be 'flat' ([N, 784]) or 'image' ([N, 28, 28, 1]), got {layout!r}")
+    _check_layout(layout)
     data_dir = _data_dir(data_dir)
     files = _sources.source_files(spec, source_dir)
     cache = data_dir / name / _cache.CACHE_NAME
@@ -118,9 +120,10 @@ def stream(name, *, source_dir=None, data_dir=None, layout="flat", transform=Non
     The first call writes the training split as record files
     (:func:`write_records`) in ``<data_dir>/<name>/fnn_records/<layout>/``
     from the arrays :func:`load` gives (so a streamed run trains on the same
-    values as one from arrays), and later calls read them; they are written
-    again when the dataset's cache changes. The test split is returned as
-    arrays. ``fnn.fit(model, params, fnn.data.stream("mnist"))`` trains the
+    values as one from arrays); later calls check them (their checksums) and
+    read only the test split into memory. They are written again when the
+    dataset's cache changes or they fail their checks. The test split is
+    returned as arrays. ``fnn.fit(model, params, fnn.data.stream("mnist"))`` trains the
     notes' recipe as ``fnn.fit(model, params, fnn.data.load("mnist"))`` does,
     step for step.
 
@@ -131,12 +134,25 @@ def stream(name, *, source_dir=None, data_dir=None, layout="flat", transform=Non
     Returns:
       A :class:`Stream` over :class:`Records`.
     """
+    spec, dataset_dir = _specs.spec(name), _data_dir(data_dir) / name
+    _check_layout(layout)
+    cache, folder = dataset_dir / _cache.CACHE_NAME, dataset_dir / "fnn_records" / layout
+    options = {"transform": transform, "workers": workers, "name": f"{name} records"}
+    try:
+        records = Records(folder)  # checksums included
+        current = records.meta == {"cache": _cache.stamp(cache), "layout": layout}
+    except (DataError, FileNotFoundError) as e:
+        if not isinstance(e, FileNotFoundError) and folder.exists():
+            _log.warning("rewriting the unreadable records in %s (%s)", folder, e)
+        current = False
+    if current:
+        test = _cache.read_cache(cache, spec, _data_dir(data_dir), keys=("x_test", "y_test"))
+        if test is not None:  # only the test split in memory
+            return Stream(records, _scaled(spec, test["x_test"], layout), test["y_test"].astype(np.int32), **options)
     data = load(name, source_dir=source_dir, data_dir=data_dir, layout=layout, verbose=verbose)
-    dataset_dir = _data_dir(data_dir) / name
-    made_from = {"cache": _cache.stamp(dataset_dir / _cache.CACHE_NAME), "layout": layout}
-    folder = dataset_dir / "fnn_records" / layout
+    made_from = {"cache": _cache.stamp(cache), "layout": layout}
     records = _records.open_or_write(folder, data.x_train, data.y_train, made_from)
-    return Stream(records, data.x_test, data.y_test, transform=transform, workers=workers, name=f"{name} records")
+    return Stream(records, data.x_test, data.y_test, **options)
 
 
 def _data_dir(data_dir):
@@ -148,7 +164,17 @@ def _data_dir(data_dir):
 
 def _dataset(spec, arrays, layout):
     """Builds a Dataset from cached ``uint8`` pixels and integer labels."""
-    shape = (-1, *spec.image_shape, 1) if layout == "image" else (-1, int(np.prod(spec.image_shape)))
-    scale = {k: np.divide(arrays[k], np.float32(255), dtype=np.float32).reshape(shape) for k in ("x_train", "x_test")}
+    scale = {k: _scaled(spec, arrays[k], layout) for k in ("x_train", "x_test")}
     labels = {k: arrays[k].astype(np.int32, copy=False) for k in ("y_train", "y_test")}
     return Dataset(name=spec.name, **scale, **labels)
+
+
+def _scaled(spec, pixels, layout):
+    """``uint8`` pixels ``[N, H * W]`` as ``float32`` in ``[0, 1]``, laid out as ``layout`` says."""
+    shape = (-1, *spec.image_shape, 1) if layout == "image" else (-1, int(np.prod(spec.image_shape)))
+    return np.divide(pixels, np.float32(255), dtype=np.float32).reshape(shape)
+
+
+def _check_layout(layout):
+    if layout not in LAYOUTS:
+        raise InputError(f"layout must be 'flat' ([N, 784]) or 'image' ([N, 28, 28, 1]), got {layout!r}")

@@ -55,8 +55,8 @@ def _stats(paths):
     return out
 
 
-def read_cache(path, spec, data_dir):
-    """Returns the cached arrays if the cache is intact and current, else None."""
+def read_cache(path, spec, data_dir, keys=_ARRAY_KEYS):
+    """Returns the cached arrays ``keys`` (all four by default) if the cache is intact and current, else None."""
     try:
         with np.load(path, allow_pickle=False) as cache:
             stored = str(cache["fingerprint"])
@@ -64,7 +64,7 @@ def read_cache(path, spec, data_dir):
             if stored != fingerprint(data_dir / spec.name, version):
                 log.info("fnn cache %s is stale; rebuilding it", path)
                 return None
-            arrays = {key: cache[key] for key in _ARRAY_KEYS}
+            arrays = {key: cache[key] for key in keys}
         check_arrays(spec, arrays, f"cache {path}")
     except FileNotFoundError:
         return None
@@ -83,8 +83,8 @@ def read_cache(path, spec, data_dir):
 
 
 def check_arrays(spec, arrays, where):
-    """Checks shapes and dtypes of uint8 pixel / integer label arrays."""
-    for split in SPLITS:
+    """Checks shapes and dtypes of uint8 pixel / integer label arrays (of the splits in ``arrays``)."""
+    for split in (s for s in SPLITS if f"x_{s}" in arrays):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         n, pixels = spec.num_examples(split), int(np.prod(spec.image_shape))
         if x.dtype != np.uint8 or x.shape != (n, pixels) or y.shape != (n,) or y.dtype.kind not in "iu":

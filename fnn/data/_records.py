@@ -115,9 +115,13 @@ def _write_atomically(path, array):
 
 
 def _block_checksums(array):
-    """CRC-32 of each :data:`BLOCK` records of a C-contiguous ``array``."""
-    rows = array.reshape(array.shape[0], -1).view(np.uint8) if array.size else array
-    return [zlib.crc32(rows[i : i + BLOCK]) for i in range(0, array.shape[0], BLOCK)]
+    """CRC-32 of each :data:`BLOCK` records of ``array``."""
+    return [_checksum(array[i : i + BLOCK]) for i in range(0, array.shape[0], BLOCK)]
+
+
+def _checksum(rows):
+    """CRC-32 of the bytes of ``rows`` (records of any shape, zero-size ones included)."""
+    return zlib.crc32(np.ascontiguousarray(rows).data)
 
 
 class Records:
@@ -194,8 +198,8 @@ class Records:
 
     def _verify(self, shard, array, first, block):
         for i, want in enumerate(shard["crc32"]):
-            rows = np.asarray(array[i * block : (i + 1) * block])
-            if zlib.crc32(rows.reshape(rows.shape[0], -1).view(np.uint8)) != want:
+            rows = array[i * block : (i + 1) * block]
+            if _checksum(rows) != want:
                 raise DataError(
                     f"{self.folder / shard['file']}: records {first + i * block}..{first + i * block + len(rows) - 1} "
                     "fail their checksum: the file is corrupted; write the records again"
@@ -236,7 +240,8 @@ def _reopen(folder):
 
 
 def open_or_write(folder, x, y, meta):
-    """The :class:`Records` in ``folder`` if their ``meta`` is ``meta``, else ``(x, y)`` written there anew.
+    """The :class:`Records` in ``folder`` if they pass their checks and their ``meta`` is ``meta``, else ``(x, y)``
+    written there anew.
 
     The records are written to a temporary sibling folder and renamed into
     place, so concurrent callers and interrupted writes never leave a
@@ -245,7 +250,7 @@ def open_or_write(folder, x, y, meta):
     folder = Path(folder)
     meta = json.loads(json.dumps(meta))
     with contextlib.suppress(DataError):
-        records = Records(folder, verify=False)
+        records = Records(folder)
         if records.meta == meta:
             return records
     tmp = write_records(folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp"), x, y, meta=meta)

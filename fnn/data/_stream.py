@@ -12,6 +12,8 @@ import numpy as np
 
 from fnn._errors import DataError, InputError, UsageError
 from fnn._numbers import positive_int
+from fnn._order import epoch_order
+from fnn.data._records import Records
 
 __all__ = ["Batches", "Stream"]
 
@@ -75,7 +77,7 @@ class Stream:
       prefetch: chunks read ahead (per worker), each the steps of one
         compiled call of :func:`fnn.fit`; ``None``: 3, so the next call's data
         is ready when the current one ends.
-      name: how messages name the source (default: its ``repr``).
+      name: how messages name the source (default: its type and size).
     """
 
     train: Any
@@ -106,8 +108,12 @@ class Stream:
 
     @property
     def source_name(self):
-        """How messages name the training source."""
-        return self.name or repr(self.train)
+        """How messages name the training source: ``name``, or its type and size (a :class:`Records`' ``repr``)."""
+        if self.name:
+            return self.name
+        if isinstance(self.train, Records):
+            return repr(self.train)
+        return f"the training source ({type(self.train).__name__} of {len(self.train)} records)"
 
     def record_spec(self):
         """``((x shape, x dtype), (y shape, y dtype))`` of record 0, which every record must match."""
@@ -175,6 +181,7 @@ class Batches:
         options = grain.ReadOptions(num_threads=self.stream.threads, prefetch_buffer_size=prefetch)
         iterator = grain.MapDataset.range(chunks).map(read).to_iter_dataset(options)
         if self.stream.workers:
+            _absl_flags_parsed()  # Grain's worker pool reads absl flags, which a plain script never parses
             iterator = iterator.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.stream.workers))
         iterator = iter(iterator)
         if state is not None:
@@ -205,10 +212,17 @@ def _grain():
     return grain
 
 
+def _absl_flags_parsed():
+    """Marks absl's flags parsed (at their defaults) unless the program parsed them, as ``absl.app`` would."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 @functools.partial(jax.jit, static_argnums=(1, 3))
 def _permutation(key_data, key_impl, epoch, n):
-    key = jax.random.wrap_key_data(key_data, impl=key_impl)
-    return jax.random.permutation(jax.random.fold_in(key, epoch), n)
+    return epoch_order(jax.random.wrap_key_data(key_data, impl=key_impl), epoch, n)
 
 
 def _philox_key(key_data):
@@ -289,7 +303,8 @@ class _ReadStep:
         """Each record's ``transform(x, rng)`` with its own Philox generator (see :class:`Stream`)."""
         out = np.empty_like(x)
         for j, position in enumerate(positions):
-            bits = np.random.Philox(key=self.philox_key, counter=[int(position), self.epoch, 0, 0])
+            # The draws count up from the low words, so each record's stream stays its own.
+            bits = np.random.Philox(key=self.philox_key, counter=[0, 0, int(position), self.epoch])
             result = np.asarray(self.transform(x[j], np.random.Generator(bits)))
             if result.shape != x.shape[1:] or result.dtype != x.dtype:
                 raise DataError(

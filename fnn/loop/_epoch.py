@@ -24,6 +24,7 @@ import optax
 
 from fnn import parallel
 from fnn import train as _train
+from fnn._order import epoch_order
 from fnn.module import Loss, Module
 
 #: Rows per evaluation chunk: chunks keep the hidden activations small enough
@@ -192,7 +193,7 @@ def make_steps(plan, n_steps, rows=None):
         run_key = jax.random.wrap_key_data(key_data, impl=plan.key_impl)
         epoch_key = jax.random.fold_in(run_key, epoch)
         model_key = jax.random.fold_in(jax.random.fold_in(run_key, 0), epoch)
-        order = jax.random.permutation(epoch_key, x.shape[0]) if plan.shuffle and not plan.streamed else None
+        order = epoch_order(run_key, epoch, x.shape[0]) if plan.shuffle and not plan.streamed else None
 
         def step(carry, i):
             params, opt_state, model_state, tally = carry

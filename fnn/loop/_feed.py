@@ -4,14 +4,18 @@ A feed gives the compiled calls their data arguments: ``chunk(n)`` the
 training data of the next ``n`` steps, ``last()`` that of the epoch's last
 smaller batch, ``test`` the test split; ``begin(run, segment)`` and ``end(run)``
 bracket an epoch, ``read_ahead(epoch, segment)`` prepares the next one while
-the devices finish the current one, and ``mark(run)`` records the position
-reached in ``run.data_state``, which checkpoints keep. :class:`Arrays` hands every call the whole
+the devices finish the current one, ``sent(tally)`` notes each call
+dispatched, ``mark(run)`` records the position reached in
+``run.data_state``, which checkpoints keep, and ``close()`` releases the
+readers. :class:`Arrays` hands every call the whole
 training split (the compiled steps pick their rows, in the epoch's order);
 :class:`Streamed` hands each call the chunk of batches it trains on, read by
 :class:`fnn.data.Batches` and assembled into global arrays over the devices
 of every process, and keeps the reader's position in ``run.data_state`` for
 checkpoints.
 """
+
+import collections
 
 import jax
 import numpy as np
@@ -52,6 +56,12 @@ class Arrays:
     def read_ahead(self, epoch, segment):
         """Prepares epoch ``epoch`` while the devices finish the current one (the arrays need nothing)."""
 
+    def sent(self, tally):
+        """Notes a call dispatched (the arrays hold no memory per call)."""
+
+    def close(self):
+        """Releases what the feed holds (nothing for the arrays)."""
+
     def last(self):
         return self.arrays[:2]
 
@@ -89,6 +99,7 @@ class Streamed:
         self.test = parallel.replicate((np.asarray(stream.x_test), np.asarray(stream.y_test)), mesh)
         (self.x_shape, self.x_dtype), (self.y_shape, self.y_dtype) = self.batches.spec
         self.iterator, self.first_chunk, self.ahead = None, None, None
+        self.workers, self.in_flight = stream.workers, collections.deque()
         record_bytes = self.x_dtype.itemsize * np.prod(self.x_shape) + self.y_dtype.itemsize * np.prod(self.y_shape)
         #: Steps per compiled call unless told otherwise: about :data:`STREAM_CHUNK_BYTES` of data.
         self.steps_per_call = max(1, int(STREAM_CHUNK_BYTES // (record_bytes * plan.batch_size)))
@@ -107,19 +118,22 @@ class Streamed:
         )
 
     def begin(self, run, segment):
-        saved = run.data_state if run.step else None
-        if run.step and saved is None:
-            raise CheckpointError(
-                f"the checkpoint resumes epoch {run.epoch} at step {run.step} but holds no position of the "
-                "stream (it was saved by a run from arrays): resume it with the same arrays"
-            )
-        if self.ahead is not None and self.ahead[0] == (run.epoch, run.step, segment):
-            (self.epoch, self.first, self.segment), self.iterator, self.first_chunk = self.ahead
-            self.ahead = None
+        """Starts the epoch at ``run.step``: from what :meth:`read_ahead` prepared, from the reader's position a
+        checkpoint saved (when the run reads the same chunks with the same workers), or afresh at that step (the
+        epoch and step alone fix what comes next, so a checkpoint written from arrays resumes too)."""
+        self._close()
+        self.epoch, self.first, self.segment, self.first_chunk = run.epoch, run.step, segment, None
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None and ahead[0] == (run.epoch, run.step, segment):
+            _, self.iterator, chunk = ahead
+            if isinstance(chunk, BaseException):
+                raise chunk
+            self.first_chunk = chunk
             return
-        self.ahead, self.first_chunk = None, None
-        self.epoch, self.first, self.segment, state = run.epoch, run.step, segment, None
-        if saved is not None and saved["segment"] == segment:  # the same chunks: Grain's own position
+        if ahead is not None:
+            _close(ahead[1])
+        saved, state = (run.data_state or {}) if run.step else {}, None
+        if saved.get("segment") == segment and saved.get("workers") == self.workers:  # the same chunks
             self.first, state = saved["first"], saved["reader"]
             reached = self.first + state["next_index"] * segment if "next_index" in state else run.step
             if reached != run.step:
@@ -130,10 +144,15 @@ class Streamed:
         self.iterator = self.batches.epoch(run.epoch, self.first, segment, state)
 
     def read_ahead(self, epoch, segment):
-        """Starts epoch ``epoch`` (from its first step) and reads its first chunk, while the devices finish the
-        current epoch; :meth:`begin` takes it up."""
+        """Starts epoch ``epoch`` (from its first step) and reads its first chunk while the devices finish the
+        current epoch; :meth:`begin` takes it up. An error reading it is raised there, after this epoch's
+        callbacks (its checkpoint) have run."""
         iterator = self.batches.epoch(epoch, 0, segment)
-        self.ahead = ((epoch, 0, segment), iterator, next(iterator))
+        try:
+            chunk = next(iterator)
+        except Exception as e:  # raised again by begin
+            chunk = e
+        self.ahead = ((epoch, 0, segment), iterator, chunk)
 
     def chunk(self, n):
         if self.first_chunk is not None:
@@ -143,19 +162,47 @@ class Streamed:
         assert len(x) == n, (len(x), n)  # the loop and the reader cut the epoch alike
         return self._put(x, y, self.batch_size)
 
+    def sent(self, tally):
+        """Notes a call dispatched (``tally`` its output); waits for the call before the last, so at most two
+        calls' chunks are queued on the devices and host memory stays bounded when reading outruns training."""
+        self.in_flight.append(tally)
+        if len(self.in_flight) > 2:
+            jax.block_until_ready(self.in_flight.popleft())
+
     def mark(self, run):
-        run.data_state = {"first": self.first, "segment": self.segment, "reader": self.iterator.get_state()}
+        reader = self.iterator.get_state()
+        run.data_state = {"first": self.first, "segment": self.segment, "workers": self.workers, "reader": reader}
 
     def last(self):
         x, y = self.batches.last(self.epoch)
         return self._put(x, y, self._rows(None))
 
     def end(self, run):
-        self.iterator = None
+        self._close()
+        self.in_flight.clear()
         run.data_state = None
+
+    def close(self):
+        """Stops the readers (Grain's threads or worker processes)."""
+        self._close()
+        if self.ahead is not None:
+            _close(self.ahead[1])
+            self.ahead = None
+
+    def _close(self):
+        if self.iterator is not None:
+            _close(self.iterator)
+            self.iterator = None
 
     def _put(self, x, y, rows):
         """Assembles every process's ``[n, local rows, ...]`` into global ``[n, rows, ...]`` arrays."""
         return tuple(
             jax.make_array_from_process_local_data(self.sharding, a, (a.shape[0], rows, *a.shape[2:])) for a in (x, y)
         )
+
+
+def _close(iterator):
+    """Closes a Grain iterator (stopping its threads or worker processes) where Grain offers it."""
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()

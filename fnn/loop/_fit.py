@@ -52,11 +52,14 @@ def fit(
       model: any fnn module, e.g. ``fnn.nn.mlp([784, 500, 10])``.
       params: its parameter pytree (from ``model.init``); it is copied to the devices, not changed.
       data: an object with ``x_train [N, ...]``, ``y_train [N, ...]``,
-        ``x_test``, ``y_test`` arrays, such as :func:`fnn.data.load` returns.
-        Checked before training: no empty split, as many targets as inputs,
-        inputs the model takes (finite floating values) and targets the loss
-        can take (class ids in ``[0, k)`` for a model with ``k`` outputs, 0/1
-        labels, finite values).
+        ``x_test``, ``y_test`` arrays, such as :func:`fnn.data.load` returns;
+        or a :class:`fnn.data.Stream`, whose training records are read as
+        training needs them (see its rules; it trains the same steps as the
+        arrays would). Checked before training (a stream's batches as they
+        are read): no empty split, as many targets as inputs, inputs the
+        model takes (finite floating values) and targets the loss can take
+        (class ids in ``[0, k)`` for a model with ``k`` outputs, 0/1 labels,
+        finite values).
       loss: any fnn loss; mean softmax cross-entropy by default.
       path: the gradient path, one of :data:`fnn.PATHS`.
       epochs: passes over the training set (the total, counting restored ones).
@@ -90,11 +93,13 @@ def fit(
         issue 12868), which JAX's own convolution gradient meets there,
         about 9x slower (fnn's hand-written rules are laid out to avoid it).
         The result is the same either way, bit for bit.
-      divergence_factor: training stops with :class:`fnn.TrainingDiverged` at the
-        first step whose loss is NaN or infinite, or larger in magnitude than
-        ``divergence_factor * max(|first loss|, 1)`` (the run's first step's
-        loss), and when the parameters stop being finite; ``None`` watches
-        for non-finite values only.
+      divergence_factor: training stops with :class:`fnn.TrainingDiverged`,
+        naming the first step whose loss is NaN or infinite, or larger in
+        magnitude than ``divergence_factor * max(|first loss|, 1)`` (the run's
+        first step's loss), and when the parameters stop being finite; the
+        steps record it on the devices, and the host looks at the end of each
+        epoch and before each callback that runs within one (no checkpoint
+        is saved after it). ``None`` watches for non-finite values only.
       callbacks: :class:`fnn.loop.Callback` objects (checkpoints, early
         stopping, your own), or functions called after each epoch as
         ``f(row)`` with the epoch's :meth:`fnn.History.rows` dict.
@@ -159,6 +164,7 @@ def fit(
         feed = _feed.Streamed(stream, plan, _key_parts(shuffle_key)[0], _batch_check(model, loss, input_shape))
     segment = _segment(plan, steps_per_call, callbacks, feed)
     with contextlib.ExitStack() as stack:
+        stack.callback(feed.close)
         for part in parts:
             stack.callback(part.close)
         for part in parts:
@@ -292,12 +298,23 @@ def _key_parts(shuffle_key):
 
 
 def _segment(plan, steps_per_call, callbacks, feed):
-    """Steps per compiled call: ``steps_per_call`` (or its automatic choice), cut to the callbacks' ``every_steps``."""
+    """Steps per compiled call: ``steps_per_call`` (or its automatic choice), cut to the callbacks' ``every_steps``.
+
+    A stream's chunk is a bound, not a length: with callbacks every ``k``
+    steps it becomes the largest divisor of ``k`` within it (a chunk of 53
+    steps and checkpoints every 50 steps give chunks of 50, not 1).
+    """
+    periods = [c.every_steps for c in callbacks if isinstance(c, Callback) and c.every_steps is not None]
     if steps_per_call is None:
-        steps_per_call = 1 if _slow_in_a_loop(plan) else min(plan.full_batches, feed.steps_per_call)
+        if _slow_in_a_loop(plan):
+            return 1
+        bound = min(plan.full_batches, feed.steps_per_call)
+        if periods and bound < plan.full_batches:
+            every = math.gcd(*periods)
+            return max(d for d in range(1, min(every, bound) + 1) if every % d == 0)
+        steps_per_call = bound
     else:
         steps_per_call = _check_int("steps_per_call", steps_per_call, 1)
-    periods = [c.every_steps for c in callbacks if isinstance(c, Callback) and c.every_steps is not None]
     return max(1, math.gcd(min(steps_per_call, plan.full_batches), *periods))
 
 
@@ -349,6 +366,7 @@ def _epochs(run, plan, compiled, segment, parts, feed):
         while run.step < plan.full_batches:
             n = min(segment, plan.full_batches - run.step)
             _advance(run, compiled.steps(n), run.state["key"], run.epoch, run.step, *feed.chunk(n))
+            feed.sent(run.state["tally"])
             run.step += n
             due = [part for part in parts if part.every_steps and run.step % part.every_steps == 0]
             if due and run.step < plan.full_batches:
