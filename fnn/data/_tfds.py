@@ -47,10 +47,11 @@ def from_tfds(spec, data_dir, raw, *, verbose=False):
       [N], ...}`` and TFDS's version folder, e.g. ``<data_dir>/mnist/3.0.1``.
     """
     tfds = _import_tfds()
-    source = "its local files" if raw is not None else "TFDS (a download, if it has not prepared it yet)"
+    prepared = any((Path(data_dir) / spec.name).glob("*/dataset_info.json"))
+    downloading = raw is None and not prepared
+    source = "TFDS's prepared files" if prepared else "its local files" if raw is not None else "a TFDS download"
     message = f"fnn.data: reading {spec.name} from {source} into {data_dir} (once; later loads read a cache)"
     print(message, file=sys.stderr, flush=True)
-    downloading = raw is None and not any((Path(data_dir) / spec.name).glob("*/dataset_info.json"))
     try:
         with _silenced(not verbose and not downloading):  # a download shows TFDS's progress
             builder = tfds.builder(spec.name, data_dir=os.fspath(data_dir))
