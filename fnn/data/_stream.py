@@ -108,7 +108,7 @@ class Stream:
 
     @property
     def source_name(self):
-        """How messages name the training source: ``name``, or its type and size (a :class:`Records`' ``repr``)."""
+        """The name messages give the training source (``name``, else its type and size, or a Records' repr)."""
         if self.name:
             return self.name
         if isinstance(self.train, Records):
