@@ -174,6 +174,7 @@ def test_processes_read_disjoint_shares_that_make_up_the_one_process_epoch():
     assert not np.array_equal(x_one, DATA.x_train[batches(Stream(whole, DATA.x_test, DATA.y_test)).order(1)])
 
 
+@pytest.mark.slow  # starting the worker processes takes seconds
 def test_worker_processes_read_what_threads_read(records):
     """Grain worker processes (the source and the transform pickled to them) give the rows threads give."""
     images = fnn.data.random_shift(1)

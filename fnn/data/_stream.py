@@ -72,7 +72,10 @@ class Stream:
         keep the input's shape and dtype, and must be picklable when
         ``workers > 0``.
       workers: Grain worker processes that read and transform; 0 reads in
-        threads of this process.
+        threads of this process. Grain starts them (by ``spawn``) at each
+        epoch, so a script that uses them keeps its top-level code under
+        ``if __name__ == "__main__":``; they pay off when the transform, not
+        the reading, is the work.
       threads: reading threads (per worker).
       prefetch: chunks read ahead (per worker), each the steps of one
         compiled call of :func:`fnn.fit`; ``None``: 3, so the next call's data
