@@ -72,7 +72,7 @@ class Stream:
         keep the input's shape and dtype, and must be picklable when
         ``workers > 0``.
       workers: Grain worker processes that read and transform; 0 reads in
-        threads of this process. Grain starts them (by ``spawn``) at each
+        threads of this process. Grain starts them (new processes) at each
         epoch, so a script that uses them keeps its top-level code under
         ``if __name__ == "__main__":``; they pay off when the transform, not
         the reading, is the work.
