@@ -134,8 +134,9 @@ def stream(name, *, source_dir=None, data_dir=None, layout="flat", transform=Non
     Returns:
       A :class:`Stream` over :class:`Records`.
     """
-    spec, dataset_dir = _specs.spec(name), _data_dir(data_dir) / name
+    spec, data_dir = _specs.spec(name), _data_dir(data_dir)
     _check_layout(layout)
+    dataset_dir = data_dir / name
     cache, folder = dataset_dir / _cache.CACHE_NAME, dataset_dir / "fnn_records" / layout
     options = {"transform": transform, "workers": workers, "name": f"{name} records"}
     try:
@@ -146,7 +147,7 @@ def stream(name, *, source_dir=None, data_dir=None, layout="flat", transform=Non
             _log.warning("rewriting the unreadable records in %s (%s)", folder, e)
         current = False
     if current:
-        test = _cache.read_cache(cache, spec, _data_dir(data_dir), keys=("x_test", "y_test"))
+        test = _cache.read_cache(cache, spec, data_dir, keys=("x_test", "y_test"))
         if test is not None:  # only the test split in memory
             return Stream(records, _scaled(spec, test["x_test"], layout), test["y_test"].astype(np.int32), **options)
     data = load(name, source_dir=source_dir, data_dir=data_dir, layout=layout, verbose=verbose)

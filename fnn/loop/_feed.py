@@ -94,7 +94,7 @@ class Streamed:
             processes=processes,
             check=check,
         )
-        self.mesh, self.batch_size = mesh, plan.batch_size
+        self.batch_size = plan.batch_size
         self.sharding = NamedSharding(mesh, P(None, parallel.AXIS))
         self.test = parallel.replicate((np.asarray(stream.x_test), np.asarray(stream.y_test)), mesh)
         (self.x_shape, self.x_dtype), (self.y_shape, self.y_dtype) = self.batches.spec

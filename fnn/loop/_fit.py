@@ -139,14 +139,14 @@ def fit(
     """
     start = time.perf_counter()
     epochs = _check_int("epochs", epochs, 1)
-    splits, batch_size = _check(model, loss, path, data, params, batch_size, state)
+    splits, batch_size, n_train = _check(model, loss, path, data, params, batch_size, state)
     stream = data if isinstance(data, Stream) else None
     plan = _plan(
         model,
         loss,
         path,
         optimizer,
-        splits,
+        n_train,
         batch_size,
         shuffle_key,
         augment,
@@ -192,8 +192,9 @@ def fit(
 
 # ---------------------------------------------------------------- checks and set-up
 def _check(model, loss, path, data, params, batch_size, state):
-    """Checks the run's arguments and data on the host; returns ``({"train": (x, y), "test": (x, y)}, batch_size)``,
-    the batch size as a Python int."""
+    """Checks the run's arguments and data on the host; returns ``({"train": (x, y), "test": (x, y)}, batch_size,
+    n_train)``, the batch size as a Python int and ``n_train`` the training examples (a stream's records; its
+    ``"train"`` split is record 0 alone)."""
     check_pair(model, loss)
     check_path(path)
     splits = _stream_splits(data) if isinstance(data, Stream) else _split_arrays(data)
@@ -206,7 +207,7 @@ def _check(model, loss, path, data, params, batch_size, state):
     else:
         validate.check_state(model, state, splits["train"][0].shape[1:])
     validate.check_targets(model, loss, splits)
-    return splits, batch_size
+    return splits, batch_size, n_train
 
 
 def _check_int(name, value, low, high=None, hint=""):
@@ -251,7 +252,7 @@ def _split_arrays(data):
 
 
 def _plan(
-    model, loss, path, optimizer, splits, batch_size, shuffle_key, augment, devices, train_metrics, factor, stream
+    model, loss, path, optimizer, n_train, batch_size, shuffle_key, augment, devices, train_metrics, factor, stream
 ):
     """The :class:`Plan` of the run, its arguments checked."""
     if train_metrics not in ("batches", "full"):
@@ -275,7 +276,7 @@ def _plan(
         _train.as_optimizer(optimizer),
         path,
         batch_size,
-        splits["train"][0].shape[0] if stream is None else len(stream.train),
+        n_train,
         _key_parts(shuffle_key)[1],
         shuffle_key is not None,
         augment,
