@@ -5,7 +5,7 @@ for ``model = fnn.nn.mlp(sizes)`` (ReLU, He init, no biases unless ``--bias``)
 and ``loss = fnn.losses.cross_entropy``:
 
 - ``autodiff``: ``jax.value_and_grad`` over the modules' plain forward code;
-- ``custom``: the same over their ``custom_vjp`` rules (the hand-written backward functions);
+- ``custom``: the same over their custom rules (the hand-written backward functions);
 - ``backprop``: the notes' explicit reverse sweep over the same backward functions.
 
 A configuration is ``WIDTHxBATCHxDEPTH[:DTYPE]``: 784 inputs, ``DEPTH`` hidden

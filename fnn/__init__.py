@@ -5,8 +5,8 @@ forward function and the notes' backward function. From them come three
 gradient paths, switched by one argument (:data:`PATHS`):
 
 - ``"autodiff"``: ``jax.grad`` over the plain ``jax.numpy`` forward code;
-- ``"custom"``: ``jax.grad`` over ``jax.custom_vjp`` rules built from each
-  module's backward function;
+- ``"custom"``: ``jax.grad`` over rules built from each module's backward
+  function (forward mode through them uses its transpose: :func:`jvp`);
 - ``"backprop"``: the notes' explicit reverse sweep, no JAX autodiff.
 
 Layers and models are in :mod:`fnn.nn`, losses in :mod:`fnn.losses`,
@@ -47,7 +47,7 @@ from fnn._errors import (
     TrainingDiverged,
     UsageError,
 )
-from fnn._paths import PATHS, value_and_grad
+from fnn._paths import PATHS, jvp, value_and_grad
 from fnn.loop import History, fit
 
 __all__ = [
@@ -70,6 +70,7 @@ __all__ = [
     "data",
     "fit",
     "inspect",
+    "jvp",
     "losses",
     "loop",
     "metrics",

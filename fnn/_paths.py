@@ -3,16 +3,22 @@
 - ``"autodiff"``: ``jax.value_and_grad`` through the plain ``apply`` functions;
   JAX derives every rule from the ``jax.numpy`` forward code.
 - ``"custom"``: ``jax.value_and_grad`` through :attr:`fnn.module.Module.custom`,
-  where every leaf is a ``jax.custom_vjp`` made from its hand-written backward.
+  where every leaf is differentiated by its hand-written backward (forward mode:
+  by its transpose).
 - ``"backprop"``: the notes' explicit reverse sweep: ``forward`` keeps what
   each backward function needs, then the loss's and the model's ``backward``
   run in reverse order. No JAX autodiff is involved.
 
+Forward mode (:func:`jvp`) comes the same three ways: ``jax.jvp`` through
+the plain code, ``jax.jvp`` through the custom leaves (each leaf's JVP the
+transpose of its backward function), and the notes' forward sweep on the
+``backprop`` path (:func:`sweep_tangent`).
+
 This module is the one place where a path is chosen: :func:`objective` is
 what JAX differentiates on the first two paths, :func:`sweep_forward` and
 :func:`sweep_backward` are the two halves of the third, :func:`gradients`
-puts them behind one positional form, and :func:`value_and_grad` is the
-public entry point. Everything else in fnn (training, :mod:`fnn.inspect`,
+puts them behind one positional form, and :func:`value_and_grad` and
+:func:`jvp` are the public entry points. Everything else in fnn (training, :mod:`fnn.inspect`,
 :mod:`fnn.testing`, :mod:`fnn.ops`) calls these.
 """
 
@@ -20,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn._errors import InputError, UsageError
+from fnn._linear_map import zero_tangent
 from fnn.module import Loss, Module
 
 PATHS = ("autodiff", "custom", "backprop")
@@ -32,10 +39,15 @@ def check_path(path):
     return path
 
 
-def check_pair(model, loss):
-    """Raises ``TypeError`` unless ``model`` is an fnn module and ``loss`` an fnn loss."""
+def check_model(model):
+    """Raises ``TypeError`` unless ``model`` is an fnn module."""
     if not isinstance(model, Module):
         raise UsageError(f"model must be an fnn module (e.g. fnn.nn.mlp([784, 500, 10])), got {type(model).__name__}")
+
+
+def check_pair(model, loss):
+    """Raises ``TypeError`` unless ``model`` is an fnn module and ``loss`` an fnn loss."""
+    check_model(model)
     if not isinstance(loss, Loss):
         raise UsageError(f"loss must be an fnn loss (e.g. fnn.losses.cross_entropy), got {type(loss).__name__}")
 
@@ -46,7 +58,7 @@ def objective(model, loss, path):
     ``f(params, x, targets, *, state=None, key=None, train=None) -> (L,
     outputs)``, or ``(L, (outputs, new_state))`` exactly when ``state=`` was
     passed; the keywords are :meth:`fnn.module.Module.apply`'s. On the
-    ``custom`` path every leaf and the loss are their ``jax.custom_vjp``
+    ``custom`` path every leaf and the loss are their hand-differentiated
     forms (:attr:`fnn.module.Module.custom`); on ``autodiff`` their plain
     ``apply``. The ``backprop`` path differentiates nothing: see
     :func:`sweep_forward` and :func:`sweep_backward`.
@@ -94,6 +106,24 @@ def sweep_backward(model, loss):
         return model.backward(params, model_saved, loss.backward(loss_saved, g))
 
     return backward
+
+
+def sweep_tangent(model):
+    """The notes' forward sweep: ``(params, x, dparams, dx, state, key, train) -> (y, dy, new_state)``.
+
+    The forward pass keeps what each backward function needs; then the
+    tangents go through the modules in the order they run, each module
+    mapping its input's tangent (and its parameters') to its output's by the
+    transpose of its backward function (:meth:`fnn.module.Module.pushforward`:
+    ``J u`` from ``J^T g``, by ``jax.linear_transpose``). No JAX
+    differentiation is involved.
+    """
+
+    def forward_sweep(params, x, dparams, dx, state, key, train):
+        y, saved, new_state = model.run_forward(params, x, state, key, train)
+        return y, model.pushforward(params, saved, y, dparams, dx), new_state
+
+    return forward_sweep
 
 
 def gradients(model, loss, path, *, inputs=False):
@@ -171,3 +201,52 @@ def value_and_grad(model, loss, *, path="custom", train=None, outputs=False, inp
         return result if state is None else (*result, new_state)
 
     return value_and_grads
+
+
+def jvp(model, *, path="custom", train=None):
+    """The model's outputs and their directional derivative (forward mode), by one of :data:`PATHS`.
+
+    ``dy = J_params dparams + J_x dx``, the Jacobian-vector product, where
+    :func:`value_and_grad` gives ``J^T g``. ``"autodiff"``: ``jax.jvp`` of
+    the plain forward code; ``"custom"``: ``jax.jvp`` through the custom
+    leaves, each leaf's JVP the transpose of its hand-written backward
+    function; ``"backprop"``: the notes' forward sweep (the forward pass,
+    then each module's :meth:`fnn.module.Module.pushforward` in order).
+
+    Args:
+      model: any :class:`fnn.module.Module`.
+      path: ``"autodiff"``, ``"custom"`` or ``"backprop"``.
+      train: as for :func:`value_and_grad`: required by a contextual model.
+
+    Returns:
+      ``f(params, x, dparams, dx=None, *, state=None, key=None) -> (y, dy)``,
+      ``dparams`` in the structure of ``params`` and ``dx`` of ``x``'s shape
+      (``None``: ``x`` held fixed, as integer token ids always are); the new
+      state comes back last, ``(y, dy, state)``, exactly when ``state=`` was
+      passed. The state and the key are not differentiated. Every path gives
+      the same ``dy`` up to rounding.
+
+    Example::
+
+        y, dy = fnn.jvp(model)(params, x, dparams)  # how y moves along dparams
+        y, dy = fnn.jvp(model, path="backprop")(params, x, zeros_like_params, dx)
+    """
+    check_model(model)
+    if check_path(path) == "backprop":
+        by_path = sweep_tangent(model)
+    else:
+        run = model.custom.run if path == "custom" else model.run
+
+        def by_path(params, x, dparams, dx, state, key, train):
+            return jax.jvp(lambda p, z: run(p, z, state, key, train), (params, x), (dparams, dx), has_aux=True)
+
+    model.checked_context((), train)
+
+    def tangent(params, x, dparams, dx=None, *, state=None, key=None):
+        context = model.checked_context(state, train)
+        x = jnp.asarray(x)
+        dx = zero_tangent(x) if dx is None else dx
+        y, dy, new_state = by_path(params, x, dparams, dx, context[0], key, context[1])
+        return (y, dy) if state is None else (y, dy, new_state)
+
+    return tangent

@@ -30,7 +30,7 @@ def bind(module, *, state=(), key=None, train=False):
     Each contextual leaf becomes a leaf that runs in its share of the context
     (its state, its key) and drops the new state, and whose ``backward`` is
     its own; the wiring is rebuilt around them, so the custom path still has
-    one custom VJP per leaf. A module that is not contextual is returned as
+    one custom rule per leaf. A module that is not contextual is returned as
     it is.
     """
     if not isinstance(module, Module):

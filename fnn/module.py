@@ -70,13 +70,19 @@ A loss has ``forward(outputs, targets) -> (value, saved)`` and
 ``backward(saved, g) -> doutputs``, ``value`` a scalar.
 
 :attr:`Module.custom` and :attr:`Loss.custom` give the same module with every
-leaf's ``apply`` replaced by a ``jax.custom_vjp`` built from its
-``forward``/``backward``: the hand-written rules then compose with any JAX
-code (``jit``, ``vmap``, ``grad`` of ``grad``). Forward mode (``jax.jvp``)
-cannot run through them; use the ``autodiff`` path (plain ``apply``) for that.
+leaf's ``apply`` differentiated by its own ``forward``/``backward`` in both
+modes. The backward ``g -> J^T g`` is linear in ``g``, so its transpose is
+the leaf's Jacobian-vector product ``u -> J u``: each leaf is a
+``jax.custom_jvp`` whose JVP is that transpose (``jax.linear_transpose``),
+kept as one linear map whose own transpose is the hand-written backward
+(``fnn/_linear_map.py``). Reverse mode then runs ``backward`` on the
+residuals ``forward`` saved, as a ``jax.custom_vjp`` would, and forward mode
+(``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``, ``jax.hessian``) runs too;
+both compose with ``jit``, ``vmap`` and each other. :meth:`Module.pushforward`
+is the same transpose for any module, the forward sweep of the ``backprop``
+path.
 """
 
-import contextlib
 import dataclasses
 import functools
 import inspect
@@ -89,6 +95,7 @@ import numpy as np
 
 from fnn import validate
 from fnn._errors import InputError, UsageError
+from fnn._linear_map import linear_map, zero_tangent
 
 __all__ = [
     "Loss",
@@ -131,7 +138,7 @@ class Module:
     #: The modules a structural module wires together (leaves have none).
     children: tuple = ()
     #: ``rebuild(*children)`` makes the same structure from other children (how :attr:`custom` swaps in the
-    #: custom-VJP leaves); ``None`` for a leaf.
+    #: hand-differentiated leaves); ``None`` for a leaf.
     rebuild: Callable | None = None
     #: The inputs at which a leaf's rule is delicate (see :func:`leaf`); :func:`fnn.testing.check_module` checks them.
     edge_values: tuple = ()
@@ -150,6 +157,9 @@ class Module:
     #: Whether the module is wiring whose output holds its input's values, only rearranged (``flatten``): the
     #: host-side input check is then the next module's (see :meth:`check_inputs`).
     passes_values: bool = False
+    #: ``sweep(params, saved, y, dparams, dx) -> dy``: wiring's own forward sweep through its children's
+    #: :meth:`pushforward` (a loop, ``repeat``); ``None``: the transpose of :attr:`backward` as a whole.
+    sweep: Callable | None = None
 
     def apply(self, params, x, *, state=None, key=None, train=None):
         """The forward pass: ``y``, or ``(y, new_state)`` exactly when ``state=`` was passed (see the module doc).
@@ -174,6 +184,21 @@ class Module:
         context = self.checked_context(state, train)
         y, saved, new_state = self.run_forward(params, x, context[0], key, context[1])
         return (y, saved) if state is None else (y, saved, new_state)
+
+    def pushforward(self, params, saved, y, dparams, dx):
+        """The forward-mode counterpart of :attr:`backward`: ``dy = J (dparams, dx)``, from what ``forward`` saved.
+
+        :attr:`backward` is ``g -> J^T g``, linear in ``g``; its transpose
+        (``jax.linear_transpose``) is ``u -> J u``. For a structural module
+        the transpose of its backward (its children's, in reverse order) runs
+        its children's pushforwards in the order of the forward pass: the
+        notes' forward sweep. ``y`` is the output (its shape and dtype are
+        the map's); ``dx`` is ignored where ``backward`` gives ``x`` no
+        gradient (integer ids).
+        """
+        if self.sweep is not None:
+            return self.sweep(params, saved, y, dparams, dx)
+        return _pushforward(lambda residuals, g: self.backward(*residuals, g), (params, saved), y, (dparams, dx))
 
     def checked_context(self, state, train):
         """``(state, train)`` to pass to :attr:`run`: the state (``()`` if none was passed) and the mode, after the
@@ -245,7 +270,7 @@ class Module:
 
     @functools.cached_property
     def custom(self):
-        """This module with each leaf's ``apply`` a ``jax.custom_vjp`` of its own ``forward``/``backward``."""
+        """This module with each leaf's ``apply`` differentiated, in both modes, by its own ``forward``/``backward``."""
         if self.is_leaf:
             make = _contextual_custom_run if self.contextual else _custom_run
             return dataclasses.replace(self, run=make(self))
@@ -385,18 +410,14 @@ def _contextual_names(module, state=False):
 
 
 def _custom_run(module):
-    """A plain leaf's ``run`` with its output a ``jax.custom_vjp``: residuals ``(params, saved)``, backward
-    ``module.backward``."""
+    """A plain leaf's ``run`` with its output a :func:`_hand_differentiated` function of ``(params, x)``:
+    residuals ``(params, saved)``, backward ``module.backward``."""
 
-    def fwd(params, x):
+    def forward(params, x):
         y, saved, _ = module.run_forward(params, x, (), None, False)
-        return y, (params, saved)
+        return y, saved
 
-    def bwd(residuals, g):
-        params, saved = residuals
-        return module.backward(params, saved, g)
-
-    fn = _custom_vjp(module.name, fwd, bwd)
+    fn = _hand_differentiated(forward, lambda residuals, g: module.backward(*residuals, g), keeps_params=True)
 
     def run(params, x, state, key, train):
         return fn(params, x), state
@@ -405,67 +426,129 @@ def _custom_run(module):
 
 
 def _contextual_custom_run(module):
-    """A contextual leaf's ``run`` as a ``jax.custom_vjp`` per mode over ``(params, x, state, key) -> (y, state)``.
+    """A contextual leaf's ``run`` as a :func:`_hand_differentiated` function per mode over ``(params, x, state,
+    key) -> (y, state)``.
 
-    The new state is an output that carries no gradient back (its cotangent
-    is dropped); the incoming state and the key get none.
+    The new state is an output whose tangent is zero (it carries no
+    derivative, and no cotangent back); the incoming state and the key are
+    not differentiated.
     """
 
     @functools.cache
     def for_mode(train):
-        def fwd(params, x, state, key):
+        def forward(params, x, state, key):
             y, saved, new_state = module.run_forward(params, x, state, key, train)
-            return (y, new_state), (params, saved)
+            return (y, new_state), saved
 
-        def bwd(residuals, cotangents):
-            params, saved = residuals
-            return (*module.backward(params, saved, cotangents[0]), None, None)
-
-        fn = jax.custom_vjp(lambda params, x, state, key: fwd(params, x, state, key)[0])
-        fn.defvjp(fwd, bwd)
-        return fn
+        backward = lambda residuals, g: module.backward(*residuals, g)  # noqa: E731
+        return _hand_differentiated(forward, backward, keeps_params=True, extra=2)
 
     def run(params, x, state, key, train):
-        with _reverse_mode_only(module.name):
-            return for_mode(train)(params, jnp.asarray(x), state, key)
+        return for_mode(train)(params, jnp.asarray(x), state, key)
 
     return run
 
 
-def _custom_vjp(name, forward, backward):
-    """``f(a, b)``, the first output of ``forward(a, b) -> (y, residuals)``, as a ``jax.custom_vjp``.
+def _hand_differentiated(forward, backward, *, keeps_params=False, extra=0):
+    """``f(a, b, ...)``, the first output of ``forward(a, b, ...) -> (y, saved)``, differentiated by
+    ``backward(residuals, g) -> (da, db)`` in both modes.
 
-    ``backward(residuals, g) -> (da, db)`` is its rule; ``b`` is made an
-    array; forward mode raises an error that names the way out.
+    ``residuals`` is ``saved``, or with ``keeps_params`` the pair ``(a, saved)``
+    (a module's parameters: arguments, kept without a copy).
+
+    ``backward`` is ``g -> J^T g``, linear in ``g``, so its transpose is
+    ``u -> J u``, the Jacobian-vector product: ``f`` is a ``jax.custom_jvp``
+    whose JVP is that transpose (:func:`_pushforward`), and JAX's reverse
+    mode transposes it back into ``backward`` itself. ``db`` may be ``None``
+    (integer ids, a loss's targets: ``b``'s tangent then counts for nothing).
+    With ``extra``, ``f`` takes that many more inputs that are not
+    differentiated (a state, a key) and returns ``(y, new_state)``, the new
+    state with a zero tangent. ``b`` is made an array.
     """
 
-    @jax.custom_vjp
-    def fn(a, b):
-        return forward(a, b)[0]
+    def primal(*args):
+        return forward(*args)[0]
 
-    fn.defvjp(forward, backward)
+    fn = jax.custom_jvp(primal)
+    forward_call = _one_call(forward)
 
-    def checked(a, b):
-        with _reverse_mode_only(name):
-            return fn(a, jnp.asarray(b))
+    @fn.defjvp
+    def jvp(primals, tangents):
+        out, saved = forward_call(*primals)
+        residuals = (primals[0], saved) if keeps_params else saved
+        y, rest = (out[0], out[1:]) if extra else (out, ())
+        dy = _pushforward(backward, residuals, y, tangents[:2])
+        if not extra:
+            return out, dy
+        return out, (dy, *jax.tree.map(zero_tangent, rest))
+
+    def checked(a, b, *args):
+        return fn(a, jnp.asarray(b), *args)
 
     return checked
 
 
-@contextlib.contextmanager
-def _reverse_mode_only(name):
-    """Turns JAX's refusal to run a custom VJP in forward mode into an error that names the way out."""
-    try:
-        yield
-    except TypeError as exc:
-        if "forward-mode" not in str(exc):
-            raise
-        raise UsageError(
-            f"{name}: the custom path's hand-written rules are reverse mode only (jax.custom_vjp), so forward mode "
-            "(jax.jvp, jax.jacfwd) cannot run through them, though forward over reverse (jax.hessian) can; for "
-            "forward mode use the autodiff path: the module's plain apply, fnn.ops.autodiff, or "
-            "fnn.value_and_grad(..., path='autodiff')"
-        ) from exc
+def _one_call(fn):
+    """``fn``, the same values and derivatives (JAX's own JVP of its code), as one ``jax.custom_jvp`` call.
+
+    Reverse mode linearises a custom JVP rule by partial evaluation, which
+    would take the forward pass inside the rule apart op by op and hoist
+    loop-invariant values out of its loops (the attention's key tiles,
+    kept for every query tile); a call whose inputs are all known runs as
+    it is, as ``jax.custom_vjp``'s forward pass does. Outputs that are
+    ``fn``'s inputs themselves (a dense layer saves its input) are passed
+    around the call, so that they stay the inputs and are not counted as
+    values the forward pass computed, and a value returned twice (a leaf's output, saved) is one output.
+    """
+    layouts = {}  # per signature of the inputs: the output's tree, and where each of its leaves comes from
+
+    def signature(args):
+        leaves, tree = jax.tree.flatten(args)
+        return tree, tuple(jax.typeof(leaf) for leaf in leaves)
+
+    def computed(*args):
+        """``fn``'s output leaves, each once, leaving out its inputs; records where every leaf is found."""
+        seen = {id(arg): ("input", i) for i, arg in enumerate(jax.tree.leaves(args))}
+        leaves, tree = jax.tree.flatten(fn(*args))
+        distinct = []
+        for leaf in leaves:
+            if id(leaf) not in seen:
+                seen[id(leaf)] = ("output", len(distinct))
+                distinct.append(leaf)
+        layouts[signature(args)] = tree, [seen[id(leaf)] for leaf in leaves]
+        return distinct
+
+    call = jax.custom_jvp(computed)
+    call.defjvp(lambda primals, tangents: jax.jvp(computed, primals, tangents))
+
+    def run(*args):
+        found = {"output": call(*args), "input": jax.tree.leaves(args)}
+        tree, sources = layouts[signature(args)]
+        return jax.tree.unflatten(tree, [found[kind][i] for kind, i in sources])
+
+    return run
+
+
+def _pushforward(backward, residuals, y, tangents):
+    """``J u``, for the tangents ``u = (da, db)``, as a :func:`fnn._linear_map.linear_map`.
+
+    Forward mode evaluates the transpose of ``g -> backward(residuals, g) =
+    J^T g``; reverse mode transposes that map back into ``backward`` itself,
+    with ``residuals`` and nothing more. Tangents whose part of
+    ``backward``'s result is ``None`` (integer ids, a loss's targets) are
+    left out.
+    """
+    spec = jax.ShapeDtypeStruct(jnp.shape(y), jnp.result_type(y))
+    differentiated = [grad is not None for grad in jax.eval_shape(lambda g: backward(residuals, g), spec)]
+
+    def pullback(residuals, g):
+        return tuple(grad for grad in backward(residuals, g) if grad is not None)
+
+    def push(residuals, u):
+        return jax.linear_transpose(lambda g: pullback(residuals, g), spec)(u)[0]
+
+    u = tuple(t for t, kept in zip(tangents, differentiated) if kept)
+    return linear_map(push, pullback, residuals, u)
 
 
 def leaf(
@@ -488,7 +571,7 @@ def leaf(
       init: ``(key, input_shape) -> (output_shape, params)``; ``None`` for a
         leaf used only as an op over given parameters.
       forward: ``(params, x) -> (y, saved)`` in plain ``jax.numpy``; ``saved``
-        holds arrays only (it becomes the custom VJP's residuals). A
+        holds arrays only (the custom path's residuals). A
         contextual leaf (``state_init`` or ``stochastic``) writes
         ``(params, x, *, state, key, train) -> (y, saved, state)`` instead,
         ``state`` being ``()`` when it has none.
@@ -593,6 +676,7 @@ def structural(
     split_context=None,
     check_inputs=None,
     passes_values=False,
+    sweep=None,
 ):
     """Makes a structural module: wiring whose ``backward`` calls its children's.
 
@@ -604,7 +688,8 @@ def structural(
     with ``split_context`` (see :class:`Module`) and, when a child keeps
     state, ``state_init`` (its state from its children's). ``check_inputs``
     (the host-side check of its inputs, as for :func:`leaf`) and
-    ``passes_values`` are as in :class:`Module`.
+    ``passes_values`` are as in :class:`Module`, and so is ``sweep``, for wiring whose backward cannot be
+    transposed as a whole (a loop).
     """
     if (
         (apply is None) == (run is None)
@@ -632,6 +717,7 @@ def structural(
         state_init=state_init,
         split_context=split_context,
         passes_values=passes_values,
+        sweep=sweep,
     )
     if module.contextual and (split_context is None or apply is not None):
         raise UsageError(f"{name}: a child has state or randomness; the wiring must pass it on (run, split_context)")
@@ -666,13 +752,18 @@ class Loss:
 
     @functools.cached_property
     def custom(self):
-        """This loss with ``apply`` a ``jax.custom_vjp`` of its ``forward``/``backward``."""
-        apply = _custom_vjp(self.name, self.forward, lambda saved, g: (self.backward(saved, g), None))
+        """This loss with ``apply`` differentiated, in both modes, by its ``forward``/``backward``."""
+        apply = _hand_differentiated(self.forward, lambda saved, g: (self.backward(saved, g), None))
 
         def checked(outputs, targets):
             return apply(jnp.asarray(outputs), targets)
 
         return dataclasses.replace(self, apply=checked)
+
+    def pushforward(self, saved, value, doutputs):
+        """The forward-mode counterpart of ``backward``: ``dL = J doutputs``, the transpose of ``g ->
+        backward(saved, g)``; ``value`` is the loss (its shape and dtype are the map's). The targets are held fixed."""
+        return _pushforward(lambda saved, g: (self.backward(saved, g),), saved, value, (doutputs,))
 
     def describe(self):
         """The loss as JSON-ready data: ``{"loss": name, "settings": {...}}`` (``settings`` left out if none)."""

@@ -84,6 +84,15 @@ def test_a_broken_rule_fails_the_check_that_should_catch_it(name, module, check,
         report.assert_ok()
 
 
+def test_a_wrong_rule_gives_a_wrong_forward_mode_and_the_forward_checks_say_so():
+    """Forward mode is the rule's transpose: a wrong dx rule moves the JVP, and both forward checks fail."""
+    report = fnn.testing.check_module(BROKEN_MODULES[0][1], (5,), checks=["forward_mode", "forward_sweep"])
+    assert set(failed(report)) == {"forward_mode", "forward_sweep"}, str(report)
+    assert all(c.error > 0.1 for c in report.failed), str(report)
+    right = fnn.testing.check_module(DENSE, (5,), checks=["forward_mode", "forward_sweep"])
+    assert right.ok, str(right)
+
+
 def test_the_broken_rules_messages_say_what_is_wrong():
     bias = failed(fnn.testing.check_module(BROKEN_MODULES[2][1], (5,), checks=["structure"]))["structure"]
     assert "float64[4, 3], expected float64[3]" in bias.detail
@@ -267,13 +276,13 @@ def test_the_report_is_a_table_of_every_check():
     report = fnn.testing.check_module(DENSE, (5,))
     assert report.ok and report.keys == (
         "output", "structure", "backward", "custom", "custom_jit", "custom_vmap", "custom_grad_of_grad",
-        "forward_mode", "finite_differences", "finite_differences_2", "dtype[float32]", "dtype[bfloat16]",
-        "edge_values", "determinism", "context", "saved",
+        "forward_mode", "forward_sweep", "finite_differences", "finite_differences_2", "dtype[float32]",
+        "dtype[bfloat16]", "edge_values", "determinism", "context", "saved",
     )  # fmt: skip
     text = str(report)
     assert text.startswith(f"check_module({DENSE!r}, input (4, 5), seed 0): ok")
     assert all(name in text for name in report.keys)
-    assert report["forward_mode"].status == "skipped" and "reverse mode only" in report["forward_mode"].detail
+    assert report["forward_mode"].status == report["forward_sweep"].status == "passed"
     assert report["saved"].status == "info" and "B computed" in report["saved"].detail
     assert 0 < report.worst_ratio() < 1
     with pytest.raises(KeyError, match="no row named 'nope'"):

@@ -192,6 +192,44 @@ def test_module_costs_measures_both_paths_and_a_control(tmp_path):
 
 
 @pytest.mark.slow
+def test_forward_costs_compares_the_custom_jvp_with_autodiffs(tmp_path):
+    json_path, md_path = tmp_path / "forward_costs.json", tmp_path / "forward_costs.md"
+    argv = ["--items", "tanh", "cross_entropy", "--rounds", "6", "--block-s", "0.002"]
+    from experiments import forward_costs
+
+    result = forward_costs.main(argv + ["--json", str(json_path), "--markdown", str(md_path)])
+    assert json.loads(json_path.read_text()) == json.loads(json.dumps(result))
+    assert result["machine"]["device"] and "1.2x" in result["target"]["statement"]
+    assert [r["item"] for r in result["rows"]] == ["tanh", "cross_entropy"]
+    for row in result["rows"]:
+        assert row["rel_error_float64"] < 1e-10 and row["rel_error_float32"] < 1e-5
+        r = row["time_ratio"]
+        assert r["ci95"][0] <= r["median"] <= r["ci95"][1]
+        assert row["verdict"] in ("faster", "slower", "tie") and row["verdict_margin"] in ("faster", "slower", "tie")
+        assert row["median_s_custom"] > 0 and row["median_s_autodiff"] > 0
+        assert row["temp_bytes_custom"] >= 0 and row["temp_bytes_autodiff"] >= 0
+        assert row["within_1_2x"] == (r["median"] <= 1.2)
+        assert len(row["bench"]["custom"]["wall_s"]) == 6
+    assert result["target"]["missed"] == [r["item"] for r in result["rows"] if not r["within_1_2x"]]
+    assert "| tanh |" in md_path.read_text()
+
+
+@pytest.mark.slow
+def test_remat_measures_every_arrangement_on_every_path(tmp_path):
+    from experiments import remat
+
+    json_path = tmp_path / "remat.json"
+    argv = ["--blocks", "3", "--batch", "16", "--rounds", "6", "--block-s", "0.002", "--json", str(json_path)]
+    rows = remat.main(argv)
+    assert json.loads(json_path.read_text())["rows"] == json.loads(json.dumps(rows))
+    assert [r["path"] for r in rows] == list(fnn.PATHS)
+    for row in rows:
+        assert set(row["temp_bytes"]) == set(remat.ARRANGEMENTS)
+        assert max(row["max_rel_grad_diff_vs_unrolled_autodiff"].values()) < 1e-5
+        assert row["memory_ratio_repeat_remat"] == row["temp_bytes"]["repeat_remat"] / row["temp_bytes"]["repeat"]
+
+
+@pytest.mark.slow
 def test_attention_cost_measures_every_path_at_every_length(tmp_path):
     from experiments import attention_cost
 

@@ -240,12 +240,28 @@ def test_attention_gradients_in_bfloat16_are_as_accurate_as_autodiffs():
 
 
 def test_attention_tiles():
-    """128 query rows; all keys once there are 8 query tiles or more, else 128 keys; never more than there are."""
-    assert attend.tile_shape(512, 512) == (128, 128)
-    assert attend.tile_shape(1000, 700) == (128, 128)
+    """128 query rows (never more than there are) by all keys."""
+    assert attend.tile_shape(512, 512) == (128, 512)
+    assert attend.tile_shape(1000, 700) == (128, 700)
     assert attend.tile_shape(1024, 300) == (128, 300)
     assert attend.tile_shape(4096, 4096) == (128, 4096)
     assert attend.tile_shape(28, 28) == (28, 28)
+
+
+@pytest.mark.parametrize("t, kept", [(256, True), (257, False)])
+def test_attention_keeps_the_probabilities_up_to_two_query_tiles_and_recomputes_them_beyond(t, kept):
+    """Up to T = 256 the rule saves P [B, H, T, S]; beyond, q, o and m only. Either way its gradient is autodiff's to
+    float64 rounding (1e-12 of the largest entry)."""
+    assert attend.keeps_probabilities(t) is kept
+    q, k, v = qkv(t, 40, seed=4, b=1, h=2, d=4)
+    g = jnp.asarray(np.random.default_rng(5).standard_normal(q.shape))
+    leaf = attend.attention_leaf(causal=True)
+    _, saved = leaf.forward({"k": k, "v": v}, q)
+    shapes = [a.shape for a in saved]
+    assert shapes == ([q.shape, (1, 2, t, 40)] if kept else [q.shape, q.shape, (1, 2, t)])
+    got, want = (module_vjp(path, leaf, {"k": k, "v": v}, q, g) for path in ("custom", "autodiff"))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert np.max(np.abs(a - b)) <= 1e-12 * np.max(np.abs(b))
 
 
 @paths

@@ -27,7 +27,7 @@ def relative_error(a, b):
 
 
 @pytest.mark.slow
-def test_quick_run_records_times_work_counts_and_the_custom_path_refusal(tmp_path):
+def test_quick_run_records_times_work_counts_and_forward_mode_on_every_path(tmp_path):
     json_path, png_path = tmp_path / "modes.json", tmp_path / "modes.png"
     result = modes.main(["--quick", "--json", str(json_path), "--plot", str(png_path)])
     assert json.loads(json_path.read_text()) == json.loads(json.dumps(result))
@@ -44,7 +44,13 @@ def test_quick_run_records_times_work_counts_and_the_custom_path_refusal(tmp_pat
             assert m["q1_s"] <= m["median_s"] <= m["q3_s"] and m["ci_low"] <= m["ratio"] <= m["ci_high"]
             assert m["flops"] > 0 and m["temp_bytes"] >= 0 and m["bytes_accessed"] > 0
         assert point["methods"]["forward"]["ratio"] == 1.0 and point["methods"]["forward"]["flops_per_forward"] == 1.0
-        assert set(point["pairs"]) == {"jacfwd/jacrev", "chain_from_input/chain_from_output", "jacfwd_loss/grad"}
+        assert set(point["pairs"]) == {
+            "jacfwd/jacrev",
+            "chain_from_input/chain_from_output",
+            "jacfwd_loss/grad",
+            "jacfwd_custom/jacrev_custom",
+            "jacfwd_backprop/jacrev_backprop",
+        }
         for pair in point["pairs"].values():
             assert pair["ci_low"] <= pair["ratio"] <= pair["ci_high"] and pair["verdict"] in ("faster", "slower", "tie")
         # The work counts are the compiled programs', not noisy: one VJP is a small multiple of the
@@ -52,14 +58,21 @@ def test_quick_run_records_times_work_counts_and_the_custom_path_refusal(tmp_pat
         m = point["methods"]
         assert m["grad"]["flops_per_forward"] < 3
         assert m["jacfwd_loss"]["flops"] >= point["n_in"] * m["forward"]["flops"]
-        compared = {"jacfwd", "chain_from_input", "chain_from_output", "backprop_dx", "jacfwd_loss"}
+        compared = {
+            "jacfwd",
+            "chain_from_input",
+            "chain_from_output",
+            "backprop_dx",
+            "jacfwd_loss",
+            *modes.BY_PATH["custom"],
+            *modes.BY_PATH["backprop"],
+        }
         assert set(point["max_rel_diff"]) == compared
         assert max(point["max_rel_diff"].values()) <= FLOAT32_RTOL, point["max_rel_diff"]
 
-    for name in ("jax.jvp", "jax.jacfwd"):
-        refusal = result["custom_path_forward_mode"][name]
-        assert refusal["raised"] == "TypeError" and refusal["names_autodiff_path"]
-        assert "path='autodiff'" in refusal["message"]
+    for name in ("jax.jvp", "jax.jacfwd", "fnn.jvp(path='backprop')"):
+        record = result["custom_path_forward_mode"][name]
+        assert record["raised"] is None and record["max_rel_diff_vs_autodiff"] <= FLOAT32_RTOL, record
     assert result["memory"]["rows"] and {"forward", "grad_params", "jvp_x"} <= set(result["memory"]["rows"][0])
 
 
@@ -70,7 +83,13 @@ def test_every_jacobian_and_gradient_agrees_in_float64():
     out = {name: jax.jit(fn)(*args) for name, fn in modes.methods(model).items()}
     reference = out["jacrev"]
     assert reference.shape == (7, 5) and reference.dtype == jnp.float64
-    for name in ("jacfwd", "chain_from_input", "chain_from_output"):
+    for name in (
+        "jacfwd",
+        "chain_from_input",
+        "chain_from_output",
+        *modes.BY_PATH["custom"],
+        *modes.BY_PATH["backprop"],
+    ):
         assert out[name].shape == (7, 5)
         assert relative_error(out[name], reference) <= FLOAT64_RTOL, name
     for name in ("backprop_dx", "jacfwd_loss"):

@@ -4,7 +4,7 @@ The conformance table ``CASES`` has one row per module or loss, checked by
 :func:`fnn.testing.check_module` or :func:`fnn.testing.check_loss` (the same
 checker a user runs on a module of their own): in float64, ``backward``
 against autodiff's VJP, central finite differences of first and second
-order, the custom VJP eagerly, under ``jit``, ``vmap`` and grad-of-grad, the
+order, the custom path eagerly, under ``jit``, ``vmap`` and grad-of-grad, the
 backprop path, dtypes and structure at float32 and bfloat16, the module's
 edge values and determinism; every tolerance by the checker's one rule.
 
@@ -181,10 +181,10 @@ CASES = [
 def test_the_checker_passes_every_module_and_loss(case):
     built = case.build()
     report = case.check(built).assert_ok()
-    # Every check ran, but forward mode (custom VJPs are reverse mode only) and, where none are declared, edge values,
-    # and, for a module without state or randomness, the context check.
+    # Every check ran, but, where none are declared, edge values, and, for a module without state or randomness, the
+    # context check.
     skipped = {c.name for c in report.rows if c.status == "skipped"}
-    expected = {"forward_mode"} | ({"edge_values"} if not built.edge_values else set())
+    expected = {"edge_values"} if not built.edge_values else set()
     expected |= set() if isinstance(built, Module) and built.contextual else {"context"}
     assert skipped == expected, str(report)
 
@@ -513,7 +513,7 @@ APPLY_ERRORS = [
 
 
 def apply_on(path, module, params, x):
-    """Runs ``module`` forward as ``path`` does: plain ``apply``, the custom-VJP ``apply``, or ``forward``."""
+    """Runs ``module`` forward as ``path`` does: plain ``apply``, the custom path's ``apply``, or ``forward``."""
     if path == "backprop":
         return module.forward(params, x)
     return (module.custom.apply if path == "custom" else module.apply)(params, x)

@@ -243,7 +243,7 @@ def test_random_networks_with_batch_norm_and_dropout_agree_on_every_path(names, 
 
 @pytest.mark.parametrize("path, calls", [("custom", 7), ("autodiff", 0)])
 def test_the_custom_path_keeps_every_rule_inside_contextual_wiring(path, calls):
-    """Six leaves (two inside a residual) and the loss: each one ``custom_vjp`` call on the custom path, none on
+    """Six leaves (two inside a residual) and the loss: each one custom rule call on the custom path, none on
     autodiff; applying children through their ``forward`` would leave JAX to differentiate them."""
     block = nn.residual(nn.serial(nn.batch_norm(), nn.dense(4)))
     model = nn.serial(nn.dense(4), block, nn.relu, nn.dropout(0.5), nn.dense(3))
@@ -256,7 +256,7 @@ def test_the_custom_path_keeps_every_rule_inside_contextual_wiring(path, calls):
         return run_loss.apply(outputs, y)
 
     jaxpr = jax.make_jaxpr(objective)(params)
-    assert str(jaxpr).count("custom_vjp_call") == calls
+    assert str(jaxpr).count("custom_jvp_call") == calls
 
 
 def test_training_steps_return_the_new_state_last():

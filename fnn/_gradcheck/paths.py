@@ -25,7 +25,8 @@ import jax.numpy as jnp
 from fnn import context as fnn_context
 from fnn._errors import InputError
 from fnn._gradcheck.dtypes import floating
-from fnn._paths import PATHS, objective, sweep_backward, sweep_forward
+from fnn._linear_map import zero_tangent
+from fnn._paths import PATHS, objective, sweep_backward, sweep_forward, sweep_tangent
 from fnn.module import Module, loss
 from fnn.nn import identity
 
@@ -40,6 +41,7 @@ __all__ = [
     "gradients",
     "jit_on_paths",
     "jit_stencil",
+    "jvp",
     "on_paths",
     "per_example",
     "second_order_value",
@@ -62,7 +64,7 @@ COTANGENT = loss(
 
 
 #: ``y = x``, no parameters: the model under a loss checked on its own. Wiring, not a leaf, so that it
-#: stays plain JAX on the custom path (only the loss is a custom VJP there).
+#: stays plain JAX on the custom path (only the loss has a custom rule there).
 IDENTITY = identity()
 
 
@@ -126,6 +128,23 @@ def grad_of_grad(model, loss, path, params, x, targets, g, w):
     return pullback(jnp.ones_like(value))
 
 
+def jvp(model, loss, path, params, x, targets, g, w):
+    """``g dL`` along ``w`` (one array per floating leaf of ``(params, x)``; integer leaves held fixed) on ``path``.
+
+    ``jax.jvp`` on ``autodiff`` and ``custom`` (there, each rule's transpose);
+    on ``backprop`` the forward sweep (:func:`fnn._paths.sweep_tangent`),
+    then the loss's :meth:`fnn.module.Loss.pushforward`.
+    """
+    directions = iter(w)
+    tangents = jax.tree.map(lambda a: next(directions) if floating(a) else zero_tangent(a), (params, x))
+    if path == "backprop":
+        outputs, doutputs, _ = sweep_tangent(model)(params, x, *tangents, (), None, False)
+        value, saved = loss.forward(outputs, targets)
+        return g * loss.pushforward(saved, value, doutputs)
+    fn = objective(model, loss, path)
+    return g * jax.jvp(lambda p, z: fn(p, z, targets)[0], (params, x), tangents)[1]
+
+
 #: The stencil's points, in steps: ``theta + k h v`` for ``k`` in -2..2 (see :mod:`fnn.testing._finite`).
 OFFSETS = (-2.0, -1.0, 0.0, 1.0, 2.0)
 
@@ -164,7 +183,12 @@ def stencil(model, loss, order, moved, context, params, x, targets, g, w, direct
 
 
 #: The paths each function is compared on: the rule's two paths and autodiff, or the two JAX can transform.
-KINDS = {"gradients": PATHS, "per_example": ("autodiff", "custom"), "grad_of_grad": ("autodiff", "custom")}
+KINDS = {
+    "gradients": PATHS,
+    "per_example": ("autodiff", "custom"),
+    "grad_of_grad": ("autodiff", "custom"),
+    "jvp": PATHS,
+}
 
 
 def on_paths(fn, paths, model, loss, context, *args):

@@ -99,8 +99,8 @@ class Problem:
         return params, x, targets, g, w
 
     def run(self, kind, path, *, dtype=np.float64, x=None, rounded_to=None, nudge=0, eager=False, fresh=False):
-        """One of :mod:`fnn._gradcheck.paths`' functions (``kind``: ``"gradients"``, ``"per_example"`` or
-        ``"grad_of_grad"``) on ``path`` for this draw, on the host.
+        """One of :mod:`fnn._gradcheck.paths`' functions (``kind``: ``"gradients"``, ``"per_example"``,
+        ``"grad_of_grad"`` or ``"jvp"``) on ``path`` for this draw, on the host.
 
         ``dtype`` casts every floating leaf first (``rounded_to`` rounds it to
         a lower precision before, for a float64 reference at a float32
@@ -116,7 +116,7 @@ class Problem:
         """
         fn, paths = getattr(_paths, kind), _paths.KINDS[kind]
         args = self.data(dtype, x, rounded_to, nudge)
-        args = args if kind == "grad_of_grad" else args[:4]
+        args = args if kind in ("grad_of_grad", "jvp") else args[:4]
         inputs = None if x is None else (np.asarray(x).dtype.str, np.asarray(x).tobytes())
         key = (kind, eager and path, np.dtype(dtype).name, rounded_to and np.dtype(rounded_to).name, inputs, nudge)
         mode = x64() if np.dtype(dtype) == np.float64 else contextlib.nullcontext()
@@ -152,6 +152,10 @@ class Problem:
     def per_example(self, path, **kwargs):
         """Per-example gradients on ``path``, float64 (:meth:`run` of ``"per_example"``)."""
         return self.run("per_example", path, **kwargs)
+
+    def jvp(self, path, **kwargs):
+        """``g dL`` along ``w`` on ``path``, float64 (:meth:`run` of ``"jvp"``)."""
+        return self.run("jvp", path, **kwargs)
 
     def grad_of_grad(self, path, **kwargs):
         """Reverse over reverse on ``path``, float64 (:meth:`run` of ``"grad_of_grad"``)."""

@@ -7,7 +7,9 @@ Leaves: :func:`dense`, :data:`relu`, :data:`sigmoid`, :data:`tanh`,
 :func:`positional_embedding`; with state or randomness (see :mod:`fnn.module`):
 :func:`batch_norm`, :func:`dropout`. Wiring: :func:`serial`, :func:`residual`,
 :func:`flatten`, :func:`identity`, :func:`attention` (multi-head
-self-attention over the attention leaf). Models: :func:`mlp`,
+self-attention over the attention leaf); memory for compute:
+:func:`remat` (rematerialisation) and :func:`repeat` (a block ``n`` times,
+one loop). Models: :func:`mlp`,
 :func:`resnet_s`. Initialisers: :mod:`fnn.nn.initializers`.
 """
 
@@ -22,6 +24,7 @@ from fnn.nn._embeddings import embedding, positional_embedding
 from fnn.nn._linear import dense
 from fnn.nn._norm import group_norm, layer_norm
 from fnn.nn._pool import avg_pool, max_pool
+from fnn.nn._remat import remat, repeat
 from fnn.nn._softmax import softmax
 
 __all__ = [
@@ -45,6 +48,8 @@ __all__ = [
     "mlp",
     "positional_embedding",
     "relu",
+    "remat",
+    "repeat",
     "residual",
     "resnet_s",
     "serial",

@@ -30,28 +30,31 @@ only ``q``, ``k``, ``v``, ``o`` and ``m`` (FlashAttention's backward pass,
 Dao et al. 2022, Algorithm 4).
 
 **Working memory.** The hand-written forward and backward run over tiles
-of the ``[T, S]`` matrix, two nested ``lax.scan`` loops (query tiles, and
-key tiles within each), so that it never exists whole: the forward combines
-a query tile's key tiles with the running maximum and sum of the online
-softmax; the backward recomputes each tile's ``P`` and adds its share to
-``dq``, ``dk`` and ``dv`` (Algorithm 4, tiled as FlashAttention tiles it).
-Besides its inputs and outputs the rule then keeps ``o``, ``m`` and a few
-tiles. The tiles (:func:`tile_shape`): :data:`QUERY_TILE` query rows; each
-spans all keys when such a tile is at most an eighth of the matrix
-(``T >= 8 * 128``), else :data:`QUERY_TILE` keys. Wide tiles are faster on
-a CPU (larger matrix products, which its cores share better), narrow ones
-keep less: tiles of at most an eighth of the matrix from ``T = 1024``, and at
-most a sixteenth from ``T = 512`` to 1023, keep the rule's memory below a
-quarter of autodiff's from ``T = 512`` on (measured:
-``experiments/attention_cost.py``). The price is computing ``q k^T`` twice,
-once in each pass: five matrix products of ``[T, S]`` size in the backward
-where autodiff has four; and the causal mask costs as much as none, every
-tile being computed.
+of the ``[T, S]`` matrix, ``lax.scan`` loops over query tiles (and, for
+tiles narrower than the keys, key tiles within each), so that it never
+exists whole: the forward combines a query tile's key tiles with the
+running maximum and sum of the online softmax; the backward recomputes each
+tile's ``P`` and adds its share to ``dq``, ``dk`` and ``dv`` (Algorithm 4,
+tiled as FlashAttention tiles it). Besides its inputs and outputs the rule
+then keeps ``o``, ``m`` and a tile. The tiles (:func:`tile_shape`):
+:data:`QUERY_TILE` query rows by all keys, a ``T / 128``-th of the matrix:
+wide tiles are faster on a CPU (larger matrix products, which its cores
+share better). The price is computing ``q k^T`` twice, once in each pass:
+five matrix products of ``[T, S]`` size in the backward where autodiff has
+four; and the causal mask costs as much as none, every tile being computed.
 
-**The plain forward.** The ``autodiff`` path differentiates the same code
-with one tile of all rows (the leaf's ``apply``): the textbook
-``softmax(q k^T / sqrt(D)) v``, which ``jax.grad`` differentiates by keeping
-``P``. The values agree with the tiled forward's to rounding.
+**When ``P`` is kept.** Recomputing ``P`` saves memory only where a tile is
+much smaller than ``P``. The rule keeps ``P`` (as autodiff does, and with
+autodiff's memory) when there are at most two query tiles, ``T <= 2 *
+QUERY_TILE`` (:func:`keeps_probabilities`): the forward is the plain one,
+and the backward uses ``P`` as it is, four matrix products. Beyond, the
+tiled passes above (measured: ``experiments/attention_cost.py``).
+
+**The plain forward.** The ``autodiff`` path differentiates the leaf's
+``apply``, every row at once: the textbook ``softmax(q k^T / sqrt(D)) v``,
+which ``jax.grad`` differentiates by keeping ``P``; the rule's forward is the
+same code where it keeps ``P``. The values agree with the tiled forward's to
+rounding.
 
 **Precision.** Every pass (the plain forward too) computes in the inputs'
 dtype or float32, whichever is wider (:func:`_wide`): the logits, the
@@ -83,20 +86,22 @@ from fnn.nn import initializers as _init
 from fnn.nn._linear import DENSE
 from fnn.nn._softmax import softmax_backward
 
-__all__ = ["QUERY_TILE", "attention", "attention_leaf", "tile_shape"]
+__all__ = ["QUERY_TILE", "attention", "attention_leaf", "keeps_probabilities", "tile_shape"]
 
 #: Query rows per tile of the hand-written forward and backward passes (see :func:`tile_shape`).
 QUERY_TILE = 128
 
 
 def tile_shape(t, s):
-    """``(query rows, key rows)`` of the hand-written passes' tiles for ``T`` queries and ``S`` keys.
+    """``(query rows, key rows)`` of the hand-written passes' tiles for ``T`` queries and ``S`` keys:
+    :data:`QUERY_TILE` query rows (all of them if fewer) by all ``S`` keys."""
+    return min(QUERY_TILE, t), s
 
-    :data:`QUERY_TILE` query rows (all of them if fewer); all ``S`` keys when
-    there are at least 8 query tiles, so that a tile is at most an eighth of
-    the ``[T, S]`` matrix, else :data:`QUERY_TILE` keys (all if fewer).
-    """
-    return min(QUERY_TILE, t), s if t >= 8 * QUERY_TILE else min(QUERY_TILE, s)
+
+def keeps_probabilities(t):
+    """Whether the rule keeps ``P`` for ``T`` queries, rather than recomputing it in tiles: ``T <= 2 *
+    QUERY_TILE``, where a tile would be at least half of ``P`` (see the module doc)."""
+    return t <= 2 * QUERY_TILE
 
 
 # ---------------------------------------------------------------- tiles
@@ -192,6 +197,28 @@ def _attend(q, k, v, causal, tile):
     return o[:, :t], m[:, :, :t]
 
 
+def _attend_whole(q, k, v, causal):
+    """``(o [B, T, H, D], P [B, H, T, S])``: the plain forward, every row at once, ``P`` in :func:`_wide` of the
+    inputs' dtype and ``o`` in the inputs' dtype."""
+    wide, t, s = _wide(q.dtype), q.shape[1], k.shape[1]
+    logits = _tile_logits(_tile(q, 0, t, wide) / math.sqrt(q.shape[-1]), _tile(k, 0, s, wide), 0, 0, s, causal)
+    peak = lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))  # key 0 is visible: finite
+    exps = jnp.exp(logits - peak)
+    total = jnp.sum(exps, -1, keepdims=True)
+    return _heads((exps @ _tile(v, 0, s, wide)) / total).astype(q.dtype), exps / total
+
+
+def _attend_kept_backward(q, k, v, p, g):
+    """``(dq, dk, dv)`` from the kept ``P``: ``dv = P^T G``, ``dL = P * (G v^T - D)``, ``dq = dL k``, ``dk = dL^T q``
+    (both over ``sqrt(D)``)."""
+    wide, scale = _wide(q.dtype), 1 / math.sqrt(q.shape[-1])
+    q_h, k_h, v_h, g_h = (_heads(a).astype(wide) for a in (q, k, v, g))
+    dv = jnp.einsum("bhts,bhtd->bhsd", p, g_h)
+    dlogits = softmax_backward(p, jnp.einsum("bhtd,bhsd->bhts", g_h, v_h)) * scale
+    dq, dk = dlogits @ k_h, jnp.einsum("bhts,bhtd->bhsd", dlogits, q_h)
+    return _heads(dq).astype(q.dtype), _heads(dk).astype(k.dtype), _heads(dv).astype(v.dtype)
+
+
 def _attend_backward(q, k, v, o, m, g, causal, tile):
     """``(dq, dk, dv)`` of :func:`_attend`, each tile's ``P`` recomputed from ``q``, ``k`` and ``m``."""
     t, s, scale, wide = q.shape[1], k.shape[1], 1 / math.sqrt(q.shape[-1]), _wide(q.dtype)
@@ -244,9 +271,11 @@ def _check(params, q):
 def attention_leaf(causal=False, tile=None):
     """The attention op as a leaf: input ``q``, params ``{"k": k, "v": v}`` (so that all three get gradients).
 
-    ``forward`` and ``backward`` run over tiles of ``tile = (query rows, key
-    rows)``, by default :func:`tile_shape`'s; ``apply`` (the ``autodiff``
-    path) computes every row at once.
+    ``forward`` keeps ``P`` where :func:`keeps_probabilities` says so;
+    otherwise ``forward`` and ``backward`` run over tiles of ``tile = (query
+    rows, key rows)``, by default :func:`tile_shape`'s. A ``tile`` given
+    here always tiles. ``apply`` (the ``autodiff`` path) computes every row
+    at once.
     """
     if not isinstance(causal, bool):
         raise UsageError(f"attention: causal must be True or False, got {causal!r}")
@@ -260,13 +289,22 @@ def attention_leaf(causal=False, tile=None):
         return tile_shape(q.shape[1], k.shape[1]) if tile is None else tile
 
     def apply(params, q):
-        return _attend(q, params["k"], params["v"], causal, (q.shape[1], params["k"].shape[1]))[0].astype(q.dtype)
+        return _attend_whole(q, params["k"], params["v"], causal)[0]
+
+    def kept(q):
+        return tile is None and keeps_probabilities(q.shape[1])
 
     def forward(params, q):
+        if kept(q):
+            o, p = _attend_whole(q, params["k"], params["v"], causal)
+            return o, (q, p)
         o, m = _attend(q, params["k"], params["v"], causal, tiles(q, params["k"]))
         return o.astype(q.dtype), (q, o, m)
 
     def backward(params, saved, g):
+        if len(saved) == 2:  # P kept
+            dq, dk, dv = _attend_kept_backward(saved[0], params["k"], params["v"], saved[1], g)
+            return {"k": dk, "v": dv}, dq
         q, o, m = saved
         dq, dk, dv = _attend_backward(q, params["k"], params["v"], o, m, g, causal, tiles(q, params["k"]))
         return {"k": dk, "v": dv}, dq

@@ -219,7 +219,7 @@ def identity():
     model under a loss checked on its own (``fnn.value_and_grad(identity(),
     loss, ...)`` differentiates the loss alone), a skipped layer. It is
     wiring, like :func:`flatten`, not a leaf: on the ``custom`` path it adds
-    no ``jax.custom_vjp`` of its own, and ``fit`` checks its inputs with the
+    no custom rule of its own, and ``fit`` checks its inputs with the
     next module's check (``serial(identity(), embedding(...))`` takes token
     ids).
     """

@@ -4,8 +4,8 @@
   ``y[..., D] = T[ids]``. Backward with ``G = dJ/dy``: ``dT`` is ``G``
   scatter-added into the rows ``ids`` (``dT[v] = sum of G[i] over the i with
   ids[i] = v``: repeated ids add up, unused rows get 0). Ids are integers:
-  they get no gradient (the backward's ``dx`` is ``None``, which is what a
-  ``jax.custom_vjp`` returns for an integer input; ``jax.grad`` gives
+  they get no gradient (the backward's ``dx`` is ``None``, as a custom rule
+  returns for an integer input; ``jax.grad`` gives
   ``float0`` there). Saves the ids. An id outside ``[0, V)`` gives a row of
   NaN (never clamped or wrapped around, so never silently another token's
   row) and adds nothing to ``dT``; ``fnn.fit`` refuses such ids on the host

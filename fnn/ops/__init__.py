@@ -1,7 +1,7 @@
 """Op-level functions for users who write their own forward functions.
 
 - :mod:`fnn.ops.autodiff`: ``jax.grad`` derives the rules from plain ``jax.numpy``.
-- :mod:`fnn.ops.custom`: ``jax.custom_vjp`` ops with the hand-written rules.
+- :mod:`fnn.ops.custom`: ops differentiated by the hand-written rules, in both modes.
 
 Both provide the ops named in :data:`NAMES`, with identical signatures (each
 op is written once, in ``fnn/ops/_define.py``). :func:`get` returns a set by its name.

@@ -2,7 +2,7 @@
 
 Each op is written once below, as a function of ``run`` and its arrays:
 ``run(module)`` is the module's (or loss's) apply function on the path being
-built: the plain ``apply`` for ``"autodiff"``, the ``jax.custom_vjp`` one
+built: the plain ``apply`` for ``"autodiff"``, the hand-differentiated one
 (:attr:`fnn.module.Module.custom`) for ``"custom"``. So every formula lives
 once, in :mod:`fnn.nn` or :mod:`fnn.losses`, and both op sets have the same
 names, signatures and checks.
@@ -43,7 +43,7 @@ def _per_value(factory):
     return get
 
 
-# Leaves and losses with hyperparameters, one per distinct value (each builds its custom_vjp once).
+# Leaves and losses with hyperparameters, one per distinct value (each builds its custom rule once).
 _leaky_relu = _per_value(activations.leaky_relu)
 _softplus = _per_value(activations.softplus)
 _layer_norm = _per_value(norm.layer_norm_leaf)

@@ -11,9 +11,12 @@ fails. In one call, in float64 unless a check is about another dtype:
   gradient for integer inputs;
 - ``backward``: the backprop path (jitted) against JAX's VJP of the
   module's own ``apply``;
-- ``custom``, ``custom_jit``, ``custom_vmap``, ``custom_grad_of_grad``,
-  ``forward_mode``: the custom-VJP path eagerly, jitted, per example
-  (``vmap``), reverse over reverse, and ``jvp`` (skipped: reverse mode only);
+- ``custom``, ``custom_jit``, ``custom_vmap``, ``custom_grad_of_grad``: the
+  custom path eagerly, jitted, per example (``vmap``) and reverse over
+  reverse;
+- ``forward_mode``, ``forward_sweep``: the directional derivative along a
+  random direction by ``jax.jvp`` on the custom path and by the backprop
+  path's forward sweep, both the transpose of the rule;
 - ``finite_differences``, ``finite_differences_2``: central differences of
   first and second order, step and tolerance from each input's scale;
 - ``dtype[float32]``, ``dtype[bfloat16]``: dtypes, structure and accuracy at
@@ -24,7 +27,7 @@ fails. In one call, in float64 unless a check is about another dtype:
 
 Errors are relative to the largest entry of the reference's gradient leaf
 (:func:`relative_error`). The float64 agreement checks (``backward``, the
-``custom`` ones, ``forward_mode``) hold each leaf to ``max(1.8e-12, 256 *
+``custom`` ones, the forward ones) hold each leaf to ``max(1.8e-12, 256 *
 movement)``, at most ``1.5e-8``: ``1.8e-12 = eps ** (3/4)`` is rounding, ``movement`` the
 relative change of autodiff's own result when the draw's parameters, input
 and cotangents move by one ulp in a random direction (the larger of two

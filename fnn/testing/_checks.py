@@ -25,13 +25,17 @@ nudged by an ulp):
 - ``backward``: the ``backprop`` path (``forward``, then ``backward`` on what
   it saved), under ``jax.jit`` as training runs it (a rule that branches in
   Python on values fails here);
-- ``custom``, ``custom_jit``: the ``jax.custom_vjp`` made of the rule, eagerly
+- ``custom``, ``custom_jit``: the custom path made of the rule, eagerly
   (op by op) and jitted;
 - ``custom_vmap``: per-example gradients, ``jax.vmap`` over the rows;
 - ``custom_grad_of_grad``: reverse over reverse, the gradient of
   ``<(dparams, dx), w>`` (a Hessian-vector product for a loss);
-- ``forward_mode``: ``jax.jvp`` through the custom VJP; skipped with JAX's
-  reason when it refuses (custom VJPs are reverse mode only).
+- ``forward_mode``: ``jax.jvp`` along ``w`` on the ``custom`` path, whose
+  JVP is the transpose of the rule (a wrong backward gives a wrong JVP),
+  against autodiff's;
+- ``forward_sweep``: the same directional derivative by the ``backprop``
+  path's forward sweep (``forward``, then the transpose of ``backward``,
+  under ``jax.jit``), against autodiff's.
 
 **Determinism.** Determinism: the same draw gives bitwise the same gradient twice, on every rule path, eager and jitted.
 
@@ -48,7 +52,7 @@ check sees a plain module whose rule is the contextual one's in that mode.
 runs it (the new state an output of the differentiated function, never
 differentiated), the outputs and the new state equal the module's own
 forward pass's, so the same key gives the same mask on every path and the
-state is carried out of ``jax.custom_vjp``; in evaluation the state comes
+state is carried out of the custom rule; in evaluation the state comes
 back unchanged.
 """
 
@@ -62,7 +66,7 @@ import numpy as np
 from fnn import context as fnn_context
 from fnn._errors import StructureError
 from fnn._gradcheck.compare import against, against_autodiff, leaf_error, noted, tolerances
-from fnn._gradcheck.dtypes import cast, floating, rtol, x64
+from fnn._gradcheck.dtypes import cast, rtol, x64
 from fnn._gradcheck.paths import COTANGENT
 from fnn._gradcheck.report import FAILED, INFO, PASSED, SKIPPED, Check
 from fnn._gradcheck.residuals import residuals
@@ -113,7 +117,7 @@ def output(problem):
         worst = max(worst, (leaf_error(got, want)[0], path))
     tol = rtol(np.float64)
     shape = "()" if problem.kind == "loss" else str(tuple(problem.output_shape or np.shape(want)))
-    detail = f"shape {shape} float64; forward's and the custom VJP's output against apply's"
+    detail = f"shape {shape} float64; forward's and the custom path's output against apply's"
     detail += (f" (worst: {worst[1]})" if worst[0] > 0 else "") + note
     return Check("output", PASSED if worst[0] <= tol else FAILED, float(worst[0]), tol, where, detail)
 
@@ -163,9 +167,9 @@ def backward(problem):
 
 
 def custom(problem):
-    """``custom``: ``jax.vjp`` of the custom-VJP forward, eagerly."""
+    """``custom``: ``jax.vjp`` of the custom path's forward, eagerly."""
     got = problem.gradients("custom", eager=True)[2]
-    return against_autodiff("custom", problem, got, "jax.vjp through the custom VJP, eagerly")
+    return against_autodiff("custom", problem, got, "jax.vjp through the custom rules, eagerly")
 
 
 def custom_jit(problem):
@@ -199,32 +203,22 @@ def custom_grad_of_grad(problem):
     return against("custom_grad_of_grad", problem, got, reference, detail)
 
 
-def _jvp(problem, path, nudge=0):
-    """``jax.jvp`` of ``L`` on ``path`` along ``w`` (integer leaves get ``float0`` tangents), at the ``nudge``-th
-    nudge of the draw (:meth:`fnn._gradcheck.problem.Problem.data`)."""
-    params, x, targets, _, w = problem.data(nudge=nudge)
-    primals = (params, x)
-    directions = iter(w)
-    tangents = jax.tree.map(
-        lambda a: next(directions) if floating(a) else np.zeros(np.shape(a), jax.dtypes.float0), primals
-    )
-    fn = objective(problem.model, problem.loss, path)
-    with x64():
-        return jax.jvp(lambda p, z: fn(p, z, targets)[0], primals, tangents)[1]
+def _forward_check(problem, name, path, detail):
+    """``name``: the JVP along ``w`` on ``path`` against autodiff's, to the tolerance of its conditioning."""
+    error, _ = leaf_error(problem.jvp(path), problem.jvp("autodiff"))
+    (tol,) = tolerances(lambda nudge: problem.jvp("autodiff", nudge=nudge))
+    status = PASSED if error <= tol else FAILED
+    return noted(Check(name, status, float(error), tol, "jvp", detail))
 
 
 def forward_mode(problem):
-    """``forward_mode``: ``jax.jvp`` through the custom VJP against autodiff's; skipped where JAX refuses."""
-    try:
-        got = _jvp(problem, "custom")
-    except TypeError as exc:
-        if "reverse mode only" not in str(exc) and "forward-mode" not in str(exc):
-            raise
-        return Check("forward_mode", SKIPPED, detail=str(exc).split(";")[0])
-    error, _ = leaf_error(got, _jvp(problem, "autodiff"))
-    (tol,) = tolerances(lambda nudge: _jvp(problem, "autodiff", nudge))
-    status = PASSED if error <= tol else FAILED
-    return noted(Check("forward_mode", status, float(error), tol, "jvp", "jax.jvp through the custom VJP along w"))
+    """``forward_mode``: ``jax.jvp`` on the custom path (the transpose of the rule) against autodiff's."""
+    return _forward_check(problem, "forward_mode", "custom", "jax.jvp along w through the transposed rule")
+
+
+def forward_sweep(problem):
+    """``forward_sweep``: the backprop path's forward sweep against autodiff's ``jax.jvp``."""
+    return _forward_check(problem, "forward_sweep", "backprop", "forward, then the transposed backward, along w")
 
 
 #: ``(path, eager)``: the rule's paths as they run op by op (Python re-run) and compiled (the kernels re-run).

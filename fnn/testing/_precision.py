@@ -53,7 +53,7 @@ from fnn._gradcheck.dtypes import eps, rtol
 from fnn._gradcheck.report import FAILED, PASSED, SKIPPED, Check
 from fnn.testing._checks import gradient_mismatches, output_mismatch, output_name
 
-#: The paths whose rules are held to the truth: the hand-written backward, directly and as custom VJPs.
+#: The paths whose rules are held to the truth: the hand-written backward, directly and on the custom path.
 RULE_PATHS = ("backprop", "custom")
 #: A rule may be this many times less accurate than autodiff at the same precision.
 AUTODIFF_FACTOR = 8.0
