@@ -74,3 +74,13 @@ def losses():
 
 
 ITEMS = (*modules(), *losses())
+
+
+def kib(n):
+    """Bytes as KiB for a table: ``"1,024"``; ``"n/a"`` for ``None``."""
+    return "n/a" if n is None else f"{n / 1024:,.0f}"
+
+
+def interval(r):
+    """A ratio with its interval for a table, ``"1.02 [0.98, 1.07]"``, from ``{"median": m, "ci95": [lo, hi]}``."""
+    return f"{r['median']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"

@@ -40,7 +40,7 @@ import numpy as np
 import fnn
 from experiments import _cli
 from experiments._common import machine, markdown_table, write_json
-from experiments._items import ITEMS, LOGITS, MARGIN
+from experiments._items import ITEMS, LOGITS, MARGIN, interval, kib
 from experiments._items import losses as _losses
 from experiments._items import modules as _modules
 
@@ -172,12 +172,6 @@ def measure(name, *, rounds, block_s, seed=0):
 
 
 # ---------------------------------------------------------------- report
-def _interval(r):
-    return f"{r['median']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
-
-
-def _kib(n):
-    return "n/a" if n is None else f"{n / 1024:,.0f}"
 
 
 def table(rows):
@@ -198,12 +192,12 @@ def table(rows):
             [
                 r["item"],
                 f"{r['rel_error_float64']:.1e}",
-                _interval(r["time_ratio"]),
+                interval(r["time_ratio"]),
                 r["verdict"],
                 r["verdict_margin"],
                 f"{1e6 * r['median_s_autodiff']:.0f}",
                 f"{1e6 * r['median_s_custom']:.0f}",
-                f"{_kib(r['temp_bytes_custom'])} / {_kib(r['temp_bytes_autodiff'])}",
+                f"{kib(r['temp_bytes_custom'])} / {kib(r['temp_bytes_autodiff'])}",
                 "yes" if r["within_1_2x"] else "**no**",
             ]
             for r in rows
@@ -255,7 +249,7 @@ def main(argv=None):
         rows.append(measure(name, rounds=args.rounds, block_s=args.block_s, seed=args.seed))
         r = rows[-1]
         print(
-            f"{name:>20}: rel error f64 {r['rel_error_float64']:.1e}, time c/a {_interval(r['time_ratio'])} "
+            f"{name:>20}: rel error f64 {r['rel_error_float64']:.1e}, time c/a {interval(r['time_ratio'])} "
             f"{r['verdict']}, autodiff {1e6 * r['median_s_autodiff']:.0f} us",
             flush=True,
         )

@@ -61,6 +61,8 @@ from experiments._items import (
     TOKENS,
     VOCAB,
     WIDTH,
+    interval,
+    kib,
 )
 from experiments._items import losses as _losses
 from experiments._items import modules as _modules
@@ -219,12 +221,6 @@ def control(*, rounds, block_s, seed=0, name="gelu"):
 
 
 # ---------------------------------------------------------------- report
-def _kib(n):
-    return f"{n / 1024:,.0f}"
-
-
-def _interval(r):
-    return f"{r['median']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
 
 
 def table(rows):
@@ -246,13 +242,13 @@ def table(rows):
         [
             [
                 r["item"],
-                f"{_kib(r['custom']['temp_bytes'])} / {_kib(r['autodiff']['temp_bytes'])}",
-                _kib(r["custom"]["arg_bytes"]),
+                f"{kib(r['custom']['temp_bytes'])} / {kib(r['autodiff']['temp_bytes'])}",
+                kib(r["custom"]["arg_bytes"]),
                 f"{r['custom']['flops'] / 1e6:.2f} / {r['autodiff']['flops'] / 1e6:.2f}",
                 f"{r['custom']['kernels']} / {r['autodiff']['kernels']}",
                 f"{r['custom']['ops']} / {r['autodiff']['ops']}",
                 f"{1e6 * r['step_s_autodiff_median']:.0f}",
-                _interval(r["time_ratio_wall"]),
+                interval(r["time_ratio_wall"]),
                 r["verdict"],
                 r["verdict_margin"],
                 f"{r['time_ratio_cpu']['median']:.2f}",
@@ -315,15 +311,15 @@ def main(argv=None):
         rows.append(measure(name, rounds=args.rounds, block_s=args.block_s, seed=args.seed, hlo_dir=args.hlo_dir))
         r = rows[-1]
         print(
-            f"{name:>16}: temp {_kib(r['custom']['temp_bytes'])} / {_kib(r['autodiff']['temp_bytes'])} KiB, "
-            f"time c/a {_interval(r['time_ratio_wall'])} {r['verdict']} (CPU {r['time_ratio_cpu']['median']:.2f}), "
+            f"{name:>16}: temp {kib(r['custom']['temp_bytes'])} / {kib(r['autodiff']['temp_bytes'])} KiB, "
+            f"time c/a {interval(r['time_ratio_wall'])} {r['verdict']} (CPU {r['time_ratio_cpu']['median']:.2f}), "
             f"autodiff {1e6 * r['step_s_autodiff_median']:.0f} us",
             flush=True,
         )
     ctrl = None if args.no_control else control(rounds=args.rounds, block_s=args.block_s, seed=args.seed)
     if ctrl:
         print(
-            f"control {ctrl['item']}: {_interval(ctrl['time_ratio_wall'])} {ctrl['verdict']} "
+            f"control {ctrl['item']}: {interval(ctrl['time_ratio_wall'])} {ctrl['verdict']} "
             f"(CPU {ctrl['time_ratio_cpu']['median']:.2f})"
         )
     print()

@@ -245,8 +245,13 @@ def test_attention_cost_measures_every_path_at_every_length(tmp_path):
         assert row["max_rel_err_vs_float64"] < 1e-5  # float32 against float64
         r = row["time_ratio"]
         assert r["ci95"][0] <= r["median"] <= r["ci95"][1] and row["verdict"] in ("faster", "slower", "tie")
-    assert result["config"]["causal"] and result["target"]["from_seq_len"] == 512
-    assert not result["target"]["met"]  # no length of 512 or more was measured
+    assert result["config"]["causal"] and set(result["target"]["per_seq_len"]) == {16, 40}
+    assert result["target"]["met"] == all(v["met"] for v in result["target"]["per_seq_len"].values())
+    layer = attention_cost.main(argv + ["--block-s", "0.002", "--layer", "self_attention"])
+    assert [(r["layer"], r["path"]) for r in layer["rows"]] == [
+        ("self_attention", p) for p in ("custom", "autodiff")
+    ] * 2
+    assert all(r["max_rel_err_vs_float64"] < 1e-5 for r in layer["rows"])
 
 
 def test_attention_cost_refuses_bad_flags():

@@ -43,12 +43,14 @@ share better). The price is computing ``q k^T`` twice, once in each pass:
 five matrix products of ``[T, S]`` size in the backward where autodiff has
 four; and the causal mask costs as much as none, every tile being computed.
 
-**When ``P`` is kept.** Recomputing ``P`` saves memory only where a tile is
-much smaller than ``P``. The rule keeps ``P`` (as autodiff does, and with
-autodiff's memory) when there are at most two query tiles, ``T <= 2 *
-QUERY_TILE`` (:func:`keeps_probabilities`): the forward is the plain one,
-and the backward uses ``P`` as it is, four matrix products. Beyond, the
-tiled passes above (measured: ``experiments/attention_cost.py``).
+**When ``P`` is kept.** Recomputing ``P`` pays where a tile is much smaller
+than ``P``. The rule keeps ``P`` (as autodiff does, and with about its
+memory) when there are at most four query tiles, ``T <= 4 * QUERY_TILE``
+(:func:`keeps_probabilities`), where a tile would be a quarter of ``P`` or
+more: the forward is the plain one, and the backward uses ``P`` as it is,
+four matrix products. Beyond, from a tile of an eighth of ``P`` down, the
+tiled passes above, as fast as autodiff's on a CPU (measured:
+``experiments/attention_cost.py``).
 
 **The plain forward.** The ``autodiff`` path differentiates the leaf's
 ``apply``, every row at once: the textbook ``softmax(q k^T / sqrt(D)) v``,
@@ -99,9 +101,9 @@ def tile_shape(t, s):
 
 
 def keeps_probabilities(t):
-    """Whether the rule keeps ``P`` for ``T`` queries, rather than recomputing it in tiles: ``T <= 2 *
-    QUERY_TILE``, where a tile would be at least half of ``P`` (see the module doc)."""
-    return t <= 2 * QUERY_TILE
+    """Whether the rule keeps ``P`` for ``T`` queries, rather than recomputing it in tiles: ``T <= 4 *
+    QUERY_TILE``, where a tile would be at least a quarter of ``P`` (see the module doc)."""
+    return t <= 4 * QUERY_TILE
 
 
 # ---------------------------------------------------------------- tiles
@@ -210,13 +212,13 @@ def _attend_whole(q, k, v, causal):
 
 def _attend_kept_backward(q, k, v, p, g):
     """``(dq, dk, dv)`` from the kept ``P``: ``dv = P^T G``, ``dL = P * (G v^T - D)``, ``dq = dL k``, ``dk = dL^T q``
-    (both over ``sqrt(D)``)."""
+    (both over ``sqrt(D)``); each product written in the ``[B, n, H, D]`` layout it returns."""
     wide, scale = _wide(q.dtype), 1 / math.sqrt(q.shape[-1])
     q_h, k_h, v_h, g_h = (_heads(a).astype(wide) for a in (q, k, v, g))
-    dv = jnp.einsum("bhts,bhtd->bhsd", p, g_h)
+    dv = jnp.einsum("bhts,bhtd->bshd", p, g_h)
     dlogits = softmax_backward(p, jnp.einsum("bhtd,bhsd->bhts", g_h, v_h)) * scale
-    dq, dk = dlogits @ k_h, jnp.einsum("bhts,bhtd->bhsd", dlogits, q_h)
-    return _heads(dq).astype(q.dtype), _heads(dk).astype(k.dtype), _heads(dv).astype(v.dtype)
+    dq, dk = jnp.einsum("bhts,bhsd->bthd", dlogits, k_h), jnp.einsum("bhts,bhtd->bshd", dlogits, q_h)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
 def _attend_backward(q, k, v, o, m, g, causal, tile):
@@ -302,7 +304,7 @@ def attention_leaf(causal=False, tile=None):
         return o.astype(q.dtype), (q, o, m)
 
     def backward(params, saved, g):
-        if len(saved) == 2:  # P kept
+        if len(saved) == 2:  # P kept: (q, P)
             dq, dk, dv = _attend_kept_backward(saved[0], params["k"], params["v"], saved[1], g)
             return {"k": dk, "v": dv}, dq
         q, o, m = saved
