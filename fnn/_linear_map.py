@@ -21,7 +21,7 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-__all__ = ["linear_map", "zero_tangent"]
+__all__ = ["is_array", "linear_map", "zero_tangent"]
 
 _LINEAR_MAP = Primitive("fnn_linear_map")
 _LINEAR_MAP.multiple_results = True
@@ -46,7 +46,8 @@ class _Flat:
         return jax.tree.leaves(self.fn(residuals, linear))
 
 
-def _is_array(leaf):
+def is_array(leaf):
+    """Whether a pytree leaf is an array (JAX's, a tracer, NumPy's) rather than a Python value held as static."""
     return isinstance(leaf, (jax.Array, np.ndarray, np.generic))
 
 
@@ -63,8 +64,8 @@ def linear_map(forward, transpose, residuals, u):
       u: the linear argument.
     """
     residual_leaves, residual_tree = jax.tree.flatten(residuals)
-    arrays = [leaf for leaf in residual_leaves if _is_array(leaf)]
-    static = tuple(None if _is_array(leaf) else leaf for leaf in residual_leaves)
+    arrays = [leaf for leaf in residual_leaves if is_array(leaf)]
+    static = tuple(None if is_array(leaf) else leaf for leaf in residual_leaves)
     u_leaves, u_tree = jax.tree.flatten(u)
     out_tree = jax.tree.structure(jax.eval_shape(lambda u: forward(residuals, u), u))
     out = _LINEAR_MAP.bind(

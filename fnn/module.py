@@ -157,6 +157,9 @@ class Module:
     #: Whether the module is wiring whose output holds its input's values, only rearranged (``flatten``): the
     #: host-side input check is then the next module's (see :meth:`check_inputs`).
     passes_values: bool = False
+    #: Whether the leaf has no parameters and its ``forward`` is linear in ``x`` (average pooling): its JVP is then
+    #: its own forward pass, ``J u = forward(u)``, computed directly rather than as the transpose of ``backward``.
+    linear: bool = False
     #: ``sweep(params, saved, y, dparams, dx) -> dy``: wiring's own forward sweep through its children's
     #: :meth:`pushforward` (a loop, ``repeat``); ``None``: the transpose of :attr:`backward` as a whole.
     sweep: Callable | None = None
@@ -198,6 +201,8 @@ class Module:
         """
         if self.sweep is not None:
             return self.sweep(params, saved, y, dparams, dx)
+        if self.linear:  # its own forward pass is its JVP
+            return self.run(params, dx, (), None, False)[0]
         return _pushforward(lambda residuals, g: self.backward(*residuals, g), (params, saved), y, (dparams, dx))
 
     def checked_context(self, state, train):
@@ -417,7 +422,9 @@ def _custom_run(module):
         y, saved, _ = module.run_forward(params, x, (), None, False)
         return y, saved
 
-    fn = _hand_differentiated(forward, lambda residuals, g: module.backward(*residuals, g), keeps_params=True)
+    push = (lambda residuals, u: module.run(residuals[0], u[-1], (), None, False)[0]) if module.linear else None
+    backward = lambda residuals, g: module.backward(*residuals, g)  # noqa: E731
+    fn = _hand_differentiated(forward, backward, keeps_params=True, push=push)
 
     def run(params, x, state, key, train):
         return fn(params, x), state
@@ -449,7 +456,7 @@ def _contextual_custom_run(module):
     return run
 
 
-def _hand_differentiated(forward, backward, *, keeps_params=False, extra=0):
+def _hand_differentiated(forward, backward, *, keeps_params=False, extra=0, push=None):
     """``f(a, b, ...)``, the first output of ``forward(a, b, ...) -> (y, saved)``, differentiated by
     ``backward(residuals, g) -> (da, db)`` in both modes.
 
@@ -463,7 +470,8 @@ def _hand_differentiated(forward, backward, *, keeps_params=False, extra=0):
     (integer ids, a loss's targets: ``b``'s tangent then counts for nothing).
     With ``extra``, ``f`` takes that many more inputs that are not
     differentiated (a state, a key) and returns ``(y, new_state)``, the new
-    state with a zero tangent. ``b`` is made an array.
+    state with a zero tangent. ``b`` is made an array. ``push(residuals, u)``,
+    if given, computes the JVP directly (a linear leaf's own forward).
     """
 
     def primal(*args):
@@ -477,7 +485,7 @@ def _hand_differentiated(forward, backward, *, keeps_params=False, extra=0):
         out, saved = forward_call(*primals)
         residuals = (primals[0], saved) if keeps_params else saved
         y, rest = (out[0], out[1:]) if extra else (out, ())
-        dy = _pushforward(backward, residuals, y, tangents[:2])
+        dy = _pushforward(backward, residuals, y, tangents[:2], push)
         if not extra:
             return out, dy
         return out, (dy, *jax.tree.map(zero_tangent, rest))
@@ -529,14 +537,15 @@ def _one_call(fn):
     return run
 
 
-def _pushforward(backward, residuals, y, tangents):
+def _pushforward(backward, residuals, y, tangents, push=None):
     """``J u``, for the tangents ``u = (da, db)``, as a :func:`fnn._linear_map.linear_map`.
 
     Forward mode evaluates the transpose of ``g -> backward(residuals, g) =
     J^T g``; reverse mode transposes that map back into ``backward`` itself,
     with ``residuals`` and nothing more. Tangents whose part of
     ``backward``'s result is ``None`` (integer ids, a loss's targets) are
-    left out.
+    left out. ``push(residuals, u)``, if given, is the map itself, in place of
+    that transpose.
     """
     spec = jax.ShapeDtypeStruct(jnp.shape(y), jnp.result_type(y))
     differentiated = [grad is not None for grad in jax.eval_shape(lambda g: backward(residuals, g), spec)]
@@ -544,11 +553,11 @@ def _pushforward(backward, residuals, y, tangents):
     def pullback(residuals, g):
         return tuple(grad for grad in backward(residuals, g) if grad is not None)
 
-    def push(residuals, u):
+    def transposed(residuals, u):
         return jax.linear_transpose(lambda g: pullback(residuals, g), spec)(u)[0]
 
     u = tuple(t for t, kept in zip(tangents, differentiated) if kept)
-    return linear_map(push, pullback, residuals, u)
+    return linear_map(transposed if push is None else push, pullback, residuals, u)
 
 
 def leaf(
@@ -563,6 +572,7 @@ def leaf(
     edge_values=(),
     state_init=None,
     stochastic=False,
+    linear=False,
 ):
     """Makes a leaf module from a hand-written forward/backward pair.
 
@@ -596,6 +606,10 @@ def leaf(
         training (batch norm's running statistics); ``None`` for no state.
       stochastic: whether ``forward`` draws from ``key`` in training (it
         gets ``key=None`` in evaluation).
+      linear: whether the leaf has no parameters and ``forward`` is linear in
+        ``x`` (average pooling): forward mode then runs ``forward`` on the
+        tangent instead of transposing ``backward``; the checker's forward
+        checks hold it to autodiff's JVP all the same.
 
     ``apply`` is what the ``autodiff`` path lets ``jax.grad`` differentiate
     (what ``forward`` saves but ``apply`` does not return is dead code that
@@ -658,6 +672,7 @@ def leaf(
         edge_values=tuple(edge_values),
         state_init=state_init,
         stochastic=bool(stochastic),
+        linear=bool(linear),
     )
 
 

@@ -93,6 +93,15 @@ def test_a_wrong_rule_gives_a_wrong_forward_mode_and_the_forward_checks_say_so()
     assert right.ok, str(right)
 
 
+def test_a_leaf_wrongly_declared_linear_fails_the_forward_checks_only():
+    """``linear=True`` makes forward mode run the forward on the tangent: right for average pooling, wrong for tanh."""
+    tanh = leaf("tanh", init=nn.tanh.init, forward=nn.tanh.forward, backward=nn.tanh.backward, linear=True)
+    report = fnn.testing.check_module(tanh, (5,), checks=["backward", "custom", "forward_mode", "forward_sweep"])
+    assert set(failed(report)) == {"forward_mode", "forward_sweep"}, str(report)
+    pool = fnn.testing.check_module(nn.avg_pool((2,)), (4, 3), checks=["forward_mode", "forward_sweep"])
+    assert pool.ok and nn.avg_pool((2,)).linear, str(pool)
+
+
 def test_the_broken_rules_messages_say_what_is_wrong():
     bias = failed(fnn.testing.check_module(BROKEN_MODULES[2][1], (5,), checks=["structure"]))["structure"]
     assert "float64[4, 3], expected float64[3]" in bias.detail

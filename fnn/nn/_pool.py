@@ -149,7 +149,14 @@ def _pool_leaf(name, forward, backward, window, stride, padding, init, saves_inp
             return (), backward(x, y, g, window, stride, padding)
         return (), backward(saved.shape[:-1], g, window, stride, padding)
 
-    return leaf(name, init=init, forward=leaf_forward, backward=leaf_backward, check=_check(name, window, padding))
+    return leaf(
+        name,
+        init=init,
+        forward=leaf_forward,
+        backward=leaf_backward,
+        check=_check(name, window, padding),
+        linear=not saves_input,  # average pooling: linear in x, so its forward is its JVP
+    )
 
 
 def avg_pool_leaf(window, stride=None, padding="VALID", init=None):

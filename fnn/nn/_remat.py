@@ -23,11 +23,11 @@ block and recomputes the rest block by block.
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from fnn import context
 from fnn._errors import InputError, UsageError
+from fnn._linear_map import is_array
 from fnn._numbers import positive_int
 from fnn.module import Module, structural, with_settings
 
@@ -49,8 +49,8 @@ class _Saved:
     @classmethod
     def of(cls, value):
         leaves, tree = jax.tree.flatten(value)
-        static = tuple(None if _is_array(leaf) else leaf for leaf in leaves)
-        return cls([leaf for leaf in leaves if _is_array(leaf)], tree, static)
+        static = tuple(None if is_array(leaf) else leaf for leaf in leaves)
+        return cls([leaf for leaf in leaves if is_array(leaf)], tree, static)
 
     def at(self, arrays):
         """The saved value with these arrays (one slice of stacked ones) in place of :attr:`arrays`."""
@@ -67,10 +67,6 @@ class _Saved:
     @classmethod
     def tree_unflatten(cls, aux, children):
         return cls(children[0], *aux)
-
-
-def _is_array(leaf):
-    return isinstance(leaf, (jax.Array, np.ndarray, np.generic))
 
 
 def _require_module(name, block):
