@@ -160,9 +160,6 @@ class Module:
     #: Whether the leaf has no parameters and its ``forward`` is linear in ``x`` (average pooling): its JVP is then
     #: its own forward pass, ``J u = forward(u)``, computed directly rather than as the transpose of ``backward``.
     linear: bool = False
-    #: ``sweep(params, saved, y, dparams, dx) -> dy``: wiring's own forward sweep through its children's
-    #: :meth:`pushforward` (a loop, ``repeat``); ``None``: the transpose of :attr:`backward` as a whole.
-    sweep: Callable | None = None
 
     def apply(self, params, x, *, state=None, key=None, train=None):
         """The forward pass: ``y``, or ``(y, new_state)`` exactly when ``state=`` was passed (see the module doc).
@@ -199,8 +196,6 @@ class Module:
         the map's); ``dx`` is ignored where ``backward`` gives ``x`` no
         gradient (integer ids).
         """
-        if self.sweep is not None:
-            return self.sweep(params, saved, y, dparams, dx)
         if self.linear:  # its own forward pass is its JVP
             return self.run(params, dx, (), None, False)[0]
         return _pushforward(lambda residuals, g: self.backward(*residuals, g), (params, saved), y, (dparams, dx))
@@ -691,7 +686,6 @@ def structural(
     split_context=None,
     check_inputs=None,
     passes_values=False,
-    sweep=None,
 ):
     """Makes a structural module: wiring whose ``backward`` calls its children's.
 
@@ -703,8 +697,7 @@ def structural(
     with ``split_context`` (see :class:`Module`) and, when a child keeps
     state, ``state_init`` (its state from its children's). ``check_inputs``
     (the host-side check of its inputs, as for :func:`leaf`) and
-    ``passes_values`` are as in :class:`Module`, and so is ``sweep``, for wiring whose backward cannot be
-    transposed as a whole (a loop).
+    ``passes_values`` are as in :class:`Module`.
     """
     if (
         (apply is None) == (run is None)
@@ -732,7 +725,6 @@ def structural(
         state_init=state_init,
         split_context=split_context,
         passes_values=passes_values,
-        sweep=sweep,
     )
     if module.contextual and (split_context is None or apply is not None):
         raise UsageError(f"{name}: a child has state or randomness; the wiring must pass it on (run, split_context)")

@@ -100,11 +100,6 @@ def remat(block):
         _, block_saved, _ = block.run_forward(params, x, state, key, train)
         return block.backward(params, block_saved, g)
 
-    def sweep(params, saved, y, dparams, dx):  # forward mode: the block's forward again, then its pushforward
-        x, state, key, train = saved.value
-        _, block_saved, _ = block.run_forward(params, x, state, key, train)
-        return block.pushforward(params, block_saved, y, dparams, dx)
-
     return structural(
         "remat",
         init=block.init,
@@ -116,7 +111,6 @@ def remat(block):
         split_context=lambda state, key: [(state, key)],
         state_init=block.init_state if block.has_state else None,
         check_inputs=block.check_inputs,
-        sweep=sweep,
     )
 
 
@@ -173,13 +167,6 @@ def repeat(block, n):
         dx, dparams = lax.scan(body, g, (params, saved.arrays), reverse=True)
         return dparams, dx
 
-    def sweep(params, saved, y, dparams, dx):
-        def body(dx, inputs):
-            p, dp, arrays = inputs
-            return block.pushforward(p, saved.at(arrays), y, dp, dx), None
-
-        return lax.scan(body, dx, (params, dparams, saved.arrays))[0]
-
     def split_context(state, key):
         raise UsageError(
             "repeat: a repeated block with state or randomness cannot be given one fixed context per block "
@@ -197,5 +184,4 @@ def repeat(block, n):
         split_context=split_context,
         state_init=state_init if block.has_state else None,
         check_inputs=block.check_inputs,
-        sweep=sweep,
     )
