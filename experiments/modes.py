@@ -168,10 +168,7 @@ def methods(model, loss=fnn.losses.cross_entropy):
     forward_sweep = fnn.jvp(model, path="backprop")
 
     def jacfwd_backprop(params, x, label):  # the forward sweep along every input direction
-        still = jax.tree.map(jnp.zeros_like, params)
-        return jax.vmap(lambda u: forward_sweep(params, x, still, u)[1], out_axes=-1)(
-            jnp.eye(x.shape[-1], dtype=x.dtype)
-        )
+        return jax.vmap(lambda u: forward_sweep(params, x, dx=u)[1], out_axes=-1)(jnp.eye(x.shape[-1], dtype=x.dtype))
 
     def jacrev_backprop(params, x, label):  # the reverse sweep from every output direction
         y, saved, _ = model.run_forward(params, x, (), None, False)
@@ -287,13 +284,13 @@ def custom_path_forward_mode(n_in, n_out, hidden):
     """Forward mode through the hand-written rules, against autodiff's: ``jax.jvp`` and ``jax.jacfwd`` through
     ``model.custom.apply``, and the backprop path's forward sweep (``fnn.jvp(model, path="backprop")``)."""
     model, (params, x, _) = problem(n_in, n_out, hidden)
-    u, still = jnp.ones_like(x), jax.tree.map(jnp.zeros_like, params)
+    u = jnp.ones_like(x)
     plain, custom = (lambda x: model.apply(params, x)), (lambda x: model.custom.apply(params, x))
     jvp = jax.jvp(plain, (x,), (u,))[1]
     pairs = {
         "jax.jvp": (jax.jvp(custom, (x,), (u,))[1], jvp),
         "jax.jacfwd": (jax.jacfwd(custom)(x), jax.jacfwd(plain)(x)),
-        "fnn.jvp(path='backprop')": (fnn.jvp(model, path="backprop")(params, x, still, u)[1], jvp),
+        "fnn.jvp(path='backprop')": (fnn.jvp(model, path="backprop")(params, x, dx=u)[1], jvp),
     }
     return {
         name: {"raised": None, "max_rel_diff_vs_autodiff": float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))}

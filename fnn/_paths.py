@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 
 from fnn._errors import InputError, UsageError
-from fnn._linear_map import zero_tangent
 from fnn.module import Loss, Module
 
 PATHS = ("autodiff", "custom", "backprop")
@@ -219,9 +218,10 @@ def jvp(model, *, path="custom", train=None):
       train: as for :func:`value_and_grad`: required by a contextual model.
 
     Returns:
-      ``f(params, x, dparams, dx=None, *, state=None, key=None) -> (y, dy)``,
-      ``dparams`` in the structure of ``params`` and ``dx`` of ``x``'s shape
-      (``None``: ``x`` held fixed, as integer token ids always are); the new
+      ``f(params, x, dparams=None, dx=None, *, state=None, key=None) -> (y,
+      dy)``, ``dparams`` in the structure of ``params`` and ``dx`` of ``x``'s
+      shape, at least one of them given (``None``: held fixed, and nothing is
+      computed for it; integer token ids are always fixed); the new
       state comes back last, ``(y, dy, state)``, exactly when ``state=`` was
       passed. The state and the key are not differentiated. Every path gives
       the same ``dy`` up to rounding.
@@ -229,7 +229,7 @@ def jvp(model, *, path="custom", train=None):
     Example::
 
         y, dy = fnn.jvp(model)(params, x, dparams)  # how y moves along dparams
-        y, dy = fnn.jvp(model, path="backprop")(params, x, zeros_like_params, dx)
+        y, dy = fnn.jvp(model, path="backprop")(params, x, dx=dx)  # along the input only
     """
     check_model(model)
     if check_path(path) == "backprop":
@@ -238,14 +238,24 @@ def jvp(model, *, path="custom", train=None):
         run = model.custom.run if path == "custom" else model.run
 
         def by_path(params, x, dparams, dx, state, key, train):
-            return jax.jvp(lambda p, z: run(p, z, state, key, train), (params, x), (dparams, dx), has_aux=True)
+            moving = [i for i, t in enumerate((dparams, dx)) if t is not None]  # the others held fixed
+
+            def fn(*moved):
+                args = [params, x]
+                for i, value in zip(moving, moved):
+                    args[i] = value
+                return run(*args, state, key, train)
+
+            primals, tangents = ((params, x)[i] for i in moving), ((dparams, dx)[i] for i in moving)
+            return jax.jvp(fn, tuple(primals), tuple(tangents), has_aux=True)
 
     model.checked_context((), train)
 
-    def tangent(params, x, dparams, dx=None, *, state=None, key=None):
+    def tangent(params, x, dparams=None, dx=None, *, state=None, key=None):
         context = model.checked_context(state, train)
         x = jnp.asarray(x)
-        dx = zero_tangent(x) if dx is None else dx
+        if dparams is None and dx is None:
+            raise UsageError("jvp: pass the tangent of the parameters (dparams), of the input (dx), or both")
         y, dy, new_state = by_path(params, x, dparams, dx, context[0], key, context[1])
         return (y, dy) if state is None else (y, dy, new_state)
 

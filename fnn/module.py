@@ -92,6 +92,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from fnn import validate
 from fnn._errors import InputError, UsageError
@@ -417,7 +418,7 @@ def _custom_run(module):
         y, saved, _ = module.run_forward(params, x, (), None, False)
         return y, saved
 
-    push = (lambda residuals, u: module.run(residuals[0], u[-1], (), None, False)[0]) if module.linear else None
+    push = (lambda residuals, u: module.run(residuals[0], u[0], (), None, False)[0]) if module.linear else None
     backward = lambda residuals, g: module.backward(*residuals, g)  # noqa: E731
     fn = _hand_differentiated(forward, backward, keeps_params=True, push=push)
 
@@ -475,7 +476,7 @@ def _hand_differentiated(forward, backward, *, keeps_params=False, extra=0, push
     fn = jax.custom_jvp(primal)
     forward_call = _one_call(forward)
 
-    @fn.defjvp
+    @functools.partial(fn.defjvp, symbolic_zeros=True)
     def jvp(primals, tangents):
         out, saved = forward_call(*primals)
         residuals = (primals[0], saved) if keeps_params else saved
@@ -537,22 +538,40 @@ def _pushforward(backward, residuals, y, tangents, push=None):
 
     Forward mode evaluates the transpose of ``g -> backward(residuals, g) =
     J^T g``; reverse mode transposes that map back into ``backward`` itself,
-    with ``residuals`` and nothing more. Tangents whose part of
-    ``backward``'s result is ``None`` (integer ids, a loss's targets) are
-    left out. ``push(residuals, u)``, if given, is the map itself, in place of
-    that transpose.
+    with ``residuals`` and nothing more. Only the tangents' leaves that move
+    take part: a symbolic zero (``jax.jacfwd`` with respect to the input
+    leaves the parameters still), a ``float0`` tangent (integer ids) and a
+    leaf whose part of ``backward``'s result is ``None`` (a loss's targets)
+    are left out, so that nothing is computed for them. ``push(residuals,
+    moving)``, if given, is the map itself over the moving leaves, in place
+    of that transpose.
     """
     spec = jax.ShapeDtypeStruct(jnp.shape(y), jnp.result_type(y))
-    differentiated = [grad is not None for grad in jax.eval_shape(lambda g: backward(residuals, g), spec)]
+    grads = jax.eval_shape(lambda g: backward(residuals, g), spec)
+    moving = []  # per top-level argument: which of its tangent's leaves move
+    for grad, tangent in zip(grads, tangents):
+        leaves = [] if grad is None else jax.tree.leaves(tangent, is_leaf=_is_symbolic_zero)
+        moving.append([not _is_symbolic_zero(t) and t.dtype != jax.dtypes.float0 for t in leaves])
+    u = [
+        t
+        for ts, tangent in zip(moving, tangents)
+        for t, m in zip(jax.tree.leaves(tangent, is_leaf=_is_symbolic_zero), ts)
+        if m
+    ]
+    if not u:
+        return jnp.zeros(spec.shape, spec.dtype)
 
     def pullback(residuals, g):
-        return tuple(grad for grad in backward(residuals, g) if grad is not None)
+        return [d for ms, grad in zip(moving, backward(residuals, g)) for d, m in zip(jax.tree.leaves(grad), ms) if m]
 
     def transposed(residuals, u):
         return jax.linear_transpose(lambda g: pullback(residuals, g), spec)(u)[0]
 
-    u = tuple(t for t, kept in zip(tangents, differentiated) if kept)
     return linear_map(transposed if push is None else push, pullback, residuals, u)
+
+
+def _is_symbolic_zero(tangent):
+    return isinstance(tangent, SymbolicZero)
 
 
 def leaf(
