@@ -30,3 +30,21 @@ def run(main, argv=None):
         message = " ".join(str(exc).split())  # one line
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def add_timing_flags(parser, *, rounds, block_s):
+    """Adds ``--rounds`` and ``--block-s``, the ``fnn.bench.compare`` settings of a timing study, with defaults."""
+    parser.add_argument(
+        "--rounds", type=int, default=rounds, help=f"timing rounds (at least {fnn.bench.MIN_ROUNDS}; default {rounds})"
+    )
+    parser.add_argument(
+        "--block-s", type=float, default=block_s, help=f"seconds of back-to-back calls per round (default {block_s})"
+    )
+
+
+def check_timing_flags(parser, args):
+    """Refuses a ``--rounds`` below ``fnn.bench.MIN_ROUNDS`` and a ``--block-s`` that is not positive."""
+    if args.rounds < fnn.bench.MIN_ROUNDS:
+        parser.error(f"--rounds must be at least {fnn.bench.MIN_ROUNDS}, got {args.rounds}")
+    if not args.block_s > 0:
+        parser.error(f"--block-s must be positive, got {args.block_s}")

@@ -227,16 +227,14 @@ def parse_args(argv=None):
     parser.add_argument("--heads", type=_positive, default=4)
     parser.add_argument("--head-dim", type=_positive, default=64)
     parser.add_argument("--causal", action="store_true", help="causal attention (each query sees itself and earlier)")
-    parser.add_argument("--rounds", type=int, default=10, help=f"timing rounds (at least {fnn.bench.MIN_ROUNDS})")
-    parser.add_argument("--block-s", type=float, default=0.2, help="seconds of back-to-back calls per path per round")
     parser.add_argument("--margin", type=float, default=0.02, help="time differences within this fraction are a tie")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="write results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write memory and time against sequence length as PNG")
+    _cli.add_timing_flags(parser, rounds=10, block_s=0.2)
     _cli.add_flags(parser)
     args = parser.parse_args(argv)
-    if args.rounds < fnn.bench.MIN_ROUNDS:
-        parser.error(f"--rounds must be at least {fnn.bench.MIN_ROUNDS}, got {args.rounds}")
+    _cli.check_timing_flags(parser, args)
     if not 0 <= args.margin < 1:
         parser.error(f"--margin must be in [0, 1), e.g. 0.02 for 2%, got {args.margin}")
     return args

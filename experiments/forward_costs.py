@@ -225,19 +225,13 @@ def markdown(result):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", nargs="+", choices=ITEMS, default=list(ITEMS))
-    parser.add_argument(
-        "--rounds", type=int, default=10, help=f"timing rounds per item (at least {fnn.bench.MIN_ROUNDS})"
-    )
-    parser.add_argument("--block-s", type=float, default=0.1, help="seconds of back-to-back calls per path per round")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="write results as JSON")
     parser.add_argument("--markdown", metavar="PATH", help="write the table as markdown")
+    _cli.add_timing_flags(parser, rounds=10, block_s=0.1)
     _cli.add_flags(parser)
     args = parser.parse_args(argv)
-    if args.rounds < fnn.bench.MIN_ROUNDS:
-        parser.error(f"--rounds must be at least {fnn.bench.MIN_ROUNDS}, got {args.rounds}")
-    if args.block_s <= 0:
-        parser.error(f"--block-s must be positive, got {args.block_s}")
+    _cli.check_timing_flags(parser, args)
     return args
 
 

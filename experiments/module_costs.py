@@ -287,19 +287,15 @@ def plot(path, rows, ctrl, title):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", nargs="+", choices=ITEMS, default=list(ITEMS))
-    parser.add_argument(
-        "--rounds", type=int, default=30, help=f"timing rounds per item (at least {fnn.bench.MIN_ROUNDS})"
-    )
-    parser.add_argument("--block-s", type=float, default=0.05, help="seconds of back-to-back calls per path per round")
     parser.add_argument("--no-control", action="store_true", help="skip the autodiff-against-itself control")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hlo-dir", help="write each compiled gradient's optimised HLO here")
     parser.add_argument("--json", metavar="PATH", help="write results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write the ratios and temporary bytes as PNG")
+    _cli.add_timing_flags(parser, rounds=30, block_s=0.05)
     _cli.add_flags(parser)
     args = parser.parse_args(argv)
-    if args.rounds < fnn.bench.MIN_ROUNDS:
-        parser.error(f"--rounds must be at least {fnn.bench.MIN_ROUNDS}, got {args.rounds}")
+    _cli.check_timing_flags(parser, args)
     return args
 
 

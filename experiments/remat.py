@@ -147,11 +147,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=BLOCKS)
     parser.add_argument("--batch", type=int, default=BATCH)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--block-s", type=float, default=0.3)
     parser.add_argument("--json", type=str, default=None)
+    _cli.add_timing_flags(parser, rounds=10, block_s=0.3)
     _cli.add_flags(parser)
     args = parser.parse_args(argv)
+    _cli.check_timing_flags(parser, args)
     rows = measure(blocks=args.blocks, batch=args.batch, rounds=args.rounds, block_s=args.block_s)
     print(table(rows))
     if args.json:
