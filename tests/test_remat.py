@@ -100,3 +100,25 @@ def test_remat_and_repeat_refuse_what_they_cannot_take():
     with pytest.raises(fnn.UsageError, match="repeat: a repeated block with state or randomness"):
         fnn.context.bind(nn.repeat(nn.dropout(0.5), 2), key=jax.random.key(0), train=True)
     assert repr(nn.repeat(nn.remat(nn.relu), 4)) == "repeat(remat(relu), n=4)"
+
+
+def test_repeat_of_a_block_with_state_and_randomness_equals_the_unrolled_blocks():
+    """Block i gets fold_in(key, i) and its slice of the stacked state, as serial's child i gets its key and state."""
+
+    def block():
+        return nn.residual(nn.serial(nn.dense(4, dtype=F64), nn.batch_norm(dtype=F64), nn.relu, nn.dropout(0.3)))
+
+    repeated, unrolled = nn.repeat(block(), 3), nn.serial(*(block() for _ in range(3)))
+    with jax.enable_x64(True):
+        _, stacked = repeated.init(jax.random.key(0), (4,))
+        listed = [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(3)]
+        x, labels, key = jax.random.normal(jax.random.key(1), (6, 4), F64), jnp.arange(6) % 4, jax.random.key(2)
+        want = jax.jit(fnn.value_and_grad(unrolled, fnn.losses.cross_entropy, path="autodiff", train=True))(
+            listed, x, labels, state=unrolled.init_state((4,)), key=key
+        )
+        for path in fnn.PATHS:
+            grad_fn = jax.jit(fnn.value_and_grad(repeated, fnn.losses.cross_entropy, path=path, train=True))
+            value, grads, state = grad_fn(stacked, x, labels, state=repeated.init_state((4,)), key=key)
+            close(value, want[0])
+            close([jax.tree.map(lambda a, i=i: a[i], grads) for i in range(3)], want[1])
+            close([jax.tree.map(lambda a, i=i: a[i], state) for i in range(3)], want[2])
