@@ -118,8 +118,13 @@ def draw_recipe_curves(results, path):
 def draw_module_costs(results, path):
     """Per module: the custom path's wall time (median, 95% interval) and temporary bytes over autodiff's."""
     files = ["module_costs.json", "module_costs_state.json"]
-    loaded = load_present(results, files)
-    rows = [(i, row) for i, (_, result) in enumerate(loaded) for row in result["rows"]]
+    loaded, rows, seen = [], [], set()
+    for name, result in load_present(results, files):  # an item measured in both files: the first file's
+        mine = [row for row in result["rows"] if row["item"] not in seen]
+        if mine:
+            rows += [(len(loaded), row) for row in mine]
+            loaded.append((name, result))
+            seen.update(row["item"] for row in mine)
     fig, (ax_time, ax_mem) = pyplot().subplots(1, 2, figsize=(11, 0.28 * len(rows) + 1.6), sharey=True)
     ys = range(len(rows))[::-1]
     colors = [f"C{i}" for i, _ in rows]
