@@ -115,7 +115,7 @@ def sweep_tangent(model):
     mapping its input's tangent (and its parameters') to its output's by the
     transpose of its backward function (:meth:`fnn.module.Module.pushforward`:
     ``J u`` from ``J^T g``, by ``jax.linear_transpose``). No JAX
-    differentiation is involved.
+    differentiation is involved, only JAX's transposition of linear code.
     """
 
     def forward_sweep(params, x, dparams, dx, state, key, train):
@@ -210,7 +210,8 @@ def jvp(model, *, path="custom", train=None):
     the plain forward code; ``"custom"``: ``jax.jvp`` through the custom
     leaves, each leaf's JVP the transpose of its hand-written backward
     function; ``"backprop"``: the notes' forward sweep (the forward pass,
-    then each module's :meth:`fnn.module.Module.pushforward` in order).
+    then the model's :meth:`fnn.module.Module.pushforward`, its modules'
+    transposed backward functions in order).
 
     Args:
       model: any :class:`fnn.module.Module`.
@@ -256,6 +257,16 @@ def jvp(model, *, path="custom", train=None):
         x = jnp.asarray(x)
         if dparams is None and dx is None:
             raise UsageError("jvp: pass the tangent of the parameters (dparams), of the input (dx), or both")
+        for name, tangent, primal in (("dparams", dparams, params), ("dx", dx, x)):
+            if tangent is not None and jax.tree.structure(tangent) != jax.tree.structure(primal):
+                raise UsageError(
+                    f"jvp: {name} must have the structure of {name[1:]}, {jax.tree.structure(primal)}, got "
+                    f"{jax.tree.structure(tangent)}"
+                )
+            if tangent is not None and any(
+                jnp.shape(t) != jnp.shape(v) for t, v in zip(jax.tree.leaves(tangent), jax.tree.leaves(primal))
+            ):
+                raise InputError(f"jvp: every leaf of {name} must have its {name[1:]} leaf's shape")
         y, dy, new_state = by_path(params, x, dparams, dx, context[0], key, context[1])
         return (y, dy) if state is None else (y, dy, new_state)
 

@@ -192,13 +192,14 @@ class Module:
         :attr:`backward` is ``g -> J^T g``, linear in ``g``; its transpose
         (``jax.linear_transpose``) is ``u -> J u``. For a structural module
         the transpose of its backward (its children's, in reverse order) runs
-        its children's pushforwards in the order of the forward pass: the
-        notes' forward sweep. ``y`` is the output (its shape and dtype are
+        its children's transposed backward functions in the order of the
+        forward pass: the notes' forward sweep. (A ``linear`` leaf's own
+        shortcut applies when it is transposed alone, not inside wiring.) ``y`` is the output (its shape and dtype are
         the map's); ``dx`` is ignored where ``backward`` gives ``x`` no
         gradient (integer ids).
         """
         if self.linear:  # its own forward pass is its JVP
-            return self.run(params, dx, (), None, False)[0]
+            return self.run(params, _linear_tangent(self, [*jax.tree.leaves(dparams), dx]), (), None, False)[0]
         return _pushforward(lambda residuals, g: self.backward(*residuals, g), (params, saved), y, (dparams, dx))
 
     def checked_context(self, state, train):
@@ -418,7 +419,11 @@ def _custom_run(module):
         y, saved, _ = module.run_forward(params, x, (), None, False)
         return y, saved
 
-    push = (lambda residuals, u: module.run(residuals[0], u[0], (), None, False)[0]) if module.linear else None
+    push = (
+        (lambda residuals, u: module.run(residuals[0], _linear_tangent(module, u), (), None, False)[0])
+        if module.linear
+        else None
+    )
     backward = lambda residuals, g: module.backward(*residuals, g)  # noqa: E731
     fn = _hand_differentiated(forward, backward, keeps_params=True, push=push)
 
@@ -450,6 +455,13 @@ def _contextual_custom_run(module):
         return for_mode(train)(params, jnp.asarray(x), state, key)
 
     return run
+
+
+def _linear_tangent(module, moving):
+    """The input's tangent of a ``linear=True`` leaf, the only one that can move; refuses a leaf with parameters."""
+    if len(moving) != 1:
+        raise UsageError(f"{module.name}: declared linear=True, but it has parameters; a linear leaf takes none")
+    return moving[0]
 
 
 def _hand_differentiated(forward, backward, *, keeps_params=False, extra=0, push=None):
@@ -561,8 +573,11 @@ def _pushforward(backward, residuals, y, tangents, push=None):
     if not u:
         return jnp.zeros(spec.shape, spec.dtype)
 
-    def pullback(residuals, g):
-        return [d for ms, grad in zip(moving, backward(residuals, g)) for d, m in zip(jax.tree.leaves(grad), ms) if m]
+    dtypes = [t.dtype for t in u]
+
+    def pullback(residuals, g):  # the moving leaves' gradients, each in its tangent's dtype (its primal's)
+        grads = [d for ms, grad in zip(moving, backward(residuals, g)) for d, m in zip(jax.tree.leaves(grad), ms) if m]
+        return [d.astype(dtype) for d, dtype in zip(grads, dtypes)]
 
     def transposed(residuals, u):
         return jax.linear_transpose(lambda g: pullback(residuals, g), spec)(u)[0]

@@ -100,6 +100,12 @@ def test_a_leaf_wrongly_declared_linear_fails_the_forward_checks_only():
     assert set(failed(report)) == {"forward_mode", "forward_sweep"}, str(report)
     pool = fnn.testing.check_module(nn.avg_pool((2,)), (4, 3), checks=["forward_mode", "forward_sweep"])
     assert pool.ok and nn.avg_pool((2,)).linear, str(pool)
+    scaled = leaf(
+        "dense", init=nn.dense(5).init, forward=nn.dense(5).forward, backward=nn.dense(5).backward, linear=True
+    )
+    _, params = scaled.init(jax.random.key(0), (5,))
+    with pytest.raises(fnn.UsageError, match="dense: declared linear=True, but it has parameters"):
+        jax.jvp(lambda p: scaled.custom.apply(p, jnp.ones((2, 5), params["w"].dtype)), (params,), (params,))
 
 
 def test_the_broken_rules_messages_say_what_is_wrong():

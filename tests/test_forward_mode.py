@@ -91,3 +91,9 @@ def test_fnn_jvp_refuses_what_it_cannot_take():
         fnn.jvp(nn.dropout(0.5))
     with pytest.raises(fnn.UsageError, match=r"jvp: pass the tangent of the parameters \(dparams\), of the input"):
         fnn.jvp(nn.relu)((), jnp.ones((2, 3)))
+    dense = nn.dense(2)
+    _, params = dense.init(jax.random.key(0), (3,))
+    with pytest.raises(fnn.UsageError, match="jvp: dparams must have the structure of params"):
+        fnn.jvp(dense, path="backprop")(params, jnp.ones((2, 3)), [params["w"]])
+    with pytest.raises(fnn.InputError, match="jvp: every leaf of dx must have its x leaf's shape"):
+        fnn.jvp(dense, path="backprop")(params, jnp.ones((2, 3)), dx=jnp.ones((2, 4)))

@@ -48,9 +48,10 @@ than ``P``. The rule keeps ``P`` (as autodiff does, and with about its
 memory) when there are at most four query tiles, ``T <= 4 * QUERY_TILE``
 (:func:`keeps_probabilities`), where a tile would be a quarter of ``P`` or
 more: the forward is the plain one, and the backward uses ``P`` as it is,
-four matrix products. Beyond, from a tile of an eighth of ``P`` down, the
-tiled passes above, as fast as autodiff's on a CPU (measured:
-``experiments/attention_cost.py``).
+four matrix products. Beyond, with tiles smaller than a quarter of ``P``,
+the tiled passes above, about as fast as autodiff's on a CPU (measured:
+``experiments/attention_cost.py``). The rule depends on ``T`` only: with
+many keys ``P`` is large, but autodiff keeps it all the same.
 
 **The plain forward.** The ``autodiff`` path differentiates the leaf's
 ``apply``, every row at once: the textbook ``softmax(q k^T / sqrt(D)) v``,

@@ -150,7 +150,7 @@ def _kind(a):
 
 def structure(problem):
     """``structure``: the float64 gradient on ``backprop``, then ``custom``, has ``(params, x)``'s pytree, shapes
-    and dtypes (``jax.custom_vjp`` itself refuses some mismatches; ``backward``'s own output says which)."""
+    and dtypes (``backward``'s own output says which)."""
     for path in ("backprop", "custom"):
         found = gradient_mismatches(problem, problem.gradients(path)[2], np.float64, path)
         if found:

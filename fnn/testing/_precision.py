@@ -82,7 +82,7 @@ def accuracy(problem, dtype, x=None):
     for path in RULE_PATHS:
         try:
             result = problem.gradients(path, dtype=dtype, x=x)
-        except Exception as exc:  # e.g. jax.custom_vjp refusing a gradient of the wrong shape: a finding
+        except Exception as exc:  # e.g. a gradient of the wrong shape refused on the custom path: a finding
             mismatches.append(("", f"{path}: raised {type(exc).__name__}: {' '.join(str(exc).split())}"))
             continue
         found = gradient_mismatches(problem, result[2], dtype, path)
