@@ -199,7 +199,7 @@ class Module:
         gradient (integer ids).
         """
         if self.linear:  # its own forward pass is its JVP
-            return self.run(params, _linear_tangent(self, [*jax.tree.leaves(dparams), dx]), (), None, False)[0]
+            return self.run(params, _linear_tangent(self, params, [dx]), (), None, False)[0]
         return _pushforward(lambda residuals, g: self.backward(*residuals, g), (params, saved), y, (dparams, dx))
 
     def checked_context(self, state, train):
@@ -420,7 +420,7 @@ def _custom_run(module):
         return y, saved
 
     push = (
-        (lambda residuals, u: module.run(residuals[0], _linear_tangent(module, u), (), None, False)[0])
+        (lambda residuals, u: module.run(residuals[0], _linear_tangent(module, residuals[0], u), (), None, False)[0])
         if module.linear
         else None
     )
@@ -457,9 +457,9 @@ def _contextual_custom_run(module):
     return run
 
 
-def _linear_tangent(module, moving):
+def _linear_tangent(module, params, moving):
     """The input's tangent of a ``linear=True`` leaf, the only one that can move; refuses a leaf with parameters."""
-    if len(moving) != 1:
+    if jax.tree.leaves(params):
         raise UsageError(f"{module.name}: declared linear=True, but it has parameters; a linear leaf takes none")
     return moving[0]
 
