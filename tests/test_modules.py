@@ -97,7 +97,8 @@ class Case:
     targets: Callable = class_labels
     inputs: Callable | None = None
     context: dict = dataclasses.field(default_factory=dict)
-    #: A variant of a row above it (another stride, padding, mask or mode): checked in the slow tier.
+    #: A variant of a row above it (another stride, padding, mask or mode), or a heavy composite whose parts have
+    #: rows of their own and whose paths other tests cover (attention, batch norm with dropout): the slow tier.
     slow: bool = False
 
     def check(self, built=None, **kwargs):
@@ -126,7 +127,7 @@ CASES = [
     Case("silu", lambda: nn.silu, input_shape=(4, 5)),
     Case("layer_norm", lambda: nn.layer_norm(), input_shape=(4, 5)),
     Case("conv2d", lambda: nn.conv2d(3, 3), input_shape=(2, 5, 4, 2)),
-    Case("conv2d_valid", lambda: nn.conv2d(3, 3, padding="VALID"), input_shape=(2, 5, 4, 2)),
+    Case("conv2d_valid", lambda: nn.conv2d(3, 3, padding="VALID"), input_shape=(2, 5, 4, 2), slow=True),
     Case("conv2d_stride2_bias", lambda: nn.conv2d(3, 3, stride=2, bias=True), input_shape=(2, 5, 6, 2)),
     Case("conv2d_stride23_same", lambda: nn.conv2d(2, (2, 3), stride=(2, 3), bias=True), input_shape=(2, 5, 7, 2),
          slow=True),
@@ -138,11 +139,11 @@ CASES = [
          input_shape=(4, 5)),
     Case("conv1d", lambda: nn.conv1d(3, 3), input_shape=(2, 7, 2)),
     Case("conv1d_stride2_valid_bias", lambda: nn.conv1d(2, 3, stride=2, padding="VALID", bias=True),
-         input_shape=(2, 8, 3)),
+         input_shape=(2, 8, 3), slow=True),
     Case("conv1d_stride3_same", lambda: nn.conv1d(2, (2,), stride=3, bias=True), input_shape=(3, 7, 2), slow=True),
     Case("avg_pool_2d", lambda: nn.avg_pool((2, 2)), input_shape=(2, 4, 6, 2)),
     Case("avg_pool_2d_overlap_same", lambda: nn.avg_pool((3, 2), stride=(2, 1), padding="SAME"),
-         input_shape=(2, 5, 4, 2)),
+         input_shape=(2, 5, 4, 2), slow=True),
     Case("avg_pool_1d", lambda: nn.avg_pool((3,), stride=2), input_shape=(2, 7, 3)),
     Case("max_pool_2d", lambda: nn.max_pool((2, 2)), input_shape=(2, 4, 6, 2)),
     Case("max_pool_2d_overlap_same", lambda: nn.max_pool((3, 3), stride=2, padding="SAME"), input_shape=(2, 5, 5, 2),
@@ -154,16 +155,16 @@ CASES = [
     Case("softmax", lambda: nn.softmax, input_shape=(2, 3, 5)),
     Case("embedding", lambda: nn.embedding(6, 3), input_shape=(2, 5), inputs=token_ids(6)),
     Case("positional_embedding", lambda: nn.positional_embedding(), input_shape=(2, 4, 3)),
-    Case("attention_op_causal_t_gt_s", lambda: attention_op(3, True, (2, 2)), input_shape=(2, 5, 2, 3)),
+    Case("attention_op_causal_t_gt_s", lambda: attention_op(3, True, (2, 2)), input_shape=(2, 5, 2, 3), slow=True),
     Case("attention_op_causal_t_lt_s", lambda: attention_op(7, True, (3, 4)), input_shape=(1, 4, 2, 3), slow=True),
-    Case("attention_bias", lambda: nn.attention(2, 3, bias=True), input_shape=(2, 5, 4)),
+    Case("attention_bias", lambda: nn.attention(2, 3, bias=True), input_shape=(2, 5, 4), slow=True),
     Case("batch_norm_train", lambda: nn.batch_norm(), input_shape=(4, 2, 3)),
     Case("batch_norm_train_images", lambda: nn.batch_norm(0.5), input_shape=(2, 3, 2, 4), slow=True),
     Case("batch_norm_eval", lambda: nn.batch_norm(), input_shape=(6, 3), context={"train": False, "state": BN_STATE}),
     Case("dropout_train", lambda: nn.dropout(0.3), input_shape=(4, 5)),
     Case("dropout_eval", lambda: nn.dropout(0.3), input_shape=(4, 5), context={"train": False}),
     Case("serial_bn_dropout_train", lambda: nn.serial(nn.dense(4), nn.batch_norm(), nn.relu, nn.dropout(0.5),
-                                                      nn.dense(3)), input_shape=(5, 2, 3)),
+                                                      nn.dense(3)), input_shape=(5, 2, 3), slow=True),
     Case("serial_bn_dropout_eval", lambda: nn.serial(nn.dense(4), nn.batch_norm(), nn.relu, nn.dropout(0.5),
                                                      nn.dense(3)), input_shape=(5, 2, 3), context={"train": False},
          slow=True),

@@ -42,7 +42,10 @@ ARRANGEMENTS = {
 }
 
 
-@pytest.mark.parametrize("arrangement", ARRANGEMENTS)
+@pytest.mark.parametrize(
+    "arrangement",
+    [pytest.param(a, marks=[pytest.mark.slow] if a in ("serial_remat", "nested_remat") else []) for a in ARRANGEMENTS],
+)
 def test_remat_and_repeat_give_the_plain_networks_gradients_and_jvps_on_every_path(problem, arrangement):
     stacked, listed, x, labels = problem
     model = ARRANGEMENTS[arrangement]()
