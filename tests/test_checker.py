@@ -382,6 +382,7 @@ def batch(model, seed=0):
     return params, x, jax.random.randint(jax.random.key(seed + 2), (4,), 0, 3)
 
 
+@pytest.mark.slow  # about 10 s: ten leaves, each checked alone
 def test_wrong_rules_names_the_one_broken_leaf_among_ten():
     model = ten_leaf_net(BAD_SIGMOID)
     report = fnn.inspect.wrong_rules(model, losses.cross_entropy, *batch(model))

@@ -311,6 +311,7 @@ def test_fit_carries_state_and_keys_and_evaluates_in_evaluation_mode():
         fnn.fit(STATEFUL, params, data, **FIT)
 
 
+@pytest.mark.slow  # about 15 s: many compiled paths
 def test_what_comes_back_depends_only_on_what_was_passed():
     """A stateless and a stateful model, the same calls: the new state comes back exactly when state= went in."""
     data = toy_data()
@@ -383,6 +384,7 @@ def _scale_forgotten(rate):
     return leaf("dropout", init=right.init, forward=forward, backward=backward, stochastic=True)
 
 
+@pytest.mark.slow  # about 15 s: many compiled paths
 def test_the_checks_find_a_wrong_rule_in_a_network_with_state_and_randomness():
     model = nn.serial(
         nn.dense(6, dtype=F64), nn.batch_norm(dtype=F64), nn.relu, _scale_forgotten(0.5), nn.dense(3, dtype=F64)
