@@ -86,6 +86,7 @@ def test_bad_flags_are_one_line_and_exit_2(prepared, flags, message):
 SUBSET = ("--train-size", "6000")
 
 
+@pytest.mark.slow  # about 16 s: trains through the command line twice
 def test_devices_and_checkpoints_plumb_through(prepared, tmp_path):
     first = run(
         *prepared,

@@ -392,6 +392,7 @@ def test_seq_mnist_reads_images_as_rows_and_reports_the_target(tmp_path, model):
     check_history(result["history"], 1)
 
 
+@pytest.mark.slow  # about 15 s: compiles both sequence models
 def test_seq_mnist_models_take_rows_and_refuse_bad_sizes():
     x = jnp.zeros((3, 28, 28), jnp.float32)
     for model in (seq_mnist.conv1d_model(8, 2), seq_mnist.attention_model(8, 1, 2)):

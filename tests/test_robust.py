@@ -359,6 +359,7 @@ def train(devices=None, checkpoint=None, model=MODEL, **kw):
 """
 
 
+@pytest.mark.slow  # about 15 s: eight simulated devices in a subprocess
 def test_eight_simulated_devices_match_one_and_are_deterministic():
     """For a plain model and one with batch norm (statistics of the whole batch over the devices) and dropout."""
     out = run_python(
