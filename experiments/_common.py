@@ -11,7 +11,6 @@ the same way (:func:`timed_fit`). Every result names its machine
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -26,26 +25,9 @@ VALIDATION_SIZE = 10_000
 
 
 # ---------------------------------------------------------------- the machine, JSON, tables, plots
-def cpu_description():
-    """Names this machine's CPU and usable cores, e.g. ``"cpu: Intel Xeon x 2 cores"``."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"cpu: {model} x {cores} cores"
-
-
 def device_description():
-    """Names the device the default JAX backend runs on (the CPU model on CPU)."""
-    device = jax.devices()[0]
-    if device.platform == "cpu":
-        return cpu_description()
-    return f"{device.platform}: {device.device_kind}"
+    """Names the device the default JAX backend runs on (the CPU model and cores on CPU)."""
+    return fnn.bench.device_description()
 
 
 def pyplot():
@@ -164,7 +146,9 @@ def timed_fit(model, params, data, args, optimizer, *, quiet=False, train_metric
     (the machine is shared), and ``train_metrics``: ``"batches"`` (fit's
     default: each batch's loss and error before its update, averaged over the
     epoch) or ``"full"`` (the training set evaluated at the epoch's end), and ``run_config``, the run's
-    configuration as ``fit`` records it (:attr:`fnn.History.config`).
+    configuration as ``fit`` records it (:attr:`fnn.History.config`); beside the seconds, ``epoch_flops``
+    (XLA's count of one epoch's work), each epoch's achieved ``flops_per_s`` and its ``machine_fraction`` of the
+    machine's matrix-product rate (:attr:`fnn.History.machine_fraction`).
     """
     load_before = os.getloadavg()[0]
     cpu = time.process_time()
@@ -191,13 +175,22 @@ def timed_fit(model, params, data, args, optimizer, *, quiet=False, train_metric
         "load_average_1min_after": os.getloadavg()[0],
         "train_metrics": train_metrics,
         "run_config": history.config,  # what fit ran: every setting of the model, loss, optimizer, data order
+        "epoch_flops": float(history.epoch_flops[0]),
+        "flops_per_s": history.flops_per_s.tolist(),
+        "machine_fraction": history.machine_fraction.tolist(),
     }
     return (tuple(trained) if stateful else trained[0]), history, timing
 
 
 def machine():
-    """The fields every result names its machine with."""
-    return {"device": device_description(), "jax_version": jax.__version__, "optax_version": optax.__version__}
+    """The fields every result names its machine with, and the machine's matrix-product rate
+    (``fnn.bench.machine_rate``, the limit achieved rates are set against)."""
+    return {
+        "device": device_description(),
+        "jax_version": jax.__version__,
+        "optax_version": optax.__version__,
+        "matmul_flops_per_s": fnn.bench.machine_rate().flops_per_s,
+    }
 
 
 def plot_curves(path, runs, title):

@@ -15,7 +15,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import fnn
 from experiments import _cli, _peer_torch
@@ -48,22 +47,9 @@ SHAPES = {
 }
 
 
-def xla_matmul_gflops(shape, seconds=1.0):
-    """Throughput of a jitted float32 ``[m, k] @ [k, n]``, looped inside one compiled scan."""
-    m, k, n = shape
-    reps = max(4, int(seconds * 100e9 / (2 * m * k * n)))
-    rng = np.random.default_rng(0)
-    a = jnp.asarray(rng.standard_normal((8, m, k), dtype=np.float32))
-    b = jnp.asarray(rng.standard_normal((k, n), dtype=np.float32))
-
-    @jax.jit
-    def loop(a, b):
-        body = lambda acc, i: (acc + a[i % 8] @ b * 1e-3, None)  # noqa: E731
-        return jax.lax.scan(body, jnp.zeros((m, n), jnp.float32), jnp.arange(reps))[0]
-
-    jax.block_until_ready(loop(a, b))
-    best = min(_timed(lambda: jax.block_until_ready(loop(a, b))) for _ in range(3))
-    return 2 * m * k * n * reps / best / 1e9
+def xla_matmul_gflops(shape):
+    """Throughput of a jitted float32 ``[m, k] @ [k, n]`` (``fnn.bench.matmul_rate``), GFLOP/s."""
+    return fnn.bench.matmul_rate(shape, jnp.float32, seconds=1.0) / 1e9
 
 
 def torch_matmul_gflops(shape, seconds=1.0):

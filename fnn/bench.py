@@ -18,20 +18,42 @@ threshold (criterion.rs's "noise threshold"): differences the harness cannot
 tell from two compilations of the same code are not called a change. Ratios
 are taken round by round, so that load shared by a round cancels. Equal CPU
 time with unequal wall time means the same work with less parallel overlap.
+
+Every time is also set against the machine's limit: :func:`machine_rate` is
+the best rate of a jitted matrix product on this device (measured once, then
+read from a cache file with the processor it ran on), and :func:`compare`
+gives each function's achieved rate (XLA's FLOP count of the compiled
+function over its median time) and that rate's fraction of the limit.
 """
 
 import dataclasses
+import datetime
+import json
 import math
+import os
+import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fnn._errors import InputError
 from fnn._numbers import as_int, real
 
-__all__ = ["Result", "compare", "summarize", "verdict"]
+__all__ = [
+    "MachineRate",
+    "Result",
+    "compare",
+    "device_description",
+    "flops",
+    "machine_rate",
+    "matmul_rate",
+    "summarize",
+    "verdict",
+]
 
 VERDICTS = ("faster", "slower", "tie")
 
@@ -58,6 +80,11 @@ class Result:
       compile_s: seconds to compile (``nan`` when given timings only).
       calls: calls per block.
       wall_s, cpu_s: the per-call seconds of every round.
+      flops: XLA's FLOP count of one call (``nan`` when given timings only,
+        ``0.0`` where the backend counts none).
+      flops_per_s: the achieved rate, ``flops / median_s``.
+      machine_fraction: ``flops_per_s`` over the machine's matrix-product
+        rate (:func:`machine_rate`); ``nan`` without one.
     """
 
     name: str
@@ -75,6 +102,9 @@ class Result:
     calls: int = 0
     wall_s: tuple = ()
     cpu_s: tuple = ()
+    flops: float = float("nan")
+    flops_per_s: float = float("nan")
+    machine_fraction: float = float("nan")
 
     def to_dict(self):
         """The result as a JSON-ready dict."""
@@ -124,7 +154,9 @@ def _margin(owner, margin):
     return real(owner, "margin", margin, within=within, ok=lambda m: 0 <= m < 1)
 
 
-def summarize(wall_s, cpu_s, *, baseline, margin=0.0, confidence=0.95, seed=0, compile_s=None, calls=None):
+def summarize(
+    wall_s, cpu_s, *, baseline, margin=0.0, confidence=0.95, seed=0, compile_s=None, calls=None, flops=None, rate=None
+):
     """Compares per-round timings with the baseline's.
 
     Args:
@@ -136,6 +168,8 @@ def summarize(wall_s, cpu_s, *, baseline, margin=0.0, confidence=0.95, seed=0, c
       confidence: the level of the bootstrap interval.
       seed: seeds the bootstrap resampling (the same timings give the same interval).
       compile_s, calls: per name, recorded in the results.
+      flops: per name, FLOPs per call; with ``rate`` (a :class:`MachineRate`
+        or FLOP/s), the achieved rates and their fractions of it.
 
     Returns:
       ``{name: Result}`` in the order of ``wall_s``.
@@ -156,6 +190,7 @@ def summarize(wall_s, cpu_s, *, baseline, margin=0.0, confidence=0.95, seed=0, c
             ratio, low, high = _median_ci(wall / base_wall, confidence, seed)
             cpu_ratio = float(np.median(cpu / base_cpu))
         q1, median, q3 = np.percentile(wall, [25, 50, 75])
+        work = (flops or {}).get(name, float("nan"))
         results[name] = Result(
             name,
             float(median),
@@ -172,8 +207,18 @@ def summarize(wall_s, cpu_s, *, baseline, margin=0.0, confidence=0.95, seed=0, c
             calls=(calls or {}).get(name, 0),
             wall_s=tuple(wall.tolist()),
             cpu_s=tuple(cpu.tolist()),
+            flops=work,
+            flops_per_s=work / median,
+            machine_fraction=work / median / _limit(rate),
         )
     return results
+
+
+def _limit(rate):
+    """The FLOP/s of a :class:`MachineRate`, a number, or ``nan`` for ``None``."""
+    if rate is None:
+        return float("nan")
+    return float(rate.flops_per_s if isinstance(rate, MachineRate) else rate)
 
 
 def _block(fn, args, calls):
@@ -207,6 +252,7 @@ def compare(
     warmup: int = 2,
     confidence: float = 0.95,
     seed: int = 0,
+    rate=None,
 ):
     """Times every function of ``fns`` on ``args`` and compares each with ``fns[baseline]``.
 
@@ -225,17 +271,22 @@ def compare(
         calibrated once per function, doubling until a block lasts that long).
       warmup: untimed calls per function before calibrating.
       confidence, seed: of the bootstrap interval (see :func:`summarize`).
+      rate: the limit achieved rates are set against: ``None`` for
+        :func:`machine_rate` (measured once per machine, then cached), a
+        :class:`MachineRate`, a number of FLOP/s, or ``False`` for none
+        (``machine_fraction`` is then ``nan``).
 
     Returns:
-      ``{name: Result}``.
+      ``{name: Result}``, each with XLA's FLOP count of its compiled function
+      and the achieved rate.
 
     Examples:
       >>> import jax.numpy as jnp, fnn
       >>> x = jnp.ones((128, 128))
       >>> fns = {"matmul": lambda x: x @ x, "twice": lambda x: (x @ x) @ x}
-      >>> results = fnn.bench.compare(fns, x, baseline="matmul", rounds=6, block_s=0.01)
-      >>> results["matmul"].verdict, results["twice"].ratio > 1
-      ('tie', True)
+      >>> results = fnn.bench.compare(fns, x, baseline="matmul", rounds=6, block_s=0.01, rate=False)
+      >>> results["matmul"].verdict, results["twice"].ratio > 1, results["twice"].flops
+      ('tie', True, 8388608.0)
     """
     if not fns:
         raise InputError("compare needs at least one function")
@@ -274,5 +325,167 @@ def compare(
             wall[name].append(w)
             cpu[name].append(c)
     return summarize(
-        wall, cpu, baseline=baseline, margin=margin, confidence=confidence, seed=seed, compile_s=compile_s, calls=calls
+        wall,
+        cpu,
+        baseline=baseline,
+        margin=margin,
+        confidence=confidence,
+        seed=seed,
+        compile_s=compile_s,
+        calls=calls,
+        flops={name: flops(c) for name, c in compiled.items()},
+        rate=machine_rate() if rate is None else (None if rate is False else rate),
     )
+
+
+def flops(compiled):
+    """XLA's FLOP count of a lowered or compiled function (``0.0`` where the backend counts none).
+
+    XLA counts a loop's body once, whatever its trip count: count a loop-free
+    function (one step, not a ``lax.scan`` of them) and multiply.
+    """
+    cost = compiled.cost_analysis() or {}
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0))
+
+
+# ---------------------------------------------------------------- the machine's limit
+def device_description(device=None):
+    """Names a device (the default one): ``"cpu: <processor model> x <usable cores> cores"`` or ``"gpu: <kind>"``."""
+    device = jax.devices()[0] if device is None else device
+    if device.platform != "cpu":
+        return f"{device.platform}: {device.device_kind}"
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"cpu: {model} x {cores} cores"
+
+
+@dataclasses.dataclass(frozen=True)
+class MachineRate:
+    """The machine's matrix-product rate, the limit achieved rates are set against.
+
+    Attributes:
+      flops_per_s: the best rate over ``shapes`` (FLOP/s).
+      device: :func:`device_description` of the device it was measured on.
+      dtype: the operands' dtype.
+      shapes: ``((m, k, n), FLOP/s)`` of each product measured.
+      jax_version: the JAX it was measured with.
+      measured_at: when (ISO 8601, UTC).
+    """
+
+    flops_per_s: float
+    device: str
+    dtype: str
+    shapes: tuple
+    jax_version: str
+    measured_at: str
+
+    def to_dict(self):
+        """The rate as a JSON-ready dict."""
+        return dataclasses.asdict(self) | {"shapes": [[list(s), r] for s, r in self.shapes]}
+
+
+#: The square products :func:`machine_rate` measures, per platform.
+RATE_SIZES = {"cpu": (512, 1024)}
+_GPU_SIZES = (4096, 8192)
+_RATES = {}  # this process's rates, by cache key
+
+
+def matmul_rate(shape, dtype=jnp.float32, seconds=0.2, repeats=3):
+    """FLOP/s of a jitted ``[m, k] @ [k, n]`` on the default device, as the best of ``repeats`` timed calls.
+
+    Each call runs the product back to back inside one compiled ``lax.scan``
+    for about ``seconds``, on operands already on the device.
+    """
+    m, k, n = (as_int(v) for v in shape)
+    a = jax.random.normal(jax.random.key(0), (2, m, k), dtype)
+    b = jax.random.normal(jax.random.key(1), (k, n), dtype)
+    work = 2 * m * k * n
+
+    def run(a, b, reps):
+        body = lambda acc, i: (acc + (a[i % 2] @ b) * jnp.asarray(1e-3, dtype), None)  # noqa: E731
+        return jax.lax.scan(body, jnp.zeros((m, n), dtype), jnp.arange(reps))[0]
+
+    def timed(reps):
+        fn = jax.jit(run, static_argnums=2).lower(a, b, reps).compile()
+        jax.block_until_ready(fn(a, b))
+        best = math.inf
+        for _ in range(repeats):
+            tic = time.perf_counter()
+            jax.block_until_ready(fn(a, b))
+            best = min(best, time.perf_counter() - tic)
+        return best
+
+    probe = timed(2) / 2
+    reps = max(2, int(seconds / max(probe, 1e-9)))
+    return work * reps / timed(reps)
+
+
+def _cache_file():
+    """``$FNN_CACHE_DIR/machine_rate.json``, else under ``$XDG_CACHE_HOME/fnn`` or ``~/.cache/fnn``."""
+    folder = os.environ.get("FNN_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fnn"
+    return Path(folder) / "machine_rate.json"
+
+
+def machine_rate(dtype=jnp.float32, *, refresh=False):
+    """The machine's matrix-product rate: the limit every achieved rate in fnn is set against.
+
+    The best FLOP/s of a jitted square matrix product (sizes
+    ``fnn.bench.RATE_SIZES``; 4096 and 8192 on an accelerator) of ``dtype`` on the
+    default device, each timed as :func:`matmul_rate` does. It is measured
+    once (about three seconds on a CPU) and kept in ``machine_rate.json`` in fnn's cache
+    folder (``$FNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/fnn`` or
+    ``~/.cache/fnn``), under the device's description, the dtype and the
+    JAX version, so another processor or JAX measures again. ``refresh=True``
+    measures again regardless (do so on a quiet machine: a busy one gives a
+    low limit). Returns a :class:`MachineRate`.
+    """
+    device = jax.devices()[0]
+    name = jnp.dtype(dtype).name
+    key = f"{device_description(device)} | {name} | jax {jax.__version__}"
+    path = _cache_file()
+    if not refresh:
+        if key in _RATES:
+            return _RATES[key]
+        try:
+            cached = json.loads(path.read_text())[key]
+            _RATES[key] = MachineRate(**{**cached, "shapes": tuple((tuple(s), r) for s, r in cached["shapes"])})
+            return _RATES[key]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    sizes = RATE_SIZES.get(device.platform, _GPU_SIZES)
+    shapes = tuple(((n, n, n), matmul_rate((n, n, n), dtype)) for n in sizes)
+    rate = MachineRate(
+        flops_per_s=max(r for _, r in shapes),
+        device=device_description(device),
+        dtype=name,
+        shapes=shapes,
+        jax_version=jax.__version__,
+        measured_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )
+    _RATES[key] = rate
+    _write_cache(path, key, rate)
+    return rate
+
+
+def _write_cache(path, key, rate):
+    """Adds ``rate`` under ``key`` to the cache file, replacing it atomically; an unwritable folder keeps none."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, ValueError):
+            entries = {}
+        entries[key] = rate.to_dict()
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(entries, indent=2))
+        os.replace(partial, path)
+    except OSError:
+        pass

@@ -35,6 +35,8 @@ COMPILED = Path(tempfile.gettempdir()) / f"fnn-tests-compiled-{RUN_ID}"
 os.environ["JAX_COMPILATION_CACHE_DIR"] = str(COMPILED)  # the command lines the tests start inherit these
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 jax.config.update("jax_compilation_cache_dir", str(COMPILED))
+#: fnn's own cache (the machine's matrix-product rate, measured once) is the run's too, not the user's.
+os.environ["FNN_CACHE_DIR"] = str(COMPILED / "fnn")
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 

@@ -152,6 +152,66 @@ def test_compare_times_real_functions():
     assert set(results["two"].to_dict()) >= {"median_s", "ratio", "ci_low", "ci_high", "cpu_ratio", "verdict", "margin"}
 
 
+def test_compare_counts_the_work_and_sets_the_rate_against_the_limit():
+    x = jnp.ones((64, 64), jnp.float32)
+    results = bench.compare({"one": lambda x: x @ x}, x, baseline="one", rounds=6, block_s=0.005, rate=1e9)
+    one = results["one"]
+    assert one.flops == 2 * 64**3  # XLA's count of the product
+    assert one.flops_per_s == pytest.approx(one.flops / one.median_s)
+    assert one.machine_fraction == pytest.approx(one.flops_per_s / 1e9)
+    unset = bench.compare({"one": lambda x: x @ x}, x, baseline="one", rounds=6, block_s=0.005, rate=False)["one"]
+    assert np.isnan(unset.machine_fraction) and unset.flops == one.flops
+
+
+def test_flops_counts_a_loop_body_once():
+    a = jnp.ones((16, 16), jnp.float32)
+
+    def loop(a, n):
+        return jax.lax.scan(lambda c, _: (c @ a, None), a, None, length=n)[0]
+
+    one, ten = (bench.flops(jax.jit(loop, static_argnums=1).lower(a, n)) for n in (1, 10))
+    assert one == pytest.approx(2 * 16**3, rel=0.01) and ten == pytest.approx(one, rel=0.01)  # as documented
+
+
+def test_the_machine_rate_is_measured_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("FNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setitem(bench.RATE_SIZES, "cpu", (64, 128))
+    monkeypatch.setattr(bench, "_RATES", {})
+    rate = bench.machine_rate()
+    assert rate.flops_per_s == max(r for _, r in rate.shapes) > 0
+    assert [shape for shape, _ in rate.shapes] == [(64, 64, 64), (128, 128, 128)]
+    assert rate.device == bench.device_description() and rate.dtype == "float32" and rate.jax_version == jax.__version__
+    monkeypatch.setattr(bench, "_RATES", {})  # a new process reads the file
+    monkeypatch.setattr(bench, "matmul_rate", lambda *a, **k: pytest.fail("measured again"))
+    assert bench.machine_rate() == rate
+    assert (tmp_path / "machine_rate.json").exists()
+
+
+def test_refresh_measures_the_rate_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("FNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setitem(bench.RATE_SIZES, "cpu", (32,))
+    monkeypatch.setattr(bench, "_RATES", {})
+    monkeypatch.setattr(bench, "matmul_rate", lambda shape, dtype: 5.0)
+    assert bench.machine_rate(refresh=True).flops_per_s == 5.0
+    monkeypatch.setattr(bench, "matmul_rate", lambda shape, dtype: 7.0)
+    assert bench.machine_rate().flops_per_s == 5.0 and bench.machine_rate(refresh=True).flops_per_s == 7.0
+    monkeypatch.setattr(bench, "_RATES", {})
+    assert bench.machine_rate().flops_per_s == 7.0  # the file holds the latest
+
+
+def test_an_unwritable_cache_folder_keeps_no_rate(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("FNN_CACHE_DIR", str(blocker / "below"))
+    monkeypatch.setattr(bench, "matmul_rate", lambda shape, dtype: 3.0)
+    monkeypatch.setattr(bench, "_RATES", {})
+    assert bench.machine_rate().flops_per_s == 3.0
+
+
+def test_matmul_rate_counts_the_products_it_ran():
+    assert bench.matmul_rate((32, 16, 8), seconds=0.01, repeats=1) > 1e6
+
+
 def test_compare_errors():
     x = jnp.ones(3)
     with pytest.raises(ValueError, match="baseline 'b' is not one of"):

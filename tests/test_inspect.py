@@ -31,7 +31,9 @@ def _mlp(dtype=jnp.float32):
 
 
 def _conv():
-    model = fnn.nn.serial(fnn.nn.conv2d(4, 3), fnn.nn.relu, fnn.nn.flatten(), fnn.nn.dense(N_CLASSES))
+    model = fnn.nn.serial(
+        fnn.nn.conv2d(4, 3, form="convolution"), fnn.nn.relu, fnn.nn.flatten(), fnn.nn.dense(N_CLASSES)
+    )
     return _problem(model, (6, 6, 2), 4)
 
 

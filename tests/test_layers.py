@@ -14,10 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fnn
 from fnn import DataError, nn
 from fnn.nn import _attention as attend
+from fnn.nn import _conv as conv
 
 paths = pytest.mark.parametrize("path", fnn.PATHS)
 
@@ -321,6 +324,52 @@ def test_conv1d_is_conv2d_with_a_height_of_one():
             np.testing.assert_allclose(got[0, :, 2] - want[0, :, 2], 0.0, atol=1e-13)
             single = np.array([sum(w[j, 1, 2] * z[i + j] for j in range(3)) for i in range(9)])
             np.testing.assert_allclose(fnn.ops.custom.conv1d(x[:1, :, 1:2], w[:, 1:2, 2:3])[0, :, 0], single)
+
+
+# ------------------------------------------------------------------ the two forms of a convolution
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.sampled_from([1, 2]),
+    kernel=st.integers(1, 4),
+    stride=st.integers(1, 3),
+    padding=st.sampled_from(["SAME", "VALID"]),
+    size=st.integers(4, 9),
+    channels=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    bias=st.booleans(),
+)
+def test_both_forms_of_a_convolution_compute_the_same_three_products(n, kernel, stride, padding, size, channels, bias):
+    """The matrix form (patches, one product each) equals XLA's convolution for y, dw and dx, to float64 rounding."""
+    c, o = channels
+    rng = np.random.default_rng(size * 7 + kernel)
+    x = jnp.asarray(rng.standard_normal((2, *(size,) * n, c)))
+    params = {"w": jnp.asarray(rng.standard_normal((*(kernel,) * n, c, o)))}
+    if bias:
+        params["b"] = jnp.asarray(rng.standard_normal(o))
+    leaves = [conv.conv_leaf(n, stride, padding, bias=bias, form=form) for form in nn.CONV_FORMS]
+    y_conv, y_mat = (leaf.apply(params, x) for leaf in leaves)
+    np.testing.assert_allclose(y_mat, y_conv, rtol=1e-12, atol=1e-12)
+    g = jnp.asarray(rng.standard_normal(y_conv.shape))
+    (dp_conv, dx_conv), (dp_mat, dx_mat) = (leaf.backward(params, leaf.forward(params, x)[1], g) for leaf in leaves)
+    np.testing.assert_allclose(dx_mat, dx_conv, rtol=1e-12, atol=1e-12)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12), dp_mat, dp_conv)
+
+
+def test_a_convolution_runs_the_form_it_is_given_or_the_rules_choice():
+    x = jnp.ones((2, 8, 8, 3), jnp.float32)
+    params = {"w": jnp.ones((3, 3, 3, 4), jnp.float32)}
+
+    def ops(module):
+        text = jax.jit(jax.grad(lambda p: module.apply(p, x).sum())).lower(params).as_text()
+        return "convolution" if "stablehlo.convolution" in text else "matmul"
+
+    for form in nn.CONV_FORMS:
+        assert ops(conv.conv_leaf(2, form=form)) == form
+    assert ops(conv.conv_leaf(2)) == nn.conv_form(x.shape, params["w"].shape, (1, 1))
+    assert "form='matmul'" in repr(nn.conv2d(4, 3, form="matmul"))
+    with pytest.raises(
+        ValueError, match=r"conv2d: form must be None .* or one of \('convolution', 'matmul'\), got 'im2col'"
+    ):
+        nn.conv2d(4, 3, form="im2col")
 
 
 # ------------------------------------------------------------------ identity

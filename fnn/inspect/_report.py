@@ -34,9 +34,11 @@ class PathRow:
       hlo: :func:`hlo_counts` of the compiled step.
       hlo_diff: ``{"ops_top": ..., "ops_all": ...}``, :func:`op_diff` of
         ``hlo`` against the reference path's (``{}`` each for the reference).
+      flops: XLA's FLOP count of the compiled step.
       timing: the step's :class:`fnn.bench.Result` against the reference
         path (``ratio``, ``ci_low``, ``ci_high``, ``cpu_ratio``, ``verdict``,
-        ``median_s`` per step, ...); ``None`` when not timed.
+        ``median_s`` per step, the achieved ``flops_per_s`` and its
+        ``machine_fraction``, ...); ``None`` when not timed.
     """
 
     path: str
@@ -50,6 +52,7 @@ class PathRow:
     residuals: dict
     hlo: dict
     hlo_diff: dict
+    flops: float
     timing: bench.Result | None = None
 
     def to_dict(self):
@@ -97,6 +100,16 @@ def columns(reference):
             lambda r: str(r.hlo["convolutions"]),
         ),
         Column("step ms", "median wall time of one step (-: not timed)", timed(lambda t: f"{1e3 * t.median_s:.3f}")),
+        Column(
+            "GFLOP/s",
+            "the achieved rate: XLA's FLOP count of the step over its median time",
+            timed(lambda t: f"{t.flops_per_s / 1e9:.1f}"),
+        ),
+        Column(
+            "of machine",
+            "the achieved rate's fraction of the machine's matrix-product rate (fnn.bench.machine_rate)",
+            timed(lambda t: f"{t.machine_fraction:.0%}"),
+        ),
         Column(
             f"ratio to {reference} [CI]",
             f"median step time over the {reference} path's, with its bootstrap confidence interval",
@@ -155,6 +168,7 @@ def compare_paths(
     learning_rate=LEARNING_RATE,
     confidence=0.95,
     seed=0,
+    rate=None,
     state=None,
     key=None,
     train=True,
@@ -172,7 +186,9 @@ def compare_paths(
         float64 ``autodiff`` gradient (:func:`reference_grads`).
       timing: whether to time the SGD steps (:func:`fnn.bench.compare`;
         takes about ``len(paths) * (rounds + 2) * block_s`` seconds).
-      rounds, block_s, margin, confidence, seed: passed to :func:`fnn.bench.compare`.
+      rounds, block_s, margin, confidence, seed, rate: passed to
+        :func:`fnn.bench.compare` (``rate``: the limit achieved rates are set
+        against, by default :func:`fnn.bench.machine_rate`).
       learning_rate: the SGD step size of the compiled and timed steps.
       state, key, train: the context of a model with state or randomness
         (batch norm, dropout), fixed for every path
@@ -210,7 +226,7 @@ def compare_paths(
     times = {}
     if timing:
         updates = {path: sgd_update(model, loss, learning_rate, path=path) for path in paths}
-        times = bench.compare(updates, params, (x, targets), baseline=reference, **timed)
+        times = bench.compare(updates, params, (x, targets), baseline=reference, rate=rate, **timed)
     rows = []
     for path in paths:
         compiled, compile_s = steps[path]
@@ -226,6 +242,7 @@ def compare_paths(
                 residuals=residuals(model, loss, path, params, x, targets),
                 hlo=counts[path],
                 hlo_diff={scope: op_diff(counts[path][scope], counts[reference][scope]) for scope in HLO_SCOPES},
+                flops=bench.flops(compiled),
                 timing=times.get(path),
             )
         )

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn import bench, parallel, validate
 from fnn import losses as _losses
-from fnn import parallel, validate
 from fnn import train as _train
 from fnn._errors import InputError, TrainingDiverged, UsageError
 from fnn._numbers import as_int, real
@@ -19,7 +19,7 @@ from fnn.data import Stream
 from fnn.loop import _feed
 from fnn.loop._callbacks import Callback, EpochFunction, ProgressBar, Run
 from fnn.loop._config import run_config
-from fnn.loop._epoch import Plan, make_epoch_end, make_steps, new_tally
+from fnn.loop._epoch import Plan, evaluate, make_epoch_end, make_steps, new_tally
 from fnn.loop._history import History
 
 #: The leaves that XLA's CPU backend runs slowly inside a loop body on the autodiff path (see :func:`fit`).
@@ -184,6 +184,7 @@ def fit(
         compile_s=compile_s,
         wall_s=time.perf_counter() - start,
         configure=lambda: {**run.config, "epochs": run.epochs, "devices": plan.mesh.size},
+        count_flops=functools.partial(_epoch_flops, plan, compiled.shapes, feed),
     )
     if state is None:
         return run.state["params"], history
@@ -345,7 +346,8 @@ class _Compiled:
 
     def __init__(self, plan, state, feed):
         self.plan, self.feed, self._steps = plan, feed, {}
-        self.shapes = (state["params"], state["opt_state"], state["model_state"], state["tally"], state["key"])
+        carried = (state["params"], state["opt_state"], state["model_state"], state["tally"], state["key"])
+        self.shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), carried)
         self.jit = {"donate_argnums": (0, 1, 2), "out_shardings": parallel.replicated(plan.mesh)}
         end = jax.jit(make_epoch_end(plan), **self.jit)
         self.end = end.lower(*self.shapes, 1, *feed.specs(None), *feed.test).compile()
@@ -356,6 +358,32 @@ class _Compiled:
             fn = jax.jit(make_steps(self.plan, n), **self.jit)
             self._steps[n] = fn.lower(*self.shapes, 1, 0, *self.feed.specs(n)).compile()
         return self._steps.get(n)
+
+
+def _epoch_flops(plan, shapes, feed):
+    """XLA's FLOP count of one epoch: its steps, each lowered without a loop (XLA counts a loop's body once), and
+    its evaluation, lowered as one pass over each evaluated split."""
+    step_args = (*shapes, 1, 0)
+    total = plan.full_batches * bench.flops(jax.jit(make_steps(plan, 1)).lower(*step_args, *feed.specs(1)))
+    if plan.n_train % plan.batch_size:
+        last = make_steps(plan, 1, rows=plan.n_train % plan.batch_size)
+        total += bench.flops(jax.jit(last).lower(*step_args, *feed.specs(None)))
+    x_test, y_test = (jax.ShapeDtypeStruct(a.shape, a.dtype) for a in feed.test)
+    splits = [(x_test, y_test)]
+    if plan.train_metrics == "full":
+        splits.append(
+            (
+                jax.ShapeDtypeStruct((plan.n_train, *x_test.shape[1:]), x_test.dtype),
+                jax.ShapeDtypeStruct((plan.n_train, *y_test.shape[1:]), y_test.dtype),
+            )
+        )
+
+    def evaluation(params, model_state, x, y):
+        return evaluate(plan.model, plan.loss, params, x, y, state=model_state, chunk=x.shape[0])
+
+    for x, y in splits:
+        total += bench.flops(jax.jit(evaluation).lower(shapes[0], shapes[2], x, y))
+    return total
 
 
 # ---------------------------------------------------------------- the epoch loop

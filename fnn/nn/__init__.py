@@ -18,7 +18,7 @@ from fnn.nn._activations import activation, gelu, leaky_relu, relu, sigmoid, sil
 from fnn.nn._attention import attention
 from fnn.nn._batch_norm import batch_norm
 from fnn.nn._compose import flatten, identity, mlp, residual, resnet_s, serial
-from fnn.nn._conv import conv1d, conv2d
+from fnn.nn._conv import CONV_FORMS, conv1d, conv2d, conv_form
 from fnn.nn._dropout import dropout
 from fnn.nn._embeddings import embedding, positional_embedding
 from fnn.nn._linear import dense
@@ -32,8 +32,10 @@ __all__ = [
     "attention",
     "avg_pool",
     "batch_norm",
+    "CONV_FORMS",
     "conv1d",
     "conv2d",
+    "conv_form",
     "dense",
     "dropout",
     "embedding",

@@ -26,10 +26,27 @@ Backward with ``G = dJ/dy`` (saves ``x``):
   uses), ``dw[a, c, o] = sum_{n, i} x[n, i s + a - lo, c] G[n, i, o]``, a
   convolution over the batch axis with ``G`` as a kernel dilated by the stride.
 
-Both are written once for either number of spatial axes with
-``jax.lax.conv_general_dilated``, never with JAX autodiff.
+Each leaf computes the three products in one of two forms, both written
+once for either number of spatial axes, never with JAX autodiff:
+
+- ``"convolution"``: XLA's convolution (``jax.lax.conv_general_dilated``)
+  for ``y``, ``dx`` and ``dw``;
+- ``"matmul"``: the notes' matrix form. The patches ``P[N, *out, K C]``
+  hold, in row ``(n, i)``, the ``K`` window positions of output ``i`` times
+  ``C`` channels (zeros in the padding), so that with the kernel as a matrix
+  ``W[K C, O]``: ``y = P W``, ``dw = P^T G`` and ``dx = T(G W^T)``, where
+  ``T`` (the transpose of taking patches) adds each patch entry back at the
+  input position it was read from. One matrix product each, at the matrix
+  product's rate, for ``K`` times the input's memory.
+
+Which form a leaf takes is :func:`conv_form`'s rule, from the shapes (see
+there for the measurements behind it); ``form=`` fixes it.
 """
 
+import itertools
+import math
+
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -40,10 +57,13 @@ from fnn.nn import _checks, _windows
 from fnn.nn import initializers as _init
 from fnn.nn._linear import BIAS
 
-__all__ = ["conv1d", "conv1d_leaf", "conv2d", "conv2d_leaf", "conv_leaf"]
+__all__ = ["CONV_FORMS", "conv1d", "conv1d_leaf", "conv2d", "conv2d_leaf", "conv_form", "conv_leaf"]
 
 #: Per number of spatial axes: (input, kernel, output) layouts.
 _LAYOUTS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
+
+#: The forms a convolution leaf computes its products in (see the module doc).
+CONV_FORMS = ("convolution", "matmul")
 
 
 def _name(n):
@@ -85,6 +105,94 @@ def _convolve_backward(x, w, g, stride, padding):
     return jnp.transpose(dw, (*spatial_axes, 0, n + 1)), dx
 
 
+# ---------------------------------------------------------------- the matrix form
+def _offsets(kernel):
+    """The window offsets in the patches' order (row-major, as ``w[*k, C, O]`` is laid out)."""
+    return list(itertools.product(*map(range, kernel)))
+
+
+def _patches(x, kernel, stride, padding):
+    """``P[N, *out, K C]``: row ``(n, i)`` holds ``x[n, i s + a - lo, c]`` for each offset ``a``, then channel ``c``."""
+    out = _windows.output_spatial(x.shape[1:-1], kernel, stride, padding)
+    columns = [_windows.at_offset(x, a, kernel, stride, padding, out) for a in _offsets(kernel)]
+    return jnp.stack(columns, axis=-2).reshape(*x.shape[:1], *out, -1)
+
+
+def _patches_transpose(dp, spatial, kernel, stride, padding):
+    """``T(dP)``, the transpose of :func:`_patches`: every entry of ``dP[N, *out, K C]`` added back at the input
+    position its patch entry was read from (entries read from the padding dropped); ``[N, *spatial, C]``."""
+    dp = dp.reshape(*dp.shape[:-1], math.prod(kernel), -1)
+    pieces = (
+        _windows.place_at_offset(dp[..., j, :], spatial, kernel, stride, padding, a)
+        for j, a in enumerate(_offsets(kernel))
+    )
+    return sum(pieces)
+
+
+def _matmul_forward(x, w, stride, padding):
+    """``y = P W``."""
+    kernel = w.shape[:-2]
+    return _patches(x, kernel, stride, padding) @ w.reshape(-1, w.shape[-1])
+
+
+def _matmul_backward(x, w, g, stride, padding):
+    """``(dw, dx) = (P^T G, T(G W^T))``."""
+    kernel, matrix = w.shape[:-2], w.reshape(-1, w.shape[-1])
+    rows = tuple(range(g.ndim - 1))
+    dw = jnp.tensordot(_patches(x, kernel, stride, padding), g, axes=(rows, rows)).reshape(w.shape)
+    dx = _patches_transpose(g @ matrix.T, x.shape[1:-1], kernel, stride, padding)
+    return dw, dx
+
+
+# ---------------------------------------------------------------- which form
+#: At most this many input channels, the matrix form on a CPU whatever the shapes: XLA's convolution is slow there.
+FEW_CHANNELS = 4
+#: The matrix form's largest inner size ``K C`` (a 3x3 kernel over 64 channels) for a 2-D convolution on a CPU.
+MATMUL_MAX_DEPTH = 576
+#: The matrix form's largest patch matrix ``P[N, *out, K C]`` in bytes for a 2-D convolution on a CPU.
+MATMUL_MAX_PATCH_BYTES = 32 * 2**20
+
+
+def conv_form(x_shape, w_shape, stride, dtype=jnp.float32):
+    """The form (one of :data:`CONV_FORMS`) a convolution of ``x[N, *spatial, C]`` with ``w[*k, C, O]`` takes.
+
+    On a CPU (JAX's default backend), the matrix form ``"matmul"`` when
+
+    - the input has at most ``fnn.nn._conv.FEW_CHANNELS`` channels (an image net's
+      first layer), or
+    - the convolution is 2-D, its inner size ``K C`` is at most
+      ``MATMUL_MAX_DEPTH`` and its patch matrix at most
+      ``MATMUL_MAX_PATCH_BYTES``;
+
+    XLA's ``"convolution"`` otherwise, and on every other backend. Measured
+    (``experiments/conv_forms.py``, one step's ``y``, ``dw`` and ``dx`` of a
+    leaf inside a ``lax.scan``, on a 2-core AVX-512 CPU): with 1 or 3 input
+    channels the matrix form takes 0.3-0.7x the convolution's time, XLA's
+    convolution with few channels being slow; for 2-D convolutions over 32-64
+    channels with patches up to about 30 MiB it takes 0.5-0.9x (XLA runs a
+    convolution on one core, a matrix product on all); with larger patches
+    (32x32x32 images at batch 32: 1.7x) or a deeper inner size (128
+    channels: 1.1-1.2x), and for 1-D convolutions over 28-128 channels
+    (1.0-1.3x), XLA's convolution is the faster. Accelerators were not
+    measured: there XLA's convolution is kept.
+    """
+    if jax.default_backend() != "cpu":
+        return "convolution"
+    n, channels = len(w_shape) - 2, x_shape[-1]
+    if channels <= FEW_CHANNELS:
+        return "matmul"
+    depth = math.prod(w_shape[:-1])
+    out = _windows.output_spatial(x_shape[1:-1], w_shape[:n], stride, "SAME")
+    patch_bytes = x_shape[0] * math.prod(out) * depth * jnp.dtype(dtype).itemsize
+    if n == 2 and depth <= MATMUL_MAX_DEPTH and patch_bytes <= MATMUL_MAX_PATCH_BYTES:
+        return "matmul"
+    return "convolution"
+
+
+_FORWARD = {"convolution": _convolve, "matmul": _matmul_forward}
+_BACKWARD = {"convolution": _convolve_backward, "matmul": _matmul_backward}
+
+
 def _check(n, stride, padding, bias):
     """The trace-time check of a convolution leaf over ``n`` spatial axes."""
     name, (layout, kernel_layout, _), axes = _name(n), _LAYOUTS[n], _windows.AXES[n]
@@ -114,16 +222,30 @@ def _check(n, stride, padding, bias):
     return check
 
 
-def conv_leaf(n, stride=1, padding="SAME", init=None, bias=False):
+def _check_form(name, form):
+    if form is not None and form not in CONV_FORMS:
+        raise InputError(
+            f"{name}: form must be None (chosen by conv_form from the shapes) or one of {CONV_FORMS}, got {form!r}"
+        )
+    return form
+
+
+def conv_leaf(n, stride=1, padding="SAME", init=None, bias=False, form=None):
     """The convolution leaf over ``n`` (1 or 2) spatial axes for a given stride and padding.
 
-    ``init`` and ``bias`` are the layer's (ops pass neither).
+    ``init`` and ``bias`` are the layer's (ops pass neither). ``form`` is one
+    of :data:`CONV_FORMS`, or ``None`` to let :func:`conv_form` choose from the
+    shapes at trace time.
     """
     name = _name(n)
     stride, padding = _windows.ints(name, "stride", stride, n), _windows.check_padding(name, padding)
+    form = _check_form(name, form)
+
+    def form_of(x, w):
+        return form or conv_form(x.shape, w.shape, stride, x.dtype)
 
     def forward(params, x):
-        y = _convolve(x, params["w"], stride, padding)
+        y = _FORWARD[form_of(x, params["w"])](x, params["w"], stride, padding)
         if bias:
             y, _ = BIAS.forward(params, y)
         return y, x
@@ -132,23 +254,23 @@ def conv_leaf(n, stride=1, padding="SAME", init=None, bias=False):
         grads = {}
         if bias:
             grads, g = BIAS.backward(params, None, g)
-        dw, dx = _convolve_backward(x, params["w"], g, stride, padding)
+        dw, dx = _BACKWARD[form_of(x, params["w"])](x, params["w"], g, stride, padding)
         return {"w": dw, **grads}, dx
 
     return leaf(name, init=init, forward=forward, backward=backward, check=_check(n, stride, padding, bias))
 
 
-def conv1d_leaf(stride=1, padding="SAME", init=None, bias=False):
+def conv1d_leaf(stride=1, padding="SAME", init=None, bias=False, form=None):
     """The 1-D convolution leaf (``x[N, W, C]``, ``w[K, C, O]``); see :func:`conv_leaf`."""
-    return conv_leaf(1, stride, padding, init, bias)
+    return conv_leaf(1, stride, padding, init, bias, form)
 
 
-def conv2d_leaf(stride=1, padding="SAME", init=None, bias=False):
+def conv2d_leaf(stride=1, padding="SAME", init=None, bias=False, form=None):
     """The 2-D convolution leaf (``x[N, H, W, C]``, ``w[KH, KW, C, O]``); see :func:`conv_leaf`."""
-    return conv_leaf(2, stride, padding, init, bias)
+    return conv_leaf(2, stride, padding, init, bias, form)
 
 
-def _conv_layer(n, n_out, kernel, stride, padding, bias, w_init, dtype):
+def _conv_layer(n, n_out, kernel, stride, padding, bias, w_init, dtype, form):
     """A convolution layer over ``n`` spatial axes with its own parameters (see :func:`conv1d`, :func:`conv2d`)."""
     name = _name(n)
     n_out = positive_int(name, "n_out", n_out)
@@ -170,11 +292,11 @@ def _conv_layer(n, n_out, kernel, stride, padding, bias, w_init, dtype):
             params["b"] = jnp.zeros((n_out,), dtype)
         return (*_windows.output_spatial(shape[:n], kernel, strides, padding), n_out), params
 
-    return conv_leaf(n, strides, padding, init=init, bias=bias)
+    return conv_leaf(n, strides, padding, init=init, bias=bias, form=form)
 
 
 @with_settings
-def conv1d(n_out, kernel, *, stride=1, padding="SAME", bias=False, w_init="he", dtype=jnp.float32):
+def conv1d(n_out, kernel, *, stride=1, padding="SAME", bias=False, w_init="he", dtype=jnp.float32, form=None):
     """A 1-D convolution layer, the notes' multi-channel Conv1D: ``[N, W, C] -> [N, Wo, n_out]`` (NWC, WIO kernel).
 
     Args:
@@ -186,15 +308,17 @@ def conv1d(n_out, kernel, *, stride=1, padding="SAME", bias=False, w_init="he", 
       w_init: ``"he"`` (``randn * sqrt(2 / (K C))``), ``"zeros"`` or any
         ``(key, shape, dtype) -> array``.
       dtype: the parameters' floating dtype.
+      form: how the three products are computed, ``"convolution"`` or
+        ``"matmul"`` (see the module doc); ``None`` lets :func:`conv_form` choose.
 
     Params: ``{"w": [K, C, O]}`` plus ``"b": [O]`` with ``bias=True``. See
     the module doc for the formulas (eq. 7.48-7.50 of the notes) and the backward.
     """
-    return _conv_layer(1, n_out, kernel, stride, padding, bias, w_init, dtype)
+    return _conv_layer(1, n_out, kernel, stride, padding, bias, w_init, dtype, form)
 
 
 @with_settings
-def conv2d(n_out, kernel, *, stride=1, padding="SAME", bias=False, w_init="he", dtype=jnp.float32):
+def conv2d(n_out, kernel, *, stride=1, padding="SAME", bias=False, w_init="he", dtype=jnp.float32, form=None):
     """A 2-D convolution layer: ``[N, H, W, C] -> [N, Ho, Wo, n_out]`` (NHWC, HWIO kernel).
 
     Args:
@@ -206,7 +330,8 @@ def conv2d(n_out, kernel, *, stride=1, padding="SAME", bias=False, w_init="he", 
       w_init: ``"he"`` (``randn * sqrt(2 / (KH KW C))``), ``"zeros"`` or any
         ``(key, shape, dtype) -> array``.
       dtype: the parameters' floating dtype.
+      form: as for :func:`conv1d`.
 
     Params: ``{"w": [KH, KW, C, O]}`` plus ``"b": [O]`` with ``bias=True``.
     """
-    return _conv_layer(2, n_out, kernel, stride, padding, bias, w_init, dtype)
+    return _conv_layer(2, n_out, kernel, stride, padding, bias, w_init, dtype, form)

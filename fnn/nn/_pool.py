@@ -92,29 +92,19 @@ def _max_forward(x, window, stride, padding):
     return _reduce(x, -np.inf, lax.max, window, stride, padding)
 
 
-def _at_offset(x, offset, window, stride, padding, out):
-    """``x[n, i s + a - lo, c]`` for every output position ``i`` (``-inf`` in the padding): shape ``[N, *out, C]``."""
-    pads = _windows.pads(x.shape[1:-1], window, stride, padding)
-    padded = lax.pad(x, np.array(-np.inf, x.dtype), _full([(lo, hi, 0) for lo, hi in pads], (0, 0, 0)))
-    start = (0, *offset, 0)
-    limit = (x.shape[0], *((o - 1) * s + a + 1 for o, s, a in zip(out, stride, offset)), x.shape[-1])
-    return lax.slice(padded, start, limit, (1, *stride, 1))
-
-
 def _max_backward(x, y, g, window, stride, padding):
     """``dx``: each ``G`` at its window's first maximal position (row-major order), one pass per window offset."""
     spatial, out = x.shape[1:-1], y.shape[1:-1]
     unrouted = jnp.ones(y.shape, bool)  # windows whose G has not found its maximum yet
     dx = jnp.zeros(x.shape, g.dtype)
     for offset in itertools.product(*map(range, window)):
-        hit = unrouted & (_at_offset(x, offset, window, stride, padding, out) == y)
+        hit = unrouted & (_windows.at_offset(x, offset, window, stride, padding, out, fill=-np.inf) == y)
         inside = _windows.valid_offsets(spatial, window, stride, padding, out, offset)
         if not inside.all():  # "SAME": an offset in the padding never takes the gradient
             hit = hit & inside[None, ..., None]
         unrouted = unrouted & ~hit
         routed = jnp.where(hit, g, jnp.zeros_like(g))
-        pads = _windows.scatter_pads(spatial, window, stride, padding, out, offset)
-        dx = dx + lax.pad(routed, np.array(0, g.dtype), _full(pads, (0, 0, 0)))
+        dx = dx + _windows.place_at_offset(routed, spatial, window, stride, padding, offset)
     return dx
 
 

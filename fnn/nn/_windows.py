@@ -19,13 +19,14 @@ from fnn._numbers import as_int
 __all__ = [
     "AXES",
     "PADDINGS",
+    "at_offset",
     "channel_hint",
     "check_padding",
     "ints",
     "output_spatial",
     "pads",
+    "place_at_offset",
     "require_batch",
-    "scatter_pads",
     "transposed_pads",
     "valid_offsets",
 ]
@@ -113,19 +114,6 @@ def transposed_pads(spatial, window, stride, padding, out_spatial):
     ]
 
 
-def scatter_pads(spatial, window, stride, padding, out_spatial, offset):
-    """``lax.pad`` config that puts output position ``i`` at input position ``i s - lo + a`` for window offset ``a``.
-
-    Interior padding ``s - 1`` spaces the outputs by the stride, the low
-    padding ``a - lo`` shifts them to the offset (negative pads crop), and the
-    high padding fills the input's size; the padding value is zero.
-    """
-    return [
-        (a - lo, n - 1 - ((o - 1) * s + a - lo), s - 1)
-        for n, s, o, a, (lo, _) in zip(spatial, stride, out_spatial, offset, pads(spatial, window, stride, padding))
-    ]
-
-
 def valid_offsets(spatial, window, stride, padding, out_spatial, offset):
     """Whether window offset ``offset`` of each output position lands inside the input (not in the padding).
 
@@ -137,3 +125,30 @@ def valid_offsets(spatial, window, stride, padding, out_spatial, offset):
         position = (np.arange(o) * s + a - lo).reshape([-1 if i == axis else 1 for i in range(len(out_spatial))])
         inside = inside & (position >= 0) & (position < n)
     return inside
+
+
+def at_offset(x, offset, window, stride, padding, out_spatial, fill=0):
+    """``x[n, i s + a - lo, c]`` for every output position ``i`` at window offset ``a``: shape ``[N, *out, C]``.
+
+    Positions in the padding read ``fill``. For ``fill = 0`` its adjoint is :func:`place_at_offset`.
+    """
+    spatial_pads = pads(x.shape[1:-1], window, stride, padding)
+    padded = lax.pad(x, np.array(fill, x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in spatial_pads), (0, 0, 0)])
+    start = (0, *offset, 0)
+    limit = (x.shape[0], *((o - 1) * s + a + 1 for o, s, a in zip(out_spatial, stride, offset)), x.shape[-1])
+    return lax.slice(padded, start, limit, (1, *stride, 1))
+
+
+def place_at_offset(g, spatial, window, stride, padding, offset):
+    """The adjoint of :func:`at_offset`: ``g[N, *out, C]`` put at input positions ``i s + a - lo``, zeros elsewhere.
+
+    Shape ``[N, *spatial, C]``; values that would land in the padding are
+    dropped. Interior padding ``s - 1`` spaces the outputs by the stride, the
+    low padding ``a - lo`` shifts them to the offset (negative pads crop), and
+    the high padding fills the input's size.
+    """
+    config = [
+        (a - lo, n - 1 - ((o - 1) * s + a - lo), s - 1)
+        for n, s, o, a, (lo, _) in zip(spatial, stride, g.shape[1:-1], offset, pads(spatial, window, stride, padding))
+    ]
+    return lax.pad(g, np.array(0, g.dtype), [(0, 0, 0), *config, (0, 0, 0)])
