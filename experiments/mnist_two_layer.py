@@ -171,8 +171,12 @@ def train_one(data, grad, args, *, nudge=False):
         callbacks=callbacks,
         devices=args.devices,
     )
+    fraction = float(np.median(history.machine_fraction))
     print(
-        f"{len(history.train_loss)} epochs in {history.wall_s:.1f} s (compiling {history.compile_s:.1f} s)", flush=True
+        f"{len(history.train_loss)} epochs in {history.wall_s:.1f} s (compiling {history.compile_s:.1f} s); "
+        f"{np.median(history.flops_per_s) / 1e9:.0f} GFLOP/s a median epoch, {fraction:.0%} of the machine's "
+        "matrix-product rate",
+        flush=True,
     )
     return {
         "grad": grad,
@@ -182,6 +186,9 @@ def train_one(data, grad, args, *, nudge=False):
         "wall_s": history.wall_s,
         "compile_s": history.compile_s,
         "history": history.rows(),
+        "epoch_flops": float(history.epoch_flops[0]),
+        "flops_per_s": history.flops_per_s.tolist(),
+        "machine_fraction": history.machine_fraction.tolist(),
     }
 
 
@@ -308,6 +315,7 @@ def main(argv=None):
         **({"train_size": args.train_size} if args.train_size is not None else {}),
         "device": device_description(),
         "jax_version": jax.__version__,
+        "matmul_rate": fnn.bench.machine_rate().to_dict(),
         **({"runs": runs} if len(runs) > 1 else runs[0]),
     }
     if len(runs) > 1:
