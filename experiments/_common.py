@@ -25,6 +25,11 @@ VALIDATION_SIZE = 10_000
 
 
 # ---------------------------------------------------------------- the machine, JSON, tables, plots
+def cpu_description():
+    """Names this machine's CPU and usable cores, e.g. ``"cpu: Intel Xeon x 2 cores"``."""
+    return fnn.bench.device_description(jax.devices("cpu")[0])
+
+
 def device_description():
     """Names the device the default JAX backend runs on (the CPU model and cores on CPU)."""
     return fnn.bench.device_description()

@@ -327,7 +327,7 @@ def test_conv1d_is_conv2d_with_a_height_of_one():
 
 
 # ------------------------------------------------------------------ the two forms of a convolution
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(
     n=st.sampled_from([1, 2]),
     kernel=st.integers(1, 4),
