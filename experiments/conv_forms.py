@@ -5,9 +5,11 @@ convolution or in the notes' matrix form (patches, then one matrix product
 each; ``fnn.nn._conv``). For every shape of the grid below (the convolutions
 of this project's image and sequence nets, at batch 32 and 128), each form
 runs one training step's share of the leaf: the forward product and both
-backward products (a ``jax.vjp`` through the leaf's hand-written rule, the ``custom`` path, its
-gradient with respect to ``w`` and ``x``), inside a ``lax.scan`` over
-``--steps`` different inputs, as ``fnn.fit`` runs its steps. The two are
+backward products (a ``jax.vjp`` through the leaf's hand-written rule, the
+``custom`` path, its gradient with respect to ``w`` and ``x``) in two
+settings: ``alone`` (one step, jitted on its own) and ``in_scan`` (a
+``lax.scan`` over ``--steps`` different inputs, as ``fnn.fit`` runs its
+steps; XLA:CPU runs a convolution inside a loop body on one core). The two are
 timed side by side (``fnn.bench.compare``, interleaved rounds, bootstrap
 interval of the per-round ratio ``matmul / convolution``), with XLA's FLOP
 count of the three products (``2 K C O`` FLOPs each per output position), the
@@ -21,6 +23,7 @@ measurements.
 """
 
 import argparse
+import itertools
 import os
 
 import jax
@@ -40,6 +43,7 @@ SHAPES = (
     ("strided conv1", (28, 28), 1, 32, 5, 2),
     ("strided conv2", (14, 14), 32, 64, 3, 2),
     ("strided conv3", (7, 7), 64, 64, 3, 1),
+    ("strided 28x28x32", (28, 28), 32, 64, 3, 2),
     ("cifar conv1", (32, 32), 3, 32, 3, 1),
     ("cifar 32x32x32", (32, 32), 32, 32, 3, 1),
     ("cifar 16x16x64", (16, 16), 64, 64, 3, 1),
@@ -52,8 +56,12 @@ SHAPES = (
 BATCHES = (32, 128)
 
 
+CONTEXTS = ("alone", "in_scan")
+
+
 def step_fn(form, stride, steps):
-    """``(xs, w, gs) -> scalar``: ``steps`` forward and backward passes of the leaf in ``form``, in a scan."""
+    """``(xs, w, gs) -> scalar``: ``steps`` forward and backward passes of the leaf in ``form``; a scan unless
+    ``steps`` is 1."""
     leaf = _conv.conv_leaf(len(stride), stride, "SAME", form=form)
 
     def run(xs, w, gs):
@@ -63,21 +71,24 @@ def step_fn(form, stride, steps):
             dw, dx = pullback(g)
             return total + dw[(0,) * dw.ndim] + dx[(0,) * dx.ndim], None
 
+        if steps == 1:
+            return body(jnp.zeros((), w.dtype), (xs[0], gs[0]))[0]
         return jax.lax.scan(body, jnp.zeros((), w.dtype), (xs, gs))[0]
 
     return run
 
 
-def measure(name, spatial, c, o, kernel, stride, batch, args, rate):
-    """One shape: both forms timed side by side, their FLOPs and rates."""
+def measure(name, spatial, c, o, kernel, stride, batch, context, args, rate):
+    """One shape in one context: both forms timed side by side, their FLOPs and rates."""
+    steps = 1 if context == "alone" else args.steps
     n = len(spatial)
     kernel, stride = (kernel,) * n, (stride,) * n
     rng = np.random.default_rng(args.seed)
     out = _windows.output_spatial(spatial, kernel, stride, "SAME")
-    xs = jnp.asarray(rng.standard_normal((args.steps, batch, *spatial, c), dtype=np.float32))
-    gs = jnp.asarray(rng.standard_normal((args.steps, batch, *out, o), dtype=np.float32))
+    xs = jnp.asarray(rng.standard_normal((steps, batch, *spatial, c), dtype=np.float32))
+    gs = jnp.asarray(rng.standard_normal((steps, batch, *out, o), dtype=np.float32))
     w = jnp.asarray(rng.standard_normal((*kernel, c, o), dtype=np.float32) / np.sqrt(c * np.prod(kernel)))
-    fns = {form: jax.jit(step_fn(form, stride, args.steps)) for form in _conv.CONV_FORMS}
+    fns = {form: jax.jit(step_fn(form, stride, steps)) for form in _conv.CONV_FORMS}
     results = fnn.bench.compare(
         fns, xs, w, gs, baseline="convolution", rounds=args.rounds, block_s=args.block_s, seed=args.seed, rate=rate
     )
@@ -86,15 +97,16 @@ def measure(name, spatial, c, o, kernel, stride, batch, args, rate):
     work = 2 * 3 * batch * int(np.prod(out)) * int(np.prod(kernel)) * c * o  # y, dw, dx: 2 K C O FLOPs per output
     return {
         "name": name,
+        "context": context,
         "batch": batch,
         "x_shape": [batch, *spatial, c],
         "w_shape": list(w.shape),
         "stride": list(stride),
         "flops_per_step": work,
         "xla_flops_per_call": {f: r.flops for f, r in results.items()},  # the scan's body, counted once
-        "step_s": {f: r.median_s / args.steps for f, r in results.items()},
-        "flops_per_s": {f: work * args.steps / r.median_s for f, r in results.items()},
-        "machine_fraction": {f: work * args.steps / r.median_s / rate.flops_per_s for f, r in results.items()},
+        "step_s": {f: r.median_s / steps for f, r in results.items()},
+        "flops_per_s": {f: work * steps / r.median_s for f, r in results.items()},
+        "machine_fraction": {f: work * steps / r.median_s / rate.flops_per_s for f, r in results.items()},
         "time_ratio_matmul": {"median": mat.ratio, "ci95": [mat.ci_low, mat.ci_high]},
         "cpu_ratio_matmul": mat.cpu_ratio,
         "verdict_matmul": mat.verdict,
@@ -105,10 +117,12 @@ def measure(name, spatial, c, o, kernel, stride, batch, args, rate):
 
 
 def table(rows):
-    header = ["shape", "batch", "x", "w", "stride", "conv GFLOP/s", "matmul GFLOP/s", "matmul / conv [CI]", "rule"]
+    header = ["shape", "context", "batch", "x", "w", "stride", "conv GFLOP/s", "matmul GFLOP/s"]
+    header += ["matmul / conv [CI]", "rule"]
     body = [
         [
             r["name"],
+            r["context"],
             str(r["batch"]),
             "x".join(map(str, r["x_shape"][1:])),
             "x".join(map(str, r["w_shape"])),
@@ -127,7 +141,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", choices=[s[0] for s in SHAPES], default=[s[0] for s in SHAPES])
     parser.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
-    parser.add_argument("--steps", type=int, default=8, help="forward and backward passes per timed call (a scan)")
+    parser.add_argument("--steps", type=int, default=8, help="steps per timed call in the in_scan context")
+    parser.add_argument("--contexts", nargs="+", choices=CONTEXTS, default=list(CONTEXTS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH")
     _cli.add_timing_flags(parser, rounds=8, block_s=0.1)
@@ -147,20 +162,21 @@ def main(argv=None):
     for name, spatial, c, o, kernel, stride in SHAPES:
         if name not in args.shapes:
             continue
-        for batch in args.batches:
-            row = measure(name, spatial, c, o, kernel, stride, batch, args, rate)
+        for batch, context in itertools.product(args.batches, args.contexts):
+            row = measure(name, spatial, c, o, kernel, stride, batch, context, args, rate)
             rows.append(row)
             print(
-                f"{name:>16} batch {batch:3d}: matmul/conv {interval(row['time_ratio_matmul'])}"
+                f"{name:>16} batch {batch:3d} {context:>7}: matmul/conv {interval(row['time_ratio_matmul'])}"
                 f" ({row['verdict_matmul']}), rule {row['rule_form']}",
                 flush=True,
             )
-    disagree = [f"{r['name']} batch {r['batch']}" for r in rows if r["rule_form"] != r["faster_form"]]
+    disagree = [f"{r['name']} batch {r['batch']} {r['context']}" for r in rows if r["rule_form"] != r["faster_form"]]
     result = {
         "experiment": "conv_forms",
         "command": "python -m experiments.conv_forms",
         "what": "one forward and backward pass (y, dw, dx) of a conv leaf per step, float32, SAME padding, "
-        "in a lax.scan over --steps inputs; ratio = matmul form / XLA convolution form, per round",
+        "alone (one jitted step) or in a lax.scan over --steps inputs; ratio = matmul form / XLA convolution "
+        "form, per round",
         "steps": args.steps,
         "rounds": args.rounds,
         "block_s": args.block_s,

@@ -150,7 +150,7 @@ FEW_CHANNELS = 4
 #: The matrix form's largest inner size ``K C`` (a 3x3 kernel over 64 channels) for a 2-D convolution on a CPU.
 MATMUL_MAX_DEPTH = 576
 #: The matrix form's largest patch matrix ``P[N, *out, K C]`` in bytes for a 2-D convolution on a CPU.
-MATMUL_MAX_PATCH_BYTES = 32 * 2**20
+MATMUL_MAX_PATCH_BYTES = 8 * 2**20
 
 
 def conv_form(x_shape, w_shape, stride, dtype=jnp.float32):
@@ -165,16 +165,20 @@ def conv_form(x_shape, w_shape, stride, dtype=jnp.float32):
       ``MATMUL_MAX_PATCH_BYTES``;
 
     XLA's ``"convolution"`` otherwise, and on every other backend. Measured
-    (``experiments/conv_forms.py``, one step's ``y``, ``dw`` and ``dx`` of a
-    leaf inside a ``lax.scan``, on a 2-core AVX-512 CPU): with 1 or 3 input
-    channels the matrix form takes 0.3-0.7x the convolution's time, XLA's
-    convolution with few channels being slow; for 2-D convolutions over 32-64
-    channels with patches up to about 30 MiB it takes 0.5-0.9x (XLA runs a
-    convolution on one core, a matrix product on all); with larger patches
-    (32x32x32 images at batch 32: 1.7x) or a deeper inner size (128
-    channels: 1.1-1.2x), and for 1-D convolutions over 28-128 channels
-    (1.0-1.3x), XLA's convolution is the faster. Accelerators were not
-    measured: there XLA's convolution is kept.
+    (``experiments/conv_forms.py``: one step's ``y``, ``dw`` and ``dx`` of a
+    leaf, alone and inside a ``lax.scan`` of 8 steps as ``fnn.fit`` runs
+    them, on a 2-core AVX-512 CPU): with 1 or 3 input channels the matrix
+    form takes 0.3-0.7x the convolution's time, XLA's convolution with few
+    channels being slow. For 2-D convolutions over 32-64 channels, inside a
+    loop XLA runs a convolution on one core and a matrix product on all, and
+    the matrix form takes 0.5-0.9x the time up to patches of about 30 MiB;
+    alone, XLA's convolution uses every core too, and the matrix form is no
+    slower only while its patches stay small (0.7-1.0x up to 7 MiB, 1.2-2.0x
+    from 14 MiB), hence the 8 MiB bound: the rule is no slower than the
+    convolution in either setting, at the cost of some of the matrix form's
+    gain inside loops (0.6-0.9x at 14-30 MiB, left to the convolution). With a deeper inner size (128 channels: 1.0-1.2x) and for 1-D
+    convolutions over 28-128 channels (1.0-1.3x), XLA's convolution is the
+    faster. Accelerators were not measured: there XLA's convolution is kept.
     """
     if jax.default_backend() != "cpu":
         return "convolution"
