@@ -158,8 +158,8 @@ def conv_form(x_shape, w_shape, stride, dtype=jnp.float32):
 
     On a CPU (JAX's default backend), the matrix form ``"matmul"`` when
 
-    - the input has at most ``fnn.nn._conv.FEW_CHANNELS`` channels (an image net's
-      first layer), or
+    - the input has at most ``FEW_CHANNELS`` channels (an image net's first
+      layer), or
     - the convolution is 2-D, its inner size ``K C`` is at most
       ``MATMUL_MAX_DEPTH`` and its patch matrix at most
       ``MATMUL_MAX_PATCH_BYTES``;
@@ -176,9 +176,10 @@ def conv_form(x_shape, w_shape, stride, dtype=jnp.float32):
     slower only while its patches stay small (0.7-1.0x up to 7 MiB, 1.2-2.0x
     from 14 MiB), hence the 8 MiB bound: the rule is no slower than the
     convolution in either setting, at the cost of some of the matrix form's
-    gain inside loops (0.6-0.9x at 14-30 MiB, left to the convolution). With a deeper inner size (128 channels: 1.0-1.2x) and for 1-D
-    convolutions over 28-128 channels (1.0-1.3x), XLA's convolution is the
-    faster. Accelerators were not measured: there XLA's convolution is kept.
+    gain inside loops (0.6-0.9x at 14-30 MiB, left to the convolution). With
+    a deeper inner size (128 channels: 1.0-1.2x) and for 1-D convolutions
+    over 28-128 channels (1.0-1.3x), XLA's convolution is the faster.
+    Accelerators were not measured: there XLA's convolution is kept.
     """
     if jax.default_backend() != "cpu":
         return "convolution"
