@@ -180,11 +180,19 @@ def timed_fit(model, params, data, args, optimizer, *, quiet=False, train_metric
         "load_average_1min_after": os.getloadavg()[0],
         "train_metrics": train_metrics,
         "run_config": history.config,  # what fit ran: every setting of the model, loss, optimizer, data order
+        **achieved(history),
+    }
+    return (tuple(trained) if stateful else trained[0]), history, timing
+
+
+def achieved(history):
+    """A run's speed against the machine, as results record it: ``epoch_flops`` (XLA's count of one epoch), each
+    epoch's ``flops_per_s`` and its ``machine_fraction`` of the machine's matrix-product rate."""
+    return {
         "epoch_flops": float(history.epoch_flops[0]),
         "flops_per_s": history.flops_per_s.tolist(),
         "machine_fraction": history.machine_fraction.tolist(),
     }
-    return (tuple(trained) if stateful else trained[0]), history, timing
 
 
 def machine():

@@ -48,7 +48,7 @@ import numpy as np
 
 import fnn
 from experiments import _cli
-from experiments._common import device_description, pyplot, save_figure, write_json
+from experiments._common import achieved, device_description, pyplot, save_figure, write_json
 from fnn.testing import relative_error
 
 #: Paths trained by each ``--grad`` choice; the reference of every comparison is autodiff.
@@ -186,9 +186,7 @@ def train_one(data, grad, args, *, nudge=False):
         "wall_s": history.wall_s,
         "compile_s": history.compile_s,
         "history": history.rows(),
-        "epoch_flops": float(history.epoch_flops[0]),
-        "flops_per_s": history.flops_per_s.tolist(),
-        "machine_fraction": history.machine_fraction.tolist(),
+        **achieved(history),
     }
 
 

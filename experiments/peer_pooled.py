@@ -388,13 +388,8 @@ def main(argv=None):
     comparisons = [compare(results, peer, len(data.x_test)) for peer in runners if peer != "fnn"]
     rate = fnn.bench.machine_rate().flops_per_s
     work = results["fnn"][0]["epoch_flops"]  # XLA's count of fnn's epoch: the same network, data and evaluation
-    achieved = {
-        name: {
-            "flops_per_s": work / float(np.median([r["epoch_s"] for r in rows])),
-            "machine_fraction": work / float(np.median([r["epoch_s"] for r in rows])) / rate,
-        }
-        for name, rows in results.items()
-    }
+    epoch_s = {name: float(np.median([r["epoch_s"] for r in rows])) for name, rows in results.items()}
+    achieved = {name: {"flops_per_s": work / s, "machine_fraction": work / s / rate} for name, s in epoch_s.items()}
     for name, a in achieved.items():
         print(
             f"  {name:>5}: {a['flops_per_s'] / 1e9:.0f} GFLOP/s, {a['machine_fraction']:.0%} of the machine's "
@@ -432,7 +427,7 @@ def main(argv=None):
         "target_fraction": TARGET_FRACTION,
         "fraction_target_met": achieved["fnn"]["machine_fraction"] >= TARGET_FRACTION,
         "test_error": {name: float(np.median([r["test_err"] for r in rows])) for name, rows in results.items()},
-        "train_s": {name: float(np.median([r["epoch_s"] for r in rows])) for name, rows in results.items()},
+        "train_s": epoch_s,
         "rounds": results,
     }
     if args.json:

@@ -448,8 +448,8 @@ def machine_rate(dtype=jnp.float32, *, refresh=False):
     low limit). Returns a :class:`MachineRate`.
     """
     device = jax.devices()[0]
-    name = jnp.dtype(dtype).name
-    key = f"{device_description(device)} | {name} | jax {jax.__version__}"
+    name, described = jnp.dtype(dtype).name, device_description(device)
+    key = f"{described} | {name} | jax {jax.__version__}"
     path = _cache_file()
     if not refresh:
         if key in _RATES:
@@ -464,7 +464,7 @@ def machine_rate(dtype=jnp.float32, *, refresh=False):
     shapes = tuple(((n, n, n), matmul_rate((n, n, n), dtype)) for n in sizes)
     rate = MachineRate(
         flops_per_s=max(r for _, r in shapes),
-        device=device_description(device),
+        device=described,
         dtype=name,
         shapes=shapes,
         jax_version=jax.__version__,

@@ -433,7 +433,8 @@ def test_peer_pooled_compares_per_round_and_writes_its_results(tmp_path, monkeyp
     pytest.importorskip("torch")
 
     def quick_fnn(params, data, args):  # fnn.fit compiles anew each call: a fixed row keeps the test short
-        return {"train_loss": 1.0, "test_loss": 1.0, "train_err": 0.5, "test_err": 0.5, "epoch_s": 1e-3}, 0.1, 1e-3
+        row = {"train_loss": 1.0, "test_loss": 1.0, "train_err": 0.5, "test_err": 0.5, "epoch_s": 1e-3}
+        return {**row, "epoch_flops": 1e9}, 0.1, 1e-3
 
     monkeypatch.setattr(peer_pooled, "fnn_epoch", quick_fnn)
     out, json_path, png_path = outputs(tmp_path, "peer")
@@ -442,7 +443,10 @@ def test_peer_pooled_compares_per_round_and_writes_its_results(tmp_path, monkeyp
     check_written(result, json_path, png_path)
     assert [len(rows) for rows in result["rounds"].values()] == [6, 6]
     (comparison,) = result["comparisons"]
-    assert comparison["peer"] == "torch" and comparison["target_ratio"] == 0.8
+    assert comparison["peer"] == "torch" and comparison["target_ratio"] == 0.7
+    assert result["epoch_flops"] == 1e9 and result["achieved"]["fnn"]["flops_per_s"] == pytest.approx(1e12)
+    rate = fnn.bench.machine_rate().flops_per_s
+    assert result["achieved"]["torch"]["machine_fraction"] == pytest.approx(1e9 / result["train_s"]["torch"] / rate)
     low, high = comparison["time_ratio_ci95"]
     assert low <= comparison["time_ratio"] <= high and comparison["time_ratio"] < 1  # 1 ms against a torch epoch
     torch_mistakes = [round(r["test_err"] * 32) for r in result["rounds"]["torch"]]

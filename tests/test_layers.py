@@ -368,6 +368,9 @@ def test_a_convolution_runs_the_form_it_is_given_or_the_rules_choice():
     for form in nn.CONV_FORMS:
         assert ops(conv.conv_leaf(2, form=form)) == form
     assert ops(conv.conv_leaf(2)) == nn.conv_form(x.shape, params["w"].shape, (1, 1))
+    # 32 images of 16 x 16 x 32, 3 x 3 kernel: patches of 9.0 MiB with SAME padding, 6.9 MiB with VALID (bound 8 MiB)
+    assert nn.conv_form((32, 16, 16, 32), (3, 3, 32, 64), (1, 1)) == "convolution"
+    assert nn.conv_form((32, 16, 16, 32), (3, 3, 32, 64), (1, 1), "VALID") == "matmul"
     assert "form='matmul'" in repr(nn.conv2d(4, 3, form="matmul"))
     with pytest.raises(
         ValueError, match=r"conv2d: form must be None .* or one of \('convolution', 'matmul'\), got 'im2col'"

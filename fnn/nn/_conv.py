@@ -43,7 +43,6 @@ Which form a leaf takes is :func:`conv_form`'s rule, from the shapes (see
 there for the measurements behind it); ``form=`` fixes it.
 """
 
-import itertools
 import math
 
 import jax
@@ -106,15 +105,10 @@ def _convolve_backward(x, w, g, stride, padding):
 
 
 # ---------------------------------------------------------------- the matrix form
-def _offsets(kernel):
-    """The window offsets in the patches' order (row-major, as ``w[*k, C, O]`` is laid out)."""
-    return list(itertools.product(*map(range, kernel)))
-
-
 def _patches(x, kernel, stride, padding):
     """``P[N, *out, K C]``: row ``(n, i)`` holds ``x[n, i s + a - lo, c]`` for each offset ``a``, then channel ``c``."""
     out = _windows.output_spatial(x.shape[1:-1], kernel, stride, padding)
-    columns = [_windows.at_offset(x, a, kernel, stride, padding, out) for a in _offsets(kernel)]
+    columns = [_windows.at_offset(x, a, kernel, stride, padding, out) for a in _windows.offsets(kernel)]
     return jnp.stack(columns, axis=-2).reshape(*x.shape[:1], *out, -1)
 
 
@@ -124,7 +118,7 @@ def _patches_transpose(dp, spatial, kernel, stride, padding):
     dp = dp.reshape(*dp.shape[:-1], math.prod(kernel), -1)
     pieces = (
         _windows.place_at_offset(dp[..., j, :], spatial, kernel, stride, padding, a)
-        for j, a in enumerate(_offsets(kernel))
+        for j, a in enumerate(_windows.offsets(kernel))
     )
     return sum(pieces)
 
@@ -153,7 +147,7 @@ MATMUL_MAX_DEPTH = 576
 MATMUL_MAX_PATCH_BYTES = 8 * 2**20
 
 
-def conv_form(x_shape, w_shape, stride, dtype=jnp.float32):
+def conv_form(x_shape, w_shape, stride, padding="SAME", dtype=jnp.float32):
     """The form (one of :data:`CONV_FORMS`) a convolution of ``x[N, *spatial, C]`` with ``w[*k, C, O]`` takes.
 
     On a CPU (JAX's default backend), the matrix form ``"matmul"`` when
@@ -164,7 +158,8 @@ def conv_form(x_shape, w_shape, stride, dtype=jnp.float32):
       ``MATMUL_MAX_DEPTH`` and its patch matrix at most
       ``MATMUL_MAX_PATCH_BYTES``;
 
-    XLA's ``"convolution"`` otherwise, and on every other backend. Measured
+    XLA's ``"convolution"`` otherwise, and on every other backend (the
+    patches are sized by the leaf's ``stride``, ``padding`` and ``dtype``). Measured
     (``experiments/conv_forms.py``: one step's ``y``, ``dw`` and ``dx`` of a
     leaf, alone and inside a ``lax.scan`` of 8 steps as ``fnn.fit`` runs
     them, on a 2-core AVX-512 CPU): with 1 or 3 input channels the matrix
@@ -187,7 +182,7 @@ def conv_form(x_shape, w_shape, stride, dtype=jnp.float32):
     if channels <= FEW_CHANNELS:
         return "matmul"
     depth = math.prod(w_shape[:-1])
-    out = _windows.output_spatial(x_shape[1:-1], w_shape[:n], stride, "SAME")
+    out = _windows.output_spatial(x_shape[1:-1], w_shape[:n], stride, padding)
     patch_bytes = x_shape[0] * math.prod(out) * depth * jnp.dtype(dtype).itemsize
     if n == 2 and depth <= MATMUL_MAX_DEPTH and patch_bytes <= MATMUL_MAX_PATCH_BYTES:
         return "matmul"
@@ -247,7 +242,7 @@ def conv_leaf(n, stride=1, padding="SAME", init=None, bias=False, form=None):
     form = _check_form(name, form)
 
     def form_of(x, w):
-        return form or conv_form(x.shape, w.shape, stride, x.dtype)
+        return form or conv_form(x.shape, w.shape, stride, padding, x.dtype)
 
     def forward(params, x):
         y = _FORWARD[form_of(x, params["w"])](x, params["w"], stride, padding)

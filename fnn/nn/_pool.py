@@ -30,7 +30,6 @@ Each channel is pooled on its own; no parameters.
   first meets ``y``, one pass per offset.
 """
 
-import itertools
 import math
 
 import jax.numpy as jnp
@@ -97,7 +96,7 @@ def _max_backward(x, y, g, window, stride, padding):
     spatial, out = x.shape[1:-1], y.shape[1:-1]
     unrouted = jnp.ones(y.shape, bool)  # windows whose G has not found its maximum yet
     dx = jnp.zeros(x.shape, g.dtype)
-    for offset in itertools.product(*map(range, window)):
+    for offset in _windows.offsets(window):
         hit = unrouted & (_windows.at_offset(x, offset, window, stride, padding, out, fill=-np.inf) == y)
         inside = _windows.valid_offsets(spatial, window, stride, padding, out, offset)
         if not inside.all():  # "SAME": an offset in the padding never takes the gradient

@@ -10,6 +10,8 @@ does (``ceil(L / s)`` outputs, the odd zero at the end), ``"VALID"`` pads
 nothing.
 """
 
+import itertools
+
 import numpy as np
 from jax import lax
 
@@ -23,6 +25,7 @@ __all__ = [
     "channel_hint",
     "check_padding",
     "ints",
+    "offsets",
     "output_spatial",
     "pads",
     "place_at_offset",
@@ -125,6 +128,11 @@ def valid_offsets(spatial, window, stride, padding, out_spatial, offset):
         position = (np.arange(o) * s + a - lo).reshape([-1 if i == axis else 1 for i in range(len(out_spatial))])
         inside = inside & (position >= 0) & (position < n)
     return inside
+
+
+def offsets(window):
+    """Every offset ``a`` within ``window``, in row-major order (as a kernel ``w[*k, C, O]`` is laid out)."""
+    return list(itertools.product(*map(range, window)))
 
 
 def at_offset(x, offset, window, stride, padding, out_spatial, fill=0):
