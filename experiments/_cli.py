@@ -2,11 +2,14 @@
 
 A mistake a user can fix (bad data, a bad flag value, a diverged run, a
 checkpoint folder of another run) prints ``error: <message>`` on standard
-error and exits with status 2, as argparse does for unknown flags; ``--debug``
-shows the traceback instead. Anything else is a bug and keeps its traceback.
+error and exits with status 2, as argparse does for unknown flags; Ctrl-C
+prints ``interrupted: <where it stopped, the last checkpoint>`` and exits
+130; a warning prints as ``warning: <message>``. ``--debug`` shows the
+tracebacks instead. Anything else is a bug and keeps its traceback.
 """
 
 import sys
+import warnings
 
 import fnn
 
@@ -19,17 +22,32 @@ def add_flags(parser):
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
+def _one_line(message, category, filename, lineno, file=None, line=None):
+    """``warnings.showwarning`` for the command line: ``warning: <message>``, one line."""
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
+
+
 def run(main, argv=None):
-    """Calls ``main(argv)``; a user error prints ``error: ...`` and exits 2 unless ``--debug`` is given."""
+    """Calls ``main(argv)``; a user error prints ``error: ...`` and exits 2, an interrupt (Ctrl-C) prints
+    ``interrupted: ...`` (where training stopped, its last checkpoint) and exits 130, unless ``--debug`` is given.
+    fnn's warnings print as ``warning: ...``, one line each."""
     argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    if not debug:
+        warnings.showwarning = _one_line
     try:
         return main(argv)
     except USER_ERRORS as exc:
-        if "--debug" in argv:
+        if debug:
             raise
         message = " ".join(str(exc).split())  # one line
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as exc:
+        if debug:
+            raise
+        print(f"interrupted: {' '.join(str(exc).split())}".rstrip(": "), file=sys.stderr)
+        sys.exit(130)
 
 
 def add_timing_flags(parser, *, rounds, block_s):

@@ -67,8 +67,6 @@ RESULTS = "experiments/results"
 LOCKSTEP_RTOL = 1e-4
 
 HEADER = f"{'Epoch':>5} | {'Train Loss':>10} | {'Test Loss':>9} | {'Train Err':>9} | {'Test Err':>8}"
-#: How the summary names each path.
-NAMES = {"custom": "custom_vjp", "autodiff": "autodiff", "backprop": "backprop"}
 
 
 def parse_args(argv=None):
@@ -141,7 +139,7 @@ def train_one(data, grad, args, *, nudge=False):
     _, params = model.init(jax.random.key(args.seed), data.x_train.shape[1:])
     if nudge:
         params = jax.tree.map(lambda p: np.nextafter(np.asarray(p), np.float32(np.inf)), params)
-    label = f"{NAMES[grad]}, from initial weights moved by the smallest float32 step" if nudge else NAMES[grad]
+    label = f"{grad}, from initial weights moved by the smallest float32 step" if nudge else grad
     on = f" on {args.devices} devices" if args.devices > 1 else ""
     print(f"\n{args.model} {sizes} on {args.dataset}{on}, gradients by {label}:\n{HEADER}", flush=True)
     callbacks = [print_row]
@@ -206,7 +204,7 @@ def drift(run, reference, noise):
     """How far two trained runs end apart, in plain words beside how far rounding alone moves a run."""
     agreement = apart(run, reference)
     print(
-        f"The trained {NAMES[run['grad']]} and {NAMES[reference['grad']]} networks end "
+        f"The trained {run['grad']} and {reference['grad']} networks end "
         f"{agreement['test_error_diff_pp']:.2f} percentage points of test error apart; rounding alone (the same "
         f"run from weights moved by the smallest float32 step) moves a run {noise['test_error_diff_pp']:.2f} points."
     )
@@ -253,7 +251,7 @@ def lockstep(data, args, paths):
     print(
         f"\nThe gradient paths {words}: at {len(steps)} points along training, each path's gradient is within "
         f"{LOCKSTEP_RTOL:g} of the exact (float64) gradient, relative ("
-        + ", ".join(f"{NAMES[p]} at most {worst[p]:.0e}" for p in paths)
+        + ", ".join(f"{p} at most {worst[p]:.0e}" for p in paths)
         + "): what float32 rounding explains."
     )
     return {
@@ -337,7 +335,7 @@ def main(argv=None):
 def summary(runs, args):
     """The final test errors in percent, beside the notes' figure."""
     notes = {"two_layer": "2.6%", "linear": "about 7.5%"}[args.model]
-    errors = ", ".join(f"{NAMES[r['grad']]} {100 * r['test_error']:.2f}%" for r in runs if not r["nudged"])
+    errors = ", ".join(f"{r['grad']} {100 * r['test_error']:.2f}%" for r in runs if not r["nudged"])
     print(f"\nTest error after {args.epochs} epochs: {errors} (the notes: {notes}).")
 
 

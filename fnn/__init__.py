@@ -45,6 +45,9 @@ from fnn._errors import (
     NetworkError,
     StructureError,
     TrainingDiverged,
+    TrainingInterrupted,
+    TrainingStalled,
+    UnidentifiedWarning,
     UsageError,
 )
 from fnn._paths import PATHS, jvp, value_and_grad
@@ -62,6 +65,9 @@ __all__ = [
     "NetworkError",
     "StructureError",
     "TrainingDiverged",
+    "TrainingInterrupted",
+    "TrainingStalled",
+    "UnidentifiedWarning",
     "UsageError",
     "bench",
     "checkpoint",

@@ -20,6 +20,13 @@ keeps working:
   ``assert_*`` forms of :mod:`fnn.testing`).
 
 Every message says what was wrong, what was expected and how to fix it.
+
+Beside the errors: :class:`TrainingInterrupted` is the ``KeyboardInterrupt``
+that ends a training run (not an error: ``except Exception`` does not catch
+it), and two warnings say what training cannot decide alone:
+:class:`TrainingStalled` (the loss stayed at the chance level) and
+:class:`UnidentifiedWarning` (a part of a run's configuration that a resume
+cannot compare).
 """
 
 
@@ -61,3 +68,15 @@ class StructureError(InputError):
 
 class CheckFailed(Error, AssertionError):
     """A gradient check failed; the message is the check's report."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training was interrupted (Ctrl-C); the message names the last checkpoint and how to resume from it."""
+
+
+class TrainingStalled(UserWarning):
+    """The loss stayed at the chance level through the first epoch: the model is not learning."""
+
+
+class UnidentifiedWarning(UserWarning):
+    """Part of a run's configuration holds state that cannot be read, so a resumed run cannot tell if it changed."""

@@ -158,6 +158,23 @@ def gradients(model, loss, path, *, inputs=False):
     return by_jax
 
 
+def _fixed_mode(model, train, where):
+    """Checks the mode a function of ``model`` is made with (required for a contextual model), naming ``where`` it
+    goes."""
+    try:
+        model.checked_context((), train)
+    except UsageError as exc:
+        raise UsageError(f"{exc}, to {where}: the mode is fixed when the function is made") from None
+
+
+def _refuse_mode(given, where):
+    """Refuses keywords the made function does not take: ``train=`` belongs to the call that made it."""
+    if "train" in given:
+        raise UsageError(f"train is fixed when the function is made, not when it is called: {where}")
+    if given:
+        raise UsageError(f"unexpected keywords {sorted(given)}: the function takes state= and key= only")
+
+
 def value_and_grad(model, loss, *, path="custom", train=None, outputs=False, inputs=False):
     """The loss of ``model`` on a batch and its gradient, by one of :data:`PATHS`.
 
@@ -191,9 +208,10 @@ def value_and_grad(model, loss, *, path="custom", train=None, outputs=False, inp
         loss, grads, state = grad_fn(params, x, labels, state=state, key=key)
     """
     grads_of = gradients(model, loss, path, inputs=inputs)
-    model.checked_context((), train)  # the mode: required for a contextual model
+    _fixed_mode(model, train, "fnn.value_and_grad(model, loss, train=...)")
 
-    def value_and_grads(params, x, targets, *, state=None, key=None):
+    def value_and_grads(params, x, targets, *, state=None, key=None, **given):
+        _refuse_mode(given, "fnn.value_and_grad(model, loss, train=True)")
         context = model.checked_context(state, train)
         value, out, grads, new_state = grads_of(params, x, targets, context[0], key, context[1])
         result = ((value, out) if outputs else value, grads)
@@ -250,9 +268,10 @@ def jvp(model, *, path="custom", train=None):
             primals, tangents = ((params, x)[i] for i in moving), ((dparams, dx)[i] for i in moving)
             return jax.jvp(fn, tuple(primals), tuple(tangents), has_aux=True)
 
-    model.checked_context((), train)
+    _fixed_mode(model, train, "fnn.jvp(model, train=...)")
 
-    def tangent(params, x, dparams=None, dx=None, *, state=None, key=None):
+    def tangent(params, x, dparams=None, dx=None, *, state=None, key=None, **given):
+        _refuse_mode(given, "fnn.jvp(model, train=True)")
         context = model.checked_context(state, train)
         x = jnp.asarray(x)
         if dparams is None and dx is None:

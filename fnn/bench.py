@@ -49,6 +49,7 @@ __all__ = [
     "compare",
     "device_description",
     "flops",
+    "limit",
     "machine_rate",
     "matmul_rate",
     "summarize",
@@ -272,7 +273,8 @@ def compare(
       warmup: untimed calls per function before calibrating.
       confidence, seed: of the bootstrap interval (see :func:`summarize`).
       rate: the limit achieved rates are set against: ``None`` for
-        :func:`machine_rate` (measured once per machine, then cached), a
+        :func:`limit` (:func:`machine_rate`, measured once per machine, then
+        cached, and again if a function here beats it), a
         :class:`MachineRate`, a number of FLOP/s, or ``False`` for none
         (``machine_fraction`` is then ``nan``).
 
@@ -324,6 +326,9 @@ def compare(
             w, c = _block(compiled[name], args, calls[name])
             wall[name].append(w)
             cpu[name].append(c)
+    work = {name: flops(c) for name, c in compiled.items()}
+    if rate is None:
+        rate = limit(max(work[name] / np.median(wall[name]) for name in fns))
     return summarize(
         wall,
         cpu,
@@ -333,8 +338,8 @@ def compare(
         seed=seed,
         compile_s=compile_s,
         calls=calls,
-        flops={name: flops(c) for name, c in compiled.items()},
-        rate=machine_rate() if rate is None else (None if rate is False else rate),
+        flops=work,
+        rate=None if rate is False else rate,
     )
 
 
@@ -375,7 +380,11 @@ class MachineRate:
       flops_per_s: the best rate over ``shapes`` (FLOP/s).
       device: :func:`device_description` of the device it was measured on.
       dtype: the operands' dtype.
+      precision: the products' precision (``"default"``: JAX's, which lets a
+        GPU run float32 in TF32; ``"highest"``: full precision).
       shapes: ``((m, k, n), FLOP/s)`` of each product measured.
+      samples: the rate of every timed call at the best shape (FLOP/s): how
+        much the measurement spread (:attr:`spread`).
       jax_version: the JAX it was measured with.
       measured_at: when (ISO 8601, UTC).
     """
@@ -383,23 +392,60 @@ class MachineRate:
     flops_per_s: float
     device: str
     dtype: str
+    precision: str
     shapes: tuple
+    samples: tuple
     jax_version: str
     measured_at: str
 
+    @property
+    def spread(self):
+        """``(lowest, highest)`` of :attr:`samples`, as fractions of :attr:`flops_per_s`."""
+        return min(self.samples) / self.flops_per_s, max(self.samples) / self.flops_per_s
+
     def to_dict(self):
         """The rate as a JSON-ready dict."""
-        return dataclasses.asdict(self) | {"shapes": [[list(s), r] for s, r in self.shapes]}
+        return dataclasses.asdict(self) | {
+            "shapes": [[list(s), r] for s, r in self.shapes],
+            "samples": list(self.samples),
+        }
+
+    @classmethod
+    def from_dict(cls, entry):
+        """The :class:`MachineRate` a cache entry describes, or ``None`` for anything else (a damaged or foreign
+        entry: a rate that is not a positive finite number, a missing field, a field of the wrong type)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(entry, dict) or sorted(entry) != sorted(names):
+            return None
+        try:
+            shapes = tuple((tuple(int(d) for d in shape), float(r)) for shape, r in entry["shapes"])
+            samples = tuple(float(r) for r in entry["samples"])
+        except (TypeError, ValueError):
+            return None
+        texts = [entry[n] for n in ("device", "dtype", "precision", "jax_version", "measured_at")]
+        rates = [entry["flops_per_s"], *(r for _, r in shapes), *samples]
+        if not all(isinstance(t, str) for t in texts) or not shapes or not samples:
+            return None
+        if not all(_positive(r) for r in rates) or entry["flops_per_s"] != max(r for _, r in shapes):
+            return None
+        return cls(**{**entry, "flops_per_s": float(entry["flops_per_s"]), "shapes": shapes, "samples": samples})
+
+
+def _positive(value):
+    """Whether ``value`` is a real number (not a bool), finite and above 0."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 #: The square products :func:`machine_rate` measures, per platform.
 RATE_SIZES = {"cpu": (512, 1024)}
 _GPU_SIZES = (4096, 8192)
+#: The precisions :func:`machine_rate` takes: JAX's default, and full precision.
+PRECISIONS = ("default", "highest")
 _RATES = {}  # this process's rates, by cache key
 
 
-def matmul_rate(shape, dtype=jnp.float32, seconds=0.2, repeats=3):
-    """FLOP/s of a jitted ``[m, k] @ [k, n]`` on the default device, as the best of ``repeats`` timed calls.
+def _matmul_rates(shape, dtype=jnp.float32, seconds=0.2, repeats=3, precision="default"):
+    """FLOP/s of each of ``repeats`` timed calls of a jitted ``[m, k] @ [k, n]`` on the default device.
 
     Each call runs the product back to back inside one compiled ``lax.scan``
     for about ``seconds``, on operands already on the device.
@@ -408,24 +454,42 @@ def matmul_rate(shape, dtype=jnp.float32, seconds=0.2, repeats=3):
     a = jax.random.normal(jax.random.key(0), (2, m, k), dtype)
     b = jax.random.normal(jax.random.key(1), (k, n), dtype)
     work = 2 * m * k * n
+    level = None if precision == "default" else jax.lax.Precision.HIGHEST
 
     def run(a, b, reps):
-        body = lambda acc, i: (acc + (a[i % 2] @ b) * jnp.asarray(1e-3, dtype), None)  # noqa: E731
+        product = lambda i: jnp.matmul(a[i % 2], b, precision=level)  # noqa: E731
+        body = lambda acc, i: (acc + product(i) * jnp.asarray(1e-3, dtype), None)  # noqa: E731
         return jax.lax.scan(body, jnp.zeros((m, n), dtype), jnp.arange(reps))[0]
 
     def timed(reps):
         fn = jax.jit(run, static_argnums=2).lower(a, b, reps).compile()
         jax.block_until_ready(fn(a, b))
-        best = math.inf
+        times = []
         for _ in range(repeats):
             tic = time.perf_counter()
             jax.block_until_ready(fn(a, b))
-            best = min(best, time.perf_counter() - tic)
-        return best
+            times.append(time.perf_counter() - tic)
+        return times
 
-    probe = timed(2) / 2
+    probe = min(timed(2)) / 2
     reps = max(2, int(seconds / max(probe, 1e-9)))
-    return work * reps / timed(reps)
+    return [work * reps / t for t in timed(reps)]
+
+
+def matmul_rate(shape, dtype=jnp.float32, seconds=0.2, repeats=3, precision="default"):
+    """FLOP/s of a jitted ``[m, k] @ [k, n]`` on the default device, as the best of ``repeats`` timed calls.
+
+    Each call runs the product back to back inside one compiled ``lax.scan``
+    for about ``seconds``, on operands already on the device; ``precision``
+    is one of ``fnn.bench.PRECISIONS``.
+    """
+    return max(_matmul_rates(shape, dtype, seconds, repeats, _precision(precision)))
+
+
+def _precision(precision):
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
 
 
 def _cache_file():
@@ -434,44 +498,74 @@ def _cache_file():
     return Path(folder) / "machine_rate.json"
 
 
-def machine_rate(dtype=jnp.float32, *, refresh=False):
+def _read_cache(path):
+    """The cache file's entries (a dict), or ``{}`` for a missing, unreadable or damaged file."""
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def machine_rate(dtype=jnp.float32, *, precision="default", refresh=False):
     """The machine's matrix-product rate: the limit every achieved rate in fnn is set against.
 
     The best FLOP/s of a jitted square matrix product (sizes
-    ``fnn.bench.RATE_SIZES``; 4096 and 8192 on an accelerator) of ``dtype`` on the
-    default device, each timed as :func:`matmul_rate` does. It is measured
-    once (about three seconds on a CPU) and kept in ``machine_rate.json`` in fnn's cache
-    folder (``$FNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/fnn`` or
-    ``~/.cache/fnn``), under the device's description, the dtype and the
-    JAX version, so another processor or JAX measures again. ``refresh=True``
-    measures again regardless (do so on a quiet machine: a busy one gives a
-    low limit). Returns a :class:`MachineRate`.
+    ``fnn.bench.RATE_SIZES``; 4096 and 8192 on an accelerator) of ``dtype`` at
+    ``precision`` (one of ``fnn.bench.PRECISIONS``) on the default device, each
+    timed as :func:`matmul_rate` does. It is measured once (about three
+    seconds on a CPU) and kept in ``machine_rate.json`` in fnn's cache folder
+    (``$FNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/fnn`` or ``~/.cache/fnn``),
+    under the device's description, the dtype, the precision and the JAX
+    version, so another processor or JAX measures again.
+
+    A measurement taken while other work ran is low, and would make every
+    fraction of it too high: the cache keeps the best rate ever measured
+    under its key, ``refresh=True`` measures again (and keeps the better of
+    the two), and :func:`limit` measures again when a rate achieved by real
+    work exceeds the cached one. A cache entry that is not a valid rate (a
+    damaged file, a value of the wrong type) is measured anew and replaced.
+    Returns a :class:`MachineRate`; its :attr:`~MachineRate.spread` says how
+    much the timed calls varied.
     """
+    precision = _precision(precision)
     device = jax.devices()[0]
     name, described = jnp.dtype(dtype).name, device_description(device)
-    key = f"{described} | {name} | jax {jax.__version__}"
+    key = f"{described} | {name} | {precision} | jax {jax.__version__}"
     path = _cache_file()
+    cached = MachineRate.from_dict(_read_cache(path).get(key))
     if not refresh:
         if key in _RATES:
             return _RATES[key]
-        try:
-            cached = json.loads(path.read_text())[key]
-            _RATES[key] = MachineRate(**{**cached, "shapes": tuple((tuple(s), r) for s, r in cached["shapes"])})
-            return _RATES[key]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+        if cached is not None:
+            _RATES[key] = cached
+            return cached
     sizes = RATE_SIZES.get(device.platform, _GPU_SIZES)
-    shapes = tuple(((n, n, n), matmul_rate((n, n, n), dtype)) for n in sizes)
+    measured = {n: _matmul_rates((n, n, n), dtype, precision=precision) for n in sizes}
+    best = max(sizes, key=lambda n: max(measured[n]))
     rate = MachineRate(
-        flops_per_s=max(r for _, r in shapes),
+        flops_per_s=max(measured[best]),
         device=described,
         dtype=name,
-        shapes=shapes,
+        precision=precision,
+        shapes=tuple(((n, n, n), max(measured[n])) for n in sizes),
+        samples=tuple(measured[best]),
         jax_version=jax.__version__,
         measured_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
+    if cached is not None and cached.flops_per_s >= rate.flops_per_s:
+        rate = cached  # the best ever measured here stays
     _RATES[key] = rate
     _write_cache(path, key, rate)
+    return rate
+
+
+def limit(achieved=0.0, dtype=jnp.float32, *, precision="default"):
+    """:func:`machine_rate` as the limit of work that achieved ``achieved`` FLOP/s: measured again (once) when
+    ``achieved`` exceeds it, since the cached rate must then have been measured while other work ran."""
+    rate = machine_rate(dtype, precision=precision)
+    if achieved > rate.flops_per_s:
+        rate = machine_rate(dtype, precision=precision, refresh=True)
     return rate
 
 
@@ -479,10 +573,7 @@ def _write_cache(path, key, rate):
     """Adds ``rate`` under ``key`` to the cache file, replacing it atomically; an unwritable folder keeps none."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            entries = json.loads(path.read_text())
-        except (OSError, ValueError):
-            entries = {}
+        entries = _read_cache(path)
         entries[key] = rate.to_dict()
         partial = path.with_suffix(f".{os.getpid()}.tmp")
         partial.write_text(json.dumps(entries, indent=2))

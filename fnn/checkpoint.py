@@ -9,6 +9,8 @@ checkpoint intact; unfinished folders are removed the next time the folder is
 opened. Needs the ``checkpoint`` extra (``pip install -e '.[checkpoint]'`` in a clone).
 """
 
+from pathlib import Path
+
 import jax
 
 from fnn._errors import CheckpointError, InputError
@@ -27,6 +29,22 @@ def _orbax():
     return ocp
 
 
+def _check_folder(folder):
+    """Refuses a checkpoint folder that cannot be one: a file, or a path through a file."""
+    for part in (folder, *folder.parents):
+        if part.exists():
+            if not part.is_dir():
+                what = "is a file" if part == folder else f"lies under {part}, which is a file"
+                raise CheckpointError(f"the checkpoint folder {folder} {what}; give a folder (new or of checkpoints)")
+            return
+
+
+def _orbax_finding(exc):
+    """Orbax's message on one line, without its advice to pass ``partial_restore``, which fnn does not take."""
+    lines = [line for line in str(exc).splitlines() if "partial_restore" not in line]
+    return " ".join(" ".join(lines).split())
+
+
 class Checkpoints:
     """A folder of numbered checkpoints, the newest ``keep`` of them kept.
 
@@ -39,6 +57,7 @@ class Checkpoints:
     def __init__(self, directory, *, keep=3):
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise InputError(f"keep must be a positive int (checkpoints to keep), got {keep!r}")
+        _check_folder(Path(directory))
         ocp = _orbax()
         self._ocp = ocp
         options = ocp.CheckpointManagerOptions(
@@ -74,7 +93,9 @@ class Checkpoints:
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(
-                f"checkpoint {number} in {self.directory} does not match this run's model or optimizer: {exc}"
+                f"checkpoint {number} in {self.directory} does not match this run's model or optimizer "
+                f"({_orbax_finding(exc)}); resume with the model and optimizer it was saved with, or start this run "
+                "in an empty folder"
             ) from exc
         return restored["state"], restored["meta"]
 

@@ -95,7 +95,7 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
 from fnn import validate
-from fnn._errors import InputError, UsageError
+from fnn._errors import InputError, StructureError, UsageError
 from fnn._linear_map import linear_map, zero_tangent
 
 __all__ = [
@@ -200,7 +200,9 @@ class Module:
         """
         if self.linear:  # its own forward pass is its JVP
             return self.run(params, _linear_tangent(self, params, [dx]), (), None, False)[0]
-        return _pushforward(lambda residuals, g: self.backward(*residuals, g), (params, saved), y, (dparams, dx))
+        return _pushforward(
+            lambda residuals, g: self.backward(*residuals, g), (params, saved), y, (dparams, dx), names=_MODULE_GRADS
+        )
 
     def checked_context(self, state, train):
         """``(state, train)`` to pass to :attr:`run`: the state (``()`` if none was passed) and the mode, after the
@@ -493,7 +495,7 @@ def _hand_differentiated(forward, backward, *, keeps_params=False, extra=0, push
         out, saved = forward_call(*primals)
         residuals = (primals[0], saved) if keeps_params else saved
         y, rest = (out[0], out[1:]) if extra else (out, ())
-        dy = _pushforward(backward, residuals, y, tangents[:2], push)
+        dy = _pushforward(backward, residuals, y, tangents[:2], push, _MODULE_GRADS if keeps_params else _LOSS_GRADS)
         if not extra:
             return out, dy
         return out, (dy, *jax.tree.map(zero_tangent, rest))
@@ -545,7 +547,11 @@ def _one_call(fn):
     return run
 
 
-def _pushforward(backward, residuals, y, tangents, push=None):
+#: How messages name the gradients a module's and a loss's backward function returns.
+_MODULE_GRADS, _LOSS_GRADS = ("dparams", "dx"), ("doutputs", "dtargets")
+
+
+def _pushforward(backward, residuals, y, tangents, push=None, names=_MODULE_GRADS):
     """``J u``, for the tangents ``u = (da, db)``, as a :func:`fnn._linear_map.linear_map`.
 
     Forward mode evaluates the transpose of ``g -> backward(residuals, g) =
@@ -556,10 +562,11 @@ def _pushforward(backward, residuals, y, tangents, push=None):
     leaf whose part of ``backward``'s result is ``None`` (a loss's targets)
     are left out, so that nothing is computed for them. ``push(residuals,
     moving)``, if given, is the map itself over the moving leaves, in place
-    of that transpose.
+    of that transpose. ``names`` name the gradients in messages.
     """
     spec = jax.ShapeDtypeStruct(jnp.shape(y), jnp.result_type(y))
     grads = jax.eval_shape(lambda g: backward(residuals, g), spec)
+    _check_gradient_shapes(grads, tangents, names)
     moving = []  # per top-level argument: which of its tangent's leaves move
     for grad, tangent in zip(grads, tangents):
         leaves = [] if grad is None else jax.tree.leaves(tangent, is_leaf=_is_symbolic_zero)
@@ -583,6 +590,27 @@ def _pushforward(backward, residuals, y, tangents, push=None):
         return jax.linear_transpose(lambda g: pullback(residuals, g), spec)(u)[0]
 
     return linear_map(transposed if push is None else push, pullback, residuals, u)
+
+
+def _check_gradient_shapes(grads, tangents, names):
+    """Refuses a backward whose gradients do not have their inputs' structure and shapes, naming the first that
+    differs (``names[i]`` for argument ``i``), before JAX's transposition meets it and says so in its own terms."""
+    for name, grad, tangent in zip(names, grads, tangents):
+        if grad is None or tangent is None:  # no gradient (integer ids, targets), or the input held fixed
+            continue
+        want, want_tree = jax.tree_util.tree_flatten_with_path(tangent, is_leaf=_is_symbolic_zero)
+        got, got_tree = jax.tree.flatten(grad)
+        if got_tree != want_tree:
+            raise StructureError(
+                f"the backward function returns {name} as {got_tree}, expected its input's structure {want_tree}"
+            )
+        for (path, t), d in zip(want, got):
+            shape = t.aval.shape if _is_symbolic_zero(t) else jnp.shape(t)
+            if tuple(d.shape) != tuple(shape):
+                raise StructureError(
+                    f"the backward function returns {name}{jax.tree_util.keystr(path)} with shape {tuple(d.shape)}, "
+                    f"expected {tuple(shape)}, its input's shape"
+                )
 
 
 def _is_symbolic_zero(tangent):
@@ -804,7 +832,15 @@ class Loss:
     def pushforward(self, saved, value, doutputs):
         """The forward-mode counterpart of ``backward``: ``dL = J doutputs``, the transpose of ``g ->
         backward(saved, g)``; ``value`` is the loss (its shape and dtype are the map's). The targets are held fixed."""
-        return _pushforward(lambda saved, g: (self.backward(saved, g),), saved, value, (doutputs,))
+        return _pushforward(lambda saved, g: (self.backward(saved, g),), saved, value, (doutputs,), names=_LOSS_GRADS)
+
+    def __call__(self, *args, **kwargs):
+        """Refuses a call: a loss is a record of functions; its value is ``loss.apply(outputs, targets)``."""
+        raise UsageError(
+            f"{self.name} is a loss, not a function to call: its value is loss.apply(outputs, targets) (e.g. "
+            "fnn.losses.cross_entropy.apply(logits, labels)); give the loss itself to fnn.fit(..., loss=...) or "
+            "fnn.value_and_grad(model, loss)"
+        )
 
     def describe(self):
         """The loss as JSON-ready data: ``{"loss": name, "settings": {...}}`` (``settings`` left out if none)."""

@@ -14,7 +14,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fnn._errors import InputError
+from fnn._errors import InputError, UsageError
 
 __all__ = ["AXIS", "batch_sharding", "data_mesh", "replicate", "replicated", "use_cpu_devices"]
 
@@ -26,8 +26,8 @@ def use_cpu_devices(n):
     """Makes the CPU backend offer ``n`` devices (simulated), for data-parallel runs on one CPU.
 
     Must run before JAX initialises its backends (before any computation); it
-    raises ``RuntimeError`` saying so otherwise, unless ``n`` devices are
-    already there.
+    raises :class:`fnn.UsageError` saying so otherwise, unless ``n`` devices
+    are already there.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputError(f"the number of devices must be a positive int, got {n!r}")
@@ -35,9 +35,10 @@ def use_cpu_devices(n):
         jax.config.update("jax_num_cpu_devices", n)
     except RuntimeError:
         if jax.device_count() != n:
-            raise RuntimeError(
+            raise UsageError(
                 f"cannot make {n} CPU devices: JAX has already started with {jax.device_count()}; "
-                "ask for the devices before any JAX computation (e.g. first thing in the program)"
+                "call fnn.parallel.use_cpu_devices before any JAX computation (first thing in the program), or set "
+                f"JAX_NUM_CPU_DEVICES={n} in the environment before starting Python"
             ) from None
 
 

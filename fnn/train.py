@@ -44,9 +44,12 @@ def _step_size(value, name="learning_rate"):
 
 
 def as_optimizer(optimizer):
-    """Returns ``optimizer`` as an ``optax.GradientTransformation``; a number becomes ``optax.sgd``."""
+    """Returns ``optimizer`` as an ``optax.GradientTransformation``; a number becomes ``optax.sgd``, an object with
+    ``init`` and ``update`` methods (``optax.MultiSteps``) the transformation of those."""
     if isinstance(optimizer, optax.GradientTransformation):
         return optimizer
+    if callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None)):
+        return optax.GradientTransformation(optimizer.init, optimizer.update)
     return optax.sgd(_step_size(optimizer, "optimizer"))
 
 

@@ -31,6 +31,14 @@ def _first_bad(mask):
     return tuple(int(i) for i in np.argwhere(mask)[0])
 
 
+def _position(at, rows):
+    """Where entry ``at`` of an array of ``rows`` examples is: ``example 3 (index (3, 1))``, or for one example
+    (a record checked alone, which names itself) its index within the example."""
+    if rows == 1:
+        return f"index {at[1:]}" if len(at) > 1 else "its value"
+    return f"example {at[0]} (index {at})"
+
+
 def check_class_labels(targets, output_shape, split):
     """Integer class ids in ``[0, k)``, ``k = output_shape[-1]``, one per row (shape ``output_shape[:-1]``)."""
     k = output_shape[-1]
@@ -63,8 +71,8 @@ def check_binary_labels(targets, output_shape, split):
     if bad.any():
         at = _first_bad(bad)
         raise DataError(
-            f"{split} labels must be 0 or 1; got {targets[at].item()} at example {at[0]} (index {at}; "
-            f"{int(bad.sum())} of {bad.size} labels are neither 0 nor 1)"
+            f"{split} labels must be 0 or 1; got {targets[at].item()} at {_position(at, targets.shape[0])} "
+            f"({int(bad.sum())} of {bad.size} labels are neither 0 nor 1)"
         )
 
 
@@ -85,7 +93,7 @@ def _check_finite(array, what):
         at = _first_bad(bad)
         raise DataError(
             f"{what} must be finite; {int(bad.sum())} of {bad.size} entries are NaN or infinite, the first "
-            f"{array[at].item()} at example {at[0]} (index {at})"
+            f"{array[at].item()} at {_position(at, array.shape[0])}"
         )
 
 

@@ -1,5 +1,7 @@
 """fnn.bench: the statistics on synthetic timings (where the truth is known), and one real run."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -173,37 +175,78 @@ def test_flops_counts_a_loop_body_once():
     assert one == pytest.approx(2 * 16**3, rel=0.01) and ten == pytest.approx(one, rel=0.01)  # as documented
 
 
-def test_the_machine_rate_is_measured_once_and_cached(tmp_path, monkeypatch):
+@pytest.fixture
+def rate_cache(tmp_path, monkeypatch):
+    """An empty cache folder of fnn's own, and this process's rates forgotten; returns the cache file."""
     monkeypatch.setenv("FNN_CACHE_DIR", str(tmp_path))
-    monkeypatch.setitem(bench.RATE_SIZES, "cpu", (64, 128))
     monkeypatch.setattr(bench, "_RATES", {})
+    return tmp_path / "machine_rate.json"
+
+
+def measuring(monkeypatch, *rates):
+    """Makes every measurement of a size give ``rates`` (one FLOP/s per timed call)."""
+    monkeypatch.setattr(bench, "_matmul_rates", lambda shape, dtype, precision: list(rates))
+
+
+def test_the_machine_rate_is_measured_once_and_cached(rate_cache, monkeypatch):
+    platform = jax.devices()[0].platform
+    monkeypatch.setitem(bench.RATE_SIZES, platform, (64, 128))
     rate = bench.machine_rate()
-    assert rate.flops_per_s == max(r for _, r in rate.shapes) > 0
+    assert rate.flops_per_s == max(r for _, r in rate.shapes) == max(rate.samples) > 0
     assert [shape for shape, _ in rate.shapes] == [(64, 64, 64), (128, 128, 128)]
     assert rate.device == bench.device_description() and rate.dtype == "float32" and rate.jax_version == jax.__version__
+    assert rate.precision == "default" and 0 < rate.spread[0] <= rate.spread[1] == 1.0
     monkeypatch.setattr(bench, "_RATES", {})  # a new process reads the file
-    monkeypatch.setattr(bench, "matmul_rate", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr(bench, "_matmul_rates", lambda *a, **k: pytest.fail("measured again"))
     assert bench.machine_rate() == rate
-    assert (tmp_path / "machine_rate.json").exists()
+    assert rate_cache.exists()
 
 
-def test_refresh_measures_the_rate_again(tmp_path, monkeypatch):
-    monkeypatch.setenv("FNN_CACHE_DIR", str(tmp_path))
-    monkeypatch.setitem(bench.RATE_SIZES, "cpu", (32,))
-    monkeypatch.setattr(bench, "_RATES", {})
-    monkeypatch.setattr(bench, "matmul_rate", lambda shape, dtype: 5.0)
+def test_the_cache_keeps_the_best_rate_ever_measured(rate_cache, monkeypatch):
+    monkeypatch.setitem(bench.RATE_SIZES, jax.devices()[0].platform, (32,))
+    measuring(monkeypatch, 5.0, 4.0)
     assert bench.machine_rate(refresh=True).flops_per_s == 5.0
-    monkeypatch.setattr(bench, "matmul_rate", lambda shape, dtype: 7.0)
+    measuring(monkeypatch, 7.0)
     assert bench.machine_rate().flops_per_s == 5.0 and bench.machine_rate(refresh=True).flops_per_s == 7.0
+    measuring(monkeypatch, 2.0)  # measured under load: the better rate stays
+    assert bench.machine_rate(refresh=True).flops_per_s == 7.0
     monkeypatch.setattr(bench, "_RATES", {})
-    assert bench.machine_rate().flops_per_s == 7.0  # the file holds the latest
+    assert bench.machine_rate().flops_per_s == 7.0  # the file holds the best
+    measuring(monkeypatch, 9.0)
+    assert bench.limit(6.0).flops_per_s == 7.0  # work below the limit leaves it
+    assert bench.limit(8.0).flops_per_s == 9.0  # work above it: the limit was measured low, and is measured again
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["[1, 2, 3]", "null", "3", '"text"', "{not json", '{"%s": {"flops_per_s": 0}}', '{"%s": {"flops_per_s": -5}}'],
+)
+def test_any_cache_content_is_recovered_from(rate_cache, monkeypatch, content):
+    monkeypatch.setitem(bench.RATE_SIZES, jax.devices()[0].platform, (32,))
+    measuring(monkeypatch, 3.0)
+    rate_cache.write_text(content)
+    assert bench.machine_rate().flops_per_s == 3.0
+    assert bench.MachineRate.from_dict(json.loads(rate_cache.read_text())[next(iter(bench._RATES))]).flops_per_s == 3.0
+
+
+def test_a_cached_entry_that_is_not_a_valid_rate_is_measured_again(rate_cache, monkeypatch):
+    monkeypatch.setitem(bench.RATE_SIZES, jax.devices()[0].platform, (32,))
+    measuring(monkeypatch, 3.0)
+    key, good = next(iter(json.loads((bench.machine_rate(), rate_cache.read_text())[1]).items()))
+    for bad in (0, -5, "fast", True, float("nan"), None):
+        rate_cache.write_text(json.dumps({key: {**good, "flops_per_s": bad}}))
+        monkeypatch.setattr(bench, "_RATES", {})
+        measuring(monkeypatch, 4.0)
+        assert bench.machine_rate().flops_per_s == 4.0, bad
+    for damaged in ({k: v for k, v in good.items() if k != "shapes"}, {**good, "samples": ["x"]}, [good]):
+        assert bench.MachineRate.from_dict(damaged) is None
 
 
 def test_an_unwritable_cache_folder_keeps_no_rate(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("FNN_CACHE_DIR", str(blocker / "below"))
-    monkeypatch.setattr(bench, "matmul_rate", lambda shape, dtype: 3.0)
+    measuring(monkeypatch, 3.0)
     monkeypatch.setattr(bench, "_RATES", {})
     assert bench.machine_rate().flops_per_s == 3.0
 

@@ -190,6 +190,23 @@ def test_the_tolerance_rises_with_the_conditioning_of_a_leaf_only_and_still_catc
     assert failed(report)["backward"].where.startswith("dparams[4]['w']"), str(report)
 
 
+#: A bias right before batch norm has a true gradient of exactly zero: autodiff's and the rule's are both rounding
+#: noise of the terms the normalisation cancels. Not a network the tolerance was tuned on.
+BIAS_BEFORE_NORM = nn.serial(
+    nn.dense(6, bias=True), nn.batch_norm(), nn.gelu, nn.dense(5), nn.batch_norm(), nn.tanh, nn.dense(3)
+)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_gradient_that_is_exactly_zero_is_held_to_the_noise_of_what_it_sums(seed):
+    report = fnn.testing.check_module(BIAS_BEFORE_NORM, (7,), batch_size=7, train=True, seed=seed, checks=AGREEMENT)
+    assert report.ok, str(report)
+    counted_twice = with_backward(nn.dense(6, bias=True), lambda p, s, g, r: ({**r[0], "b": r[0]["b"] + g[0]}, r[1]))
+    wrong = nn.serial(counted_twice, *BIAS_BEFORE_NORM.children[1:])
+    report = fnn.testing.check_module(wrong, (7,), batch_size=7, train=True, seed=seed, checks=["backward"])
+    assert failed(report)["backward"].where.startswith("dparams[0]['b']"), str(report)
+
+
 def test_a_loss_whose_floating_targets_must_be_exact_keeps_the_rounding_tolerance():
     # Labels 0/1 nudged by an ulp are no labels (the logistic loss gives NaN): a loss's targets are never nudged.
     logistic = losses.logistic

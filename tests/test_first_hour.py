@@ -111,3 +111,101 @@ def test_offline_preparation_prints_one_line_of_its_own(mnist_preparation):
 def test_the_readme_warns_about_a_script_beside_the_clone():
     readme = (ROOT / "README.md").read_text()
     assert "a script saved beside the\nclone's `fnn/` folder imports that folder" in readme
+
+
+# ------------------------------------------------------------------ training that says what went wrong
+def toy_classes(n=300, seed=0):
+    """A linear teacher's 3 classes of 6 Gaussian features, learnable in one epoch."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 6)).astype(np.float32)
+    y = np.argmax(x @ rng.standard_normal((6, 3)), axis=1).astype(np.int32)
+    return types.SimpleNamespace(x_train=x, y_train=y, x_test=x, y_test=y)
+
+
+def test_a_run_stuck_at_the_chance_level_says_so_in_one_line_and_a_learning_one_does_not(recwarn):
+    data = toy_classes()
+    stuck = nn.mlp([6, 8, 3], w_init="zeros")  # the notes' zero start: a saddle, every gradient zero
+    fnn.fit(stuck, stuck.init(KEY, (6,))[1], data, epochs=2, batch_size=30, progress=False)
+    stalled = [w for w in recwarn if issubclass(w.category, fnn.TrainingStalled)]
+    assert len(stalled) == 1 and "\n" not in str(stalled[0].message), [str(w.message) for w in recwarn]
+    assert "after epoch 1 the loss is still at the chance level" in str(stalled[0].message)
+    assert "Try a smaller step" in str(stalled[0].message) and stalled[0].filename == __file__
+    recwarn.clear()
+    learning = nn.mlp([6, 8, 3])
+    fnn.fit(learning, learning.init(KEY, (6,))[1], data, epochs=1, batch_size=30, progress=False)
+    assert not [w for w in recwarn if issubclass(w.category, fnn.TrainingStalled)]
+
+
+class Interrupt(fnn.loop.Callback):
+    every_steps = 2
+
+    def on_steps(self, run):
+        if run.epoch == 2:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_ends_a_run_with_one_line_naming_the_last_checkpoint_and_how_to_resume(tmp_path):
+    pytest.importorskip("orbax.checkpoint")
+    data, model = toy_classes(), nn.mlp([6, 8, 3])
+    params = model.init(KEY, (6,))[1]
+    with pytest.raises(fnn.TrainingInterrupted) as caught:
+        fnn.fit(model, params, data, epochs=3, batch_size=30, progress=False,
+                callbacks=[fnn.loop.Checkpointing(tmp_path), Interrupt()])  # fmt: skip
+    assert caught.value.__suppress_context__ and "\n" not in str(caught.value)
+    assert str(caught.value) == (
+        f"training interrupted in epoch 2, after step 2 of 10; the last checkpoint is 10 in {tmp_path}: call fit "
+        f"again with fnn.loop.Checkpointing({str(tmp_path)!r}, resume=True) to continue from it"
+    )
+    with pytest.raises(KeyboardInterrupt, match="no checkpoint was saved \\(add fnn.loop.Checkpointing"):
+        fnn.fit(model, params, data, epochs=3, batch_size=30, progress=False, callbacks=[Interrupt()])
+
+
+@pytest.mark.parametrize(
+    "callbacks, message",
+    [
+        ([42], r"callbacks\[0\] is int 42: each callback must be an fnn.loop.Callback"),
+        (fnn.loop.EarlyStopping(), r"callbacks must be a list of callbacks, got one EarlyStopping: pass \[it\]"),
+    ],
+)
+def test_callbacks_that_are_not_callbacks_are_refused_before_any_training(callbacks, message):
+    data, model = toy_classes(), nn.mlp([6, 8, 3])
+    with pytest.raises(fnn.UsageError, match=message):
+        fnn.fit(model, model.init(KEY, (6,))[1], data, epochs=1, batch_size=30, progress=False, callbacks=callbacks)
+
+
+def test_a_checkpoint_folder_that_is_a_file_is_refused_naming_it(tmp_path):
+    pytest.importorskip("orbax.checkpoint")
+    blocker = tmp_path / "run"
+    blocker.write_text("")
+    for folder, what in ((blocker, "is a file"), (blocker / "below", f"lies under {blocker}, which is a file")):
+        with pytest.raises(fnn.CheckpointError, match=f"the checkpoint folder {folder} {what}; give a folder"):
+            fnn.checkpoint.Checkpoints(folder)
+
+
+def test_a_function_made_with_its_mode_refuses_a_mode_at_the_call():
+    model = nn.serial(nn.dense(3), nn.dropout(0.5))
+    with pytest.raises(fnn.UsageError, match=r"pass train=True or train=False, to fnn.value_and_grad\(model, loss,"):
+        fnn.value_and_grad(model, fnn.losses.cross_entropy)
+    grad_fn = fnn.value_and_grad(model, fnn.losses.cross_entropy, train=True)
+    with pytest.raises(fnn.UsageError, match=r"train is fixed when the function is made, not when it is called"):
+        grad_fn({}, jnp.ones((2, 4)), jnp.zeros(2, int), train=True)
+    with pytest.raises(fnn.UsageError, match=r"train is fixed when the function is made"):
+        fnn.jvp(model, train=False)({}, jnp.ones((2, 4)), dx=jnp.ones((2, 4)), train=False)
+
+
+def test_use_cpu_devices_after_jax_started_is_an_fnn_error():
+    jnp.ones(1).block_until_ready()
+    with pytest.raises(fnn.UsageError, match="JAX has already started with"):
+        fnn.parallel.use_cpu_devices(jax.device_count() + 1)
+
+
+def test_a_checkpoint_of_other_shapes_is_refused_in_one_line_without_orbaxs_advice(tmp_path):
+    pytest.importorskip("orbax.checkpoint")
+    with fnn.checkpoint.Checkpoints(tmp_path) as checkpoints:
+        checkpoints.save(1, {"w": jnp.ones(3)}, {"epoch": 1})
+        with pytest.raises(fnn.CheckpointError) as caught:
+            checkpoints.restore(1, {"w": jnp.ones(3), "b": jnp.ones(2)})
+    message = str(caught.value)
+    assert "\n" not in message and "partial_restore" not in message, message
+    assert message.startswith(f"checkpoint 1 in {tmp_path} does not match this run's model or optimizer (")
+    assert message.endswith("resume with the model and optimizer it was saved with, or start this run in an empty folder")

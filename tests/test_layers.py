@@ -97,6 +97,9 @@ def test_pooling_against_numpy():
     windows = x.reshape(2, 3, 2, 2, 2, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, 3, 2, 4, 3)
     np.testing.assert_allclose(fnn.ops.custom.avg_pool(x, (2, 2)), windows.mean(axis=3), rtol=1e-14)
     np.testing.assert_array_equal(fnn.ops.custom.max_pool(x, (2, 2)), windows.max(axis=3))
+    for pool in (nn.max_pool, nn.avg_pool):  # an int is the square window of an image, as conv2d's kernel
+        assert pool(2).init(jax.random.key(0), (6, 4, 3)) == pool((2, 2)).init(jax.random.key(0), (6, 4, 3))
+        np.testing.assert_array_equal(pool(2).apply((), x), pool((2, 2)).apply((), x))
 
 
 # ------------------------------------------------------------------ softmax
@@ -355,6 +358,30 @@ def test_both_forms_of_a_convolution_compute_the_same_three_products(n, kernel, 
     g = jnp.asarray(rng.standard_normal(y_shape))
     by_convolution, by_matmul = products(params, x, g)  # (y, dparams, dx) each
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12), by_matmul, by_convolution)
+
+
+@pytest.mark.parametrize("kernel, channels", [(9, 5), (3, 32)])
+def test_the_matrix_form_is_as_accurate_as_xlas_convolution_in_bfloat16(kernel, channels):
+    """Both forms sum in float32 for bfloat16 operands: y, dw and dx within 1.25x of XLA's error against float64."""
+    rng = np.random.default_rng(kernel)
+    x = rng.standard_normal((4, 12, 12, channels))
+    params = {"w": rng.standard_normal((kernel, kernel, channels, 8)) / np.sqrt(kernel * kernel * channels)}
+    g = rng.standard_normal((4, 12, 12, 8))
+
+    @jax.jit
+    def products(params, x, g):
+        leaves = [conv.conv_leaf(2, form=form) for form in nn.CONV_FORMS]
+        return [(leaf.apply(params, x), *leaf.backward(params, leaf.forward(params, x)[1], g)) for leaf in leaves]
+
+    exact = products(params, x, g)[0]
+    low = products(*jax.tree.map(lambda a: jnp.asarray(a, jnp.bfloat16), (params, x, g)))
+
+    def errors(found):
+        return [float(np.max(np.abs(np.asarray(a, np.float64) - e)) / np.max(np.abs(e))) for a, e in
+                zip(jax.tree.leaves(found), jax.tree.leaves(exact))]  # fmt: skip
+
+    by_convolution, by_matmul = errors(low[0]), errors(low[1])
+    assert all(m <= 1.25 * c for m, c in zip(by_matmul, by_convolution)), (by_matmul, by_convolution)
 
 
 def test_a_convolution_runs_the_form_it_is_given_or_the_rules_choice():

@@ -174,7 +174,7 @@ def test_the_history_counts_each_epochs_work_and_sets_its_rate_against_the_machi
     assert history.epoch_flops.shape == (2,) and history.epoch_flops[0] == history.epoch_flops[1]
     assert least <= history.epoch_flops[0] <= 3 * least  # and the elementwise work, softmax, SGD
     np.testing.assert_allclose(history.flops_per_s, history.epoch_flops / history.epoch_s)
-    monkeypatch.setattr(fnn.bench, "machine_rate", lambda: types.SimpleNamespace(flops_per_s=1e9))
+    monkeypatch.setattr(fnn.bench, "limit", lambda achieved: types.SimpleNamespace(flops_per_s=1e9))
     np.testing.assert_allclose(history.machine_fraction, history.flops_per_s / 1e9)
 
 

@@ -599,13 +599,15 @@ BUILD_ERRORS = [
      r"conv1d: input_shape must be a tuple of 2 positive ints \(batch axis excluded\), got \(5, 5, 1\)"),
     ("conv1d_init_valid_too_small", lambda: nn.conv1d(3, 4, padding="VALID").init(jax.random.key(0), (3, 2)),
      ValueError, r"conv1d: with VALID padding the input's W \(3,\) must be at least the kernel's \(4,\)"),
-    ("avg_pool_window_int", lambda: nn.avg_pool(2), ValueError,
-     r"avg_pool: window must be a tuple of 1 or 2 positive ints, one per spatial axis \(\(k,\) for \[N, W, C\], "
-         r"\(kh, kw\) for \[N, H, W, C\]\), got 2"),
+    ("avg_pool_window_float", lambda: nn.avg_pool(2.0), ValueError,
+     r"avg_pool: window must be a positive int k \(the square window \(k, k\) of \[N, H, W, C\] images\) or a "
+         r"tuple of 1 or 2 of them, one per spatial axis \(\(k,\) for \[N, W, C\], \(kh, kw\) for \[N, H, W, C\]\), "
+         r"got 2.0"),
     ("max_pool_window_3d", lambda: nn.max_pool((2, 2, 2)), ValueError,
-     r"max_pool: window must be a tuple of 1 or 2 positive ints.*got \(2, 2, 2\)"),
-    ("max_pool_window_zero", lambda: nn.max_pool((2, 0)), ValueError, r"max_pool: window must be a tuple of 1 or 2 "
-        r"positive ints"),
+     r"max_pool: window must be a positive int k.*got \(2, 2, 2\)"),
+    ("max_pool_window_zero", lambda: nn.max_pool((2, 0)), ValueError, r"max_pool: window must be a positive int k"),
+    ("max_pool_int_window_on_a_sequence", lambda: nn.max_pool(2).init(jax.random.key(0), (6, 2)), ValueError,
+     r"max_pool: input_shape must be a tuple of 3 positive ints"),
     ("max_pool_stride_length", lambda: nn.max_pool((2, 2), stride=(1, 1, 1)), ValueError,
      r"max_pool: stride must be a positive int or a pair of them, got \(1, 1, 1\)"),
     ("avg_pool_padding", lambda: nn.avg_pool((2,), padding="FULL"), ValueError,

@@ -6,6 +6,8 @@ fits share one small model and dataset, so each compiles a few small programs.
 
 import json
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -23,6 +25,11 @@ BATCH = 32  # 500 = 15 * 32 + 20: a last smaller batch of 20
 
 def no_check(x, y):
     pass
+
+
+def finite_inputs(x, y):
+    """What fit checks a batch's inputs with."""
+    fnn.validate.check_inputs(x, "train")
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +232,77 @@ def test_fit_from_a_stream_is_fit_from_arrays_bit_for_bit(records, from_arrays):
     assert history.config["transform"] is None and history.config["n_train"] == 500
 
 
+STREAM_EQUALS_ARRAYS_ON_THREE_DEVICES = """
+import jax
+jax.config.update("jax_num_cpu_devices", 3)
+import types
+import numpy as np
+import fnn
+from fnn import nn
+rng = np.random.default_rng(0)
+n = 203  # 6 * 33 + 5: a last batch of 5 rows over 3 devices
+x, y = rng.standard_normal((n, 6)).astype(np.float32), rng.integers(0, 3, n).astype(np.int32)
+x_test, y_test = x[:40], y[:40]
+arrays = types.SimpleNamespace(x_train=x, y_train=y, x_test=x_test, y_test=y_test)
+stream = fnn.data.Stream(list(zip(x, y)), x_test, y_test)
+models = {
+    "plain": (nn.mlp([6, 8, 3], bias=True), None),
+    "batch_norm": (nn.serial(nn.dense(8), nn.batch_norm(), nn.relu, nn.dense(3)), jax.random.key(1)),
+    "dropout": (nn.serial(nn.dense(8), nn.relu, nn.dropout(0.3), nn.dense(3)), jax.random.key(1)),
+}
+for name, (model, key) in models.items():
+    params = model.init(jax.random.key(0), (6,))[1]
+    state = {"state": model.init_state((6,))} if model.has_state else {}
+    run = dict(epochs=2, batch_size=33, devices=3, shuffle_key=key, progress=False, **state)
+    *want, want_history = fnn.fit(model, params, arrays, **run)
+    *got, history = fnn.fit(model, params, stream, **run)
+    same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+    same = same and history.train_loss.tolist() == want_history.train_loss.tolist()
+    print(name, "bitwise", same)
+"""
+
+
+def test_fit_from_a_stream_is_fit_from_arrays_bit_for_bit_on_devices_that_do_not_divide_the_last_batch():
+    proc = subprocess.run(
+        [sys.executable, "-c", STREAM_EQUALS_ARRAYS_ON_THREE_DEVICES], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3 and all(line.endswith("bitwise True") for line in lines), proc.stdout
+
+
+INTERRUPTED_WITH_WORKERS = """
+import jax, fnn
+if __name__ == "__main__":
+    data = fnn.data.synthetic(2000, 64, shape=(4, 4, 1), classes=3, seed=0)
+    model = fnn.nn.serial(fnn.nn.flatten(), fnn.nn.dense(16), fnn.nn.relu, fnn.nn.dense(3))
+    params = model.init(jax.random.key(0), (4, 4, 1))[1]
+
+    class Interrupt(fnn.loop.Callback):
+        every_steps = 5
+
+        def on_steps(self, run):
+            if run.step == 10:
+                raise KeyboardInterrupt
+
+    stream = fnn.data.Stream(list(zip(data.x_train, data.y_train)), data.x_test, data.y_test, workers=2,
+                             transform=fnn.data.random_shift(1))
+    try:
+        fnn.fit(model, params, stream, epochs=2, batch_size=32, steps_per_call=5, progress=False,
+                callbacks=[Interrupt()])
+    except KeyboardInterrupt:
+        print("interrupted")
+"""
+
+
+def test_a_run_interrupted_while_workers_read_leaves_no_shared_memory_behind(tmp_path):
+    script = tmp_path / "interrupted.py"  # worker processes import the main module: a file, not -c
+    script.write_text(INTERRUPTED_WITH_WORKERS)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip() == "interrupted", proc.stderr[-3000:]
+    assert "leaked shared_memory" not in proc.stderr, proc.stderr[-3000:]
+
+
 class Stop(Exception):
     pass
 
@@ -292,6 +370,39 @@ def test_bad_records_and_transforms_are_named():
     stream = Stream(list(zip(DATA.x_train, DATA.y_train)), DATA.x_test, DATA.y_test, transform=lambda x, rng: x[0])
     with pytest.raises(fnn.DataError, match=r"the transform turned record \d+'s x float32\[4, 4, 1\] into"):
         list(batches(stream).epoch(1, 0, 4))
+
+
+@pytest.mark.parametrize(
+    "records, what",
+    [
+        (
+            [{"image": x, "label": y} for x, y in zip(DATA.x_train, DATA.y_train)],
+            r"a dict with keys \['image', 'label'\]",
+        ),
+        ([(x, y, y) for x, y in zip(DATA.x_train, DATA.y_train)], "a tuple of 3"),
+        (list(DATA.x_train), "a ndarray"),
+    ],
+    ids=["dict", "triple", "no_labels"],
+)
+def test_records_that_are_not_pairs_are_refused_from_record_0_naming_the_fix(records, what):
+    with pytest.raises(fnn.DataError, match=rf"record 0 is {what}, expected an \(x, y\) pair; map the source to pairs"):
+        fit(Stream(records, DATA.x_test, DATA.y_test))
+
+
+def test_a_record_that_is_not_finite_is_named_by_its_own_index():
+    x = DATA.x_train.copy()
+    x[150, 2, 3, 0] = np.nan
+    pairs = list(zip(x, DATA.y_train))
+    with pytest.raises(fnn.DataError) as caught:
+        list(
+            batches(Stream(pairs, DATA.x_test, DATA.y_test, name="listed"), shuffle=False, check=finite_inputs).epoch(
+                1, 0, 8
+            )
+        )
+    assert str(caught.value) == (
+        "listed: record 150: train inputs must be finite; 1 of 16 entries are NaN or infinite, the first nan at index "
+        "(2, 3, 0)"
+    )
 
 
 def test_a_batch_size_that_divides_the_records_leaves_no_last_batch(records):

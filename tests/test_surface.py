@@ -178,6 +178,7 @@ PUBLIC = {
         "verdict",
         "MachineRate",
         "machine_rate",
+        "limit",
         "matmul_rate",
         "flops",
         "device_description",
@@ -209,6 +210,9 @@ PUBLIC = {
         "NetworkError",
         "CheckpointError",
         "TrainingDiverged",
+        "TrainingInterrupted",
+        "TrainingStalled",
+        "UnidentifiedWarning",
         "StructureError",
         "CheckFailed",
         "bench",
@@ -286,6 +290,9 @@ def test_one_except_clause_catches_every_fnn_error():
         fnn.value_and_grad(nn.mlp([2, 2]), fnn.losses.cross_entropy, path="numeric")
     with pytest.raises(fnn.Error, match="is already a module"):
         nn.relu(jnp.ones(2))
+    with pytest.raises(fnn.Error, match=r"cross_entropy is a loss, not a function to call: its value is loss.apply"):
+        fnn.losses.cross_entropy(jnp.ones((2, 3)), jnp.zeros(2, int))
+    assert issubclass(fnn.TrainingInterrupted, KeyboardInterrupt) and not issubclass(fnn.TrainingInterrupted, Exception)
 
 
 # ------------------------------------------------------------------ the first hour at this surface

@@ -26,17 +26,26 @@ error is what such a perturbation does to the result, the conditioning times
   ``autodiff`` path in float64, the same compiled function) at the nudged
   draw against the reference at the draw, the largest over :data:`NUDGES`
   independent nudges;
-- **tolerance** ``min(max(RTOL, FACTOR * movement), CAP)``, and :data:`RTOL`
+- **tolerance** ``min(max(RTOL, FACTOR * movement), CAP * headroom)``, and :data:`RTOL`
   where the movement is not finite (a reference exactly zero, or not finite
-  an ulp away: it tells nothing about rounding).
+  an ulp away: it tells nothing about rounding); ``headroom`` is the
+  gradient's largest entry over the leaf's (1 for the largest leaf).
 
-A well-conditioned leaf moves by a few ``eps`` (below ``RTOL / FACTOR``, 32
-``eps``) and keeps :data:`RTOL`; an ill-conditioned one is allowed what a
-backward-stable computation may be off by, up to :data:`CAP`. A wrong rule
-misses by ``O(1)``; the cap keeps it caught where the reference itself jumps
-under a nudge (an input a hair from a kink or a tie). A leaf whose gradient
-is zero (a bias right before batch norm) holds rounding noise only: relative
-to itself it moves by ``O(1)``, the cap applies, and the check fails there.
+In absolute terms a leaf is allowed ``FACTOR`` times what autodiff's own
+result moves by, at least :data:`RTOL` of the leaf's largest entry and at
+most :data:`CAP` of the whole gradient's. The movement is rounding: it is
+the size of the values the computation sums (and cancels) times ``eps``,
+whatever the size of the result. A well-conditioned leaf moves by a few
+``eps`` of itself (below ``RTOL / FACTOR``, 32 ``eps``) and keeps
+:data:`RTOL`; an ill-conditioned one is allowed what a backward-stable
+computation may be off by. A leaf whose true gradient is exactly zero (a
+bias right before batch norm, whose gradient the normalisation cancels)
+holds rounding noise of the terms it sums, on autodiff as on the rule:
+relative to itself both move by ``O(1)``, and it is held to ``FACTOR``
+times that noise, far below the terms summed, which a wrong rule misses by.
+The cap keeps a wrong rule caught where the reference itself jumps under a
+nudge (an input a hair from a kink or a tie): no leaf is allowed more than
+``sqrt(eps)`` of the gradient's largest entry.
 """
 
 import dataclasses
@@ -213,10 +222,14 @@ FACTOR = 256.0
 CAP = float(np.sqrt(eps(np.float64)))
 
 
-def tolerance(movement):
-    """The tolerance of a leaf whose reference moves by ``movement``: ``min(max(RTOL, FACTOR * movement), CAP)``,
-    ``RTOL`` for a movement that is not finite."""
-    return min(max(RTOL, FACTOR * movement), CAP) if np.isfinite(movement) else RTOL
+def tolerance(movement, headroom=1.0):
+    """The tolerance of a leaf whose reference moves by ``movement`` (relative to the leaf's largest entry):
+    ``min(max(RTOL, FACTOR * movement), CAP * headroom)``, ``RTOL`` for a movement that is not finite.
+
+    ``headroom`` is the largest entry of the whole gradient over the leaf's (at least 1): the cap is
+    :data:`CAP` of the whole gradient, not of a leaf that may be rounding noise itself.
+    """
+    return min(max(RTOL, FACTOR * movement), CAP * headroom) if np.isfinite(movement) else RTOL
 
 
 def movements(reference, leaves=lambda result: [result]):
@@ -231,9 +244,17 @@ def movements(reference, leaves=lambda result: [result]):
     return [max(leaf_error(other[i], leaf)[0] for other in moved) for i, leaf in enumerate(base)]
 
 
+def _largest(leaf):
+    """The largest finite ``|entry|`` of a leaf (0 for none)."""
+    a = np.abs(np.asarray(leaf, np.float64))
+    return float(np.max(np.where(np.isfinite(a), a, 0.0), initial=0.0))
+
+
 def tolerances(reference, leaves=lambda result: [result]):
-    """Per leaf: :func:`tolerance` of its :func:`movements`."""
-    return [tolerance(m) for m in movements(reference, leaves)]
+    """Per leaf: :func:`tolerance` of its :func:`movements`, capped relative to the largest leaf."""
+    scales = [_largest(leaf) for leaf in leaves(reference(0))]
+    whole = max(scales, default=0.0)
+    return [tolerance(m, whole / scale if scale > 0 else 1.0) for m, scale in zip(movements(reference, leaves), scales)]
 
 
 def against(name, problem, gradient, reference, detail):
@@ -251,7 +272,7 @@ def noted(found):
         return found
     note = (
         f"; tolerance raised by the leaf's conditioning: {FACTOR:g} x the change of autodiff's own result under "
-        f"one-ulp nudges, at most {CAP:.1e}"
+        f"one-ulp nudges, at most {CAP:.1e} of the gradient's largest entry"
     )
     return dataclasses.replace(found, detail=found.detail + note)
 

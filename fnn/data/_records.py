@@ -15,6 +15,7 @@ and the records it holds, before any training.
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -33,6 +34,8 @@ MANIFEST = "records.json"
 #: Records per checksummed block.
 BLOCK = 4096
 _FORMAT = 1
+#: What a manifest must hold besides its format.
+_MANIFEST_KEYS = ("count", "x", "y", "block", "shards")
 _SHARD_BYTES = 1 << 30
 
 
@@ -138,6 +141,11 @@ class Records:
       verify: check every block's CRC-32 when opening (one pass over the
         files); ``False`` checks only the files' presence, headers and sizes.
 
+    Attributes:
+      fingerprint: a digest of the records' contents, from the manifest's
+        shapes, record counts and block checksums: equal records give equal
+        fingerprints whatever folder holds them (what a checkpoint records).
+
     Raises:
       DataError: a missing manifest or file, a header or size that differs
         from the manifest (a truncated file), or a block whose checksum
@@ -148,6 +156,24 @@ class Records:
         self.folder = Path(folder)
         manifest = self._manifest()
         self.meta = manifest.get("meta")
+        self.fingerprint = hashlib.sha256(
+            json.dumps([manifest[k] for k in _MANIFEST_KEYS], sort_keys=True).encode()
+        ).hexdigest()[:32]
+        try:
+            starts = self._open_shards(manifest, verify)
+        except DataError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:  # a manifest entry missing or of the wrong kind
+            raise DataError(
+                f"{self.folder / MANIFEST} is not a readable record manifest ({type(e).__name__}: {e}); write the "
+                "records again (fnn.data.write_records)"
+            ) from None
+        self._starts = np.asarray(starts)
+        if starts[-1] != manifest["count"]:
+            raise DataError(f"{self.folder / MANIFEST}: its shards hold {starts[-1]} records, not {manifest['count']}")
+
+    def _open_shards(self, manifest, verify):
+        """Opens (and with ``verify`` checks) every shard's files; returns each shard's first record, then the count."""
         self.x_shape, self.y_shape = tuple(manifest["x"]["shape"]), tuple(manifest["y"]["shape"])
         self.x_dtype, self.y_dtype = np.dtype(manifest["x"]["dtype"]), np.dtype(manifest["y"]["dtype"])
         self._x, self._y, starts = [], [], [0]
@@ -162,24 +188,29 @@ class Records:
                     self._verify(shard[part], array, first, manifest["block"])
                 maps.append(array)
             starts.append(first + shard["count"])
-        self._starts = np.asarray(starts)
-        if starts[-1] != manifest["count"]:
-            raise DataError(f"{self.folder / MANIFEST}: its shards hold {starts[-1]} records, not {manifest['count']}")
+        return starts
 
     def _manifest(self):
         path = self.folder / MANIFEST
         try:
             manifest = json.loads(path.read_text())
-            if manifest.get("format") != _FORMAT:
-                raise DataError(f"{path}: record format {manifest.get('format')!r}, expected {_FORMAT}")
-            return manifest
         except FileNotFoundError:
             raise DataError(
                 f"{self.folder} is not a record folder: it has no {MANIFEST} (write one with "
                 "fnn.data.write_records; a folder whose writing was interrupted has none either)"
             ) from None
-        except (ValueError, KeyError, AttributeError) as e:
-            raise DataError(f"{path} is not a readable record manifest ({e})") from None
+        except ValueError as e:
+            raise DataError(f"{path} is not a readable record manifest ({e}); write the records again") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT:
+            found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+            raise DataError(f"{path}: record format {found!r}, expected {_FORMAT}; write the records again")
+        missing = [k for k in _MANIFEST_KEYS if k not in manifest]
+        if missing:
+            raise DataError(
+                f"{path} is not a whole record manifest: it has no {', '.join(map(repr, missing))}; write the records "
+                "again (fnn.data.write_records)"
+            )
+        return manifest
 
     def _open(self, name, shape, dtype, first):
         path = self.folder / name

@@ -118,10 +118,27 @@ class Stream:
             return repr(self.train)
         return f"the training source ({type(self.train).__name__} of {len(self.train)} records)"
 
+    def record(self, index):
+        """Record ``index`` of the training source as a pair of NumPy arrays ``(x, y)``; a record that is not an
+        ``(x, y)`` pair is refused naming its index and the fix."""
+        return _pair(self.train[int(index)], index, self.source_name)
+
     def record_spec(self):
         """``((x shape, x dtype), (y shape, y dtype))`` of record 0, which every record must match."""
-        x, y = (np.asarray(a) for a in self.train[0])
+        x, y = self.record(0)
         return (x.shape, x.dtype), (y.shape, y.dtype)
+
+
+def _pair(record, index, name):
+    """``record`` as ``(x, y)`` NumPy arrays, or :class:`fnn.DataError` naming what it is and how to map it."""
+    if not (isinstance(record, tuple | list) and len(record) == 2):
+        what = f"a {type(record).__name__}" + (f" of {len(record)}" if isinstance(record, tuple | list) else "")
+        keys = f" with keys {sorted(record)}" if isinstance(record, dict) else ""
+        raise DataError(
+            f"{name}: record {index} is {what}{keys}, expected an (x, y) pair; map the source to pairs, e.g. "
+            "grain.MapDataset.source(src).map(lambda r: (r['image'], r['label']))"
+        )
+    return tuple(np.asarray(a) for a in record)
 
 
 class Batches:
@@ -269,13 +286,7 @@ class _ReadStep:
         x = np.empty((len(indices), *x_shape), x_dtype)
         y = np.empty((len(indices), *y_shape), y_dtype)
         for j, i in enumerate(indices):
-            record = self.source[int(i)]
-            if not (isinstance(record, tuple | list) and len(record) == 2):
-                raise DataError(
-                    f"{self.name}: record {i} is a {type(record).__name__}, expected an (x, y) pair; "
-                    "map the source to pairs, e.g. grain.MapDataset.source(src).map(lambda r: (r['image'], r['label']))"
-                )
-            xi, yi = (np.asarray(a) for a in record)
+            xi, yi = _pair(self.source[int(i)], i, self.name)
             self._check_spec((xi.shape, yi.shape), (xi.dtype, yi.dtype), i)
             x[j], y[j] = xi, yi
         return x, y

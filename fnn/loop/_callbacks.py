@@ -32,11 +32,12 @@ several ``fit`` calls, each starting fresh in ``on_begin``.
 import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Callable
 
 from tqdm.auto import tqdm
 
-from fnn._errors import CheckpointError, InputError
+from fnn._errors import CheckpointError, InputError, TrainingStalled
 from fnn._numbers import positive_int, real
 from fnn.checkpoint import Checkpoints
 from fnn.loop._config import differences
@@ -152,6 +153,35 @@ class ProgressBar(Callback):
 def _tqdm_disable(enabled):
     """tqdm's ``disable``: ``None`` means "only on a terminal"."""
     return None if enabled is None else not enabled
+
+
+class StallWatch(Callback):
+    """Warns (:class:`fnn.TrainingStalled`, one line) when the first epoch ends at the chance level: the test loss
+    within :data:`MARGIN` of the loss of outputs that ignore the inputs (the train loss no lower), and the test error
+    no better than always
+    answering the most frequent class (less :data:`MARGIN`). A network whose units all died (too large a step) or
+    that collapsed to one answer trains on silently otherwise. ``fit`` adds one to every run of a loss with an error
+    rate; ``chance() -> (loss, error or None)`` gives the levels (``chance`` ``None``: nothing to watch)."""
+
+    #: How close to the chance level (a fraction of its loss, and of the error rate) a run must stay to be stalled.
+    MARGIN = 0.01
+
+    def __init__(self, chance):
+        self.chance = chance
+
+    def on_epoch_end(self, run, row):
+        if self.chance is None or row["epoch"] != 1:
+            return
+        loss, error = self.chance()
+        at_chance = abs(row["test_loss"] - loss) <= self.MARGIN * loss and row["train_loss"] >= (1 - self.MARGIN) * loss
+        if at_chance and (error is None or row["test_err"] >= error - self.MARGIN):
+            warnings.warn(
+                f"fnn.fit: after epoch 1 the loss is still at the chance level (train {row['train_loss']:.4g}, test "
+                f"{row['test_loss']:.4g}; outputs that ignore the inputs score {loss:.4g}): the model is not "
+                "learning. Try a smaller step (a tenth, or optax.adam(1e-3)), or check the data and the labels",
+                TrainingStalled,
+                stacklevel=4,  # the caller of fit
+            )
 
 
 class EarlyStopping(Callback):

@@ -85,14 +85,17 @@ def _batches(a, size):
 def _splitter(mesh):
     """``split(tree, rows)``: constrains a batch of ``rows`` rows to be split over ``mesh``'s devices.
 
-    A batch whose rows do not divide evenly is left to XLA (computed whole on
-    every device): the result is the same.
+    A batch whose rows do not divide evenly is computed whole on every
+    device, wherever its rows come from (the arrays, all on every device, or
+    a stream's batch, split over them): one order of every sum, so both give
+    the same result bit for bit.
     """
 
     def split(tree, rows):
-        if mesh is None or mesh.size == 1 or rows % mesh.size:
+        if mesh is None or mesh.size == 1:
             return tree
-        return jax.lax.with_sharding_constraint(tree, parallel.batch_sharding(mesh))
+        sharding = parallel.replicated(mesh) if rows % mesh.size else parallel.batch_sharding(mesh)
+        return jax.lax.with_sharding_constraint(tree, sharding)
 
     return split
 

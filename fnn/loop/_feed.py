@@ -149,7 +149,7 @@ class Streamed:
         callbacks (its checkpoint) have run."""
         iterator = self.batches.epoch(epoch, 0, segment)
         try:
-            chunk = next(iterator)
+            chunk = _owned(next(iterator))
         except Exception as e:  # raised again by begin
             chunk = e
         self.ahead = ((epoch, 0, segment), iterator, chunk)
@@ -158,7 +158,7 @@ class Streamed:
         if self.first_chunk is not None:
             (x, y), self.first_chunk = self.first_chunk, None
         else:
-            x, y = next(self.iterator)
+            x, y = _owned(next(self.iterator))
         assert len(x) == n, (len(x), n)  # the loop and the reader cut the epoch alike
         return self._put(x, y, self.batch_size)
 
@@ -199,6 +199,22 @@ class Streamed:
         return tuple(
             jax.make_array_from_process_local_data(self.sharding, a, (a.shape[0], rows, *a.shape[2:])) for a in (x, y)
         )
+
+
+def _owned(chunk):
+    """``chunk``'s arrays in this process's own memory. A Grain worker hands its arrays over in shared memory,
+    which the array releases when it is collected, on a thread: copied and released now, none is left behind when
+    the run is interrupted (and the device never holds a view of a segment about to go)."""
+    owned = []
+    for a in chunk:
+        shm = getattr(a, "shm", None)
+        if shm is None or not hasattr(a, "unlink_on_del"):
+            owned.append(a)
+            continue
+        owned.append(np.array(a))
+        a._unlink_on_del = False  # released here, not by the collector: the segment's name goes now
+        shm.unlink()
+    return tuple(owned)
 
 
 def _close(iterator):

@@ -12,13 +12,13 @@ import numpy as np
 from fnn import bench, parallel, validate
 from fnn import losses as _losses
 from fnn import train as _train
-from fnn._errors import InputError, TrainingDiverged, UsageError
+from fnn._errors import InputError, TrainingDiverged, TrainingInterrupted, UsageError
 from fnn._numbers import as_int, real
 from fnn._paths import check_pair, check_path
 from fnn.data import Stream
 from fnn.loop import _feed
-from fnn.loop._callbacks import Callback, EpochFunction, ProgressBar, Run
-from fnn.loop._config import run_config
+from fnn.loop._callbacks import Callback, Checkpointing, EpochFunction, ProgressBar, Run, StallWatch
+from fnn.loop._config import data_identity, run_config
 from fnn.loop._epoch import Plan, evaluate, make_epoch_end, make_steps, new_tally
 from fnn.loop._history import History
 
@@ -155,30 +155,36 @@ def fit(
         divergence_factor,
         stream,
     )
-    parts = [*(c if isinstance(c, Callback) else EpochFunction(c) for c in callbacks), ProgressBar(progress)]
+    parts = [*_callback_parts(callbacks), ProgressBar(progress), StallWatch(_chance_level(model, loss, splits))]
     input_shape = splits["train"][0].shape[1:]
-    run = _new_run(plan, params, state, shuffle_key, epochs, input_shape)
+    data_identity = functools.partial(_data_identity, splits, stream)
+    run = _new_run(plan, params, state, shuffle_key, epochs, data_identity)
     if stream is None:
         feed = _feed.Arrays(splits, plan.mesh)
     else:
         feed = _feed.Streamed(stream, plan, _key_parts(shuffle_key)[0], _batch_check(model, loss, input_shape))
-    segment = _segment(plan, steps_per_call, callbacks, feed)
-    with contextlib.ExitStack() as stack:
-        stack.callback(feed.close)
-        for part in parts:
-            stack.callback(part.close)
-        for part in parts:
-            part.on_begin(run)
-        if run.history:  # restored: decisions that follow from the history are made again
+    segment = _segment(plan, steps_per_call, parts, feed)
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.callback(feed.close)
             for part in parts:
-                part.on_resume(run)
-        compiled = _Compiled(plan, run.state, feed)
-        for n in (segment, plan.full_batches % segment):
-            compiled.steps(n)
-        compile_s = time.perf_counter() - start
-        _epochs(run, plan, compiled, segment, parts, feed)
-        for part in parts:
-            part.on_end(run)
+                stack.callback(part.close)
+            for part in parts:
+                part.on_begin(run)
+            if run.history:  # restored: decisions that follow from the history are made again
+                for part in parts:
+                    part.on_resume(run)
+            compiled = _Compiled(plan, run.state, feed)
+            for n in (segment, plan.full_batches % segment):
+                compiled.steps(n)
+            compile_s = time.perf_counter() - start
+            _epochs(run, plan, compiled, segment, parts, feed)
+            for part in parts:
+                part.on_end(run)
+    except KeyboardInterrupt as interrupt:
+        if isinstance(interrupt, TrainingInterrupted):
+            raise
+        raise TrainingInterrupted(_interrupted(run, parts)) from None
     history = History.from_rows(
         run.history,
         compile_s=compile_s,
@@ -189,6 +195,39 @@ def fit(
     if state is None:
         return run.state["params"], history
     return run.state["params"], run.state["model_state"], history
+
+
+def _interrupted(run, parts):
+    """What an interrupted run says: where it stopped, its last checkpoint, and how to resume from it."""
+    where = f"training interrupted in epoch {run.epoch}, after step {run.step} of {run.steps_per_epoch}"
+    folders = [part.directory for part in parts if isinstance(part, Checkpointing)]
+    if run.last_checkpoint is None:
+        kept = "no checkpoint was saved" + (
+            "" if folders else " (add fnn.loop.Checkpointing(folder) to the callbacks to keep one)"
+        )
+        return f"{where}; {kept}"
+    return (
+        f"{where}; the last checkpoint is {run.last_checkpoint}: call fit again with "
+        f"fnn.loop.Checkpointing({str(folders[0])!r}, resume=True) to continue from it"
+    )
+
+
+def _chance_level(model, loss, splits):
+    """``() -> (loss, error)`` at the chance level on the test split: the loss of outputs that ignore the inputs
+    (all zero: ``ln k`` for cross-entropy over ``k`` classes) and, for class ids, the error of always answering the
+    most frequent class (``None`` for other targets); ``None`` for a loss without an error rate (a regression has
+    no chance level)."""
+    if loss.error is None:
+        return None
+    x, y = splits["test"]
+
+    def chance():
+        outputs = jnp.zeros((y.shape[0], *model.output_shape(x.shape[1:])), jnp.float32)
+        level = float(loss.apply(outputs, jnp.asarray(y)))
+        classes = y.ndim == 1 and np.issubdtype(y.dtype, np.integer)
+        return level, (1 - np.bincount(y).max() / len(y) if classes else None)
+
+    return chance
 
 
 # ---------------------------------------------------------------- checks and set-up
@@ -211,6 +250,24 @@ def _check(model, loss, path, data, params, batch_size, state):
     return splits, batch_size, n_train
 
 
+def _callback_parts(callbacks):
+    """The callbacks as :class:`Callback` objects (a function ``f(row)`` wrapped), checked before any training."""
+    if isinstance(callbacks, Callback) or callable(callbacks) or isinstance(callbacks, (str, bytes)):
+        raise UsageError(f"callbacks must be a list of callbacks, got one {type(callbacks).__name__}: pass [it]")
+    try:
+        callbacks = list(callbacks)
+    except TypeError:
+        raise UsageError(f"callbacks must be a list of callbacks, got {type(callbacks).__name__}") from None
+    for i, c in enumerate(callbacks):
+        if not (isinstance(c, Callback) or callable(c)):
+            raise UsageError(
+                f"callbacks[{i}] is {type(c).__name__} {c!r}: each callback must be an fnn.loop.Callback "
+                "(fnn.loop.Checkpointing(...), fnn.loop.EarlyStopping(...)) or a function f(row) to call after each "
+                "epoch"
+            )
+    return [c if isinstance(c, Callback) else EpochFunction(c) for c in callbacks]
+
+
 def _check_int(name, value, low, high=None, hint=""):
     """``value`` as a Python int (a NumPy or 0-d JAX integer too) in ``[low, high]``, else ``ValueError``."""
     number = as_int(value)
@@ -223,7 +280,7 @@ def _check_int(name, value, low, high=None, hint=""):
 def _stream_splits(stream):
     """The splits to check before a streamed run: its record 0 as the training split (every batch is checked
     as it is read), and the test arrays."""
-    x, y = (np.asarray(a)[None] for a in stream.train[0])
+    x, y = (a[None] for a in stream.record(0))
     return {"train": (x, y), "test": (np.asarray(stream.x_test), np.asarray(stream.y_test))}
 
 
@@ -299,14 +356,14 @@ def _key_parts(shuffle_key):
     raise UsageError(f"shuffle_key must be a jax.random key (jax.random.key(seed)), got {key.dtype} {key.shape}")
 
 
-def _segment(plan, steps_per_call, callbacks, feed):
+def _segment(plan, steps_per_call, parts, feed):
     """Steps per compiled call: ``steps_per_call`` (or its automatic choice), cut to the callbacks' ``every_steps``.
 
     A stream's chunk is a bound, not a length: with callbacks every ``k``
     steps it becomes the largest divisor of ``k`` within it (a chunk of 53
     steps and checkpoints every 50 steps give chunks of 50, not 1).
     """
-    periods = [c.every_steps for c in callbacks if isinstance(c, Callback) and c.every_steps is not None]
+    periods = [c.every_steps for c in parts if c.every_steps is not None]
     if steps_per_call is None:
         if _slow_in_a_loop(plan):
             return 1
@@ -327,8 +384,16 @@ def _slow_in_a_loop(plan):
     return any(leaf.name in _LOOP_SLOW_LEAVES for leaf in plan.model.leaves())
 
 
-def _new_run(plan, params, model_state, shuffle_key, epochs, input_shape):
-    """The run before its first step: the state replicated on the devices, nothing trained."""
+def _data_identity(splits, stream):
+    """:func:`fnn.loop._config.data_identity` of the training data: the arrays, or the stream's records."""
+    if stream is not None:
+        return data_identity(source=stream.train)
+    return data_identity(*splits["train"])
+
+
+def _new_run(plan, params, model_state, shuffle_key, epochs, data):
+    """The run before its first step: the state replicated on the devices, nothing trained; ``data()`` identifies
+    its training data (computed with the configuration, when first needed)."""
     state = {
         "params": params,
         "opt_state": plan.optimizer.init(params),
@@ -336,7 +401,7 @@ def _new_run(plan, params, model_state, shuffle_key, epochs, input_shape):
         "key": _key_parts(shuffle_key)[0],
         "tally": new_tally(),
     }
-    configure = functools.partial(run_config, plan, params, state["key"])
+    configure = lambda: run_config(plan, params, state["key"], data(), epochs)  # noqa: E731
     return Run(configure, parallel.replicate(state, plan.mesh), epochs, plan.steps_per_epoch)
 
 

@@ -68,7 +68,8 @@ class History:
     def machine_fraction(self):
         """Each epoch's :attr:`flops_per_s` as a fraction of :func:`fnn.bench.machine_rate` (measured once per
         machine, then cached), ``[epochs]``."""
-        return self.flops_per_s / bench.machine_rate().flops_per_s
+        achieved = self.flops_per_s
+        return achieved / bench.limit(float(np.max(achieved, initial=0.0))).flops_per_s
 
     def rows(self):
         """One dict per epoch: ``{"epoch": 1, "train_loss": ..., ...}``."""

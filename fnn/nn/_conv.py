@@ -123,19 +123,30 @@ def _patches_transpose(dp, spatial, kernel, stride, padding):
     return sum(pieces)
 
 
+def _accumulator(dtype):
+    """The dtype the matrix form sums in: float32 for a narrower float (bfloat16, float16), as XLA's convolution
+    does, else ``dtype`` itself."""
+    return jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
+
+
 def _matmul_forward(x, w, stride, padding):
-    """``y = P W``."""
+    """``y = P W``, summed in :func:`_accumulator`'s dtype."""
     kernel = w.shape[:-2]
-    return _patches(x, kernel, stride, padding) @ w.reshape(-1, w.shape[-1])
+    patches = _patches(x, kernel, stride, padding)
+    y = jnp.matmul(patches, w.reshape(-1, w.shape[-1]), preferred_element_type=_accumulator(x.dtype))
+    return y.astype(x.dtype)
 
 
 def _matmul_backward(x, w, g, stride, padding):
-    """``(dw, dx) = (P^T G, T(G W^T))``."""
-    kernel, matrix = w.shape[:-2], w.reshape(-1, w.shape[-1])
+    """``(dw, dx) = (P^T G, T(G W^T))``, each summed (the ``K`` pieces of ``dx`` too) in :func:`_accumulator`'s
+    dtype."""
+    kernel, matrix, wide = w.shape[:-2], w.reshape(-1, w.shape[-1]), _accumulator(g.dtype)
     rows = tuple(range(g.ndim - 1))
-    dw = jnp.tensordot(_patches(x, kernel, stride, padding), g, axes=(rows, rows)).reshape(w.shape)
-    dx = _patches_transpose(g @ matrix.T, x.shape[1:-1], kernel, stride, padding)
-    return dw, dx
+    patches = _patches(x, kernel, stride, padding)
+    dw = jnp.tensordot(patches, g, axes=(rows, rows), preferred_element_type=wide).reshape(w.shape)
+    dp = jnp.matmul(g, matrix.T, preferred_element_type=wide)
+    dx = _patches_transpose(dp, x.shape[1:-1], kernel, stride, padding)
+    return dw.astype(w.dtype), dx.astype(x.dtype)
 
 
 # ---------------------------------------------------------------- which form

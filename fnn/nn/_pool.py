@@ -3,7 +3,8 @@
 Layouts, channels last: ``x[N, *spatial, C]``, exactly ``len(window) + 2``
 axes (an input without its channel axis is refused, not pooled over its
 batch axis), ``window`` a tuple with one size per spatial axis (``(k,)`` for
-``[N, W, C]``, ``(kh, kw)`` for ``[N, H, W, C]``), ``stride`` defaulting to
+``[N, W, C]``, ``(kh, kw)`` for ``[N, H, W, C]``; an int ``k`` is the square
+``(k, k)`` of an image, as for ``conv2d``), ``stride`` defaulting to
 the window, padding ``"VALID"`` (the default) or ``"SAME"`` (see
 :mod:`fnn.nn._windows`).
 Each channel is pooled on its own; no parameters.
@@ -45,12 +46,15 @@ __all__ = ["avg_pool", "avg_pool_leaf", "max_pool", "max_pool_leaf"]
 
 
 def _window(name, window):
-    """The window as a tuple of 1 or 2 positive Python ints (the number of spatial axes)."""
+    """The window as a tuple of 1 or 2 positive Python ints (the number of spatial axes); an int ``k`` is the square
+    window ``(k, k)`` of an image, as ``conv2d``'s kernel."""
+    if as_int(window) is not None:
+        window = (window, window)
     values = tuple(map(as_int, window)) if isinstance(window, (tuple, list)) else ()
     if len(values) not in (1, 2) or not all(v is not None and v > 0 for v in values):
         raise InputError(
-            f"{name}: window must be a tuple of 1 or 2 positive ints, one per spatial axis "
-            f"((k,) for [N, W, C], (kh, kw) for [N, H, W, C]), got {window!r}"
+            f"{name}: window must be a positive int k (the square window (k, k) of [N, H, W, C] images) or a tuple "
+            f"of 1 or 2 of them, one per spatial axis ((k,) for [N, W, C], (kh, kw) for [N, H, W, C]), got {window!r}"
         )
     return values
 
@@ -177,9 +181,10 @@ def _layer(name, make_leaf, window, stride, padding):
 
 @with_settings
 def avg_pool(window, *, stride=None, padding="VALID"):
-    """Average pooling: ``[N, *spatial, C] -> [N, *out, C]``, one or two spatial axes (``len(window)``).
+    """Average pooling: ``[N, *spatial, C] -> [N, *out, C]``, one or two spatial axes (``len(window)``; an int
+    ``k`` is ``(k, k)``).
 
-    ``avg_pool((2, 2))`` halves an image's height and width (the Flax MNIST
+    ``avg_pool(2)`` or ``avg_pool((2, 2))`` halves an image's height and width (the Flax MNIST
     tutorial's pooling); ``avg_pool((T,))`` averages a sequence ``[N, T, D]``
     to ``[N, 1, D]``. See the module doc for the rule.
     """
@@ -188,7 +193,8 @@ def avg_pool(window, *, stride=None, padding="VALID"):
 
 @with_settings
 def max_pool(window, *, stride=None, padding="VALID"):
-    """Max pooling: ``[N, *spatial, C] -> [N, *out, C]``, one or two spatial axes (``len(window)``).
+    """Max pooling: ``[N, *spatial, C] -> [N, *out, C]``, one or two spatial axes (``len(window)``; an int ``k``
+    is ``(k, k)``, ``max_pool(2)`` halving an image's height and width).
 
     The gradient of a window goes to its first maximal position (row-major
     order); see the module doc for that choice and the rule.
