@@ -208,4 +208,6 @@ def test_a_checkpoint_of_other_shapes_is_refused_in_one_line_without_orbaxs_advi
     message = str(caught.value)
     assert "\n" not in message and "partial_restore" not in message, message
     assert message.startswith(f"checkpoint 1 in {tmp_path} does not match this run's model or optimizer (")
-    assert message.endswith("resume with the model and optimizer it was saved with, or start this run in an empty folder")
+    assert message.endswith(
+        "resume with the model and optimizer it was saved with, or start this run in an empty folder"
+    )
