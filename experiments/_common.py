@@ -9,12 +9,14 @@ the same way (:func:`timed_fit`). Every result names its machine
 (:func:`machine`).
 """
 
+import importlib.util
 import json
 import os
 import time
 from pathlib import Path
 
 import jax
+import numpy as np
 import optax
 
 import fnn
@@ -54,10 +56,13 @@ def save_figure(fig, path, title):
 
 
 def write_json(path, payload):
-    """Writes ``payload`` as indented JSON, creating parent folders."""
+    """Writes ``payload`` as indented JSON, creating parent folders; a reader, or a run killed while it writes,
+    never leaves half a file (it is written beside the path, then renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(partial, path)
 
 
 def markdown_table(header, rows):
@@ -94,6 +99,10 @@ def load_data(args, *, image=False):
     Honours ``--synthetic``, ``--validation`` (train on the first 50,000
     training images, test on the last 10,000: ``fnn.data.Dataset.validation``),
     ``--train-size`` and ``--test-size`` (the first N rows of each split).
+    Where tensorflow-datasets is not installed, MNIST is read straight from
+    its IDX files (``fnn.data.read_idx``: ``--source-dir``, else
+    ``$FNN_DATASETS_DIR/mnist``), the same examples in the files' order
+    rather than TFDS's.
     """
     layout = "image" if image else "flat"
     if args.synthetic:
@@ -101,13 +110,21 @@ def load_data(args, *, image=False):
         data = fnn.data.synthetic(args.train_size or 512, args.test_size or 128, shape=shape, seed=args.seed)
     else:
         print("loading MNIST ...", flush=True)
-        data = fnn.data.load(
-            "mnist", source_dir=args.source_dir, data_dir=args.data_dir, layout=layout, verbose=args.debug
-        )
+        if tfds_installed():
+            data = fnn.data.load(
+                "mnist", source_dir=args.source_dir, data_dir=args.data_dir, layout=layout, verbose=args.debug
+            )
+        else:
+            data = fnn.data.read_idx("mnist", source_dir=args.source_dir, layout=layout)
     if args.validation:
         data = data.validation(min(VALIDATION_SIZE, len(data.x_train) // 5))
     train, test = slice(args.train_size), slice(args.test_size)
     return fnn.data.Dataset(data.name, data.x_train[train], data.y_train[train], data.x_test[test], data.y_test[test])
+
+
+def tfds_installed():
+    """Whether tensorflow-datasets can be imported: ``fnn.data.load`` prepares its datasets with it."""
+    return importlib.util.find_spec("tensorflow_datasets") is not None
 
 
 def adam_cosine(lr, *, epochs, steps, warmup_epochs=1, end_factor=1e-3, weight_decay=0.0):
@@ -186,13 +203,42 @@ def timed_fit(model, params, data, args, optimizer, *, quiet=False, train_metric
 
 
 def achieved(history):
-    """A run's speed against the machine, as results record it: ``epoch_flops`` (XLA's count of one epoch), each
-    epoch's ``flops_per_s`` and its ``machine_fraction`` of the machine's matrix-product rate."""
+    """A run's speed against the machine, as results record it: ``epoch_flops`` (one epoch's model FLOPs), each
+    epoch's ``flops_per_s`` and its ``machine_fraction`` of ``limit``, the machine's matrix-product rate for the
+    dtype and precision that carry the run's work (``fnn.bench.limit``)."""
+    work = history.work
+    rate = fnn.bench.limit(float(np.nanmax(history.flops_per_s)), work.dtype or "float32", precision=work.precision)
     return {
         "epoch_flops": float(history.epoch_flops[0]),
         "flops_per_s": history.flops_per_s.tolist(),
-        "machine_fraction": history.machine_fraction.tolist(),
+        "machine_fraction": history.machine_fraction(rate).tolist(),
+        "limit": {"dtype": rate.dtype, "precision": rate.precision, "flops_per_s": rate.flops_per_s},
+        **({"flops_note": work.note} if work.note else {}),
     }
+
+
+#: The notes' recipe: the layer sizes (no biases, He init), the batch size (batches in data order) and the SGD step.
+RECIPE_SIZES, RECIPE_BATCH, RECIPE_LR = (784, 500, 10), 100, 0.5
+
+
+def fit_recipe(data, *, path, epochs=10):
+    """The notes' recipe through ``fnn.fit`` on gradient path ``path``: ``fnn.nn.mlp(RECIPE_SIZES)`` initialised
+    from key 0, softmax cross-entropy, batches of ``RECIPE_BATCH``, SGD step ``RECIPE_LR``; returns fit's
+    ``fnn.History`` (``wall_s``, ``compile_s``, ``epoch_s``, the errors)."""
+    model = fnn.nn.mlp(list(RECIPE_SIZES))
+    _, params = model.init(jax.random.key(0), RECIPE_SIZES[:1])
+    _, history = fnn.fit(
+        model,
+        params,
+        data,
+        loss=fnn.losses.cross_entropy,
+        path=path,
+        epochs=epochs,
+        batch_size=RECIPE_BATCH,
+        optimizer=RECIPE_LR,
+        progress=False,
+    )
+    return history
 
 
 def machine():

@@ -103,7 +103,7 @@ def measure(name, spatial, c, o, kernel, stride, batch, context, args, rate):
         "w_shape": list(w.shape),
         "stride": list(stride),
         "flops_per_step": work,
-        "xla_flops_per_call": {f: r.flops for f, r in results.items()},  # the scan's body, counted once
+        "xla_flops_per_call": {f: r.xla_flops for f, r in results.items()},  # the scan's body, counted once
         "step_s": {f: r.median_s / steps for f, r in results.items()},
         "flops_per_s": {f: work * steps / r.median_s for f, r in results.items()},
         "machine_fraction": {f: work * steps / r.median_s / rate.flops_per_s for f, r in results.items()},

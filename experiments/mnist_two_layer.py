@@ -169,7 +169,7 @@ def train_one(data, grad, args, *, nudge=False):
         callbacks=callbacks,
         devices=args.devices,
     )
-    fraction = float(np.median(history.machine_fraction))
+    fraction = float(np.median(achieved(history)["machine_fraction"]))
     print(
         f"{len(history.train_loss)} epochs in {history.wall_s:.1f} s (compiling {history.compile_s:.1f} s); "
         f"{np.median(history.flops_per_s) / 1e9:.0f} GFLOP/s a median epoch, {fraction:.0%} of the machine's "

@@ -13,8 +13,9 @@ each library, side by side in one process on the same arrays:
   step called once per batch from a Python loop, the model and optimizer
   updated in place;
 - **PyTorch**: a plain loop (``zero_grad``, forward, ``cross_entropy``,
-  ``backward``, ``AdamW.step``) on the CPU build, NCHW tensors, as many
-  threads as torch chooses (the machine's cores; ``--threads``).
+  ``backward``, ``AdamW.step``), NCHW tensors, on a CUDA GPU where torch
+  has one (the data placed there before the clock starts), else on the CPU
+  with as many threads as torch chooses (the machine's cores; ``--threads``).
 
 What is the same: the architecture, SAME padding, biases; the initial
 parameters, value for value (fnn draws them, He-normal, and they are copied
@@ -182,10 +183,11 @@ def flax_side(args):
 
 # ---------------------------------------------------------------- PyTorch
 def torch_side(args):
-    """A plain PyTorch loop over the same batches; ``run(params, data) -> row``."""
+    """A plain PyTorch loop over the same batches, on a CUDA GPU where torch has one; ``run(params, data) -> row``."""
     torch = _peer_torch.import_torch()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     nn = torch.nn
 
     def new(params):
@@ -200,7 +202,7 @@ def torch_side(args):
             nn.Linear(3136, 256),
             nn.ReLU(),
             nn.Linear(256, 10),
-        )
+        ).to(device)
         with torch.no_grad():
             for index, layer in ((CONV1, 0), (CONV2, 3), (DENSE1, 7), (DENSE2, 9)):
                 w, b = (np.asarray(params[index][k]) for k in ("w", "b"))
@@ -216,7 +218,8 @@ def torch_side(args):
         return model, optimizer
 
     def tensors(x, y):
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.from_numpy(y.astype(np.int64))
+        x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        return x.to(device), torch.from_numpy(y.astype(np.int64)).to(device)
 
     def step(model, optimizer, x, y):
         optimizer.zero_grad()
@@ -241,7 +244,7 @@ def torch_side(args):
         model, optimizer = new(params)
         tic, cpu = time.perf_counter(), time.process_time()
         model.train()
-        loss, correct = torch.zeros(()), torch.zeros((), dtype=torch.int64)
+        loss, correct = torch.zeros((), device=device), torch.zeros((), dtype=torch.int64, device=device)
         for _ in range(args.epochs):
             for xb, yb in batches(x, y, args.batch_size):
                 batch_loss, batch_correct = step(model, optimizer, xb, yb)
@@ -253,9 +256,10 @@ def torch_side(args):
     def warm_up(params, data):
         x, y = tensors(data.x_train[: args.batch_size], data.y_train[: args.batch_size])
         model, optimizer = new(params)
-        step(model, optimizer, x, y)
+        float(step(model, optimizer, x, y)[0])  # waits for the device
 
-    return epoch, warm_up, {"torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
+    facts = {"torch_version": torch.__version__, "torch_threads": torch.get_num_threads(), "torch_device": device}
+    return epoch, warm_up, facts
 
 
 # ---------------------------------------------------------------- shared
@@ -387,7 +391,7 @@ def main(argv=None):
             )
     comparisons = [compare(results, peer, len(data.x_test)) for peer in runners if peer != "fnn"]
     rate = fnn.bench.machine_rate().flops_per_s
-    work = results["fnn"][0]["epoch_flops"]  # XLA's count of fnn's epoch: the same network, data and evaluation
+    work = results["fnn"][0]["epoch_flops"]  # fnn's epoch in model FLOPs: the same network, data and evaluation
     epoch_s = {name: float(np.median([r["epoch_s"] for r in rows])) for name, rows in results.items()}
     achieved = {name: {"flops_per_s": work / s, "machine_fraction": work / s / rate} for name, s in epoch_s.items()}
     for name, a in achieved.items():

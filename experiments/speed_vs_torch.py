@@ -18,10 +18,10 @@ import jax.numpy as jnp
 
 import fnn
 from experiments import _cli, _peer_torch
-from experiments._common import device_description, markdown_table, write_json
+from experiments._common import RECIPE_BATCH, RECIPE_SIZES, device_description, fit_recipe, markdown_table, write_json
 from fnn.loop._epoch import EVAL_CHUNK  # the rows fit evaluates at a time
 
-N_IN, HIDDEN, N_OUT, BATCH = 784, 500, 10, 100
+(N_IN, HIDDEN, N_OUT), BATCH = RECIPE_SIZES, RECIPE_BATCH
 
 
 def recipe_flop(n_train, n_test, epochs):
@@ -76,20 +76,9 @@ def _timed(fn):
 
 
 def run_fnn(data, epochs, path):
-    """The recipe with fnn: ``fnn.nn.mlp([784, 500, 10])``, SGD 0.5, batches of 100, on gradient path ``path``."""
-    model = fnn.nn.mlp([N_IN, HIDDEN, N_OUT])
-    _, params = model.init(jax.random.key(0), (N_IN,))
-    _, history = fnn.fit(
-        model,
-        params,
-        data,
-        loss=fnn.losses.cross_entropy,
-        path=path,
-        epochs=epochs,
-        batch_size=BATCH,
-        optimizer=0.5,
-        progress=False,
-    )
+    """The recipe with fnn (``fit_recipe``: ``fnn.nn.mlp([784, 500, 10])``, SGD 0.5, batches of 100) on gradient
+    path ``path``."""
+    history = fit_recipe(data, path=path, epochs=epochs)
     return {"wall_s": history.wall_s, "compile_s": history.compile_s, "test_error": float(history.test_err[-1])}
 
 

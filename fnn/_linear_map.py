@@ -12,8 +12,13 @@ This is ``jax.custom_derivatives.linear_call``'s idea as a primitive with
 every rule: evaluation and compilation run ``forward``; transposition swaps
 the two functions; batching (``vmap``, and so ``jax.jacfwd``) maps both; and
 differentiation with respect to the residuals (``jax.hessian``: forward over
-reverse) differentiates the code of the function being run.
+reverse) differentiates the code of the function being run. The products'
+precision in force where the map is made (``jax.default_matmul_precision``)
+is the one its functions are traced with when the program is compiled,
+which may happen outside that context.
 """
+
+import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -74,15 +79,22 @@ def linear_map(forward, transpose, residuals, u):
         forward=_Flat(forward, residual_tree, static, u_tree),
         transpose=_Flat(transpose, residual_tree, static, out_tree),
         residual_count=len(arrays),
+        precision=jax.config.jax_default_matmul_precision,
     )
     return jax.tree.unflatten(out_tree, out)
 
 
-def _impl(*leaves, forward, transpose, residual_count):
-    return forward(*leaves)
+def _at(precision):
+    """The products' precision the map was made with, for tracing its functions (a no-op for the default)."""
+    return contextlib.nullcontext() if precision is None else jax.default_matmul_precision(precision)
 
 
-def _abstract_eval(*avals, forward, transpose, residual_count):
+def _impl(*leaves, forward, transpose, residual_count, precision):
+    with _at(precision):
+        return forward(*leaves)
+
+
+def _abstract_eval(*avals, forward, transpose, residual_count, precision):
     shapes = jax.eval_shape(forward, *(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals))
     return [jax.core.ShapedArray(s.shape, s.dtype) for s in shapes]
 
@@ -94,35 +106,38 @@ def zero_tangent(x):
     return np.zeros(jnp.shape(x), jax.dtypes.float0)
 
 
-def _jvp(primals, tangents, *, forward, transpose, residual_count):
+def _jvp(primals, tangents, *, forward, transpose, residual_count, precision):
     """Linear in ``u``: ``forward(r, du)``; plus, where the residuals move, the JVP of ``forward``'s own code."""
-    params = dict(forward=forward, transpose=transpose, residual_count=residual_count)
+    params = dict(forward=forward, transpose=transpose, residual_count=residual_count, precision=precision)
     out = _LINEAR_MAP.bind(*primals, **params)
     residuals, residual_tangents = primals[:residual_count], tangents[:residual_count]
     u_tangents = [ad.instantiate_zeros(t) for t in tangents[residual_count:]]
     tangent = _LINEAR_MAP.bind(*residuals, *u_tangents, **params)
     moving = [type(t) is not ad.Zero and t.dtype != jax.dtypes.float0 for t in residual_tangents]
     if any(moving):
-        through = jax.jvp(
-            lambda *r: forward(*r, *primals[residual_count:]),
-            tuple(residuals),
-            tuple(t if m else zero_tangent(r) for r, t, m in zip(residuals, residual_tangents, moving)),
-        )[1]
+        with _at(precision):
+            through = jax.jvp(
+                lambda *r: forward(*r, *primals[residual_count:]),
+                tuple(residuals),
+                tuple(t if m else zero_tangent(r) for r, t, m in zip(residuals, residual_tangents, moving)),
+            )[1]
         tangent = [a + b for a, b in zip(tangent, through)]
     return out, tangent
 
 
-def _transpose(cts, *leaves, forward, transpose, residual_count):
+def _transpose(cts, *leaves, forward, transpose, residual_count, precision):
     """``transpose(r, ct)``, which in turn is transposed by ``forward``."""
     residuals, u = leaves[:residual_count], leaves[residual_count:]
     if any(ad.is_undefined_primal(r) for r in residuals):
         raise NotImplementedError("fnn linear map: transposed with respect to its residuals, which it is not linear in")
     cts = [jnp.zeros(ct.aval.shape, ct.aval.dtype) if type(ct) is ad.Zero else ct for ct in cts]
-    u_cts = _LINEAR_MAP.bind(*residuals, *cts, forward=transpose, transpose=forward, residual_count=residual_count)
+    u_cts = _LINEAR_MAP.bind(
+        *residuals, *cts, forward=transpose, transpose=forward, residual_count=residual_count, precision=precision
+    )
     return [None] * residual_count + [ct if ad.is_undefined_primal(x) else None for x, ct in zip(u, u_cts)]
 
 
-def _batch(leaves, dims, *, forward, transpose, residual_count):
+def _batch(leaves, dims, *, forward, transpose, residual_count, precision):
     """Both functions mapped over the batch axis; every linear argument made batched, so that the outputs are."""
     size = next(x.shape[d] for x, d in zip(leaves, dims) if d is not None)
     leaves = [x if d is None else jnp.moveaxis(x, d, 0) for x, d in zip(leaves, dims)]
@@ -137,6 +152,7 @@ def _batch(leaves, dims, *, forward, transpose, residual_count):
         forward=_mapped(forward, residual_axes),
         transpose=_mapped(transpose, residual_axes),
         residual_count=residual_count,
+        precision=precision,
     )
     return out, [0] * len(out)
 

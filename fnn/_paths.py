@@ -25,6 +25,7 @@ puts them behind one positional form, and :func:`value_and_grad` and
 import jax
 import jax.numpy as jnp
 
+from fnn import _precision
 from fnn._errors import InputError, UsageError
 from fnn.module import Loss, Module
 
@@ -175,7 +176,7 @@ def _refuse_mode(given, where):
         raise UsageError(f"unexpected keywords {sorted(given)}: the function takes state= and key= only")
 
 
-def value_and_grad(model, loss, *, path="custom", train=None, outputs=False, inputs=False):
+def value_and_grad(model, loss, *, path="custom", train=None, outputs=False, inputs=False, precision=None):
     """The loss of ``model`` on a batch and its gradient, by one of :data:`PATHS`.
 
     Args:
@@ -189,6 +190,13 @@ def value_and_grad(model, loss, *, path="custom", train=None, outputs=False, inp
       outputs: also return the model's outputs (from the same forward pass),
         as ``jax.value_and_grad(..., has_aux=True)`` returns its aux.
       inputs: also return the gradient with respect to the inputs ``x``.
+      precision: the precision of the matrix products and convolutions
+        (``jax.default_matmul_precision``'s names: ``"default"``, ``"highest"``,
+        ``"tensorfloat32"``, ``"bfloat16"``, ...):
+        ``None`` keeps the backend's default, under which a recent GPU runs
+        float32 products in TF32 (about 2^-10 relative error, several times
+        faster); ``"highest"`` asks for full float32. Fixed when tracing, so
+        it shows in the compiled program.
 
     Returns:
       ``f(params, x, targets, *, state=None, key=None) -> (loss_value,
@@ -209,18 +217,20 @@ def value_and_grad(model, loss, *, path="custom", train=None, outputs=False, inp
     """
     grads_of = gradients(model, loss, path, inputs=inputs)
     _fixed_mode(model, train, "fnn.value_and_grad(model, loss, train=...)")
+    precision = _precision.check("value_and_grad", precision)
 
     def value_and_grads(params, x, targets, *, state=None, key=None, **given):
         _refuse_mode(given, "fnn.value_and_grad(model, loss, train=True)")
         context = model.checked_context(state, train)
-        value, out, grads, new_state = grads_of(params, x, targets, context[0], key, context[1])
+        with _precision.training(precision):
+            value, out, grads, new_state = grads_of(params, x, targets, context[0], key, context[1])
         result = ((value, out) if outputs else value, grads)
         return result if state is None else (*result, new_state)
 
     return value_and_grads
 
 
-def jvp(model, *, path="custom", train=None):
+def jvp(model, *, path="custom", train=None, precision=None):
     """The model's outputs and their directional derivative (forward mode), by one of :data:`PATHS`.
 
     ``dy = J_params dparams + J_x dx``, the Jacobian-vector product, where
@@ -235,6 +245,7 @@ def jvp(model, *, path="custom", train=None):
       model: any :class:`fnn.module.Module`.
       path: ``"autodiff"``, ``"custom"`` or ``"backprop"``.
       train: as for :func:`value_and_grad`: required by a contextual model.
+      precision: as for :func:`value_and_grad`.
 
     Returns:
       ``f(params, x, dparams=None, dx=None, *, state=None, key=None) -> (y,
@@ -269,6 +280,7 @@ def jvp(model, *, path="custom", train=None):
             return jax.jvp(fn, tuple(primals), tuple(tangents), has_aux=True)
 
     _fixed_mode(model, train, "fnn.jvp(model, train=...)")
+    precision = _precision.check("jvp", precision)
 
     def tangent(params, x, dparams=None, dx=None, *, state=None, key=None, **given):
         _refuse_mode(given, "fnn.jvp(model, train=True)")
@@ -286,7 +298,8 @@ def jvp(model, *, path="custom", train=None):
                 jnp.shape(t) != jnp.shape(v) for t, v in zip(jax.tree.leaves(tangent), jax.tree.leaves(primal))
             ):
                 raise InputError(f"jvp: every leaf of {name} must have its {name[1:]} leaf's shape")
-        y, dy, new_state = by_path(params, x, dparams, dx, context[0], key, context[1])
+        with _precision.training(precision):
+            y, dy, new_state = by_path(params, x, dparams, dx, context[0], key, context[1])
         return (y, dy) if state is None else (y, dy, new_state)
 
     return tangent

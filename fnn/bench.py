@@ -20,10 +20,13 @@ are taken round by round, so that load shared by a round cancels. Equal CPU
 time with unequal wall time means the same work with less parallel overlap.
 
 Every time is also set against the machine's limit: :func:`machine_rate` is
-the best rate of a jitted matrix product on this device (measured once, then
-read from a cache file with the processor it ran on), and :func:`compare`
-gives each function's achieved rate (XLA's FLOP count of the compiled
-function over its median time) and that rate's fraction of the limit.
+the best rate of a jitted matrix product of a dtype, at a precision, on this
+device (measured once, then read from a cache file with the processor it ran
+on), and :func:`compare` gives each function's work in model FLOPs
+(:func:`model_flops`: its matrix products and convolutions counted from its
+jaxpr, the same on every backend; XLA's own count beside it), its achieved
+rate (those FLOPs over its median time) and that rate's fraction of the
+limit for the dtype and precision that carry the work.
 """
 
 import dataclasses
@@ -40,10 +43,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn import _flops
 from fnn._errors import InputError
+from fnn._flops import FlopCount
 from fnn._numbers import as_int, real
 
 __all__ = [
+    "FlopCount",
     "MachineRate",
     "Result",
     "compare",
@@ -52,6 +58,7 @@ __all__ = [
     "limit",
     "machine_rate",
     "matmul_rate",
+    "model_flops",
     "summarize",
     "verdict",
 ]
@@ -81,11 +88,13 @@ class Result:
       compile_s: seconds to compile (``nan`` when given timings only).
       calls: calls per block.
       wall_s, cpu_s: the per-call seconds of every round.
-      flops: XLA's FLOP count of one call (``nan`` when given timings only,
-        ``0.0`` where the backend counts none).
+      flops: the model FLOPs of one call (:func:`model_flops`; ``nan`` when
+        given timings only, or when the program does not fix them).
+      xla_flops: XLA's FLOP count of the compiled call (:func:`flops`; ``nan``
+        where the backend gives none).
       flops_per_s: the achieved rate, ``flops / median_s``.
-      machine_fraction: ``flops_per_s`` over the machine's matrix-product
-        rate (:func:`machine_rate`); ``nan`` without one.
+      machine_fraction: ``flops_per_s`` over the limit (``limit``); ``nan`` without one.
+      limit: the limit it is set against, in words (``"float32/default: 154 GFLOP/s"``).
     """
 
     name: str
@@ -104,8 +113,10 @@ class Result:
     wall_s: tuple = ()
     cpu_s: tuple = ()
     flops: float = float("nan")
+    xla_flops: float = float("nan")
     flops_per_s: float = float("nan")
     machine_fraction: float = float("nan")
+    limit: str = ""
 
     def to_dict(self):
         """The result as a JSON-ready dict."""
@@ -156,7 +167,18 @@ def _margin(owner, margin):
 
 
 def summarize(
-    wall_s, cpu_s, *, baseline, margin=0.0, confidence=0.95, seed=0, compile_s=None, calls=None, flops=None, rate=None
+    wall_s,
+    cpu_s,
+    *,
+    baseline,
+    margin=0.0,
+    confidence=0.95,
+    seed=0,
+    compile_s=None,
+    calls=None,
+    flops=None,
+    xla_flops=None,
+    rate=None,
 ):
     """Compares per-round timings with the baseline's.
 
@@ -169,8 +191,9 @@ def summarize(
       confidence: the level of the bootstrap interval.
       seed: seeds the bootstrap resampling (the same timings give the same interval).
       compile_s, calls: per name, recorded in the results.
-      flops: per name, FLOPs per call; with ``rate`` (a :class:`MachineRate`
+      flops: per name, model FLOPs per call; with ``rate`` (a :class:`MachineRate`
         or FLOP/s), the achieved rates and their fractions of it.
+      xla_flops: per name, XLA's count per call, recorded beside.
 
     Returns:
       ``{name: Result}`` in the order of ``wall_s``.
@@ -209,8 +232,10 @@ def summarize(
             wall_s=tuple(wall.tolist()),
             cpu_s=tuple(cpu.tolist()),
             flops=work,
+            xla_flops=(xla_flops or {}).get(name, float("nan")),
             flops_per_s=work / median,
             machine_fraction=work / median / _limit(rate),
+            limit=_described(rate),
         )
     return results
 
@@ -220,6 +245,15 @@ def _limit(rate):
     if rate is None:
         return float("nan")
     return float(rate.flops_per_s if isinstance(rate, MachineRate) else rate)
+
+
+def _described(rate):
+    """A limit in words: ``"float32/default: 154 GFLOP/s"`` for a :class:`MachineRate`, ``""`` for none."""
+    if rate is None:
+        return ""
+    if isinstance(rate, MachineRate):
+        return f"{rate.dtype}/{rate.precision}: {rate.flops_per_s / 1e9:.4g} GFLOP/s"
+    return f"{float(rate) / 1e9:.4g} GFLOP/s"
 
 
 def _block(fn, args, calls):
@@ -273,14 +307,15 @@ def compare(
       warmup: untimed calls per function before calibrating.
       confidence, seed: of the bootstrap interval (see :func:`summarize`).
       rate: the limit achieved rates are set against: ``None`` for
-        :func:`limit` (:func:`machine_rate`, measured once per machine, then
-        cached, and again if a function here beats it), a
+        :func:`limit` of the dtype and precision that carry most of the
+        functions' work (:func:`machine_rate`, measured once per machine,
+        then cached, and again if a function here beats it), a
         :class:`MachineRate`, a number of FLOP/s, or ``False`` for none
         (``machine_fraction`` is then ``nan``).
 
     Returns:
-      ``{name: Result}``, each with XLA's FLOP count of its compiled function
-      and the achieved rate.
+      ``{name: Result}``, each with its model FLOPs (:func:`model_flops`),
+      XLA's count of its compiled function, and the achieved rate.
 
     Examples:
       >>> import jax.numpy as jnp, fnn
@@ -326,9 +361,12 @@ def compare(
             w, c = _block(compiled[name], args, calls[name])
             wall[name].append(w)
             cpu[name].append(c)
-    work = {name: flops(c) for name, c in compiled.items()}
+    counts = {name: model_flops(fn, *args) for name, fn in fns.items()}
+    work = {name: c.flops for name, c in counts.items()}
     if rate is None:
-        rate = limit(max(work[name] / np.median(wall[name]) for name in fns))
+        dtype, precision = _carried(counts.values())
+        achieved = max((work[name] / np.median(wall[name]) for name in fns if np.isfinite(work[name])), default=0.0)
+        rate = limit(achieved, dtype, precision=precision) if dtype else None
     return summarize(
         wall,
         cpu,
@@ -339,19 +377,56 @@ def compare(
         compile_s=compile_s,
         calls=calls,
         flops=work,
+        xla_flops={name: flops(c) for name, c in compiled.items()},
         rate=None if rate is False else rate,
     )
 
 
-def flops(compiled):
-    """XLA's FLOP count of a lowered or compiled function (``0.0`` where the backend counts none).
+def _carried(counts):
+    """``(dtype, precision)`` carrying most of several :class:`FlopCount`s' work (``(None, "default")`` for none)."""
+    dtypes, precisions = {}, {}
+    for c in counts:
+        for key, value in c.dtypes.items():
+            dtypes[key] = dtypes.get(key, 0.0) + value
+        for key, value in c.precisions.items():
+            precisions[key] = precisions.get(key, 0.0) + value
+    dtype = max(dtypes, key=dtypes.get) if dtypes else None
+    return dtype, ("highest" if max(precisions, key=precisions.get, default="default") == "highest" else "default")
 
-    XLA counts a loop's body once, whatever its trip count: count a loop-free
-    function (one step, not a ``lax.scan`` of them) and multiply.
+
+def flops(compiled):
+    """XLA's FLOP count of a lowered or compiled function: the backend's cost model, ``nan`` where it gives none.
+
+    XLA counts a loop's body once, whatever its trip count, and what each
+    backend counts differs (on a GPU a lowered function counts nothing):
+    :func:`model_flops` counts the same work on every backend.
     """
-    cost = compiled.cost_analysis() or {}
+    try:
+        cost = compiled.cost_analysis() or {}
+    except Exception:  # a backend without a cost model for this program
+        return float("nan")
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", 0.0))
+    counted = float(cost.get("flops", 0.0) or 0.0)
+    return counted if counted > 0 else float("nan")
+
+
+def model_flops(fn, *args, **kwargs):
+    """The model FLOPs of ``fn(*args, **kwargs)``: its matrix products and convolutions counted from its jaxpr.
+
+    ``2 m n k`` per matrix product and ``2 |y| |window| C_in / groups`` per
+    convolution (the model-FLOPs convention of PaLM and MaxText), a
+    ``lax.scan``'s body counted ``length`` times, work whose results are
+    unused left out; nothing is compiled. Returns a :class:`FlopCount`:
+    ``flops`` (``nan``, with ``note`` saying why, where the program does not
+    fix them: a ``while`` loop around products), and the FLOPs by operand
+    dtype and precision, whose :func:`machine_rate` is the limit to use.
+
+    Examples:
+      >>> import jax.numpy as jnp, fnn
+      >>> fnn.bench.model_flops(lambda a, b: a @ b, jnp.ones((8, 4)), jnp.ones((4, 2))).flops
+      128.0
+    """
+    return _flops.count(fn, *args, **kwargs)
 
 
 # ---------------------------------------------------------------- the machine's limit

@@ -19,6 +19,7 @@ import math
 import jax
 import optax
 
+from fnn import _precision
 from fnn._errors import InputError, UsageError
 from fnn._numbers import as_float
 from fnn._paths import gradients
@@ -60,15 +61,16 @@ def _metrics(loss, value, outputs, targets):
     return {"loss": value, "error": loss.error(outputs, targets)}
 
 
-def sgd_update(model, loss, learning_rate, *, path="custom"):
+def sgd_update(model, loss, learning_rate, *, path="custom", precision=None):
     """Pure (unjitted) SGD update ``(params, batch) -> (params, metrics)``.
 
     Implements ``W <- W - learning_rate * dL/dW`` for every leaf. Use it in
     your own compiled loops (e.g. ``jax.lax.scan``); :func:`sgd_step` is its
     jitted form. With ``state=`` it returns the new state last (see the module doc).
+    ``precision`` sets the products' precision (see :func:`fnn.value_and_grad`).
     """
     learning_rate = _step_size(learning_rate)
-    grads_of = _training(model, loss, path)
+    grads_of = _training(model, loss, path, precision)
 
     def update(params, batch, *, state=None, key=None):
         value, outputs, grads, new_state = grads_of(params, batch, state, key)
@@ -78,16 +80,17 @@ def sgd_update(model, loss, learning_rate, *, path="custom"):
     return update
 
 
-def optimizer_update(model, loss, optimizer, *, path="custom"):
+def optimizer_update(model, loss, optimizer, *, path="custom", precision=None):
     """Pure (unjitted) optax update ``(params, opt_state, batch) -> (params, opt_state, metrics)``.
 
     ``optimizer`` is any ``optax.GradientTransformation`` (SGD, momentum, Adam,
     schedules, chains); a number means plain SGD with that step size.
     Initialise the state with ``as_optimizer(optimizer).init(params)``. With
     ``state=`` it returns the model's new state last (see the module doc).
+    ``precision`` sets the products' precision (see :func:`fnn.value_and_grad`).
     """
     optimizer = as_optimizer(optimizer)
-    grads_of = _training(model, loss, path)
+    grads_of = _training(model, loss, path, precision)
 
     def update(params, opt_state, batch, *, state=None, key=None):
         value, outputs, grads, new_state = grads_of(params, batch, state, key)
@@ -98,14 +101,16 @@ def optimizer_update(model, loss, optimizer, *, path="custom"):
     return update
 
 
-def _training(model, loss, path):
-    """``(params, batch, state, key) -> (L, outputs, grads, new_state)`` in training mode, the state checked as
-    :meth:`fnn.module.Module.apply` checks it."""
+def _training(model, loss, path, precision):
+    """``(params, batch, state, key) -> (L, outputs, grads, new_state)`` in training mode at ``precision``, the
+    state checked as :meth:`fnn.module.Module.apply` checks it."""
     grads_of = gradients(model, loss, path)
+    precision = _precision.check("a training step", precision)
 
     def fn(params, batch, state, key):
         state, train = model.checked_context(state, True)
-        return grads_of(params, *batch, state, key, train)
+        with _precision.training(precision):
+            return grads_of(params, *batch, state, key, train)
 
     return fn
 
@@ -115,11 +120,12 @@ def _out(result, state, new_state):
     return result if state is None else (*result, new_state)
 
 
-def sgd_step(model, loss, learning_rate, *, path="custom"):
+def sgd_step(model, loss, learning_rate, *, path="custom", precision=None):
     """Jitted :func:`sgd_update`, donating ``params``."""
-    return jax.jit(sgd_update(model, loss, learning_rate, path=path), donate_argnums=0)
+    return jax.jit(sgd_update(model, loss, learning_rate, path=path, precision=precision), donate_argnums=0)
 
 
-def optimizer_step(model, loss, optimizer, *, path="custom"):
+def optimizer_step(model, loss, optimizer, *, path="custom", precision=None):
     """Jitted :func:`optimizer_update`, donating ``params`` and ``opt_state``."""
-    return jax.jit(optimizer_update(model, loss, optimizer, path=path), donate_argnums=(0, 1))
+    update = optimizer_update(model, loss, optimizer, path=path, precision=precision)
+    return jax.jit(update, donate_argnums=(0, 1))

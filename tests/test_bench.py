@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import fnn
 from fnn import bench
 
 
@@ -158,7 +159,9 @@ def test_compare_counts_the_work_and_sets_the_rate_against_the_limit():
     x = jnp.ones((64, 64), jnp.float32)
     results = bench.compare({"one": lambda x: x @ x}, x, baseline="one", rounds=6, block_s=0.005, rate=1e9)
     one = results["one"]
-    assert one.flops == 2 * 64**3  # XLA's count of the product
+    assert one.flops == 2 * 64**3  # the product's model FLOPs
+    assert one.xla_flops == pytest.approx(2 * 64**3, rel=0.01) or np.isnan(one.xla_flops)  # a backend may count none
+    assert one.limit == "1 GFLOP/s"
     assert one.flops_per_s == pytest.approx(one.flops / one.median_s)
     assert one.machine_fraction == pytest.approx(one.flops_per_s / 1e9)
     unset = bench.compare({"one": lambda x: x @ x}, x, baseline="one", rounds=6, block_s=0.005, rate=False)["one"]
@@ -172,7 +175,36 @@ def test_flops_counts_a_loop_body_once():
         return jax.lax.scan(lambda c, _: (c @ a, None), a, None, length=n)[0]
 
     one, ten = (bench.flops(jax.jit(loop, static_argnums=1).lower(a, n)) for n in (1, 10))
-    assert one == pytest.approx(2 * 16**3, rel=0.01) and ten == pytest.approx(one, rel=0.01)  # as documented
+    if jax.default_backend() == "cpu":  # XLA's cost model, which other backends may not give for a lowered program
+        assert one == pytest.approx(2 * 16**3, rel=0.01) and ten == pytest.approx(one, rel=0.01)  # as documented
+    model = [bench.model_flops(lambda a, n=n: loop(a, n), a).flops for n in (1, 10)]
+    assert model == [2 * 16**3, 10 * 2 * 16**3]  # the program's own count: a scan's body times its length
+
+
+def test_model_flops_count_every_path_alike_and_say_what_they_cannot_count():
+    model = fnn.nn.mlp([784, 500, 10])
+    params = model.init(jax.random.key(0), (784,))[1]
+    x, labels = jnp.ones((100, 784), jnp.float32), jnp.zeros(100, int)
+    forward = 100 * 2 * (784 * 500 + 500 * 10)
+    for path in fnn.PATHS:
+        grads = fnn.value_and_grad(model, fnn.losses.cross_entropy, path=path)
+        counted = bench.model_flops(grads, params, x, labels)
+        assert counted.flops == forward + 2 * forward - 100 * 2 * 784 * 500, path  # the unused dx of x not counted
+        assert (counted.dtype, counted.precision, counted.note) == ("float32", "default", ""), path
+    conv = fnn.nn.conv2d(8, 3, stride=2)
+    y = jax.ShapeDtypeStruct((32, 14, 14, 8), jnp.float32)
+    w = conv.init(jax.random.key(0), (28, 28, 3))[1]
+    assert (
+        bench.model_flops(conv.apply, w, jnp.ones((32, 28, 28, 3), jnp.float32)).flops == 2 * np.prod(y.shape) * 9 * 3
+    )
+    a = jnp.ones((8, 8), jnp.bfloat16)
+    with jax.default_matmul_precision("highest"):
+        counted = bench.model_flops(lambda a: a @ a, a)
+    assert (counted.dtype, counted.precision) == ("bfloat16", "highest")
+    looped = bench.model_flops(
+        lambda a: jax.lax.while_loop(lambda c: c[0][0, 0] < 9, lambda c: (c[0] @ a, 0), (a, 0)), a
+    )
+    assert np.isnan(looped.flops) and "while loop" in looped.note
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import fnn
 from fnn import losses, nn
 from fnn._gradcheck import dtypes as _dtypes
 from fnn.module import leaf, loss, structural
+from fnn.nn._embeddings import EMBEDDING
 from fnn.testing import _finite
 
 
@@ -219,13 +220,14 @@ def test_a_loss_whose_floating_targets_must_be_exact_keeps_the_rounding_toleranc
 
 # ------------------------------------------------------------------ integer inputs: an embedding
 def _embedding(dx):
-    """A lookup ``y = table[ids]``; backward scatter-adds ``G`` into the table's rows; ``dx(ids)`` for the ids."""
+    """A lookup ``y = table[ids]``; backward sums ``G`` into the table's rows by fnn's embedding rule (in a fixed
+    order: a scatter-add's colliding rows would fail the determinism check on a GPU); ``dx(ids)`` for the ids."""
 
     def init(key, input_shape):
         return (*input_shape, 3), {"table": jax.random.normal(key, (7, 3))}
 
     def backward(params, ids, g):
-        return {"table": jnp.zeros_like(params["table"]).at[ids].add(g)}, dx(ids)
+        return EMBEDDING.backward(params, ids, g)[0], dx(ids)
 
     return leaf("embedding", init=init, forward=lambda p, ids: (p["table"][ids], ids), backward=backward)
 
@@ -312,7 +314,7 @@ def test_the_report_is_a_table_of_every_check():
         "dtype[bfloat16]", "edge_values", "determinism", "context", "saved",
     )  # fmt: skip
     text = str(report)
-    assert text.startswith(f"check_module({DENSE!r}, input (4, 5), seed 0): ok")
+    assert text.startswith(f"check_module({DENSE!r}, input (4, 5), seed 0, products at precision highest): ok")
     assert all(name in text for name in report.keys)
     assert report["forward_mode"].status == report["forward_sweep"].status == "passed"
     assert report["saved"].status == "info" and "B computed" in report["saved"].detail
@@ -342,7 +344,10 @@ def test_params_and_edge_values_given_by_the_caller_are_used():
 
 def test_assert_forms_raise_with_the_report():
     broken = BROKEN_MODULES[0][1]
-    with pytest.raises(AssertionError, match=r"check_module\(dense, input \(4, 5\), seed 0\): \d+ FAILED"):
+    with pytest.raises(
+        AssertionError,
+        match=r"check_module\(dense, input \(4, 5\), seed 0, products at precision highest\): \d+ FAILED",
+    ):
         fnn.testing.assert_module(broken, (5,), checks=["backward"])
     assert fnn.testing.assert_loss(losses.mse, (3,), targets=np.zeros((4, 3)), checks=["backward"]).ok
 
@@ -443,3 +448,27 @@ def test_wrong_rules_finds_a_wrong_wiring_rule_and_a_wrong_loss():
     report = fnn.inspect.wrong_rules(model, bad_loss, params, x, jax.random.normal(jax.random.key(3), (4, 3)))
     assert set(wrong(report)) == {"serial[1] residual", "loss mse"}, str(report)
     assert report["serial[1] residual dense"].passed
+
+
+# ------------------------------------------------------------------ precision
+def _precisions(hlo):
+    """The precision of every dot and convolution in a lowered program's text."""
+    return re.findall(r"stablehlo\.(?:dot_general|convolution).*?precision = \[(\w+), (\w+)\]", hlo)
+
+
+def test_the_checker_runs_every_product_at_full_precision_whatever_the_callers_setting(monkeypatch):
+    from fnn._gradcheck import paths as checker_paths
+
+    lowered, compiled = [], checker_paths.jit_on_paths
+
+    def recording(*args):
+        lowered.append(compiled.lower(*args).as_text())
+        return compiled(*args)
+
+    monkeypatch.setattr(checker_paths, "jit_on_paths", recording)
+    model = nn.serial(nn.conv2d(2, 3), nn.flatten(), nn.dense(3))
+    with jax.default_matmul_precision("bfloat16"):  # a caller's lower setting changes nothing inside
+        report = fnn.testing.check_module(model, (5, 5, 1), checks=["backward", "custom_jit", "dtypes"])
+    found = [p for text in lowered for p in _precisions(text)]
+    assert len(found) > 10 and set(found) == {("HIGHEST", "HIGHEST")}, set(found)
+    assert "products at precision highest" in report.subject and report.ok, str(report)

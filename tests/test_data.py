@@ -258,6 +258,22 @@ def test_corrupt_source_is_refused(tiny, tmp_path, corrupt):
     assert not tiny, "nothing may reach TFDS before the source files pass"
 
 
+def test_read_idx_reads_the_checked_files_without_tfds(tiny, tmp_path, monkeypatch):
+    arrays = tiny_arrays()
+    source = write_source(tmp_path / "datasets" / "tiny", arrays)
+    assert_matches(data.read_idx("tiny", source_dir=source), arrays)  # the files' order
+    monkeypatch.setenv(data.ENV_VAR, str(tmp_path / "datasets"))
+    image = data.read_idx("tiny", layout="image")
+    assert image.x_train.shape == (30, 28, 28, 1) and image.y_test.dtype == np.int32
+    assert not tiny and not (tmp_path / "datasets" / "tiny" / "fnn_cache.npz").exists()  # no TFDS, no cache
+    _truncate_gz(source)
+    with pytest.raises(fnn.DatasetError, match=CORRUPTIONS["truncated_gz"][1]):
+        data.read_idx("tiny")
+    monkeypatch.delenv(data.ENV_VAR)
+    with pytest.raises(fnn.DatasetError, match=f"no IDX files for 'tiny'.*{data.ENV_VAR}"):
+        data.read_idx("tiny")
+
+
 def test_digest_mismatch_is_refused(tiny, tmp_path, monkeypatch):
     digests = {TRAIN_LABELS: hashlib.sha256(b"something else").hexdigest()}
     monkeypatch.setitem(_specs.SPECS, "tiny", _specs.Spec("tiny", 30, 12, sha256=digests))

@@ -416,11 +416,20 @@ def test_seq_mnist_shift_moves_whole_images_not_single_rows():
 
 def test_peer_pooled_libraries_train_the_same_network_from_the_same_start():
     pytest.importorskip("flax")
-    pytest.importorskip("torch")
+    torch = pytest.importorskip("torch")
     args = peer_pooled.parse_args(SYNTHETIC + ["--train-size", "64", "--test-size", "32"])
     data = peer_pooled.shuffled(_common.load_data(args, image=True), 0)
     params = _images.pooled_cnn().init(jax.random.key(0), _images.INPUT_SHAPE)[1]
-    rows = {name: side[0](params, data) for name, side in peer_pooled.sides(args).items()}
+    # Full float32 products in all three (a GPU's default is TF32 in JAX and in cuDNN's convolutions).
+    matmul, convolutions = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with jax.default_matmul_precision("highest"):
+            rows = {name: side[0](params, data) for name, side in peer_pooled.sides(args).items()}
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.allow_tf32 = convolutions
     # Same start, batches and AdamW: after 2 steps the losses agree to float32 rounding (torch's convolutions
     # round differently from XLA's; a wrong weight layout or flatten order gives differences of order 1).
     for name, tol in (("flax", 1e-5), ("torch", 1e-3)):
@@ -462,3 +471,62 @@ def test_peer_pooled_rotates_the_order_and_refuses_bad_flags():
     for bad in (["--libraries", "torch", "fnn"], ["--rounds", "2"], ["--libraries", "fnn", "fnn"]):
         with pytest.raises(SystemExit):
             peer_pooled.parse_args(bad)
+
+
+def device_check_environment(monkeypatch, tmp_path):
+    """``experiments.device_check`` with an empty ``.device`` folder, and what its ``main`` sets in ``os.environ``
+    put back after the test; the tests it starts get a run of their own (their own compilation cache, removed when
+    they end)."""
+    import os
+
+    from experiments import device_check
+
+    monkeypatch.setattr(device_check, "DEVICE", tmp_path / ".device")
+    for name in ("XLA_PYTHON_CLIENT_PREALLOCATE", "PYTHONPATH", fnn.data.ENV_VAR):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    for name in ("FNN_TESTS_RUN_ID", "PYTEST_XDIST_WORKER"):
+        monkeypatch.delenv(name, raising=False)
+    return device_check
+
+
+def test_device_check_stops_a_step_past_its_budget_and_reads_pytests_summary(tmp_path, monkeypatch):
+    device_check = device_check_environment(monkeypatch, tmp_path)
+    out = ["--out", str(tmp_path / "out")]
+    result = device_check.main([*out, "--quick", "--steps", "recipe", "--budget", "recipe=0.5"])
+    step = result["steps"]["recipe"]  # stopped while its process was still starting
+    assert step["status"] == "timed_out" and step["budget_s"] == 0.5 and step["wall_s"] >= 0.5
+    assert json.loads((tmp_path / "out" / "device_check.json").read_text()) == json.loads(json.dumps(result))
+    assert result["device"] == fnn.bench.device_description() and result["environment"]["XLA_PYTHON_CLIENT_PREALLOCATE"]
+    text = (
+        "FAILED tests/test_a.py::test_x[1-2] - assert 0 == 1\nERROR tests/test_b.py::test_y\n"
+        "2 failed, 10 passed, 1 skipped, 1 error, 3 deselected, 2 warnings in 9.51s (0:00:09)\n"
+    )
+    counts = {"passed": 10, "failed": 2, "skipped": 1, "errors": 1, "deselected": 3, "warnings": 2}
+    failing = ["tests/test_a.py::test_x[1-2]", "tests/test_b.py::test_y"]
+    assert device_check.pytest_summary(text) == {"counts": counts, "failing": failing}
+    assert device_check.pytest_summary("bringing up nodes...\n..F.\n") == {"counts": None, "failing": []}
+    for bad in (["--quick"], [*out, "--steps", "tests,nope"], [*out, "--budget", "tests=0"], [*out, "--budget", "x=3"]):
+        with pytest.raises(SystemExit):
+            device_check.parse_args(bad)
+
+
+@pytest.mark.slow  # about 15 s: a test run, then the recipe on every path, each in a process of its own
+def test_device_check_records_each_step_its_machine_and_timings(tmp_path, monkeypatch):
+    device_check = device_check_environment(monkeypatch, tmp_path)
+    argv = ["--out", str(tmp_path / "out"), "--quick", "--synthetic", "--steps", "attention,recipe,tests"]
+    argv += ["--workers", "0", "--tests", "tests/test_surface.py -k downwards", "--budget", "attention=1"]
+    result = device_check.main(argv)
+    assert list(result["steps"]) == ["tests", "recipe", "attention"]  # the check's order
+    assert result["quick"] and result["jax_version"] == jax.__version__ and result["wall_s"] > 0
+    tests = result["steps"]["tests"]
+    assert tests["status"] == "ok" and tests["exit_code"] == 0 and tests["failing"] == []
+    assert tests["counts"]["passed"] == 1 and tests["counts"]["deselected"] > 0 and tests["wall_s"] > 0
+    assert "1 passed" in (tmp_path / "out" / tests["log"]).read_text() and " -n 0 " in tests["command"]
+    recipe = result["steps"]["recipe"]
+    assert recipe["status"] == "ok" and recipe["device"] == result["device"] and recipe["data"]["name"] == "synthetic"
+    assert set(recipe["fnn"]) == set(fnn.PATHS) and recipe["epochs"] == 1
+    for run in recipe["fnn"].values():
+        assert run["compile_s"] > 0 and run["run_s"] > 0 and len(run["epoch_s"]) == 1 and 0 <= run["test_error"] <= 1
+    assert "skipped" in recipe["torch"] or recipe["torch"]["wall_s"] > 0  # the notes' PyTorch code needs CUDA
+    assert result["steps"]["attention"]["status"] == "timed_out"  # the others' results are kept
+    assert json.loads((tmp_path / "out" / "device_check.json").read_text()) == json.loads(json.dumps(result))

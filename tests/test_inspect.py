@@ -220,3 +220,30 @@ def test_bad_model_or_loss():
         inspect.compare_paths(lambda p, x: x, LOSS, params, x, labels, timing=False)
     with pytest.raises(TypeError, match="loss must be an fnn loss"):
         inspect.compare_paths(model, lambda y, t: 0.0, params, x, labels, timing=False)
+
+
+GPU_HLO = """HloModule step, entry_computation_layout={(f32[2,8,8,3]{3,2,1,0}, f32[3,3,3,4]{3,2,1,0})->f32[]}
+
+%fused_computation (param_0: f32[8,4], param_1: f32[4,3]) -> f32[8,3] {
+  %param_0 = f32[8,4]{1,0} parameter(0)
+  %param_1 = f32[4,3]{1,0} parameter(1)
+  ROOT %dot.1 = f32[8,3]{1,0} dot(%param_0, %param_1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+ENTRY %main (p0: f32[2,8,8,3], p1: f32[3,3,3,4], p2: f32[8,4], p3: f32[4,3]) -> f32[8,3] {
+  %p0 = f32[2,8,8,3]{3,2,1,0} parameter(0)
+  %p1 = f32[3,3,3,4]{3,2,1,0} parameter(1)
+  %p2 = f32[8,4]{1,0} parameter(2)
+  %p3 = f32[4,3]{1,0} parameter(3)
+  %custom-call.1 = (f32[2,8,8,4]{3,2,1,0}, u8[0]{0}) custom-call(%p0, %p1), custom_call_target="__cudnn$convForward"
+  %custom-call.2 = (f32[3,3,3,4], u8[0]) custom-call(%p0, %p1), custom_call_target="__cudnn$convBackwardFilter"
+  %custom-call.3 = (f32[8,3]{1,0}, s8[4]{0}) custom-call(%p2, %p3), custom_call_target="__cublas$gemm"
+  ROOT %fusion = f32[8,3]{1,0} fusion(%p2, %p3), kind=kCustom, calls=%fused_computation
+}
+"""
+
+
+def test_hlo_counts_take_a_gpus_library_kernels_for_the_ops_they_compute():
+    counts = fnn.inspect.hlo_counts(GPU_HLO)
+    assert counts["convolutions"] == 2 and counts["dots"] == 2 and counts["dots_unfused"] == 1, counts
+    assert counts["ops_top"]["custom-call:__cudnn$convForward"] == 1 and counts["other_ops"] == 2, counts

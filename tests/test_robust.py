@@ -339,6 +339,9 @@ def run_python(code, *args, env=None, timeout=240):
     return proc.stdout
 
 
+#: The environment of a child that simulates CPU devices, whatever accelerator the machine has.
+ON_CPU = {"JAX_PLATFORMS": "cpu"}
+
 PRELUDE = f"""
 import sys, types
 import numpy as np
@@ -381,7 +384,8 @@ try:
     train(8, batch_size=20)
 except ValueError as e:
     print("uneven", e)
-"""
+""",
+        env=ON_CPU,
     )
     for name in ("plain", "stateful"):
         assert f"{name} bitwise True" in out
@@ -392,7 +396,8 @@ except ValueError as e:
 
 
 def test_two_processes_train_like_one_process_with_as_many_devices(tmp_path):
-    """Two processes of 2 CPU devices each, through jax.distributed on 127.0.0.1 (gloo collectives)."""
+    """Two processes of 2 CPU devices each, through jax.distributed on 127.0.0.1 (gloo collectives). The processes
+    use the CPU even on a machine with an accelerator: one GPU cannot be two processes' device."""
     import socket
 
     with socket.socket() as s:
@@ -419,6 +424,7 @@ print("devices", jax.device_count(), "losses", history.train_loss.tolist())
             stderr=subprocess.PIPE,
             text=True,
             cwd=ROOT,
+            env={**os.environ, **ON_CPU},
         )
         for i in range(2)
     ]
@@ -431,7 +437,8 @@ print("devices", jax.device_count(), "losses", history.train_loss.tolist())
         + """
 params, history = train(4)
 print("devices", jax.device_count(), "losses", history.train_loss.tolist())
-"""
+""",
+        env=ON_CPU,
     )
     losses = [eval(re.search(r"losses (\[.*\])", out)[1]) for out, _ in outs] + [
         eval(re.search(r"losses (\[.*\])", single)[1])

@@ -1,5 +1,7 @@
 """fnn.train: jitted SGD and optax steps on every gradient path, and a small end-to-end fit."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -139,7 +141,7 @@ def test_two_layer_net_fits_a_spiral_on_every_path():
     histories = {}
     for path in fnn.PATHS:
         params = copy(init_params)
-        step = fnn.train.sgd_step(model, CE, 0.3, path=path)
+        step = fnn.train.sgd_step(model, CE, 0.3, path=path, precision="highest")  # float32, not a GPU's TF32
         losses = []
         for _ in range(1500):
             params, metrics = step(params, (x, y))
@@ -151,3 +153,30 @@ def test_two_layer_net_fits_a_spiral_on_every_path():
     # until SGD's sensitivity to its own path (here from step ~300) amplifies it.
     for path in ("custom", "backprop"):
         np.testing.assert_allclose(histories[path][:200], histories["autodiff"][:200], rtol=1e-4)
+
+
+def _precisions(hlo):
+    return set(re.findall(r"stablehlo\.(?:dot_general|convolution).*?precision = \[(\w+), (\w+)\]", hlo))
+
+
+@pytest.mark.parametrize("precision, shows", [(None, "DEFAULT"), ("highest", "HIGHEST"), ("tensorfloat32", "HIGH")])
+def test_training_runs_its_products_at_the_precision_it_is_given(precision, shows):
+    model = fnn.nn.serial(fnn.nn.conv2d(2, 3), fnn.nn.flatten(), fnn.nn.dense(3))
+    params = model.init(jax.random.key(0), (5, 5, 1))[1]
+    x, labels = jnp.ones((4, 5, 5, 1), jnp.float32), jnp.zeros(4, int)
+    for path in fnn.PATHS:
+        grads = fnn.value_and_grad(model, fnn.losses.cross_entropy, path=path, precision=precision)
+        assert _precisions(jax.jit(grads).lower(params, x, labels).as_text()) == {(shows, shows)}, path
+    step = fnn.train.optimizer_step(model, fnn.losses.cross_entropy, optax.sgd(0.1), precision=precision)
+    hlo = step.lower(params, optax.sgd(0.1).init(params), (x, labels)).as_text()
+    assert _precisions(hlo) == {(shows, shows)}
+
+
+def test_fit_records_its_precision_and_refuses_an_unknown_one():
+    model = fnn.nn.mlp([4, 3])
+    data = fnn.data.synthetic(64, 16, shape=(4,), classes=3)
+    params = model.init(jax.random.key(0), (4,))[1]
+    _, history = fnn.fit(model, params, data, epochs=1, batch_size=16, progress=False, precision="highest")
+    assert history.config["precision"] == "highest"
+    with pytest.raises(fnn.InputError, match=r"fit: precision must be None \(the backend's default\) or one of"):
+        fnn.fit(model, params, data, epochs=1, batch_size=16, progress=False, precision="double")

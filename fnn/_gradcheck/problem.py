@@ -15,12 +15,16 @@ import functools
 import jax
 import numpy as np
 
+from fnn import _precision
 from fnn._errors import InputError, StructureError, UsageError
 from fnn._gradcheck import paths as _paths
 from fnn._gradcheck.dtypes import cast, floating, nudged, x64
 from fnn.module import Loss, Module
 
 __all__ = ["Problem", "StructureError", "check_input_shape", "loss_problem", "module_problem"]
+
+#: How a report says the precision its products ran at (:func:`fnn._precision.full`).
+PRECISION = f"products at precision {_precision.FULL}"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -321,7 +325,7 @@ def module_problem(module, input_shape, *, params, x, seed, edge_values, dtypes,
     cotangent = rng.standard_normal(y.shape)
     g, w = _draw_g(rng), _second_order_w((params, x), rng)
     mode = "" if context is None else f", {context.describe()}"
-    description = f"check_module({module!r}, input {input_shape}, seed {seed}{mode})"
+    description = f"check_module({module!r}, input {input_shape}, seed {seed}{mode}, {PRECISION})"
     return Problem(
         "module",
         module,
@@ -367,7 +371,7 @@ def loss_problem(loss, output_shape, *, targets, outputs, seed, edge_values, dty
             f"{targets.shape}"
         )
     g, w = _draw_g(rng), _second_order_w(((), outputs), rng)
-    description = f"check_loss({loss!r}, outputs {output_shape}, seed {seed})"
+    description = f"check_loss({loss!r}, outputs {output_shape}, seed {seed}, {PRECISION})"
     return Problem(
         "loss",
         _paths.IDENTITY,

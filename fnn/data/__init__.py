@@ -29,6 +29,10 @@ random-access source, such as :class:`Records` written by
 disk as training needs it, shuffled, sharded over processes and resumable
 mid-epoch (the rules are :class:`Stream`'s).
 
+Without TFDS: :func:`read_idx` reads a dataset straight from its four IDX
+files (the same checks, no preparation and no cache), for a machine that has
+the files but not TFDS or TensorFlow.
+
 Besides the datasets: :func:`synthetic`, a learnable random dataset of any
 input shape (for smoke tests and examples), and :func:`random_shift`, image
 augmentation for ``fnn.fit(augment=...)``.
@@ -46,8 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fnn._errors import DataError, InputError
-from fnn.data import _cache, _checks, _records, _sources, _specs, _tfds
+from fnn._errors import DataError, DatasetError, InputError
+from fnn.data import _cache, _checks, _idx, _records, _sources, _specs, _tfds
 from fnn.data._augment import random_shift
 from fnn.data._dataset import Dataset
 from fnn.data._records import Records, write_records
@@ -65,6 +69,7 @@ __all__ = [
     "Stream",
     "load",
     "random_shift",
+    "read_idx",
     "stream",
     "synthetic",
     "write_records",
@@ -111,6 +116,40 @@ def load(name, *, source_dir=None, data_dir=None, layout="flat", verbose=False):
         arrays, prepared_dir = _tfds.from_tfds(spec, data_dir, raw, verbose=verbose)
         _cache.check_arrays(spec, arrays, f"TFDS's prepared {name} at {prepared_dir}")
         _cache.write_cache(cache, arrays, _cache.fingerprint(data_dir / name, prepared_dir.name))
+    return _dataset(spec, arrays, layout)
+
+
+def read_idx(name, *, source_dir=None, layout="flat"):
+    """Reads an MNIST-style dataset straight from its four original IDX files, without TFDS.
+
+    The files are checked as :func:`load` checks them (header, shape, counts,
+    label range, and SHA-256 where fnn knows the canonical digests), then
+    parsed; nothing is prepared or cached, and neither TFDS nor TensorFlow is
+    imported. The examples are those :func:`load` gives, in the files' order
+    (TFDS's prepared dataset holds them in an order of its own), so a run on
+    this data is not step for step one on :func:`load`'s.
+
+    Args:
+      name: one of :data:`DATASETS`.
+      source_dir: folder holding the four IDX files (``.gz`` or raw). Defaults
+        to ``$FNN_DATASETS_DIR/<name>``.
+      layout: ``"flat"`` or ``"image"``, as for :func:`load`.
+
+    Returns:
+      A :class:`Dataset`; ``x`` is ``float32`` in ``[0, 1]``, ``y`` is ``int32 [N]``.
+
+    Raises:
+      fnn.DatasetError: unknown name, no source folder, or missing or corrupt files.
+    """
+    spec = _specs.spec(name)
+    _check_layout(layout)
+    files = _sources.source_files(spec, source_dir)
+    if files is None:
+        raise DatasetError(f"no IDX files for {name!r}: pass source_dir= or set {ENV_VAR} to a folder holding {name}/")
+    raw = _checks.validate(spec, files)
+    arrays = {}
+    for split, (images, labels) in _specs.FILES.items():
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = _idx.parse(raw[images]), _idx.parse(raw[labels])
     return _dataset(spec, arrays, layout)
 
 

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn import _precision
 from fnn._errors import InputError
 from fnn._gradcheck.compare import relative_error
 from fnn._gradcheck.dtypes import floating, x64
@@ -18,14 +19,15 @@ def as_float64(tree):
 def reference_grads(model, loss, params, x, targets):
     """The float64 gradient: the ``autodiff`` path on float64 copies of ``params``, ``x`` and ``targets``.
 
-    Floating leaves are cast to float64 (integer labels are kept). Works
+    Floating leaves are cast to float64 (integer labels are kept); every
+    product runs at full precision (``jax.lax.Precision.HIGHEST``). Works
     whether or not ``jax_enable_x64`` is on: when it is off, the reference is
     computed inside ``jax.enable_x64(True)``.
 
     Returns:
       The gradient in the structure of ``params``, every floating leaf float64.
     """
-    with x64():
+    with x64(), _precision.full():
         params64, x64_, targets64 = as_float64((params, x, targets))
         return jax.jit(value_and_grad(model, loss, path="autodiff"))(params64, x64_, targets64)[1]
 

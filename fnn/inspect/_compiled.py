@@ -44,14 +44,15 @@ def compiled_cost(compiled):
 
     Returns:
       The bytes of :func:`memory`, plus ``flops``, ``transcendentals`` and
-      ``bytes_accessed`` as XLA counts them (``0.0`` where the backend does
-      not count them).
+      ``bytes_accessed`` as XLA counts them (``nan`` where the backend does
+      not give them: never a 0 that reads as "no work"; :func:`fnn.bench.model_flops`
+      counts a program's products the same way on every backend).
     """
     cost = compiled.cost_analysis() or {}
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return {
-        **memory(compiled),
-        "flops": float(cost.get("flops", 0.0)),
-        "transcendentals": float(cost.get("transcendentals", 0.0)),
-        "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
-    }
+    counted = {name: float(cost[key]) if key in cost else float("nan") for name, key in _COSTS.items()}
+    return {**memory(compiled), **counted}
+
+
+#: The entries of :func:`compiled_cost` and the keys of XLA's cost analysis they come from.
+_COSTS = {"flops": "flops", "transcendentals": "transcendentals", "bytes_accessed": "bytes accessed"}

@@ -24,7 +24,23 @@ def _op_kind(rest):
     opcode = re.match(r"\s*([\w\-]+)\(", rest).group(1)
     if opcode == "fusion":
         return "fusion:" + re.search(r"kind=(k\w+)", rest).group(1)
+    if opcode == "custom-call" and (target := re.search(r'custom_call_target="([^"]+)"', rest)):
+        return f"custom-call:{target.group(1)}"  # on a GPU, a library's kernel: cuDNN's convolutions, cuBLAS's products
     return opcode
+
+
+#: Custom-call targets that are library kernels for an HLO op (a GPU's cuBLAS products and cuDNN convolutions):
+#: ``{op: target prefixes}``.
+LIBRARY_KERNELS = {
+    "dot": ("__cublas$gemm", "__cublas$lt$matmul"),
+    "convolution": ("__cudnn$conv",),
+}
+
+
+def _library(counts, op):
+    """How many of ``counts``' ops are ``op`` itself or a library kernel that computes one."""
+    prefixes = tuple(f"custom-call:{p}" for p in LIBRARY_KERNELS[op])
+    return counts[op] + sum(n for kind, n in counts.items() if kind.startswith(prefixes))
 
 
 def _computations(hlo_text):
@@ -46,7 +62,9 @@ def hlo_counts(hlo_text):
     ``ops_all`` those of every computation, inside fusions too. Bookkeeping
     ops (parameters, constants, tuples, bitcasts) are left out. ``dots`` and ``convolutions``
     count every ``dot`` and ``convolution``, also those XLA CPU wraps in
-    ``kind=kCustom`` fusions (matmul kernels); ``dots_unfused`` the top-level
+    ``kind=kCustom`` fusions (matmul kernels) and those a GPU runs as library
+    kernels (a custom call to cuBLAS or cuDNN, ``LIBRARY_KERNELS``; a
+    custom call counts as ``custom-call:<target>``); ``dots_unfused`` the top-level
     ones; ``kernels`` the top-level ops that do work (fusions, unfused dots
     and other ops); ``fusions_*`` top-level fusions by kind; ``other_ops``
     top-level ops that are neither fusions nor dots.
@@ -65,13 +83,13 @@ def hlo_counts(hlo_text):
     fusions = {kind: n for kind, n in ops_top.items() if kind.startswith("fusion:")}
     custom, loop = fusions.get("fusion:kCustom", 0), fusions.get("fusion:kLoop", 0)
     return {
-        "dots": ops_all["dot"],
-        "dots_unfused": ops_top["dot"],
-        "convolutions": ops_all["convolution"],
+        "dots": _library(ops_all, "dot"),
+        "dots_unfused": _library(ops_top, "dot"),
+        "convolutions": _library(ops_all, "convolution"),
         "fusions_custom": custom,
         "fusions_loop": loop,
         "fusions_other": sum(fusions.values()) - custom - loop,
-        "other_ops": sum(ops_top.values()) - sum(fusions.values()) - ops_top["dot"],
+        "other_ops": sum(ops_top.values()) - sum(fusions.values()) - _library(ops_top, "dot"),
         "kernels": sum(ops_top.values()),
         "ops_top": dict(sorted(ops_top.items())),
         "ops_all": dict(sorted(ops_all.items())),

@@ -5,7 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from fnn import bench, context
+from fnn import _precision, bench, context
 from fnn._errors import InputError, UsageError
 from fnn._gradcheck.report import Column, Report
 from fnn._gradcheck.residuals import residuals
@@ -222,7 +222,8 @@ def compare_paths(
     steps = {path: compile_step(model, loss, path, params, x, targets, learning_rate) for path in paths}
     counts = {path: hlo_counts(compiled.as_text()) for path, (compiled, _) in steps.items()}
     timed = {"rounds": rounds, "block_s": block_s, "margin": margin, "confidence": confidence, "seed": seed}
-    settings = {"reference": reference, "learning_rate": learning_rate} | (timed if timing else {})
+    settings = {"reference": reference, "learning_rate": learning_rate, "error_precision": _precision.FULL}
+    settings |= timed if timing else {}
     times = {}
     if timing:
         updates = {path: sgd_update(model, loss, learning_rate, path=path) for path in paths}
@@ -230,7 +231,8 @@ def compare_paths(
     rows = []
     for path in paths:
         compiled, compile_s = steps[path]
-        per_leaf = gradient_errors(jax.jit(grad_fns[path])(params, x, targets)[1], reference_grad)
+        with _precision.full():  # the rule's error, not the backend's float32 products (TF32 on a GPU)
+            per_leaf = gradient_errors(jax.jit(grad_fns[path])(params, x, targets)[1], reference_grad)
         rows.append(
             PathRow(
                 path=path,

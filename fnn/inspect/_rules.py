@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn import context
+from fnn import _precision, context
 from fnn._gradcheck.compare import against_autodiff
 from fnn._gradcheck.dtypes import cast, rtol, x64
 from fnn._gradcheck.problem import loss_problem, module_problem
@@ -171,6 +171,7 @@ def _rule(position, kind, found, alone):
     )
 
 
+@_precision.at_full
 def wrong_rules(model, loss, params, x, targets, *, seed=0, state=None, key=None, train=True):
     """Checks every module's backward rule inside ``model`` (and ``loss``'s) at its actual input, in float64.
 

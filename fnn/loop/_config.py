@@ -55,6 +55,7 @@ def run_config(plan, params, key_data, data, epochs):
         "shuffle": plan.shuffle,
         "key": np.asarray(key_data).tolist(),
         "train_metrics": plan.train_metrics,
+        "precision": plan.precision,
         "augment": _identified("augment", plan.augment),
         "transform": _identified("transform", plan.transform),
         "optimizer": _identified("optimizer", plan.optimizer),

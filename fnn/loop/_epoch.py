@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fnn import parallel
+from fnn import _precision, parallel
 from fnn import train as _train
 from fnn._order import epoch_order
 from fnn.module import Loss, Module
@@ -44,7 +44,8 @@ class Plan:
     """What one epoch computes (see :func:`fnn.fit` for each field's meaning).
 
     ``key_impl`` is the implementation of the run's key (its data is part of
-    the carried state); ``divergence_factor`` is ``inf`` when only non-finite
+    the carried state); ``precision`` that of the products (``None``: the
+    backend's default); ``divergence_factor`` is ``inf`` when only non-finite
     losses count as divergence. ``streamed``: the steps are given the batches
     they train on (from a :class:`fnn.data.Stream`, whose per-record
     ``transform`` is recorded), not the whole training split.
@@ -64,6 +65,7 @@ class Plan:
     divergence_factor: float
     streamed: bool = False
     transform: Callable | None = None
+    precision: str | None = None
 
     @property
     def full_batches(self):
@@ -188,7 +190,7 @@ def make_steps(plan, n_steps, rows=None):
     ``model_state`` from step to step (``()`` for one without). One step is
     compiled without a loop (see ``steps_per_call`` in :func:`fnn.fit`).
     """
-    update = _train.optimizer_update(plan.model, plan.loss, plan.optimizer, path=plan.path)
+    update = _train.optimizer_update(plan.model, plan.loss, plan.optimizer, path=plan.path, precision=plan.precision)
     rows = plan.batch_size if rows is None else rows
     split = _splitter(plan.mesh)
 
@@ -247,6 +249,10 @@ def make_epoch_end(plan):
     model, loss, n_train = plan.model, plan.loss, plan.n_train
 
     def end(params, opt_state, model_state, tally, key_data, epoch, x, y, x_test, y_test):
+        with _precision.training(plan.precision):
+            return evaluated_end(params, opt_state, model_state, tally, key_data, epoch, x, y, x_test, y_test)
+
+    def evaluated_end(params, opt_state, model_state, tally, key_data, epoch, x, y, x_test, y_test):
         if last is not None:
             params, opt_state, model_state, tally = last(
                 params, opt_state, model_state, tally, key_data, epoch, plan.full_batches, x, y

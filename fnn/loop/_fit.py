@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn import bench, parallel, validate
+from fnn import _flops, _precision, parallel, validate
 from fnn import losses as _losses
 from fnn import train as _train
 from fnn._errors import InputError, TrainingDiverged, TrainingInterrupted, UsageError
@@ -19,7 +19,7 @@ from fnn.data import Stream
 from fnn.loop import _feed
 from fnn.loop._callbacks import Callback, Checkpointing, EpochFunction, ProgressBar, Run, StallWatch
 from fnn.loop._config import data_identity, run_config
-from fnn.loop._epoch import Plan, evaluate, make_epoch_end, make_steps, new_tally
+from fnn.loop._epoch import Plan, make_epoch_end, make_steps, new_tally
 from fnn.loop._history import History
 
 #: The leaves that XLA's CPU backend runs slowly inside a loop body on the autodiff path (see :func:`fit`).
@@ -45,6 +45,7 @@ def fit(
     callbacks=(),
     progress=None,
     state=None,
+    precision=None,
 ):
     """Trains ``model`` from ``params`` on ``loss`` and reports per-epoch metrics.
 
@@ -104,6 +105,11 @@ def fit(
         stopping, your own), or functions called after each epoch as
         ``f(row)`` with the epoch's :meth:`fnn.History.rows` dict.
       progress: show a ``tqdm`` bar over the epochs; ``None`` shows it only on a terminal.
+      precision: the precision of the matrix products and convolutions of
+        every step and evaluation (see :func:`fnn.value_and_grad`): ``None``
+        keeps the backend's default (TF32 for float32 on recent GPUs: faster,
+        about 1e-3 relative error per product), ``"highest"`` full float32.
+        A checkpoint records it.
       state: the model's state at the start (``model.init_state(input_shape)``);
         required for a model with state (batch norm). As for
         :meth:`fnn.module.Module.apply`, the trained state comes back exactly
@@ -154,6 +160,7 @@ def fit(
         train_metrics,
         divergence_factor,
         stream,
+        _precision.check("fit", precision),
     )
     parts = [*_callback_parts(callbacks), ProgressBar(progress), StallWatch(_chance_level(model, loss, splits))]
     input_shape = splits["train"][0].shape[1:]
@@ -190,7 +197,7 @@ def fit(
         compile_s=compile_s,
         wall_s=time.perf_counter() - start,
         configure=lambda: {**run.config, "epochs": run.epochs, "devices": plan.mesh.size},
-        count_flops=functools.partial(_epoch_flops, plan, compiled.shapes, feed),
+        count_work=functools.partial(_epoch_work, plan, compiled.shapes, feed),
     )
     if state is None:
         return run.state["params"], history
@@ -310,7 +317,19 @@ def _split_arrays(data):
 
 
 def _plan(
-    model, loss, path, optimizer, n_train, batch_size, shuffle_key, augment, devices, train_metrics, factor, stream
+    model,
+    loss,
+    path,
+    optimizer,
+    n_train,
+    batch_size,
+    shuffle_key,
+    augment,
+    devices,
+    train_metrics,
+    factor,
+    stream,
+    precision,
 ):
     """The :class:`Plan` of the run, its arguments checked."""
     if train_metrics not in ("batches", "full"):
@@ -343,6 +362,7 @@ def _plan(
         math.inf if factor is None else float(factor),
         stream is not None,
         None if stream is None else stream.transform,
+        precision,
     )
 
 
@@ -425,30 +445,23 @@ class _Compiled:
         return self._steps.get(n)
 
 
-def _epoch_flops(plan, shapes, feed):
-    """XLA's FLOP count of one epoch: its steps, each lowered without a loop (XLA counts a loop's body once), and
-    its evaluation, lowered as one pass over each evaluated split."""
+def _epoch_work(plan, shapes, feed):
+    """One epoch's model FLOPs (:func:`fnn._flops.count`, from the programs, nothing compiled): a step's times the
+    full batches, and the epoch's end (the last smaller batch and the evaluation)."""
     step_args = (*shapes, 1, 0)
-    total = plan.full_batches * bench.flops(jax.jit(make_steps(plan, 1)).lower(*step_args, *feed.specs(1)))
-    if plan.n_train % plan.batch_size:
-        last = make_steps(plan, 1, rows=plan.n_train % plan.batch_size)
-        total += bench.flops(jax.jit(last).lower(*step_args, *feed.specs(None)))
-    x_test, y_test = (jax.ShapeDtypeStruct(a.shape, a.dtype) for a in feed.test)
-    splits = [(x_test, y_test)]
-    if plan.train_metrics == "full":
-        splits.append(
-            (
-                jax.ShapeDtypeStruct((plan.n_train, *x_test.shape[1:]), x_test.dtype),
-                jax.ShapeDtypeStruct((plan.n_train, *y_test.shape[1:]), y_test.dtype),
-            )
-        )
+    step = _flops.count(make_steps(plan, 1), *step_args, *feed.specs(1))
+    end = _flops.count(make_epoch_end(plan), *shapes, 1, *feed.specs(None), *feed.test)
+    return _flops.FlopCount(
+        plan.full_batches * step.flops + end.flops,
+        _summed(plan.full_batches, step.dtypes, end.dtypes),
+        _summed(plan.full_batches, step.precisions, end.precisions),
+        "; ".join(sorted({step.note, end.note} - {""})),
+    )
 
-    def evaluation(params, model_state, x, y):
-        return evaluate(plan.model, plan.loss, params, x, y, state=model_state, chunk=x.shape[0])
 
-    for x, y in splits:
-        total += bench.flops(jax.jit(evaluation).lower(shapes[0], shapes[2], x, y))
-    return total
+def _summed(steps, per_step, end):
+    """``{key: steps * per_step[key] + end[key]}``."""
+    return {k: steps * per_step.get(k, 0.0) + end.get(k, 0.0) for k in {*per_step, *end}}
 
 
 # ---------------------------------------------------------------- the epoch loop

@@ -6,8 +6,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fnn import bench
-
 #: The metrics of every epoch, in the order the notes print them.
 COLUMNS = ("train_loss", "test_loss", "train_err", "test_err")
 
@@ -23,10 +21,12 @@ class History:
     starts with the epochs restored from the checkpoint. :attr:`config` is
     the run's configuration.
 
-    Set against the machine: :attr:`epoch_flops` is the work of each epoch as
-    XLA counts it, :attr:`flops_per_s` the rate each epoch achieved, and
-    :attr:`machine_fraction` that rate's fraction of the machine's
-    matrix-product rate (:func:`fnn.bench.machine_rate`).
+    Set against the machine: :attr:`epoch_flops` is the work of each epoch in
+    model FLOPs (its matrix products and convolutions, counted from the
+    program: :func:`fnn.bench.model_flops`), :attr:`flops_per_s` the rate each
+    epoch achieved, and :meth:`machine_fraction` that rate's fraction of a
+    limit you give it (:func:`fnn.bench.machine_rate` of :attr:`work`'s dtype
+    and precision).
     """
 
     train_loss: np.ndarray
@@ -37,7 +37,7 @@ class History:
     compile_s: float
     wall_s: float
     configure: Callable = dataclasses.field(default=dict, repr=False, compare=False)
-    count_flops: Callable = dataclasses.field(default=lambda: float("nan"), repr=False, compare=False)
+    count_work: Callable = dataclasses.field(default=lambda: None, repr=False, compare=False)
 
     @functools.cached_property
     def config(self):
@@ -52,24 +52,29 @@ class History:
         return self.configure()
 
     @functools.cached_property
-    def epoch_flops(self):
-        """XLA's FLOP count of each epoch, ``[epochs]``: every training step and the epoch's evaluation.
+    def work(self):
+        """One epoch's model FLOPs as a :class:`fnn.bench.FlopCount` (``flops``, the dtype and precision carrying
+        them, and a ``note`` when they are unknown), counted from the epoch's programs on first use; ``None``
+        for a history not made by ``fit``."""
+        return self.count_work()
 
-        Counted from the lowered (loop-free) step and evaluation functions, on first use.
-        """
-        return np.full(len(self.epoch_s), float(self.count_flops()))
+    @property
+    def epoch_flops(self):
+        """The model FLOPs of each epoch, ``[epochs]``: every training step and the epoch's evaluation (``nan``
+        where the program does not fix them: :attr:`work`'s note says why)."""
+        flops = float("nan") if self.work is None else self.work.flops
+        return np.full(len(self.epoch_s), flops)
 
     @property
     def flops_per_s(self):
         """The rate each epoch achieved, ``epoch_flops / epoch_s`` (FLOP/s), ``[epochs]``."""
         return self.epoch_flops / self.epoch_s
 
-    @property
-    def machine_fraction(self):
-        """Each epoch's :attr:`flops_per_s` as a fraction of :func:`fnn.bench.machine_rate` (measured once per
-        machine, then cached), ``[epochs]``."""
-        achieved = self.flops_per_s
-        return achieved / bench.limit(float(np.max(achieved, initial=0.0))).flops_per_s
+    def machine_fraction(self, rate):
+        """Each epoch's :attr:`flops_per_s` as a fraction of ``rate``, ``[epochs]``: a
+        :class:`fnn.bench.MachineRate` (``fnn.bench.machine_rate(history.work.dtype)``) or a number of FLOP/s.
+        Training measures no limit itself."""
+        return self.flops_per_s / float(getattr(rate, "flops_per_s", rate))
 
     def rows(self):
         """One dict per epoch: ``{"epoch": 1, "train_loss": ..., ...}``."""
@@ -80,9 +85,9 @@ class History:
         ]
 
     @classmethod
-    def from_rows(cls, rows, *, compile_s, wall_s, configure=dict, count_flops=lambda: float("nan")):
+    def from_rows(cls, rows, *, compile_s, wall_s, configure=dict, count_work=lambda: None):
         """The history of the epochs in ``rows`` (dicts as :meth:`rows` makes them); ``configure() -> config``,
-        ``count_flops() -> one epoch's FLOPs``."""
+        ``count_work() -> one epoch's`` :class:`fnn.bench.FlopCount`."""
         has = {c: bool(rows) and c in rows[0] for c in COLUMNS}
         columns = {c: np.array([row[c] for row in rows]) if has[c] or c.endswith("loss") else None for c in COLUMNS}
         return cls(
@@ -91,5 +96,5 @@ class History:
             compile_s=compile_s,
             wall_s=wall_s,
             configure=configure,
-            count_flops=count_flops,
+            count_work=count_work,
         )

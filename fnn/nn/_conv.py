@@ -158,10 +158,11 @@ MATMUL_MAX_DEPTH = 576
 MATMUL_MAX_PATCH_BYTES = 8 * 2**20
 
 
-def conv_form(x_shape, w_shape, stride, padding="SAME", dtype=jnp.float32):
-    """The form (one of :data:`CONV_FORMS`) a convolution of ``x[N, *spatial, C]`` with ``w[*k, C, O]`` takes.
+def conv_form(x_shape, w_shape, stride, padding="SAME", dtype=jnp.float32, backend=None):
+    """The form (one of :data:`CONV_FORMS`) a convolution of ``x[N, *spatial, C]`` with ``w[*k, C, O]`` takes on
+    ``backend`` (``"cpu"``, ``"gpu"``, ``"tpu"``; ``None``: JAX's default backend, where it will run).
 
-    On a CPU (JAX's default backend), the matrix form ``"matmul"`` when
+    On a CPU, the matrix form ``"matmul"`` when
 
     - the input has at most ``FEW_CHANNELS`` channels (an image net's first
       layer), or
@@ -187,7 +188,7 @@ def conv_form(x_shape, w_shape, stride, padding="SAME", dtype=jnp.float32):
     over 28-128 channels (1.0-1.3x), XLA's convolution is the faster.
     Accelerators were not measured: there XLA's convolution is kept.
     """
-    if jax.default_backend() != "cpu":
+    if (backend or jax.default_backend()) != "cpu":
         return "convolution"
     n, channels = len(w_shape) - 2, x_shape[-1]
     if channels <= FEW_CHANNELS:

@@ -21,14 +21,27 @@ Each channel is pooled on its own; no parameters.
   order (top row first, left to right). The result is one of the subgradients
   (equal splitting gives another), it costs no division, and it is the choice
   of JAX's own rule for ``lax.reduce_window`` with ``lax.max`` (XLA's
-  ``select_and_scatter`` with ``>=``, so the autodiff path agrees on ties
-  too), of Flax's ``max_pool`` built on it, and of PyTorch's ``max_pool2d``
-  (which replaces its running maximum only on ``>``). ``jax.grad`` of
-  ``jnp.max`` over an axis splits equally instead. A padded position never
-  takes the gradient (JAX's rule can select one when a window's values are
-  all ``-inf``, and loses that gradient). Saves ``x`` and ``y``; the backward
-  walks the ``K`` window offsets in order, routing ``G`` where an offset
-  first meets ``y``, one pass per offset.
+  ``select_and_scatter`` with ``>=``), of Flax's ``max_pool`` built on it,
+  and of PyTorch's ``max_pool2d`` (which replaces its running maximum only
+  on ``>``). ``jax.grad`` of ``jnp.max`` over an axis splits equally
+  instead. A padded position never takes the gradient (JAX's rule can select
+  one when a window's values are all ``-inf``, and loses that gradient).
+  Saves ``x`` and ``y``; the backward walks the ``K`` window offsets in
+  order, routing ``G`` where an offset first meets ``y``, one pass per
+  offset.
+
+  The autodiff path differentiates not ``reduce_window`` but a forward with
+  the same values bit for bit: ``y`` from ``reduce_window`` without a
+  derivative, made differentiable through ``x`` at each window's first
+  maximal position, found by the backward's own routing (one helper for
+  both). So JAX's derivative of it is the rule's, in both modes and on ties
+  and padding alike. JAX's JVP of ``reduce_window`` with ``lax.max``,
+  ``select_and_gather_add``, is not exact on a GPU: its lowering there packs
+  each value and its tangent into one 64-bit word, which for float64 rounds
+  both to 20 mantissa bits (``reduce_precision``; 5e-7 relative; float32
+  pairs fit the word exactly), so the autodiff path's forward mode would
+  differ from the rule's. (Its transpose, ``select_and_scatter_add``, is
+  also over 10x slower on a CPU than this routing's.)
 """
 
 import math
@@ -95,19 +108,46 @@ def _max_forward(x, window, stride, padding):
     return _reduce(x, -np.inf, lax.max, window, stride, padding)
 
 
-def _max_backward(x, y, g, window, stride, padding):
-    """``dx``: each ``G`` at its window's first maximal position (row-major order), one pass per window offset."""
+def _first_maxima(x, y, window, stride, padding):
+    """Yields ``(a, x_a, hit_a)`` for each window offset ``a`` in row-major order, both ``[N, *out, C]``: ``x_a`` is
+    ``x`` at offset ``a`` of each window (``-inf`` in the padding), ``hit_a`` whether ``a`` is that window's first
+    maximal position: ``x_a == y`` at no earlier offset, and never in the padding (a window of ``-inf`` takes its
+    first real position; one holding NaN has none). The one routing of both modes' rules."""
     spatial, out = x.shape[1:-1], y.shape[1:-1]
-    unrouted = jnp.ones(y.shape, bool)  # windows whose G has not found its maximum yet
-    dx = jnp.zeros(x.shape, g.dtype)
+    unrouted = jnp.ones(y.shape, bool)  # windows whose maximum has not been found yet
     for offset in _windows.offsets(window):
-        hit = unrouted & (_windows.at_offset(x, offset, window, stride, padding, out, fill=-np.inf) == y)
+        x_a = _windows.at_offset(x, offset, window, stride, padding, out, fill=-np.inf)
+        hit = unrouted & (x_a == y)
         inside = _windows.valid_offsets(spatial, window, stride, padding, out, offset)
         if not inside.all():  # "SAME": an offset in the padding never takes the gradient
             hit = hit & inside[None, ..., None]
         unrouted = unrouted & ~hit
+        yield offset, x_a, hit
+
+
+def _max_apply(x, window, stride, padding):
+    """``y`` of :func:`_max_forward` bit for bit, as plain code whose derivative (JAX's) is ``dy = dx`` at each
+    window's first maximal position (:func:`_first_maxima`): what the autodiff path differentiates.
+
+    ``y`` itself is computed without a derivative; ``picked``, ``x`` at the
+    first maximum (``y`` where there is none), carries it. ``picked == y``,
+    and is ``y`` bit for bit but for a zero's sign, so a finite window
+    returns ``y - (stop_gradient(picked) - picked)``: ``y``'s bits,
+    ``picked``'s derivative.
+    """
+    y = _max_forward(lax.stop_gradient(x), window, stride, padding)
+    picked = y
+    for _, x_a, hit in _first_maxima(x, y, window, stride, padding):
+        picked = jnp.where(hit, x_a, picked)
+    return jnp.where(jnp.isfinite(picked), y - (lax.stop_gradient(picked) - picked), picked)
+
+
+def _max_backward(x, y, g, window, stride, padding):
+    """``dx``: each ``G`` at its window's first maximal position (row-major order), one pass per window offset."""
+    dx = jnp.zeros(x.shape, g.dtype)
+    for offset, _, hit in _first_maxima(x, y, window, stride, padding):
         routed = jnp.where(hit, g, jnp.zeros_like(g))
-        dx = dx + _windows.place_at_offset(routed, spatial, window, stride, padding, offset)
+        dx = dx + _windows.place_at_offset(routed, x.shape[1:-1], window, stride, padding, offset)
     return dx
 
 
@@ -128,8 +168,9 @@ def _check(name, window, padding):
     return check
 
 
-def _pool_leaf(name, forward, backward, window, stride, padding, init, saves_input):
-    """A pooling leaf: ``forward(x, ...)`` and ``backward(saved, g, ...)`` over ``[N, *spatial, C]`` batches."""
+def _pool_leaf(name, forward, backward, window, stride, padding, init, saves_input, apply=None):
+    """A pooling leaf: ``forward(x, ...)`` and ``backward(saved, g, ...)`` over ``[N, *spatial, C]`` batches;
+    ``apply(x, ...)``, if given, is the autodiff path's forward (the same values)."""
 
     def leaf_forward(params, x):
         y = forward(x, window, stride, padding)
@@ -148,6 +189,7 @@ def _pool_leaf(name, forward, backward, window, stride, padding, init, saves_inp
         forward=leaf_forward,
         backward=leaf_backward,
         check=_check(name, window, padding),
+        apply=None if apply is None else (lambda params, x: apply(x, window, stride, padding)),
         linear=not saves_input,  # average pooling: linear in x, so its forward is its JVP
     )
 
@@ -161,7 +203,9 @@ def avg_pool_leaf(window, stride=None, padding="VALID", init=None):
 def max_pool_leaf(window, stride=None, padding="VALID", init=None):
     """The max pooling leaf (``init`` is the layer's; ops pass none)."""
     window, stride, padding = _geometry("max_pool", window, stride, padding)
-    return _pool_leaf("max_pool", _max_forward, _max_backward, window, stride, padding, init, saves_input=True)
+    return _pool_leaf(
+        "max_pool", _max_forward, _max_backward, window, stride, padding, init, saves_input=True, apply=_max_apply
+    )
 
 
 def _layer(name, make_leaf, window, stride, padding):

@@ -154,7 +154,7 @@ def softmax(run, x):
 
 
 def embedding(run, table, ids):
-    """Rows ``table[ids]`` of ``table[V, D]`` for integer ``ids[...]``; ``dtable`` scatter-adds ``G``, ids get none."""
+    """Rows ``table[ids]`` of ``table[V, D]`` for integer ``ids[...]``; ``dtable`` sums ``G`` in; ids get none."""
     return run(embeddings.EMBEDDING)({"table": table}, ids)
 
 

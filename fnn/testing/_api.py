@@ -12,6 +12,7 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 
+from fnn import _precision
 from fnn._errors import InputError
 from fnn._gradcheck.problem import loss_problem, module_problem
 from fnn._gradcheck.report import CHECK_COLUMNS, FAILED, Check, Report
@@ -127,6 +128,7 @@ def _batched(fn, arg, shape, batch_size, given):
     return (positive_int(fn, "batch_size", batch_size), *shape)
 
 
+@_precision.at_full
 def check_module(
     module,
     input_shape,
@@ -180,7 +182,10 @@ def check_module(
     (``_transforms``), finite differences (``_finite``), lower precisions
     (``_precision``), edge values (``_edges``), determinism and what
     ``saved`` holds, and, for a contextual module, that every path gives the
-    forward's outputs and new state (``_context``). Tolerances follow one rule for every module:
+    forward's outputs and new state (``_context``). Every product runs at
+    full precision (``jax.lax.Precision.HIGHEST``) on every backend, as the
+    report's first line says, so a GPU's TF32 never shows as a rule's error.
+    Tolerances follow one rule for every module:
     ``eps ** (3/4)`` of the dtype, relative to the largest reference entry
     (``fnn/_gradcheck/dtypes.py``), raised for the float64 agreement
     checks to ``256`` times the change in autodiff's own gradient under
@@ -213,6 +218,7 @@ def check_module(
     return _run(problem, names)
 
 
+@_precision.at_full
 def check_loss(
     loss, output_shape, *, targets, batch_size=None, outputs=None, seed=0, dtypes=DTYPES, edge_values=(), checks=None
 ):

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn import _precision
 from fnn._errors import CheckFailed, InputError
 from fnn._gradcheck.compare import DEFAULT_TOLERANCES, difference
 from fnn._gradcheck.report import Column, Report, number
@@ -44,6 +45,7 @@ def _is_float(x):
     return jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
 
 
+@_precision.at_full
 def compare_vjp(custom_fn, reference_fn, *args, rtol=None, atol=None, seed=0, checks=CHECKS, raise_on_failure=True):
     """Compares ``custom_fn`` with ``reference_fn`` (same signature) at ``args``.
 
