@@ -9,7 +9,9 @@ tests:
 - **time**: ``check_module`` (``check_loss`` for a loss) at seed 0, right
   after ``jax.clear_caches()``, so every compilation is included (the
   process has started JAX once before, on another function); wall and
-  process CPU seconds;
+  process CPU seconds, and the programs XLA compiled and their seconds
+  (every program: the checker's own, and the operations a check runs op by
+  op, each compiled once per shape);
 - **false alarms**: the same call for seeds 1 to ``--draws`` (other
   parameters, inputs, cotangents and directions each time; the compiled code
   is reused): how many draws fail any check, which checks, the worst
@@ -28,6 +30,7 @@ import re
 import time
 
 import jax
+import jax.monitoring
 
 import fnn
 from experiments import _cli
@@ -72,12 +75,21 @@ def _left_out(report):
     return total
 
 
+#: Every compilation's seconds, in order (JAX reports each one it runs).
+COMPILATIONS = []
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, seconds, **_: COMPILATIONS.append(seconds) if event == COMPILE_EVENT else None
+)
+
+
 def timed(case, built):
-    """The first check of a row, every compilation included: ``(report, wall s, CPU s)``."""
+    """The first check of a row, every compilation included: ``(report, wall s, CPU s, programs, compile s)``."""
     jax.clear_caches()
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu, first = time.perf_counter(), time.process_time(), len(COMPILATIONS)
     report = case.check(built, seed=0)
-    return report, time.perf_counter() - wall, time.process_time() - cpu
+    compiled = COMPILATIONS[first:]
+    return report, time.perf_counter() - wall, time.process_time() - cpu, len(compiled), sum(compiled)
 
 
 def _agreement_tolerance(report):
@@ -177,19 +189,22 @@ def main(argv=None):
     for name in args.items:
         case = cases[name]
         built = case.build()
-        report, wall, cpu = timed(case, built)
+        report, wall, cpu, programs, compile_s = timed(case, built)
         row = {
             "item": name,
             "network": case in NETWORKS,
             "shape": list(case.input_shape),
             "seconds": wall,
             "cpu_seconds": cpu,
+            "programs_compiled": programs,
+            "compile_seconds": compile_s,
             "first_report_ok": report.ok,
             **draws(case, built, args.draws),
         }
         rows.append(row)
         print(
-            f"{name:>22}: {wall:5.2f} s first call ({cpu:.2f} s CPU), {row['seconds_per_draw']:.3f} s/draw; "
+            f"{name:>22}: {wall:5.2f} s first call ({cpu:.2f} s CPU, {programs} programs compiled in "
+            f"{compile_s:.2f} s), {row['seconds_per_draw']:.3f} s/draw; "
             f"{row['failures']}/{row['draws']} draws fail; worst ratio {row['worst_ratio']:.2f} "
             f"({row['worst']['check']})",
             flush=True,
@@ -197,8 +212,8 @@ def main(argv=None):
     broken = [] if args.no_broken else broken_rules()
     for row in broken:
         print(f"broken rule {row['rule']:>32}: caught by {', '.join(row['failed_checks']) or 'nothing'}")
-    header = ["item", "first call s (CPU s)", "s/draw", "draws failing", "worst error/tolerance (check)", "FD left out",
-              "draws with raised tolerance (largest)"]  # fmt: skip
+    header = ["item", "first call s (CPU s)", "programs (compile s)", "s/draw", "draws failing",
+              "worst error/tolerance (check)", "FD left out", "draws with raised tolerance (largest)"]  # fmt: skip
     print()
     print(
         markdown_table(
@@ -207,6 +222,7 @@ def main(argv=None):
                 [
                     r["item"],
                     f"{r['seconds']:.2f} ({r['cpu_seconds']:.2f})",
+                    f"{r['programs_compiled']} ({r['compile_seconds']:.2f})",
                     f"{r['seconds_per_draw']:.3f}",
                     f"{r['failures']} / {r['draws']}",
                     f"{r['worst_ratio']:.2f} ({r['worst']['check']})",

@@ -30,8 +30,10 @@ jax.config.update("jax_enable_x64", True)
 #: start inherit it from the run's first process.
 RUN_ID = os.environ.setdefault("FNN_TESTS_RUN_ID", uuid.uuid4().hex)
 #: Compiled programs go to a cache folder that this run's processes share, so a program compiled in one process is
-#: not compiled again in another.
-COMPILED = Path(tempfile.gettempdir()) / f"fnn-tests-compiled-{RUN_ID}"
+#: not compiled again in another; removed at the end of the run, unless ``$FNN_TESTS_COMPILED`` names it (``.ci/run``
+#: keeps one for the default tier and the slow tier, which share many programs).
+KEEP_COMPILED = bool(os.environ.get("FNN_TESTS_COMPILED"))
+COMPILED = Path(os.environ.get("FNN_TESTS_COMPILED") or Path(tempfile.gettempdir()) / f"fnn-tests-compiled-{RUN_ID}")
 os.environ["JAX_COMPILATION_CACHE_DIR"] = str(COMPILED)  # the command lines the tests start inherit these
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 jax.config.update("jax_compilation_cache_dir", str(COMPILED))
@@ -41,7 +43,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def pytest_unconfigure(config):
-    if not os.environ.get("PYTEST_XDIST_WORKER"):  # the run's first process, after its workers
+    if not os.environ.get("PYTEST_XDIST_WORKER") and not KEEP_COMPILED:  # the run's first process, after its workers
         shutil.rmtree(COMPILED, ignore_errors=True)
 
 

@@ -197,7 +197,7 @@ def layer_networks(draw):
     return nn.serial(*layers), input_shape, kind
 
 
-@settings(max_examples=6)  # each draw compiles three paths of a conv or attention network
+@settings(max_examples=10)  # each draw compiles three paths of a conv or attention network
 @given(net=layer_networks(), loss_name=st.sampled_from(sorted(LOSSES)), m=st.integers(1, 3), seed=st.integers(0, 2**16))
 def test_random_networks_of_the_image_and_sequence_layers_agree_on_all_paths(net, loss_name, m, seed):
     model, input_shape, kind = net

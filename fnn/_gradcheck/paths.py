@@ -33,12 +33,18 @@ from fnn.nn import identity
 __all__ = [
     "COTANGENT",
     "IDENTITY",
+    "COMPILER_OPTIONS",
     "Contextual",
+    "FUNCTIONS",
     "KINDS",
     "OFFSETS",
     "floating_leaves",
     "grad_of_grad",
     "gradients",
+    "draws",
+    "dtypes",
+    "jit_draws",
+    "jit_dtypes",
     "jit_on_paths",
     "jit_stencil",
     "jvp",
@@ -191,6 +197,10 @@ KINDS = {
 }
 
 
+#: The function of each kind of :data:`KINDS`.
+FUNCTIONS = {"gradients": gradients, "per_example": per_example, "grad_of_grad": grad_of_grad, "jvp": jvp}
+
+
 def on_paths(fn, paths, model, loss, context, *args):
     """``{path: fn(model, loss, path, *args)}`` for every path in ``paths``, as one program; ``model`` may be
     :class:`Contextual`, bound to ``context = (state, key)`` (else ``context`` is ``()``)."""
@@ -198,5 +208,47 @@ def on_paths(fn, paths, model, loss, context, *args):
     return {path: fn(model, loss, path, *args) for path in paths}
 
 
-jit_on_paths = jax.jit(on_paths, static_argnums=(0, 1, 2, 3))
-jit_stencil = jax.jit(stencil, static_argnums=(0, 1, 2, 3))
+def _kind_args(kind, args):
+    """The arguments of ``kind``: ``(params, x, targets, g, w)``, or without ``w`` for the first-order kinds."""
+    return args if kind in ("grad_of_grad", "jvp") else args[:4]
+
+
+def draws(kinds, model, loss, context, params, x, targets, g, w):
+    """Every kind of ``kinds`` (names of :data:`KINDS`) on each of its paths, for a batch of draws: one program.
+
+    ``params``, ``x``, ``targets``, ``g`` and ``w`` carry the draws on a
+    leading axis (the draw and its one-ulp nudges, say), mapped by
+    ``jax.vmap``; returns ``{kind: {path: result}}``, each result with the
+    draws on its leading axis. ``model`` may be :class:`Contextual`, bound to
+    ``context``, shared by every draw.
+    """
+    model = _bound(model, context)
+
+    def one(*args):
+        return {
+            kind: on_paths(FUNCTIONS[kind], KINDS[kind], model, loss, (), *_kind_args(kind, args)) for kind in kinds
+        }
+
+    return jax.vmap(one)(params, x, targets, g, w)
+
+
+def dtypes(fn, paths, model, loss, context, *casts):
+    """``[on_paths(fn, paths, ...)(*args) for args in casts]``: the same function at several dtypes, one program."""
+    return [on_paths(fn, paths, model, loss, context, *args) for args in casts]
+
+
+#: How the checker's programs are compiled: without LLVM's optimisations. A check runs a few small arrays through
+#: a program once or twice, so compiling is nearly all its cost, and optimising a program takes longer than
+#: running it unoptimised (a third less time for a module's checks); every quantity compared is computed by
+#: programs compiled alike.
+COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def _jit(fn, static):
+    return jax.jit(fn, static_argnums=static, compiler_options=COMPILER_OPTIONS)
+
+
+jit_on_paths = _jit(on_paths, (0, 1, 2, 3))
+jit_draws = _jit(draws, (0, 1, 2))
+jit_dtypes = _jit(dtypes, (0, 1, 2, 3))
+jit_stencil = _jit(stencil, (0, 1, 2, 3))

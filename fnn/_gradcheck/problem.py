@@ -18,6 +18,7 @@ import numpy as np
 from fnn import _precision
 from fnn._errors import InputError, StructureError, UsageError
 from fnn._gradcheck import paths as _paths
+from fnn._gradcheck.compare import NUDGES
 from fnn._gradcheck.dtypes import cast, floating, nudged, x64
 from fnn.module import Loss, Module
 
@@ -112,15 +113,18 @@ class Problem:
         every floating leaf by an ulp (:meth:`data`). float64 runs inside
         ``jax.enable_x64``, other dtypes in the caller's mode, so that a
         float64 constant leaking into a float32 rule shows where it would for
-        the caller. Jitted, every path of ``kind`` is one compiled program
-        (compiling once is cheaper than once per path; a nudged draw has the
-        same shapes and dtypes, so it reuses it), run once and cached;
-        if it fails, each path runs alone so that only the failing path's
-        checks fail. ``eager`` runs op by op; ``fresh`` runs again.
+        the caller. ``eager`` runs op by op; ``fresh`` runs again.
+
+        Jitted, a module compiles two programs, whatever the checks ask
+        (:meth:`_batched`): in float64 every kind on every path for the
+        draw and its :data:`NUDGES` nudges at once (``jax.vmap`` over the
+        draws; :func:`fnn._gradcheck.paths.draws`), and the gradients at every
+        lower precision checked (:func:`fnn._gradcheck.paths.dtypes`); an
+        input or rounding of the draw's values reuses them. A kind or dtype
+        that fails to trace (a module that refuses one example alone, or a
+        dtype) is left out of them and runs on its own, each path alone if
+        needed, so that only the failing path's checks fail.
         """
-        fn, paths = getattr(_paths, kind), _paths.KINDS[kind]
-        args = self.data(dtype, x, rounded_to, nudge)
-        args = args if kind in ("grad_of_grad", "jvp") else args[:4]
         inputs = None if x is None else (np.asarray(x).dtype.str, np.asarray(x).tobytes())
         key = (kind, eager and path, np.dtype(dtype).name, rounded_to and np.dtype(rounded_to).name, inputs, nudge)
         mode = x64() if np.dtype(dtype) == np.float64 else contextlib.nullcontext()
@@ -128,26 +132,98 @@ class Problem:
         if result is None:
             with mode:
                 if eager:
-                    result = {path: jax.device_get(fn(self.model, self.loss, path, *args))}
+                    args = _paths._kind_args(kind, self.data(dtype, x, rounded_to, nudge))
+                    result = {path: jax.device_get(_paths.FUNCTIONS[kind](self.model, self.loss, path, *args))}
                 else:
-                    result = self._all_paths(fn, paths, args)
+                    found = self._batched(kind, dtype, x, rounded_to)
+                    result = found[key] if key in found else self._all_paths(kind, dtype, x, rounded_to, nudge)
+                    if not fresh:
+                        self._cache.update(found)
             if not fresh:
                 self._cache[key] = result
-        return result[path] if path in result else self._one_path(fn, path, args, mode)
+        if path in result:
+            return result[path]
+        with mode:
+            return self._compiled_run(kind, (path,), dtype, x, rounded_to, nudge)[path]
 
-    def _compiled_run(self, fn, paths, args):
+    def _key(self, kind, dtype, x, rounded_to, nudge):
+        inputs = None if x is None else (np.asarray(x).dtype.str, np.asarray(x).tobytes())
+        return (kind, False, np.dtype(dtype).name, rounded_to and np.dtype(rounded_to).name, inputs, nudge)
+
+    def _batched(self, kind, dtype, x, rounded_to):
+        """``{cache key: {path: result}}`` of the shared program that computes ``kind`` at ``dtype`` (``{}`` where
+        none does): every bundled kind for the draw and its nudges in float64, or the gradients at every lower
+        precision checked."""
+        if np.dtype(dtype) == np.float64:
+            return self._shared("float64", kind, self._draws(x, rounded_to))
+        if kind != "gradients":
+            return {}
+        return self._shared("lower", np.dtype(dtype).name, self._dtypes(x, rounded_to))
+
+    def _shared(self, program, part, run):
+        """The results of the shared ``program`` (``"float64"``: the kinds; ``"lower"``: the dtypes), if it holds
+        ``part``; ``run = (call, unpack)``, ``call(parts)`` the program's outputs, ``unpack(parts, outputs)`` them
+        by cache key. It first holds every part; where it fails to trace (a module that refuses one example
+        alone, or a dtype), it keeps the parts that trace alone (each tried with ``jax.eval_shape``), and the
+        others run on their own."""
+        call, unpack = run
+        parts = self._parts.setdefault(program, self._all_parts(program))
+        if part not in parts:
+            return {}
+        try:
+            return unpack(parts, jax.device_get(call(parts)))
+        except Exception:  # a part does not trace: keep those that do
+            kept = () if len(parts) == 1 else tuple(p for p in parts if _traces(lambda p=p: call((p,))))
+            self._parts[program] = kept
+            return self._shared(program, part, run) if kept != parts else {}
+
+    def _all_parts(self, program):
+        return tuple(_paths.KINDS) if program == "float64" else tuple(np.dtype(d).name for d in self.dtypes)
+
+    def _draws(self, x, rounded_to):
+        """``(call, unpack)`` of the float64 program: kinds on every path for the draw and its nudges."""
         model, context = self.compiled
+        nudges = range(NUDGES + 1)
+        batch = jax.tree.map(lambda *a: np.stack(a), *(self.data(np.float64, x, rounded_to, k) for k in nudges))
+
+        def unpack(kinds, found):
+            return {
+                self._key(k, np.float64, x, rounded_to, n): jax.tree.map(lambda a, n=n: a[n], found[k])
+                for k in kinds
+                for n in nudges
+            }
+
+        return lambda kinds: _paths.jit_draws(kinds, model, self.loss, context, *batch), unpack
+
+    def _dtypes(self, x, rounded_to):
+        """``(call, unpack)`` of the program of the gradients on every path at the lower precisions."""
+        model, context = self.compiled
+
+        def call(names):
+            casts = [self.data(n, x, rounded_to)[:4] for n in names]
+            return _paths.jit_dtypes(_paths.gradients, _paths.PATHS, model, self.loss, context, *casts)
+
+        def unpack(names, found):
+            return {self._key("gradients", n, x, rounded_to, 0): result for n, result in zip(names, found)}
+
+        return call, unpack
+
+    @functools.cached_property
+    def _parts(self):
+        """What each shared program holds, once known: ``{"float64": kinds, "lower": dtype names}``."""
+        return {}
+
+    def _compiled_run(self, kind, paths, dtype, x, rounded_to, nudge):
+        model, context = self.compiled
+        args = _paths._kind_args(kind, self.data(dtype, x, rounded_to, nudge))
+        fn = _paths.FUNCTIONS[kind]
         return jax.device_get(_paths.jit_on_paths(fn, paths, model, self.loss, context, *args))
 
-    def _all_paths(self, fn, paths, args):
+    def _all_paths(self, kind, dtype, x, rounded_to, nudge):
         try:
-            return self._compiled_run(fn, paths, args)
-        except Exception:  # one path fails: each runs alone (see _one_path), so that only its own checks fail
+            return self._compiled_run(kind, _paths.KINDS[kind], dtype, x, rounded_to, nudge)
+        except Exception:  # one path fails: each runs alone (see run), so that only its own checks fail
             return {}
-
-    def _one_path(self, fn, path, args, mode):
-        with mode:
-            return self._compiled_run(fn, (path,), args)[path]
 
     def gradients(self, path, **kwargs):
         """``(L, outputs, (dparams, dx))`` on ``path`` (:meth:`run` of ``"gradients"``)."""
@@ -168,6 +244,15 @@ class Problem:
     @functools.cached_property
     def _cache(self):
         return {}
+
+
+def _traces(fn):
+    """Whether ``fn()`` traces (``jax.eval_shape``: nothing compiled or run)."""
+    try:
+        jax.eval_shape(fn)
+    except Exception:  # the module's own checks refuse it: the kind (or dtype) runs on its own, and says why
+        return False
+    return True
 
 
 def _draw_g(rng):

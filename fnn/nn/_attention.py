@@ -75,6 +75,7 @@ compose them, e.g. ``nn.residual(nn.serial(nn.layer_norm(), nn.attention(4, 16))
 It sees no positions either: add :func:`fnn.nn.positional_embedding` before it.
 """
 
+import functools
 import math
 
 import jax
@@ -164,6 +165,12 @@ def _tile_logits(q, k, q_start, k_start, keys, causal):
 
 
 # ---------------------------------------------------------------- forward and backward
+#: The forward and backward sweeps are compiled functions (inlined where they are traced inside another): called op by
+#: op (a rule run eagerly), each compiles once per shapes, not its tile loops' fresh closures on every call.
+_kernel = functools.partial(jax.jit, static_argnames=("causal", "tile"))
+
+
+@_kernel
 def _attend(q, k, v, causal, tile):
     """``(o [B, T, H, D], m [B, H, T])``: the output and each row's log-sum-exp, over tiles of ``tile`` rows.
 
@@ -222,6 +229,7 @@ def _attend_kept_backward(q, k, v, p, g):
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
+@_kernel
 def _attend_backward(q, k, v, o, m, g, causal, tile):
     """``(dq, dk, dv)`` of :func:`_attend`, each tile's ``P`` recomputed from ``q``, ``k`` and ``m``."""
     t, s, scale, wide = q.shape[1], k.shape[1], 1 / math.sqrt(q.shape[-1]), _wide(q.dtype)

@@ -67,7 +67,7 @@ from fnn import context as fnn_context
 from fnn._errors import StructureError
 from fnn._gradcheck.compare import against, against_autodiff, leaf_error, noted, tolerances
 from fnn._gradcheck.dtypes import cast, rtol, x64
-from fnn._gradcheck.paths import COTANGENT
+from fnn._gradcheck.paths import COMPILER_OPTIONS, COTANGENT
 from fnn._gradcheck.report import FAILED, INFO, PASSED, SKIPPED, Check
 from fnn._gradcheck.residuals import residuals
 from fnn._paths import PATHS, objective, sweep_forward
@@ -300,7 +300,7 @@ def _run_on(module, train, path, params, x, targets, state, key):
     return jax.grad(objective(module, COTANGENT, path), has_aux=True)(params, x, targets, **kwargs)[1]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@functools.partial(jax.jit, static_argnums=(0, 1), compiler_options=COMPILER_OPTIONS)
 def _on_every_path(module, train, params, x, targets, state, key):
     """``{path: (outputs, new state)}`` for every path: compiled once per module object and mode, for every key."""
     return {path: _run_on(module, train, path, params, x, targets, state, key) for path in PATHS}
