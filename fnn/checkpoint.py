@@ -61,23 +61,34 @@ class Checkpoints:
         ocp = _orbax()
         self._ocp = ocp
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=False, cleanup_tmp_directories=True, create=True
+            max_to_keep=keep,
+            enable_async_checkpointing=True,
+            cleanup_tmp_directories=True,
+            create=True,
         )
         self._manager = ocp.CheckpointManager(str(directory), options=options)
         self.directory = str(directory)
         self.closed = False
 
     def latest(self):
-        """The number of the newest complete checkpoint, or ``None`` if there is none."""
+        """The number of the newest complete checkpoint, or ``None`` if there is none (a save still being written
+        is waited for)."""
+        self._manager.wait_until_finished()
         return self._manager.latest_step()
 
     def save(self, number, state, meta):
-        """Saves ``state`` (a pytree of arrays) and ``meta`` (JSON-serialisable) as checkpoint ``number``."""
+        """Saves ``state`` (a pytree of arrays) and ``meta`` (JSON-serialisable) as checkpoint ``number``.
+
+        Asynchronously (Orbax's async checkpointer): the arrays are copied off
+        the devices before this returns, so training may go on and change
+        them, and the files are written in the background; the next save and
+        :meth:`close` wait for the writing. A checkpoint counts only once its
+        folder is renamed into place, complete.
+        """
         ocp = self._ocp
         self._manager.save(
             number, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         )
-        self._manager.wait_until_finished()
 
     def restore(self, number, like):
         """Restores checkpoint ``number`` into the structure, shapes, dtypes and shardings of ``like``.

@@ -102,6 +102,7 @@ __all__ = [
     "Loss",
     "Module",
     "Setting",
+    "as_custom_vjp",
     "leaf",
     "loss",
     "structural",
@@ -275,11 +276,7 @@ class Module:
     @functools.cached_property
     def custom(self):
         """This module with each leaf's ``apply`` differentiated, in both modes, by its own ``forward``/``backward``."""
-        if self.is_leaf:
-            make = _contextual_custom_run if self.contextual else _custom_run
-            return dataclasses.replace(self, run=make(self))
-        rebuilt = self.rebuild(*(child.custom for child in self.children))
-        return dataclasses.replace(rebuilt, name=self.name, settings=self.settings)
+        return _registered(self, _hand_differentiated)
 
     def check_inputs(self, x, split):
         """Checks a split's inputs ``x`` (a NumPy array, batch axis first) on the host before training.
@@ -413,9 +410,54 @@ def _contextual_names(module, state=False):
     return list(dict.fromkeys(leaves))
 
 
-def _custom_run(module):
-    """A plain leaf's ``run`` with its output a :func:`_hand_differentiated` function of ``(params, x)``:
-    residuals ``(params, saved)``, backward ``module.backward``."""
+def _registered(module, register):
+    """``module`` with each leaf's ``run`` differentiated by its own rule, registered with JAX by ``register``
+    (:func:`_hand_differentiated` or :func:`_vjp_registered`); wiring rebuilt around the registered leaves."""
+    if module.is_leaf:
+        make = _contextual_custom_run if module.contextual else _custom_run
+        return dataclasses.replace(module, run=make(module, register))
+    rebuilt = module.rebuild(*(_registered(child, register) for child in module.children))
+    return dataclasses.replace(rebuilt, name=module.name, settings=module.settings)
+
+
+def as_custom_vjp(model):
+    """``model`` (a :class:`Module` or :class:`Loss`) with each leaf's rule registered as a ``jax.custom_vjp``.
+
+    The same hand-written ``forward`` and ``backward``, registered the way
+    most JAX code registers a rule: ``fwd`` is the leaf's forward (its
+    residuals ``(params, saved)``), ``bwd`` its backward. ``jax.grad`` of the
+    result's ``apply`` (the ``autodiff`` path over it) runs the backward
+    functions, bit for bit as the ``custom`` path does. Reverse mode only: JAX
+    cannot run a ``custom_vjp`` forward (``jax.jvp``, ``jax.jacfwd``), which is
+    why the ``custom`` path registers each rule instead as a ``jax.custom_jvp``
+    whose JVP is the transposed backward, and reverse mode the backward itself
+    (:attr:`Module.custom`): both modes from one rule.
+
+    Example::
+
+        registered = fnn.module.as_custom_vjp(model)
+        loss, grads = fnn.value_and_grad(registered, loss_fn, path="autodiff")(params, x, labels)
+    """
+    if isinstance(model, Loss):
+        return dataclasses.replace(model, apply=_loss_apply(model, _vjp_registered))
+    if not isinstance(model, Module):
+        raise UsageError(f"as_custom_vjp: model must be an fnn module or loss, got {type(model).__name__}")
+    return _registered(model, _vjp_registered)
+
+
+def _loss_apply(loss, register):
+    """A loss's ``apply`` differentiated by its ``forward``/``backward``, registered by ``register``."""
+    apply = register(loss.forward, lambda saved, g: (loss.backward(saved, g), None))
+
+    def checked(outputs, targets):
+        return apply(jnp.asarray(outputs), targets)
+
+    return checked
+
+
+def _custom_run(module, register):
+    """A plain leaf's ``run`` with its output a ``register``-ed function of ``(params, x)``: residuals ``(params,
+    saved)``, backward ``module.backward``."""
 
     def forward(params, x):
         y, saved, _ = module.run_forward(params, x, (), None, False)
@@ -427,7 +469,7 @@ def _custom_run(module):
         else None
     )
     backward = lambda residuals, g: module.backward(*residuals, g)  # noqa: E731
-    fn = _hand_differentiated(forward, backward, keeps_params=True, push=push)
+    fn = register(forward, backward, keeps_params=True, push=push)
 
     def run(params, x, state, key, train):
         return fn(params, x), state
@@ -435,9 +477,9 @@ def _custom_run(module):
     return run
 
 
-def _contextual_custom_run(module):
-    """A contextual leaf's ``run`` as a :func:`_hand_differentiated` function per mode over ``(params, x, state,
-    key) -> (y, state)``.
+def _contextual_custom_run(module, register):
+    """A contextual leaf's ``run`` as a ``register``-ed function per mode over ``(params, x, state, key) -> (y,
+    state)``.
 
     The new state is an output whose tangent is zero (it carries no
     derivative, and no cotangent back); the incoming state and the key are
@@ -451,7 +493,7 @@ def _contextual_custom_run(module):
             return (y, new_state), saved
 
         backward = lambda residuals, g: module.backward(*residuals, g)  # noqa: E731
-        return _hand_differentiated(forward, backward, keeps_params=True, extra=2)
+        return register(forward, backward, keeps_params=True, extra=2)
 
     def run(params, x, state, key, train):
         return for_mode(train)(params, jnp.asarray(x), state, key)
@@ -499,6 +541,39 @@ def _hand_differentiated(forward, backward, *, keeps_params=False, extra=0, push
         if not extra:
             return out, dy
         return out, (dy, *jax.tree.map(zero_tangent, rest))
+
+    def checked(a, b, *args):
+        return fn(a, jnp.asarray(b), *args)
+
+    return checked
+
+
+def _vjp_registered(forward, backward, *, keeps_params=False, extra=0, push=None):
+    """``f(a, b, ...)``, the first output of ``forward(a, b, ...) -> (y, saved)``, as a ``jax.custom_vjp``: ``fwd``
+    runs ``forward`` and keeps ``(a, saved)`` (with ``keeps_params``) or ``saved``; ``bwd`` is ``backward``, each
+    gradient cast to its primal's dtype (``None``: no gradient, integer ids or a loss's targets). With ``extra``,
+    ``f`` takes that many more inputs, not differentiated, and returns ``(y, new_state)`` as
+    :func:`_hand_differentiated` does. ``push`` is unused: a ``custom_vjp`` has no forward mode."""
+
+    def primal(*args):
+        return forward(*args)[0]
+
+    fn = jax.custom_vjp(primal)
+
+    def fwd(*args):
+        out, saved = forward(*args)
+        dtypes = [jax.tree.map(lambda v: jnp.zeros((0,), jnp.result_type(v)), a) for a in args[:2]]  # no bytes
+        return out, ((args[0], saved) if keeps_params else saved, dtypes)
+
+    def bwd(kept, ct):
+        residuals, dtypes = kept
+        grads = backward(residuals, ct[0] if extra else ct)
+        cast = [
+            None if d is None else jax.tree.map(lambda a, t: a.astype(t.dtype), d, t) for d, t in zip(grads, dtypes)
+        ]
+        return (*cast, *([None] * extra))
+
+    fn.defvjp(fwd, bwd)
 
     def checked(a, b, *args):
         return fn(a, jnp.asarray(b), *args)
@@ -822,12 +897,7 @@ class Loss:
     @functools.cached_property
     def custom(self):
         """This loss with ``apply`` differentiated, in both modes, by its ``forward``/``backward``."""
-        apply = _hand_differentiated(self.forward, lambda saved, g: (self.backward(saved, g), None))
-
-        def checked(outputs, targets):
-            return apply(jnp.asarray(outputs), targets)
-
-        return dataclasses.replace(self, apply=checked)
+        return dataclasses.replace(self, apply=_loss_apply(self, _hand_differentiated))
 
     def pushforward(self, saved, value, doutputs):
         """The forward-mode counterpart of ``backward``: ``dL = J doutputs``, the transpose of ``g ->

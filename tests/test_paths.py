@@ -333,3 +333,38 @@ def test_model_errors_reach_every_path(path):
         fnn.value_and_grad(model, losses.cross_entropy, path=path)(params, jnp.zeros((2, 783)), jnp.zeros(2, jnp.int32))
     with pytest.raises(TypeError, match="cross_entropy: labels must be integer class ids, got dtype float64"):
         fnn.value_and_grad(model, losses.cross_entropy, path=path)(params, jnp.zeros((2, 784)), jnp.zeros(2))
+
+
+# ------------------------------------------------------------------ the rules registered as jax.custom_vjp
+def test_the_rules_registered_as_custom_vjp_give_the_custom_paths_gradients_bit_for_bit():
+    """``jax.grad`` over ``as_custom_vjp(model)`` runs the same backward functions as the ``custom`` path (a
+    ``custom_jvp`` whose reverse mode is the backward): the same gradients, bit for bit, for a network of
+    convolutions, batch norm, dropout, pooling, attention and an embedding; forward mode is refused."""
+    f64 = {"dtype": F64}
+    model = nn.serial(
+        nn.conv2d(4, 3, **f64), nn.batch_norm(**f64), nn.relu, nn.dropout(0.3), nn.max_pool(2), nn.flatten(),
+        nn.dense(6, bias=True, **f64), nn.tanh, nn.dense(3, **f64),
+    )  # fmt: skip
+    _, params = model.init(jax.random.key(0), (6, 6, 2))
+    x, labels = jnp.asarray(np.random.default_rng(0).standard_normal((4, 6, 6, 2))), jnp.asarray([0, 1, 2, 0])
+    context = {"state": model.init_state((6, 6, 2)), "key": jax.random.key(1)}
+    registered = fnn.module.as_custom_vjp(model), fnn.module.as_custom_vjp(losses.cross_entropy)
+
+    @jax.jit
+    def both(params, x, labels, state, key):
+        custom = fnn.value_and_grad(model, losses.cross_entropy, train=True)(params, x, labels, state=state, key=key)
+        vjp = fnn.value_and_grad(*registered, path="autodiff", train=True)(params, x, labels, state=state, key=key)
+        return custom, vjp
+
+    custom, vjp = both(params, x, labels, **context)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(custom), jax.tree.leaves(vjp)))
+    sequence = nn.serial(nn.embedding(7, 4, dtype=F64), nn.attention(2, 3, dtype=F64), nn.flatten(), nn.dense(2, **f64))
+    _, params = sequence.init(jax.random.key(2), (5,))
+    ids = jnp.asarray(np.random.default_rng(1).integers(0, 7, (3, 5)))
+    grads = [
+        jax.jit(jax.grad(lambda p, m=m: m.apply(p, ids).sum()))(params)
+        for m in (sequence.custom, fnn.module.as_custom_vjp(sequence))
+    ]
+    assert all(np.array_equal(a, b) for a, b in zip(*map(jax.tree.leaves, grads)))
+    with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
+        jax.jvp(lambda p: fnn.module.as_custom_vjp(sequence).apply(p, ids), (params,), (params,))

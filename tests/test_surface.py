@@ -247,10 +247,18 @@ PUBLIC = {
         "TrainingDiverged",
         "steps_per_epoch",
     },
-    "fnn.module": {"Loss", "Module", "Setting", "leaf", "loss", "structural", "with_settings"},
+    "fnn.module": {"Loss", "Module", "Setting", "as_custom_vjp", "leaf", "loss", "structural", "with_settings"},
     "fnn.context": {"bind", "child_key"},
     "fnn.metrics": {"error_rate"},
-    "fnn.train": {"as_optimizer", "optimizer_step", "optimizer_update", "sgd_step", "sgd_update"},
+    "fnn.train": {
+        "TrainState",
+        "as_optimizer",
+        "optimizer_step",
+        "optimizer_update",
+        "sgd_step",
+        "sgd_update",
+        "train_step",
+    },
     "fnn.losses": {"cross_entropy", "logistic", "mse", "multiclass_hinge"},
 }
 

@@ -1,6 +1,8 @@
 """fnn.train: jitted SGD and optax steps on every gradient path, and a small end-to-end fit."""
 
+import dataclasses
 import re
+import types
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,14 @@ import pytest
 import fnn
 
 CE = fnn.losses.cross_entropy
+
+
+def toy_classes(n=200, seed=0):
+    """A linear teacher's 3 classes of 6 Gaussian float64 features."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 6))
+    y = np.argmax(x @ rng.standard_normal((6, 3)), axis=1).astype(np.int32)
+    return types.SimpleNamespace(x_train=x, y_train=y, x_test=x[:50], y_test=y[:50])
 
 
 def spiral(n_per_class=100, seed=0, dtype=jnp.float32):
@@ -180,3 +190,70 @@ def test_fit_records_its_precision_and_refuses_an_unknown_one():
     assert history.config["precision"] == "highest"
     with pytest.raises(fnn.InputError, match=r"fit: precision must be None \(the backend's default\) or one of"):
         fnn.fit(model, params, data, epochs=1, batch_size=16, progress=False, precision="double")
+
+
+# ------------------------------------------------------------------ the train step: the seam of training
+def weight_decayed_step(model, path, optimizer, decay=1e-3):
+    """A step of one's own: cross-entropy plus ``decay * sum(w^2)``, the penalty reported beside the loss."""
+    grads_of = fnn.value_and_grad(model, CE, path=path, outputs=True)
+
+    def step(state, batch):
+        (value, outputs), grads = grads_of(state.params, *batch)
+        penalty = sum(jnp.sum(w * w) for w in jax.tree.leaves(state.params))
+        grads = jax.tree.map(lambda g, w: g + 2 * decay * w, grads, state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        state = dataclasses.replace(state, params=params, opt_state=opt_state, step=state.step + 1)
+        return state, {"loss": value + decay * penalty, "error": fnn.metrics.error_rate(outputs, batch[1])}
+
+    return step
+
+
+@pytest.mark.parametrize("path", fnn.PATHS)
+def test_a_step_of_ones_own_trains_through_fit_with_checkpoints_and_resume(path, tmp_path):
+    pytest.importorskip("orbax.checkpoint")
+    model, data = fnn.nn.mlp([6, 8, 3], bias=True, dtype=jnp.float64), toy_classes()
+    params, optimizer = model.init(jax.random.key(0), (6,))[1], optax.sgd(0.1, momentum=0.9)
+    options = {"batch_size": 32, "optimizer": optimizer, "progress": False, "path": path}
+
+    def run(epochs, **kwargs):
+        return fnn.fit(model, params, data, epochs=epochs, step=weight_decayed_step(model, path, optimizer), **options,
+                       **kwargs)  # fmt: skip
+
+    want, history = run(3)
+    assert history.train_loss[-1] < history.train_loss[0] and history.config["step"]["values"]
+    run(1, callbacks=[fnn.loop.Checkpointing(tmp_path)])
+    got, resumed = run(3, callbacks=[fnn.loop.Checkpointing(tmp_path, resume=True)])
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+    assert resumed.train_loss.tolist() == history.train_loss.tolist()
+
+
+def test_gradient_accumulation_is_the_large_batch_step_to_float64_rounding():
+    model, data = fnn.nn.mlp([6, 8, 3], bias=True, dtype=jnp.float64), toy_classes()
+    params = model.init(jax.random.key(0), (6,))[1]
+    runs = {
+        k: fnn.fit(
+            model, params, data, epochs=2, batch_size=40, optimizer=optax.adam(1e-2), accumulate=k, progress=False
+        )  # fmt: skip
+        for k in (1, 4)
+    }
+    for a, b in zip(*(jax.tree.leaves(runs[k][0]) for k in (1, 4))):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(runs[1][1].train_loss, runs[4][1].train_loss, rtol=1e-12)
+    assert runs[4][1].config["accumulate"] == 4
+    with pytest.raises(fnn.UsageError, match="accumulate= sets fit's own step"):
+        fnn.fit(model, params, data, step=weight_decayed_step(model, "custom", optax.sgd(0.1)), accumulate=2)
+
+
+def test_the_train_step_carries_the_state_and_counts_its_steps():
+    model = fnn.nn.serial(fnn.nn.dense(4, dtype=jnp.float64), fnn.nn.batch_norm(dtype=jnp.float64), fnn.nn.relu,
+                          fnn.nn.dropout(0.5), fnn.nn.dense(3, dtype=jnp.float64))  # fmt: skip
+    params, data = model.init(jax.random.key(0), (6,))[1], toy_classes()
+    state = fnn.train.TrainState.create(params, optax.sgd(0.1), model_state=model.init_state((6,)))
+    step = jax.jit(fnn.train.train_step(model, CE, optax.sgd(0.1)))
+    batch = (jnp.asarray(data.x_train[:8]), jnp.asarray(data.y_train[:8]))
+    one, metrics = step(state, batch)
+    two, _ = step(one, batch)
+    assert int(one.step) == 1 and int(two.step) == 2 and set(metrics) == {"loss", "error"}
+    assert not np.array_equal(one.model_state[1]["mean"], state.model_state[1]["mean"])  # the running statistics
+    assert not np.array_equal(one.step_key(), two.step_key())  # a new dropout mask each step

@@ -51,9 +51,9 @@ class Run:
 
     Attributes:
       configure: ``() -> config``, computed once on first use (see :attr:`config`).
-      state: what the devices carry from step to step: ``params``,
-        ``opt_state``, the model's ``model_state`` (``()`` for a model
-        without state), the run's ``key`` (its data) and the epoch's ``tally``.
+      state: what the devices carry from step to step, a
+        :class:`fnn.train.TrainState` (``params``, ``opt_state``,
+        ``model_state``, ``step``, the run's ``key``).
       epochs: the epoch to stop after (the total, counting restored ones).
       steps_per_epoch: optimizer steps per epoch (the last one may be smaller).
       epoch: the epoch being trained, from 1.
@@ -65,6 +65,8 @@ class Run:
       data_state: the position of a streamed run's reader within the epoch
         (JSON, ``None`` between epochs and for data in arrays), which
         checkpoints keep.
+      tally: the epoch's running sums on the devices (the training metrics
+        so far, the divergence watch), reset each epoch.
     """
 
     configure: Callable
@@ -77,6 +79,7 @@ class Run:
     stop: bool = False
     last_checkpoint: str | None = None
     data_state: dict | None = None
+    tally: dict | None = None
 
     @functools.cached_property
     def config(self):
@@ -274,7 +277,7 @@ class Checkpointing(Callback):
                 f"{self.directory} already holds checkpoints (newest {latest}); pass "
                 "Checkpointing(..., resume=True) to continue that run, or use an empty folder"
             )
-        state, meta = self.checkpoints.restore(latest, run.state)
+        saved, meta = self.checkpoints.restore(latest, {"train": run.state, "tally": run.tally})
         differ = differences(meta["config"], run.config)
         if differ:
             raise CheckpointError(
@@ -282,7 +285,8 @@ class Checkpointing(Callback):
                 + "; ".join(differ)
                 + ". Resume with the same settings, or start this run in an empty folder"
             )
-        run.state, run.epoch, run.step, run.history = state, meta["next_epoch"], meta["next_step"], meta["history"]
+        run.state, run.tally = saved["train"], saved["tally"]
+        run.epoch, run.step, run.history = meta["next_epoch"], meta["next_step"], meta["history"]
         run.data_state = meta.get("data_state")
         self._mark(run, latest)
 
@@ -305,7 +309,7 @@ class Checkpointing(Callback):
         meta = {"next_epoch": next_epoch, "next_step": next_step, "history": run.history, "config": run.config}
         if next_step:
             meta["data_state"] = run.data_state
-        self.checkpoints.save(run.steps_done, run.state, meta)
+        self.checkpoints.save(run.steps_done, {"train": run.state, "tally": run.tally}, meta)
         self._mark(run, run.steps_done)
 
     def _mark(self, run, number):

@@ -59,6 +59,8 @@ def run_config(plan, params, key_data, data, epochs):
         "augment": _identified("augment", plan.augment),
         "transform": _identified("transform", plan.transform),
         "optimizer": _identified("optimizer", plan.optimizer),
+        "step": _identified("step", plan.step) if plan.own_step else None,
+        "accumulate": plan.accumulate,
     }
     if config["optimizer"]["unidentified"]:
         config["optimizer_updates"] = optimizer_updates(plan.optimizer, params, epochs * plan.steps_per_epoch)
@@ -181,7 +183,7 @@ def differences(saved, current):
         a, b = saved.get(name), current.get(name)
         if name == "model" and isinstance(a, dict) and isinstance(b, dict):
             found += _module_differences(a, b, f"model {b.get('module')}")
-        elif name in ("augment", "transform", "optimizer") and isinstance(a, dict) and isinstance(b, dict):
+        elif name in ("augment", "transform", "optimizer", "step") and isinstance(a, dict) and isinstance(b, dict):
             found += _function_differences(name, a, b)
         elif name == "optimizer_updates" and a is not None and b is not None:
             found += _probe_differences(a, b)

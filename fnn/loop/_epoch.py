@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import optax
 
 from fnn import _precision, parallel
-from fnn import train as _train
 from fnn._order import epoch_order
 from fnn.module import Loss, Module
 
@@ -45,7 +44,9 @@ class Plan:
 
     ``key_impl`` is the implementation of the run's key (its data is part of
     the carried state); ``precision`` that of the products (``None``: the
-    backend's default); ``divergence_factor`` is ``inf`` when only non-finite
+    backend's default); ``step`` the optimizer step scanned over each epoch,
+    ``step(state, batch) -> (state, metrics)`` (:func:`fnn.train.train_step`
+    with ``accumulate``, or the user's own: ``own_step``); ``divergence_factor`` is ``inf`` when only non-finite
     losses count as divergence. ``streamed``: the steps are given the batches
     they train on (from a :class:`fnn.data.Stream`, whose per-record
     ``transform`` is recorded), not the whole training split.
@@ -66,6 +67,9 @@ class Plan:
     streamed: bool = False
     transform: Callable | None = None
     precision: str | None = None
+    step: Callable | None = None
+    own_step: bool = False
+    accumulate: int = 1
 
     @property
     def full_batches(self):
@@ -174,34 +178,30 @@ def _rows(a, order, start, size):
 def make_steps(plan, n_steps, rows=None):
     """Builds the (unjitted) function that runs ``n_steps`` optimizer steps of an epoch.
 
-    Returns ``steps(params, opt_state, model_state, tally, key_data, epoch,
-    first, x, y) -> (params, opt_state, model_state, tally)``: steps ``first .. first + n_steps - 1`` of the
-    epoch, step ``i`` on rows ``i * batch_size`` onwards (``rows`` of them,
-    ``batch_size`` by default) in data order, or with ``plan.shuffle`` in the
-    epoch's permutation ``permutation(fold_in(key, epoch), N)``, the run's key
-    being ``key_data`` of implementation ``plan.key_impl``. With
-    ``plan.streamed``, ``x`` and ``y`` are instead the batches themselves,
-    ``[n_steps, >= rows, ...]``, in that order (a batch's rows past ``rows``
-    are padding, dropped). ``plan.augment(key,
-    x)``, if given, transforms each step's inputs with the key
-    ``fold_in(fold_in(key, epoch), step)``; a model with randomness draws
-    from ``fold_in(fold_in(fold_in(key, 0), epoch), step)`` (epochs count from
-    1, so the stream of epoch 0 is the model's). A model with state carries
-    ``model_state`` from step to step (``()`` for one without). One step is
+    Returns ``steps(state, tally, epoch, first, x, y) -> (state, tally)``,
+    ``state`` a :class:`fnn.train.TrainState`: steps ``first .. first +
+    n_steps - 1`` of the epoch, each ``plan.step(state, batch)``, step ``i``
+    on rows ``i * batch_size`` onwards (``rows`` of them, ``batch_size`` by
+    default) in data order, or with ``plan.shuffle`` in the epoch's
+    permutation ``permutation(fold_in(key, epoch), N)``, the run's key being
+    ``state.key``. With ``plan.streamed``, ``x`` and ``y`` are instead the
+    batches themselves, ``[n_steps, >= rows, ...]``, in that order (a batch's
+    rows past ``rows`` are padding, dropped). ``plan.augment(key, x)``, if
+    given, transforms each step's inputs with the key ``fold_in(fold_in(key,
+    epoch), step)`` (epochs count from 1; the step's own randomness draws from
+    ``fold_in(key, 0)``: :meth:`fnn.train.TrainState.step_key`). One step is
     compiled without a loop (see ``steps_per_call`` in :func:`fnn.fit`).
     """
-    update = _train.optimizer_update(plan.model, plan.loss, plan.optimizer, path=plan.path, precision=plan.precision)
     rows = plan.batch_size if rows is None else rows
     split = _splitter(plan.mesh)
 
-    def steps(params, opt_state, model_state, tally, key_data, epoch, first, x, y):
-        run_key = jax.random.wrap_key_data(key_data, impl=plan.key_impl)
+    def steps(state, tally, epoch, first, x, y):
+        run_key = jax.random.wrap_key_data(state.key, impl=state.key_impl)
         epoch_key = jax.random.fold_in(run_key, epoch)
-        model_key = jax.random.fold_in(jax.random.fold_in(run_key, 0), epoch)
         order = epoch_order(run_key, epoch, x.shape[0]) if plan.shuffle and not plan.streamed else None
 
         def step(carry, i):
-            params, opt_state, model_state, tally = carry
+            state, tally = carry
             if plan.streamed:
                 inputs, targets = x[i, :rows], y[i, :rows]
             else:
@@ -209,17 +209,13 @@ def make_steps(plan, n_steps, rows=None):
                 inputs, targets = _rows(x, order, start, rows), _rows(y, order, start, rows)
             if plan.augment is not None:
                 inputs = plan.augment(jax.random.fold_in(epoch_key, first + i), inputs)
-            batch = split((inputs, targets), rows)
-            key = jax.random.fold_in(model_key, first + i) if plan.model.has_randomness else None
-            params, opt_state, metrics, model_state = update(params, opt_state, batch, state=model_state, key=key)
-            tally = _count(tally, metrics, first + i, rows, plan.divergence_factor)
-            return (params, opt_state, model_state, tally), None
+            state, metrics = plan.step(state, split((inputs, targets), rows))
+            return (state, _count(tally, metrics, first + i, rows, plan.divergence_factor)), None
 
-        carry = (params, opt_state, model_state, tally)
         if n_steps == 1:  # no loop at all: XLA:CPU compiles some convolutions in a loop body to slow generic code
-            carry, _ = step(carry, jnp.int32(0))
+            carry, _ = step((state, tally), jnp.int32(0))
         else:
-            carry, _ = jax.lax.scan(step, carry, jnp.arange(n_steps))
+            carry, _ = jax.lax.scan(step, (state, tally), jnp.arange(n_steps))
         return carry
 
     return steps
@@ -234,8 +230,8 @@ def _all_finite(tree):
 def make_epoch_end(plan):
     """Builds the (unjitted) end of an epoch: the last smaller batch, if any, then the epoch's metrics.
 
-    Returns ``end(params, opt_state, model_state, tally, key_data, epoch, x, y,
-    x_test, y_test) -> (params, opt_state, model_state, tally, metrics)``, ``metrics`` mapping each name in
+    Returns ``end(state, tally, epoch, x, y, x_test, y_test) -> (state, tally, metrics)``, ``state`` a
+    :class:`fnn.train.TrainState`, ``metrics`` mapping each name in
     :data:`fnn.loop._history.COLUMNS` to a scalar (the errors to ``None`` when the loss
     has no error rate) and ``"params_finite"`` to whether every parameter is
     finite. The test set is evaluated at the epoch's parameters; the training
@@ -248,23 +244,18 @@ def make_epoch_end(plan):
     last = make_steps(plan, 1, rows=remainder) if remainder else None
     model, loss, n_train = plan.model, plan.loss, plan.n_train
 
-    def end(params, opt_state, model_state, tally, key_data, epoch, x, y, x_test, y_test):
-        with _precision.training(plan.precision):
-            return evaluated_end(params, opt_state, model_state, tally, key_data, epoch, x, y, x_test, y_test)
-
-    def evaluated_end(params, opt_state, model_state, tally, key_data, epoch, x, y, x_test, y_test):
+    def end(state, tally, epoch, x, y, x_test, y_test):
         if last is not None:
-            params, opt_state, model_state, tally = last(
-                params, opt_state, model_state, tally, key_data, epoch, plan.full_batches, x, y
-            )
-        evaluated = {"state": model_state, "mesh": plan.mesh}
-        if plan.train_metrics == "full":
-            train_loss, train_err = evaluate(model, loss, params, x, y, **evaluated)
-        else:
-            train_loss = tally["loss_sum"] / n_train
-            train_err = tally["error_sum"] / n_train if loss.error is not None else None
-        test_loss, test_err = evaluate(model, loss, params, x_test, y_test, **evaluated)
+            state, tally = last(state, tally, epoch, plan.full_batches, x, y)
+        with _precision.training(plan.precision):
+            evaluated = {"state": state.model_state, "mesh": plan.mesh}
+            if plan.train_metrics == "full":
+                train_loss, train_err = evaluate(model, loss, state.params, x, y, **evaluated)
+            else:
+                train_loss = tally["loss_sum"] / n_train
+                train_err = tally["error_sum"] / n_train if loss.error is not None else None
+            test_loss, test_err = evaluate(model, loss, state.params, x_test, y_test, **evaluated)
         metrics = {"train_loss": train_loss, "test_loss": test_loss, "train_err": train_err, "test_err": test_err}
-        return params, opt_state, model_state, tally, {**metrics, "params_finite": _all_finite((params, model_state))}
+        return state, tally, {**metrics, "params_finite": _all_finite((state.params, state.model_state))}
 
     return end

@@ -46,6 +46,8 @@ def fit(
     progress=None,
     state=None,
     precision=None,
+    step=None,
+    accumulate=1,
 ):
     """Trains ``model`` from ``params`` on ``loss`` and reports per-epoch metrics.
 
@@ -105,6 +107,19 @@ def fit(
         stopping, your own), or functions called after each epoch as
         ``f(row)`` with the epoch's :meth:`fnn.History.rows` dict.
       progress: show a ``tqdm`` bar over the epochs; ``None`` shows it only on a terminal.
+      step: the optimizer step to scan over each epoch, ``step(state, batch)
+        -> (state, metrics)`` on a :class:`fnn.train.TrainState` (the
+        parameters, the optimizer's state made by ``optimizer``, the model's
+        state, the step count, the run's key), ``metrics`` holding the
+        batch's ``"loss"`` (and ``"error"``); ``None``:
+        :func:`fnn.train.train_step` of ``model``, ``loss``, ``optimizer``,
+        ``path``, ``precision`` and ``accumulate``. Your own step (a loss with
+        auxiliary outputs, two optimizers, a wrapped default step) trains
+        here with everything else ``fit`` does: epochs, metrics, the
+        divergence watch, callbacks, checkpoints and their resume.
+      accumulate: split each batch into this many microbatches and apply
+        their mean gradient once (:func:`fnn.train.train_step`): the same
+        step in less memory, for a model without batch statistics.
       precision: the precision of the matrix products and convolutions of
         every step and evaluation (see :func:`fnn.value_and_grad`): ``None``
         keeps the backend's default (TF32 for float32 on recent GPUs: faster,
@@ -116,9 +131,9 @@ def fit(
         when ``state=`` was passed.
 
     A contextual model (batch norm, dropout; see :mod:`fnn.module`) trains in
-    training mode, each step with the key
-    ``fold_in(fold_in(fold_in(run key, 0), e), s)`` for step ``s`` of epoch
-    ``e`` (so runs repeat and resume exactly), its state carried through the
+    training mode, step ``t`` of the run (counting from 0 over every epoch)
+    with the key ``fold_in(fold_in(run key, 0), t)`` (so runs repeat and
+    resume exactly; :meth:`fnn.train.TrainState.step_key`), its state carried through the
     compiled steps and saved in checkpoints; it is evaluated in evaluation
     mode. With several devices, batch statistics are those of the whole
     batch, as on one device.
@@ -161,6 +176,8 @@ def fit(
         divergence_factor,
         stream,
         _precision.check("fit", precision),
+        step,
+        accumulate,
     )
     parts = [*_callback_parts(callbacks), ProgressBar(progress), StallWatch(_chance_level(model, loss, splits))]
     input_shape = splits["train"][0].shape[1:]
@@ -181,7 +198,7 @@ def fit(
             if run.history:  # restored: decisions that follow from the history are made again
                 for part in parts:
                     part.on_resume(run)
-            compiled = _Compiled(plan, run.state, feed)
+            compiled = _Compiled(plan, run, feed)
             for n in (segment, plan.full_batches % segment):
                 compiled.steps(n)
             compile_s = time.perf_counter() - start
@@ -200,8 +217,8 @@ def fit(
         count_work=functools.partial(_epoch_work, plan, compiled.shapes, feed),
     )
     if state is None:
-        return run.state["params"], history
-    return run.state["params"], run.state["model_state"], history
+        return run.state.params, history
+    return run.state.params, run.state.model_state, history
 
 
 def _interrupted(run, parts):
@@ -330,6 +347,8 @@ def _plan(
     factor,
     stream,
     precision,
+    step,
+    accumulate,
 ):
     """The :class:`Plan` of the run, its arguments checked."""
     if train_metrics not in ("batches", "full"):
@@ -347,10 +366,17 @@ def _plan(
             f"batch_size {batch_size} does not split evenly over {mesh.size} devices; "
             f"use a multiple of {mesh.size} or a number of devices that divides {batch_size}"
         )
+    optimizer, own_step = _train.as_optimizer(optimizer), step is not None
+    if not own_step:
+        step = _train.train_step(model, loss, optimizer, path=path, precision=precision, accumulate=accumulate)
+    elif not callable(step):
+        raise UsageError(f"step must be a function step(state, batch) -> (state, metrics), got {type(step).__name__}")
+    elif as_int(accumulate) != 1:
+        raise UsageError("accumulate= sets fit's own step; with step= of your own, accumulate inside it")
     return Plan(
         model,
         loss,
-        _train.as_optimizer(optimizer),
+        optimizer,
         path,
         batch_size,
         n_train,
@@ -363,6 +389,9 @@ def _plan(
         stream is not None,
         None if stream is None else stream.transform,
         precision,
+        step,
+        own_step,
+        as_int(accumulate),
     )
 
 
@@ -412,28 +441,31 @@ def _data_identity(splits, stream):
 
 
 def _new_run(plan, params, model_state, shuffle_key, epochs, data):
-    """The run before its first step: the state replicated on the devices, nothing trained; ``data()`` identifies
-    its training data (computed with the configuration, when first needed)."""
-    state = {
-        "params": params,
-        "opt_state": plan.optimizer.init(params),
-        "model_state": () if model_state is None else model_state,
-        "key": _key_parts(shuffle_key)[0],
-        "tally": new_tally(),
-    }
-    configure = lambda: run_config(plan, params, state["key"], data(), epochs)  # noqa: E731
-    return Run(configure, parallel.replicate(state, plan.mesh), epochs, plan.steps_per_epoch)
+    """The run before its first step: its :class:`fnn.train.TrainState` and tally replicated on the devices,
+    nothing trained; ``data()`` identifies its training data (computed with the configuration, when first needed)."""
+    key_data, key_impl = _key_parts(shuffle_key)
+    state = _train.TrainState(
+        params,
+        plan.optimizer.init(params),
+        () if model_state is None else model_state,
+        jnp.int32(0),
+        key_data,
+        key_impl,
+    )
+    configure = lambda: run_config(plan, params, key_data, data(), epochs)  # noqa: E731
+    state, tally = parallel.replicate((state, new_tally()), plan.mesh)
+    return Run(configure, state, epochs, plan.steps_per_epoch, tally=tally)
 
 
 # ---------------------------------------------------------------- compiled functions
 class _Compiled:
     """The epoch's compiled functions: ``steps(n)`` for each segment length, and ``end``."""
 
-    def __init__(self, plan, state, feed):
+    def __init__(self, plan, run, feed):
         self.plan, self.feed, self._steps = plan, feed, {}
-        carried = (state["params"], state["opt_state"], state["model_state"], state["tally"], state["key"])
+        carried = (run.state, run.tally)
         self.shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), carried)
-        self.jit = {"donate_argnums": (0, 1, 2), "out_shardings": parallel.replicated(plan.mesh)}
+        self.jit = {"donate_argnums": (0,), "out_shardings": parallel.replicated(plan.mesh)}
         end = jax.jit(make_epoch_end(plan), **self.jit)
         self.end = end.lower(*self.shapes, 1, *feed.specs(None), *feed.test).compile()
 
@@ -448,8 +480,7 @@ class _Compiled:
 def _epoch_work(plan, shapes, feed):
     """One epoch's model FLOPs (:func:`fnn._flops.count`, from the programs, nothing compiled): a step's times the
     full batches, and the epoch's end (the last smaller batch and the evaluation)."""
-    step_args = (*shapes, 1, 0)
-    step = _flops.count(make_steps(plan, 1), *step_args, *feed.specs(1))
+    step = _flops.count(make_steps(plan, 1), *shapes, 1, 0, *feed.specs(1))
     end = _flops.count(make_epoch_end(plan), *shapes, 1, *feed.specs(None), *feed.test)
     return _flops.FlopCount(
         plan.full_batches * step.flops + end.flops,
@@ -472,23 +503,23 @@ def _epochs(run, plan, compiled, segment, parts, feed):
         feed.begin(run, segment)
         while run.step < plan.full_batches:
             n = min(segment, plan.full_batches - run.step)
-            _advance(run, compiled.steps(n), run.state["key"], run.epoch, run.step, *feed.chunk(n))
-            feed.sent(run.state["tally"])
+            _advance(run, compiled.steps(n), run.epoch, run.step, *feed.chunk(n))
+            feed.sent(run.tally)
             run.step += n
             due = [part for part in parts if part.every_steps and run.step % part.every_steps == 0]
             if due and run.step < plan.full_batches:
                 feed.mark(run)
-                _watch(run, plan, run.state["tally"])  # waits for the steps: only before a callback sees them
+                _watch(run, plan, run.tally)  # waits for the steps: only before a callback sees them
                 for part in due:
                     part.on_steps(run)
-        metrics = _advance(run, compiled.end, run.state["key"], run.epoch, *feed.last(), *feed.test)
+        metrics = _advance(run, compiled.end, run.epoch, *feed.last(), *feed.test)
         feed.end(run)
         if run.epoch < run.epochs:
             feed.read_ahead(run.epoch + 1, segment)  # while the devices evaluate
         values = {name: float(v) for name, v in metrics.items() if v is not None}  # waits for the epoch
-        _watch(run, plan, run.state["tally"], values.pop("params_finite"))
+        _watch(run, plan, run.tally, values.pop("params_finite"))
         run.step = run.steps_per_epoch
-        run.state["tally"] = parallel.replicate(new_tally(float(run.state["tally"]["first_loss"])), plan.mesh)
+        run.tally = parallel.replicate(new_tally(float(run.tally["first_loss"])), plan.mesh)
         row = {"epoch": run.epoch, **values, "epoch_s": time.perf_counter() - tic}
         run.history.append(row)
         for part in parts:
@@ -499,10 +530,8 @@ def _epochs(run, plan, compiled, segment, parts, feed):
 
 
 def _advance(run, fn, *args):
-    """Runs a compiled ``fn`` on the run's state; returns its extra outputs, if any."""
-    carried = ("params", "opt_state", "model_state", "tally")
-    params, opt_state, model_state, tally, *rest = fn(*(run.state[name] for name in carried), *args)
-    run.state = {**run.state, "params": params, "opt_state": opt_state, "model_state": model_state, "tally": tally}
+    """Runs a compiled ``fn`` on the run's state and tally; returns its extra outputs, if any."""
+    run.state, run.tally, *rest = fn(run.state, run.tally, *args)
     return rest[0] if rest else None
 
 
