@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from fnn import _precision
 from fnn._errors import InputError, UsageError
-from fnn.module import Loss, Module
+from fnn.module import Loss, Module, returned
 
 PATHS = ("autodiff", "custom", "backprop")
 
@@ -70,7 +70,7 @@ def objective(model, loss, path):
     def fn(params, x, targets, *, state=None, key=None, train=None):
         context = model.checked_context(state, train)
         outputs, new_state = run_model.run(params, x, context[0], key, context[1])
-        return run_loss.apply(outputs, targets), (outputs if state is None else (outputs, new_state))
+        return run_loss.apply(outputs, targets), returned((outputs,), state, new_state)
 
     return fn
 
@@ -89,7 +89,7 @@ def sweep_forward(model, loss):
         outputs, model_saved, new_state = model.run_forward(params, x, context[0], key, context[1])
         value, loss_saved = loss.forward(outputs, targets)
         kept = (value, outputs, (model_saved, loss_saved))
-        return kept if state is None else (*kept, new_state)
+        return returned(kept, state, new_state)
 
     return forward
 
@@ -225,7 +225,7 @@ def value_and_grad(model, loss, *, path="custom", train=None, outputs=False, inp
         with _precision.training(precision):
             value, out, grads, new_state = grads_of(params, x, targets, context[0], key, context[1])
         result = ((value, out) if outputs else value, grads)
-        return result if state is None else (*result, new_state)
+        return returned(result, state, new_state)
 
     return value_and_grads
 
@@ -300,6 +300,6 @@ def jvp(model, *, path="custom", train=None, precision=None):
                 raise InputError(f"jvp: every leaf of {name} must have its {name[1:]} leaf's shape")
         with _precision.training(precision):
             y, dy, new_state = by_path(params, x, dparams, dx, context[0], key, context[1])
-        return (y, dy) if state is None else (y, dy, new_state)
+        return returned((y, dy), state, new_state)
 
     return tangent

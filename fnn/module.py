@@ -103,11 +103,26 @@ __all__ = [
     "Module",
     "Setting",
     "as_custom_vjp",
+    "returned",
     "leaf",
     "loss",
     "structural",
     "with_settings",
 ]
+
+
+def returned(parts, state, new_state, after=()):
+    """The call contract's one rule: what a call gives back, ``(*parts, new_state, *after)`` exactly when a
+    ``state`` was passed (not ``None``), else ``(*parts, *after)``; a single value is given back as itself.
+
+    Every function of fnn that takes ``state=`` gives back through this:
+    :meth:`Module.apply` (``y``, or ``(y, state)``), :meth:`Module.forward`,
+    :func:`fnn.value_and_grad`'s and :func:`fnn.jvp`'s functions, the steps of
+    :mod:`fnn.train` and :func:`fnn.fit` (``(params, history)``, or
+    ``(params, state, history)``).
+    """
+    found = (*parts, new_state, *after) if state is not None else (*parts, *after)
+    return found[0] if len(found) == 1 else found
 
 
 class Setting(NamedTuple):
@@ -178,14 +193,14 @@ class Module:
         """
         context = self.checked_context(state, train)
         y, new_state = self.run(params, x, context[0], key, context[1])
-        return y if state is None else (y, new_state)
+        return returned((y,), state, new_state)
 
     def forward(self, params, x, *, state=None, key=None, train=None):
         """The forward pass keeping what :attr:`backward` needs: ``(y, saved)``, or ``(y, saved, new_state)``
         exactly when ``state=`` was passed; the keywords are :meth:`apply`'s."""
         context = self.checked_context(state, train)
         y, saved, new_state = self.run_forward(params, x, context[0], key, context[1])
-        return (y, saved) if state is None else (y, saved, new_state)
+        return returned((y, saved), state, new_state)
 
     def pushforward(self, params, saved, y, dparams, dx):
         """The forward-mode counterpart of :attr:`backward`: ``dy = J (dparams, dx)``, from what ``forward`` saved.

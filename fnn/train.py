@@ -26,6 +26,7 @@ from fnn import _precision
 from fnn._errors import InputError, UsageError
 from fnn._numbers import as_float, positive_int
 from fnn._paths import gradients
+from fnn.module import returned
 
 __all__ = [
     "TrainState",
@@ -86,7 +87,7 @@ def sgd_update(model, loss, learning_rate, *, path="custom", precision=None):
     def update(params, batch, *, state=None, key=None):
         value, outputs, grads, new_state = grads_of(params, batch, state, key)
         params = jax.tree.map(lambda p, g: p - learning_rate * g, params, grads)
-        return _out((params, _metrics(loss, value, outputs, batch[1])), state, new_state)
+        return returned((params, _metrics(loss, value, outputs, batch[1])), state, new_state)
 
     return update
 
@@ -107,7 +108,7 @@ def optimizer_update(model, loss, optimizer, *, path="custom", precision=None):
         value, outputs, grads, new_state = grads_of(params, batch, state, key)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         result = (optax.apply_updates(params, updates), opt_state, _metrics(loss, value, outputs, batch[1]))
-        return _out(result, state, new_state)
+        return returned(result, state, new_state)
 
     return update
 
@@ -240,11 +241,6 @@ def _accumulated(grads_of, k, params, batch, model_state, key):
     start = (jnp.zeros((), dtype), zeros, model_state)
     (value, grads, model_state), outputs = jax.lax.scan(one, start, (jnp.arange(k), micro))
     return value, outputs.reshape(-1, *outputs.shape[2:]), grads, model_state
-
-
-def _out(result, state, new_state):
-    """``result``, with the model's new state last exactly when a ``state`` was passed."""
-    return result if state is None else (*result, new_state)
 
 
 def sgd_step(model, loss, learning_rate, *, path="custom", precision=None):

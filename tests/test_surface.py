@@ -247,7 +247,17 @@ PUBLIC = {
         "TrainingDiverged",
         "steps_per_epoch",
     },
-    "fnn.module": {"Loss", "Module", "Setting", "as_custom_vjp", "leaf", "loss", "structural", "with_settings"},
+    "fnn.module": {
+        "Loss",
+        "Module",
+        "Setting",
+        "as_custom_vjp",
+        "leaf",
+        "loss",
+        "returned",
+        "structural",
+        "with_settings",
+    },
     "fnn.context": {"bind", "child_key"},
     "fnn.metrics": {"error_rate"},
     "fnn.train": {
@@ -347,3 +357,37 @@ def test_the_error_rate_of_an_output_state_pair_names_the_pair():
     outputs = bn.apply(params, jnp.ones((4, 4), jnp.float32), state=state, train=False)
     with pytest.raises(fnn.UsageError, match=r"error_rate: logits is a pair \(outputs, state\)"):
         fnn.metrics.error_rate(outputs, jnp.zeros(4, int))
+
+
+def _state_tests(tree):
+    """The ``if``s and conditional expressions of ``tree`` that test whether a ``state`` is ``None``."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.If, ast.IfExp)) and isinstance(node.test, ast.Compare):
+            left = node.test.left
+            name = left.id if isinstance(left, ast.Name) else getattr(left, "attr", "")
+            none = [c for c in node.test.comparators if isinstance(c, ast.Constant) and c.value is None]
+            if name == "state" and none:
+                yield node
+
+
+def _gives_state(expression):
+    """Whether an expression is a tuple that gives back a new state (an element named ``*_state``)."""
+    names = [e.value if isinstance(e, ast.Starred) else e for e in getattr(expression, "elts", ())]
+    return isinstance(expression, ast.Tuple) and any(getattr(n, "id", "").endswith("_state") for n in names)
+
+
+def test_the_call_contracts_rule_is_written_once():
+    """Whether the new state comes back (exactly when ``state=`` was passed) is decided in one place,
+    ``fnn.module.returned``: no other return in fnn chooses its shape by ``state is None``."""
+    root = Path(fnn.__file__).parents[1]
+    found = []
+    for path in sorted((root / "fnn").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for function in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+            for node in _state_tests(function):
+                returns = isinstance(node, ast.If) and any(isinstance(n, ast.Return) for n in ast.walk(node))
+                in_return = any(node in list(ast.walk(r)) for r in ast.walk(function) if isinstance(r, ast.Return))
+                gives_back = isinstance(node, ast.IfExp) and (_gives_state(node.body) or _gives_state(node.orelse))
+                if returns or (in_return and gives_back):
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {function.name}")
+    assert found == [], found

@@ -21,6 +21,7 @@ from fnn.loop._callbacks import Callback, Checkpointing, EpochFunction, Progress
 from fnn.loop._config import data_identity, run_config
 from fnn.loop._epoch import Plan, make_epoch_end, make_steps, new_tally
 from fnn.loop._history import History
+from fnn.module import returned
 
 #: The leaves that XLA's CPU backend runs slowly inside a loop body on the autodiff path (see :func:`fit`).
 _LOOP_SLOW_LEAVES = ("conv1d", "conv2d")
@@ -216,9 +217,7 @@ def fit(
         configure=lambda: {**run.config, "epochs": run.epochs, "devices": plan.mesh.size},
         count_work=functools.partial(_epoch_work, plan, compiled.shapes, feed),
     )
-    if state is None:
-        return run.state.params, history
-    return run.state.params, run.state.model_state, history
+    return returned((run.state.params,), state, run.state.model_state, after=(history,))
 
 
 def _interrupted(run, parts):
