@@ -1,6 +1,6 @@
 """The lecture notes' two-layer MNIST code in PyTorch with manual gradients: the peer fnn is timed against.
 
-The notes' experiment (GUIDE.md sections 2 and 3) as the notes wrote it:
+The notes' experiment (the two-layer network and its recipe) as the notes wrote it:
 ``relu(X W1) W2`` with no biases, ``W1 = randn(784, 500) * sqrt(2/784)``,
 ``W2 = randn(500, 10) * sqrt(2/500)``, SGD with step 0.5 on batches of 100 in
 data order, gradients written out by hand (no autograd):

@@ -1,6 +1,6 @@
 """The lecture notes' own two-layer MNIST code, in PyTorch with manual gradients.
 
-Reproduces the notes' experiment (GUIDE.md sections 2 and 3) as the notes
+Reproduces the notes' experiment (the two-layer network and its recipe) as the notes
 wrote it, as the peer that fnn's JAX run is timed against: ``relu(X W1) W2``
 with no biases, ``W1 = randn(784, 500) * sqrt(2/784)``,
 ``W2 = randn(500, 10) * sqrt(2/500)``, SGD with step 0.5 on batches of 100 in

@@ -187,3 +187,24 @@ def test_the_site_builds_with_no_warning(tmp_path):
     assert build.returncode == 0, build.stderr[-5000:]
     for page in ["index", "api/index", "results", *(f"guides/{g.stem}" for g in GUIDES)]:
         assert (tmp_path / "html" / f"{page}.html").exists(), page
+
+
+def test_the_design_guides_layer_table_names_every_file_there_is():
+    """Every file of fnn has a row of its own (``fnn/_errors.py``) or is named in its package's row (``_stream`` in
+    ``fnn/data/``'s), and every file the table names exists."""
+    rows = {}
+    for line in (DOCS / "guides" / "design.md").read_text().splitlines():
+        if match := re.match(r"\| `(fnn/[\w/.]+)` \| (.*) \|$", line):
+            rows[match.group(1)] = match.group(2)
+    package_root = ROOT / "fnn"
+    for path in sorted(package_root.rglob("*.py")):
+        relative = path.relative_to(ROOT).as_posix()
+        if path.name == "__init__.py" and path.parent != package_root:
+            assert f"{path.parent.relative_to(ROOT).as_posix()}/" in rows, relative
+        elif path.parent == package_root:
+            assert path.name == "__init__.py" or relative in rows, f"{relative} has no row"
+        else:
+            row = rows.get(f"{path.parent.relative_to(ROOT).as_posix()}/", "")
+            assert f"`{path.stem}`" in row, f"{relative}: not named in its package's row"
+    for named in rows:
+        assert (ROOT / named).exists(), f"the table names {named}, which does not exist"

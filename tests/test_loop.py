@@ -332,3 +332,19 @@ def test_a_step_at_a_time_gives_the_whole_epoch_scans_result_bit_for_bit(model, 
     ]
     for got, _ in runs[:2]:
         assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(runs[2][0])))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a rule for XLA's CPU backend")
+def test_the_autodiff_path_steps_one_at_a_time_where_its_program_runs_an_xla_convolution(monkeypatch):
+    """Read from the step's program, not from the layers' names: a convolution in XLA's form makes JAX's own
+    gradient run XLA convolutions (slow inside a loop body on a CPU), the matrix form none."""
+    from fnn.loop import _fit
+
+    chosen, choose = [], _fit._segment
+    monkeypatch.setattr(_fit, "_segment", lambda *args: chosen.append(choose(*args)) or chosen[-1])
+    data = fnn.data.synthetic(96, 16, shape=(6, 6, 1), classes=3)
+    for form, path, steps in (("convolution", "autodiff", 1), ("matmul", "autodiff", 3), ("convolution", "custom", 3)):
+        model = fnn.nn.serial(fnn.nn.conv2d(2, 3, form=form), fnn.nn.flatten(), fnn.nn.dense(3))
+        params = model.init(jax.random.key(0), (6, 6, 1))[1]
+        fnn.fit(model, params, data, epochs=1, batch_size=32, path=path, progress=False)
+        assert chosen[-1] == steps, (form, path)

@@ -8,7 +8,7 @@ order, the custom path eagerly, under ``jit``, ``vmap`` and grad-of-grad, the
 backprop path, dtypes and structure at float32 and bfloat16, the module's
 edge values and determinism; every tolerance by the checker's one rule.
 
-Then exact edge values (GUIDE section 6) on every path, initialisers, and
+Then exact edge values (the rules' delicate inputs) on every path, initialisers, and
 every error message.
 """
 
@@ -190,7 +190,7 @@ def test_the_checker_passes_every_module_and_loss(case):
     assert skipped == expected, str(report)
 
 
-# ------------------------------------------------------------------ edge values (GUIDE section 6)
+# ------------------------------------------------------------------ edge values
 def module_vjp(path, module, params, x):
     """``(y, dparams, dx)`` of ``module`` at ``(params, x)`` for the output cotangent ones, by ``path``."""
     if path == "backprop":

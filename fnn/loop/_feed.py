@@ -1,20 +1,10 @@
 """Where :func:`fnn.fit`'s steps get their data: the arrays placed on the devices once, or a stream read as it trains.
 
-A feed gives the compiled calls their data arguments: ``chunk(n)`` the
-training data of the next ``n`` steps, ``last()`` that of the epoch's last
-smaller batch, ``test`` the test split; ``begin(run, segment)`` and ``end(run)``
-bracket an epoch, ``read_ahead(epoch, segment)`` prepares the next one while
-the devices finish the current one, ``sent(tally)`` notes each call
-dispatched, ``mark(run)`` records the position reached in
-``run.data_state``, which checkpoints keep, and ``close()`` releases the
-readers. :class:`Arrays` hands every call the whole
-training split (the compiled steps pick their rows, in the epoch's order);
-:class:`Streamed` hands each call the chunk of batches it trains on, read by
-:class:`fnn.data.Batches` and assembled into global arrays over the devices
-of every process, and keeps the reader's position in ``run.data_state`` for
-checkpoints.
+:class:`Feed` is the protocol the epoch loop drives; :class:`Arrays` and
+:class:`Streamed` are its two kinds.
 """
 
+import abc
 import collections
 
 import jax
@@ -30,46 +20,79 @@ from fnn.data import Batches
 STREAM_CHUNK_BYTES = 16 << 20
 
 
-class Arrays:
-    """Every split placed whole on every device (``parallel.replicate``) before the first epoch."""
+class Feed(abc.ABC):
+    """The data arguments of an epoch's compiled calls, and where the reading stands.
 
-    #: Steps per compiled call unless told otherwise: the whole epoch (``fit`` takes the smaller).
-    steps_per_call = float("inf")
+    The loop calls, per epoch: :meth:`begin`; for each call of ``n`` steps
+    :meth:`steps` (its training data) then :meth:`dispatched`, and before a
+    callback that may checkpoint :meth:`save_position`; :meth:`last_batch`
+    for the call that trains the epoch's last smaller batch and evaluates;
+    :meth:`end`; :meth:`read_ahead` while the devices finish. :meth:`close`
+    on every exit. Only :meth:`shapes`, :meth:`steps` and :meth:`last_batch`
+    have no default: a feed that holds nothing per epoch needs no more.
+
+    Attributes:
+      test: the test split ``(x, y)``, on the devices.
+      steps_per_call: the steps one compiled call takes unless told otherwise
+        (``fit`` takes the smaller of this and the epoch).
+    """
+
+    test: tuple
+    steps_per_call: float
+
+    @abc.abstractmethod
+    def shapes(self, n):
+        """The training arguments of a call of ``n`` steps (``None``: the last smaller batch), for compiling: arrays,
+        or ``jax.ShapeDtypeStruct`` with their shardings."""
+
+    @abc.abstractmethod
+    def steps(self, n):
+        """The training data of the next ``n`` steps, ``(x, y)``."""
+
+    @abc.abstractmethod
+    def last_batch(self):
+        """The training data of the epoch's last smaller batch, ``(x, y)``."""
+
+    def begin(self, run, segment):  # noqa: B027 (a default that does nothing)
+        """Starts the epoch ``run.epoch`` at step ``run.step``; calls will train ``segment`` steps."""
+
+    def dispatched(self, tally):  # noqa: B027 (a default that does nothing)
+        """Notes a call dispatched (``tally`` its output, ready when the call is done)."""
+
+    def save_position(self, run):  # noqa: B027 (a default that does nothing)
+        """Records the position reached in ``run.data_state``, which checkpoints keep."""
+
+    def end(self, run):  # noqa: B027 (a default that does nothing)
+        """Ends the epoch."""
+
+    def read_ahead(self, epoch, segment):  # noqa: B027 (a default that does nothing)
+        """Prepares epoch ``epoch`` while the devices finish the current one."""
+
+    def close(self):  # noqa: B027 (a default that does nothing)
+        """Releases what the feed holds."""
+
+
+class Arrays(Feed):
+    """Every split placed whole on every device (``parallel.replicate``) before the first epoch: every call gets the
+    whole training split, and the compiled steps pick their rows in the epoch's order (the step is the position)."""
+
+    steps_per_call = float("inf")  # the whole epoch
 
     def __init__(self, splits, mesh):
         self.arrays = parallel.replicate(tuple(a for split in splits.values() for a in split), mesh)
         self.test = self.arrays[2:]
 
-    def specs(self, n):
-        """The training arguments of a call of ``n`` steps (``None``: the last smaller batch), for compiling."""
+    def shapes(self, n):
         return self.arrays[:2]
 
-    def begin(self, run, segment):
-        """Starts the epoch ``run.epoch`` at step ``run.step``; calls will train ``segment`` steps."""
-
-    def chunk(self, n):
+    def steps(self, n):
         return self.arrays[:2]
 
-    def mark(self, run):
-        """Records the position reached (the arrays need none: the step is the position)."""
-
-    def read_ahead(self, epoch, segment):
-        """Prepares epoch ``epoch`` while the devices finish the current one (the arrays need nothing)."""
-
-    def sent(self, tally):
-        """Notes a call dispatched (the arrays hold no memory per call)."""
-
-    def close(self):
-        """Releases what the feed holds (nothing for the arrays)."""
-
-    def last(self):
+    def last_batch(self):
         return self.arrays[:2]
 
-    def end(self, run):
-        """Ends the epoch."""
 
-
-class Streamed:
+class Streamed(Feed):
     """A :class:`fnn.data.Stream` read a chunk of steps at a time, each chunk one global array over the devices."""
 
     def __init__(self, stream, plan, key_data, check):
@@ -110,7 +133,7 @@ class Streamed:
             return self.batches.last_rows * self.batches.processes
         return self.batch_size
 
-    def specs(self, n):
+    def shapes(self, n):
         steps, rows = 1 if n is None else n, self._rows(n)
         return (
             jax.ShapeDtypeStruct((steps, rows, *self.x_shape), self.x_dtype, sharding=self.sharding),
@@ -125,10 +148,7 @@ class Streamed:
         self.epoch, self.first, self.segment, self.first_chunk = run.epoch, run.step, segment, None
         ahead, self.ahead = self.ahead, None
         if ahead is not None and ahead[0] == (run.epoch, run.step, segment):
-            _, self.iterator, chunk = ahead
-            if isinstance(chunk, BaseException):
-                raise chunk
-            self.first_chunk = chunk
+            _, self.iterator, self.first_chunk = ahead
             return
         if ahead is not None:
             _close(ahead[1])
@@ -145,16 +165,17 @@ class Streamed:
 
     def read_ahead(self, epoch, segment):
         """Starts epoch ``epoch`` (from its first step) and reads its first chunk while the devices finish the
-        current epoch; :meth:`begin` takes it up. An error reading it is raised there, after this epoch's
-        callbacks (its checkpoint) have run."""
+        current epoch; :meth:`begin` takes it up. Where that reading fails, nothing is kept: :meth:`begin` starts
+        the epoch afresh and the error comes from there, after this epoch's callbacks (its checkpoint) have run."""
         iterator = self.batches.epoch(epoch, 0, segment)
         try:
             chunk = _owned(next(iterator))
-        except Exception as e:  # raised again by begin
-            chunk = e
+        except Exception:  # read again, and raised, where the epoch begins
+            _close(iterator)
+            return
         self.ahead = ((epoch, 0, segment), iterator, chunk)
 
-    def chunk(self, n):
+    def steps(self, n):
         if self.first_chunk is not None:
             (x, y), self.first_chunk = self.first_chunk, None
         else:
@@ -162,18 +183,18 @@ class Streamed:
         assert len(x) == n, (len(x), n)  # the loop and the reader cut the epoch alike
         return self._put(x, y, self.batch_size)
 
-    def sent(self, tally):
+    def dispatched(self, tally):
         """Notes a call dispatched (``tally`` its output); waits for the call before the last, so at most two
         calls' chunks are queued on the devices and host memory stays bounded when reading outruns training."""
         self.in_flight.append(tally)
         if len(self.in_flight) > 2:
             jax.block_until_ready(self.in_flight.popleft())
 
-    def mark(self, run):
+    def save_position(self, run):
         reader = self.iterator.get_state()
         run.data_state = {"first": self.first, "segment": self.segment, "workers": self.workers, "reader": reader}
 
-    def last(self):
+    def last_batch(self):
         x, y = self.batches.last(self.epoch)
         return self._put(x, y, self._rows(None))
 

@@ -23,9 +23,6 @@ from fnn.loop._epoch import Plan, make_epoch_end, make_steps, new_tally
 from fnn.loop._history import History
 from fnn.module import returned
 
-#: The leaves that XLA's CPU backend runs slowly inside a loop body on the autodiff path (see :func:`fit`).
-_LOOP_SLOW_LEAVES = ("conv1d", "conv2d")
-
 
 def fit(
     model,
@@ -188,7 +185,7 @@ def fit(
         feed = _feed.Arrays(splits, plan.mesh)
     else:
         feed = _feed.Streamed(stream, plan, _key_parts(shuffle_key)[0], _batch_check(model, loss, input_shape))
-    segment = _segment(plan, steps_per_call, parts, feed)
+    segment = _segment(plan, steps_per_call, parts, feed, run)
     try:
         with contextlib.ExitStack() as stack:
             stack.callback(feed.close)
@@ -404,7 +401,7 @@ def _key_parts(shuffle_key):
     raise UsageError(f"shuffle_key must be a jax.random key (jax.random.key(seed)), got {key.dtype} {key.shape}")
 
 
-def _segment(plan, steps_per_call, parts, feed):
+def _segment(plan, steps_per_call, parts, feed, run):
     """Steps per compiled call: ``steps_per_call`` (or its automatic choice), cut to the callbacks' ``every_steps``.
 
     A stream's chunk is a bound, not a length: with callbacks every ``k``
@@ -413,7 +410,7 @@ def _segment(plan, steps_per_call, parts, feed):
     """
     periods = [c.every_steps for c in parts if c.every_steps is not None]
     if steps_per_call is None:
-        if _slow_in_a_loop(plan):
+        if _slow_in_a_loop(plan, run, feed):
             return 1
         bound = min(plan.full_batches, feed.steps_per_call)
         if periods and bound < plan.full_batches:
@@ -425,11 +422,23 @@ def _segment(plan, steps_per_call, parts, feed):
     return max(1, math.gcd(min(steps_per_call, plan.full_batches), *periods))
 
 
-def _slow_in_a_loop(plan):
-    """Whether the autodiff path meets a convolution on a CPU (see ``steps_per_call`` in :func:`fit`)."""
+def _slow_in_a_loop(plan, run, feed):
+    """Whether a step on the autodiff path runs an XLA convolution on a CPU (see ``steps_per_call`` in :func:`fit`):
+    read from the step's program (``jax.make_jaxpr``, nothing compiled), whatever the layers are called (a
+    convolution in the matrix form runs none)."""
     if plan.path != "autodiff" or plan.mesh.devices.flat[0].platform != "cpu":
         return False
-    return any(leaf.name in _LOOP_SLOW_LEAVES for leaf in plan.model.leaves())
+    step = jax.make_jaxpr(make_steps(plan, 1))(run.state, run.tally, 1, 0, *feed.shapes(1))
+    return _runs(step.jaxpr, "conv_general_dilated")
+
+
+def _runs(jaxpr, primitive):
+    """Whether ``jaxpr`` (or a jaxpr inside it) runs ``primitive``."""
+    return any(
+        eqn.primitive.name == primitive
+        or any(_runs(inner, primitive) for inner in jax.extend.core.jaxprs_in_params(eqn.params))
+        for eqn in jaxpr.eqns
+    )
 
 
 def _data_identity(splits, stream):
@@ -466,21 +475,21 @@ class _Compiled:
         self.shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), carried)
         self.jit = {"donate_argnums": (0,), "out_shardings": parallel.replicated(plan.mesh)}
         end = jax.jit(make_epoch_end(plan), **self.jit)
-        self.end = end.lower(*self.shapes, 1, *feed.specs(None), *feed.test).compile()
+        self.end = end.lower(*self.shapes, 1, *feed.shapes(None), *feed.test).compile()
 
     def steps(self, n):
         """The compiled call that runs ``n`` steps (``None`` for 0)."""
         if n and n not in self._steps:
             fn = jax.jit(make_steps(self.plan, n), **self.jit)
-            self._steps[n] = fn.lower(*self.shapes, 1, 0, *self.feed.specs(n)).compile()
+            self._steps[n] = fn.lower(*self.shapes, 1, 0, *self.feed.shapes(n)).compile()
         return self._steps.get(n)
 
 
 def _epoch_work(plan, shapes, feed):
     """One epoch's model FLOPs (:func:`fnn._flops.count`, from the programs, nothing compiled): a step's times the
     full batches, and the epoch's end (the last smaller batch and the evaluation)."""
-    step = _flops.count(make_steps(plan, 1), *shapes, 1, 0, *feed.specs(1))
-    end = _flops.count(make_epoch_end(plan), *shapes, 1, *feed.specs(None), *feed.test)
+    step = _flops.count(make_steps(plan, 1), *shapes, 1, 0, *feed.shapes(1))
+    end = _flops.count(make_epoch_end(plan), *shapes, 1, *feed.shapes(None), *feed.test)
     return _flops.FlopCount(
         plan.full_batches * step.flops + end.flops,
         _summed(plan.full_batches, step.dtypes, end.dtypes),
@@ -502,16 +511,16 @@ def _epochs(run, plan, compiled, segment, parts, feed):
         feed.begin(run, segment)
         while run.step < plan.full_batches:
             n = min(segment, plan.full_batches - run.step)
-            _advance(run, compiled.steps(n), run.epoch, run.step, *feed.chunk(n))
-            feed.sent(run.tally)
+            _advance(run, compiled.steps(n), run.epoch, run.step, *feed.steps(n))
+            feed.dispatched(run.tally)
             run.step += n
             due = [part for part in parts if part.every_steps and run.step % part.every_steps == 0]
             if due and run.step < plan.full_batches:
-                feed.mark(run)
+                feed.save_position(run)
                 _watch(run, plan, run.tally)  # waits for the steps: only before a callback sees them
                 for part in due:
                     part.on_steps(run)
-        metrics = _advance(run, compiled.end, run.epoch, *feed.last(), *feed.test)
+        metrics = _advance(run, compiled.end, run.epoch, *feed.last_batch(), *feed.test)
         feed.end(run)
         if run.epoch < run.epochs:
             feed.read_ahead(run.epoch + 1, segment)  # while the devices evaluate

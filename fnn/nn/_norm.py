@@ -1,6 +1,6 @@
 """Normalisation layers: one standardisation rule over any axes, forward and backward side by side.
 
-The rule (the notes' LN, GUIDE sections 6 and 8): over a set of ``m`` values
+The rule (the notes' LayerNorm; group and batch norm are the same rule over other axes): over a set of ``m`` values
 ``z`` (the *axes* below), ``mu = mean(z)``, ``sigma = sqrt(mean((z - mu)^2) + eps)``
 (dividing by ``m``, not ``m - 1``), ``zhat = (z - mu) / sigma``; then a
 per-channel affine map ``y = beta + gamma zhat``. Backward with ``G = dJ/dy``:

@@ -16,7 +16,8 @@
 
 **Why both.** XLA sees through ``jax.checkpoint`` in a straight-line
 program: on XLA:CPU the compiled gradient of 32 unrolled blocks, each
-rematerialised, kept as much temporary memory as without (GUIDE section 9).
+rematerialised, kept as much temporary memory as without
+(``python -m experiments.remat``).
 Inside a loop it cannot: ``repeat(remat(block), n)`` keeps one input per
 block and recomputes the rest block by block.
 """
