@@ -6,6 +6,8 @@ error and exits with status 2, as argparse does for unknown flags; Ctrl-C
 prints ``interrupted: <where it stopped, the last checkpoint>`` and exits
 130; a warning prints as ``warning: <message>``. ``--debug`` shows the
 tracebacks instead. Anything else is a bug and keeps its traceback.
+Compiled programs are kept between runs (:func:`fnn.use_compilation_cache`)
+unless ``--no-compilation-cache`` is given.
 """
 
 import sys
@@ -18,8 +20,14 @@ USER_ERRORS = (fnn.Error, ValueError)
 
 
 def add_flags(parser):
-    """Adds ``--debug`` to an experiment's argument parser."""
+    """Adds ``--debug`` and ``--no-compilation-cache`` to an experiment's argument parser."""
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.add_argument(
+        "--no-compilation-cache",
+        action="store_true",
+        help="compile every program afresh (by default compiled programs are kept in fnn's cache folder: "
+        "fnn.use_compilation_cache)",
+    )
 
 
 def _one_line(message, category, filename, lineno, file=None, line=None):
@@ -33,6 +41,8 @@ def run(main, argv=None):
     fnn's warnings print as ``warning: ...``, one line each."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    if "--no-compilation-cache" not in argv:
+        fnn.use_compilation_cache()  # a second run of a script finds its programs compiled
     if not debug:
         warnings.showwarning = _one_line
     try:

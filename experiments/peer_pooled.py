@@ -288,12 +288,6 @@ def shuffled(data, seed):
     return fnn.data.Dataset(data.name, x, y, np.asarray(data.x_test), np.asarray(data.y_test))
 
 
-def round_order(names, r):
-    """The libraries' order in round ``r``: rotated by ``r``, reversed in odd rounds."""
-    order = list(names[r % len(names) :] + names[: r % len(names)])
-    return order[::-1] if r % 2 else order
-
-
 def sides(args):
     """``{library: (epoch(params, data) -> row, warm_up(params, data) or None, facts)}`` for ``--libraries``."""
     out = {}
@@ -382,7 +376,7 @@ def main(argv=None):
     for r in range(args.rounds):
         params = model.init(jax.random.key(args.seed + r), INPUT_SHAPE)[1]
         shuffled_data = shuffled(data, args.seed + r)
-        for name in round_order(list(runners), r):
+        for name in fnn.bench.round_order(list(runners), r):
             result = runners[name][0](params, shuffled_data)
             results[name].append({"round": r, "load_average_1min": os.getloadavg()[0], **result})
             print(

@@ -35,6 +35,7 @@ from fnn import (
     train,
     validate,
 )
+from fnn._compile import use_compilation_cache
 from fnn._errors import (
     CheckFailed,
     CheckpointError,
@@ -86,6 +87,7 @@ __all__ = [
     "parallel",
     "testing",
     "train",
+    "use_compilation_cache",
     "validate",
     "value_and_grad",
 ]

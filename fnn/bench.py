@@ -59,6 +59,7 @@ __all__ = [
     "machine_rate",
     "matmul_rate",
     "model_flops",
+    "round_order",
     "summarize",
     "verdict",
 ]
@@ -266,8 +267,8 @@ def _block(fn, args, calls):
     return (time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls
 
 
-def _order(names, r):
-    """The order of round ``r``: rotated by ``r // 2``, reversed on odd rounds.
+def round_order(names, r):
+    """The order of round ``r`` of interleaved timings: ``names`` rotated by ``r // 2``, reversed on odd rounds.
 
     Two functions run A B, B A, B A, A B, ... (ABBA); three run through all
     six orders, so that no function always sits in the same place.
@@ -357,7 +358,7 @@ def compare(
     wall = {name: [] for name in fns}
     cpu = {name: [] for name in fns}
     for r in range(n_rounds):
-        for name in _order(list(fns), r):
+        for name in round_order(list(fns), r):
             w, c = _block(compiled[name], args, calls[name])
             wall[name].append(w)
             cpu[name].append(c)

@@ -81,13 +81,12 @@ def sgd_update(model, loss, learning_rate, *, path="custom", precision=None):
     jitted form. With ``state=`` it returns the new state last (see the module doc).
     ``precision`` sets the products' precision (see :func:`fnn.value_and_grad`).
     """
-    learning_rate = _step_size(learning_rate)
-    grads_of = _training(model, loss, path, precision)
+    sgd = optax.sgd(_step_size(learning_rate))  # p + (-lr g): the same bits as p - lr g
+    update_with_state = optimizer_update(model, loss, sgd, path=path, precision=precision)
 
     def update(params, batch, *, state=None, key=None):
-        value, outputs, grads, new_state = grads_of(params, batch, state, key)
-        params = jax.tree.map(lambda p, g: p - learning_rate * g, params, grads)
-        return returned((params, _metrics(loss, value, outputs, batch[1])), state, new_state)
+        params, _, *rest = update_with_state(params, sgd.init(params), batch, state=state, key=key)  # SGD keeps none
+        return (params, *rest)
 
     return update
 

@@ -129,15 +129,18 @@ def check_splits(splits, model=None):
         (check_inputs if model is None else model.check_inputs)(x, split)
 
 
-def check_targets(model, loss, splits):
+def check_targets(model, loss, splits, output_shape=None):
     """Checks each split's targets with ``loss.check_targets`` against the model's output shape.
 
-    The output shape is the one ``model.init`` gives (nothing is computed).
+    The output shape is the one ``model.init`` gives for the inputs (nothing
+    is computed), or ``output_shape`` (batch axis excluded) when the caller
+    knows it (a stream checks every batch against one).
     """
     if loss.check_targets is None:
         return
     for split, (x, y) in splits.items():
-        loss.check_targets(y, (x.shape[0], *model.output_shape(x.shape[1:])), split)
+        shape = model.output_shape(x.shape[1:]) if output_shape is None else output_shape
+        loss.check_targets(y, (x.shape[0], *shape), split)
 
 
 def check_state(model, state, input_shape):

@@ -465,7 +465,7 @@ def test_peer_pooled_compares_per_round_and_writes_its_results(tmp_path, monkeyp
 
 
 def test_peer_pooled_rotates_the_order_and_refuses_bad_flags():
-    orders = [peer_pooled.round_order(["fnn", "flax", "torch"], r) for r in range(6)]
+    orders = [fnn.bench.round_order(["fnn", "flax", "torch"], r) for r in range(6)]
     assert all(sorted(o) == ["flax", "fnn", "torch"] for o in orders)
     assert {o[0] for o in orders} == {"fnn", "flax", "torch"} and orders[0] != orders[1]
     for bad in (["--libraries", "torch", "fnn"], ["--rounds", "2"], ["--libraries", "fnn", "fnn"]):

@@ -1,5 +1,8 @@
 """fnn.fit: the scanned epoch equals a loop of steps on every path; optimisers, losses, shapes, metrics, errors."""
 
+import os
+import subprocess
+import sys
 import types
 
 import jax
@@ -348,3 +351,28 @@ def test_the_autodiff_path_steps_one_at_a_time_where_its_program_runs_an_xla_con
         params = model.init(jax.random.key(0), (6, 6, 1))[1]
         fnn.fit(model, params, data, epochs=1, batch_size=32, path=path, progress=False)
         assert chosen[-1] == steps, (form, path)
+
+
+CACHED_RUN = """
+import sys, jax, jax.monitoring, fnn
+hits = []
+jax.monitoring.register_event_listener(lambda event, **_: hits.append(event) if event.endswith("cache_hits") else None)
+folder = fnn.use_compilation_cache(sys.argv[1])
+data = fnn.data.synthetic(64, 16, shape=(4,), classes=3)
+model = fnn.nn.mlp([4, 8, 3])
+_, history = fnn.fit(model, model.init(jax.random.key(0), (4,))[1], data, epochs=1, batch_size=16, progress=False)
+print(len(hits), sorted(history.compile_seconds))
+"""
+
+
+def test_a_second_run_finds_its_programs_compiled_and_the_history_times_each_one(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the suite's own cache, which this run must not see
+    runs = [
+        subprocess.run([sys.executable, "-c", CACHED_RUN, str(tmp_path)], capture_output=True, text=True, env=env)
+        for _ in range(2)
+    ]
+    assert all(r.returncode == 0 for r in runs), runs[-1].stderr[-2000:]
+    (first, names), (second, _) = (r.stdout.split(maxsplit=1) for r in runs)
+    assert int(first) == 0 and int(second) >= 2, (first, second)  # the epoch's end and its steps, found on disk
+    assert names.strip() == "['end', 'steps[4]']"

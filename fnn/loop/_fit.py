@@ -1,5 +1,6 @@
 """``fit``: checks, then the run's state, then the compiled epoch functions, then the epoch loop."""
 
+import concurrent.futures
 import contextlib
 import functools
 import math
@@ -196,9 +197,7 @@ def fit(
             if run.history:  # restored: decisions that follow from the history are made again
                 for part in parts:
                     part.on_resume(run)
-            compiled = _Compiled(plan, run, feed)
-            for n in (segment, plan.full_batches % segment):
-                compiled.steps(n)
+            compiled = _Compiled(plan, run, feed, (segment, plan.full_batches % segment))
             compile_s = time.perf_counter() - start
             _epochs(run, plan, compiled, segment, parts, feed)
             for part in parts:
@@ -210,6 +209,7 @@ def fit(
     history = History.from_rows(
         run.history,
         compile_s=compile_s,
+        compile_seconds=dict(compiled.seconds),
         wall_s=time.perf_counter() - start,
         configure=lambda: {**run.config, "epochs": run.epochs, "devices": plan.mesh.size},
         count_work=functools.partial(_epoch_work, plan, compiled.shapes, feed),
@@ -311,8 +311,7 @@ def _batch_check(model, loss, input_shape):
 
     def check(x, y):
         model.check_inputs(x, "train")
-        if loss.check_targets is not None:
-            loss.check_targets(y, (x.shape[0], *output_shape), "train")
+        validate.check_targets(model, loss, {"train": (x, y)}, output_shape)
 
     return check
 
@@ -467,21 +466,46 @@ def _new_run(plan, params, model_state, shuffle_key, epochs, data):
 
 # ---------------------------------------------------------------- compiled functions
 class _Compiled:
-    """The epoch's compiled functions: ``steps(n)`` for each segment length, and ``end``."""
+    """The epoch's compiled functions: ``steps(n)`` for each segment length, and ``end``.
 
-    def __init__(self, plan, run, feed):
-        self.plan, self.feed, self._steps = plan, feed, {}
+    The end and the calls of ``lengths`` steps are compiled at once, each in
+    a thread of its own (XLA compiles outside Python's lock, so on several
+    cores they overlap); ``seconds`` holds each one's compile time, by name
+    (``"end"``, ``"steps[600]"``), and a length the epoch meets later (a
+    run resumed mid-epoch) is compiled when first needed and timed too.
+    """
+
+    def __init__(self, plan, run, feed, lengths):
+        self.plan, self.feed, self._steps, self.seconds = plan, feed, {}, {}
         carried = (run.state, run.tally)
         self.shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), carried)
         self.jit = {"donate_argnums": (0,), "out_shardings": parallel.replicated(plan.mesh)}
-        end = jax.jit(make_epoch_end(plan), **self.jit)
-        self.end = end.lower(*self.shapes, 1, *feed.shapes(None), *feed.test).compile()
+        jobs = {"end": self._end, **{n: functools.partial(self._compile, n) for n in dict.fromkeys(lengths) if n}}
+        with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+            for name, compiled in zip(jobs, pool.map(lambda job: job(), jobs.values())):
+                if name == "end":
+                    self.end = compiled
+                else:
+                    self._steps[name] = compiled
+
+    def _timed(self, name, lowered):
+        tic = time.perf_counter()
+        compiled = lowered().compile()
+        self.seconds[name] = time.perf_counter() - tic
+        return compiled
+
+    def _end(self):
+        end = jax.jit(make_epoch_end(self.plan), **self.jit)
+        return self._timed("end", lambda: end.lower(*self.shapes, 1, *self.feed.shapes(None), *self.feed.test))
+
+    def _compile(self, n):
+        fn = jax.jit(make_steps(self.plan, n), **self.jit)
+        return self._timed(f"steps[{n}]", lambda: fn.lower(*self.shapes, 1, 0, *self.feed.shapes(n)))
 
     def steps(self, n):
         """The compiled call that runs ``n`` steps (``None`` for 0)."""
         if n and n not in self._steps:
-            fn = jax.jit(make_steps(self.plan, n), **self.jit)
-            self._steps[n] = fn.lower(*self.shapes, 1, 0, *self.feed.shapes(n)).compile()
+            self._steps[n] = self._compile(n)
         return self._steps.get(n)
 
 

@@ -16,7 +16,10 @@ class History:
 
     ``train_err`` and ``test_err`` are ``None`` when the loss has no error
     rate (e.g. ``mse``). ``epoch_s`` is the wall time of each epoch (training
-    and evaluation); ``compile_s`` the time to compile the epoch's functions;
+    and evaluation); ``compile_s`` the time from the call to the first step
+    (the checks, and the epoch's functions compiled together, each in a
+    thread of its own); ``compile_seconds`` each function's own compile time
+    (``{"end": ..., "steps[600]": ...}``);
     ``wall_s`` the whole run, compilation included. A resumed run's history
     starts with the epochs restored from the checkpoint. :attr:`config` is
     the run's configuration.
@@ -36,6 +39,7 @@ class History:
     epoch_s: np.ndarray
     compile_s: float
     wall_s: float
+    compile_seconds: dict = dataclasses.field(default_factory=dict)
     configure: Callable = dataclasses.field(default=dict, repr=False, compare=False)
     count_work: Callable = dataclasses.field(default=lambda: None, repr=False, compare=False)
 
@@ -85,7 +89,7 @@ class History:
         ]
 
     @classmethod
-    def from_rows(cls, rows, *, compile_s, wall_s, configure=dict, count_work=lambda: None):
+    def from_rows(cls, rows, *, compile_s, wall_s, compile_seconds=None, configure=dict, count_work=lambda: None):
         """The history of the epochs in ``rows`` (dicts as :meth:`rows` makes them); ``configure() -> config``,
         ``count_work() -> one epoch's`` :class:`fnn.bench.FlopCount`."""
         has = {c: bool(rows) and c in rows[0] for c in COLUMNS}
@@ -95,6 +99,7 @@ class History:
             epoch_s=np.array([row["epoch_s"] for row in rows]),
             compile_s=compile_s,
             wall_s=wall_s,
+            compile_seconds=dict(compile_seconds or {}),
             configure=configure,
             count_work=count_work,
         )
