@@ -302,8 +302,8 @@ def test_compare_errors():
 
 
 def test_rounds_rotate_and_alternate():
-    assert ["".join(bench._order(list("AB"), r)) for r in range(4)] == ["AB", "BA", "BA", "AB"]
-    assert {"".join(bench._order(list("ABC"), r)) for r in range(6)} == {"ABC", "CBA", "BCA", "ACB", "CAB", "BAC"}
+    assert ["".join(bench.round_order(list("AB"), r)) for r in range(4)] == ["AB", "BA", "BA", "AB"]
+    assert {"".join(bench.round_order(list("ABC"), r)) for r in range(6)} == {"ABC", "CBA", "BCA", "ACB", "CAB", "BAC"}
 
 
 def test_a_function_entered_twice_is_compiled_once():

@@ -468,11 +468,13 @@ def _new_run(plan, params, model_state, shuffle_key, epochs, data):
 class _Compiled:
     """The epoch's compiled functions: ``steps(n)`` for each segment length, and ``end``.
 
-    The end and the calls of ``lengths`` steps are compiled at once, each in
-    a thread of its own (XLA compiles outside Python's lock, so on several
-    cores they overlap); ``seconds`` holds each one's compile time, by name
-    (``"end"``, ``"steps[600]"``), and a length the epoch meets later (a
-    run resumed mid-epoch) is compiled when first needed and timed too.
+    The end and the calls of ``lengths`` steps are traced here, then
+    compiled by XLA at once, each in a thread of its own (XLA compiles
+    outside Python's lock, so on several cores they overlap; tracing, which
+    reads this thread's JAX settings, stays here); ``seconds`` holds each
+    one's lowering and compile time, by name (``"end"``, ``"steps[600]"``),
+    and a length the epoch meets later (a run resumed mid-epoch) is compiled
+    when first needed and timed too.
     """
 
     def __init__(self, plan, run, feed, lengths):
@@ -480,32 +482,34 @@ class _Compiled:
         carried = (run.state, run.tally)
         self.shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), carried)
         self.jit = {"donate_argnums": (0,), "out_shardings": parallel.replicated(plan.mesh)}
-        jobs = {"end": self._end, **{n: functools.partial(self._compile, n) for n in dict.fromkeys(lengths) if n}}
-        with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
-            for name, compiled in zip(jobs, pool.map(lambda job: job(), jobs.values())):
-                if name == "end":
-                    self.end = compiled
-                else:
-                    self._steps[name] = compiled
+        lowered = {"end": self._lowered(None), **{n: self._lowered(n) for n in dict.fromkeys(lengths) if n}}
+        with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
+            compiled = dict(zip(lowered, pool.map(self._compiled, lowered.items())))
+        self.end = compiled.pop("end")
+        self._steps.update(compiled)
 
-    def _timed(self, name, lowered):
+    def _lowered(self, n):
+        """``(seconds, the lowered call)`` of ``n`` steps (``None``: the epoch's end)."""
         tic = time.perf_counter()
-        compiled = lowered().compile()
-        self.seconds[name] = time.perf_counter() - tic
+        if n is None:
+            end = jax.jit(make_epoch_end(self.plan), **self.jit)
+            found = end.lower(*self.shapes, 1, *self.feed.shapes(None), *self.feed.test)
+        else:
+            found = jax.jit(make_steps(self.plan, n), **self.jit).lower(*self.shapes, 1, 0, *self.feed.shapes(n))
+        return time.perf_counter() - tic, found
+
+    def _compiled(self, item):
+        """The compiled ``(name, (seconds lowering, lowered))``; records the seconds it took in all."""
+        name, (seconds, lowered) = item
+        tic = time.perf_counter()
+        compiled = lowered.compile()
+        self.seconds["end" if name == "end" else f"steps[{name}]"] = seconds + time.perf_counter() - tic
         return compiled
-
-    def _end(self):
-        end = jax.jit(make_epoch_end(self.plan), **self.jit)
-        return self._timed("end", lambda: end.lower(*self.shapes, 1, *self.feed.shapes(None), *self.feed.test))
-
-    def _compile(self, n):
-        fn = jax.jit(make_steps(self.plan, n), **self.jit)
-        return self._timed(f"steps[{n}]", lambda: fn.lower(*self.shapes, 1, 0, *self.feed.shapes(n)))
 
     def steps(self, n):
         """The compiled call that runs ``n`` steps (``None`` for 0)."""
         if n and n not in self._steps:
-            self._steps[n] = self._compile(n)
+            self._steps[n] = self._compiled((n, self._lowered(n)))
         return self._steps.get(n)
 
 
