@@ -9,6 +9,7 @@ checkpoint intact; unfinished folders are removed the next time the folder is
 opened. Needs the ``checkpoint`` extra (``pip install -e '.[checkpoint]'`` in a clone).
 """
 
+import json
 from pathlib import Path
 
 import jax
@@ -82,10 +83,18 @@ class Checkpoints:
         Asynchronously (Orbax's async checkpointer): the arrays are copied off
         the devices before this returns, so training may go on and change
         them, and the files are written in the background; the next save and
-        :meth:`close` wait for the writing. A checkpoint counts only once its
-        folder is renamed into place, complete.
+        :meth:`close` wait for the writing. ``meta`` is encoded now too (Orbax
+        would encode it in the background, after the caller may have changed
+        it). A checkpoint counts only once its folder is renamed into place,
+        complete.
         """
         ocp = self._ocp
+        try:
+            meta = json.loads(json.dumps(meta, allow_nan=True))
+        except (TypeError, ValueError) as exc:
+            raise InputError(
+                f"a checkpoint's meta must be JSON: {exc}; pass lists, dicts, strings and numbers"
+            ) from exc
         self._manager.save(
             number, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         )

@@ -211,3 +211,16 @@ def test_a_checkpoint_of_other_shapes_is_refused_in_one_line_without_orbaxs_advi
     assert message.endswith(
         "resume with the model and optimizer it was saved with, or start this run in an empty folder"
     )
+
+
+def test_a_checkpoints_meta_is_what_it_was_when_saved_and_must_be_json(tmp_path):
+    """The arrays and the meta are written in the background; a history that grows meanwhile is not saved grown."""
+    pytest.importorskip("orbax.checkpoint")
+    history = [{"epoch": 1}]
+    with fnn.checkpoint.Checkpoints(tmp_path) as checkpoints:
+        checkpoints.save(1, {"w": jnp.ones((1000, 1000))}, {"history": history})
+        history.append({"epoch": 2})
+        with pytest.raises(fnn.InputError, match="a checkpoint's meta must be JSON: .*set"):
+            checkpoints.save(2, {"w": jnp.ones(3)}, {"seen": {1, 2}})
+    with fnn.checkpoint.Checkpoints(tmp_path) as checkpoints:
+        assert checkpoints.restore(1, {"w": jnp.ones((1000, 1000))})[1] == {"history": [{"epoch": 1}]}
