@@ -39,6 +39,8 @@ nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"(collections|typing|jax|jnp|np|numpy|optax|orbax|tfds|tensorflow_datasets|tqdm|scipy)(\..*)?"),
     (r"py:.*", r"(int|float|str|bool|tuple|list|dict|callable|object|None|Callable|Any|Sequence|Mapping)"),
+    # private records a public class holds (Module's _Leaf or _Wiring): named, not documented
+    (r"py:class", r"fnn(\.\w+)*\._\w+"),
 ]
 
 html_theme = "sphinx_book_theme"

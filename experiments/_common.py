@@ -1,14 +1,18 @@
 """What the experiment scripts share: options, data, the optimiser schedule, timing, tables, JSON and plots.
 
 The MNIST experiments (``mnist_mlp_best``, ``mnist_conv``, ``resnet_mnist``,
-``activations``, ...) take the same options (:func:`add_common_args`), load
-their data the same way (:func:`load_data`, with a validation split and a
-synthetic stand-in for smoke tests), print the same per-epoch table
-(:data:`HEADER`, :func:`print_row`, errors in percent) and time ``fnn.fit``
-the same way (:func:`timed_fit`). Every result names its machine
-(:func:`machine`).
+``activations``, ...) keep their settings in one :class:`Config` each (the
+defaults of their options, what they aim at), take the same options
+(:func:`add_common_args`), load their data the same way (:func:`load_data`,
+with a validation split and a synthetic stand-in for smoke tests), print the
+same per-epoch table (:data:`HEADER`, :func:`print_row`, errors in percent),
+time ``fnn.fit`` the same way (:func:`timed_fit`) and write the same result
+record (:func:`record`, a run's outcome :func:`run_record`). Every result
+names its machine (:func:`machine`, or :func:`device_fields` alone); a run's
+fields are read from its ``fnn.History`` one way (:func:`run_fields`).
 """
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -27,6 +31,11 @@ VALIDATION_SIZE = 10_000
 
 
 # ---------------------------------------------------------------- the machine, JSON, tables, plots
+def device_fields():
+    """The fields every result names its device with: ``device`` (:func:`device_description`) and ``jax_version``."""
+    return {"device": device_description(), "jax_version": jax.__version__}
+
+
 def cpu_description():
     """Names this machine's CPU and usable cores, e.g. ``"cpu: Intel Xeon x 2 cores"``."""
     return fnn.bench.device_description(jax.devices("cpu")[0])
@@ -72,12 +81,57 @@ def markdown_table(header, rows):
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- MNIST: options, data, training
-def add_common_args(parser, *, epochs, batch_size, lr):
-    """Adds the options every MNIST experiment here shares (data, budget, output)."""
-    parser.add_argument("--epochs", type=int, default=epochs)
-    parser.add_argument("--batch-size", type=int, default=batch_size)
-    parser.add_argument("--lr", type=float, default=lr, help="peak step size")
+# ---------------------------------------------------------------- MNIST: settings, options, data, training
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One training experiment's settings in one place, as Flax's examples keep a config per example.
+
+    Attributes:
+      experiment: its name, the result's ``experiment`` field.
+      epochs, batch_size, lr: the defaults of ``--epochs``, ``--batch-size`` and ``--lr`` (the peak step size).
+      target: the test error (a fraction) it aims at, or ``None``.
+      budget_s: the seconds of training (``train_s``) it aims to stay under, or ``None``.
+      options: the defaults of the experiment's own options, by argparse ``dest`` (``{"weight_decay": 0.05}``).
+    """
+
+    experiment: str
+    epochs: int
+    batch_size: int
+    lr: float
+    target: float | None = None
+    budget_s: float | None = None
+    options: dict = dataclasses.field(default_factory=dict)
+
+    def aims(self, test_error, train_s):
+        """The result's fields of the aims set: ``target_test_error`` and ``target_met`` (``test_error`` at most
+        :attr:`target`), ``budget_s`` and ``budget_met`` (``train_s`` under :attr:`budget_s`)."""
+        fields = {}
+        if self.target is not None:
+            fields.update(target_test_error=self.target, target_met=test_error <= self.target)
+        if self.budget_s is not None:
+            fields.update(budget_s=self.budget_s, budget_met=train_s < self.budget_s)
+        return fields
+
+    def verdict(self, test_error, train_s):
+        """The run against the aims set, in words: ``"test error 0.79% (target 0.80%: met); 412.3 s wall (budget
+        600 s: met)"``."""
+        aims, words = self.aims(test_error, train_s), {True: "met", False: "MISSED"}
+        text = f"test error {100 * test_error:.2f}%"
+        if "target_met" in aims:
+            text += f" (target {100 * self.target:.2f}%: {words[aims['target_met']]})"
+        text += f"; {train_s:.1f} s wall"
+        if "budget_met" in aims:
+            text += f" (budget {self.budget_s:.0f} s: {words[aims['budget_met']]})"
+        return text
+
+
+def add_common_args(parser, config):
+    """Adds the options every MNIST experiment here shares (data, budget, output), with ``config``'s defaults; the
+    options the experiment adds afterwards without a ``default=`` take theirs from ``config.options``."""
+    parser.set_defaults(**config.options)
+    parser.add_argument("--epochs", type=int, default=config.epochs)
+    parser.add_argument("--batch-size", type=int, default=config.batch_size)
+    parser.add_argument("--lr", type=float, default=config.lr, help="peak step size")
     parser.add_argument("--path", choices=fnn.PATHS, default="custom", help="gradient path")
     parser.add_argument("--seed", type=int, default=0, help="seeds the initialisation and the shuffling")
     parser.add_argument("--validation", action="store_true", help="test on the last 10,000 training images")
@@ -190,8 +244,7 @@ def timed_fit(model, params, data, args, optimizer, *, quiet=False, train_metric
     )
     timing = {
         "train_s": history.wall_s,
-        "compile_s": history.compile_s,
-        "epoch_s": [float(s) for s in history.epoch_s],
+        **run_fields(history, "compile_s", "epoch_s"),
         "cpu_s": time.process_time() - cpu,
         "load_average_1min_before": load_before,
         "load_average_1min_after": os.getloadavg()[0],
@@ -200,6 +253,60 @@ def timed_fit(model, params, data, args, optimizer, *, quiet=False, train_metric
         **achieved(history),
     }
     return (tuple(trained) if stateful else trained[0]), history, timing
+
+
+#: How a result records each field of one ``fnn.fit`` run from its ``fnn.History`` (JSON-ready: floats, lists):
+#: the last epoch's test and training error (fractions), the best epoch's test error, the whole call's seconds,
+#: its seconds compiling, each epoch's seconds, and one row per epoch (:meth:`fnn.History.rows`).
+RUN_FIELDS = {
+    "test_error": lambda history: float(history.test_err[-1]),
+    "train_error": lambda history: float(history.train_err[-1]),
+    "best_epoch_test_error": lambda history: float(history.test_err.min()),
+    "wall_s": lambda history: history.wall_s,
+    "compile_s": lambda history: history.compile_s,
+    "epoch_s": lambda history: [float(s) for s in history.epoch_s],
+    "history": lambda history: history.rows(),
+}
+
+
+def run_field(history, name):
+    """The field ``name`` (of :data:`RUN_FIELDS`) of one ``fnn.fit`` run, from its ``history``."""
+    return RUN_FIELDS[name](history)
+
+
+def run_fields(history, *names):
+    """The fields ``names`` (of :data:`RUN_FIELDS`) of one ``fnn.fit`` run, in that order, from its ``history``."""
+    return {name: run_field(history, name) for name in names}
+
+
+def run_record(history, timing):
+    """One trained run as the MNIST results record it: its final ``test_error``, ``best_epoch_test_error`` and
+    ``train_error``, its ``timing`` (:func:`timed_fit`'s) and its ``history`` (one row per epoch)."""
+    errors = run_fields(history, "test_error", "best_epoch_test_error", "train_error")
+    return {**errors, **timing, **run_fields(history, "history")}
+
+
+def record(config, args, data, *, settings, **fields):
+    """The JSON result of an MNIST training experiment (``fnn.fit`` runs from :func:`add_common_args`' options).
+
+    The fields every such result has (``experiment``, the ``dataset`` and its ``n_train`` and ``n_test`` rows,
+    the gradient ``path``, the ``loop``, the :func:`machine`, and ``config``: the training settings every such
+    experiment shares, ``epochs``, ``batch_size``, ``shuffle`` and ``seed``), with the experiment's own
+    ``fields`` beside them (its runs' outcomes, :func:`run_record`, :meth:`Config.aims`) and its own
+    ``settings`` (model, optimizer, augmentation, ...) beside the shared ones in ``config``.
+    """
+    shared = {"epochs": args.epochs, "batch_size": args.batch_size, "shuffle": True, "seed": args.seed}
+    return {
+        "experiment": config.experiment,
+        "dataset": data.name,
+        "n_train": len(data.x_train),
+        "n_test": len(data.x_test),
+        **fields,
+        "path": args.path,
+        "loop": "fnn.fit",
+        **machine(),
+        "config": {**settings, **shared},
+    }
 
 
 def achieved(history):
@@ -245,8 +352,7 @@ def machine():
     """The fields every result names its machine with, and the machine's matrix-product rate
     (``fnn.bench.machine_rate``, the limit achieved rates are set against)."""
     return {
-        "device": device_description(),
-        "jax_version": jax.__version__,
+        **device_fields(),
         "optax_version": optax.__version__,
         "matmul_flops_per_s": fnn.bench.machine_rate().flops_per_s,
     }

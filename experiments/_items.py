@@ -1,10 +1,16 @@
-"""The leaf modules and losses the cost studies measure, with their shapes (``module_costs``, ``forward_costs``)."""
+"""What the cost studies (``module_costs``, ``forward_costs``) share: the leaf modules and losses they measure, with
+their shapes; their options (:func:`study_parser`, :func:`parse_study_args`); how an item's problem is keyed
+(:func:`problem`), how both paths are timed (:func:`compare_paths`); and their measuring loop (:func:`measure_items`,
+:func:`study_fields`)."""
 
+import argparse
 import dataclasses
+import os
 
 import jax
 
 import fnn
+from experiments import _cli
 
 ROWS, FEATURES = 256, 1024  # elementwise modules, LayerNorm, dense
 IMAGE = (64, 28, 28, 32)  # conv2d input, NHWC
@@ -14,6 +20,7 @@ TOKENS, VOCAB, WIDTH = (64, 128), 8192, 256  # embedding ids [N, T], table [V, D
 ATTENTION = (2, 512, 4, 64)  # the attention op's q, k, v: [B, T, H, D]
 SELF_ATTENTION = (8, 256, 256)  # the self-attention block's input [N, T, D_model], 4 heads of 64
 MARGIN = 0.02  # the harness's practical-equivalence margin (experiments/README.md: the harness checked)
+PATHS = ("custom", "autodiff")  # the two paths compared, custom against autodiff
 
 
 def _attention_op():
@@ -74,6 +81,71 @@ def losses():
 
 
 ITEMS = (*modules(), *losses())
+
+
+def kind(name):
+    """``"module"`` for a leaf module of :func:`modules`, ``"loss"`` for a loss of :func:`losses`."""
+    return "module" if name in modules() else "loss"
+
+
+def problem(name, seed, module_problem, loss_problem):
+    """Item ``name``'s problem, as a study builds it: ``module_problem(name, key)`` for a leaf module,
+    ``loss_problem(name, key)`` for a loss, ``key`` being ``fold_in(key(seed), the item's index in ITEMS)``, so that
+    every study draws an item's arrays alike."""
+    key = jax.random.fold_in(jax.random.key(seed), ITEMS.index(name))
+    return (module_problem if kind(name) == "module" else loss_problem)(name, key)
+
+
+def compare_paths(fns, args, *, rounds, block_s):
+    """``fns["custom"]`` timed against ``fns["autodiff"]`` on ``args`` with ``fnn.bench.compare`` (rounds of
+    ``block_s`` seconds of back-to-back calls, the order alternating); ``{path: fnn.bench`` result ``}``."""
+    pair = {"autodiff": fns["autodiff"], "custom": fns["custom"]}
+    return fnn.bench.compare(pair, *args, baseline="autodiff", rounds=rounds, block_s=block_s)
+
+
+# ---------------------------------------------------------------- the studies' options and measuring loop
+def study_parser(description, *, rounds, block_s):
+    """An argument parser with the options both studies take: ``--items`` (default: every item), ``--seed``,
+    ``--json``, the timing flags ``--rounds`` and ``--block-s`` (these defaults) and ``_cli``'s flags; a study adds
+    its own, then parses with :func:`parse_study_args`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--items", nargs="+", choices=ITEMS, default=list(ITEMS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="PATH", help="write results as JSON")
+    _cli.add_timing_flags(parser, rounds=rounds, block_s=block_s)
+    _cli.add_flags(parser)
+    return parser
+
+
+def parse_study_args(parser, argv=None):
+    """``parser``'s arguments (:func:`study_parser`'s), or a usage error for timing flags ``fnn.bench`` refuses."""
+    args = parser.parse_args(argv)
+    _cli.check_timing_flags(parser, args)
+    return args
+
+
+def measure_items(args, measure, describe, **options):
+    """Measures each of ``args.items`` in turn, ``measure(name, rounds=, block_s=, seed=, **options) -> row``,
+    printing ``describe(row)`` (one line) as each comes; returns ``(rows, load_before)``, the 1-, 5- and 15-minute
+    load averages before the first (:func:`study_fields` records them)."""
+    load_before = os.getloadavg()
+    rows = []
+    for name in args.items:
+        rows.append(measure(name, rounds=args.rounds, block_s=args.block_s, seed=args.seed, **options))
+        print(describe(rows[-1]), flush=True)
+    return rows, load_before
+
+
+def study_fields(args, load_before):
+    """The fields both studies record of a run: ``rounds``, ``block_s``, ``seed``, and the load averages before the
+    measuring (:func:`measure_items`) and now."""
+    return {
+        "rounds": args.rounds,
+        "block_s": args.block_s,
+        "seed": args.seed,
+        "load_average_before": list(load_before),
+        "load_average_after": list(os.getloadavg()),
+    }
 
 
 def kib(n):

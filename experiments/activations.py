@@ -24,6 +24,7 @@ import numpy as np
 import fnn
 from experiments import _cli
 from experiments._common import (
+    Config,
     add_common_args,
     load_data,
     machine,
@@ -41,15 +42,22 @@ ACTIVATIONS = {
     "gelu": (fnn.nn.gelu, "he"),
 }
 INITS = {"he": "he", "glorot_normal": jax.nn.initializers.glorot_normal()}
+CONFIG = Config(
+    "activations",
+    epochs=2,
+    batch_size=100,
+    lr=0.05,
+    options={"depth": 8, "width": 256, "probe_size": 2000, "activations": list(ACTIVATIONS)},
+)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_args(parser, epochs=2, batch_size=100, lr=0.05)
-    parser.add_argument("--depth", type=int, default=8, help="hidden layers")
-    parser.add_argument("--width", type=int, default=256, help="hidden width")
-    parser.add_argument("--probe-size", type=int, default=2000, help="training images in the probe batch")
-    parser.add_argument("--activations", nargs="+", choices=list(ACTIVATIONS), default=list(ACTIVATIONS))
+    add_common_args(parser, CONFIG)
+    parser.add_argument("--depth", type=int, help="hidden layers")
+    parser.add_argument("--width", type=int, help="hidden width")
+    parser.add_argument("--probe-size", type=int, help="training images in the probe batch")
+    parser.add_argument("--activations", nargs="+", choices=list(ACTIVATIONS))
     return parser.parse_args(argv)
 
 
@@ -158,7 +166,7 @@ def main(argv=None):
         )
     )
     result = {
-        "experiment": "activations",
+        "experiment": CONFIG.experiment,
         "dataset": data.name,
         "depth": args.depth,
         "width": args.width,

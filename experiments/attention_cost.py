@@ -82,7 +82,7 @@ def self_attention_problem(seq_len, *, batch, heads, head_dim, causal, seed):
     def grad_of(m):
         return jax.grad(lambda p, x, c: jnp.sum(m.apply(p, x) * c), argnums=(0, 1))
 
-    return {"custom": grad_of(layer.custom), "autodiff": grad_of(layer)}, (params, x, c)
+    return {"custom": grad_of(layer.by_rules), "autodiff": grad_of(layer)}, (params, x, c)
 
 
 def problem(layer, seq_len, *, batch, heads, head_dim, causal, seed):

@@ -67,7 +67,7 @@ def step_fn(form, stride, steps):
     def run(xs, w, gs):
         def body(total, xg):
             x, g = xg
-            _, pullback = jax.vjp(lambda w, x: leaf.custom.apply({"w": w}, x), w, x)
+            _, pullback = jax.vjp(lambda w, x: leaf.by_rules.apply({"w": w}, x), w, x)
             dw, dx = pullback(g)
             return total + dw[(0,) * dw.ndim] + dx[(0,) * dx.ndim], None
 

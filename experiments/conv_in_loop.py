@@ -43,7 +43,7 @@ from jax import lax
 
 import fnn
 from experiments import _cli
-from experiments._common import add_common_args, load_data, machine, markdown_table, write_json
+from experiments._common import Config, add_common_args, load_data, machine, markdown_table, run_fields, write_json
 from experiments._images import pooled_cnn
 
 
@@ -99,6 +99,19 @@ def conv_net():
 
 #: The nets timed through fit: ``--nets`` picks among them.
 NETS = {"strided": conv_net, "pooled": pooled_cnn}
+CONFIG = Config(
+    "conv_in_loop",
+    epochs=1,
+    batch_size=32,
+    lr=1e-3,
+    options={
+        "train_size": 12_000,
+        "parts": ["repro", "fit"],
+        "nets": list(NETS),
+        "repro_batch": 32,
+        "repro_repeats": 5,
+    },
+)
 
 
 def through_fit(data, args, net="strided"):
@@ -129,8 +142,7 @@ def through_fit(data, args, net="strided"):
                 "steps_per_call": per_call,
                 "steps": steps,
                 "train_s": time.perf_counter() - tic,
-                "compile_s": history.compile_s,
-                "test_error": float(history.test_err[-1]),
+                **run_fields(history, "compile_s", "test_error"),
             }
             rows.append(row)
             print(
@@ -154,18 +166,17 @@ def _positive(text):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_args(parser, epochs=1, batch_size=32, lr=1e-3)
-    parser.set_defaults(train_size=12_000)
-    parser.add_argument("--parts", nargs="+", choices=("repro", "fit"), default=["repro", "fit"])
-    parser.add_argument("--nets", nargs="+", choices=tuple(NETS), default=list(NETS), help="the nets timed through fit")
-    parser.add_argument("--repro-batch", type=_positive, default=32, help="images per step of the repro part")
-    parser.add_argument("--repro-repeats", type=_positive, default=5, help="timed calls per variant of the repro part")
+    add_common_args(parser, CONFIG)
+    parser.add_argument("--parts", nargs="+", choices=("repro", "fit"))
+    parser.add_argument("--nets", nargs="+", choices=tuple(NETS), help="the nets timed through fit")
+    parser.add_argument("--repro-batch", type=_positive, help="images per step of the repro part")
+    parser.add_argument("--repro-repeats", type=_positive, help="timed calls per variant of the repro part")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    result = {"experiment": "conv_in_loop", **machine(), "batch_size": args.batch_size}
+    result = {"experiment": CONFIG.experiment, **machine(), "batch_size": args.batch_size}
     if "repro" in args.parts:
         print("The upstream problem in plain JAX (jax.grad of lax.conv_general_dilated, NHWC/HWIO):", flush=True)
         result["repro"] = repro(batch=args.repro_batch, repeats=args.repro_repeats)

@@ -17,7 +17,7 @@ import numpy as np
 
 import fnn
 from experiments import _cli
-from experiments._common import device_description, write_json
+from experiments._common import device_fields, run_field, write_json
 from fnn.testing import relative_error
 
 
@@ -77,9 +77,8 @@ def main(argv=None):
         "dataset": args.dataset,
         "epochs": args.epochs,
         "devices": args.devices,
-        "device": device_description(),
-        "jax_version": jax.__version__,
-        "test_error": {name: float(h.test_err[-1]) for name, (_, h) in runs.items()},
+        **device_fields(),
+        "test_error": {name: run_field(h, "test_error") for name, (_, h) in runs.items()},
         "test_error_diff_pp": 100 * abs(float(many.test_err[-1] - one.test_err[-1])),
         "max_rel_loss_diff": rel(many, one),
         "noise_test_error_diff_pp": [
@@ -87,8 +86,8 @@ def main(argv=None):
         ],
         "noise_max_rel_loss_diff": [rel(h, one) for n, (_, h) in runs.items() if "nudged" in n],
         "repeats_bit_for_bit": repeat,
-        "wall_s": {name: h.wall_s for name, (_, h) in runs.items()},
-        "history": {name: h.rows() for name, (_, h) in runs.items()},
+        "wall_s": {name: run_field(h, "wall_s") for name, (_, h) in runs.items()},
+        "history": {name: run_field(h, "history") for name, (_, h) in runs.items()},
     }
     noise_pp, noise_loss = result["noise_test_error_diff_pp"], result["noise_max_rel_loss_diff"]
     print(

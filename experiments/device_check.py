@@ -81,6 +81,9 @@ STEPS = ("tests", "limits", "recipe", "pooled", "attention")
 BUDGETS_S = {"tests": 150, "limits": 25, "recipe": 40, "pooled": 115, "attention": 95}
 #: The matrix-product limits measured: ``(dtype, precision)`` (on a GPU, float32 at JAX's default runs in TF32).
 LIMITS = (("float32", "highest"), ("float32", "default"), ("bfloat16", "default"))
+#: The MNIST steps' shared options (``_common.add_common_args``): the notes' recipe, of which only the data options
+#: are read here.
+RECIPE_CONFIG = _common.Config("device_check", epochs=1, batch_size=_common.RECIPE_BATCH, lr=_common.RECIPE_LR)
 #: Seconds an interrupted step has to stop (pytest prints what it ran) before it is killed.
 GRACE_S = 10
 #: The work of each step on an accelerator and, with ``--quick``, on a CPU: pytest's selection of tests (none: the
@@ -339,7 +342,7 @@ def limits(args, record):
 def recipe(args, record):
     """The notes' recipe through ``fnn.fit`` on every path, then the notes' PyTorch code on CUDA."""
     parser = argparse.ArgumentParser()
-    _common.add_common_args(parser, epochs=1, batch_size=_common.RECIPE_BATCH, lr=_common.RECIPE_LR)
+    _common.add_common_args(parser, RECIPE_CONFIG)
     data = _common.load_data(parser.parse_args(data_flags(args)))
     epochs = SIZES[args.size]["epochs"]
     record(**machine(), data=describe(data), epochs=epochs)
@@ -347,11 +350,9 @@ def recipe(args, record):
     for path in fnn.PATHS:
         history = _common.fit_recipe(data, path=path, epochs=epochs)
         runs[path] = {
-            "wall_s": history.wall_s,
-            "compile_s": history.compile_s,
+            **_common.run_fields(history, "wall_s", "compile_s"),
             "run_s": history.wall_s - history.compile_s,
-            "epoch_s": [float(s) for s in history.epoch_s],
-            "test_error": float(history.test_err[-1]),
+            **_common.run_fields(history, "epoch_s", "test_error"),
         }
         print(f"recipe, {path}: {history.wall_s:.2f} s ({history.compile_s:.2f} s compiling)", flush=True)
         record(fnn=runs)

@@ -1,6 +1,6 @@
 """Cost and accuracy of forward mode (``jax.jvp``) through each leaf module's and loss's hand-written rule.
 
-The custom path's JVP (``jax.jvp`` through ``module.custom.apply``) is the
+The custom path's JVP (``jax.jvp`` through ``module.by_rules.apply``) is the
 transpose of the hand-written backward rule; the autodiff path's is JAX's own
 JVP of the plain ``jax.numpy`` forward. For every item of
 ``experiments.module_costs`` (``experiments/_items.py``: same modules, losses and shapes) the JVP of a
@@ -29,8 +29,6 @@ random normal arrays of each primal's shape and dtype. Per item:
     python -m experiments.forward_costs --items tanh cross_entropy --rounds 6
 """
 
-import argparse
-import os
 from pathlib import Path
 
 import jax
@@ -40,11 +38,24 @@ import numpy as np
 import fnn
 from experiments import _cli
 from experiments._common import machine, markdown_table, write_json
-from experiments._items import ITEMS, LOGITS, MARGIN, interval, kib
+from experiments._items import (
+    ITEMS,
+    LOGITS,
+    MARGIN,
+    PATHS,
+    compare_paths,
+    interval,
+    kib,
+    kind,
+    measure_items,
+    parse_study_args,
+    study_fields,
+    study_parser,
+)
 from experiments._items import losses as _losses
 from experiments._items import modules as _modules
+from experiments._items import problem as _items_problem
 
-PATHS = ("custom", "autodiff")
 TARGET = 1.2  # custom JVP time at most this times autodiff's
 TARGET_TEXT = "custom JVP time at most 1.2x autodiff's JVP"
 
@@ -77,14 +88,14 @@ def module_problem(name, key):
         def jvp(m):
             return lambda params, x, dparams: jax.jvp(lambda p: m.apply(p, x), (params,), (dparams,))[1]
 
-        return {"custom": jvp(module.custom), "autodiff": jvp(module)}, (params, x, dparams), shapes
+        return {"custom": jvp(module.by_rules), "autodiff": jvp(module)}, (params, x, dparams), shapes
     x = jax.random.normal(k_x, shape, jnp.float32)
     dx = _tangent(k_dx, x)
 
     def jvp(m):
         return lambda params, x, dparams, dx: jax.jvp(lambda p, z: m.apply(p, z), (params, x), (dparams, dx))[1]
 
-    return {"custom": jvp(module.custom), "autodiff": jvp(module)}, (params, x, dparams, dx), shapes
+    return {"custom": jvp(module.by_rules), "autodiff": jvp(module)}, (params, x, dparams, dx), shapes
 
 
 def loss_problem(name, key):
@@ -103,12 +114,12 @@ def loss_problem(name, key):
         return lambda outputs, targets, d: jax.jvp(lambda o: f(o, targets), (outputs,), (d,))[1]
 
     shapes = f"outputs {list(LOGITS)}, targets {list(targets.shape)} {targets.dtype}"
-    return {"custom": jvp(loss.custom.apply), "autodiff": jvp(loss.apply)}, (outputs, targets, d_outputs), shapes
+    return {"custom": jvp(loss.by_rules.apply), "autodiff": jvp(loss.apply)}, (outputs, targets, d_outputs), shapes
 
 
 def problem(name, seed=0):
-    key = jax.random.fold_in(jax.random.key(seed), ITEMS.index(name))
-    return module_problem(name, key) if name in _modules() else loss_problem(name, key)
+    """Item ``name``'s JVPs, their arguments and its shapes (``_items.problem``)."""
+    return _items_problem(name, seed, module_problem, loss_problem)
 
 
 # ---------------------------------------------------------------- one item
@@ -142,17 +153,11 @@ def measure(name, *, rounds, block_s, seed=0):
     temp = {path: fnn.inspect.memory(compiled[path])["temp_bytes"] for path in PATHS}
     err32 = rel_error(compiled["custom"](*args), compiled["autodiff"](*args))
     err64 = float64_error(jvps, args)
-    bench = fnn.bench.compare(
-        {"autodiff": jitted["autodiff"], "custom": jitted["custom"]},
-        *args,
-        baseline="autodiff",
-        rounds=rounds,
-        block_s=block_s,
-    )
+    bench = compare_paths(jitted, args, rounds=rounds, block_s=block_s)
     timed = bench["custom"]
     return {
         "item": name,
-        "kind": "module" if name in _modules() else "loss",
+        "kind": kind(name),
         "shapes": shapes,
         "rel_error_float64": err64,
         "rel_error_float32": err32,
@@ -223,30 +228,22 @@ def markdown(result):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--items", nargs="+", choices=ITEMS, default=list(ITEMS))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", metavar="PATH", help="write results as JSON")
+    parser = study_parser(__doc__.split("\n\n")[0], rounds=10, block_s=0.1)
     parser.add_argument("--markdown", metavar="PATH", help="write the table as markdown")
-    _cli.add_timing_flags(parser, rounds=10, block_s=0.1)
-    _cli.add_flags(parser)
-    args = parser.parse_args(argv)
-    _cli.check_timing_flags(parser, args)
-    return args
+    return parse_study_args(parser, argv)
+
+
+def describe(r):
+    """One measured item in a line."""
+    return (
+        f"{r['item']:>20}: rel error f64 {r['rel_error_float64']:.1e}, time c/a {interval(r['time_ratio'])} "
+        f"{r['verdict']}, autodiff {1e6 * r['median_s_autodiff']:.0f} us"
+    )
 
 
 def main(argv=None):
     args = parse_args(argv)
-    load_before = os.getloadavg()
-    rows = []
-    for name in args.items:
-        rows.append(measure(name, rounds=args.rounds, block_s=args.block_s, seed=args.seed))
-        r = rows[-1]
-        print(
-            f"{name:>20}: rel error f64 {r['rel_error_float64']:.1e}, time c/a {interval(r['time_ratio'])} "
-            f"{r['verdict']}, autodiff {1e6 * r['median_s_autodiff']:.0f} us",
-            flush=True,
-        )
+    rows, load_before = measure_items(args, measure, describe)
     missed = [r["item"] for r in rows if not r["within_1_2x"]]
     result = {
         "experiment": "forward_costs",
@@ -261,12 +258,8 @@ def main(argv=None):
             "met": not missed,
             "missed": missed,
         },
-        "rounds": args.rounds,
-        "block_s": args.block_s,
-        "seed": args.seed,
         "machine": machine(),
-        "load_average_before": list(load_before),
-        "load_average_after": list(os.getloadavg()),
+        **study_fields(args, load_before),
         "rows": rows,
     }
     result["command"] = " ".join(result["command"].split())

@@ -43,23 +43,24 @@ import fnn
 from experiments import _cli
 from experiments._common import (
     HEADER,
+    Config,
     adam_cosine,
     add_common_args,
     load_data,
-    machine,
     markdown_table,
     plot_curves,
+    record,
+    run_record,
     write_json,
 )
 from experiments._images import INPUT_SHAPE, add_net_args, check_net_args, step_flops, train_shifted
 
-TARGET = 0.008
-BUDGET_S = 600.0
+CONFIG = Config("mnist_conv", epochs=12, batch_size=128, lr=2e-3, target=0.008, budget_s=600.0)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_args(parser, epochs=12, batch_size=128, lr=2e-3)
+    add_common_args(parser, CONFIG)
     add_net_args(parser)
     return check_net_args(parser, parser.parse_args(argv))
 
@@ -139,60 +140,42 @@ def main(argv=None):
         flush=True,
     )
     _, history, timing = train_shifted(model, params, data, args, optimizer)
-    rows = history.rows()
-    test_error = rows[-1]["test_err"]
+    run = run_record(history, timing)
+    test_error = run["test_error"]
     achieved = estimate["tflop_per_epoch"] * 1e3 / np.median(timing["epoch_s"])
     print(
-        f"test error {100 * test_error:.2f}% (target {100 * TARGET:.1f}%: "
-        f"{'met' if test_error <= TARGET else 'MISSED'}); "
-        f"{timing['train_s']:.1f} s wall (budget {BUDGET_S:.0f} s: "
-        f"{'met' if timing['train_s'] < BUDGET_S else 'MISSED'}), "
-        f"{timing['cpu_s']:.1f} s CPU; about {achieved:.0f} GFLOP/s",
+        f"{CONFIG.verdict(test_error, timing['train_s'])}, {timing['cpu_s']:.1f} s CPU; about {achieved:.0f} GFLOP/s",
         flush=True,
     )
-    result = {
-        "experiment": "mnist_conv",
-        "dataset": data.name,
-        "n_train": n_train,
-        "n_test": n_test,
-        "test_error": test_error,
-        "target_test_error": TARGET,
-        "target_met": test_error <= TARGET,
-        "budget_s": BUDGET_S,
-        "budget_met": timing["train_s"] < BUDGET_S,
-        "best_epoch_test_error": min(r["test_err"] for r in rows),
-        "train_error": rows[-1]["train_err"],
-        **timing,
-        "achieved_gflops": float(achieved),
-        "path": args.path,
-        "loop": "fnn.fit",
-        **machine(),
-        "config": {
-            "model": repr(model),
-            "convs": [{"kernel": k, "channels": c, "stride": s} for k, c, s in args.convs],
-            "dense": args.dense,
-            "padding": "SAME",
-            "bias": True,
-            "activation": "relu",
-            "init": "he",
-            "n_params": int(n_params),
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "steps_per_epoch": steps,
-            "shuffle": True,
-            "augmentation": (
-                f"random translation by up to {args.shift} pixels per image and step, zero fill "
-                "(fnn.fit's augment, keyed by fold_in(fold_in(shuffle key, epoch), step))"
-                if args.shift
-                else None
-            ),
-            "seed": args.seed,
-            "optimizer": opt_info,
-        },
-        "estimate": estimate,
-        "layers": costs,
-        "history": rows,
+    settings = {
+        "model": repr(model),
+        "convs": [{"kernel": k, "channels": c, "stride": s} for k, c, s in args.convs],
+        "dense": args.dense,
+        "padding": "SAME",
+        "bias": True,
+        "activation": "relu",
+        "init": "he",
+        "n_params": int(n_params),
+        "steps_per_epoch": steps,
+        "augmentation": (
+            f"random translation by up to {args.shift} pixels per image and step, zero fill "
+            "(fnn.fit's augment, keyed by fold_in(fold_in(shuffle key, epoch), step))"
+            if args.shift
+            else None
+        ),
+        "optimizer": opt_info,
     }
+    result = record(
+        CONFIG,
+        args,
+        data,
+        settings=settings,
+        **run,
+        **CONFIG.aims(test_error, timing["train_s"]),
+        achieved_gflops=float(achieved),
+        estimate=estimate,
+        layers=costs,
+    )
     if args.json:
         write_json(args.json, result)
     if args.plot:

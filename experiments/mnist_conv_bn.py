@@ -35,28 +35,37 @@ import fnn
 from experiments import _cli
 from experiments._common import (
     HEADER,
+    Config,
     adam_cosine,
     add_common_args,
     load_data,
-    machine,
     markdown_table,
     plot_curves,
+    record,
+    run_record,
     write_json,
 )
 from experiments._images import INPUT_SHAPE, add_net_args, check_net_args, train_shifted
 
-TARGET = 0.004
-BUDGET_S = 600.0
+CONFIG = Config(
+    "mnist_conv_bn",
+    epochs=15,
+    batch_size=128,
+    lr=3e-3,
+    target=0.004,
+    budget_s=600.0,
+    options={"rate": 0.4, "momentum": 0.9},
+)
 #: The variants of the ablation: name -> (batch norm, dropout).
 VARIANTS = {"full": (True, True), "batch_norm": (True, False), "dropout": (False, True), "none": (False, False)}
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_args(parser, epochs=15, batch_size=128, lr=3e-3)
+    add_common_args(parser, CONFIG)
     add_net_args(parser)
-    parser.add_argument("--rate", type=float, default=0.4, help="dropout rate before the output layer")
-    parser.add_argument("--momentum", type=float, default=0.9, help="batch norm's running-statistics momentum")
+    parser.add_argument("--rate", type=float, help="dropout rate before the output layer")
+    parser.add_argument("--momentum", type=float, help="batch norm's running-statistics momentum")
     parser.add_argument(
         "--variants",
         nargs="+",
@@ -99,19 +108,14 @@ def train_variant(name, data, args):
     optimizer, opt_info = adam_cosine(args.lr, epochs=args.epochs, steps=steps)
     print(f"\n{name}: {model!r}\n{HEADER}", flush=True)
     _, history, timing = train_shifted(model, params, data, args, optimizer)
-    rows = history.rows()
     return {
         "variant": name,
         "batch_norm": batch_norm,
         "dropout": dropout,
-        "test_error": rows[-1]["test_err"],
-        "best_epoch_test_error": min(r["test_err"] for r in rows),
-        "train_error": rows[-1]["train_err"],
-        **timing,
+        **run_record(history, timing),
         "model": repr(model),
         "n_params": int(sum(p.size for p in jax.tree.leaves(params))),
         "optimizer": opt_info,
-        "history": rows,
     }
 
 
@@ -145,42 +149,27 @@ def main(argv=None):
     rows = [train_variant(name, data, args) for name in args.variants]
     first = rows[0]
     print(f"\n{summary(rows)}\n")
-    print(
-        f"{first['variant']}: test error {100 * first['test_error']:.2f}% (target {100 * TARGET:.2f}%: "
-        f"{'met' if first['test_error'] <= TARGET else 'MISSED'}); {first['train_s']:.0f} s "
-        f"(budget {BUDGET_S:.0f} s: {'met' if first['train_s'] < BUDGET_S else 'MISSED'})",
-        flush=True,
-    )
-    result = {
-        "experiment": "mnist_conv_bn",
-        "dataset": data.name,
-        "n_train": len(data.x_train),
-        "n_test": len(data.x_test),
-        "variant": first["variant"],
-        "test_error": first["test_error"],
-        "target_test_error": TARGET,
-        "target_met": first["test_error"] <= TARGET,
-        "train_s": first["train_s"],
-        "budget_s": BUDGET_S,
-        "budget_met": first["train_s"] < BUDGET_S,
-        "path": args.path,
-        "loop": "fnn.fit",
-        **machine(),
-        "config": {
-            "convs": [{"kernel": k, "channels": c, "stride": s} for k, c, s in args.convs],
-            "dense": args.dense,
-            "dropout_rate": args.rate,
-            "batch_norm_momentum": args.momentum,
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "shuffle": True,
-            "augmentation": f"random translation by up to {args.shift} pixels" if args.shift else None,
-            "seed": args.seed,
-            "validation": args.validation,
-        },
-        "history": first["history"],
-        "ablation": rows,
+    print(f"{first['variant']}: {CONFIG.verdict(first['test_error'], first['train_s'])}", flush=True)
+    settings = {
+        "convs": [{"kernel": k, "channels": c, "stride": s} for k, c, s in args.convs],
+        "dense": args.dense,
+        "dropout_rate": args.rate,
+        "batch_norm_momentum": args.momentum,
+        "augmentation": f"random translation by up to {args.shift} pixels" if args.shift else None,
+        "validation": args.validation,
     }
+    result = record(
+        CONFIG,
+        args,
+        data,
+        settings=settings,
+        variant=first["variant"],
+        test_error=first["test_error"],
+        train_s=first["train_s"],
+        **CONFIG.aims(first["test_error"], first["train_s"]),
+        history=first["history"],
+        ablation=rows,
+    )
     if args.json:
         write_json(args.json, result)
     if args.plot:

@@ -29,25 +29,34 @@ import fnn
 from experiments import _cli
 from experiments._common import (
     HEADER,
+    Config,
     adam_cosine,
     add_common_args,
     load_data,
-    machine,
     plot_curves,
+    record,
+    run_record,
     timed_fit,
     write_json,
 )
 
-TARGET = 0.015
+CONFIG = Config(
+    "mnist_mlp_best",
+    epochs=20,
+    batch_size=128,
+    lr=1e-3,
+    target=0.015,
+    options={"hidden": [1024, 1024], "weight_decay": 0.05, "warmup_epochs": 1.0},
+)
 
 
 # ---------------------------------------------------------------- this experiment
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_args(parser, epochs=20, batch_size=128, lr=1e-3)
-    parser.add_argument("--hidden", type=int, nargs="+", default=[1024, 1024], help="hidden layer widths")
-    parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW decoupled weight decay (0: plain Adam)")
-    parser.add_argument("--warmup-epochs", type=float, default=1.0)
+    add_common_args(parser, CONFIG)
+    parser.add_argument("--hidden", type=int, nargs="+", help="hidden layer widths")
+    parser.add_argument("--weight-decay", type=float, help="AdamW decoupled weight decay (0: plain Adam)")
+    parser.add_argument("--warmup-epochs", type=float)
     return parser.parse_args(argv)
 
 
@@ -70,44 +79,21 @@ def main(argv=None):
         flush=True,
     )
     _, history, timing = timed_fit(model, params, data, args, optimizer, shuffle_key=jax.random.key(args.seed + 1))
-    test_error = float(history.test_err[-1])
-    print(
-        f"test error {100 * test_error:.2f}% (target {100 * TARGET:.1f}%: "
-        f"{'met' if test_error <= TARGET else 'MISSED'}); "
-        f"{timing['train_s']:.1f} s wall, {timing['cpu_s']:.1f} s CPU",
-        flush=True,
-    )
-    result = {
-        "experiment": "mnist_mlp_best",
-        "dataset": data.name,
-        "n_train": len(data.x_train),
-        "n_test": len(data.x_test),
-        "test_error": test_error,
-        "target_test_error": TARGET,
-        "target_met": test_error <= TARGET,
-        "best_epoch_test_error": float(history.test_err.min()),
-        "train_error": float(history.train_err[-1]),
-        **timing,
-        "path": args.path,
-        **machine(),
-        "config": {
-            "model": f"fnn.nn.mlp({sizes}, bias=True), ReLU, He init",
-            "sizes": sizes,
-            "n_params": int(n_params),
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "steps_per_epoch": steps,
-            "shuffle": True,
-            "seed": args.seed,
-            "optimizer": opt_info,
-        },
-        "history": history.rows(),
+    run = run_record(history, timing)
+    print(f"{CONFIG.verdict(run['test_error'], timing['train_s'])}, {timing['cpu_s']:.1f} s CPU", flush=True)
+    settings = {
+        "model": f"fnn.nn.mlp({sizes}, bias=True), ReLU, He init",
+        "sizes": sizes,
+        "n_params": int(n_params),
+        "steps_per_epoch": steps,
+        "optimizer": opt_info,
     }
+    result = record(CONFIG, args, data, settings=settings, **run, **CONFIG.aims(run["test_error"], run["train_s"]))
     if args.json:
         write_json(args.json, result)
     if args.plot:
         plot_curves(
-            args.plot, {"MLP": result["history"]}, f"MLP {sizes} on {data.name}: test error {100 * test_error:.2f}%"
+            args.plot, {"MLP": run["history"]}, f"MLP {sizes} on {data.name}: test error {100 * run['test_error']:.2f}%"
         )
     return result
 

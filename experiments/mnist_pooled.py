@@ -28,21 +28,25 @@ import fnn
 from experiments import _cli
 from experiments._common import (
     HEADER,
+    Config,
     adam_cosine,
     add_common_args,
     load_data,
-    machine,
     plot_curves,
+    record,
+    run_record,
     write_json,
 )
 from experiments._images import INPUT_SHAPE, pooled_cnn, step_flops, train_shifted
 
+CONFIG = Config("mnist_pooled", epochs=12, batch_size=128, lr=2e-3, options={"shift": 2, "weight_decay": 0.0})
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_args(parser, epochs=12, batch_size=128, lr=2e-3)
-    parser.add_argument("--shift", type=int, default=2, help="augment: translate by up to this many pixels (0: none)")
-    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decoupled weight decay")
+    add_common_args(parser, CONFIG)
+    parser.add_argument("--shift", type=int, help="augment: translate by up to this many pixels (0: none)")
+    parser.add_argument("--weight-decay", type=float, help="AdamW's decoupled weight decay")
     args = parser.parse_args(argv)
     if args.shift < 0:
         parser.error(f"--shift must be 0 or more, got {args.shift}")
@@ -67,48 +71,31 @@ def main(argv=None):
         flush=True,
     )
     _, history, timing = train_shifted(model, params, data, args, optimizer)
-    rows = history.rows()
-    test_error = rows[-1]["test_err"]
+    run = run_record(history, timing)
+    test_error = run["test_error"]
     print(
         f"test error {100 * test_error:.2f}% after {args.epochs} epochs; "
         f"{timing['train_s']:.1f} s wall ({timing['compile_s']:.1f} s compiling), {timing['cpu_s']:.1f} s CPU",
         flush=True,
     )
-    result = {
-        "experiment": "mnist_pooled",
-        "dataset": data.name,
-        "n_train": len(data.x_train),
-        "n_test": len(data.x_test),
-        "test_error": test_error,
-        "best_epoch_test_error": min(r["test_err"] for r in rows),
-        "train_error": rows[-1]["train_err"],
-        **timing,
-        "path": args.path,
-        "loop": "fnn.fit",
-        **machine(),
-        "config": {
-            "model": repr(model),
-            "layers": "conv 3x3 32, relu, avg pool 2x2, conv 3x3 64, relu, avg pool 2x2, flatten, "
-            "dense 256, relu, dense 10 (SAME padding, biases)",
-            "init": "he",
-            "n_params": int(n_params),
-            "xla_mflop_per_training_example": xla_step / args.batch_size / 1e6,
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "steps_per_epoch": steps,
-            "shuffle": True,
-            "augmentation": f"random translation by up to {args.shift} pixels, zero fill" if args.shift else None,
-            "validation": args.validation,
-            "seed": args.seed,
-            "optimizer": opt_info,
-        },
-        "history": rows,
+    settings = {
+        "model": repr(model),
+        "layers": "conv 3x3 32, relu, avg pool 2x2, conv 3x3 64, relu, avg pool 2x2, flatten, "
+        "dense 256, relu, dense 10 (SAME padding, biases)",
+        "init": "he",
+        "n_params": int(n_params),
+        "xla_mflop_per_training_example": xla_step / args.batch_size / 1e6,
+        "steps_per_epoch": steps,
+        "augmentation": f"random translation by up to {args.shift} pixels, zero fill" if args.shift else None,
+        "validation": args.validation,
+        "optimizer": opt_info,
     }
+    result = record(CONFIG, args, data, settings=settings, **run)
     if args.json:
         write_json(args.json, result)
     if args.plot:
         title = f"pooled CNN on {data.name}: test error {100 * test_error:.2f}%"
-        plot_curves(args.plot, {"pooled CNN": rows}, title)
+        plot_curves(args.plot, {"pooled CNN": run["history"]}, title)
     return result
 
 

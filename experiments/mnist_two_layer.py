@@ -48,7 +48,7 @@ import numpy as np
 
 import fnn
 from experiments import _cli
-from experiments._common import achieved, device_description, pyplot, save_figure, write_json
+from experiments._common import achieved, device_fields, pyplot, run_fields, save_figure, write_json
 from fnn.testing import relative_error
 
 #: Paths trained by each ``--grad`` choice; the reference of every comparison is autodiff.
@@ -179,11 +179,7 @@ def train_one(data, grad, args, *, nudge=False):
     return {
         "grad": grad,
         "nudged": nudge,
-        "test_error": float(history.test_err[-1]),
-        "train_error": float(history.train_err[-1]),
-        "wall_s": history.wall_s,
-        "compile_s": history.compile_s,
-        "history": history.rows(),
+        **run_fields(history, "test_error", "train_error", "wall_s", "compile_s", "history"),
         **achieved(history),
     }
 
@@ -309,8 +305,7 @@ def main(argv=None):
         "epochs": args.epochs,
         "devices": args.devices,
         **({"train_size": args.train_size} if args.train_size is not None else {}),
-        "device": device_description(),
-        "jax_version": jax.__version__,
+        **device_fields(),
         "matmul_rate": fnn.bench.machine_rate().to_dict(),
         **({"runs": runs} if len(runs) > 1 else runs[0]),
     }

@@ -33,7 +33,7 @@ conclusions rest on work counts as well as on times taken on a shared
 machine. A memory probe compiles (does not time) the loss, its reverse-mode
 gradient and one forward-mode JVP for deeper networks at a batch of rows and
 records the temporary bytes each keeps. Finally, forward mode through the
-hand-written rules (``jax.jvp``, ``jax.jacfwd`` over ``model.custom.apply``,
+hand-written rules (``jax.jvp``, ``jax.jacfwd`` over ``model.by_rules.apply``,
 and the backprop path's forward sweep ``fnn.jvp(model, path="backprop")``)
 is compared with autodiff's.
 
@@ -171,11 +171,11 @@ def methods(model, loss=fnn.losses.cross_entropy):
         return jax.vmap(lambda u: forward_sweep(params, x, dx=u)[1], out_axes=-1)(jnp.eye(x.shape[-1], dtype=x.dtype))
 
     def jacrev_backprop(params, x, label):  # the reverse sweep from every output direction
-        y, saved, _ = model.run_forward(params, x, (), None, False)
+        y, saved = model.forward(params, x)
         return jax.vmap(lambda g: model.backward(params, saved, g)[1])(jnp.eye(y.shape[-1], dtype=y.dtype))
 
     def custom_network(params, x):
-        return model.custom.apply(params, x)
+        return model.by_rules.apply(params, x)
 
     return {
         "forward": lambda params, x, label: objective(x, params, label),
@@ -282,10 +282,10 @@ def memory_probe(depths, *, batch, width=HIDDEN[0], n_in=N_IN_AT, n_out=N_OUT_AT
 
 def custom_path_forward_mode(n_in, n_out, hidden):
     """Forward mode through the hand-written rules, against autodiff's: ``jax.jvp`` and ``jax.jacfwd`` through
-    ``model.custom.apply``, and the backprop path's forward sweep (``fnn.jvp(model, path="backprop")``)."""
+    ``model.by_rules.apply``, and the backprop path's forward sweep (``fnn.jvp(model, path="backprop")``)."""
     model, (params, x, _) = problem(n_in, n_out, hidden)
     u = jnp.ones_like(x)
-    plain, custom = (lambda x: model.apply(params, x)), (lambda x: model.custom.apply(params, x))
+    plain, custom = (lambda x: model.apply(params, x)), (lambda x: model.by_rules.apply(params, x))
     jvp = jax.jvp(plain, (x,), (u,))[1]
     pairs = {
         "jax.jvp": (jax.jvp(custom, (x,), (u,))[1], jvp),

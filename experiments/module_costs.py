@@ -3,7 +3,7 @@
 For every leaf module the gradient is ``jax.grad`` of ``sum(module(params, x) * C)``
 with respect to ``(params, x)``, ``C`` a fixed random cotangent; for every
 loss it is ``jax.grad`` of the loss with respect to its outputs. The
-``custom`` path differentiates ``module.custom`` (the leaves differentiated by the
+``custom`` path differentiates ``module.by_rules`` (the leaves differentiated by the
 hand-written backward), the ``autodiff`` path the plain ``jax.numpy`` forward.
 Per item and path:
 
@@ -37,8 +37,6 @@ state and key fixed (``fnn.context.bind``). The attention op is a leaf over ``q`
 A ratio is called a difference only where its interval excludes 1.
 """
 
-import argparse
-import os
 from pathlib import Path
 
 import jax
@@ -52,22 +50,27 @@ from experiments._items import (
     ATTENTION,
     FEATURES,
     IMAGE,
-    ITEMS,
     LOGITS,
     MARGIN,
+    PATHS,
     ROWS,
     SELF_ATTENTION,
     SEQUENCE,
     TOKENS,
     VOCAB,
     WIDTH,
+    compare_paths,
     interval,
     kib,
+    kind,
+    measure_items,
+    parse_study_args,
+    study_fields,
+    study_parser,
 )
 from experiments._items import losses as _losses
 from experiments._items import modules as _modules
-
-PATHS = ("custom", "autodiff")
+from experiments._items import problem as _items_problem
 
 
 def module_problem(name, key):
@@ -85,7 +88,7 @@ def module_problem(name, key):
         return jax.grad(lambda params, x, c: jnp.sum(m.apply(params, x) * c), argnums=0 if vocab else (0, 1))
 
     shapes = f"x {list(shape)} -> y {[shape[0], *out_shape]}"
-    return {"custom": gradient(module.custom), "autodiff": gradient(module)}, (params, x, cotangent), shapes
+    return {"custom": gradient(module.by_rules), "autodiff": gradient(module)}, (params, x, cotangent), shapes
 
 
 def loss_problem(name, key):
@@ -99,12 +102,12 @@ def loss_problem(name, key):
         "binary": jax.random.bernoulli(k_y, 0.5, LOGITS).astype(jnp.int32),
     }[kind]
     shapes = f"outputs {list(LOGITS)}, targets {list(targets.shape)} {targets.dtype}"
-    return {"custom": jax.grad(loss.custom.apply), "autodiff": jax.grad(loss.apply)}, (outputs, targets), shapes
+    return {"custom": jax.grad(loss.by_rules.apply), "autodiff": jax.grad(loss.apply)}, (outputs, targets), shapes
 
 
 def problem(name, seed=0):
-    key = jax.random.fold_in(jax.random.key(seed), ITEMS.index(name))
-    return module_problem(name, key) if name in _modules() else loss_problem(name, key)
+    """Item ``name``'s gradient functions, their arguments and its shapes (``_items.problem``)."""
+    return _items_problem(name, seed, module_problem, loss_problem)
 
 
 # ---------------------------------------------------------------- compiled code
@@ -168,17 +171,11 @@ def measure(name, *, rounds, block_s, seed=0, hlo_dir=None):
         if hlo_dir is not None:
             Path(hlo_dir).mkdir(parents=True, exist_ok=True)
             (Path(hlo_dir) / f"{name}.{path}.hlo.txt").write_text(compiled[path].as_text())
-    bench = fnn.bench.compare(
-        {"autodiff": jitted["autodiff"], "custom": jitted["custom"]},
-        *args,
-        baseline="autodiff",
-        rounds=rounds,
-        block_s=block_s,
-    )
+    bench = compare_paths(jitted, args, rounds=rounds, block_s=block_s)
     c, a, timed = facts["custom"], facts["autodiff"], bench["custom"]
     return {
         "item": name,
-        "kind": "module" if name in _modules() else "loss",
+        "kind": kind(name),
         "shapes": shapes,
         "max_rel_diff": err,
         "custom": c,
@@ -285,33 +282,25 @@ def plot(path, rows, ctrl, title):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--items", nargs="+", choices=ITEMS, default=list(ITEMS))
+    parser = study_parser(__doc__.split("\n\n")[0], rounds=30, block_s=0.05)
     parser.add_argument("--no-control", action="store_true", help="skip the autodiff-against-itself control")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hlo-dir", help="write each compiled gradient's optimised HLO here")
-    parser.add_argument("--json", metavar="PATH", help="write results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write the ratios and temporary bytes as PNG")
-    _cli.add_timing_flags(parser, rounds=30, block_s=0.05)
-    _cli.add_flags(parser)
-    args = parser.parse_args(argv)
-    _cli.check_timing_flags(parser, args)
-    return args
+    return parse_study_args(parser, argv)
+
+
+def describe(r):
+    """One measured item in a line."""
+    return (
+        f"{r['item']:>16}: temp {kib(r['custom']['temp_bytes'])} / {kib(r['autodiff']['temp_bytes'])} KiB, "
+        f"time c/a {interval(r['time_ratio_wall'])} {r['verdict']} (CPU {r['time_ratio_cpu']['median']:.2f}), "
+        f"autodiff {1e6 * r['step_s_autodiff_median']:.0f} us"
+    )
 
 
 def main(argv=None):
     args = parse_args(argv)
-    load_before = os.getloadavg()
-    rows = []
-    for name in args.items:
-        rows.append(measure(name, rounds=args.rounds, block_s=args.block_s, seed=args.seed, hlo_dir=args.hlo_dir))
-        r = rows[-1]
-        print(
-            f"{name:>16}: temp {kib(r['custom']['temp_bytes'])} / {kib(r['autodiff']['temp_bytes'])} KiB, "
-            f"time c/a {interval(r['time_ratio_wall'])} {r['verdict']} (CPU {r['time_ratio_cpu']['median']:.2f}), "
-            f"autodiff {1e6 * r['step_s_autodiff_median']:.0f} us",
-            flush=True,
-        )
+    rows, load_before = measure_items(args, measure, describe, hlo_dir=args.hlo_dir)
     ctrl = None if args.no_control else control(rounds=args.rounds, block_s=args.block_s, seed=args.seed)
     if ctrl:
         print(
@@ -332,12 +321,8 @@ def main(argv=None):
             "self_attention (4 heads of 64)": list(SELF_ATTENTION),
         },
         "gradient": "jax.grad of sum(module(params, x) * C) w.r.t. (params, x); of the loss w.r.t. its outputs",
-        "rounds": args.rounds,
-        "block_s": args.block_s,
-        "seed": args.seed,
         **machine(),
-        "load_average_before": list(load_before),
-        "load_average_after": list(os.getloadavg()),
+        **study_fields(args, load_before),
         "rows": rows,
         "control": ctrl,
         "flagged": {

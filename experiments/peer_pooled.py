@@ -63,7 +63,16 @@ import optax
 
 import fnn
 from experiments import _cli, _peer_torch
-from experiments._common import add_common_args, load_data, machine, markdown_table, pyplot, save_figure, write_json
+from experiments._common import (
+    Config,
+    add_common_args,
+    load_data,
+    machine,
+    markdown_table,
+    pyplot,
+    save_figure,
+    write_json,
+)
 from experiments._images import INPUT_SHAPE, pooled_cnn
 from fnn.loop._epoch import EVAL_CHUNK  # the rows fit evaluates at a time
 
@@ -74,6 +83,8 @@ TARGET_FRACTION = 0.6
 WEIGHT_DECAY, B1, B2, EPS = 1e-4, 0.9, 0.999, 1e-8
 #: fnn's parameter list: the positions of the weight layers in ``pooled_cnn()``.
 CONV1, CONV2, DENSE1, DENSE2 = 0, 3, 7, 9
+#: The experiment's name and the defaults of its shared options (``_common.add_common_args``).
+CONFIG = Config("peer_pooled", epochs=1, batch_size=32, lr=0.005)
 
 
 # ---------------------------------------------------------------- fnn
@@ -347,7 +358,7 @@ def plot(path, results, title):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_args(parser, epochs=1, batch_size=32, lr=0.005)
+    add_common_args(parser, CONFIG)
     parser.add_argument("--rounds", type=int, default=fnn.bench.MIN_ROUNDS, help="interleaved rounds")
     parser.add_argument("--libraries", nargs="+", choices=LIBRARIES, default=list(LIBRARIES))
     parser.add_argument("--threads", type=int, help="torch.set_num_threads(N); default: torch's own choice")
@@ -400,7 +411,7 @@ def main(argv=None):
     ]
     print(markdown_table(["peer", "fnn epoch / peer epoch [95% CI]", "test error fnn / peer (median)"], cells))
     result = {
-        "experiment": "peer_pooled",
+        "experiment": CONFIG.experiment,
         "dataset": data.name,
         "n_train": len(data.x_train),
         "n_test": len(data.x_test),

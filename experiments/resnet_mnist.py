@@ -18,27 +18,32 @@ import fnn
 from experiments import _cli
 from experiments._common import (
     HEADER,
+    Config,
     adam_cosine,
     add_common_args,
     load_data,
-    machine,
     markdown_table,
     plot_curves,
+    record,
+    run_record,
     timed_fit,
     write_json,
 )
 
+CONFIG = Config("resnet_mnist", epochs=6, batch_size=128, lr=1e-3, options={"width": 256, "hidden": 256, "blocks": 4})
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_args(parser, epochs=6, batch_size=128, lr=1e-3)
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--blocks", type=int, default=4)
+    add_common_args(parser, CONFIG)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--hidden", type=int)
+    parser.add_argument("--blocks", type=int)
     return parser.parse_args(argv)
 
 
 def run_one(normalize, data, args):
+    """Trains the ResNet-S without or with LayerNorm (``normalize``); returns its run (:func:`run_record`)."""
     model = fnn.nn.resnet_s(10, width=args.width, hidden=args.hidden, n_blocks=args.blocks, normalize=normalize)
     _, params = model.init(jax.random.key(args.seed), data.x_train.shape[1:])
     n_params = sum(p.size for p in jax.tree.leaves(params))
@@ -51,12 +56,8 @@ def run_one(normalize, data, args):
         "variant": label,
         "normalize": normalize,
         "n_params": int(n_params),
-        "test_error": float(history.test_err[-1]),
-        "train_error": float(history.train_err[-1]),
-        "best_epoch_test_error": float(history.test_err.min()),
-        **timing,
+        **run_record(history, timing),
         "optimizer": opt_info,
-        "history": history.rows(),
     }
 
 
@@ -86,25 +87,8 @@ def main(argv=None):
             ],
         )
     )
-    result = {
-        "experiment": "resnet_mnist",
-        "dataset": data.name,
-        "n_train": len(data.x_train),
-        "n_test": len(data.x_test),
-        "config": {
-            "width": args.width,
-            "hidden": args.hidden,
-            "n_blocks": args.blocks,
-            "activation": "relu",
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "shuffle": True,
-            "seed": args.seed,
-        },
-        "path": args.path,
-        **machine(),
-        "runs": runs,
-    }
+    settings = {"width": args.width, "hidden": args.hidden, "n_blocks": args.blocks, "activation": "relu"}
+    result = record(CONFIG, args, data, settings=settings, runs=runs)
     if args.json:
         write_json(args.json, result)
     if args.plot:

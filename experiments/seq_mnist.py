@@ -37,23 +37,40 @@ import fnn
 from experiments import _cli
 from experiments._common import (
     HEADER,
+    Config,
     adam_cosine,
     add_common_args,
     load_data,
-    machine,
     plot_curves,
+    record,
+    run_record,
     timed_fit,
     write_json,
 )
 from experiments._images import shift_augment
 
-TARGET = 0.02
-BUDGET_S = 600.0
 STEPS, FEATURES = 28, 28
-#: Per model: its default width, depth, epochs, batch size, peak step size and weight decay.
-DEFAULTS = {
-    "conv1d": {"width": 64, "depth": 2, "epochs": 10, "batch_size": 128, "lr": 2e-3, "weight_decay": 1e-4},
-    "attention": {"width": 64, "depth": 3, "epochs": 20, "batch_size": 128, "lr": 1e-3, "weight_decay": 1e-4},
+#: Per model its settings: epochs, batch size, peak step size, the aims, and its width, depth, heads, weight
+#: decay and shift.
+CONFIGS = {
+    "conv1d": Config(
+        "seq_mnist",
+        epochs=10,
+        batch_size=128,
+        lr=2e-3,
+        target=0.02,
+        budget_s=600.0,
+        options={"width": 64, "depth": 2, "heads": 4, "weight_decay": 1e-4, "shift": 2},
+    ),
+    "attention": Config(
+        "seq_mnist",
+        epochs=20,
+        batch_size=128,
+        lr=1e-3,
+        target=0.02,
+        budget_s=600.0,
+        options={"width": 64, "depth": 3, "heads": 4, "weight_decay": 1e-4, "shift": 2},
+    ),
 }
 
 
@@ -117,16 +134,15 @@ def shift_rows(pixels):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=tuple(DEFAULTS), default="conv1d")
+    parser.add_argument("--model", choices=tuple(CONFIGS), default="conv1d")
     first = argparse.ArgumentParser(add_help=False)  # the model first: it sets the other options' defaults
-    first.add_argument("--model", choices=tuple(DEFAULTS), default="conv1d")
-    defaults = DEFAULTS[first.parse_known_args(argv)[0].model]
-    add_common_args(parser, epochs=defaults["epochs"], batch_size=defaults["batch_size"], lr=defaults["lr"])
-    parser.add_argument("--width", type=int, default=defaults["width"], help="model width (channels or features)")
-    parser.add_argument("--depth", type=int, default=defaults["depth"], help="conv stages or transformer blocks")
-    parser.add_argument("--heads", type=int, default=4, help="attention heads (attention model)")
-    parser.add_argument("--weight-decay", type=float, default=defaults["weight_decay"], help="AdamW's weight decay")
-    parser.add_argument("--shift", type=int, default=2, help="augment: translate by up to this many pixels (0: none)")
+    first.add_argument("--model", choices=tuple(CONFIGS), default="conv1d")
+    add_common_args(parser, CONFIGS[first.parse_known_args(argv)[0].model])
+    parser.add_argument("--width", type=int, help="model width (channels or features)")
+    parser.add_argument("--depth", type=int, help="conv stages or transformer blocks")
+    parser.add_argument("--heads", type=int, help="attention heads (attention model)")
+    parser.add_argument("--weight-decay", type=float, help="AdamW's weight decay")
+    parser.add_argument("--shift", type=int, help="augment: translate by up to this many pixels (0: none)")
     args = parser.parse_args(argv)
     for name in ("width", "depth", "heads"):
         if getattr(args, name) < 1:
@@ -160,53 +176,27 @@ def main(argv=None):
         shuffle_key=jax.random.key(args.seed + 1),
         augment=shift_rows(args.shift),
     )
-    rows = history.rows()
-    test_error = rows[-1]["test_err"]
-    print(
-        f"test error {100 * test_error:.2f}% (target {100 * TARGET:.1f}%: "
-        f"{'met' if test_error <= TARGET else 'MISSED'}); {timing['train_s']:.1f} s wall (budget {BUDGET_S:.0f} s: "
-        f"{'met' if timing['train_s'] < BUDGET_S else 'MISSED'}), {timing['cpu_s']:.1f} s CPU",
-        flush=True,
-    )
-    result = {
-        "experiment": "seq_mnist",
-        "model": args.model,
-        "dataset": data.name,
-        "n_train": len(data.x_train),
-        "n_test": len(data.x_test),
-        "test_error": test_error,
-        "target_test_error": TARGET,
-        "target_met": test_error <= TARGET,
-        "budget_s": BUDGET_S,
-        "budget_met": timing["train_s"] < BUDGET_S,
-        "best_epoch_test_error": min(r["test_err"] for r in rows),
-        **timing,
-        "path": args.path,
-        "loop": "fnn.fit",
-        **machine(),
-        "config": {
-            "model": repr(model),
-            "input": "each image as 28 rows (steps) of 28 pixels (features): [N, 28, 28]",
-            "width": args.width,
-            "depth": args.depth,
-            "heads": args.heads if args.model == "attention" else None,
-            "n_params": int(n_params),
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "steps_per_epoch": steps,
-            "shuffle": True,
-            "augmentation": f"random translation by up to {args.shift} pixels, zero fill" if args.shift else None,
-            "validation": args.validation,
-            "seed": args.seed,
-            "optimizer": opt_info,
-        },
-        "history": rows,
+    config, run = CONFIGS[args.model], run_record(history, timing)
+    print(f"{config.verdict(run['test_error'], timing['train_s'])}, {timing['cpu_s']:.1f} s CPU", flush=True)
+    settings = {
+        "model": repr(model),
+        "input": "each image as 28 rows (steps) of 28 pixels (features): [N, 28, 28]",
+        "width": args.width,
+        "depth": args.depth,
+        "heads": args.heads if args.model == "attention" else None,
+        "n_params": int(n_params),
+        "steps_per_epoch": steps,
+        "augmentation": f"random translation by up to {args.shift} pixels, zero fill" if args.shift else None,
+        "validation": args.validation,
+        "optimizer": opt_info,
     }
+    aims = config.aims(run["test_error"], run["train_s"])
+    result = record(config, args, data, settings=settings, model=args.model, **run, **aims)
     if args.json:
         write_json(args.json, result)
     if args.plot:
-        title = f"{args.model} on {data.name} as 28 rows: test error {100 * test_error:.2f}%"
-        plot_curves(args.plot, {args.model: rows}, title)
+        title = f"{args.model} on {data.name} as 28 rows: test error {100 * run['test_error']:.2f}%"
+        plot_curves(args.plot, {args.model: run["history"]}, title)
     return result
 
 

@@ -13,12 +13,19 @@ import argparse
 import statistics
 import time
 
-import jax
 import jax.numpy as jnp
 
 import fnn
 from experiments import _cli, _peer_torch
-from experiments._common import RECIPE_BATCH, RECIPE_SIZES, device_description, fit_recipe, markdown_table, write_json
+from experiments._common import (
+    RECIPE_BATCH,
+    RECIPE_SIZES,
+    device_fields,
+    fit_recipe,
+    markdown_table,
+    run_fields,
+    write_json,
+)
 from fnn.loop._epoch import EVAL_CHUNK  # the rows fit evaluates at a time
 
 (N_IN, HIDDEN, N_OUT), BATCH = RECIPE_SIZES, RECIPE_BATCH
@@ -78,8 +85,7 @@ def _timed(fn):
 def run_fnn(data, epochs, path):
     """The recipe with fnn (``fit_recipe``: ``fnn.nn.mlp([784, 500, 10])``, SGD 0.5, batches of 100) on gradient
     path ``path``."""
-    history = fit_recipe(data, path=path, epochs=epochs)
-    return {"wall_s": history.wall_s, "compile_s": history.compile_s, "test_error": float(history.test_err[-1])}
+    return run_fields(fit_recipe(data, path=path, epochs=epochs), "wall_s", "compile_s", "test_error")
 
 
 def run_torch(data, epochs):
@@ -117,8 +123,7 @@ def main(argv=None):
     }
     step_shapes = [matmul[name]["xla"] for name in list(SHAPES)[:3]]
     result = {
-        "device": device_description(),
-        "jax_version": jax.__version__,
+        **device_fields(),
         "torch_version": runs["torch"][0]["torch_version"],
         "torch_threads": runs["torch"][0]["threads"],
         "grad": args.grad,

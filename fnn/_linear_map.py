@@ -19,6 +19,7 @@ which may happen outside that context.
 """
 
 import contextlib
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,29 +27,52 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-__all__ = ["is_array", "linear_map", "zero_tangent"]
+__all__ = ["Layout", "is_array", "linear_map", "zero_tangent"]
 
 _LINEAR_MAP = Primitive("fnn_linear_map")
 _LINEAR_MAP.multiple_results = True
 
 
-class _Flat:
-    """``fn(residuals, linear)`` over flat leaves: ``(*residual_arrays, *linear_leaves) -> [output leaves]``.
+class Layout(NamedTuple):
+    """Where a pytree's arrays go among its other leaves (a mode, a shape), so that the arrays alone can pass
+    through ``jax.jit``, ``lax.scan`` or a primitive and the rest be held as static data.
 
-    The residuals' leaves that are not arrays (a shape a structural module
-    saved) are held here, as constants of the trace.
+    ``arrays, layout = Layout.split(value)`` and ``layout.join(arrays)`` is ``value`` again.
     """
 
-    def __init__(self, fn, residual_tree, static, linear_tree):
-        self.fn, self.residual_tree, self.static, self.linear_tree = fn, residual_tree, static, linear_tree
-        self.residual_count = sum(value is None for value in static)
+    #: The pytree's structure.
+    tree: object
+    #: Each leaf in order: ``None`` where an array goes, else the leaf itself.
+    static: tuple
+
+    @classmethod
+    def split(cls, value):
+        """``(arrays, layout)``: ``value``'s array leaves in order, and where they go."""
+        leaves, tree = jax.tree.flatten(value)
+        return [leaf for leaf in leaves if is_array(leaf)], cls(tree, tuple(None if is_array(v) else v for v in leaves))
+
+    @property
+    def count(self):
+        """How many arrays :meth:`join` takes."""
+        return sum(value is None for value in self.static)
+
+    def join(self, arrays):
+        """The pytree with ``arrays`` in the places of its arrays."""
+        given = iter(arrays)
+        return jax.tree.unflatten(self.tree, [next(given) if value is None else value for value in self.static])
+
+
+class _Flat:
+    """``fn(residuals, linear)`` over flat leaves: ``(*residual_arrays, *linear_leaves) -> [output leaves]``; the
+    residuals' other leaves (a shape a structural module saved) are held in their :class:`Layout`."""
+
+    def __init__(self, fn, residuals, linear_tree):
+        self.fn, self.residuals, self.linear_tree = fn, residuals, linear_tree
 
     def __call__(self, *leaves):
-        arrays = iter(leaves[: self.residual_count])
-        residual_leaves = [next(arrays) if value is None else value for value in self.static]
-        residuals = jax.tree.unflatten(self.residual_tree, residual_leaves)
-        linear = jax.tree.unflatten(self.linear_tree, leaves[self.residual_count :])
-        return jax.tree.leaves(self.fn(residuals, linear))
+        count = self.residuals.count
+        residuals = self.residuals.join(leaves[:count])
+        return jax.tree.leaves(self.fn(residuals, jax.tree.unflatten(self.linear_tree, leaves[count:])))
 
 
 def is_array(leaf):
@@ -68,16 +92,14 @@ def linear_map(forward, transpose, residuals, u):
         arrays (Python numbers, a shape) are held as constants.
       u: the linear argument.
     """
-    residual_leaves, residual_tree = jax.tree.flatten(residuals)
-    arrays = [leaf for leaf in residual_leaves if is_array(leaf)]
-    static = tuple(None if is_array(leaf) else leaf for leaf in residual_leaves)
+    arrays, layout = Layout.split(residuals)
     u_leaves, u_tree = jax.tree.flatten(u)
     out_tree = jax.tree.structure(jax.eval_shape(lambda u: forward(residuals, u), u))
     out = _LINEAR_MAP.bind(
         *arrays,
         *u_leaves,
-        forward=_Flat(forward, residual_tree, static, u_tree),
-        transpose=_Flat(transpose, residual_tree, static, out_tree),
+        forward=_Flat(forward, layout, u_tree),
+        transpose=_Flat(transpose, layout, out_tree),
         residual_count=len(arrays),
         precision=jax.config.jax_default_matmul_precision,
     )

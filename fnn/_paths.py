@@ -2,7 +2,7 @@
 
 - ``"autodiff"``: ``jax.value_and_grad`` through the plain ``apply`` functions;
   JAX derives every rule from the ``jax.numpy`` forward code.
-- ``"custom"``: ``jax.value_and_grad`` through :attr:`fnn.module.Module.custom`,
+- ``"custom"``: ``jax.value_and_grad`` through :attr:`fnn.module.Module.by_rules`,
   where every leaf is differentiated by its hand-written backward (forward mode:
   by its transpose).
 - ``"backprop"``: the notes' explicit reverse sweep: ``forward`` keeps what
@@ -59,17 +59,17 @@ def objective(model, loss, path):
     outputs)``, or ``(L, (outputs, new_state))`` exactly when ``state=`` was
     passed; the keywords are :meth:`fnn.module.Module.apply`'s. On the
     ``custom`` path every leaf and the loss are their hand-differentiated
-    forms (:attr:`fnn.module.Module.custom`); on ``autodiff`` their plain
+    forms (:attr:`fnn.module.Module.by_rules`); on ``autodiff`` their plain
     ``apply``. The ``backprop`` path differentiates nothing: see
     :func:`sweep_forward` and :func:`sweep_backward`.
     """
     if check_path(path) == "backprop":
         raise InputError("the backprop path has no objective for JAX to differentiate; see sweep_forward")
-    run_model, run_loss = (model.custom, loss.custom) if path == "custom" else (model, loss)
+    run_model, run_loss = (model.by_rules, loss.by_rules) if path == "custom" else (model, loss)
 
     def fn(params, x, targets, *, state=None, key=None, train=None):
-        context = model.checked_context(state, train)
-        outputs, new_state = run_model.run(params, x, context[0], key, context[1])
+        context = model._context(state, train)
+        outputs, new_state = run_model._run(params, x, context[0], key, context[1])
         return run_loss.apply(outputs, targets), returned((outputs,), state, new_state)
 
     return fn
@@ -85,8 +85,8 @@ def sweep_forward(model, loss):
     """
 
     def forward(params, x, targets, *, state=None, key=None, train=None):
-        context = model.checked_context(state, train)
-        outputs, model_saved, new_state = model.run_forward(params, x, context[0], key, context[1])
+        context = model._context(state, train)
+        outputs, model_saved, new_state = model._run_forward(params, x, context[0], key, context[1])
         value, loss_saved = loss.forward(outputs, targets)
         kept = (value, outputs, (model_saved, loss_saved))
         return returned(kept, state, new_state)
@@ -120,7 +120,7 @@ def sweep_tangent(model):
     """
 
     def forward_sweep(params, x, dparams, dx, state, key, train):
-        y, saved, new_state = model.run_forward(params, x, state, key, train)
+        y, saved, new_state = model._run_forward(params, x, state, key, train)
         return y, model.pushforward(params, saved, y, dparams, dx), new_state
 
     return forward_sweep
@@ -163,7 +163,7 @@ def _fixed_mode(model, train, where):
     """Checks the mode a function of ``model`` is made with (required for a contextual model), naming ``where`` it
     goes."""
     try:
-        model.checked_context((), train)
+        model._context((), train)
     except UsageError as exc:
         raise UsageError(f"{exc}, to {where}: the mode is fixed when the function is made") from None
 
@@ -221,7 +221,7 @@ def value_and_grad(model, loss, *, path="custom", train=None, outputs=False, inp
 
     def value_and_grads(params, x, targets, *, state=None, key=None, **given):
         _refuse_mode(given, "fnn.value_and_grad(model, loss, train=True)")
-        context = model.checked_context(state, train)
+        context = model._context(state, train)
         with _precision.training(precision):
             value, out, grads, new_state = grads_of(params, x, targets, context[0], key, context[1])
         result = ((value, out) if outputs else value, grads)
@@ -265,7 +265,7 @@ def jvp(model, *, path="custom", train=None, precision=None):
     if check_path(path) == "backprop":
         by_path = sweep_tangent(model)
     else:
-        run = model.custom.run if path == "custom" else model.run
+        run = model.by_rules._run if path == "custom" else model._run
 
         def by_path(params, x, dparams, dx, state, key, train):
             moving = [i for i, t in enumerate((dparams, dx)) if t is not None]  # the others held fixed
@@ -284,7 +284,7 @@ def jvp(model, *, path="custom", train=None, precision=None):
 
     def tangent(params, x, dparams=None, dx=None, *, state=None, key=None, **given):
         _refuse_mode(given, "fnn.jvp(model, train=True)")
-        context = model.checked_context(state, train)
+        context = model._context(state, train)
         x = jnp.asarray(x)
         if dparams is None and dx is None:
             raise UsageError("jvp: pass the tangent of the parameters (dparams), of the input (dx), or both")

@@ -37,12 +37,12 @@ def bind(module, *, state=(), key=None, train=False):
         raise UsageError(f"bind takes an fnn module, got {type(module).__name__}")
     if not isinstance(train, bool):
         raise UsageError(f"bind: train must be True or False, got {train!r}")
-    if not module.contextual:
+    if not module._contextual:
         return module
-    if module.is_leaf:
+    if module._is_leaf:
         return _bound_leaf(module, state, key, train)
-    shares = module.split_context(state, key)
-    return module.rebuild(*(bind(c, state=s, key=k, train=train) for c, (s, k) in zip(module.children, shares)))
+    shares = module._kind.child_contexts(state, key)
+    return module._kind.rebuild(*(bind(c, state=s, key=k, train=train) for c, (s, k) in zip(module.children, shares)))
 
 
 def fix(caller, module, input_shape, *, state=None, key=None, train=True, seed=0):
@@ -55,7 +55,7 @@ def fix(caller, module, input_shape, *, state=None, key=None, train=True, seed=0
     """
     if not isinstance(train, bool):
         raise UsageError(f"{caller}: train must be True or False, got {train!r}")
-    if not module.contextual:
+    if not module._contextual:
         if state is not None or key is not None:
             raise InputError(f"{caller}: {module.name} keeps no state and draws no key; pass neither state= nor key=")
         return module, state, key
@@ -66,18 +66,17 @@ def fix(caller, module, input_shape, *, state=None, key=None, train=True, seed=0
 
 def _bound_leaf(module, state, key, train):
     def run(params, x, _state, _key, _train):
-        return module.run(params, x, state, key, train)[0], _state
+        return module._run(params, x, state, key, train)[0], _state
 
     def run_forward(params, x, _state, _key, _train):
-        y, saved, _ = module.run_forward(params, x, state, key, train)
+        y, saved, _ = module._run_forward(params, x, state, key, train)
         return y, saved, _state
 
     mode = "train" if train else "eval"
     return dataclasses.replace(
         module,
         name=f"{module.name}[{mode}]",
-        run=run,
-        run_forward=run_forward,
-        state_init=None,
-        stochastic=False,
+        _run=run,
+        _run_forward=run_forward,
+        _kind=dataclasses.replace(module._kind, state_init=None, stochastic=False),
     )

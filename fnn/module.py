@@ -52,11 +52,12 @@ for child ``i`` (:func:`fnn.context.child_key`); :func:`fnn.context.bind`
 fixes a context once, making a plain module of a contextual one.
 
 Underneath, every module has one positional form, what the public methods
-check their arguments for and then call: ``run(params, x, state, key, train)
--> (y, state)`` and ``run_forward(params, x, state, key, train) -> (y, saved,
-state)``, ``state`` being ``()`` for a module without any. Library code that
-threads a context through children calls these. Leaf authors never write
-them: :func:`leaf` makes them from a plain ``forward``/``backward`` pair.
+check their arguments for and then call: ``_run(params, x, state, key, train)
+-> (y, state)`` and ``_run_forward(params, x, state, key, train) -> (y, saved,
+state)``, ``state`` being ``()`` for a module without any. fnn's wiring,
+paths and loop call these. Leaf authors never write them: :func:`leaf` makes
+them from a plain ``forward``/``backward`` pair; wiring that hands its
+children a context writes them for :func:`structural`.
 
 Why this design, against the anchors: like Haiku's ``transform_with_state``
 and Equinox's ``State``, state is a pytree passed in and returned, never
@@ -69,7 +70,7 @@ the backward needs for the mode it ran in.
 A loss has ``forward(outputs, targets) -> (value, saved)`` and
 ``backward(saved, g) -> doutputs``, ``value`` a scalar.
 
-:attr:`Module.custom` and :attr:`Loss.custom` give the same module with every
+:attr:`Module.by_rules` and :attr:`Loss.by_rules` give the same module with every
 leaf's ``apply`` differentiated by its own ``forward``/``backward`` in both
 modes. The backward ``g -> J^T g`` is linear in ``g``, so its transpose is
 the leaf's Jacobian-vector product ``u -> J u``: each leaf is a
@@ -134,49 +135,86 @@ class Setting(NamedTuple):
     default: object
 
 
+@dataclasses.dataclass(frozen=True)
+class _Leaf:
+    """What only a leaf holds besides its functions (see :func:`leaf` for each)."""
+
+    #: The inputs at which the rule is delicate; :func:`fnn.testing.check_module` checks them.
+    edge_values: tuple = ()
+    #: The leaf's own host-side check of its inputs (see :meth:`Module._check_inputs`), or ``None``.
+    input_check: Callable | None = None
+    #: ``state_init(input_shape) -> state``, or ``None``: the leaf keeps no state.
+    state_init: Callable | None = None
+    #: Whether the leaf draws from the key in training (dropout).
+    stochastic: bool = False
+    #: Whether the leaf has no parameters and its ``forward`` is linear in ``x`` (average pooling): its JVP is then
+    #: its own forward pass, ``J u = forward(u)``, computed directly rather than as the transpose of ``backward``.
+    linear: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class _Wiring:
+    """What only a structural module holds besides its functions (see :func:`structural` for each)."""
+
+    #: The modules it wires together.
+    children: tuple
+    #: ``rebuild(*children)`` makes the same structure from other children (how the ``custom`` path swaps in the
+    #: hand-differentiated leaves).
+    rebuild: Callable
+    #: Its own host-side check of its inputs, or ``None``: its first child's.
+    input_check: Callable | None = None
+    #: ``state_init(input_shape) -> state`` from its children's, or ``None`` when no child keeps state.
+    state_init: Callable | None = None
+    #: ``child_contexts(state, key) -> [(state, key), ...]``, one per child, or ``None`` for wiring of plain children.
+    child_contexts: Callable | None = None
+    #: Whether its output holds its input's values, only rearranged (``flatten``): the host-side input check is
+    #: then the next module's.
+    only_rearranges: bool = False
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Module:
     """A module: pure ``init``, ``apply``, ``forward`` and ``backward`` functions (see the module doc).
 
     Leaves are made by :func:`leaf`, structural modules by the wiring in
-    :mod:`fnn.nn`; each field below is one of their functions or settings.
+    :mod:`fnn.nn` through :func:`structural`; what a user calls is
+    :attr:`init`, :meth:`init_state`, :meth:`apply`, :meth:`forward`,
+    :attr:`backward`, :meth:`pushforward`, :meth:`describe` and
+    :meth:`leaves`, and what a module holds is :attr:`name`,
+    :attr:`children` and :attr:`settings`. The rest is the library's.
     """
 
     #: The module's name, as errors and reports show it (``"dense"``).
     name: str
     #: ``init(key, input_shape) -> (output_shape, params)``, the batch axis excluded from both shapes.
     init: Callable
-    #: ``run(params, x, state, key, train) -> (y, state)``: the positional form behind :meth:`apply`.
-    run: Callable
-    #: ``run_forward(params, x, state, key, train) -> (y, saved, state)``: the positional form behind :meth:`forward`.
-    run_forward: Callable
     #: ``backward(params, saved, g) -> (dparams, dx)``: the notes' backward function ``B[M, z](g)``.
     backward: Callable
-    #: The modules a structural module wires together (leaves have none).
-    children: tuple = ()
-    #: ``rebuild(*children)`` makes the same structure from other children (how :attr:`custom` swaps in the
-    #: hand-differentiated leaves); ``None`` for a leaf.
-    rebuild: Callable | None = None
-    #: The inputs at which a leaf's rule is delicate (see :func:`leaf`); :func:`fnn.testing.check_module` checks them.
-    edge_values: tuple = ()
-    #: A leaf's own host-side check of its inputs (see :meth:`check_inputs`).
-    input_check: Callable | None = None
-    #: ``state_init(input_shape) -> state``: a leaf's state at the start (``None``: the leaf has no state), or a
-    #: structural module's, from its children's.
-    state_init: Callable | None = None
-    #: Whether the leaf draws from the key in training (dropout).
-    stochastic: bool = False
-    #: ``split_context(state, key) -> [(state, key), ...]`` hands a structural module's context to its children.
-    split_context: Callable | None = None
+    #: ``_run(params, x, state, key, train) -> (y, state)``: the positional form behind :meth:`apply`.
+    _run: Callable
+    #: ``_run_forward(params, x, state, key, train) -> (y, saved, state)``: the positional form behind
+    #: :meth:`forward`.
+    _run_forward: Callable
+    #: What only a leaf (:class:`_Leaf`) or only wiring (:class:`_Wiring`) holds: one or the other, never a mix.
+    _kind: _Leaf | _Wiring
     #: The :class:`Setting` of the constructor call that built the module (see :func:`with_settings`), modules
     #: among them left out (they are its children); :meth:`describe` and ``repr`` show them.
     settings: tuple = ()
-    #: Whether the module is wiring whose output holds its input's values, only rearranged (``flatten``): the
-    #: host-side input check is then the next module's (see :meth:`check_inputs`).
-    passes_values: bool = False
-    #: Whether the leaf has no parameters and its ``forward`` is linear in ``x`` (average pooling): its JVP is then
-    #: its own forward pass, ``J u = forward(u)``, computed directly rather than as the transpose of ``backward``.
-    linear: bool = False
+
+    @property
+    def children(self):
+        """The modules a structural module wires together; ``()`` for a leaf."""
+        return () if self._is_leaf else self._kind.children
+
+    @property
+    def _only_rearranges(self):
+        """Whether this is wiring whose output holds its input's values, only rearranged (``flatten``)."""
+        return not self._is_leaf and self._kind.only_rearranges
+
+    @property
+    def _edge_values(self):
+        """A leaf's delicate inputs (see :func:`leaf`); ``()`` for wiring."""
+        return self._kind.edge_values if self._is_leaf else ()
 
     def apply(self, params, x, *, state=None, key=None, train=None):
         """The forward pass: ``y``, or ``(y, new_state)`` exactly when ``state=`` was passed (see the module doc).
@@ -191,15 +229,15 @@ class Module:
           train: ``True`` or ``False``; required by a contextual module,
             ignored by the others.
         """
-        context = self.checked_context(state, train)
-        y, new_state = self.run(params, x, context[0], key, context[1])
+        context = self._context(state, train)
+        y, new_state = self._run(params, x, context[0], key, context[1])
         return returned((y,), state, new_state)
 
     def forward(self, params, x, *, state=None, key=None, train=None):
         """The forward pass keeping what :attr:`backward` needs: ``(y, saved)``, or ``(y, saved, new_state)``
         exactly when ``state=`` was passed; the keywords are :meth:`apply`'s."""
-        context = self.checked_context(state, train)
-        y, saved, new_state = self.run_forward(params, x, context[0], key, context[1])
+        context = self._context(state, train)
+        y, saved, new_state = self._run_forward(params, x, context[0], key, context[1])
         return returned((y, saved), state, new_state)
 
     def pushforward(self, params, saved, y, dparams, dx):
@@ -214,18 +252,18 @@ class Module:
         the map's); ``dx`` is ignored where ``backward`` gives ``x`` no
         gradient (integer ids).
         """
-        if self.linear:  # its own forward pass is its JVP
-            return self.run(params, _linear_tangent(self, params, [dx]), (), None, False)[0]
+        if self._is_leaf and self._kind.linear:  # its own forward pass is its JVP
+            return self._run(params, _linear_tangent(self, params, [dx]), (), None, False)[0]
         return _pushforward(
             lambda residuals, g: self.backward(*residuals, g), (params, saved), y, (dparams, dx), names=_MODULE_GRADS
         )
 
-    def checked_context(self, state, train):
-        """``(state, train)`` to pass to :attr:`run`: the state (``()`` if none was passed) and the mode, after the
+    def _context(self, state, train):
+        """``(state, train)`` to pass to :attr:`_run`: the state (``()`` if none was passed) and the mode, after the
         checks :meth:`apply` makes (a module with state needs ``state=``, a contextual one ``train=``)."""
         if train is None:
-            if self.contextual:
-                through = "" if self.is_leaf else f" (through {', '.join(_contextual_names(self))})"
+            if self._contextual:
+                through = "" if self._is_leaf else f" (through {', '.join(_contextual_names(self))})"
                 raise UsageError(
                     f"{self.name} behaves differently in training and in evaluation{through}: pass train=True "
                     "or train=False"
@@ -237,8 +275,8 @@ class Module:
             raise UsageError(
                 f"{self.name}: train must be True or False (a Python bool, fixed when tracing), got {train!r}{fix}"
             )
-        if state is None and self.has_state:
-            through = "" if self.is_leaf else f" (in {', '.join(_contextual_names(self, state=True))})"
+        if state is None and self._has_state:
+            through = "" if self._is_leaf else f" (in {', '.join(_contextual_names(self, state=True))})"
             raise UsageError(
                 f"{self.name} keeps state{through}: pass "
                 "state=model.init_state(input_shape) (input_shape without the batch axis) and take the new state "
@@ -247,36 +285,37 @@ class Module:
         return (() if state is None else state), train
 
     @property
-    def is_leaf(self):
+    def _is_leaf(self):
         """Whether this module is a hand-written forward/backward pair (not wiring)."""
-        return self.rebuild is None
+        return isinstance(self._kind, _Leaf)
 
     def leaves(self):
         """The leaf modules of this module's tree, depth first, in the order the forward pass runs them."""
-        if self.is_leaf:
+        if self._is_leaf:
             return (self,)
         return tuple(leaf for child in self.children for leaf in child.leaves())
 
     @functools.cached_property
-    def has_state(self):
+    def _has_state(self):
         """Whether a module of this tree keeps state (it takes ``state=`` and returns the new state)."""
-        return any(leaf.state_init is not None for leaf in self.leaves())
+        return any(leaf._kind.state_init is not None for leaf in self.leaves())
 
     @functools.cached_property
-    def has_randomness(self):
+    def _has_randomness(self):
         """Whether a module of this tree draws from the key in training (it takes ``key=``)."""
-        return any(leaf.stochastic for leaf in self.leaves())
+        return any(leaf._kind.stochastic for leaf in self.leaves())
 
     @property
-    def contextual(self):
+    def _contextual(self):
         """Whether this module has state or randomness, and so takes ``state=``/``key=``/``train=``."""
-        return self.has_state or self.has_randomness
+        return self._has_state or self._has_randomness
 
     def init_state(self, input_shape):
         """The state of every module of the tree before training, for inputs ``[N, *input_shape]``; ``()`` if none."""
-        return () if self.state_init is None else self.state_init(tuple(input_shape))
+        state_init = self._kind.state_init
+        return () if state_init is None else state_init(tuple(input_shape))
 
-    def output_shape(self, input_shape):
+    def _output_shape(self, input_shape):
         """The output shape (batch axis excluded) :attr:`init` gives for ``input_shape``, computing nothing."""
         shapes = []
 
@@ -289,24 +328,24 @@ class Module:
         return shapes[0]
 
     @functools.cached_property
-    def custom(self):
+    def by_rules(self):
         """This module with each leaf's ``apply`` differentiated, in both modes, by its own ``forward``/``backward``."""
         return _registered(self, _hand_differentiated)
 
-    def check_inputs(self, x, split):
+    def _check_inputs(self, x, split):
         """Checks a split's inputs ``x`` (a NumPy array, batch axis first) on the host before training.
 
-        Values no trace-time check can see: this module's ``input_check`` if
+        Values no trace-time check can see: this module's own check if
         it has one (``serial`` asks its first child that does more than
         rearrange values, so ``serial(flatten(), embedding(...))`` checks token
         ids), else its first child's check (a structural module's inputs are
         its first child's), else :func:`fnn.validate.check_inputs` (finite
         floating-point values). Raises :class:`fnn.DataError` naming ``split``.
         """
-        if self.input_check is not None:
-            return self.input_check(x, split)
+        if self._kind.input_check is not None:
+            return self._kind.input_check(x, split)
         if self.children:
-            return self.children[0].check_inputs(x, split)
+            return self.children[0]._check_inputs(x, split)
         return validate.check_inputs(x, split)
 
     def __call__(self, *args, **kwargs):
@@ -421,17 +460,21 @@ def with_settings(constructor):
 def _contextual_names(module, state=False):
     """The names of the leaves that make ``module`` contextual (with ``state``: those that keep state), in order,
     each once."""
-    leaves = [leaf.name for leaf in module.leaves() if leaf.state_init is not None or (not state and leaf.stochastic)]
+    leaves = [
+        leaf.name
+        for leaf in module.leaves()
+        if leaf._kind.state_init is not None or (not state and leaf._kind.stochastic)
+    ]
     return list(dict.fromkeys(leaves))
 
 
 def _registered(module, register):
     """``module`` with each leaf's ``run`` differentiated by its own rule, registered with JAX by ``register``
     (:func:`_hand_differentiated` or :func:`_vjp_registered`); wiring rebuilt around the registered leaves."""
-    if module.is_leaf:
-        make = _contextual_custom_run if module.contextual else _custom_run
-        return dataclasses.replace(module, run=make(module, register))
-    rebuilt = module.rebuild(*(_registered(child, register) for child in module.children))
+    if module._is_leaf:
+        make = _contextual_custom_run if module._contextual else _custom_run
+        return dataclasses.replace(module, _run=make(module, register))
+    rebuilt = module._kind.rebuild(*(_registered(child, register) for child in module.children))
     return dataclasses.replace(rebuilt, name=module.name, settings=module.settings)
 
 
@@ -446,7 +489,7 @@ def as_custom_vjp(model):
     cannot run a ``custom_vjp`` forward (``jax.jvp``, ``jax.jacfwd``), which is
     why the ``custom`` path registers each rule instead as a ``jax.custom_jvp``
     whose JVP is the transposed backward, and reverse mode the backward itself
-    (:attr:`Module.custom`): both modes from one rule.
+    (:attr:`Module.by_rules`): both modes from one rule.
 
     Example::
 
@@ -475,12 +518,12 @@ def _custom_run(module, register):
     saved)``, backward ``module.backward``."""
 
     def forward(params, x):
-        y, saved, _ = module.run_forward(params, x, (), None, False)
+        y, saved, _ = module._run_forward(params, x, (), None, False)
         return y, saved
 
     push = (
-        (lambda residuals, u: module.run(residuals[0], _linear_tangent(module, residuals[0], u), (), None, False)[0])
-        if module.linear
+        (lambda residuals, u: module._run(residuals[0], _linear_tangent(module, residuals[0], u), (), None, False)[0])
+        if module._kind.linear
         else None
     )
     backward = lambda residuals, g: module.backward(*residuals, g)  # noqa: E731
@@ -504,7 +547,7 @@ def _contextual_custom_run(module, register):
     @functools.cache
     def for_mode(train):
         def forward(params, x, state, key):
-            y, saved, new_state = module.run_forward(params, x, state, key, train)
+            y, saved, new_state = module._run_forward(params, x, state, key, train)
             return (y, new_state), saved
 
         backward = lambda residuals, g: module.backward(*residuals, g)  # noqa: E731
@@ -545,7 +588,7 @@ def _hand_differentiated(forward, backward, *, keeps_params=False, extra=0, push
         return forward(*args)[0]
 
     fn = jax.custom_jvp(primal)
-    forward_call = _one_call(forward)
+    forward_call = _kept_whole(forward)
 
     @functools.partial(fn.defjvp, symbolic_zeros=True)
     def jvp(primals, tangents):
@@ -596,7 +639,7 @@ def _vjp_registered(forward, backward, *, keeps_params=False, extra=0, push=None
     return checked
 
 
-def _one_call(fn):
+def _kept_whole(fn):
     """``fn``, the same values and derivatives (JAX's own JVP of its code), as one ``jax.custom_jvp`` call.
 
     Reverse mode linearises a custom JVP rule by partial evaluation, which
@@ -743,7 +786,7 @@ def leaf(
         input's shape (batch axis included), or a function of that shape
         returning the input, e.g. ``(0.0,)`` for ReLU.
       check_inputs: ``(x, split) -> None``, the host-side check of a split's
-        inputs before training (:meth:`Module.check_inputs`); ``None`` for
+        inputs before training (``fnn.fit`` calls it); ``None`` for
         the default, finite floating-point inputs.
       apply: ``(params, x) -> y``, the same values as ``forward``'s first
         output computed the plain way, for a leaf whose ``forward`` is
@@ -809,18 +852,8 @@ def leaf(
             x = checked(x, params)
             return (forward(params, x)[0] if apply is None else apply(params, x)), state
 
-    return Module(
-        name,
-        init or no_init,
-        run,
-        run_forward,
-        backward,
-        input_check=check_inputs,
-        edge_values=tuple(edge_values),
-        state_init=state_init,
-        stochastic=bool(stochastic),
-        linear=bool(linear),
-    )
+    kind = _Leaf(tuple(edge_values), check_inputs, state_init, bool(stochastic), bool(linear))
+    return Module(name, init or no_init, backward, run, run_forward, kind)
 
 
 def structural(
@@ -835,9 +868,9 @@ def structural(
     run_forward=None,
     children=(),
     state_init=None,
-    split_context=None,
+    child_contexts=None,
     check_inputs=None,
-    passes_values=False,
+    only_rearranges=False,
 ):
     """Makes a structural module: wiring whose ``backward`` calls its children's.
 
@@ -846,10 +879,13 @@ def structural(
     plain children gives ``apply(params, x) -> y`` and ``forward(params, x)
     -> (y, saved)``; wiring that hands its children a context gives ``run``
     and ``run_forward`` instead (the positional forms, see the module doc),
-    with ``split_context`` (see :class:`Module`) and, when a child keeps
-    state, ``state_init`` (its state from its children's). ``check_inputs``
-    (the host-side check of its inputs, as for :func:`leaf`) and
-    ``passes_values`` are as in :class:`Module`.
+    with ``child_contexts(state, key) -> [(state, key), ...]``, one context
+    per child, and, when a child keeps state, ``state_init(input_shape) ->
+    state`` (its state from its children's). ``check_inputs`` is the
+    host-side check of its inputs, as for :func:`leaf` (``None``: its first
+    child's); ``only_rearranges`` says that its output holds its input's
+    values, only rearranged (``flatten``), so that the input check is the
+    next module's.
     """
     if (
         (apply is None) == (run is None)
@@ -865,21 +901,10 @@ def structural(
         def run_forward(params, x, state, key, train):
             return (*forward(params, x), state)
 
-    module = Module(
-        name,
-        init,
-        run,
-        run_forward,
-        backward,
-        tuple(children),
-        rebuild,
-        input_check=check_inputs,
-        state_init=state_init,
-        split_context=split_context,
-        passes_values=passes_values,
-    )
-    if module.contextual and (split_context is None or apply is not None):
-        raise UsageError(f"{name}: a child has state or randomness; the wiring must pass it on (run, split_context)")
+    kind = _Wiring(tuple(children), rebuild, check_inputs, state_init, child_contexts, bool(only_rearranges))
+    module = Module(name, init, backward, run, run_forward, kind)
+    if module._contextual and (child_contexts is None or apply is not None):
+        raise UsageError(f"{name}: a child has state or randomness; the wiring must pass it on (run, child_contexts)")
     return module
 
 
@@ -910,7 +935,7 @@ class Loss:
     settings: tuple = ()
 
     @functools.cached_property
-    def custom(self):
+    def by_rules(self):
         """This loss with ``apply`` differentiated, in both modes, by its ``forward``/``backward``."""
         return dataclasses.replace(self, apply=_loss_apply(self, _hand_differentiated))
 

@@ -119,7 +119,7 @@ def _training(model, loss, path, precision):
     precision = _precision.check("a training step", precision)
 
     def fn(params, batch, state, key):
-        state, train = model.checked_context(state, True)
+        state, train = model._context(state, True)
         with _precision.training(precision):
             return grads_of(params, *batch, state, key, train)
 
@@ -206,7 +206,7 @@ def train_step(model, loss, optimizer=0.5, *, path="custom", precision=None, acc
     accumulate = positive_int("train_step", "accumulate", accumulate)
 
     def gradient(state, batch):
-        key = state.step_key() if model.has_randomness else None
+        key = state.step_key() if model._has_randomness else None
         rows = batch[0].shape[0]
         if accumulate == 1 or rows % accumulate:
             return grads_of(state.params, batch, state.model_state, key)

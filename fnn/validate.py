@@ -98,7 +98,7 @@ def _check_finite(array, what):
 
 
 def check_inputs(x, split):
-    """Finite floating-point inputs: the default host-side check of a module's inputs (see ``Module.check_inputs``)."""
+    """Finite floating-point inputs: the default host-side check of a module's inputs (see ``Module._check_inputs``)."""
     if not jnp.issubdtype(x.dtype, jnp.floating):
         fix = " (pixels 0-255: pass x / 255, or x.astype(np.float32) / 255)" if x.dtype == np.uint8 else ""
         raise DataError(
@@ -108,7 +108,7 @@ def check_inputs(x, split):
 
 
 def check_splits(splits, model=None):
-    """Checks each split's arrays: not empty, one target per input, and the inputs by ``model.check_inputs``.
+    """Checks each split's arrays: not empty, one target per input, and the inputs by ``model._check_inputs``.
 
     Args:
       splits: ``{"train": (x, y), "test": (x, y)}`` of NumPy arrays.
@@ -126,7 +126,7 @@ def check_splits(splits, model=None):
                 f"the {split} split has {x.shape[0]} inputs but {y.shape[0] if y.ndim else 'no'} targets "
                 f"(x shape {x.shape}, targets shape {y.shape}); they must match one to one"
             )
-        (check_inputs if model is None else model.check_inputs)(x, split)
+        (check_inputs if model is None else model._check_inputs)(x, split)
 
 
 def check_targets(model, loss, splits, output_shape=None):
@@ -139,13 +139,13 @@ def check_targets(model, loss, splits, output_shape=None):
     if loss.check_targets is None:
         return
     for split, (x, y) in splits.items():
-        shape = model.output_shape(x.shape[1:]) if output_shape is None else output_shape
+        shape = model._output_shape(x.shape[1:]) if output_shape is None else output_shape
         loss.check_targets(y, (x.shape[0], *shape), split)
 
 
 def check_state(model, state, input_shape):
     """Raises ``DataError`` unless ``state`` has the structure and shapes ``model.init_state`` makes."""
-    if not model.has_state and state != ():
+    if not model._has_state and state != ():
         raise DataError(
             f"{model.name} keeps no state: pass state=() (what model.init_state gives) or no state, got {state!r}"
         )
@@ -160,7 +160,7 @@ def check_params(model, params, input_shape):
     """
     input_shape = tuple(input_shape)
     _, expected = jax.eval_shape(lambda key: model.init(key, input_shape), jax.random.key(0))
-    if _is_init_result(params, model.output_shape(input_shape), expected):
+    if _is_init_result(params, model._output_shape(input_shape), expected):
         raise DataError(
             "params is the whole result of model.init, which returns (output_shape, params): "
             "take the second part, _, params = model.init(key, input_shape)"

@@ -101,7 +101,7 @@ def test_the_embeddings_gradient_has_no_scatter_add_on_the_rules_paths(vocab):
         _, saved = module.forward({"table": t}, ids)
         return module.backward({"table": t}, saved, g)[0]
 
-    assert colliding_scatter_adds(grad(module.custom.apply), table) == []
+    assert colliding_scatter_adds(grad(module.by_rules.apply), table) == []
     assert colliding_scatter_adds(backprop, table) == []
     # JAX's own transpose of the lookup, which the autodiff path differentiates: a scatter-add, as the test sees.
     assert len(colliding_scatter_adds(grad(module.apply), table)) == 1
@@ -151,8 +151,8 @@ def test_max_pools_forward_mode_equals_the_rules_on_this_backend(window, stride,
 
     @jax.jit
     def both(x, u, g):
-        tangents = [jax.jvp(apply, ((), x), ((), u)) for apply in (module.apply, module.custom.apply)]
-        grads = [jax.vjp(apply, (), x)[1](g)[1] for apply in (module.apply, module.custom.apply)]
+        tangents = [jax.jvp(apply, ((), x), ((), u)) for apply in (module.apply, module.by_rules.apply)]
+        grads = [jax.vjp(apply, (), x)[1](g)[1] for apply in (module.apply, module.by_rules.apply)]
         y, saved = module.forward((), x)
         return tangents, [*grads, module.backward((), saved, g)[1]]
 
@@ -180,5 +180,5 @@ def test_max_pools_values_are_reduce_windows_bit_for_bit(window, stride, padding
     pads = _windows.pads(shape[1:-1], window, stride or window, padding)
     strides = (1, *(window if stride is None else (stride,) * n), 1)
     want = lax.reduce_window(x, np.array(-np.inf, dtype), lax.max, (1, *window, 1), strides, [(0, 0), *pads, (0, 0)])
-    for got in (module.apply((), x), jax.jit(module.apply)((), x), module.custom.apply((), x)):
+    for got in (module.apply((), x), jax.jit(module.apply)((), x), module.by_rules.apply((), x)):
         assert np.asarray(got).tobytes() == np.asarray(want).tobytes()

@@ -100,13 +100,13 @@ def test_a_leaf_wrongly_declared_linear_fails_the_forward_checks_only():
     report = fnn.testing.check_module(tanh, (5,), checks=["backward", "custom", "forward_mode", "forward_sweep"])
     assert set(failed(report)) == {"forward_mode", "forward_sweep"}, str(report)
     pool = fnn.testing.check_module(nn.avg_pool((2,)), (4, 3), checks=["forward_mode", "forward_sweep"])
-    assert pool.ok and nn.avg_pool((2,)).linear, str(pool)
+    assert pool.ok and nn.avg_pool((2,))._kind.linear, str(pool)
     scaled = leaf(
         "dense", init=nn.dense(5).init, forward=nn.dense(5).forward, backward=nn.dense(5).backward, linear=True
     )
     _, params = scaled.init(jax.random.key(0), (5,))
     with pytest.raises(fnn.UsageError, match="dense: declared linear=True, but it has parameters"):
-        jax.jvp(lambda p: scaled.custom.apply(p, jnp.ones((2, 5), params["w"].dtype)), (params,), (params,))
+        jax.jvp(lambda p: scaled.by_rules.apply(p, jnp.ones((2, 5), params["w"].dtype)), (params,), (params,))
 
 
 def test_the_broken_rules_messages_say_what_is_wrong():
@@ -457,7 +457,7 @@ def _precisions(hlo):
 
 
 def test_the_checker_runs_every_product_at_full_precision_whatever_the_callers_setting(monkeypatch):
-    from fnn._gradcheck import paths as checker_paths
+    from fnn._gradcheck import gradients as checker_gradients
 
     lowered = []
 
@@ -469,7 +469,7 @@ def test_the_checker_runs_every_product_at_full_precision_whatever_the_callers_s
         return run
 
     for name in ("jit_draws", "jit_dtypes", "jit_on_paths", "jit_stencil"):  # every program the checker compiles
-        monkeypatch.setattr(checker_paths, name, recording(getattr(checker_paths, name)))
+        monkeypatch.setattr(checker_gradients, name, recording(getattr(checker_gradients, name)))
     model = nn.serial(nn.conv2d(2, 3), nn.flatten(), nn.dense(3))
     with jax.default_matmul_precision("bfloat16"):  # a caller's lower setting changes nothing inside
         report = fnn.testing.check_module(model, (5, 5, 1), checks=["backward", "custom_jit", "dtypes"])

@@ -18,6 +18,7 @@ import fnn
 from experiments import (
     _common,
     _images,
+    _items,
     activations,
     conv_in_loop,
     mnist_conv,
@@ -268,7 +269,8 @@ def test_module_costs_needs_the_rounds_of_fnn_bench():
 
 
 def test_module_costs_items_cover_every_leaf_module_and_loss():
-    assert set(module_costs.ITEMS) >= {
+    """The items both cost studies measure (``module_costs``' and ``forward_costs``' ``--items``)."""
+    assert set(_items.ITEMS) >= {
         "dense",
         "relu",
         "sigmoid",
@@ -316,8 +318,8 @@ def test_step_overlap_onehot_rule_gives_the_same_gradient():
 
     logits = jax.random.normal(jax.random.key(0), (7, 5), jnp.float64)
     labels = jnp.array([0, 4, 2, 2, 1, 3, 0])
-    ours = jax.grad(fnn.losses.cross_entropy.custom.apply)(logits, labels)
-    onehot = jax.grad(step_overlap.CROSS_ENTROPY_ONEHOT.custom.apply)(logits, labels)
+    ours = jax.grad(fnn.losses.cross_entropy.by_rules.apply)(logits, labels)
+    onehot = jax.grad(step_overlap.CROSS_ENTROPY_ONEHOT.by_rules.apply)(logits, labels)
     assert jnp.allclose(ours, onehot, rtol=1e-12, atol=0)
 
 

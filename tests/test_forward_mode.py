@@ -60,7 +60,7 @@ def test_every_forward_mode_transformation_runs_through_the_rules_and_equals_aut
                 "jvp(grad)": jax.jvp(jax.grad(scalar), (params,), (direction,))[1],
             }
 
-        got = jax.jit(lambda: transforms(bound.custom, fnn.losses.cross_entropy.custom))()
+        got = jax.jit(lambda: transforms(bound.by_rules, fnn.losses.cross_entropy.by_rules))()
         want = jax.jit(lambda: transforms(bound, fnn.losses.cross_entropy))()
     for name in want:
         close(got[name], want[name])

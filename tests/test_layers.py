@@ -30,7 +30,7 @@ def module_vjp(path, module, params, x, g=None):
     if path == "backprop":
         y, saved = module.forward(params, x)
         return (y, *module.backward(params, saved, jnp.ones_like(y) if g is None else g))
-    apply = module.custom.apply if path == "custom" else module.apply
+    apply = module.by_rules.apply if path == "custom" else module.apply
     if not jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating):  # integer ids: no cotangent
         y, pullback = jax.vjp(lambda p: apply(p, x), params)
         return (y, *pullback(jnp.ones_like(y) if g is None else g), None)
@@ -242,7 +242,7 @@ def test_attention_gradients_in_bfloat16_are_as_accurate_as_autodiffs():
 
     @jax.jit
     def all_three(*args):
-        apply, custom = leaf.apply, leaf.custom.apply
+        apply, custom = leaf.apply, leaf.by_rules.apply
         return (
             gradients(apply, jnp.float64, *args),
             gradients(apply, jnp.bfloat16, *args),
@@ -442,12 +442,12 @@ def test_identity_returns_its_input_and_passes_the_gradient_through(path):
 
 def test_identity_is_wiring_that_keeps_shape_dtype_and_the_next_modules_input_check():
     module = nn.identity()
-    assert not module.is_leaf and module.passes_values and repr(module) == "identity"
+    assert not module._is_leaf and module._only_rearranges and repr(module) == "identity"
     assert module.init(jax.random.key(0), (5, 2)) == ((5, 2), ())
     ids = np.array([[0, 4, 2], [1, 3, 4]])
     np.testing.assert_array_equal(module.apply((), ids), ids)
     assert module.apply((), ids).dtype == ids.dtype
-    nn.serial(module, nn.embedding(5, 2)).check_inputs(ids, "train")  # token ids: the embedding's check
+    nn.serial(module, nn.embedding(5, 2))._check_inputs(ids, "train")  # token ids: the embedding's check
     with pytest.raises(TypeError, match=r"identity: has no parameters and takes params=\(\)"):
         module.apply({"w": 1.0}, ids)
     report = fnn.testing.check_module(module, (4,), batch_size=3)
@@ -511,14 +511,14 @@ def test_module_input_checks_on_the_host():
     model = nn.serial(nn.embedding(5, 2), nn.flatten(), nn.dense(3))
     message = r"train inputs must be token ids in \[0, 5\) for an embedding of 5 rows; id 5 at index \(1, 0\) "
     with pytest.raises(DataError, match=message + r"\(2 of 6 ids out of range; min 0, max 7\)"):
-        model.check_inputs(ids, "train")
+        model._check_inputs(ids, "train")
     with pytest.raises(DataError, match=r"test inputs must be integer token ids in \[0, 5\) .*got dtype float32"):
-        nn.residual(nn.embedding(5, 5)).check_inputs(ids.astype(np.float32), "test")
-    model.check_inputs(ids % 5, "train")
+        nn.residual(nn.embedding(5, 5))._check_inputs(ids.astype(np.float32), "test")
+    model._check_inputs(ids % 5, "train")
     with pytest.raises(DataError, match="train inputs must be floating-point, got dtype int64"):
-        nn.mlp([3, 2]).check_inputs(ids, "train")
+        nn.mlp([3, 2])._check_inputs(ids, "train")
     with pytest.raises(DataError, match="test inputs must be finite"):
-        nn.attention(1, 2).check_inputs(np.array([[[np.nan, 1.0]]]), "test")
+        nn.attention(1, 2)._check_inputs(np.array([[[np.nan, 1.0]]]), "test")
 
 
 def test_fit_trains_a_sequence_classifier_on_token_ids_and_refuses_bad_ids():

@@ -343,8 +343,8 @@ def test_the_autodiff_path_steps_one_at_a_time_where_its_program_runs_an_xla_con
     gradient run XLA convolutions (slow inside a loop body on a CPU), the matrix form none."""
     from fnn.loop import _fit
 
-    chosen, choose = [], _fit._segment
-    monkeypatch.setattr(_fit, "_segment", lambda *args: chosen.append(choose(*args)) or chosen[-1])
+    chosen, choose = [], _fit._steps_per_call
+    monkeypatch.setattr(_fit, "_steps_per_call", lambda *args: chosen.append(choose(*args)) or chosen[-1])
     data = fnn.data.synthetic(96, 16, shape=(6, 6, 1), classes=3)
     for form, path, steps in (("convolution", "autodiff", 1), ("matmul", "autodiff", 3), ("convolution", "custom", 3)):
         model = fnn.nn.serial(fnn.nn.conv2d(2, 3, form=form), fnn.nn.flatten(), fnn.nn.dense(3))

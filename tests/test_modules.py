@@ -185,8 +185,9 @@ def test_the_checker_passes_every_module_and_loss(case):
     # Every check ran, but, where none are declared, edge values, and, for a module without state or randomness, the
     # context check.
     skipped = {c.name for c in report.rows if c.status == "skipped"}
-    expected = {"edge_values"} if not built.edge_values else set()
-    expected |= set() if isinstance(built, Module) and built.contextual else {"context"}
+    declared = built._edge_values if isinstance(built, Module) else built.edge_values
+    expected = {"edge_values"} if not declared else set()
+    expected |= set() if isinstance(built, Module) and built._contextual else {"context"}
     assert skipped == expected, str(report)
 
 
@@ -196,7 +197,7 @@ def module_vjp(path, module, params, x):
     if path == "backprop":
         y, saved = module.forward(params, x)
         return (y, *module.backward(params, saved, jnp.ones_like(y)))
-    y, pullback = jax.vjp(module.custom.apply if path == "custom" else module.apply, params, x)
+    y, pullback = jax.vjp(module.by_rules.apply if path == "custom" else module.apply, params, x)
     return (y, *pullback(jnp.ones_like(y)))
 
 
@@ -206,7 +207,7 @@ def loss_grad(path, loss, outputs, targets):
     if path == "backprop":
         value, saved = loss.forward(outputs, targets)
         return value, loss.backward(saved, jnp.ones_like(value))
-    return jax.value_and_grad(loss.custom.apply if path == "custom" else loss.apply)(outputs, targets)
+    return jax.value_and_grad(loss.by_rules.apply if path == "custom" else loss.apply)(outputs, targets)
 
 
 paths = pytest.mark.parametrize("path", fnn.PATHS)
@@ -517,7 +518,7 @@ def apply_on(path, module, params, x):
     """Runs ``module`` forward as ``path`` does: plain ``apply``, the custom path's ``apply``, or ``forward``."""
     if path == "backprop":
         return module.forward(params, x)
-    return (module.custom.apply if path == "custom" else module.apply)(params, x)
+    return (module.by_rules.apply if path == "custom" else module.apply)(params, x)
 
 
 @paths
@@ -529,7 +530,7 @@ def test_apply_errors_on_every_path(path, name, module, params, x, error, messag
 
 def test_errors_are_raised_at_trace_time_under_jit():
     with pytest.raises(ValueError, match="dense: input has 5 features but w expects 4"):
-        jax.jit(nn.dense(3).custom.apply)({"w": zeros(4, 3)}, zeros(2, 5))
+        jax.jit(nn.dense(3).by_rules.apply)({"w": zeros(4, 3)}, zeros(2, 5))
 
 
 # Errors raised when building or initialising a module, or applying a loss: (id, thunk, error, message).
@@ -693,4 +694,4 @@ def test_loss_errors_on_every_path(path, name, loss, outputs, targets, error, me
         if path == "backprop":
             loss.forward(outputs, targets)
         else:
-            (loss.custom if path == "custom" else loss).apply(outputs, targets)
+            (loss.by_rules if path == "custom" else loss).apply(outputs, targets)

@@ -238,7 +238,7 @@ def test_resnet_s_against_finite_differences_and_on_all_paths():
     model = nn.resnet_s(3, width=4, hidden=5, normalize=True)
     params, x, y = problem(model, (2, 3, 1), "cross_entropy", 3, seed=0)
     assert_paths_agree(all_paths(model, losses.cross_entropy)(params, x, y))
-    objective = jax.jit(lambda p: losses.cross_entropy.custom.apply(model.custom.apply(p, x), y))
+    objective = jax.jit(lambda p: losses.cross_entropy.by_rules.apply(model.by_rules.apply(p, x), y))
     check_grads(objective, (params,), order=2, modes=["rev"], eps=1e-5, atol=1e-6, rtol=1e-6)
 
 
@@ -363,7 +363,7 @@ def test_the_rules_registered_as_custom_vjp_give_the_custom_paths_gradients_bit_
     ids = jnp.asarray(np.random.default_rng(1).integers(0, 7, (3, 5)))
     grads = [
         jax.jit(jax.grad(lambda p, m=m: m.apply(p, ids).sum()))(params)
-        for m in (sequence.custom, fnn.module.as_custom_vjp(sequence))
+        for m in (sequence.by_rules, fnn.module.as_custom_vjp(sequence))
     ]
     assert all(np.array_equal(a, b) for a, b in zip(*map(jax.tree.leaves, grads)))
     with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):

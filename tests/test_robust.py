@@ -356,7 +356,7 @@ def train(devices=None, checkpoint=None, model=MODEL, **kw):
     options = dict(epochs=3, batch_size=40, optimizer=optax.adam(1e-2), shuffle_key=jax.random.key(3), progress=False)
     callbacks = [] if checkpoint is None else [fnn.loop.Checkpointing(**checkpoint)]
     options |= {"devices": devices, "callbacks": callbacks, **kw}
-    state = {"state": model.init_state((20,))} if model.has_state else {}
+    state = {"state": model.init_state((20,))} if model._has_state else {}
     *trained, history = fnn.fit(model, init(model), toy_data(), **options, **state)
     return (trained[0] if len(trained) == 1 else tuple(trained)), history
 """

@@ -76,7 +76,7 @@ def test_batch_norm_state_and_init():
     state = bn.init_state((5, 5, 4))
     np.testing.assert_array_equal(state["mean"], np.zeros(4))
     np.testing.assert_array_equal(state["var"], np.ones(4))
-    assert bn.has_state and not bn.has_randomness and bn.contextual
+    assert bn._has_state and not bn._has_randomness and bn._contextual
 
 
 def test_batch_norm_refuses_to_train_on_one_value_per_channel():
@@ -178,7 +178,7 @@ def test_serial_gives_each_child_its_own_state_and_key():
     second = nn.dropout(0.5).apply((), ones, key=context.child_key(jax.random.key(0), 3), train=True)
     assert not np.array_equal(first != 0, second != 0)
     plain_mlp = nn.mlp([4, 4, 2])
-    assert not plain_mlp.contextual and plain_mlp.init_state((4,)) == ()
+    assert not plain_mlp._contextual and plain_mlp.init_state((4,)) == ()
 
 
 def test_residual_gives_its_block_the_key_fold_in_key_0():
@@ -189,7 +189,7 @@ def test_residual_gives_its_block_the_key_fold_in_key_0():
 
 def test_the_mode_is_a_python_bool_and_state_is_never_optional():
     params = {"gamma": jnp.ones(3), "beta": jnp.zeros(3)}
-    for module in (nn.batch_norm(), nn.batch_norm().custom):
+    for module in (nn.batch_norm(), nn.batch_norm().by_rules):
         with pytest.raises(TypeError, match="batch_norm keeps state: pass state="):
             module.apply(params, jnp.ones((2, 3)), train=False)
         with pytest.raises(TypeError, match="batch_norm behaves differently in training and in evaluation: pass"):
@@ -246,7 +246,7 @@ def test_the_custom_path_keeps_every_rule_inside_contextual_wiring(path, calls):
     block = nn.residual(nn.serial(nn.batch_norm(), nn.dense(4)))
     model = nn.serial(nn.dense(4), block, nn.relu, nn.dropout(0.5), nn.dense(3))
     _, params = model.init(jax.random.key(0), (5,))
-    run_model, run_loss = (model.custom, CE.custom) if path == "custom" else (model, CE)
+    run_model, run_loss = (model.by_rules, CE.by_rules) if path == "custom" else (model, CE)
     x, y, state = jnp.ones((8, 5), jnp.float32), jnp.arange(8) % 3, model.init_state((5,))
 
     def objective(p):

@@ -254,7 +254,7 @@ models = {  # batch norm: the batch's statistics; dropout: each row's mask; shuf
 }
 for name, (model, key) in models.items():
     params = model.init(jax.random.key(0), (6,))[1]
-    state = {"state": model.init_state((6,))} if model.has_state else {}
+    state = {"state": model.init_state((6,))} if model._has_state else {}
     run = dict(epochs=2, batch_size=33, devices=3, shuffle_key=key, progress=False, **state)
     *want, want_history = fnn.fit(model, params, arrays, **run)
     *got, history = fnn.fit(model, params, stream, **run)

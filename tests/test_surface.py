@@ -1,6 +1,7 @@
 """The library's shape: imports that only go downwards, curated public names, one error class, first-hour messages."""
 
 import ast
+import dataclasses
 import importlib
 import types
 from pathlib import Path
@@ -150,7 +151,7 @@ PUBLIC = {
         "Report",
         "Check",
         "Difference",
-        "CHECKS",
+        "VJP_CHECKS",
         "MODULE_CHECKS",
         "DTYPES",
         "DEFAULT_TOLERANCES",
@@ -291,6 +292,18 @@ def test_each_namespace_exports_only_what_a_user_calls(name):
         and not v.__name__.split(".")[-1].startswith("_")
     }
     assert not stray, f"{name} has public implementation modules {stray}: make them private (_name.py)"
+
+
+def test_a_modules_public_face_is_what_a_user_calls_and_what_it_holds():
+    """The plumbing (the positional forms, the leaf's and the wiring's records) is private; a leaf and a piece of
+    wiring hold different records, so that no module can be both."""
+    Module = fnn.module.Module
+    public = {name for name in dir(Module) if not name.startswith("_")}
+    public |= {field.name for field in dataclasses.fields(Module) if not field.name.startswith("_")}
+    calls = {"init", "init_state", "apply", "forward", "backward", "pushforward", "describe", "leaves", "by_rules"}
+    assert public == calls | {"name", "children", "settings"}
+    dense, net = nn.dense(3), nn.serial(nn.dense(3), nn.relu)
+    assert dense.children == () and not hasattr(dense._kind, "children") and not hasattr(net._kind, "stochastic")
 
 
 def test_one_except_clause_catches_every_fnn_error():

@@ -76,7 +76,7 @@ class Difference:
     """Largest difference of one compared quantity (one input's cotangent, or the output): a row of
     :func:`fnn.testing.compare_vjp`'s report.
 
-    ``check`` is one of :data:`fnn.testing.CHECKS`, ``argnum`` the input
+    ``check`` is one of :data:`fnn.testing.VJP_CHECKS`, ``argnum`` the input
     (``None`` for the output), ``max_abs`` the largest ``|a - e|``,
     ``max_rel`` :func:`relative_error`, ``scale`` the largest ``|e|``; it
     passes when ``max_abs <= atol + rtol * scale``.

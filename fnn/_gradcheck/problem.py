@@ -17,7 +17,7 @@ import numpy as np
 
 from fnn import _precision
 from fnn._errors import InputError, StructureError, UsageError
-from fnn._gradcheck import paths as _paths
+from fnn._gradcheck import gradients as _gradients
 from fnn._gradcheck.compare import NUDGES
 from fnn._gradcheck.dtypes import cast, floating, nudged, x64
 from fnn.module import Loss, Module
@@ -33,7 +33,7 @@ class Problem:
     """One draw for :func:`fnn.testing.check_module` or :func:`fnn.testing.check_loss`.
 
     ``model`` and ``loss`` are the pair given to :mod:`fnn._paths` (see
-    :mod:`fnn._gradcheck.paths`): ``(module, COTANGENT)`` or ``(IDENTITY, loss)``.
+    :mod:`fnn._gradcheck.gradients`): ``(module, COTANGENT)`` or ``(IDENTITY, loss)``.
     ``params``, ``x``, ``targets`` (the output cotangent, for a module), ``g``
     and ``w`` are NumPy arrays, floating ones float64. ``names`` names each
     leaf of ``(params, x)``'s gradient; ``output_shape`` is the output shape
@@ -65,13 +65,13 @@ class Problem:
 
     @property
     def compiled(self):
-        """``(model, context)`` as :func:`fnn._gradcheck.paths.on_paths` takes them: ``model`` itself and ``()``, or,
-        for a contextual module, its :class:`fnn._gradcheck.paths.Contextual` and ``(state, key)``, so that every
-        draw of one module object reuses the compiled code."""
+        """``(model, context)`` as :func:`fnn._gradcheck.gradients.on_paths` takes them: ``model`` itself and
+        ``()``, or, for a contextual module, its :class:`fnn._gradcheck.gradients.Contextual` and ``(state, key)``,
+        so that every draw of one module object reuses the compiled code."""
         if self.context is None:
             return self.model, ()
         found = self.context
-        return _paths.Contextual(found.module, found.train), (found.state, found.key)
+        return _gradients.Contextual(found.module, found.train), (found.state, found.key)
 
     @functools.cached_property
     def floating(self):
@@ -103,8 +103,8 @@ class Problem:
             targets = targets if self.kind == "loss" else nudged(targets, rng)
         return params, x, targets, g, w
 
-    def run(self, kind, path, *, dtype=np.float64, x=None, rounded_to=None, nudge=0, eager=False, fresh=False):
-        """One of :mod:`fnn._gradcheck.paths`' functions (``kind``: ``"gradients"``, ``"per_example"``,
+    def computed(self, kind, path, *, dtype=np.float64, x=None, rounded_to=None, nudge=0, eager=False, fresh=False):
+        """One of :mod:`fnn._gradcheck.gradients`' functions (``kind``: ``"gradients"``, ``"per_example"``,
         ``"grad_of_grad"`` or ``"jvp"``) on ``path`` for this draw, on the host.
 
         ``dtype`` casts every floating leaf first (``rounded_to`` rounds it to
@@ -118,8 +118,8 @@ class Problem:
         Jitted, a module compiles two programs, whatever the checks ask
         (:meth:`_batched`): in float64 every kind on every path for the
         draw and its :data:`NUDGES` nudges at once (``jax.vmap`` over the
-        draws; :func:`fnn._gradcheck.paths.draws`), and the gradients at every
-        lower precision checked (:func:`fnn._gradcheck.paths.dtypes`); an
+        draws; :func:`fnn._gradcheck.gradients.draws`), and the gradients at every
+        lower precision checked (:func:`fnn._gradcheck.gradients.dtypes`); an
         input or rounding of the draw's values reuses them. A kind or dtype
         that fails to trace (a module that refuses one example alone, or a
         dtype) is left out of them and runs on its own, each path alone if
@@ -132,8 +132,8 @@ class Problem:
         if result is None:
             with mode:
                 if eager:
-                    args = _paths._kind_args(kind, self.data(dtype, x, rounded_to, nudge))
-                    result = {path: jax.device_get(_paths.FUNCTIONS[kind](self.model, self.loss, path, *args))}
+                    args = _gradients._kind_args(kind, self.data(dtype, x, rounded_to, nudge))
+                    result = {path: jax.device_get(_gradients.FUNCTIONS[kind](self.model, self.loss, path, *args))}
                 else:
                     found = self._batched(kind, dtype, x, rounded_to)
                     result = found[key] if key in found else self._all_paths(kind, dtype, x, rounded_to, nudge)
@@ -178,7 +178,7 @@ class Problem:
             return self._shared(program, part, run) if kept != parts else {}
 
     def _all_parts(self, program):
-        return tuple(_paths.KINDS) if program == "float64" else tuple(np.dtype(d).name for d in self.dtypes)
+        return tuple(_gradients.KINDS) if program == "float64" else tuple(np.dtype(d).name for d in self.dtypes)
 
     def _draws(self, x, rounded_to):
         """``(call, unpack)`` of the float64 program: kinds on every path for the draw and its nudges."""
@@ -193,7 +193,7 @@ class Problem:
                 for n in nudges
             }
 
-        return lambda kinds: _paths.jit_draws(kinds, model, self.loss, context, *batch), unpack
+        return lambda kinds: _gradients.jit_draws(kinds, model, self.loss, context, *batch), unpack
 
     def _dtypes(self, x, rounded_to):
         """``(call, unpack)`` of the program of the gradients on every path at the lower precisions."""
@@ -201,7 +201,7 @@ class Problem:
 
         def call(names):
             casts = [self.data(n, x, rounded_to)[:4] for n in names]
-            return _paths.jit_dtypes(_paths.gradients, _paths.PATHS, model, self.loss, context, *casts)
+            return _gradients.jit_dtypes(_gradients.gradients, _gradients.PATHS, model, self.loss, context, *casts)
 
         def unpack(names, found):
             return {self._key("gradients", n, x, rounded_to, 0): result for n, result in zip(names, found)}
@@ -215,31 +215,31 @@ class Problem:
 
     def _compiled_run(self, kind, paths, dtype, x, rounded_to, nudge):
         model, context = self.compiled
-        args = _paths._kind_args(kind, self.data(dtype, x, rounded_to, nudge))
-        fn = _paths.FUNCTIONS[kind]
-        return jax.device_get(_paths.jit_on_paths(fn, paths, model, self.loss, context, *args))
+        args = _gradients._kind_args(kind, self.data(dtype, x, rounded_to, nudge))
+        fn = _gradients.FUNCTIONS[kind]
+        return jax.device_get(_gradients.jit_on_paths(fn, paths, model, self.loss, context, *args))
 
     def _all_paths(self, kind, dtype, x, rounded_to, nudge):
         try:
-            return self._compiled_run(kind, _paths.KINDS[kind], dtype, x, rounded_to, nudge)
-        except Exception:  # one path fails: each runs alone (see run), so that only its own checks fail
+            return self._compiled_run(kind, _gradients.KINDS[kind], dtype, x, rounded_to, nudge)
+        except Exception:  # one path fails: each runs alone (see computed), so that only its own checks fail
             return {}
 
     def gradients(self, path, **kwargs):
-        """``(L, outputs, (dparams, dx))`` on ``path`` (:meth:`run` of ``"gradients"``)."""
-        return self.run("gradients", path, **kwargs)
+        """``(L, outputs, (dparams, dx))`` on ``path`` (:meth:`computed` of ``"gradients"``)."""
+        return self.computed("gradients", path, **kwargs)
 
     def per_example(self, path, **kwargs):
-        """Per-example gradients on ``path``, float64 (:meth:`run` of ``"per_example"``)."""
-        return self.run("per_example", path, **kwargs)
+        """Per-example gradients on ``path``, float64 (:meth:`computed` of ``"per_example"``)."""
+        return self.computed("per_example", path, **kwargs)
 
     def jvp(self, path, **kwargs):
-        """``g dL`` along ``w`` on ``path``, float64 (:meth:`run` of ``"jvp"``)."""
-        return self.run("jvp", path, **kwargs)
+        """``g dL`` along ``w`` on ``path``, float64 (:meth:`computed` of ``"jvp"``)."""
+        return self.computed("jvp", path, **kwargs)
 
     def grad_of_grad(self, path, **kwargs):
-        """Reverse over reverse on ``path``, float64 (:meth:`run` of ``"grad_of_grad"``)."""
-        return self.run("grad_of_grad", path, **kwargs)
+        """Reverse over reverse on ``path``, float64 (:meth:`computed` of ``"grad_of_grad"``)."""
+        return self.computed("grad_of_grad", path, **kwargs)
 
     @functools.cached_property
     def _cache(self):
@@ -414,7 +414,7 @@ def module_problem(module, input_shape, *, params, x, seed, edge_values, dtypes,
     return Problem(
         "module",
         module,
-        _paths.COTANGENT,
+        _gradients.COTANGENT,
         params,
         x,
         cotangent,
@@ -422,7 +422,7 @@ def module_problem(module, input_shape, *, params, x, seed, edge_values, dtypes,
         w,
         _names(params, "dx"),
         output_shape,
-        (*module.edge_values, *edge_values),
+        (*module._edge_values, *edge_values),
         tuple(dtypes),
         seed,
         description,
@@ -459,7 +459,7 @@ def loss_problem(loss, output_shape, *, targets, outputs, seed, edge_values, dty
     description = f"check_loss({loss!r}, outputs {output_shape}, seed {seed}, {PRECISION})"
     return Problem(
         "loss",
-        _paths.IDENTITY,
+        _gradients.IDENTITY,
         loss,
         (),
         outputs,

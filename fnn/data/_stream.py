@@ -141,6 +141,13 @@ def _pair(record, index, name):
     return tuple(np.asarray(a) for a in record)
 
 
+def last_batch_rows(n, batch_size, devices=1):
+    """The rows of an epoch's last, smaller batch, one definition for arrays and streams: of ``n`` examples in
+    batches of ``batch_size``, the ``r = n mod batch_size`` left over (0 where ``batch_size`` divides ``n``: no such
+    batch), padded to ``ceil(r / devices) * devices`` rows so that each of ``devices`` devices holds as many."""
+    return math.ceil(n % batch_size / devices) * devices
+
+
 class Batches:
     """The training batches one process reads from a :class:`Stream`, by the rules :class:`Stream` states.
 
@@ -163,8 +170,7 @@ class Batches:
         self.key_data, self.key_impl = np.asarray(key_data), key_impl
         self.process, self.processes = process, processes
         self.local_batch = batch_size // processes
-        remainder = self.n % batch_size
-        self.last_rows = math.ceil(remainder / devices) * local_devices if remainder else 0
+        self.last_rows = last_batch_rows(self.n, batch_size, devices) // devices * local_devices
         self.spec = stream.record_spec()
         self._philox_key = _philox_key(self.key_data)
         self._orders = {}  # epoch -> its order (a NumPy array, or a jax.Array still being computed)
@@ -190,13 +196,13 @@ class Batches:
         self._orders[epoch] = np.asarray(self._orders[epoch])
         return self._orders[epoch]
 
-    def epoch(self, epoch, first, segment, state=None):
-        """An iterator over this process's rows of the epoch's full batches from step ``first`` on, ``segment``
+    def epoch(self, epoch, first, steps_per_call, state=None):
+        """An iterator over this process's rows of the epoch's full batches from step ``first`` on, ``steps_per_call``
         steps at a time (the last chunk shorter): ``(x [n, B / P, ...], y [n, B / P, ...])``, resumed from a
         Grain iterator ``state`` (JSON, its ``get_state()``) if given."""
         grain = _grain()
-        chunks = math.ceil((self.full_batches - first) / segment)
-        read = _ReadChunk(self, self.order(epoch), epoch, first, segment)
+        chunks = math.ceil((self.full_batches - first) / steps_per_call)
+        read = _ChunkReader(self, self.order(epoch), epoch, first, steps_per_call)
         prefetch = self.stream.prefetch or 3
         options = grain.ReadOptions(num_threads=self.stream.threads, prefetch_buffer_size=prefetch)
         iterator = grain.MapDataset.range(chunks).map(read).to_iter_dataset(options)
@@ -214,7 +220,7 @@ class Batches:
         first = self.full_batches * self.batch_size
         start = first + self.process * self.last_rows
         positions = np.arange(min(start, self.n), min(start + self.last_rows, self.n))
-        x, y = _ReadStep(self, self.order(epoch), epoch).rows(positions)
+        x, y = _BatchReader(self, self.order(epoch), epoch).rows(positions)
         (x_shape, x_dtype), (y_shape, y_dtype) = self.spec
         pad = self.last_rows - len(positions)
         x = np.concatenate([x, np.zeros((pad, *x_shape), x_dtype)])
@@ -253,7 +259,7 @@ def _philox_key(key_data):
     return words.view(np.uint64)
 
 
-class _ReadStep:
+class _BatchReader:
     """``rows(positions) -> (x, y)``: the records at ``positions`` of an epoch's order (picklable for workers)."""
 
     def __init__(self, batches, order, epoch):
@@ -329,17 +335,18 @@ class _ReadStep:
         return out
 
 
-class _ReadChunk(_ReadStep):
+class _ChunkReader(_BatchReader):
     """``read(j) -> (x [n, B / P, ...], y [n, B / P, ...])``: this process's rows of chunk ``j`` of an epoch, the
-    ``n`` (at most ``segment``) steps from ``first + j * segment`` on, read as one batch."""
+    ``n`` (at most ``steps_per_call``) steps from ``first + j * steps_per_call`` on, read as one batch."""
 
-    def __init__(self, batches, order, epoch, first, segment):
+    def __init__(self, batches, order, epoch, first, steps_per_call):
         super().__init__(batches, order, epoch)
-        self.first, self.segment, self.full_batches = first, segment, batches.full_batches
+        self.first, self.steps_per_call, self.full_batches = first, steps_per_call, batches.full_batches
 
     def __call__(self, j):
         steps = np.arange(
-            self.first + int(j) * self.segment, min(self.first + (int(j) + 1) * self.segment, self.full_batches)
+            self.first + int(j) * self.steps_per_call,
+            min(self.first + (int(j) + 1) * self.steps_per_call, self.full_batches),
         )
         starts = steps * self.batch_size + self.process * self.local_batch
         x, y = self.rows((starts[:, None] + np.arange(self.local_batch)).ravel())

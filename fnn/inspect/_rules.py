@@ -44,7 +44,7 @@ def _recording(module, prefix, ancestors, calls):
     wired = module
     if module.children:
         many = len(module.children) > 1
-        wired = module.rebuild(
+        wired = module._kind.rebuild(
             *(
                 _recording(child, f"{position}{f'[{i}]' if many else ''} ", (*ancestors, position), calls)
                 for i, child in enumerate(module.children)
@@ -52,11 +52,11 @@ def _recording(module, prefix, ancestors, calls):
         )
 
     def run(params, x, state, key, train):
-        y, new_state = wired.run(params, x, state, key, train)
+        y, new_state = wired._run(params, x, state, key, train)
         calls.append(Call(position, module, params, x, ancestors))
         return y, new_state
 
-    return dataclasses.replace(wired, run=run)
+    return dataclasses.replace(wired, _run=run)
 
 
 def recorded_calls(model, params, x):
@@ -209,7 +209,7 @@ def wrong_rules(model, loss, params, x, targets, *, seed=0, state=None, key=None
     failing = {c.position for c, found in zip(calls, checked) if not found.passed}
     inherited = {a for c in calls if c.position in failing for a in c.ancestors}
     rules = [
-        _rule(c.position, "leaf" if c.module.is_leaf else "wiring", found, c.position not in inherited)
+        _rule(c.position, "leaf" if c.module._is_leaf else "wiring", found, c.position not in inherited)
         for c, found in zip(calls, checked)
     ]
     rules.append(_rule(f"loss {loss.name}", "loss", checked_loss, True))

@@ -65,7 +65,7 @@ class Run:
       data_state: the position of a streamed run's reader within the epoch
         (JSON, ``None`` between epochs and for data in arrays), which
         checkpoints keep.
-      tally: the epoch's running sums on the devices (the training metrics
+      epoch_sums: the epoch's running sums on the devices (the training metrics
         so far, the divergence watch), reset each epoch.
     """
 
@@ -79,7 +79,7 @@ class Run:
     stop: bool = False
     last_checkpoint: str | None = None
     data_state: dict | None = None
-    tally: dict | None = None
+    epoch_sums: dict | None = None
 
     @functools.cached_property
     def config(self):
@@ -241,7 +241,7 @@ class Checkpointing(Callback):
     """Saves the run with Orbax (:mod:`fnn.checkpoint`) and resumes it, bit for bit.
 
     A checkpoint holds the parameters, the optimizer state, the model's state, the run's key, the
-    epoch's tally, the epoch and step reached (with a stream, the reader's
+    epoch's running sums, the epoch and step reached (with a stream, the reader's
     position too), the history so far and the run's configuration. Written to a temporary folder and renamed when whole,
     so a run killed at any moment keeps its last good checkpoint.
 
@@ -277,7 +277,7 @@ class Checkpointing(Callback):
                 f"{self.directory} already holds checkpoints (newest {latest}); pass "
                 "Checkpointing(..., resume=True) to continue that run, or use an empty folder"
             )
-        saved, meta = self.checkpoints.restore(latest, {"train": run.state, "tally": run.tally})
+        saved, meta = self.checkpoints.restore(latest, {"train": run.state, "epoch_sums": run.epoch_sums})
         differ = differences(meta["config"], run.config)
         if differ:
             raise CheckpointError(
@@ -285,7 +285,7 @@ class Checkpointing(Callback):
                 + "; ".join(differ)
                 + ". Resume with the same settings, or start this run in an empty folder"
             )
-        run.state, run.tally = saved["train"], saved["tally"]
+        run.state, run.epoch_sums = saved["train"], saved["epoch_sums"]
         run.epoch, run.step, run.history = meta["next_epoch"], meta["next_step"], meta["history"]
         run.data_state = meta.get("data_state")
         self._mark(run, latest)
@@ -309,7 +309,7 @@ class Checkpointing(Callback):
         meta = {"next_epoch": next_epoch, "next_step": next_step, "history": run.history, "config": run.config}
         if next_step:
             meta["data_state"] = run.data_state
-        self.checkpoints.save(run.steps_done, {"train": run.state, "tally": run.tally}, meta)
+        self.checkpoints.save(run.steps_done, {"train": run.state, "epoch_sums": run.epoch_sums}, meta)
         self._mark(run, run.steps_done)
 
     def _mark(self, run, number):

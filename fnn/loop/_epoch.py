@@ -3,8 +3,8 @@
 A :class:`Plan` holds everything that decides what an epoch computes. From it,
 :func:`make_steps` builds the function that runs ``n`` consecutive optimizer
 steps (one compiled call, a ``lax.scan``), and :func:`make_epoch_end` the one
-that trains the last smaller batch, if any, and evaluates. Both carry a
-*tally* (:func:`new_tally`) through the steps: the sums behind the notes'
+that trains the last smaller batch, if any, and evaluates. Both carry
+the epoch's running sums (:func:`new_epoch_sums`) through the steps: the sums behind the notes'
 training metrics, and the divergence watch.
 
 The divergence watch: a step *diverges* when its loss is NaN or infinite, or
@@ -12,7 +12,7 @@ when ``|loss| > divergence_factor * max(|first loss|, 1)``, the first loss
 being the loss of the run's first step (a loss that grows by that factor is
 no longer training; the floor of 1 keeps a run that starts near zero loss
 from being stopped by noise). The first diverging step is recorded in the
-tally on the device, without a host sync per step.
+epoch's sums on the device, without a host sync per step.
 """
 
 import dataclasses
@@ -24,6 +24,7 @@ import optax
 
 from fnn import _precision, parallel
 from fnn._order import epoch_order
+from fnn.data._stream import last_batch_rows
 from fnn.module import Loss, Module
 
 #: Rows per evaluation chunk: chunks keep the hidden activations small enough
@@ -35,7 +36,7 @@ def steps_per_epoch(n_train, batch_size):
     """Optimizer steps per epoch of :func:`fnn.fit`: ``n_train // batch_size`` full batches and, when
     ``batch_size`` does not divide ``n_train``, one smaller last batch. What a learning-rate schedule needs before
     training starts, e.g. ``optax.cosine_decay_schedule(lr, epochs * steps_per_epoch(n, batch_size))``."""
-    return n_train // batch_size + (n_train % batch_size > 0)
+    return n_train // batch_size + (last_batch_rows(n_train, batch_size) > 0)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -134,7 +135,7 @@ def evaluate(model, loss, params, x, y, *, state=(), chunk=EVAL_CHUNK, mesh=None
     return total[0] / n, (total[1] / n if loss.error is not None else None)
 
 
-def new_tally(first_loss=float("nan")):
+def new_epoch_sums(first_loss=float("nan")):
     """An epoch's running record before its first step.
 
     ``bad_step``/``bad_loss``: the first diverging step (-1 while there is
@@ -153,17 +154,17 @@ def new_tally(first_loss=float("nan")):
     }
 
 
-def _count(tally, metrics, step, rows, factor):
-    """Adds one step's ``metrics`` (its batch has ``rows`` rows) to the tally and watches for divergence."""
+def _count(epoch_sums, metrics, step, rows, factor):
+    """Adds one step's ``metrics`` (its batch has ``rows`` rows) to the epoch's sums and watches for divergence."""
     value = metrics["loss"].astype(jnp.float32)
-    first = jnp.where(jnp.isnan(tally["first_loss"]), value, tally["first_loss"])
+    first = jnp.where(jnp.isnan(epoch_sums["first_loss"]), value, epoch_sums["first_loss"])
     diverged = ~jnp.isfinite(value) | (jnp.abs(value) > factor * jnp.maximum(jnp.abs(first), 1.0))
-    first_bad = (tally["bad_step"] < 0) & diverged
+    first_bad = (epoch_sums["bad_step"] < 0) & diverged
     return {
-        "bad_step": jnp.where(first_bad, step, tally["bad_step"]).astype(jnp.int32),
-        "bad_loss": jnp.where(first_bad, value, tally["bad_loss"]),
-        "loss_sum": tally["loss_sum"] + rows * value,
-        "error_sum": tally["error_sum"] + rows * jnp.asarray(metrics.get("error", 0.0), jnp.float32),
+        "bad_step": jnp.where(first_bad, step, epoch_sums["bad_step"]).astype(jnp.int32),
+        "bad_loss": jnp.where(first_bad, value, epoch_sums["bad_loss"]),
+        "loss_sum": epoch_sums["loss_sum"] + rows * value,
+        "error_sum": epoch_sums["error_sum"] + rows * jnp.asarray(metrics.get("error", 0.0), jnp.float32),
         "first_loss": first,
     }
 
@@ -178,7 +179,7 @@ def _rows(a, order, start, size):
 def make_steps(plan, n_steps, rows=None):
     """Builds the (unjitted) function that runs ``n_steps`` optimizer steps of an epoch.
 
-    Returns ``steps(state, tally, epoch, first, x, y) -> (state, tally)``,
+    Returns ``steps(state, epoch_sums, epoch, first, x, y) -> (state, epoch_sums)``,
     ``state`` a :class:`fnn.train.TrainState`: steps ``first .. first +
     n_steps - 1`` of the epoch, each ``plan.step(state, batch)``, step ``i``
     on rows ``i * batch_size`` onwards (``rows`` of them, ``batch_size`` by
@@ -195,13 +196,13 @@ def make_steps(plan, n_steps, rows=None):
     rows = plan.batch_size if rows is None else rows
     split = _splitter(plan.mesh)
 
-    def steps(state, tally, epoch, first, x, y):
+    def steps(state, epoch_sums, epoch, first, x, y):
         run_key = jax.random.wrap_key_data(state.key, impl=state.key_impl)
         epoch_key = jax.random.fold_in(run_key, epoch)
         order = epoch_order(run_key, epoch, x.shape[0]) if plan.shuffle and not plan.streamed else None
 
         def step(carry, i):
-            state, tally = carry
+            state, epoch_sums = carry
             if plan.streamed:
                 inputs, targets = x[i, :rows], y[i, :rows]
             else:
@@ -210,12 +211,12 @@ def make_steps(plan, n_steps, rows=None):
             if plan.augment is not None:
                 inputs = plan.augment(jax.random.fold_in(epoch_key, first + i), inputs)
             state, metrics = plan.step(state, split((inputs, targets), rows))
-            return (state, _count(tally, metrics, first + i, rows, plan.divergence_factor)), None
+            return (state, _count(epoch_sums, metrics, first + i, rows, plan.divergence_factor)), None
 
         if n_steps == 1:  # no loop at all: XLA:CPU compiles some convolutions in a loop body to slow generic code
-            carry, _ = step((state, tally), jnp.int32(0))
+            carry, _ = step((state, epoch_sums), jnp.int32(0))
         else:
-            carry, _ = jax.lax.scan(step, (state, tally), jnp.arange(n_steps))
+            carry, _ = jax.lax.scan(step, (state, epoch_sums), jnp.arange(n_steps))
         return carry
 
     return steps
@@ -230,7 +231,7 @@ def _all_finite(tree):
 def make_epoch_end(plan):
     """Builds the (unjitted) end of an epoch: the last smaller batch, if any, then the epoch's metrics.
 
-    Returns ``end(state, tally, epoch, x, y, x_test, y_test) -> (state, tally, metrics)``, ``state`` a
+    Returns ``end(state, epoch_sums, epoch, x, y, x_test, y_test) -> (state, epoch_sums, metrics)``, ``state`` a
     :class:`fnn.train.TrainState`, ``metrics`` mapping each name in
     :data:`fnn.loop._history.COLUMNS` to a scalar (the errors to ``None`` when the loss
     has no error rate) and ``"params_finite"`` to whether every parameter is
@@ -240,22 +241,22 @@ def make_epoch_end(plan):
     way, free) or an evaluation of the whole training set at the epoch's
     parameters (``"full"``, a third more work for the notes' recipe).
     """
-    remainder = plan.n_train % plan.batch_size
+    remainder = last_batch_rows(plan.n_train, plan.batch_size)
     last = make_steps(plan, 1, rows=remainder) if remainder else None
     model, loss, n_train = plan.model, plan.loss, plan.n_train
 
-    def end(state, tally, epoch, x, y, x_test, y_test):
+    def end(state, epoch_sums, epoch, x, y, x_test, y_test):
         if last is not None:
-            state, tally = last(state, tally, epoch, plan.full_batches, x, y)
+            state, epoch_sums = last(state, epoch_sums, epoch, plan.full_batches, x, y)
         with _precision.training(plan.precision):
             evaluated = {"state": state.model_state, "mesh": plan.mesh}
             if plan.train_metrics == "full":
                 train_loss, train_err = evaluate(model, loss, state.params, x, y, **evaluated)
             else:
-                train_loss = tally["loss_sum"] / n_train
-                train_err = tally["error_sum"] / n_train if loss.error is not None else None
+                train_loss = epoch_sums["loss_sum"] / n_train
+                train_err = epoch_sums["error_sum"] / n_train if loss.error is not None else None
             test_loss, test_err = evaluate(model, loss, state.params, x_test, y_test, **evaluated)
         metrics = {"train_loss": train_loss, "test_loss": test_loss, "train_err": train_err, "test_err": test_err}
-        return state, tally, {**metrics, "params_finite": _all_finite((state.params, state.model_state))}
+        return state, epoch_sums, {**metrics, "params_finite": _all_finite((state.params, state.model_state))}
 
     return end

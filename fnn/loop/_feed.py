@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 from fnn import parallel
 from fnn._errors import CheckpointError, InputError
 from fnn.data import Batches
+from fnn.data._stream import last_batch_rows
 
 #: About how many bytes of training data one compiled call of a streamed run takes (see ``steps_per_call``).
 STREAM_CHUNK_BYTES = 16 << 20
@@ -53,11 +54,11 @@ class Feed(abc.ABC):
     def last_batch(self):
         """The training data of the epoch's last smaller batch, ``(x, y)``."""
 
-    def begin(self, run, segment):  # noqa: B027 (a default that does nothing)
-        """Starts the epoch ``run.epoch`` at step ``run.step``; calls will train ``segment`` steps."""
+    def begin(self, run, steps_per_call):  # noqa: B027 (a default that does nothing)
+        """Starts the epoch ``run.epoch`` at step ``run.step``; calls will train ``steps_per_call`` steps."""
 
-    def dispatched(self, tally):  # noqa: B027 (a default that does nothing)
-        """Notes a call dispatched (``tally`` its output, ready when the call is done)."""
+    def dispatched(self, epoch_sums):  # noqa: B027 (a default that does nothing)
+        """Notes a call dispatched (``epoch_sums`` its output, ready when the call is done)."""
 
     def save_position(self, run):  # noqa: B027 (a default that does nothing)
         """Records the position reached in ``run.data_state``, which checkpoints keep."""
@@ -65,7 +66,7 @@ class Feed(abc.ABC):
     def end(self, run):  # noqa: B027 (a default that does nothing)
         """Ends the epoch."""
 
-    def read_ahead(self, epoch, segment):  # noqa: B027 (a default that does nothing)
+    def read_ahead(self, epoch, steps_per_call):  # noqa: B027 (a default that does nothing)
         """Prepares epoch ``epoch`` while the devices finish the current one."""
 
     def close(self):  # noqa: B027 (a default that does nothing)
@@ -117,7 +118,7 @@ class Streamed(Feed):
             processes=processes,
             check=check,
         )
-        self.batch_size = plan.batch_size
+        self.batch_size, self.devices = plan.batch_size, len(devices)
         self.sharding = NamedSharding(mesh, P(None, parallel.AXIS))
         self.test = parallel.replicate((np.asarray(stream.x_test), np.asarray(stream.y_test)), mesh)
         (self.x_shape, self.x_dtype), (self.y_shape, self.y_dtype) = self.batches.spec
@@ -130,7 +131,7 @@ class Streamed(Feed):
     def _rows(self, n):
         """Global rows of a call of ``n`` steps (``None``: the last smaller batch, padded)."""
         if n is None:
-            return self.batches.last_rows * self.batches.processes
+            return last_batch_rows(self.batches.n, self.batch_size, self.devices)
         return self.batch_size
 
     def shapes(self, n):
@@ -140,40 +141,40 @@ class Streamed(Feed):
             jax.ShapeDtypeStruct((steps, rows, *self.y_shape), self.y_dtype, sharding=self.sharding),
         )
 
-    def begin(self, run, segment):
+    def begin(self, run, steps_per_call):
         """Starts the epoch at ``run.step``: from what :meth:`read_ahead` prepared, from the reader's position a
         checkpoint saved (when the run reads the same chunks with the same workers), or afresh at that step (the
         epoch and step alone fix what comes next, so a checkpoint written from arrays resumes too)."""
         self._close()
-        self.epoch, self.first, self.segment, self.first_chunk = run.epoch, run.step, segment, None
+        self.epoch, self.first, self.steps_per_call, self.first_chunk = run.epoch, run.step, steps_per_call, None
         ahead, self.ahead = self.ahead, None
-        if ahead is not None and ahead[0] == (run.epoch, run.step, segment):
+        if ahead is not None and ahead[0] == (run.epoch, run.step, steps_per_call):
             _, self.iterator, self.first_chunk = ahead
             return
         if ahead is not None:
             _close(ahead[1])
         saved, state = (run.data_state or {}) if run.step else {}, None
-        if saved.get("segment") == segment and saved.get("workers") == self.workers:  # the same chunks
+        if saved.get("steps_per_call") == steps_per_call and saved.get("workers") == self.workers:  # the same chunks
             self.first, state = saved["first"], saved["reader"]
-            reached = self.first + state["next_index"] * segment if "next_index" in state else run.step
+            reached = self.first + state["next_index"] * steps_per_call if "next_index" in state else run.step
             if reached != run.step:
                 raise CheckpointError(
                     f"the checkpoint resumes epoch {run.epoch} at step {run.step} but the stream's saved position "
                     f"is step {reached}: the checkpoint is damaged"
                 )
-        self.iterator = self.batches.epoch(run.epoch, self.first, segment, state)
+        self.iterator = self.batches.epoch(run.epoch, self.first, steps_per_call, state)
 
-    def read_ahead(self, epoch, segment):
+    def read_ahead(self, epoch, steps_per_call):
         """Starts epoch ``epoch`` (from its first step) and reads its first chunk while the devices finish the
         current epoch; :meth:`begin` takes it up. Where that reading fails, nothing is kept: :meth:`begin` starts
         the epoch afresh and the error comes from there, after this epoch's callbacks (its checkpoint) have run."""
-        iterator = self.batches.epoch(epoch, 0, segment)
+        iterator = self.batches.epoch(epoch, 0, steps_per_call)
         try:
             chunk = _owned(next(iterator))
         except Exception:  # read again, and raised, where the epoch begins
             _close(iterator)
             return
-        self.ahead = ((epoch, 0, segment), iterator, chunk)
+        self.ahead = ((epoch, 0, steps_per_call), iterator, chunk)
 
     def steps(self, n):
         if self.first_chunk is not None:
@@ -183,16 +184,21 @@ class Streamed(Feed):
         assert len(x) == n, (len(x), n)  # the loop and the reader cut the epoch alike
         return self._put(x, y, self.batch_size)
 
-    def dispatched(self, tally):
-        """Notes a call dispatched (``tally`` its output); waits for the call before the last, so at most two
+    def dispatched(self, epoch_sums):
+        """Notes a call dispatched (``epoch_sums`` its output); waits for the call before the last, so at most two
         calls' chunks are queued on the devices and host memory stays bounded when reading outruns training."""
-        self.in_flight.append(tally)
+        self.in_flight.append(epoch_sums)
         if len(self.in_flight) > 2:
             jax.block_until_ready(self.in_flight.popleft())
 
     def save_position(self, run):
         reader = self.iterator.get_state()
-        run.data_state = {"first": self.first, "segment": self.segment, "workers": self.workers, "reader": reader}
+        run.data_state = {
+            "first": self.first,
+            "steps_per_call": self.steps_per_call,
+            "workers": self.workers,
+            "reader": reader,
+        }
 
     def last_batch(self):
         x, y = self.batches.last(self.epoch)
@@ -225,7 +231,7 @@ class Streamed(Feed):
 def _owned(chunk):
     """``chunk``'s arrays in this process's own memory. A Grain worker hands its arrays over in shared memory,
     which the array releases when it is collected, on a thread: copied and released now, none is left behind when
-    the run is interrupted (and the device never holds a view of a segment about to go)."""
+    the run is interrupted (and the device never holds a view of a steps_per_call about to go)."""
     owned = []
     for a in chunk:
         shm = getattr(a, "shm", None)
@@ -233,7 +239,7 @@ def _owned(chunk):
             owned.append(a)
             continue
         owned.append(np.array(a))
-        a._unlink_on_del = False  # released here, not by the collector: the segment's name goes now
+        a._unlink_on_del = False  # released here, not by the collector: the steps_per_call's name goes now
         shm.unlink()
     return tuple(owned)
 

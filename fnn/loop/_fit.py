@@ -20,7 +20,7 @@ from fnn.data import Stream
 from fnn.loop import _feed
 from fnn.loop._callbacks import Callback, Checkpointing, EpochFunction, ProgressBar, Run, StallWatch
 from fnn.loop._config import data_identity, run_config
-from fnn.loop._epoch import Plan, make_epoch_end, make_steps, new_tally
+from fnn.loop._epoch import Plan, make_epoch_end, make_steps, new_epoch_sums
 from fnn.loop._history import History
 from fnn.module import returned
 
@@ -186,7 +186,7 @@ def fit(
         feed = _feed.Arrays(splits, plan.mesh)
     else:
         feed = _feed.Streamed(stream, plan, _key_parts(shuffle_key)[0], _batch_check(model, loss, input_shape))
-    segment = _segment(plan, steps_per_call, parts, feed, run)
+    steps_per_call = _steps_per_call(plan, steps_per_call, parts, feed, run)
     try:
         with contextlib.ExitStack() as stack:
             stack.callback(feed.close)
@@ -197,9 +197,9 @@ def fit(
             if run.history:  # restored: decisions that follow from the history are made again
                 for part in parts:
                     part.on_resume(run)
-            compiled = _Compiled(plan, run, feed, (segment, plan.full_batches % segment))
+            compiled = _Compiled(plan, run, feed, (steps_per_call, plan.full_batches % steps_per_call))
             compile_s = time.perf_counter() - start
-            _epochs(run, plan, compiled, segment, parts, feed)
+            _epochs(run, plan, compiled, steps_per_call, parts, feed)
             for part in parts:
                 part.on_end(run)
     except KeyboardInterrupt as interrupt:
@@ -242,7 +242,7 @@ def _chance_level(model, loss, splits):
     x, y = splits["test"]
 
     def chance():
-        outputs = jnp.zeros((y.shape[0], *model.output_shape(x.shape[1:])), jnp.float32)
+        outputs = jnp.zeros((y.shape[0], *model._output_shape(x.shape[1:])), jnp.float32)
         level = float(loss.apply(outputs, jnp.asarray(y)))
         classes = y.ndim == 1 and np.issubdtype(y.dtype, np.integer)
         return level, (1 - np.bincount(y).max() / len(y) if classes else None)
@@ -263,7 +263,7 @@ def _check(model, loss, path, data, params, batch_size, state):
     batch_size = _check_int("batch_size", batch_size, 1, n_train, f" (the training set has {n_train} examples)")
     validate.check_params(model, params, splits["train"][0].shape[1:])
     if state is None:
-        model.checked_context(None, True)  # a model with state needs one
+        model._context(None, True)  # a model with state needs one
     else:
         validate.check_state(model, state, splits["train"][0].shape[1:])
     validate.check_targets(model, loss, splits)
@@ -307,10 +307,10 @@ def _stream_splits(stream):
 def _batch_check(model, loss, input_shape):
     """``check(x, y)``: the checks of :func:`_check` on one batch of a stream's training records."""
 
-    output_shape = model.output_shape(input_shape)
+    output_shape = model._output_shape(input_shape)
 
     def check(x, y):
-        model.check_inputs(x, "train")
+        model._check_inputs(x, "train")
         validate.check_targets(model, loss, {"train": (x, y)}, output_shape)
 
     return check
@@ -400,7 +400,7 @@ def _key_parts(shuffle_key):
     raise UsageError(f"shuffle_key must be a jax.random key (jax.random.key(seed)), got {key.dtype} {key.shape}")
 
 
-def _segment(plan, steps_per_call, parts, feed, run):
+def _steps_per_call(plan, steps_per_call, parts, feed, run):
     """Steps per compiled call: ``steps_per_call`` (or its automatic choice), cut to the callbacks' ``every_steps``.
 
     A stream's chunk is a bound, not a length: with callbacks every ``k``
@@ -427,7 +427,7 @@ def _slow_in_a_loop(plan, run, feed):
     convolution in the matrix form runs none)."""
     if plan.path != "autodiff" or plan.mesh.devices.flat[0].platform != "cpu":
         return False
-    step = jax.make_jaxpr(make_steps(plan, 1))(run.state, run.tally, 1, 0, *feed.shapes(1))
+    step = jax.make_jaxpr(make_steps(plan, 1))(run.state, run.epoch_sums, 1, 0, *feed.shapes(1))
     return _runs(step.jaxpr, "conv_general_dilated")
 
 
@@ -448,7 +448,7 @@ def _data_identity(splits, stream):
 
 
 def _new_run(plan, params, model_state, shuffle_key, epochs, data):
-    """The run before its first step: its :class:`fnn.train.TrainState` and tally replicated on the devices,
+    """The run before its first step: its :class:`fnn.train.TrainState` and epoch_sums replicated on the devices,
     nothing trained; ``data()`` identifies its training data (computed with the configuration, when first needed)."""
     key_data, key_impl = _key_parts(shuffle_key)
     state = _train.TrainState(
@@ -460,13 +460,13 @@ def _new_run(plan, params, model_state, shuffle_key, epochs, data):
         key_impl,
     )
     configure = lambda: run_config(plan, params, key_data, data(), epochs)  # noqa: E731
-    state, tally = parallel.replicate((state, new_tally()), plan.mesh)
-    return Run(configure, state, epochs, plan.steps_per_epoch, tally=tally)
+    state, epoch_sums = parallel.replicate((state, new_epoch_sums()), plan.mesh)
+    return Run(configure, state, epochs, plan.steps_per_epoch, epoch_sums=epoch_sums)
 
 
 # ---------------------------------------------------------------- compiled functions
 class _Compiled:
-    """The epoch's compiled functions: ``steps(n)`` for each segment length, and ``end``.
+    """The epoch's compiled functions: ``steps(n)`` for each steps_per_call length, and ``end``.
 
     The end and the calls of ``lengths`` steps are traced here, then
     compiled by XLA at once, each in a thread of its own (XLA compiles
@@ -479,7 +479,7 @@ class _Compiled:
 
     def __init__(self, plan, run, feed, lengths):
         self.plan, self.feed, self._steps, self.seconds = plan, feed, {}, {}
-        carried = (run.state, run.tally)
+        carried = (run.state, run.epoch_sums)
         self.shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), carried)
         self.jit = {"donate_argnums": (0,), "out_shardings": parallel.replicated(plan.mesh)}
         lowered = {"end": self._lowered(None), **{n: self._lowered(n) for n in dict.fromkeys(lengths) if n}}
@@ -532,30 +532,30 @@ def _summed(steps, per_step, end):
 
 
 # ---------------------------------------------------------------- the epoch loop
-def _epochs(run, plan, compiled, segment, parts, feed):
+def _epochs(run, plan, compiled, steps_per_call, parts, feed):
     """Trains from ``run.epoch`` to ``run.epochs``, calling the callbacks; stops early on ``run.stop``."""
     while run.epoch <= run.epochs and not run.stop:
         tic = time.perf_counter()
-        feed.begin(run, segment)
+        feed.begin(run, steps_per_call)
         while run.step < plan.full_batches:
-            n = min(segment, plan.full_batches - run.step)
+            n = min(steps_per_call, plan.full_batches - run.step)
             _advance(run, compiled.steps(n), run.epoch, run.step, *feed.steps(n))
-            feed.dispatched(run.tally)
+            feed.dispatched(run.epoch_sums)
             run.step += n
             due = [part for part in parts if part.every_steps and run.step % part.every_steps == 0]
             if due and run.step < plan.full_batches:
                 feed.save_position(run)
-                _watch(run, plan, run.tally)  # waits for the steps: only before a callback sees them
+                _watch(run, plan, run.epoch_sums)  # waits for the steps: only before a callback sees them
                 for part in due:
                     part.on_steps(run)
         metrics = _advance(run, compiled.end, run.epoch, *feed.last_batch(), *feed.test)
         feed.end(run)
         if run.epoch < run.epochs:
-            feed.read_ahead(run.epoch + 1, segment)  # while the devices evaluate
+            feed.read_ahead(run.epoch + 1, steps_per_call)  # while the devices evaluate
         values = {name: float(v) for name, v in metrics.items() if v is not None}  # waits for the epoch
-        _watch(run, plan, run.tally, values.pop("params_finite"))
+        _watch(run, plan, run.epoch_sums, values.pop("params_finite"))
         run.step = run.steps_per_epoch
-        run.tally = parallel.replicate(new_tally(float(run.tally["first_loss"])), plan.mesh)
+        run.epoch_sums = parallel.replicate(new_epoch_sums(float(run.epoch_sums["first_loss"])), plan.mesh)
         row = {"epoch": run.epoch, **values, "epoch_s": time.perf_counter() - tic}
         run.history.append(row)
         for part in parts:
@@ -566,14 +566,15 @@ def _epochs(run, plan, compiled, segment, parts, feed):
 
 
 def _advance(run, fn, *args):
-    """Runs a compiled ``fn`` on the run's state and tally; returns its extra outputs, if any."""
-    run.state, run.tally, *rest = fn(run.state, run.tally, *args)
+    """Runs a compiled ``fn`` on the run's state and epoch_sums; returns its extra outputs, if any."""
+    run.state, run.epoch_sums, *rest = fn(run.state, run.epoch_sums, *args)
     return rest[0] if rest else None
 
 
-def _watch(run, plan, tally, params_finite=True):
-    """Raises :class:`fnn.TrainingDiverged` if the tally recorded a diverging step or the parameters are not finite."""
-    bad_step, bad_value = int(tally["bad_step"]), float(tally["bad_loss"])
+def _watch(run, plan, epoch_sums, params_finite=True):
+    """Raises :class:`fnn.TrainingDiverged` if the epoch's sums recorded a diverging step or the parameters are not
+    finite."""
+    bad_step, bad_value = int(epoch_sums["bad_step"]), float(epoch_sums["bad_loss"])
     if bad_step < 0 and params_finite:
         return
     kept = (
@@ -584,7 +585,7 @@ def _watch(run, plan, tally, params_finite=True):
     if bad_step < 0:
         what = f"the parameters stopped being finite in epoch {run.epoch}"
     else:
-        first, factor = float(tally["first_loss"]), plan.divergence_factor
+        first, factor = float(epoch_sums["first_loss"]), plan.divergence_factor
         why = f", more than {factor:g} times max(|first loss| {abs(first):.4g}, 1)" if math.isfinite(bad_value) else ""
         where = f"at epoch {run.epoch}, step {bad_step + 1} of {run.steps_per_epoch}"
         what = f"the loss became {bad_value:.4g}{why} {where}"

@@ -69,7 +69,7 @@ def serial(*modules):
                 f"{', '.join(m.name for m in modules)}), got {got}"
             )
 
-    has_state = any(m.has_state for m in modules)
+    has_state = any(m._has_state for m in modules)
 
     def init(key, input_shape):
         params = []
@@ -78,22 +78,22 @@ def serial(*modules):
             params.append(p)
         return input_shape, params
 
-    def split_context(state, key):
+    def child_contexts(state, key):
         return [(state[i] if has_state else (), context.child_key(key, i)) for i in range(len(modules))]
 
     def run(params, x, state, key, train):
         check(params)
         states = []
-        for m, p, (s, k) in zip(modules, params, split_context(state, key)):
-            x, new = m.run(p, x, s, k, train)
+        for m, p, (s, k) in zip(modules, params, child_contexts(state, key)):
+            x, new = m._run(p, x, s, k, train)
             states.append(new)
         return x, (states if has_state else state)
 
     def run_forward(params, x, state, key, train):
         check(params)
         saved, states = [], []
-        for m, p, (s, k) in zip(modules, params, split_context(state, key)):
-            x, kept, new = m.run_forward(p, x, s, k, train)
+        for m, p, (s, k) in zip(modules, params, child_contexts(state, key)):
+            x, kept, new = m._run_forward(p, x, s, k, train)
             saved.append(kept)
             states.append(new)
         return x, saved, (states if has_state else state)
@@ -108,12 +108,12 @@ def serial(*modules):
         states = []
         for m in modules:
             states.append(m.init_state(input_shape))
-            input_shape = m.output_shape(input_shape)
+            input_shape = m._output_shape(input_shape)
         return states
 
     def check_inputs(x, split):  # the first module that does more than rearrange the values checks them
-        first = next((m for m in modules if not m.passes_values), modules[0])
-        return first.check_inputs(x, split)
+        first = next((m for m in modules if not m._only_rearranges), modules[0])
+        return first._check_inputs(x, split)
 
     return structural(
         "serial",
@@ -123,10 +123,10 @@ def serial(*modules):
         backward=backward,
         children=modules,
         rebuild=serial,
-        split_context=split_context,
+        child_contexts=child_contexts,
         state_init=state_init if has_state else None,
         check_inputs=check_inputs,
-        passes_values=all(m.passes_values for m in modules),
+        only_rearranges=all(m._only_rearranges for m in modules),
     )
 
 
@@ -150,16 +150,16 @@ def residual(block):
             )
         return output_shape, params
 
-    def split_context(state, key):
+    def child_contexts(state, key):
         return [(state, context.child_key(key, 0))]
 
     def run(params, z, state, key, train):
-        y, new_state = block.run(params, z, state, context.child_key(key, 0), train)
+        y, new_state = block._run(params, z, state, context.child_key(key, 0), train)
         check_shape(z, y)
         return z + y, new_state
 
     def run_forward(params, z, state, key, train):
-        y, saved, new_state = block.run_forward(params, z, state, context.child_key(key, 0), train)
+        y, saved, new_state = block._run_forward(params, z, state, context.child_key(key, 0), train)
         check_shape(z, y)
         return z + y, saved, new_state
 
@@ -175,16 +175,16 @@ def residual(block):
         backward=backward,
         children=(block,),
         rebuild=residual,
-        split_context=split_context,
-        state_init=block.init_state if block.has_state else None,
+        child_contexts=child_contexts,
+        state_init=block.init_state if block._has_state else None,
     )
 
 
 def _rearranging(name, init, apply, forward, backward):
-    """Wiring without parameters whose output holds its input's values (``passes_values``): ``flatten``,
+    """Wiring without parameters whose output holds its input's values (``only_rearranges``): ``flatten``,
     ``identity``."""
     module = structural(
-        name, init=init, apply=apply, forward=forward, backward=backward, rebuild=lambda: module, passes_values=True
+        name, init=init, apply=apply, forward=forward, backward=backward, rebuild=lambda: module, only_rearranges=True
     )
     return module
 

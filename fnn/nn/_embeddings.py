@@ -16,7 +16,7 @@
   ``float0`` there). Saves the ids. An id outside ``[0, V)`` gives a row of
   NaN (never clamped or wrapped around, so never silently another token's
   row) and adds nothing to ``dT``; ``fnn.fit`` refuses such ids on the host
-  before training (:meth:`fnn.module.Module.check_inputs`).
+  before training (:func:`fnn.module.leaf`'s ``check_inputs``).
 - ``positional_embedding``: ``y = x + P`` with one learned vector per
   position, ``P[T, D]`` for inputs ``x[N, T, D]``; ``dP = sum of G over the
   batch``, ``dx = G``. Attention is blind to order without it.

@@ -28,7 +28,7 @@ from jax import lax
 
 from fnn import context
 from fnn._errors import InputError, UsageError
-from fnn._linear_map import is_array
+from fnn._linear_map import Layout
 from fnn._numbers import positive_int
 from fnn.module import Module, structural, with_settings
 
@@ -37,37 +37,34 @@ __all__ = ["remat", "repeat"]
 
 @jax.tree_util.register_pytree_node_class
 class _Saved:
-    """Saved values as a pytree of their arrays only: the other leaves (a mode, a shape) are static data, so that
-    the whole goes through ``jax.jit`` and ``lax.scan`` as it is.
+    """Saved values as a pytree of their arrays only (:class:`fnn._linear_map.Layout` holds the rest as static
+    data), so that the whole goes through ``jax.jit`` and ``lax.scan`` as it is.
 
     ``_Saved.of(value).value`` is ``value`` again; ``arrays`` may be stacked along a leading axis
     (:func:`repeat`), then :meth:`at` gives one slice's ``value``.
     """
 
-    def __init__(self, arrays, tree, static):
-        self.arrays, self.tree, self.static = arrays, tree, static
+    def __init__(self, arrays, layout):
+        self.arrays, self.layout = arrays, layout
 
     @classmethod
     def of(cls, value):
-        leaves, tree = jax.tree.flatten(value)
-        static = tuple(None if is_array(leaf) else leaf for leaf in leaves)
-        return cls([leaf for leaf in leaves if is_array(leaf)], tree, static)
+        return cls(*Layout.split(value))
 
     def at(self, arrays):
         """The saved value with these arrays (one slice of stacked ones) in place of :attr:`arrays`."""
-        given = iter(arrays)
-        return jax.tree.unflatten(self.tree, [next(given) if v is None else v for v in self.static])
+        return self.layout.join(arrays)
 
     @property
     def value(self):
         return self.at(self.arrays)
 
     def tree_flatten(self):
-        return (self.arrays,), (self.tree, self.static)
+        return (self.arrays,), self.layout
 
     @classmethod
-    def tree_unflatten(cls, aux, children):
-        return cls(children[0], *aux)
+    def tree_unflatten(cls, layout, children):
+        return cls(children[0], layout)
 
 
 def _require_module(name, block):
@@ -86,19 +83,19 @@ def remat(block):
     _require_module("remat", block)
 
     def checkpointed(train):
-        return jax.checkpoint(lambda params, x, state, key: block.run(params, x, state, key, train))
+        return jax.checkpoint(lambda params, x, state, key: block._run(params, x, state, key, train))
 
     def run(params, x, state, key, train):
         return checkpointed(train)(params, x, state, key)
 
     def run_forward(params, x, state, key, train):
-        y, _, new_state = block.run_forward(params, x, state, key, train)
+        y, _, new_state = block._run_forward(params, x, state, key, train)
         return y, _Saved.of((x, state, key, train)), new_state
 
     def backward(params, saved, g):
         x, state, key, train = saved.value
         x = lax.optimization_barrier(x)  # as jax.checkpoint does: the recomputation is not merged with the forward
-        _, block_saved, _ = block.run_forward(params, x, state, key, train)
+        _, block_saved, _ = block._run_forward(params, x, state, key, train)
         return block.backward(params, block_saved, g)
 
     return structural(
@@ -109,9 +106,9 @@ def remat(block):
         backward=backward,
         children=(block,),
         rebuild=remat,
-        split_context=lambda state, key: [(state, key)],
-        state_init=block.init_state if block.has_state else None,
-        check_inputs=block.check_inputs,
+        child_contexts=lambda state, key: [(state, key)],
+        state_init=block.init_state if block._has_state else None,
+        check_inputs=block._check_inputs,
     )
 
 
@@ -129,7 +126,7 @@ def repeat(block, n):
 
     def init(key, input_shape):
         shape = tuple(input_shape)
-        out_shape = block.output_shape(shape)
+        out_shape = block._output_shape(shape)
         if tuple(out_shape) != shape:
             raise InputError(
                 f"repeat: the block maps input shape {shape} to {tuple(out_shape)}; it must keep the shape"
@@ -144,7 +141,7 @@ def repeat(block, n):
     def run(params, x, state, key, train):
         def body(x, inputs):
             p, s, i = inputs
-            y, s = block.run(p, x, s, context.child_key(key, i), train)
+            y, s = block._run(p, x, s, context.child_key(key, i), train)
             return y, s
 
         y, states = lax.scan(body, jnp.asarray(x), (params, state, jnp.arange(n)))
@@ -153,7 +150,7 @@ def repeat(block, n):
     def run_forward(params, x, state, key, train):
         def body(x, inputs):
             p, s, i = inputs
-            y, saved, s = block.run_forward(p, x, s, context.child_key(key, i), train)
+            y, saved, s = block._run_forward(p, x, s, context.child_key(key, i), train)
             return y, (_Saved.of(saved), s)
 
         y, (saved, states) = lax.scan(body, jnp.asarray(x), (params, state, jnp.arange(n)))
@@ -168,7 +165,7 @@ def repeat(block, n):
         dx, dparams = lax.scan(body, g, (params, saved.arrays), reverse=True)
         return dparams, dx
 
-    def split_context(state, key):
+    def child_contexts(state, key):
         raise UsageError(
             "repeat: a repeated block with state or randomness cannot be given one fixed context per block "
             "(fnn.context.bind); run it with apply(..., state=, key=, train=) instead"
@@ -182,7 +179,7 @@ def repeat(block, n):
         backward=backward,
         children=(block,),
         rebuild=lambda block: repeat(block, n),
-        split_context=split_context,
-        state_init=state_init if block.has_state else None,
-        check_inputs=block.check_inputs,
+        child_contexts=child_contexts,
+        state_init=state_init if block._has_state else None,
+        check_inputs=block._check_inputs,
     )

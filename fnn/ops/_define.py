@@ -3,7 +3,7 @@
 Each op is written once below, as a function of ``run`` and its arrays:
 ``run(module)`` is the module's (or loss's) apply function on the path being
 built: the plain ``apply`` for ``"autodiff"``, the hand-differentiated one
-(:attr:`fnn.module.Module.custom`) for ``"custom"``. So every formula lives
+(:attr:`fnn.module.Module.by_rules`) for ``"custom"``. So every formula lives
 once, in :mod:`fnn.nn` or :mod:`fnn.losses`, and both op sets have the same
 names, signatures and checks.
 """
@@ -227,7 +227,7 @@ def _bind(op, run):
 def op_set(path):
     """The ops of ``path`` (``"autodiff"`` or ``"custom"``) as a tuple in the order of :data:`NAMES`."""
     if path == "custom":
-        run = lambda module: module.custom.apply  # noqa: E731
+        run = lambda module: module.by_rules.apply  # noqa: E731
     elif path == "autodiff":
         run = lambda module: module.apply  # noqa: E731
     else:

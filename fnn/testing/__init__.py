@@ -72,10 +72,10 @@ definition of a relative error.
 from fnn._gradcheck.compare import DEFAULT_TOLERANCES, Difference, relative_error
 from fnn._gradcheck.report import Check, Report
 from fnn.testing._api import DTYPES, MODULE_CHECKS, assert_loss, assert_module, check_loss, check_module
-from fnn.testing._vjp import CHECKS, compare_vjp
+from fnn.testing._vjp import VJP_CHECKS, compare_vjp
 
 __all__ = [
-    "CHECKS",
+    "VJP_CHECKS",
     "DEFAULT_TOLERANCES",
     "DTYPES",
     "MODULE_CHECKS",

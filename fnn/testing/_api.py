@@ -1,10 +1,10 @@
 """``check_module`` and ``check_loss``: every check of a hand-written rule in one call, and their assert forms.
 
-The checks run in the order of :data:`CHECKS`, each a function of one draw
+The checks run in the order of :data:`MODULE_CHECKS`, each a function of one draw
 (:class:`fnn._gradcheck.problem.Problem`) returning one :class:`Check` (or one
 per dtype). A check whose code raises is reported as failed with the
 exception, and the others still run. Adding a check is adding a function to
-:data:`CHECKS`.
+:data:`_CHECK_FUNCTIONS`.
 """
 
 import functools
@@ -37,16 +37,16 @@ from fnn.testing._finite import finite_differences
 from fnn.testing._precision import dtype_check
 from fnn.testing._precision import edge_values as _edge_values
 
-__all__ = ["CHECKS", "DTYPES", "MODULE_CHECKS", "assert_loss", "assert_module", "check_loss", "check_module"]
+__all__ = ["DTYPES", "MODULE_CHECKS", "assert_loss", "assert_module", "check_loss", "check_module"]
 
 
 def _dtypes(problem):
     return [dtype_check(problem, dtype) for dtype in problem.dtypes]
 
 
-#: Every check, in the order it runs: ``name -> function(problem)``. ``"dtypes"`` gives one
+#: Every module check, in the order it runs: ``name -> function(problem)``. ``"dtypes"`` gives one
 #: ``dtype[<name>]`` entry per lower precision checked.
-CHECKS = {
+_CHECK_FUNCTIONS = {
     "output": output,
     "structure": structure,
     "backward": backward,
@@ -65,7 +65,7 @@ CHECKS = {
     "saved": saved,
 }
 #: The names of the checks, in order (what ``checks=`` selects from).
-MODULE_CHECKS = tuple(CHECKS)
+MODULE_CHECKS = tuple(_CHECK_FUNCTIONS)
 #: The lower precisions checked by default, besides float64.
 DTYPES = (jnp.float32, jnp.bfloat16)
 
@@ -75,12 +75,12 @@ BATCH_SIZE = 4
 
 def _selected(fn, checks):
     if checks is None:
-        return tuple(CHECKS)
+        return tuple(_CHECK_FUNCTIONS)
     checks = (checks,) if isinstance(checks, str) else tuple(checks)
-    unknown = [c for c in checks if c not in CHECKS]
+    unknown = [c for c in checks if c not in _CHECK_FUNCTIONS]
     if unknown:
-        raise InputError(f"{fn}: unknown checks {unknown}; expected names from {', '.join(CHECKS)}")
-    return tuple(c for c in CHECKS if c in checks)  # in the order they always run
+        raise InputError(f"{fn}: unknown checks {unknown}; expected names from {', '.join(_CHECK_FUNCTIONS)}")
+    return tuple(c for c in _CHECK_FUNCTIONS if c in checks)  # in the order they always run
 
 
 def _check_dtypes(fn, dtypes):
@@ -103,7 +103,7 @@ def _run(problem, names):
     checks = []
     for name in names:
         try:
-            found = CHECKS[name](problem)
+            found = _CHECK_FUNCTIONS[name](problem)
         except Exception as exc:  # the rule's code failed: that is the finding, and the other checks still run
             message = " ".join(str(exc).split())
             found = Check(name, FAILED, detail=f"raised {type(exc).__name__}: {message}")
@@ -173,9 +173,9 @@ def check_module(
       dtypes: the lower precisions to check besides float64 (the checker
         casts parameters and inputs to each).
       edge_values: inputs to check besides the module's own
-        ``module.edge_values``: numbers or arrays broadcast to
+        its leaves' own (:func:`fnn.module.leaf`'s ``edge_values``): numbers or arrays broadcast to
         ``input_shape``, or functions of ``input_shape``.
-      checks: names from :data:`CHECKS` to run (default all).
+      checks: names from :data:`MODULE_CHECKS` to run (default all).
 
     Every check is described in its module: shapes and structure
     (``fnn.testing._checks``), the paths and transformations

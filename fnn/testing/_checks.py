@@ -67,7 +67,7 @@ from fnn import context as fnn_context
 from fnn._errors import StructureError
 from fnn._gradcheck.compare import against, against_autodiff, leaf_error, noted, tolerances
 from fnn._gradcheck.dtypes import cast, rtol, x64
-from fnn._gradcheck.paths import COMPILER_OPTIONS, COTANGENT
+from fnn._gradcheck.gradients import COMPILER_OPTIONS, COTANGENT
 from fnn._gradcheck.report import FAILED, INFO, PASSED, SKIPPED, Check
 from fnn._gradcheck.residuals import residuals
 from fnn._paths import PATHS, objective, sweep_forward
@@ -275,20 +275,20 @@ class Context:
 
     def describe(self):
         mode = "training" if self.train else "evaluation"
-        return f"{mode}{', fixed key' if self.module.has_randomness else ''}"
+        return f"{mode}{', fixed key' if self.module._has_randomness else ''}"
 
 
 def resolve(module, input_shape, *, state, key, train, seed):
     """``(module to check, Context or None)``: ``module`` bound to its context (:func:`fnn.context.fix`, the state
     on the host in float64) if it is contextual, else as given."""
-    if module.contextual and state is None:
+    if module._contextual and state is None:
         with x64():
             state = module.init_state(tuple(input_shape[1:]))
     state = None if state is None else cast(jax.device_get(state), np.float64)
     bound, state, key = fnn_context.fix(
         "check_module", module, input_shape[1:], state=state, key=key, train=train, seed=seed
     )
-    return bound, (Context(module, state, key, train) if module.contextual else None)
+    return bound, (Context(module, state, key, train) if module._contextual else None)
 
 
 def _run_on(module, train, path, params, x, targets, state, key):

@@ -42,7 +42,7 @@ import math
 import jax
 import numpy as np
 
-from fnn._gradcheck import paths as _paths
+from fnn._gradcheck import gradients as _gradients
 from fnn._gradcheck.compare import entry
 from fnn._gradcheck.dtypes import eps, floating, x64
 from fnn._gradcheck.report import FAILED, PASSED, SKIPPED, Check
@@ -164,7 +164,7 @@ TOGETHER = 2**22
 
 def _values(problem, order, groups):
     """The stencil values ``[n, 5]`` of each group ``(k, directions[n, *shape], step)`` of directions of the
-    ``k``-th floating leaf (see :func:`fnn._gradcheck.paths.stencil`): one compiled call for all of them, or one per
+    ``k``-th floating leaf (see :func:`fnn._gradcheck.gradients.stencil`): one compiled call for all of them, or one per
     group where the directions of all leaves together would be too large."""
     params, x, targets, g, w = problem.data()
     floats = tuple(i for i, f in enumerate(problem.floating) if f)
@@ -181,7 +181,7 @@ def _values(problem, order, groups):
     with x64():
         values = [
             jax.device_get(
-                _paths.jit_stencil(model, problem.loss, order, moved, context, params, x, targets, g, w, v, h)
+                _gradients.jit_stencil(model, problem.loss, order, moved, context, params, x, targets, g, w, v, h)
             )
             for moved, v, h in batches
         ]

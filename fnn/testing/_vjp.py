@@ -22,7 +22,7 @@ from fnn._errors import CheckFailed, InputError
 from fnn._gradcheck.compare import DEFAULT_TOLERANCES, difference
 from fnn._gradcheck.report import Column, Report, number
 
-CHECKS = ("value", "vjp", "jit", "vmap", "second_order")
+VJP_CHECKS = ("value", "vjp", "jit", "vmap", "second_order")
 
 
 #: The columns of :func:`compare_vjp`'s report.
@@ -46,7 +46,7 @@ def _is_float(x):
 
 
 @_precision.at_full
-def compare_vjp(custom_fn, reference_fn, *args, rtol=None, atol=None, seed=0, checks=CHECKS, raise_on_failure=True):
+def compare_vjp(custom_fn, reference_fn, *args, rtol=None, atol=None, seed=0, checks=VJP_CHECKS, raise_on_failure=True):
     """Compares ``custom_fn`` with ``reference_fn`` (same signature) at ``args``.
 
     Args:
@@ -57,7 +57,7 @@ def compare_vjp(custom_fn, reference_fn, *args, rtol=None, atol=None, seed=0, ch
         ``max |a - e| <= atol + rtol * max |e|``; by default from
         :data:`DEFAULT_TOLERANCES` for the lowest-precision floating input.
       seed: seeds the random cotangents and perturbations.
-      checks: which of :data:`CHECKS` to run.
+      checks: which of :data:`VJP_CHECKS` to run.
       raise_on_failure: raise ``AssertionError`` (with the report) if any row
         exceeds the tolerance.
 
@@ -66,9 +66,9 @@ def compare_vjp(custom_fn, reference_fn, *args, rtol=None, atol=None, seed=0, ch
       :class:`fnn.testing.Difference`, one per check and input (named like
       ``"vjp[0]"``), with the max absolute and relative difference.
     """
-    unknown = set(checks) - set(CHECKS)
+    unknown = set(checks) - set(VJP_CHECKS)
     if unknown:
-        raise InputError(f"unknown checks {sorted(unknown)}; expected a subset of {CHECKS}")
+        raise InputError(f"unknown checks {sorted(unknown)}; expected a subset of {VJP_CHECKS}")
     args = tuple(jnp.asarray(a) for a in args)
     float_nums = [i for i, a in enumerate(args) if _is_float(a)]
     if not float_nums:
