@@ -286,7 +286,7 @@ def run_record(history, timing):
     return {**errors, **timing, **run_fields(history, "history")}
 
 
-def record(config, args, data, *, settings, **fields):
+def record(config, args, data, *, settings, shuffle=True, **fields):
     """The JSON result of an MNIST training experiment (``fnn.fit`` runs from :func:`add_common_args`' options).
 
     The fields every such result has (``experiment``, the ``dataset`` and its ``n_train`` and ``n_test`` rows,
@@ -295,7 +295,7 @@ def record(config, args, data, *, settings, **fields):
     ``fields`` beside them (its runs' outcomes, :func:`run_record`, :meth:`Config.aims`) and its own
     ``settings`` (model, optimizer, augmentation, ...) beside the shared ones in ``config``.
     """
-    shared = {"epochs": args.epochs, "batch_size": args.batch_size, "shuffle": True, "seed": args.seed}
+    shared = {"epochs": args.epochs, "batch_size": args.batch_size, "shuffle": shuffle, "seed": args.seed}
     return {
         "experiment": config.experiment,
         "dataset": data.name,
@@ -328,12 +328,14 @@ def achieved(history):
 RECIPE_SIZES, RECIPE_BATCH, RECIPE_LR = (784, 500, 10), 100, 0.5
 
 
-def fit_recipe(data, *, path, epochs=10):
+def fit_recipe(data, *, path, epochs=10, seed=0, mixed=False):
     """The notes' recipe through ``fnn.fit`` on gradient path ``path``: ``fnn.nn.mlp(RECIPE_SIZES)`` initialised
-    from key 0, softmax cross-entropy, batches of ``RECIPE_BATCH``, SGD step ``RECIPE_LR``; returns fit's
+    from key ``seed``, softmax cross-entropy, batches of ``RECIPE_BATCH``, SGD step ``RECIPE_LR``; with ``mixed``
+    the net computes in bfloat16 (``fnn.nn.mixed_precision``) from the same float32 weights. Returns fit's
     ``fnn.History`` (``wall_s``, ``compile_s``, ``epoch_s``, the errors)."""
-    model = fnn.nn.mlp(list(RECIPE_SIZES))
-    _, params = model.init(jax.random.key(0), RECIPE_SIZES[:1])
+    net = fnn.nn.mlp(list(RECIPE_SIZES))
+    _, params = net.init(jax.random.key(seed), RECIPE_SIZES[:1])
+    model = fnn.nn.mixed_precision(net) if mixed else net
     _, history = fnn.fit(
         model,
         params,

@@ -1,7 +1,7 @@
 """One bounded command that checks fnn on an accelerator: the default tests, then the recipe, the pooled CNN and
 attention timed; one JSON file.
 
-    python -m experiments.device_check --out DIR            # one GPU: about 5 minutes, at most 7.5
+    python -m experiments.device_check --out DIR            # one GPU: about 6 minutes, at most 9.3
     python -m experiments.device_check --out DIR --quick    # tiny sizes, a few tests: a smoke test on a CPU
 
 The steps, in this order (``--steps`` picks some):
@@ -28,6 +28,11 @@ The steps, in this order (``--steps`` picks some):
   by side; then ``experiments.attention_cost``: fnn's hand-written rule
   against autodiff and ``jax.nn.dot_product_attention`` (XLA, float32), plain
   and causal.
+- ``mixed``: the recipe and a wide MLP (784-8192-8192-8192-10, batches of
+  2048) in float32 and in bfloat16 mixed precision (``fnn.nn.mixed_precision``),
+  each compiled cold (an empty compilation cache) and warm (from it): compile,
+  epoch and whole seconds, test error, and the fraction of the device's
+  matrix-product limit for the dtype.
 
 Every benchmark records the device, the JAX version, and compile and run
 seconds apart. Each step runs in a process of its own under a time budget
@@ -76,9 +81,9 @@ from experiments import _cli, _common, _peer_torch
 ROOT = Path(__file__).resolve().parents[1]
 #: What travels to a machine without network: ``datasets/`` and ``wheels/``; ``site/`` is made there.
 DEVICE = ROOT / ".device"
-STEPS = ("tests", "limits", "recipe", "pooled", "attention")
-#: Each step's time budget in seconds, sized for one GPU: with each step's grace, 7.8 minutes at most.
-BUDGETS_S = {"tests": 150, "limits": 25, "recipe": 40, "pooled": 115, "attention": 95}
+STEPS = ("tests", "limits", "recipe", "pooled", "attention", "mixed")
+#: Each step's time budget in seconds, sized for one GPU: with each step's grace, 9.3 minutes at most.
+BUDGETS_S = {"tests": 150, "limits": 25, "recipe": 40, "pooled": 115, "attention": 95, "mixed": 80}
 #: The matrix-product limits measured: ``(dtype, precision)`` (on a GPU, float32 at JAX's default runs in TF32).
 LIMITS = (("float32", "highest"), ("float32", "default"), ("bfloat16", "default"))
 #: The MNIST steps' shared options (``_common.add_common_args``): the notes' recipe, of which only the data options
@@ -95,6 +100,7 @@ SIZES = {
         "epochs": 10,
         "attention": {"batch": 4, "heads": 8, "head_dim": 64, "seq_lens": [512, 2048], "causal_seq_lens": [1024, 4096]},
         "block_s": 0.05,
+        "mixed": {"recipe": ((784, 500, 10), 100, 0.5, 10), "wide": ((784, 8192, 8192, 8192, 10), 2048, 0.02, 2)},
     },
     "quick": {
         "tests": ["tests/test_surface.py"],
@@ -102,6 +108,7 @@ SIZES = {
         "epochs": 1,
         "attention": {"batch": 1, "heads": 2, "head_dim": 16, "seq_lens": [64], "causal_seq_lens": [128]},
         "block_s": 0.01,
+        "mixed": {"recipe": ((784, 500, 10), 100, 0.5, 1), "wide": ((784, 256, 256, 10), 128, 0.02, 1)},
     },
 }
 
@@ -467,7 +474,52 @@ def attention_rows(result):
     return {"device": result["device"], "jax_version": result["jax_version"], "config": result["config"], "rows": rows}
 
 
-STEP_FUNCTIONS = {"tests": tests, "limits": limits, "recipe": recipe, "pooled": pooled, "attention": attention}
+def mixed(args, record):
+    """The recipe and a wide MLP that fills the device, each in float32 and in bfloat16 mixed precision
+    (``fnn.nn.mixed_precision``), each trained twice on the custom path: first with an empty compilation cache
+    (cold), then with the programs the first run left in it (warm). Per run: compile, epoch and whole seconds, the
+    test error, and the median epoch's fraction of the device's matrix-product limit for the dtype."""
+    with tempfile.TemporaryDirectory() as cache:
+        fnn.use_compilation_cache(cache)  # empty: the first run compiles cold, the second finds its programs
+        parser = argparse.ArgumentParser()
+        _common.add_common_args(parser, RECIPE_CONFIG)
+        data = _common.load_data(parser.parse_args(data_flags(args)))
+        record(**machine(), data=describe(data))
+        limit = {dtype: fnn.bench.machine_rate(jnp.dtype(dtype)) for dtype in ("float32", "bfloat16")}
+        record(limits_flops_per_s={dtype: rate.flops_per_s for dtype, rate in limit.items()})
+        runs = {}
+        for name, (sizes, batch_size, lr, epochs) in SIZES[args.size]["mixed"].items():
+            net = fnn.nn.mlp(list(sizes))
+            _, params = net.init(jax.random.key(0), sizes[:1])
+            for dtype in ("float32", "bfloat16"):
+                model = net if dtype == "float32" else fnn.nn.mixed_precision(net)
+                for compile_cache in ("cold", "warm"):
+                    _, history = fnn.fit(
+                        model, params, data, epochs=epochs, batch_size=batch_size, optimizer=lr, progress=False
+                    )
+                    fraction = float(np.median(history.machine_fraction(limit[dtype])))
+                    runs[f"{name}/{dtype}/{compile_cache}"] = {
+                        "sizes": list(sizes),
+                        "batch_size": batch_size,
+                        **_common.run_fields(history, "wall_s", "compile_s", "epoch_s", "test_error"),
+                        "machine_fraction": fraction,
+                    }
+                    print(
+                        f"{name}, {dtype}, {compile_cache}: {history.wall_s:.2f} s ({history.compile_s:.2f} s "
+                        f"compiling), {fraction:.0%} of the {dtype} limit",
+                        flush=True,
+                    )
+                    record(runs=runs)
+
+
+STEP_FUNCTIONS = {
+    "tests": tests,
+    "limits": limits,
+    "recipe": recipe,
+    "pooled": pooled,
+    "attention": attention,
+    "mixed": mixed,
+}
 
 
 def machine():

@@ -21,6 +21,7 @@ from experiments import (
     _items,
     activations,
     conv_in_loop,
+    mixed_precision,
     mnist_conv,
     mnist_conv_bn,
     mnist_mlp_best,
@@ -112,6 +113,17 @@ def test_mnist_conv_bn_trains_every_variant_of_the_ablation(tmp_path):
     check_history(result["history"], 1)
     with pytest.raises(SystemExit):
         mnist_conv_bn.parse_args(["--rate", "1.5"])
+
+
+def test_mixed_precision_trains_the_recipe_both_ways_from_the_same_weights(tmp_path):
+    json_path = tmp_path / "mixed.json"
+    result = mixed_precision.main(SYNTHETIC + ["--epochs", "1", "--seeds", "2", "--json", str(json_path)])
+    assert json.loads(json_path.read_text()) == json.loads(json.dumps(result))
+    assert [(r["dtype"], r["seed"]) for r in result["runs"]] == [
+        (d, s) for s in (0, 1) for d in ("float32", "bfloat16")
+    ]
+    assert result["gap"] == result["mean_test_error"]["bfloat16"] - result["mean_test_error"]["float32"]
+    assert result["config"]["shuffle"] is False and result["aim_met"] == (result["gap"] <= 0.002)
 
 
 def test_image_scripts_shift_is_fnn_random_shift_and_zero_turns_it_off():
@@ -512,13 +524,13 @@ def test_device_check_stops_a_step_past_its_budget_and_reads_pytests_summary(tmp
             device_check.parse_args(bad)
 
 
-@pytest.mark.slow  # about 15 s: a test run, then the recipe on every path, each in a process of its own
+@pytest.mark.slow  # about 30 s: a test run, the recipe on every path, mixed precision, each in a process of its own
 def test_device_check_records_each_step_its_machine_and_timings(tmp_path, monkeypatch):
     device_check = device_check_environment(monkeypatch, tmp_path)
-    argv = ["--out", str(tmp_path / "out"), "--quick", "--synthetic", "--steps", "attention,recipe,tests"]
+    argv = ["--out", str(tmp_path / "out"), "--quick", "--synthetic", "--steps", "attention,mixed,recipe,tests"]
     argv += ["--workers", "0", "--tests", "tests/test_surface.py -k downwards", "--budget", "attention=1"]
     result = device_check.main(argv)
-    assert list(result["steps"]) == ["tests", "recipe", "attention"]  # the check's order
+    assert list(result["steps"]) == ["tests", "recipe", "attention", "mixed"]  # the check's order
     assert result["quick"] and result["jax_version"] == jax.__version__ and result["wall_s"] > 0
     tests = result["steps"]["tests"]
     assert tests["status"] == "ok" and tests["exit_code"] == 0 and tests["failing"] == []
@@ -531,4 +543,11 @@ def test_device_check_records_each_step_its_machine_and_timings(tmp_path, monkey
         assert run["compile_s"] > 0 and run["run_s"] > 0 and len(run["epoch_s"]) == 1 and 0 <= run["test_error"] <= 1
     assert "skipped" in recipe["torch"] or recipe["torch"]["wall_s"] > 0  # the notes' PyTorch code needs CUDA
     assert result["steps"]["attention"]["status"] == "timed_out"  # the others' results are kept
+    mixed = result["steps"]["mixed"]
+    assert mixed["status"] == "ok" and set(mixed["limits_flops_per_s"]) == {"float32", "bfloat16"}
+    names = [f"{m}/{d}/{c}" for m in ("recipe", "wide") for d in ("float32", "bfloat16") for c in ("cold", "warm")]
+    assert list(mixed["runs"]) == names
+    assert all(0 < run["machine_fraction"] and 0 <= run["test_error"] <= 1 for run in mixed["runs"].values())
+    cold, warm = (sum(r["compile_s"] for n, r in mixed["runs"].items() if n.endswith(c)) for c in ("cold", "warm"))
+    assert warm < cold  # the second run of each found its programs in the cache
     assert json.loads((tmp_path / "out" / "device_check.json").read_text()) == json.loads(json.dumps(result))

@@ -94,6 +94,7 @@ PUBLIC = {
     "fnn.nn": {
         "dense",
         "mlp",
+        "mixed_precision",
         "serial",
         "residual",
         "remat",

@@ -9,7 +9,8 @@ Leaves: :func:`dense`, :data:`relu`, :data:`sigmoid`, :data:`tanh`,
 :func:`flatten`, :func:`identity`, :func:`attention` (multi-head
 self-attention over the attention leaf); memory for compute:
 :func:`remat` (rematerialisation) and :func:`repeat` (a block ``n`` times,
-one loop). Models: :func:`mlp`,
+one loop); speed for precision: :func:`mixed_precision` (bfloat16 compute,
+float32 parameters and outputs). Models: :func:`mlp`,
 :func:`resnet_s`. Initialisers: :mod:`fnn.nn.initializers`.
 """
 
@@ -22,6 +23,7 @@ from fnn.nn._conv import CONV_FORMS, conv1d, conv2d, conv_form
 from fnn.nn._dropout import dropout
 from fnn.nn._embeddings import embedding, positional_embedding
 from fnn.nn._linear import dense
+from fnn.nn._mixed import mixed_precision
 from fnn.nn._norm import group_norm, layer_norm
 from fnn.nn._pool import avg_pool, max_pool
 from fnn.nn._remat import remat, repeat
@@ -47,6 +49,7 @@ __all__ = [
     "layer_norm",
     "leaky_relu",
     "max_pool",
+    "mixed_precision",
     "mlp",
     "positional_embedding",
     "relu",
