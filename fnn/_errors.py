@@ -78,5 +78,9 @@ class TrainingStalled(UserWarning):
     """The loss stayed at the chance level through the first epoch: the model is not learning."""
 
 
+class ShardingWarning(UserWarning):
+    """A large array stays whole on every device where its layout would split it (no axis divides evenly)."""
+
+
 class UnidentifiedWarning(UserWarning):
     """Part of a run's configuration holds state that cannot be read, so a resumed run cannot tell if it changed."""

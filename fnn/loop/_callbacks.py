@@ -37,7 +37,7 @@ from collections.abc import Callable
 
 from tqdm.auto import tqdm
 
-from fnn._errors import CheckpointError, InputError, TrainingStalled
+from fnn._errors import CheckpointError, InputError, ShardingWarning, TrainingStalled
 from fnn._numbers import positive_int, real
 from fnn.checkpoint import Checkpoints
 from fnn.loop._config import differences
@@ -67,6 +67,8 @@ class Run:
         checkpoints keep.
       epoch_sums: the epoch's running sums on the devices (the training metrics
         so far, the divergence watch), reset each epoch.
+      layout: how the state lies on the devices, ``{"devices": n, "sharding":
+        one of fnn.parallel.LAYOUTS}``, which checkpoints keep.
     """
 
     configure: Callable
@@ -80,6 +82,7 @@ class Run:
     last_checkpoint: str | None = None
     data_state: dict | None = None
     epoch_sums: dict | None = None
+    layout: dict | None = None
 
     @functools.cached_property
     def config(self):
@@ -285,6 +288,15 @@ class Checkpointing(Callback):
                 + "; ".join(differ)
                 + ". Resume with the same settings, or start this run in an empty folder"
             )
+        saved_layout = meta.get("layout")
+        if saved_layout is not None and saved_layout != run.layout:
+            warnings.warn(
+                f"resuming checkpoint {latest} of {self.directory}, saved on {saved_layout['devices']} devices "
+                f"({saved_layout['sharding']}), on {run.layout['devices']} ({run.layout['sharding']}): the same run, "
+                "its sums over each batch taken in another order",
+                ShardingWarning,
+                stacklevel=2,
+            )
         run.state, run.epoch_sums = saved["train"], saved["epoch_sums"]
         run.epoch, run.step, run.history = meta["next_epoch"], meta["next_step"], meta["history"]
         run.data_state = meta.get("data_state")
@@ -307,6 +319,7 @@ class Checkpointing(Callback):
 
     def _save(self, run, next_epoch, next_step):
         meta = {"next_epoch": next_epoch, "next_step": next_step, "history": run.history, "config": run.config}
+        meta["layout"] = run.layout
         if next_step:
             meta["data_state"] = run.data_state
         self.checkpoints.save(run.steps_done, {"train": run.state, "epoch_sums": run.epoch_sums}, meta)

@@ -39,6 +39,7 @@ def fit(
     augment=None,
     train_metrics="batches",
     devices=None,
+    sharding="replicated",
     steps_per_call=None,
     divergence_factor=1e4,
     callbacks=(),
@@ -85,6 +86,13 @@ def fit(
       devices: ``None`` for the default device; an int ``n`` for the first
         ``n`` devices, or a sequence of devices (``jax.devices()`` for every
         device of every process), to split each batch over them.
+      sharding: how the training state (parameters, optimizer state, model
+        state) lies on those devices, one of :data:`fnn.parallel.LAYOUTS`:
+        ``"replicated"``, a copy on each; ``"fsdp"``, each large array split
+        along one axis over them (:func:`fnn.parallel.fsdp`), so that each
+        device holds ``1/n`` of the state and XLA gathers each parameter
+        where it is used. The arithmetic is the same either way, up to the
+        order of float32 sums.
       steps_per_call: optimizer steps compiled into one call, as a
         ``jax.lax.scan``. ``None`` chooses: the whole epoch (one call, no
         host round trip per step), or from a stream as many steps as about
@@ -171,6 +179,7 @@ def fit(
         shuffle_key,
         augment,
         devices,
+        sharding,
         train_metrics,
         divergence_factor,
         stream,
@@ -338,6 +347,7 @@ def _plan(
     shuffle_key,
     augment,
     devices,
+    sharding,
     train_metrics,
     factor,
     stream,
@@ -356,6 +366,8 @@ def _plan(
     if factor is not None:
         factor = real("fit", "divergence_factor", factor, within="above 1 (or None)", ok=lambda f: f > 1)
     mesh = parallel.data_mesh(1 if devices is None else devices)
+    if sharding not in parallel.LAYOUTS:
+        raise InputError(f"sharding must be one of {', '.join(map(repr, parallel.LAYOUTS))}, got {sharding!r}")
     if batch_size % mesh.size:
         raise InputError(
             f"batch_size {batch_size} does not split evenly over {mesh.size} devices; "
@@ -387,6 +399,7 @@ def _plan(
         step,
         own_step,
         as_int(accumulate),
+        sharding,
     )
 
 
@@ -448,7 +461,8 @@ def _data_identity(splits, stream):
 
 
 def _new_run(plan, params, model_state, shuffle_key, epochs, data):
-    """The run before its first step: its :class:`fnn.train.TrainState` and epoch_sums replicated on the devices,
+    """The run before its first step: its :class:`fnn.train.TrainState` laid out on the devices as ``plan.sharding``
+    says and its epoch's sums replicated,
     nothing trained; ``data()`` identifies its training data (computed with the configuration, when first needed)."""
     key_data, key_impl = _key_parts(shuffle_key)
     state = _train.TrainState(
@@ -460,8 +474,10 @@ def _new_run(plan, params, model_state, shuffle_key, epochs, data):
         key_impl,
     )
     configure = lambda: run_config(plan, params, key_data, data(), epochs)  # noqa: E731
-    state, epoch_sums = parallel.replicate((state, new_epoch_sums()), plan.mesh)
-    return Run(configure, state, epochs, plan.steps_per_epoch, epoch_sums=epoch_sums)
+    state = parallel.place(state, parallel.layout(plan.sharding, state, plan.mesh))
+    epoch_sums = parallel.replicate(new_epoch_sums(), plan.mesh)
+    layout = {"devices": plan.mesh.size, "sharding": plan.sharding}
+    return Run(configure, state, epochs, plan.steps_per_epoch, epoch_sums=epoch_sums, layout=layout)
 
 
 # ---------------------------------------------------------------- compiled functions
@@ -481,7 +497,8 @@ class _Compiled:
         self.plan, self.feed, self._steps, self.seconds = plan, feed, {}, {}
         carried = (run.state, run.epoch_sums)
         self.shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), carried)
-        self.jit = {"donate_argnums": (0,), "out_shardings": parallel.replicated(plan.mesh)}
+        kept = jax.tree.map(lambda a: a.sharding, run.state)  # the state's layout, kept from call to call
+        self.out_shardings = (kept, parallel.replicated(plan.mesh))  # the state; the epoch's sums and metrics
         lowered = {"end": self._lowered(None), **{n: self._lowered(n) for n in dict.fromkeys(lengths) if n}}
         with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
             compiled = dict(zip(lowered, pool.map(self._compiled, lowered.items())))
@@ -492,10 +509,12 @@ class _Compiled:
         """``(seconds, the lowered call)`` of ``n`` steps (``None``: the epoch's end)."""
         tic = time.perf_counter()
         if n is None:
-            end = jax.jit(make_epoch_end(self.plan), **self.jit)
+            every = (*self.out_shardings, self.out_shardings[1])  # the metrics replicated too
+            end = jax.jit(make_epoch_end(self.plan), donate_argnums=0, out_shardings=every)
             found = end.lower(*self.shapes, 1, *self.feed.shapes(None), *self.feed.test)
         else:
-            found = jax.jit(make_steps(self.plan, n), **self.jit).lower(*self.shapes, 1, 0, *self.feed.shapes(n))
+            steps = jax.jit(make_steps(self.plan, n), donate_argnums=0, out_shardings=self.out_shardings)
+            found = steps.lower(*self.shapes, 1, 0, *self.feed.shapes(n))
         return time.perf_counter() - tic, found
 
     def _compiled(self, item):
