@@ -150,6 +150,8 @@ class _Leaf:
     #: Whether the leaf has no parameters and its ``forward`` is linear in ``x`` (average pooling): its JVP is then
     #: its own forward pass, ``J u = forward(u)``, computed directly rather than as the transpose of ``backward``.
     linear: bool = False
+    #: ``param_axes(params) -> the name of each axis of each parameter`` (see :func:`leaf`), or ``None``.
+    param_axes: Callable | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +172,9 @@ class _Wiring:
     #: Whether its output holds its input's values, only rearranged (``flatten``): the host-side input check is
     #: then the next module's.
     only_rearranges: bool = False
+    #: ``param_axes(params, axes_of) -> the name of each axis of each parameter`` from its children's
+    #: (``axes_of(child, child_params)``), or ``None`` (see :func:`structural`).
+    param_axes: Callable | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -210,6 +215,17 @@ class Module:
     def _only_rearranges(self):
         """Whether this is wiring whose output holds its input's values, only rearranged (``flatten``)."""
         return not self._is_leaf and self._kind.only_rearranges
+
+    def _param_axes(self, params):
+        """The names of the axes of each array of ``params`` (arrays or ``jax.ShapeDtypeStruct``), as this module's
+        leaves declare them: a ``jax.sharding.PartitionSpec`` of names per array, ``None`` for an axis no leaf
+        names, in the structure of ``params``."""
+        declared = self._kind.param_axes
+        if declared is None:
+            return jax.tree.map(lambda a: jax.sharding.PartitionSpec(*[None] * len(a.shape)), params)
+        if self._is_leaf:
+            return declared(params)
+        return declared(params, lambda child, child_params: child._param_axes(child_params))
 
     @property
     def _edge_values(self):
@@ -763,6 +779,7 @@ def leaf(
     state_init=None,
     stochastic=False,
     linear=False,
+    param_axes=None,
 ):
     """Makes a leaf module from a hand-written forward/backward pair.
 
@@ -800,6 +817,12 @@ def leaf(
         ``x`` (average pooling): forward mode then runs ``forward`` on the
         tangent instead of transposing ``backward``; the checker's forward
         checks hold it to autodiff's JVP all the same.
+      param_axes: the name of each axis of each parameter, which sharding
+        rules map to mesh axes (:func:`fnn.parallel.by_names`): a dict from a
+        parameter's key to a tuple of names (``{"w": ("in", "out"), "b":
+        ("out",)}``; a key the parameters lack is skipped), or a function of
+        the parameters returning them in their structure. ``None``: the axes
+        have no names.
 
     ``apply`` is what the ``autodiff`` path lets ``jax.grad`` differentiate
     (what ``forward`` saves but ``apply`` does not return is dead code that
@@ -852,8 +875,22 @@ def leaf(
             x = checked(x, params)
             return (forward(params, x)[0] if apply is None else apply(params, x)), state
 
-    kind = _Leaf(tuple(edge_values), check_inputs, state_init, bool(stochastic), bool(linear))
+    kind = _Leaf(tuple(edge_values), check_inputs, state_init, bool(stochastic), bool(linear), _axes_of(param_axes))
     return Module(name, init or no_init, backward, run, run_forward, kind)
+
+
+def block_axes(block):
+    """:func:`structural`'s ``param_axes`` for wiring whose parameters are its one ``block``'s (``residual``,
+    ``remat``, ``mixed_precision``)."""
+    return lambda params, axes_of: axes_of(block, params)
+
+
+def _axes_of(param_axes):
+    """A leaf's ``param_axes`` as a function of its parameters (see :func:`leaf`)."""
+    if param_axes is None or callable(param_axes):
+        return param_axes
+    names = {key: jax.sharding.PartitionSpec(*axes) for key, axes in param_axes.items()}
+    return lambda params: {key: names[key] for key in params}
 
 
 def structural(
@@ -871,6 +908,7 @@ def structural(
     child_contexts=None,
     check_inputs=None,
     only_rearranges=False,
+    param_axes=None,
 ):
     """Makes a structural module: wiring whose ``backward`` calls its children's.
 
@@ -885,7 +923,10 @@ def structural(
     host-side check of its inputs, as for :func:`leaf` (``None``: its first
     child's); ``only_rearranges`` says that its output holds its input's
     values, only rearranged (``flatten``), so that the input check is the
-    next module's.
+    next module's. ``param_axes(params, axes_of)`` gives the names of its
+    parameters' axes from its children's, ``axes_of(child, child_params)``
+    (see :func:`leaf`); ``None`` when it has no parameters of its own
+    arrangement to name (then they have no names).
     """
     if (
         (apply is None) == (run is None)
@@ -901,7 +942,9 @@ def structural(
         def run_forward(params, x, state, key, train):
             return (*forward(params, x), state)
 
-    kind = _Wiring(tuple(children), rebuild, check_inputs, state_init, child_contexts, bool(only_rearranges))
+    kind = _Wiring(
+        tuple(children), rebuild, check_inputs, state_init, child_contexts, bool(only_rearranges), param_axes
+    )
     module = Module(name, init, backward, run, run_forward, kind)
     if module._contextual and (child_contexts is None or apply is not None):
         raise UsageError(f"{name}: a child has state or randomness; the wiring must pass it on (run, child_contexts)")

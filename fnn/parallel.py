@@ -22,15 +22,18 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fnn._errors import InputError, ShardingWarning, UsageError
+from fnn.module import Module
 
 __all__ = [
     "AXIS",
     "FSDP_MIN_BYTES",
     "LAYOUTS",
     "batch_sharding",
+    "by_names",
     "data_mesh",
     "fsdp",
     "layout",
+    "logical_axes",
     "place",
     "replicate",
     "replicated",
@@ -43,7 +46,8 @@ AXIS = "data"
 #: :func:`fsdp` leaves arrays smaller than this replicated (a bias, a step count): splitting them saves little and
 #: costs a gather each.
 FSDP_MIN_BYTES = 2**16
-#: The layouts of the training state ``fnn.fit(..., sharding=)`` takes: each array on every device, or FSDP's.
+#: The layouts of the training state ``fnn.fit(..., sharding=)`` takes by name: each array on every device, or
+#: FSDP's; it also takes rules from axis names to mesh axes (:func:`by_names`).
 LAYOUTS = ("replicated", "fsdp")
 
 
@@ -140,10 +144,91 @@ def fsdp(tree, mesh, *, min_bytes=FSDP_MIN_BYTES):
     return found
 
 
+def logical_axes(model, params):
+    """The name of each axis of each of ``params``' arrays, as ``model``'s leaves declare them
+    (:func:`fnn.module.leaf`'s ``param_axes``): a ``jax.sharding.PartitionSpec`` of names per array (``None`` for an
+    axis no leaf names), in the structure of ``params``.
+
+    For example ``dense``'s ``w`` is ``("in", "out")``, a convolution's
+    ``("window", ..., "in", "out")``, an embedding's table ``("vocab",
+    "embed")``, attention's projections ``("embed", "heads")`` and
+    ``("heads", "embed")``, and ``nn.repeat`` puts ``"layers"`` first.
+    """
+    if not isinstance(model, Module):
+        raise InputError(f"logical_axes: model must be an fnn module, got {type(model).__name__}")
+    axes = model._param_axes(params)
+    for path, a in jax.tree_util.tree_leaves_with_path(params):
+        spec = _at(axes, path)
+        if len(spec) != np.ndim(a):
+            raise InputError(
+                f"logical_axes: {model.name} names {len(spec)} axes {tuple(spec)} for the parameter "
+                f"{jax.tree_util.keystr(path)} of shape {tuple(np.shape(a))}; its leaf's param_axes must name each axis"
+            )
+    return axes
+
+
+def _at(tree, path):
+    """The entry of ``tree`` at a key path of another tree of the same structure."""
+    for key in path:
+        tree = tree[getattr(key, "key", getattr(key, "idx", None))]
+    return tree
+
+
+def by_names(params, axes, mesh, rules, *, min_bytes=FSDP_MIN_BYTES):
+    """The layout of ``params`` from the names of their axes (:func:`logical_axes`) and ``rules`` mapping a name to
+    a mesh axis (or ``None``: not split), as Flax's and MaxText's logical axis rules do.
+
+    An axis is split over the mesh axis its name maps to when that mesh
+    axis's size divides it and no earlier axis of the array took that mesh
+    axis. Nothing is silent: one :class:`fnn.ShardingWarning` names the axis
+    names no rule covers, the axes whose rule could not apply (not
+    divisible, mesh axis taken) and the arrays of at least ``min_bytes``
+    left whole on every device.
+
+    Example::
+
+        mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+        rules = {"in": "data", "out": "model", "vocab": "model", "embed": "data"}
+        shardings = fnn.parallel.by_names(params, fnn.parallel.logical_axes(model, params), mesh, rules)
+    """
+    unknown = sorted(set(rules.values()) - set(mesh.axis_names) - {None})
+    if unknown:
+        raise InputError(f"by_names: rules map to mesh axes {unknown} that the mesh {dict(mesh.shape)} lacks")
+    uncovered, unapplied, whole = set(), [], []
+
+    def one(path, a):
+        spec, used, where = _at(axes, path), set(), jax.tree_util.keystr(path)
+        placed = []
+        for size, name in zip(np.shape(a), spec):
+            target = None if name is None else rules.get(name, None)
+            if name is not None and name not in rules:
+                uncovered.add(name)
+            if target is not None and (target in used or size % mesh.shape[target]):
+                unapplied.append(f"{where} {name}->{target}")
+                target = None
+            used.add(target)
+            placed.append(target)
+        if not any(placed) and np.dtype(a.dtype).itemsize * int(np.prod(np.shape(a))) >= min_bytes:
+            whole.append(f"{where} {tuple(np.shape(a))}")
+        return NamedSharding(mesh, P(*placed))
+
+    found = jax.tree_util.tree_map_with_path(one, params)
+    said = []
+    if uncovered:
+        said.append(f"no rule for the axis names {sorted(uncovered)}")
+    if unapplied:
+        said.append(f"rules that could not split (not divisible, or the mesh axis taken): {', '.join(unapplied[:5])}")
+    if whole:
+        said.append(f"{len(whole)} arrays of at least {min_bytes} bytes whole on every device: {', '.join(whole[:5])}")
+    if said:
+        warnings.warn(f"by_names: {'; '.join(said)}", ShardingWarning, stacklevel=2)
+    return found
+
+
 def layout(name, tree, mesh):
     """The shardings of ``tree`` for the layout ``name`` (one of :data:`LAYOUTS`)."""
     if name not in LAYOUTS:
-        raise InputError(f"sharding must be one of {', '.join(map(repr, LAYOUTS))}, got {name!r}")
+        raise InputError(f"sharding must be one of {', '.join(map(repr, LAYOUTS))}, or rules, got {name!r}")
     return fsdp(tree, mesh) if name == "fsdp" else jax.tree.map(lambda _: replicated(mesh), tree)
 
 

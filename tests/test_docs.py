@@ -65,7 +65,12 @@ PRINTS = {
     ],
     "paths": [r"top-level HLO ops, custom minus autodiff: fusion:kLoop -1", r"custom: \d\.\d\dx autodiff"],
     "state": [r"pass state=model\.init_state\(input_shape\)"],
-    "training": [r"train labels must be class ids in \[0, 3\)", r"epoch 3: test error", r"^2$"],
+    "training": [
+        r"train labels must be class ids in \[0, 3\)",
+        r"epoch 3: test error",
+        r"^2$",
+        r"^\[0\]\['w'\] \(784, 500\) \('data', 'model'\)$",
+    ],
 }
 
 

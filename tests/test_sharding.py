@@ -2,6 +2,7 @@
 on another number of devices, on eight simulated CPU devices in a child process."""
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -10,6 +11,8 @@ from test_robust import ON_CPU, PRELUDE, run_python
 
 import fnn
 from fnn import nn
+
+GOLDEN = Path(__file__).parent / "golden"
 
 CHILD = """
 import json, tempfile, warnings
@@ -101,6 +104,77 @@ def test_fsdp_holds_an_eighth_per_device_trains_as_replicated_and_resumes_on_ano
         assert f"saved on {first} devices" in said and f"on {then} (" in said and "another order" in said
 
 
+#: The rules the golden tables are made with: FSDP over "data" by the input-side names, tensor parallelism over
+#: "model" by the output-side names, on a 4 x 2 mesh.
+RULES = {"in": "data", "out": "model", "embed": "data", "heads": "model", "vocab": "model", "window": None}
+
+TENSOR_PARALLEL = """
+import json, warnings
+import jax, jax.numpy as jnp, optax, fnn
+from fnn import nn
+from experiments._images import pooled_cnn
+jax.config.update("jax_num_cpu_devices", 8)
+rules = json.loads(sys.argv[1])
+mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+found = {"tables": {}}
+block = nn.serial(
+    nn.residual(nn.serial(nn.layer_norm(), nn.attention(4, 16))),
+    nn.residual(nn.serial(nn.layer_norm(), nn.dense(256, bias=True), nn.gelu, nn.dense(64, bias=True))),
+)
+models = {
+    "mlp": (nn.mlp([784, 500, 10]), (784,)),
+    "pooled_cnn": (pooled_cnn(), (28, 28, 1)),
+    "transformer_block": (block, (16, 64)),
+}
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    for name, (model, shape) in models.items():
+        _, params = model.init(jax.random.key(0), shape)
+        layout = fnn.parallel.by_names(params, fnn.parallel.logical_axes(model, params), mesh, rules)
+        placed = fnn.parallel.place(params, layout)
+        rows = fnn.parallel.sharding_table(placed)
+        found["tables"][name] = [{k: r[k] for k in ("array", "shape", "spec", "bytes_per_device")} for r in rows]
+        # The hand-written rules under XLA's partitioner: every path's gradient on the 4 x 2 mesh against one device.
+        x = jax.random.normal(jax.random.key(1), (8, *shape))
+        y = jnp.arange(8) % (10 if name != "transformer_block" else 64)
+        loss = fnn.losses.cross_entropy if name != "transformer_block" else fnn.losses.mse
+        y = y if name != "transformer_block" else x
+        xs = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+        for path in fnn.PATHS:
+            grad_fn = jax.jit(fnn.value_and_grad(model, loss, path=path))
+            got, want = grad_fn(placed, xs, y)[1], grad_fn(params, x, y)[1]
+            pairs = zip(jax.tree.leaves(got), jax.tree.leaves(want))
+            found[f"{name}_{path}"] = max(
+                float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / (np.max(np.abs(np.asarray(b))) + 1e-30))
+                for a, b in pairs
+            )
+found["said"] = [str(w.message) for w in caught if issubclass(w.category, fnn.ShardingWarning)]
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.slow  # about 30 s: eight simulated devices in a child process
+def test_tensor_parallel_rules_lay_out_the_models_as_committed_and_the_rules_run_under_the_partitioner():
+    """Golden tables (``tests/golden/sharding_*.json``): a change that lays out a parameter otherwise, or silently
+    leaves it whole, fails here. To accept a change on purpose, delete the file and run the test once."""
+    found = json.loads(run_python(PRELUDE + TENSOR_PARALLEL, json.dumps(RULES), env=ON_CPU).splitlines()[-1])
+    for name, table in found["tables"].items():
+        golden = GOLDEN / f"sharding_{name}.json"
+        if not golden.exists():
+            golden.write_text(json.dumps(table, indent=1) + "\n")
+        assert table == json.loads(golden.read_text()), name
+    # float32 gradients summed in another order: relative to each leaf's largest entry, a few ulps.
+    for key, gap in found.items():
+        if key not in ("tables", "said"):
+            assert gap < 1e-5, (key, gap)
+    # Said, not silent: the first convolution's one input channel that 4 devices cannot split (pooled CNN), the
+    # layer norms' "features" that no rule names (transformer block); nothing large is left whole.
+    assert found["said"] == [
+        "by_names: rules that could not split (not divisible, or the mesh axis taken): [0]['w'] in->data",
+        "by_names: no rule for the axis names ['features']",
+    ]
+
+
 def test_fsdp_on_one_device_replicates():
     tree = {"w": np.zeros((304, 704), np.float32), "b": np.zeros(704, np.float32)}
     found = fnn.parallel.fsdp(tree, fnn.parallel.data_mesh(1))
@@ -111,7 +185,17 @@ def test_a_layout_that_is_not_one_is_refused_naming_those_there_are():
     data = type("D", (), {"x_train": np.ones((8, 3)), "y_train": np.zeros(8, int)})()
     data.x_test, data.y_test = data.x_train, data.y_train
     model = nn.dense(2)
-    with pytest.raises(fnn.InputError, match=r"sharding must be one of 'replicated', 'fsdp', got 'zero3'"):
+    with pytest.raises(fnn.InputError, match=r"sharding must be one of 'replicated', 'fsdp', or rules .* got 'zero3'"):
         fnn.fit(model, model.init(jax.random.key(0), (3,))[1], data, epochs=1, batch_size=4, sharding="zero3")
     with pytest.raises(fnn.InputError, match=r"sharding must be one of"):
         fnn.parallel.layout("zero3", {}, fnn.parallel.data_mesh(1))
+    params = {"w": np.zeros((4, 2), np.float32)}
+    with pytest.raises(fnn.InputError, match=r"by_names: rules map to mesh axes \['model'\] that the mesh"):
+        fnn.parallel.by_names(
+            params, {"w": jax.sharding.PartitionSpec("in", "out")}, fnn.parallel.data_mesh(1), {"in": "model"}
+        )
+    wrong = fnn.module.leaf("scale", forward=lambda p, x: (x * p["s"], x), backward=None, param_axes={"s": ("a", "b")})
+    with pytest.raises(
+        fnn.InputError, match=r"logical_axes: scale names 2 axes \('a', 'b'\) for the parameter \['s'\] of shape \(3,\)"
+    ):
+        fnn.parallel.logical_axes(wrong, {"s": np.ones(3)})

@@ -71,7 +71,7 @@ class Plan:
     step: Callable | None = None
     own_step: bool = False
     accumulate: int = 1
-    sharding: str = "replicated"
+    sharding: str | dict = "replicated"
 
     @property
     def full_batches(self):

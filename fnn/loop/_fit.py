@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import math
 import time
@@ -9,6 +10,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from fnn import _flops, _precision, parallel, validate
 from fnn import losses as _losses
@@ -91,8 +93,12 @@ def fit(
         ``"replicated"``, a copy on each; ``"fsdp"``, each large array split
         along one axis over them (:func:`fnn.parallel.fsdp`), so that each
         device holds ``1/n`` of the state and XLA gathers each parameter
-        where it is used. The arithmetic is the same either way, up to the
-        order of float32 sums.
+        where it is used. Or rules from the names of the parameters' axes to
+        the mesh axis ``"data"`` (``{"in": "data"}``,
+        :func:`fnn.parallel.by_names`): the parameters split by their names,
+        the optimizer's state as its parameters, the model's state
+        replicated. The arithmetic is the same either way, up to the order
+        of float32 sums.
       steps_per_call: optimizer steps compiled into one call, as a
         ``jax.lax.scan``. ``None`` chooses: the whole epoch (one call, no
         host round trip per step), or from a stream as many steps as about
@@ -366,8 +372,11 @@ def _plan(
     if factor is not None:
         factor = real("fit", "divergence_factor", factor, within="above 1 (or None)", ok=lambda f: f > 1)
     mesh = parallel.data_mesh(1 if devices is None else devices)
-    if sharding not in parallel.LAYOUTS:
-        raise InputError(f"sharding must be one of {', '.join(map(repr, parallel.LAYOUTS))}, got {sharding!r}")
+    if not isinstance(sharding, dict) and sharding not in parallel.LAYOUTS:
+        raise InputError(
+            f"sharding must be one of {', '.join(map(repr, parallel.LAYOUTS))}, or rules from axis names to mesh "
+            f"axes (a dict, e.g. {{'in': 'data'}}), got {sharding!r}"
+        )
     if batch_size % mesh.size:
         raise InputError(
             f"batch_size {batch_size} does not split evenly over {mesh.size} devices; "
@@ -474,10 +483,26 @@ def _new_run(plan, params, model_state, shuffle_key, epochs, data):
         key_impl,
     )
     configure = lambda: run_config(plan, params, key_data, data(), epochs)  # noqa: E731
-    state = parallel.place(state, parallel.layout(plan.sharding, state, plan.mesh))
+    state = parallel.place(state, _state_layout(plan, state))
     epoch_sums = parallel.replicate(new_epoch_sums(), plan.mesh)
     layout = {"devices": plan.mesh.size, "sharding": plan.sharding}
     return Run(configure, state, epochs, plan.steps_per_epoch, epoch_sums=epoch_sums, layout=layout)
+
+
+def _state_layout(plan, state):
+    """The shardings of the run's :class:`fnn.train.TrainState`: a layout by name, or the rules of
+    ``plan.sharding`` applied to the parameters' axis names, the optimizer state's parameter-shaped arrays laid out
+    as their parameters, the rest replicated."""
+    if not isinstance(plan.sharding, dict):
+        return parallel.layout(plan.sharding, state, plan.mesh)
+    whole = parallel.replicated(plan.mesh)
+    axes = parallel.logical_axes(plan.model, state.params)
+    params = parallel.by_names(state.params, axes, plan.mesh, plan.sharding)
+    opt_state = optax.tree_map_params(
+        plan.optimizer, lambda _, sharding: sharding, state.opt_state, params, transform_non_params=lambda _: whole
+    )
+    model_state, step, key = jax.tree.map(lambda _: whole, (state.model_state, state.step, state.key))
+    return dataclasses.replace(state, params=params, opt_state=opt_state, model_state=model_state, step=step, key=key)
 
 
 # ---------------------------------------------------------------- compiled functions

@@ -81,6 +81,7 @@ import math
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from fnn._errors import InputError, UsageError
 from fnn._numbers import as_int, positive_int
@@ -374,6 +375,13 @@ def _self_attention(project, attend, heads, head_dim, init):
     def rebuild(project, attend):
         return _self_attention(project, attend, heads, head_dim, init)
 
+    def param_axes(params, axes_of):  # the projections' ("in", "out") named as what they map between
+        names = {p: {"in": "embed", "out": "heads"} for p in "qkv"} | {"o": {"in": "heads", "out": "embed"}}
+        return {
+            p: jax.tree.map(lambda spec, p=p: P(*(names[p].get(n, n) for n in spec)), axes_of(project, params[p]))
+            for p in _PROJECTIONS
+        }
+
     return structural(
         "attention",
         init=init,
@@ -382,6 +390,7 @@ def _self_attention(project, attend, heads, head_dim, init):
         backward=backward,
         children=(project, attend),
         rebuild=rebuild,
+        param_axes=param_axes,
     )
 
 

@@ -37,7 +37,16 @@ from fnn._errors import InputError, UsageError
 from fnn._numbers import real
 from fnn.module import leaf, with_settings
 from fnn.nn import _checks
-from fnn.nn._norm import affine_backward, check_eps, check_scale, moments, normalize, scale_params, standardize_backward
+from fnn.nn._norm import (
+    SCALE_AXES,
+    affine_backward,
+    check_eps,
+    check_scale,
+    moments,
+    normalize,
+    scale_params,
+    standardize_backward,
+)
 
 __all__ = ["batch_norm", "batch_norm_leaf"]
 
@@ -92,7 +101,15 @@ def batch_norm_leaf(eps=1e-5):
 
 def _leaf(forward, eps, **contextual):
     """The batch norm leaf over ``forward``: the op's (no state) or the module's (``state_init``)."""
-    return leaf("batch_norm", forward=forward, backward=_backward, check=_check(eps), edge_values=(4.0,), **contextual)
+    return leaf(
+        "batch_norm",
+        forward=forward,
+        backward=_backward,
+        check=_check(eps),
+        edge_values=(4.0,),
+        param_axes=SCALE_AXES,
+        **contextual,
+    )
 
 
 def _check_state(state, x):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from fnn import context
 from fnn._errors import InputError, UsageError
-from fnn.module import Module, structural, with_settings
+from fnn.module import Module, block_axes, structural, with_settings
 from fnn.nn import _checks
 from fnn.nn._activations import relu
 from fnn.nn._linear import dense
@@ -127,6 +127,7 @@ def serial(*modules):
         state_init=state_init if has_state else None,
         check_inputs=check_inputs,
         only_rearranges=all(m._only_rearranges for m in modules),
+        param_axes=lambda params, axes_of: [axes_of(m, p) for m, p in zip(modules, params)],
     )
 
 
@@ -177,6 +178,7 @@ def residual(block):
         rebuild=residual,
         child_contexts=child_contexts,
         state_init=block.init_state if block._has_state else None,
+        param_axes=block_axes(block),
     )
 
 

@@ -269,7 +269,10 @@ def conv_leaf(n, stride=1, padding="SAME", init=None, bias=False, form=None):
         dw, dx = _BACKWARD[form_of(x, params["w"])](x, params["w"], g, stride, padding)
         return {"w": dw, **grads}, dx
 
-    return leaf(name, init=init, forward=forward, backward=backward, check=_check(n, stride, padding, bias))
+    axes = {"w": ("window",) * n + ("in", "out"), "b": ("out",)} if init is not None else None
+    return leaf(
+        name, init=init, forward=forward, backward=backward, check=_check(n, stride, padding, bias), param_axes=axes
+    )
 
 
 def conv1d_leaf(stride=1, padding="SAME", init=None, bias=False, form=None):

@@ -209,6 +209,7 @@ def embedding(vocab, dim, *, w_init=embed_normal, dtype=jnp.float32):
         backward=_embedding_backward,
         check=_check_embedding,
         check_inputs=_check_ids(vocab),
+        param_axes={"table": ("vocab", "embed")},
     )
 
 
@@ -253,4 +254,5 @@ def positional_embedding(*, w_init=embed_normal, dtype=jnp.float32):
         forward=lambda params, x: (x + params["table"], None),
         backward=_positions_backward,
         check=_check_positions,
+        param_axes={"table": ("positions", "embed")},
     )

@@ -16,7 +16,7 @@ from fnn.module import leaf, with_settings
 from fnn.nn import _checks
 from fnn.nn import initializers as _init
 
-__all__ = ["BIAS", "DENSE", "MATMUL", "dense"]
+__all__ = ["BIAS", "DENSE", "DENSE_AXES", "MATMUL", "dense"]
 
 
 def _rows(a):
@@ -90,7 +90,9 @@ def _check_dense(params, x):
 
 #: ``y = x W (+ b)`` over given params ``{"w": W}`` or ``{"w": W, "b": b}``, without an init
 #: (the projections of :func:`fnn.nn.attention`, whose init makes their params).
-DENSE = leaf("dense", forward=_dense_forward, backward=_dense_backward, check=_check_dense)
+#: The names of the axes of a dense layer's parameters (see :func:`fnn.module.leaf`'s ``param_axes``).
+DENSE_AXES = {"w": ("in", "out"), "b": ("out",)}
+DENSE = leaf("dense", forward=_dense_forward, backward=_dense_backward, check=_check_dense, param_axes=DENSE_AXES)
 
 
 @with_settings
@@ -109,7 +111,8 @@ def dense(n_out, *, bias=False, w_init="he", b_init="zeros", dtype=jnp.float32):
         ``jax.nn.initializers.glorot_normal()``.
       dtype: the parameters' floating dtype.
 
-    Params: ``{"w": [n, n_out]}`` plus ``"b": [n_out]`` with ``bias=True``.
+    Params: ``{"w": [n, n_out]}`` plus ``"b": [n_out]`` with ``bias=True``;
+    their axes are named ``("in", "out")`` and ``("out",)``.
     Backward: ``dx = G W^T``, ``dW = x^T G``, ``db = sum of G over rows``.
     """
     if isinstance(n_out, bool) or not isinstance(n_out, int) or n_out < 1:
@@ -133,4 +136,11 @@ def dense(n_out, *, bias=False, w_init="he", b_init="zeros", dtype=jnp.float32):
             params["b"] = jnp.asarray(make_b(b_key, (n_out,), dtype), dtype)
         return (*shape[:-1], n_out), params
 
-    return leaf("dense", init=init, forward=_dense_forward, backward=_dense_backward, check=_check_dense)
+    return leaf(
+        "dense",
+        init=init,
+        forward=_dense_forward,
+        backward=_dense_backward,
+        check=_check_dense,
+        param_axes=DENSE_AXES,
+    )

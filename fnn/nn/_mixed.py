@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn._errors import InputError
-from fnn.module import Module, structural, with_settings
+from fnn.module import Module, block_axes, structural, with_settings
 
 __all__ = ["COMPUTE_DTYPES", "mixed_precision"]
 
@@ -94,4 +94,5 @@ def mixed_precision(block, compute_dtype=jnp.bfloat16):
         child_contexts=lambda state, key: [(state, key)],
         state_init=block.init_state if block._has_state else None,
         check_inputs=block._check_inputs,
+        param_axes=block_axes(block),
     )

@@ -40,6 +40,7 @@ __all__ = [
     "layer_norm_leaf",
     "moments",
     "normalize",
+    "SCALE_AXES",
     "scale_params",
     "standardize",
     "standardize_backward",
@@ -126,6 +127,10 @@ def check_scale(name, eps):
     return check
 
 
+#: The names of the axes of ``gamma`` and ``beta`` (see :func:`fnn.module.leaf`'s ``param_axes``).
+SCALE_AXES = {"gamma": ("features",), "beta": ("features",)}
+
+
 def scale_params(name, dtype):
     """``init``'s ``gamma`` ones and ``beta`` zeros over the last axis of the input shape."""
     _checks.require_float_dtype(name, dtype)
@@ -160,6 +165,7 @@ def layer_norm_leaf(eps=1e-5, init=None):
         backward=backward,
         check=check_scale("layer_norm", eps),
         edge_values=(4.0,),
+        param_axes=SCALE_AXES,
     )
 
 
@@ -218,6 +224,7 @@ def group_norm_leaf(groups, eps=1e-5, init=None):
         backward=backward,
         check=_check_groups(groups, eps),
         edge_values=(4.0,),
+        param_axes=SCALE_AXES,
     )
 
 

@@ -25,12 +25,13 @@ block and recomputes the rest block by block.
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from fnn import context
 from fnn._errors import InputError, UsageError
 from fnn._linear_map import Layout
 from fnn._numbers import positive_int
-from fnn.module import Module, structural, with_settings
+from fnn.module import Module, block_axes, structural, with_settings
 
 __all__ = ["remat", "repeat"]
 
@@ -109,6 +110,7 @@ def remat(block):
         child_contexts=lambda state, key: [(state, key)],
         state_init=block.init_state if block._has_state else None,
         check_inputs=block._check_inputs,
+        param_axes=block_axes(block),
     )
 
 
@@ -165,6 +167,10 @@ def repeat(block, n):
         dx, dparams = lax.scan(body, g, (params, saved.arrays), reverse=True)
         return dparams, dx
 
+    def param_axes(params, axes_of):  # the block's, after a leading axis "layers"
+        one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params)
+        return jax.tree.map(lambda spec: P("layers", *spec), axes_of(block, one))
+
     def child_contexts(state, key):
         raise UsageError(
             "repeat: a repeated block with state or randomness cannot be given one fixed context per block "
@@ -182,4 +188,5 @@ def repeat(block, n):
         child_contexts=child_contexts,
         state_init=state_init if block._has_state else None,
         check_inputs=block._check_inputs,
+        param_axes=param_axes,
     )
