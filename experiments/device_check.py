@@ -25,9 +25,13 @@ The steps, in this order (``--steps`` picks some):
   installed), in interleaved rounds.
 - ``attention``: the gradient of ``jax.nn.dot_product_attention`` in bfloat16
   by XLA and by cuDNN (``implementation="cudnn"``, where it runs), timed side
-  by side; then ``experiments.attention_cost``: fnn's hand-written rule
-  against autodiff and ``jax.nn.dot_product_attention`` (XLA, float32), plain
-  and causal.
+  by side with fnn's Pallas kernels (``fnn_pallas``); then
+  ``experiments.attention_cost``: fnn's hand-written rule (on a GPU its
+  Pallas kernels, ``fnn.nn._attention.rule``) against autodiff and
+  ``jax.nn.dot_product_attention`` (XLA, float32), plain and causal; last,
+  fnn's two rules in float32, the Pallas kernels and the scan rule, against
+  autodiff (``fnn_rules``). A rule of fnn's that fails to compile or run is
+  recorded as its error, and the others are timed.
 - ``mixed``: the recipe and a wide MLP (784-8192-8192-8192-10, batches of
   2048) in float32 and in bfloat16 mixed precision (``fnn.nn.mixed_precision``),
   each compiled cold (an empty compilation cache) and warm (from it): compile,
@@ -417,13 +421,14 @@ def pooled(args, record):
 
 
 def attention(args, record):
-    """``jax.nn.dot_product_attention``'s gradient in bfloat16 by XLA and cuDNN, then ``experiments.attention_cost``
-    (fnn's rule against autodiff and XLA's attention in float32), plain and causal."""
+    """``jax.nn.dot_product_attention``'s gradient in bfloat16 by XLA and cuDNN (and fnn's Pallas kernels), then
+    ``experiments.attention_cost`` (fnn's rule against autodiff and XLA's attention in float32), plain and causal,
+    then fnn's Pallas kernels and scan rule against autodiff in float32."""
     size, block_s = SIZES[args.size]["attention"], SIZES[args.size]["block_s"]
     shape = {k: size[k] for k in ("batch", "heads", "head_dim")}
     problems = [(n, False) for n in size["seq_lens"]] + [(n, True) for n in size["causal_seq_lens"]]
     record(**machine(), shape=shape)
-    rows = []
+    rows, rules = [], []
     for seq_len, causal in problems:
         rows.append(jax_nn_bfloat16(seq_len, causal, **shape, block_s=block_s))
         record(jax_nn_bfloat16=rows)
@@ -433,12 +438,17 @@ def attention(args, record):
         lengths = [str(n) for n, c in problems if c == (name == "causal")]
         result = experiment("attention_cost", [*common, *extra, "--seq-lens", *lengths], record)
         record(**{f"fnn_{name}": attention_rows(result)})
+    for seq_len, causal in problems:
+        rules.append(fnn_rules_float32(seq_len, causal, **shape, block_s=block_s))
+        record(fnn_rules=rules)
 
 
 def jax_nn_bfloat16(seq_len, causal, *, batch, heads, head_dim, block_s):
-    """The gradient of ``sum(jax.nn.dot_product_attention(q, k, v) * C)`` in bfloat16 by XLA and by cuDNN,
-    timed side by side (``fnn.bench.compare``, against XLA); returns per implementation its ``compile_s``,
-    ``step_s`` and time ratio, and cuDNN's refusal where it refuses (no GPU; cuDNN takes no float32)."""
+    """The gradient of ``sum(jax.nn.dot_product_attention(q, k, v) * C)`` in bfloat16 by XLA and by cuDNN, and of
+    fnn's attention by its Pallas kernels (``fnn_pallas``), timed side by side (``fnn.bench.compare``, against
+    XLA); returns per implementation its ``compile_s``, ``step_s`` and time ratio (fnn's also against cuDNN's,
+    ``time_ratio_vs_cudnn``), cuDNN's refusal where it refuses (no GPU; cuDNN takes no float32), and fnn's error
+    (``fnn_pallas_error``) where its kernels fail."""
     keys = jax.random.split(jax.random.key(0), 4)
     q, k, v, c = (jax.random.normal(key, (batch, seq_len, heads, head_dim), jnp.bfloat16) for key in keys)
 
@@ -456,13 +466,70 @@ def jax_nn_bfloat16(seq_len, causal, *, batch, heads, head_dim, block_s):
         fns["cudnn"] = cudnn
     except (RuntimeError, ValueError) as e:
         row["cudnn_refused"] = f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
+    pallas, compile_s, failed = runnable({"fnn_pallas": attention_gradient(causal, "pallas")}, q, k, v, c)
+    fns |= pallas
+    row |= {f"{name}_error": error for name, error in failed.items()}
     results = fnn.bench.compare(
         fns, q, k, v, c, baseline="xla", rounds=fnn.bench.MIN_ROUNDS, block_s=block_s, rate=False
     )
     for name, r in results.items():
-        row[name] = {"compile_s": r.compile_s, "step_s": r.median_s, "time_ratio_vs_xla": r.ratio}
+        row[name] = {"compile_s": compile_s.get(name, r.compile_s), "step_s": r.median_s, "time_ratio_vs_xla": r.ratio}
+    if "fnn_pallas" in results and "cudnn" in results:
+        row["fnn_pallas"]["time_ratio_vs_cudnn"] = results["fnn_pallas"].median_s / results["cudnn"].median_s
     times = ", ".join(f"{name} {1e3 * r.median_s:.2f} ms" for name, r in results.items())
     print(f"jax.nn attention, bfloat16, T={seq_len}{' causal' if causal else ''}: {times}", flush=True)
+    return row
+
+
+def attention_gradient(causal, kernel):
+    """``(q, k, v, c) -> (dq, dk, dv)`` of ``sum(attention(q, k, v) * C)`` by fnn's attention leaf: its rule
+    ``kernel`` (``"pallas"`` or ``"scan"``, see ``fnn.nn._attention``), or ``"autodiff"``: ``jax.grad`` of its
+    plain forward."""
+    op = fnn.nn._attention.attention_leaf(causal, kernel=None if kernel == "autodiff" else kernel)
+    apply = op.apply if kernel == "autodiff" else op.by_rules.apply
+
+    def loss(q, k, v, c):
+        return jnp.sum(apply({"k": k, "v": v}, q).astype(jnp.float32) * c)
+
+    return jax.grad(loss, argnums=(0, 1, 2))
+
+
+def runnable(fns, *args):
+    """``({name: fn}, {name: compile seconds}, {name: error})``: the functions of ``fns`` that compile and run on
+    ``args``, their compile seconds (``fnn.bench.compare`` then finds them compiled), and for the others a failure of
+    any kind (Triton's, XLA's, a shape refused) as ``"Type: message"``, at most 300 characters, rather than ending
+    the step."""
+    ok, compile_s, errors = {}, {}, {}
+    for name, fn in fns.items():
+        try:
+            tic = time.perf_counter()
+            compiled = jax.jit(fn).lower(*args).compile()
+            compile_s[name] = time.perf_counter() - tic
+            jax.block_until_ready(compiled(*args))
+            ok[name] = fn
+        except Exception as e:  # whatever a kernel raises is the row's result
+            errors[name] = f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
+    return ok, compile_s, errors
+
+
+def fnn_rules_float32(seq_len, causal, *, batch, heads, head_dim, block_s):
+    """The gradient of ``sum(attention(q, k, v) * C)`` in float32 by fnn's attention leaf: its Pallas kernels
+    (``pallas``) and its scan rule (``scan``) timed against autodiff (``fnn.bench.compare``); per rule its
+    ``compile_s``, ``step_s`` and ``time_ratio_vs_autodiff``, or its ``error`` where it fails to compile or run."""
+    keys = jax.random.split(jax.random.key(0), 4)
+    args = [jax.random.normal(key, (batch, seq_len, heads, head_dim), jnp.float32) for key in keys]
+    row = {"seq_len": seq_len, "causal": causal, "dtype": "float32"}
+    gradients = {kernel: attention_gradient(causal, kernel) for kernel in ("autodiff", "pallas", "scan")}
+    fns, compile_s, failed = runnable(gradients, *args)
+    row |= {name: {"error": error} for name, error in failed.items()}
+    if "autodiff" in fns:
+        results = fnn.bench.compare(
+            fns, *args, baseline="autodiff", rounds=fnn.bench.MIN_ROUNDS, block_s=block_s, rate=False
+        )
+        for name, r in results.items():
+            row[name] = {"compile_s": compile_s[name], "step_s": r.median_s, "time_ratio_vs_autodiff": r.ratio}
+        times = ", ".join(f"{name} {1e3 * r.median_s:.2f} ms" for name, r in results.items())
+        print(f"fnn attention, float32, T={seq_len}{' causal' if causal else ''}: {times}", flush=True)
     return row
 
 

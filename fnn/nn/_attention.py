@@ -64,7 +64,40 @@ dtype or float32, whichever is wider (:func:`_wide`): the logits, the
 running maximum and sum, ``m``, the saved ``o`` and the gradients' sums.
 Only the output and the gradients are rounded to the inputs' dtype: a
 bfloat16 ``m`` near 8 would be off by up to 2^-5 from rounding alone, and
-the recomputed ``P`` by 3%.
+the recomputed ``P`` by 3%. The Pallas kernels keep ``m``, ``o`` and the
+sums wide too, but round ``P`` and ``dL`` to the inputs' dtype for their
+matrix products, as FlashAttention does (bfloat16 tensor cores).
+
+**The Pallas kernels** (:mod:`fnn.nn._flash`): the same tiled forward and
+backward as Pallas kernels, FlashAttention-2 (Dao 2023): one program per
+block of 128 query rows in the forward, blocks of 64 rows in the backward,
+one kernel for ``dk`` and ``dv`` over key blocks and one for ``dq`` over
+query blocks, each tile's ``P`` recomputed from ``m`` in registers, and with
+``causal`` only the tiles on or below the diagonal computed. They save what
+the tiled rule saves (``q``, ``o`` and ``m``, in the same dtypes), take
+their operands in the inputs' dtype and sum in :func:`_wide` of it; see
+that module's doc.
+
+**Which rule** (``attention_leaf(kernel=...)``, :func:`rule`): ``"scan"`` is
+the ``lax.scan`` rule above (keeping ``P`` where
+:func:`keeps_probabilities` says so), ``"pallas"`` the kernels. The default,
+``kernel=None``, is the stated rule: the kernels where
+``jax.default_backend() == "gpu"``, the inputs are float32, bfloat16 or
+float16 (what Triton compiles fast) and no ``tile`` was given (a tile asks
+for the scan rule's tiles); the scan rule everywhere else: on a CPU, and
+for float64. The choice is made when tracing, from the backend and the
+dtype, the same in ``forward`` and ``backward``. A ``tile`` given with
+``kernel="pallas"`` is the kernels' block, ``(query rows, key rows)`` in
+both passes, powers of two of at least 16. Forced on a CPU, the kernels
+run in Pallas's interpreter (the tests' way of running them there).
+
+**The kernels' derivatives.** JAX cannot transpose a Pallas call, so the
+kernels give values and the scan rule, the same function in
+``jax.numpy``, gives their derivatives where something asks for them: the
+forward and backward kernels' JVPs are the scan forward's and backward's
+(second order), and the backward's transpose in ``G`` (forward mode,
+:mod:`fnn._linear_map`) is the JVP of the scan forward. Reverse mode runs
+the kernels alone.
 
 **The module** :func:`attention` is multi-head self-attention over
 sequences ``[N, T, D_model]``: dense projections ``x W_q``, ``x W_k``,
@@ -84,14 +117,18 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from fnn._errors import InputError, UsageError
+from fnn._linear_map import linear_map
 from fnn._numbers import as_int, positive_int
 from fnn.module import leaf, structural, with_settings
-from fnn.nn import _checks
+from fnn.nn import _checks, _flash
 from fnn.nn import initializers as _init
 from fnn.nn._linear import DENSE
 from fnn.nn._softmax import softmax_backward
 
-__all__ = ["QUERY_TILE", "attention", "attention_leaf", "keeps_probabilities", "tile_shape"]
+__all__ = ["KERNELS", "QUERY_TILE", "attention", "attention_leaf", "keeps_probabilities", "rule", "tile_shape"]
+
+#: The rules ``attention_leaf(kernel=...)`` names (``None``: :func:`rule` picks).
+KERNELS = ("pallas", "scan")
 
 #: Query rows per tile of the hand-written forward and backward passes (see :func:`tile_shape`).
 QUERY_TILE = 128
@@ -261,6 +298,58 @@ def _attend_backward(q, k, v, o, m, g, causal, tile):
     return dq[:, :t].astype(q.dtype), dk[:, :s].astype(k.dtype), dv[:, :s].astype(v.dtype)
 
 
+# ---------------------------------------------------------------- the Pallas kernels, differentiable
+def rule(kernel, tile, dtype):
+    """The rule, ``"pallas"`` or ``"scan"``, that ``attention_leaf(kernel=kernel, tile=tile)`` runs for inputs of
+    ``dtype``: ``kernel`` if given; else ``"pallas"`` on a GPU backend for float32, bfloat16 and float16 without a
+    ``tile``, and ``"scan"`` otherwise (see the module doc)."""
+    if kernel is not None:
+        return kernel
+    gpu = jax.default_backend() == "gpu"
+    return "pallas" if gpu and tile is None and jnp.dtype(dtype) != jnp.float64 else "scan"
+
+
+def _valued_by(kernel, reference):
+    """``kernel``'s values with ``reference``'s derivatives: ``reference`` is the same function in ``jax.numpy``,
+    which JAX can differentiate and transpose where it cannot a Pallas call."""
+    fn = jax.custom_jvp(kernel)
+    fn.defjvp(lambda primals, tangents: (kernel(*primals), jax.jvp(reference, primals, tangents)[1]))
+    return fn
+
+
+def _pallas_forward(q, k, v, causal, blocks):
+    """``(o, m)`` as :func:`_attend` returns them, by the forward kernel (derivatives: :func:`_attend`'s)."""
+    tile = tile_shape(q.shape[1], k.shape[1])
+    return _valued_by(
+        functools.partial(_flash.forward, causal=causal, blocks=blocks[0]),
+        functools.partial(_attend, causal=causal, tile=tile),
+    )(q, k, v)
+
+
+def _pallas_backward(q, k, v, o, m, g, causal, blocks):
+    """``(dq, dk, dv)`` as :func:`_attend_backward` returns them, by the backward kernels.
+
+    Linear in ``g``, with the JVP of the scan forward as its transpose (``u -> J u``, what forward mode runs), and
+    :func:`_attend_backward`'s derivatives with respect to the rest.
+    """
+    tile = tile_shape(q.shape[1], k.shape[1])
+    backward = _valued_by(
+        functools.partial(_flash.backward, causal=causal, blocks=blocks[1]),
+        functools.partial(_attend_backward, causal=causal, tile=tile),
+    )
+
+    def pullback(residuals, g):
+        return backward(*residuals, g)
+
+    def push(residuals, tangents):  # J u: the output's tangent for tangents u = (dq, dk, dv)
+        def output(q, k, v):
+            return _attend(q, k, v, causal, tile)[0].astype(q.dtype)
+
+        return jax.jvp(output, residuals[:3], tuple(tangents))[1]
+
+    return tuple(linear_map(pullback, push, (q, k, v, o, m), g))
+
+
 def _check(params, q):
     _checks.require_float("attention", "q", q)
     if q.ndim != 4:
@@ -280,22 +369,35 @@ def _check(params, q):
         )
 
 
-def attention_leaf(causal=False, tile=None):
+def attention_leaf(causal=False, tile=None, kernel=None):
     """The attention op as a leaf: input ``q``, params ``{"k": k, "v": v}`` (so that all three get gradients).
 
-    ``forward`` keeps ``P`` where :func:`keeps_probabilities` says so;
-    otherwise ``forward`` and ``backward`` run over tiles of ``tile = (query
-    rows, key rows)``, by default :func:`tile_shape`'s. A ``tile`` given
-    here always tiles. ``apply`` (the ``autodiff`` path) computes every row
-    at once.
+    ``kernel`` picks the rule: ``"scan"``, ``"pallas"``, or ``None`` for
+    :func:`rule`'s choice (the Pallas kernels on a GPU, the scan rule on a
+    CPU; see the module doc). The scan rule's ``forward`` keeps ``P`` where
+    :func:`keeps_probabilities` says so; otherwise ``forward`` and
+    ``backward`` run over tiles of ``tile = (query rows, key rows)``, by
+    default :func:`tile_shape`'s. A ``tile`` given here always tiles; with
+    ``kernel="pallas"`` it is the kernels' block in both passes (powers of
+    two, at least 16), by default :data:`fnn.nn._flash.FORWARD_BLOCKS` and
+    :data:`~fnn.nn._flash.BACKWARD_BLOCKS`. ``apply`` (the ``autodiff`` path)
+    computes every row at once.
     """
     if not isinstance(causal, bool):
         raise UsageError(f"attention: causal must be True or False, got {causal!r}")
+    if kernel is not None and (not isinstance(kernel, str) or kernel not in KERNELS):
+        raise UsageError(f"attention: kernel must be one of {', '.join(map(repr, KERNELS))} or None, got {kernel!r}")
     if tile is not None:
         rows = tuple(map(as_int, tile))
         if len(rows) != 2 or not all(n is not None and n > 0 for n in rows):
             raise InputError(f"attention: tile must be two positive ints (query rows, key rows), got {tile!r}")
+        if kernel == "pallas" and not all(n >= _flash.MIN_BLOCK and n & (n - 1) == 0 for n in rows):
+            raise InputError(
+                f"attention: with kernel='pallas', tile must be two powers of two of at least {_flash.MIN_BLOCK} "
+                f"(the kernels' blocks), got {tile!r}"
+            )
         tile = rows
+    blocks = (_flash.FORWARD_BLOCKS, _flash.BACKWARD_BLOCKS) if tile is None else (tile, tile)
 
     def tiles(q, k):
         return tile_shape(q.shape[1], k.shape[1]) if tile is None else tile
@@ -303,22 +405,30 @@ def attention_leaf(causal=False, tile=None):
     def apply(params, q):
         return _attend_whole(q, params["k"], params["v"], causal)[0]
 
-    def kept(q):
-        return tile is None and keeps_probabilities(q.shape[1])
+    def pallas(q):
+        return rule(kernel, tile, q.dtype) == "pallas"
 
     def forward(params, q):
-        if kept(q):
-            o, p = _attend_whole(q, params["k"], params["v"], causal)
+        k, v = params["k"], params["v"]
+        if pallas(q):
+            o, m = _pallas_forward(q, k, v, causal, blocks)
+        elif tile is None and keeps_probabilities(q.shape[1]):
+            o, p = _attend_whole(q, k, v, causal)
             return o, (q, p)
-        o, m = _attend(q, params["k"], params["v"], causal, tiles(q, params["k"]))
+        else:
+            o, m = _attend(q, k, v, causal, tiles(q, k))
         return o.astype(q.dtype), (q, o, m)
 
     def backward(params, saved, g):
+        k, v = params["k"], params["v"]
         if len(saved) == 2:  # P kept: (q, P)
-            dq, dk, dv = _attend_kept_backward(saved[0], params["k"], params["v"], saved[1], g)
+            dq, dk, dv = _attend_kept_backward(saved[0], k, v, saved[1], g)
             return {"k": dk, "v": dv}, dq
         q, o, m = saved
-        dq, dk, dv = _attend_backward(q, params["k"], params["v"], o, m, g, causal, tiles(q, params["k"]))
+        if pallas(q):
+            dq, dk, dv = _pallas_backward(q, k, v, o, m, g, causal, blocks)
+        else:
+            dq, dk, dv = _attend_backward(q, k, v, o, m, g, causal, tiles(q, k))
         return {"k": dk, "v": dv}, dq
 
     return leaf("attention", forward=forward, backward=backward, check=_check, apply=apply)
