@@ -26,8 +26,8 @@ The steps, in this order (``--steps`` picks some):
 - ``attention``: the gradient of ``jax.nn.dot_product_attention`` in bfloat16
   by XLA and by cuDNN (``implementation="cudnn"``, where it runs), timed side
   by side with fnn's Pallas kernels (``fnn_pallas``); then
-  ``experiments.attention_cost``: fnn's hand-written rule (on a GPU its
-  Pallas kernels, ``fnn.nn._attention.rule``) against autodiff and
+  ``experiments.attention_cost``: fnn's hand-written rule (the scan rule)
+  against autodiff and
   ``jax.nn.dot_product_attention`` (XLA, float32), plain and causal; last,
   fnn's two rules in float32, the Pallas kernels and the scan rule, against
   autodiff (``fnn_rules``). A rule of fnn's that fails to compile or run is
@@ -485,7 +485,7 @@ def attention_gradient(causal, kernel):
     """``(q, k, v, c) -> (dq, dk, dv)`` of ``sum(attention(q, k, v) * C)`` by fnn's attention leaf: its rule
     ``kernel`` (``"pallas"`` or ``"scan"``, see ``fnn.nn._attention``), or ``"autodiff"``: ``jax.grad`` of its
     plain forward."""
-    op = fnn.nn._attention.attention_leaf(causal, kernel=None if kernel == "autodiff" else kernel)
+    op = fnn.nn._attention.attention_leaf(causal, kernel="scan" if kernel == "autodiff" else kernel)
     apply = op.apply if kernel == "autodiff" else op.by_rules.apply
 
     def loss(q, k, v, c):

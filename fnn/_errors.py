@@ -79,7 +79,9 @@ class TrainingStalled(UserWarning):
 
 
 class ShardingWarning(UserWarning):
-    """A large array stays whole on every device where its layout would split it (no axis divides evenly)."""
+    """How the arrays lie on the devices is not what was asked: a large array stays whole (no axis divides evenly),
+    an axis name has no rule or its rule cannot split it, or a run resumes on another layout than it was saved
+    with."""
 
 
 class UnidentifiedWarning(UserWarning):

@@ -19,10 +19,10 @@ pair into a module whose ``apply`` is the forward pass in plain ``jax.numpy``.
 A *structural* module (``serial``, ``residual``, ``flatten``) only wires other
 modules together; its ``backward`` calls its children's.
 
-``check_inputs(x, split)`` checks a split's inputs on the host before
-training (``fnn.fit``): by default finite floating-point inputs; a leaf can
-bring its own (an embedding refuses token ids out of range), and a
-structural module asks its first child.
+Before training, ``fnn.fit`` checks a split's inputs on the host through the
+module: by default finite floating-point inputs; a leaf can bring its own
+check (:func:`leaf`'s ``check_inputs``: an embedding refuses token ids out
+of range), and a structural module asks its first child.
 
 **One call contract.** A module may keep *state*, updated by the forward
 pass and never differentiated (batch norm's running statistics), may draw
@@ -875,7 +875,8 @@ def leaf(
             x = checked(x, params)
             return (forward(params, x)[0] if apply is None else apply(params, x)), state
 
-    kind = _Leaf(tuple(edge_values), check_inputs, state_init, bool(stochastic), bool(linear), _axes_of(param_axes))
+    axes = _axes_of(name, param_axes)
+    kind = _Leaf(tuple(edge_values), check_inputs, state_init, bool(stochastic), bool(linear), axes)
     return Module(name, init or no_init, backward, run, run_forward, kind)
 
 
@@ -885,12 +886,21 @@ def block_axes(block):
     return lambda params, axes_of: axes_of(block, params)
 
 
-def _axes_of(param_axes):
+def _axes_of(name, param_axes):
     """A leaf's ``param_axes`` as a function of its parameters (see :func:`leaf`)."""
     if param_axes is None or callable(param_axes):
         return param_axes
     names = {key: jax.sharding.PartitionSpec(*axes) for key, axes in param_axes.items()}
-    return lambda params: {key: names[key] for key in params}
+
+    def named(params):
+        unnamed = [key for key in params if key not in names]
+        if unnamed:
+            raise InputError(
+                f"{name}: param_axes names the axes of {sorted(names)}, not of its parameters {unnamed}; name each one"
+            )
+        return {key: names[key] for key in params}
+
+    return named
 
 
 def structural(
@@ -916,7 +926,8 @@ def structural(
     for a module without children it returns the module itself. Wiring of
     plain children gives ``apply(params, x) -> y`` and ``forward(params, x)
     -> (y, saved)``; wiring that hands its children a context gives ``run``
-    and ``run_forward`` instead (the positional forms, see the module doc),
+    and ``run_forward`` instead (the positional forms, the module's ``_run``
+    and ``_run_forward``, see the module doc),
     with ``child_contexts(state, key) -> [(state, key), ...]``, one context
     per child, and, when a child keeps state, ``state_init(input_shape) ->
     state`` (its state from its children's). ``check_inputs`` is the

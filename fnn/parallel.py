@@ -1,9 +1,12 @@
-"""Data parallelism with JAX's own sharding: one mesh axis ``"data"`` over the devices.
+"""Many devices with JAX's own sharding: batches over a mesh axis ``"data"``, parameters as laid out.
 
 Each batch is split along its first axis over the devices. Parameters and
 optimizer state are replicated (:func:`replicated`), or, with fully sharded
 data parallelism (:func:`fsdp`), each large array is split along one of its
-axes over the same devices, so that each device holds ``1/n`` of them.
+axes over the same devices, so that each device holds ``1/n`` of them; or
+they are laid out by rules from the names of their axes
+(:func:`logical_axes`) to the axes of any mesh (:func:`by_names`: FSDP
+over ``"data"``, tensor parallelism over a ``"model"`` axis).
 Nothing here averages gradients or gathers parameters: the loss is a mean
 over the whole (sharded) batch, so XLA's partitioner inserts the all-reduce
 that sums each device's share (or, under FSDP, the all-gather of each
@@ -170,7 +173,7 @@ def logical_axes(model, params):
 def _at(tree, path):
     """The entry of ``tree`` at a key path of another tree of the same structure."""
     for key in path:
-        tree = tree[getattr(key, "key", getattr(key, "idx", None))]
+        tree = getattr(tree, key.name) if hasattr(key, "name") else tree[getattr(key, "key", getattr(key, "idx", None))]
     return tree
 
 
@@ -191,6 +194,11 @@ def by_names(params, axes, mesh, rules, *, min_bytes=FSDP_MIN_BYTES):
         rules = {"in": "data", "out": "model", "vocab": "model", "embed": "data"}
         shardings = fnn.parallel.by_names(params, fnn.parallel.logical_axes(model, params), mesh, rules)
     """
+    bad = {name: target for name, target in rules.items() if not (target is None or isinstance(target, str))}
+    if not isinstance(rules, dict) or bad:
+        raise InputError(
+            f"by_names: rules map each axis name to one mesh axis name or None, got {bad or type(rules).__name__}"
+        )
     unknown = sorted(set(rules.values()) - set(mesh.axis_names) - {None})
     if unknown:
         raise InputError(f"by_names: rules map to mesh axes {unknown} that the mesh {dict(mesh.shape)} lacks")

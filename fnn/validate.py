@@ -98,7 +98,8 @@ def _check_finite(array, what):
 
 
 def check_inputs(x, split):
-    """Finite floating-point inputs: the default host-side check of a module's inputs (see ``Module._check_inputs``)."""
+    """Finite floating-point inputs: the default host-side check of a module's inputs (a leaf may bring its own:
+    :func:`fnn.module.leaf`'s ``check_inputs``)."""
     if not jnp.issubdtype(x.dtype, jnp.floating):
         fix = " (pixels 0-255: pass x / 255, or x.astype(np.float32) / 255)" if x.dtype == np.uint8 else ""
         raise DataError(
@@ -108,7 +109,7 @@ def check_inputs(x, split):
 
 
 def check_splits(splits, model=None):
-    """Checks each split's arrays: not empty, one target per input, and the inputs by ``model._check_inputs``.
+    """Checks each split's arrays: not empty, one target per input, and the inputs by the model's own check.
 
     Args:
       splits: ``{"train": (x, y), "test": (x, y)}`` of NumPy arrays.

@@ -14,6 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import fnn
+from fnn import nn
 from fnn.module import leaf
 from fnn.nn import _attention as attend
 from fnn.nn import _flash
@@ -115,19 +116,22 @@ def test_the_checker_passes_the_pallas_rule():
     fnn.testing.check_module(module, (37, 2, 3), batch_size=2, checks=checks).assert_ok()
 
 
-def test_the_rule_is_the_kernels_on_a_gpu_for_32_bits_and_fewer(monkeypatch):
-    assert attend.rule(None, None, jnp.float32) == "scan"  # this machine's backend is a CPU
-    assert attend.rule("pallas", None, jnp.float64) == "pallas" and attend.rule("scan", None, jnp.float32) == "scan"
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    for dtype in (jnp.float32, jnp.bfloat16, jnp.float16):
-        assert attend.rule(None, None, dtype) == "pallas"
-    assert attend.rule(None, None, jnp.float64) == "scan"  # Triton's float64 is no faster than XLA's
-    assert attend.rule(None, (64, 64), jnp.float32) == "scan"  # a tile asks for the scan rule's tiles
+def test_the_scan_rule_is_the_default_and_the_kernels_are_asked_for(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # on a GPU too, until measured there
+    q = jnp.ones((1, 4, 1, 2))
+
+    def program(module):
+        return str(jax.make_jaxpr(module.by_rules.apply)({"k": q, "v": q}, q))
+
+    for kernel, layer in ((None, nn.attention(1, 2)), ("pallas", nn.attention(1, 2, kernel="pallas"))):
+        op = attend.attention_leaf() if kernel is None else attend.attention_leaf(kernel=kernel)
+        for module in (op, layer.children[1]):  # the op, and the op inside the layer
+            assert ("pallas_call" in program(module)) == (kernel == "pallas")
 
 
-@pytest.mark.parametrize("kernel", ["triton", "Pallas", 1, ("pallas",)])
+@pytest.mark.parametrize("kernel", ["triton", "Pallas", 1, ("pallas",), None])
 def test_an_unknown_kernel_is_refused_naming_the_rules(kernel):
-    with pytest.raises(fnn.UsageError, match=r"kernel must be one of 'pallas', 'scan' or None, got"):
+    with pytest.raises(fnn.UsageError, match=r"kernel must be one of 'pallas', 'scan', got"):
         attend.attention_leaf(kernel=kernel)
 
 

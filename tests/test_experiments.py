@@ -21,6 +21,7 @@ from experiments import (
     _items,
     activations,
     conv_in_loop,
+    fsdp,
     mixed_precision,
     mnist_conv,
     mnist_conv_bn,
@@ -124,6 +125,17 @@ def test_mixed_precision_trains_the_recipe_both_ways_from_the_same_weights(tmp_p
     ]
     assert result["gap"] == result["mean_test_error"]["bfloat16"] - result["mean_test_error"]["float32"]
     assert result["config"]["shuffle"] is False and result["aim_met"] == (result["gap"] <= 0.002)
+
+
+def test_fsdp_times_both_layouts_side_by_side_and_records_each_devices_share(tmp_path):
+    json_path = tmp_path / "fsdp.json"
+    argv = ["--devices", "1", "--sizes", "16", "32", "4", "--batch-size", "8", "--rounds", "6", "--block-s", "0.01"]
+    result = fsdp.main([*argv, "--json", str(json_path)])
+    assert json.loads(json_path.read_text()) == json.loads(json.dumps(result))
+    assert set(result["step_s"]) == {"replicated", "fsdp"} and result["time_ratio_ci95"][0] <= result["time_ratio"]
+    assert result["state_share_per_device"] == {"replicated": 1.0, "fsdp": 1.0}  # one device holds it all
+    assert result["aim_share"] == 1.05 and result["aim_share_met"]
+    assert result["aim_ratio_met"] == (result["time_ratio_ci95"][1] <= 1.5)
 
 
 def test_image_scripts_shift_is_fnn_random_shift_and_zero_turns_it_off():

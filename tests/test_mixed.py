@@ -80,7 +80,13 @@ def test_a_mixed_precision_model_trains_through_fit_as_the_float32_one_does():
     assert errors["float32"] < 0.05 and errors["bfloat16"] < errors["float32"] + 0.03, errors
 
 
-@pytest.mark.parametrize("dtype", [jnp.float16, jnp.float32, jnp.int8])
+def test_inputs_as_lists_are_arrays_as_for_any_module():
+    model = nn.mixed_precision(nn.dense(2))
+    _, params = model.init(KEY, (3,))
+    assert model.apply(params, [[1.0, 2.0, 3.0]]).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.float32, jnp.int8, "foo"])
 def test_a_compute_dtype_other_than_bfloat16_is_refused_naming_why(dtype):
     with pytest.raises(fnn.InputError, match="compute_dtype must be one of bfloat16, got .*float16 would need"):
         nn.mixed_precision(nn.dense(3), dtype)

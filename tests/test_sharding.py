@@ -2,11 +2,13 @@
 on another number of devices, on eight simulated CPU devices in a child process."""
 
 import json
+import os
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 from test_robust import ON_CPU, PRELUDE, run_python
 
 import fnn
@@ -56,6 +58,9 @@ options = dict(batch_size=64, optimizer=optax.sgd(0.1, momentum=0.9), shuffle_ke
 whole, history = fnn.fit(model, params, data, epochs=4, devices=8, sharding="fsdp", **options)
 replicated, _ = fnn.fit(model, params, data, epochs=4, devices=8, **options)
 found["fit_fsdp_vs_replicated"] = biggest_gap(whole, replicated)
+by_names, _ = fnn.fit(model, params, data, epochs=4, devices=8, sharding={"in": "data", "out": None}, **options)
+found["fit_by_names_vs_replicated"] = biggest_gap(by_names, replicated)
+found["by_names_specs"] = [list(p.sharding.spec) for p in jax.tree.leaves(by_names)]
 found["returned_specs"] = [list(p.sharding.spec) for p in jax.tree.leaves(whole)]
 for first, then in (((8, "fsdp"), (4, "replicated")), ((4, "replicated"), (8, "fsdp"))):
     folder = tempfile.mkdtemp() + "/run"
@@ -97,6 +102,8 @@ def test_fsdp_holds_an_eighth_per_device_trains_as_replicated_and_resumes_on_ano
         assert found[f"grad_{path}"] < 1e-6, (path, found[f"grad_{path}"])
     assert found["fit_fsdp_vs_replicated"] < 1e-5  # 16 steps of those ulps
     assert found["returned_specs"] == [[None, "data"], ["data", None], []]
+    assert found["fit_by_names_vs_replicated"] < 1e-5  # every weight's "in" axis over the 8 devices
+    assert found["by_names_specs"] == [["data", None], ["data", None], ["data", None]]
     for name in ("8_to_4", "4_to_8"):
         assert found[name] < 1e-5 and found[name + "_errors_equal"], (name, found[name])
         (said,) = found[name + "_said"]
@@ -156,11 +163,11 @@ print(json.dumps(found))
 @pytest.mark.slow  # about 30 s: eight simulated devices in a child process
 def test_tensor_parallel_rules_lay_out_the_models_as_committed_and_the_rules_run_under_the_partitioner():
     """Golden tables (``tests/golden/sharding_*.json``): a change that lays out a parameter otherwise, or silently
-    leaves it whole, fails here. To accept a change on purpose, delete the file and run the test once."""
+    leaves it whole, fails here. To accept a change on purpose, run the test once with ``FNN_UPDATE_GOLDEN=1``."""
     found = json.loads(run_python(PRELUDE + TENSOR_PARALLEL, json.dumps(RULES), env=ON_CPU).splitlines()[-1])
     for name, table in found["tables"].items():
         golden = GOLDEN / f"sharding_{name}.json"
-        if not golden.exists():
+        if os.environ.get("FNN_UPDATE_GOLDEN") == "1":
             golden.write_text(json.dumps(table, indent=1) + "\n")
         assert table == json.loads(golden.read_text()), name
     # float32 gradients summed in another order: relative to each leaf's largest entry, a few ulps.
@@ -189,11 +196,14 @@ def test_a_layout_that_is_not_one_is_refused_naming_those_there_are():
         fnn.fit(model, model.init(jax.random.key(0), (3,))[1], data, epochs=1, batch_size=4, sharding="zero3")
     with pytest.raises(fnn.InputError, match=r"sharding must be one of"):
         fnn.parallel.layout("zero3", {}, fnn.parallel.data_mesh(1))
-    params = {"w": np.zeros((4, 2), np.float32)}
+    params, axes, mesh = {"w": np.zeros((4, 2), np.float32)}, {"w": P("in", "out")}, fnn.parallel.data_mesh(1)
     with pytest.raises(fnn.InputError, match=r"by_names: rules map to mesh axes \['model'\] that the mesh"):
-        fnn.parallel.by_names(
-            params, {"w": jax.sharding.PartitionSpec("in", "out")}, fnn.parallel.data_mesh(1), {"in": "model"}
-        )
+        fnn.parallel.by_names(params, axes, mesh, {"in": "model"})
+    with pytest.raises(fnn.InputError, match=r"by_names: rules map each axis name to one mesh axis name or None"):
+        fnn.parallel.by_names(params, axes, mesh, {"in": ["data"]})
+    unnamed = fnn.module.leaf("scale", forward=lambda p, x: (x, x), backward=None, param_axes={"s": ("a",)})
+    with pytest.raises(fnn.InputError, match=r"scale: param_axes names the axes of \['s'\], not of its parameters"):
+        fnn.parallel.logical_axes(unnamed, {"t": np.ones(3)})
     wrong = fnn.module.leaf("scale", forward=lambda p, x: (x * p["s"], x), backward=None, param_axes={"s": ("a", "b")})
     with pytest.raises(
         fnn.InputError, match=r"logical_axes: scale names 2 axes \('a', 'b'\) for the parameter \['s'\] of shape \(3,\)"

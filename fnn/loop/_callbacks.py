@@ -68,7 +68,8 @@ class Run:
       epoch_sums: the epoch's running sums on the devices (the training metrics
         so far, the divergence watch), reset each epoch.
       layout: how the state lies on the devices, ``{"devices": n, "sharding":
-        one of fnn.parallel.LAYOUTS}``, which checkpoints keep.
+        fit's sharding}`` (a name of ``fnn.parallel.LAYOUTS`` or rules), which
+        checkpoints keep.
     """
 
     configure: Callable

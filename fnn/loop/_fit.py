@@ -94,7 +94,7 @@ def fit(
         along one axis over them (:func:`fnn.parallel.fsdp`), so that each
         device holds ``1/n`` of the state and XLA gathers each parameter
         where it is used. Or rules from the names of the parameters' axes to
-        the mesh axis ``"data"`` (``{"in": "data"}``,
+        the mesh axis ``"data"`` (``{"in": "data", "out": None}``,
         :func:`fnn.parallel.by_names`): the parameters split by their names,
         the optimizer's state as its parameters, the model's state
         replicated. The arithmetic is the same either way, up to the order

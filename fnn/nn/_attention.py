@@ -78,18 +78,17 @@ the tiled rule saves (``q``, ``o`` and ``m``, in the same dtypes), take
 their operands in the inputs' dtype and sum in :func:`_wide` of it; see
 that module's doc.
 
-**Which rule** (``attention_leaf(kernel=...)``, :func:`rule`): ``"scan"`` is
-the ``lax.scan`` rule above (keeping ``P`` where
-:func:`keeps_probabilities` says so), ``"pallas"`` the kernels. The default,
-``kernel=None``, is the stated rule: the kernels where
-``jax.default_backend() == "gpu"``, the inputs are float32, bfloat16 or
-float16 (what Triton compiles fast) and no ``tile`` was given (a tile asks
-for the scan rule's tiles); the scan rule everywhere else: on a CPU, and
-for float64. The choice is made when tracing, from the backend and the
-dtype, the same in ``forward`` and ``backward``. A ``tile`` given with
-``kernel="pallas"`` is the kernels' block, ``(query rows, key rows)`` in
-both passes, powers of two of at least 16. Forced on a CPU, the kernels
-run in Pallas's interpreter (the tests' way of running them there).
+**Which rule** (``attention_leaf(kernel=...)``, ``attention(kernel=...)``):
+``"scan"``, the default on every backend, is the ``lax.scan`` rule above
+(keeping ``P`` where :func:`keeps_probabilities` says so); ``"pallas"`` is
+the kernels, compiled by Triton on a GPU for float32, bfloat16 and float16
+and run by Pallas's interpreter elsewhere (the tests' way of running them on
+a CPU). The kernels are asked for, not chosen for the user: they have been
+checked on a CPU only, through the interpreter, and become the GPU's
+default when the device check has timed them there against the scan rule,
+autodiff and cuDNN. A ``tile`` given with ``kernel="pallas"`` is the
+kernels' block, ``(query rows, key rows)`` in both passes, powers of two of
+at least 16.
 
 **The kernels' derivatives.** JAX cannot transpose a Pallas call, so the
 kernels give values and the scan rule, the same function in
@@ -125,9 +124,9 @@ from fnn.nn import initializers as _init
 from fnn.nn._linear import DENSE
 from fnn.nn._softmax import softmax_backward
 
-__all__ = ["KERNELS", "QUERY_TILE", "attention", "attention_leaf", "keeps_probabilities", "rule", "tile_shape"]
+__all__ = ["KERNELS", "QUERY_TILE", "attention", "attention_leaf", "keeps_probabilities", "tile_shape"]
 
-#: The rules ``attention_leaf(kernel=...)`` names (``None``: :func:`rule` picks).
+#: The rules ``attention_leaf(kernel=...)`` names.
 KERNELS = ("pallas", "scan")
 
 #: Query rows per tile of the hand-written forward and backward passes (see :func:`tile_shape`).
@@ -299,16 +298,6 @@ def _attend_backward(q, k, v, o, m, g, causal, tile):
 
 
 # ---------------------------------------------------------------- the Pallas kernels, differentiable
-def rule(kernel, tile, dtype):
-    """The rule, ``"pallas"`` or ``"scan"``, that ``attention_leaf(kernel=kernel, tile=tile)`` runs for inputs of
-    ``dtype``: ``kernel`` if given; else ``"pallas"`` on a GPU backend for float32, bfloat16 and float16 without a
-    ``tile``, and ``"scan"`` otherwise (see the module doc)."""
-    if kernel is not None:
-        return kernel
-    gpu = jax.default_backend() == "gpu"
-    return "pallas" if gpu and tile is None and jnp.dtype(dtype) != jnp.float64 else "scan"
-
-
 def _valued_by(kernel, reference):
     """``kernel``'s values with ``reference``'s derivatives: ``reference`` is the same function in ``jax.numpy``,
     which JAX can differentiate and transpose where it cannot a Pallas call."""
@@ -369,12 +358,11 @@ def _check(params, q):
         )
 
 
-def attention_leaf(causal=False, tile=None, kernel=None):
+def attention_leaf(causal=False, tile=None, kernel="scan"):
     """The attention op as a leaf: input ``q``, params ``{"k": k, "v": v}`` (so that all three get gradients).
 
-    ``kernel`` picks the rule: ``"scan"``, ``"pallas"``, or ``None`` for
-    :func:`rule`'s choice (the Pallas kernels on a GPU, the scan rule on a
-    CPU; see the module doc). The scan rule's ``forward`` keeps ``P`` where
+    ``kernel`` picks the rule: ``"scan"`` or ``"pallas"`` (see the module
+    doc). The scan rule's ``forward`` keeps ``P`` where
     :func:`keeps_probabilities` says so; otherwise ``forward`` and
     ``backward`` run over tiles of ``tile = (query rows, key rows)``, by
     default :func:`tile_shape`'s. A ``tile`` given here always tiles; with
@@ -385,8 +373,8 @@ def attention_leaf(causal=False, tile=None, kernel=None):
     """
     if not isinstance(causal, bool):
         raise UsageError(f"attention: causal must be True or False, got {causal!r}")
-    if kernel is not None and (not isinstance(kernel, str) or kernel not in KERNELS):
-        raise UsageError(f"attention: kernel must be one of {', '.join(map(repr, KERNELS))} or None, got {kernel!r}")
+    if not isinstance(kernel, str) or kernel not in KERNELS:
+        raise UsageError(f"attention: kernel must be one of {', '.join(map(repr, KERNELS))}, got {kernel!r}")
     if tile is not None:
         rows = tuple(map(as_int, tile))
         if len(rows) != 2 or not all(n is not None and n > 0 for n in rows):
@@ -405,12 +393,9 @@ def attention_leaf(causal=False, tile=None, kernel=None):
     def apply(params, q):
         return _attend_whole(q, params["k"], params["v"], causal)[0]
 
-    def pallas(q):
-        return rule(kernel, tile, q.dtype) == "pallas"
-
     def forward(params, q):
         k, v = params["k"], params["v"]
-        if pallas(q):
+        if kernel == "pallas":
             o, m = _pallas_forward(q, k, v, causal, blocks)
         elif tile is None and keeps_probabilities(q.shape[1]):
             o, p = _attend_whole(q, k, v, causal)
@@ -425,7 +410,7 @@ def attention_leaf(causal=False, tile=None, kernel=None):
             dq, dk, dv = _attend_kept_backward(saved[0], k, v, saved[1], g)
             return {"k": dk, "v": dv}, dq
         q, o, m = saved
-        if pallas(q):
+        if kernel == "pallas":
             dq, dk, dv = _pallas_backward(q, k, v, o, m, g, causal, blocks)
         else:
             dq, dk, dv = _attend_backward(q, k, v, o, m, g, causal, tiles(q, k))
@@ -505,7 +490,7 @@ def _self_attention(project, attend, heads, head_dim, init):
 
 
 @with_settings
-def attention(heads, head_dim, *, causal=False, bias=False, w_init=None, dtype=jnp.float32):
+def attention(heads, head_dim, *, causal=False, bias=False, w_init=None, dtype=jnp.float32, kernel="scan"):
     """Multi-head self-attention: ``[N, T, D_model] -> [N, T, D_model]``.
 
     ``y = concat_h(attention(x W_q^h, x W_k^h, x W_v^h)) W_o``: queries, keys
@@ -524,6 +509,8 @@ def attention(heads, head_dim, *, causal=False, bias=False, w_init=None, dtype=j
         ``jax.nn.initializers.lecun_normal()`` (variance ``1 / fan_in``, as
         Flax's attention); or ``"he"``, ``"zeros"``, any ``(key, shape, dtype) -> array``.
       dtype: the parameters' floating dtype.
+      kernel: the attention op's rule: ``"scan"``, the ``lax.scan`` rule, or
+        ``"pallas"``, the Pallas kernels (compiled by Triton on a GPU).
 
     Params: ``{"q": {"w": [D_model, H D]}, "k": ..., "v": ..., "o": {"w": [H D, D_model]}}``,
     ``q``, ``v`` and ``o`` with ``"b"`` with ``bias=True``. No residual connection, no
@@ -544,4 +531,4 @@ def attention(heads, head_dim, *, causal=False, bias=False, w_init=None, dtype=j
                 params[p]["b"] = jnp.zeros((fan_out,), dtype)
         return shape, params
 
-    return _self_attention(DENSE, attention_leaf(causal), heads, head_dim, init)
+    return _self_attention(DENSE, attention_leaf(causal, kernel=kernel), heads, head_dim, init)

@@ -43,8 +43,9 @@ sequence: the next power of two of its length, at least :data:`MIN_BLOCK`
 blocks and the head size to a power of two, at least 16 (Triton's tiles are
 powers of two, and its matrix products at least 16 wide); zero features add
 nothing to ``L``, and the padded keys are masked to ``-inf``. A padded query
-row has ``q = 0``, ``G = 0`` and the ``m`` of its zero logits: its ``P`` is
-finite and it adds nothing to ``dk`` and ``dv``. The results are cut back.
+row has ``q = 0`` and ``G = 0``, and in the backward ``m = 0`` and ``D = 0``:
+its ``P`` is finite and it adds nothing to ``dk`` and ``dv``. The results are
+cut back.
 
 **Precision.** The matrix products take their operands in the inputs' dtype
 (``P`` and ``dL`` rounded to it, as FlashAttention does) and sum in

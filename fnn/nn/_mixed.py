@@ -10,9 +10,10 @@ The parameters stay what ``init`` made them (float32), and so do the
 gradients and the optimizer's state: the optimizer updates float32 master
 weights, and an update smaller than a bfloat16 ulp of its weight is not
 lost. The loss gets float32 outputs, so that its log-sum-exp and its mean
-over the batch are float32 sums. The model's state is not cast (batch norm's
-running statistics stay float32, and the leaf computes its batch statistics
-in float32 from the bfloat16 input).
+over the batch are float32 sums. The model's state is not cast: batch
+norm's running statistics stay float32 (each batch's mean and variance are
+computed in bfloat16, as the rest of the forward pass, and averaged into
+them in float32).
 
 **The backward** is the chain rule through the casts, each of which is the
 identity up to rounding: with ``(dparams_c, dx_c) = B[block](cast(g))``,
@@ -61,7 +62,11 @@ def mixed_precision(block, compute_dtype=jnp.bfloat16):
     """
     if not isinstance(block, Module):
         raise InputError(f"mixed_precision: block must be an fnn module, got {type(block).__name__}")
-    if jnp.dtype(compute_dtype) not in [jnp.dtype(d) for d in COMPUTE_DTYPES]:
+    try:
+        known = jnp.dtype(compute_dtype) in [jnp.dtype(d) for d in COMPUTE_DTYPES]
+    except TypeError:
+        known = False
+    if not known:
         names = ", ".join(jnp.dtype(d).name for d in COMPUTE_DTYPES)
         raise InputError(
             f"mixed_precision: compute_dtype must be one of {names}, got {compute_dtype!r}; float16 would need "
@@ -70,10 +75,12 @@ def mixed_precision(block, compute_dtype=jnp.bfloat16):
     dtype = jnp.dtype(compute_dtype)
 
     def run(params, x, state, key, train):
+        x = jnp.asarray(x)
         y, new_state = block._run(_cast(params, dtype), _cast(x, dtype), state, key, train)
         return y.astype(jnp.float32), new_state
 
     def run_forward(params, x, state, key, train):
+        x = jnp.asarray(x)
         y, saved, new_state = block._run_forward(_cast(params, dtype), _cast(x, dtype), state, key, train)
         return y.astype(jnp.float32), (saved, jnp.zeros((), x.dtype)), new_state
 
