@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from test_modules import attention_op
 
 import fnn
 from fnn import nn
-from fnn.module import leaf
 from fnn.nn import _attention as attend
 from fnn.nn import _flash
 
@@ -83,36 +83,12 @@ def test_pallas_gradients_in_bfloat16_are_about_as_accurate_as_autodiffs():
         assert error <= 2 * reference and error <= 2**-8, (name, error, reference)
 
 
-def attention_op(keys, causal, **settings):
-    """The attention leaf as a row for the checker: params ``k, v[S, H, D]`` shared by every example of ``q[B, T,
-    H, D]`` (broadcast over the batch, their gradients summed over it), as in ``tests/test_modules.py``."""
-    op = attend.attention_leaf(causal, **settings)
-
-    def init(key, input_shape):
-        return input_shape, {p: jnp.zeros((keys, *input_shape[1:])) for p in ("k", "v")}
-
-    def batched(params, q):
-        return {p: jnp.broadcast_to(a, (q.shape[0], *a.shape)) for p, a in params.items()}
-
-    def backward(params, saved, g):
-        grads, dq = op.backward(batched(params, saved[0]), saved, g)
-        return {p: a.sum(axis=0) for p, a in grads.items()}, dq
-
-    return leaf(
-        "attention",
-        init=init,
-        forward=lambda params, q: op.forward(batched(params, q), q),
-        backward=backward,
-        apply=lambda params, q: op.apply(batched(params, q), q),
-    )
-
-
 def test_the_checker_passes_the_pallas_rule():
     """Every check but ``finite_differences_2``: it evaluates the custom path's reverse over reverse along some
     2000 directions under ``vmap``, which the interpreter runs one grid program at a time (minutes). The second
     order is checked by ``custom_grad_of_grad`` against autodiff's."""
     checks = [c for c in fnn.testing.MODULE_CHECKS if c != "finite_differences_2"]
-    module = attention_op(30, True, kernel="pallas", tile=BLOCKS)  # 37 queries, 30 keys: 3 and 2 blocks, padded
+    module = attention_op(30, True, BLOCKS, kernel="pallas")  # 37 queries, 30 keys: 3 and 2 blocks, padded
     fnn.testing.check_module(module, (37, 2, 3), batch_size=2, checks=checks).assert_ok()
 
 

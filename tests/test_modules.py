@@ -46,13 +46,13 @@ def token_ids(vocab):
     return lambda rng, shape: jnp.asarray(rng.integers(0, vocab, shape))
 
 
-def attention_op(keys, causal, tile):
+def attention_op(keys, causal, tile, kernel="scan"):
     """The attention leaf as a row: input ``q[B, T, H, D]``, params ``k, v[S, H, D]`` shared by every example.
 
     ``k`` and ``v`` are broadcast over the batch and their gradients summed
     over it, so that the per-example checks (``vmap``) apply to the op.
     """
-    op = attend.attention_leaf(causal, tile)
+    op = attend.attention_leaf(causal, tile, kernel)
 
     def init(key, input_shape):
         _, heads, dim = input_shape
