@@ -328,9 +328,10 @@ def achieved(history):
 RECIPE_SIZES, RECIPE_BATCH, RECIPE_LR = (784, 500, 10), 100, 0.5
 
 
-def fit_recipe(data, *, path, epochs=10, seed=0, mixed=False):
+def fit_recipe(data, *, path, epochs=10, seed=0, mixed=False, batch_size=RECIPE_BATCH, lr=RECIPE_LR):
     """The notes' recipe through ``fnn.fit`` on gradient path ``path``: ``fnn.nn.mlp(RECIPE_SIZES)`` initialised
-    from key ``seed``, softmax cross-entropy, batches of ``RECIPE_BATCH``, SGD step ``RECIPE_LR``; with ``mixed``
+    from key ``seed``, softmax cross-entropy, batches of ``batch_size``, SGD step ``lr`` (the notes': 100 and
+    0.5); with ``mixed``
     the net computes in bfloat16 (``fnn.nn.mixed_precision``) from the same float32 weights. Returns fit's
     ``fnn.History`` (``wall_s``, ``compile_s``, ``epoch_s``, the errors)."""
     net = fnn.nn.mlp(list(RECIPE_SIZES))
@@ -343,8 +344,8 @@ def fit_recipe(data, *, path, epochs=10, seed=0, mixed=False):
         loss=fnn.losses.cross_entropy,
         path=path,
         epochs=epochs,
-        batch_size=RECIPE_BATCH,
-        optimizer=RECIPE_LR,
+        batch_size=batch_size,
+        optimizer=lr,
         progress=False,
     )
     return history

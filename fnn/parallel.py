@@ -126,9 +126,8 @@ def fsdp(tree, mesh, *, min_bytes=FSDP_MIN_BYTES):
     kept = []
 
     def one(path, a):
-        size = np.dtype(a.dtype).itemsize * int(np.prod(np.shape(a)))
         axes = [i for i, d in enumerate(np.shape(a)) if d % n == 0 and d >= n]
-        if n == 1 or size < min_bytes:
+        if n == 1 or _nbytes(a) < min_bytes:
             return replicated(mesh)
         if not axes:
             kept.append(f"{jax.tree_util.keystr(path)} {tuple(np.shape(a))}")
@@ -145,6 +144,11 @@ def fsdp(tree, mesh, *, min_bytes=FSDP_MIN_BYTES):
             stacklevel=2,
         )
     return found
+
+
+def _nbytes(a):
+    """The bytes of an array, or of a ``jax.ShapeDtypeStruct``'s array."""
+    return np.dtype(a.dtype).itemsize * int(np.prod(np.shape(a)))
 
 
 def logical_axes(model, params):
@@ -216,7 +220,7 @@ def by_names(params, axes, mesh, rules, *, min_bytes=FSDP_MIN_BYTES):
                 target = None
             used.add(target)
             placed.append(target)
-        if not any(placed) and np.dtype(a.dtype).itemsize * int(np.prod(np.shape(a))) >= min_bytes:
+        if not any(placed) and _nbytes(a) >= min_bytes:
             whole.append(f"{where} {tuple(np.shape(a))}")
         return NamedSharding(mesh, P(*placed))
 
@@ -234,9 +238,13 @@ def by_names(params, axes, mesh, rules, *, min_bytes=FSDP_MIN_BYTES):
 
 
 def layout(name, tree, mesh):
-    """The shardings of ``tree`` for the layout ``name`` (one of :data:`LAYOUTS`)."""
-    if name not in LAYOUTS:
-        raise InputError(f"sharding must be one of {', '.join(map(repr, LAYOUTS))}, or rules, got {name!r}")
+    """The shardings of ``tree`` for the layout ``name`` (one of :data:`LAYOUTS`; rules from axis names are
+    :func:`by_names`')."""
+    if isinstance(name, dict) or name not in LAYOUTS:
+        raise InputError(
+            f"sharding must be one of {', '.join(map(repr, LAYOUTS))}, got {name!r}; lay out by rules from axis "
+            "names with by_names"
+        )
     return fsdp(tree, mesh) if name == "fsdp" else jax.tree.map(lambda _: replicated(mesh), tree)
 
 
