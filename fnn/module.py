@@ -152,6 +152,8 @@ class _Leaf:
     linear: bool = False
     #: ``param_axes(params) -> the name of each axis of each parameter`` (see :func:`leaf`), or ``None``.
     param_axes: Callable | None = None
+    #: ``state_axes(state) -> the name of each axis of each array of the state`` (see :func:`leaf`), or ``None``.
+    state_axes: Callable | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,8 +174,8 @@ class _Wiring:
     #: Whether its output holds its input's values, only rearranged (``flatten``): the host-side input check is
     #: then the next module's.
     only_rearranges: bool = False
-    #: ``param_axes(params, axes_of) -> the name of each axis of each parameter`` from its children's
-    #: (``axes_of(child, child_params)``), or ``None`` (see :func:`structural`).
+    #: ``param_axes(tree, axes_of) -> the name of each axis of each array`` of its parameters, or of its state,
+    #: from its children's (``axes_of(child, child_tree)``), or ``None`` (see :func:`structural`).
     param_axes: Callable | None = None
 
 
@@ -222,10 +224,24 @@ class Module:
         names, in the structure of ``params``."""
         declared = self._kind.param_axes
         if declared is None:
-            return jax.tree.map(lambda a: jax.sharding.PartitionSpec(*[None] * len(a.shape)), params)
+            return _unnamed(params)
         if self._is_leaf:
             return declared(params)
         return declared(params, lambda child, child_params: child._param_axes(child_params))
+
+    def _state_axes(self, state):
+        """The names of the axes of each array of ``state`` (from :meth:`init_state`), as this module's leaves
+        declare them (:func:`leaf`'s ``state_axes``), in the structure of ``state``; wiring names its children's
+        state as it names their parameters."""
+        if not self._has_state:
+            return _unnamed(state)
+        if self._is_leaf:
+            declared = self._kind.state_axes
+            return _unnamed(state) if declared is None else declared(state)
+        declared = self._kind.param_axes
+        if declared is None:
+            return _unnamed(state)
+        return declared(state, lambda child, child_state: child._state_axes(child_state))
 
     @property
     def _edge_values(self):
@@ -780,6 +796,7 @@ def leaf(
     stochastic=False,
     linear=False,
     param_axes=None,
+    state_axes=None,
 ):
     """Makes a leaf module from a hand-written forward/backward pair.
 
@@ -823,6 +840,9 @@ def leaf(
         ("out",)}``; a key the parameters lack is skipped), or a function of
         the parameters returning them in their structure. ``None``: the axes
         have no names.
+      state_axes: the same for the arrays of the leaf's state (batch norm's
+        running statistics ``{"mean": ("features",), "var":
+        ("features",)}``), which ``fnn.fit`` lays out by the same rules.
 
     ``apply`` is what the ``autodiff`` path lets ``jax.grad`` differentiate
     (what ``forward`` saves but ``apply`` does not return is dead code that
@@ -875,8 +895,16 @@ def leaf(
             x = checked(x, params)
             return (forward(params, x)[0] if apply is None else apply(params, x)), state
 
-    axes = _axes_of(name, param_axes)
-    kind = _Leaf(tuple(edge_values), check_inputs, state_init, bool(stochastic), bool(linear), axes)
+    axes = _axes_of(name, param_axes, "param_axes")
+    kind = _Leaf(
+        tuple(edge_values),
+        check_inputs,
+        state_init,
+        bool(stochastic),
+        bool(linear),
+        axes,
+        _axes_of(name, state_axes, "state_axes"),
+    )
     return Module(name, init or no_init, backward, run, run_forward, kind)
 
 
@@ -886,21 +914,27 @@ def block_axes(block):
     return lambda params, axes_of: axes_of(block, params)
 
 
-def _axes_of(name, param_axes):
-    """A leaf's ``param_axes`` as a function of its parameters (see :func:`leaf`)."""
-    if param_axes is None or callable(param_axes):
-        return param_axes
-    names = {key: jax.sharding.PartitionSpec(*axes) for key, axes in param_axes.items()}
+def _axes_of(name, declared, argument):
+    """A leaf's ``param_axes`` or ``state_axes`` (named by ``argument``) as a function of its parameters or state
+    (see :func:`leaf`)."""
+    if declared is None or callable(declared):
+        return declared
+    names = {key: jax.sharding.PartitionSpec(*axes) for key, axes in declared.items()}
 
-    def named(params):
-        unnamed = [key for key in params if key not in names]
+    def named(tree):
+        unnamed = [key for key in tree if key not in names]
         if unnamed:
             raise InputError(
-                f"{name}: param_axes names the axes of {sorted(names)}, not of its parameters {unnamed}; name each one"
+                f"{name}: {argument} names the axes of {sorted(names)}, not of its arrays {unnamed}; name each one"
             )
-        return {key: names[key] for key in params}
+        return {key: names[key] for key in tree}
 
     return named
+
+
+def _unnamed(tree):
+    """Axes without names: a ``PartitionSpec`` of ``None`` per axis of each array of ``tree``."""
+    return jax.tree.map(lambda a: jax.sharding.PartitionSpec(*[None] * len(a.shape)), tree)
 
 
 def structural(
@@ -937,7 +971,10 @@ def structural(
     next module's. ``param_axes(params, axes_of)`` gives the names of its
     parameters' axes from its children's, ``axes_of(child, child_params)``
     (see :func:`leaf`); ``None`` when it has no parameters of its own
-    arrangement to name (then they have no names).
+    arrangement to name (then they have no names). It names its state's
+    axes from its children's the same way (``param_axes(state, axes_of)``),
+    so wiring that keeps state arranges it as its parameters: per child, or
+    stacked as they are.
     """
     if (
         (apply is None) == (run is None)

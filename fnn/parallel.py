@@ -1,6 +1,7 @@
 """Many devices with JAX's own sharding: batches over a mesh axis ``"data"``, parameters as laid out.
 
-Each batch is split along its first axis over the devices. Parameters and
+Each batch is split along its first axis over the devices (over the mesh
+axis ``"data"``, on a mesh with more axes). Parameters and
 optimizer state are replicated (:func:`replicated`), or, with fully sharded
 data parallelism (:func:`fsdp`), each large array is split along one of its
 axes over the same devices, so that each device holds ``1/n`` of them; or
@@ -34,6 +35,7 @@ __all__ = [
     "batch_sharding",
     "by_names",
     "data_mesh",
+    "data_shards",
     "fsdp",
     "layout",
     "logical_axes",
@@ -41,6 +43,8 @@ __all__ = [
     "replicate",
     "replicated",
     "sharding_table",
+    "state_axes",
+    "training_mesh",
     "use_cpu_devices",
 ]
 
@@ -91,6 +95,32 @@ def data_mesh(devices=None):
         devices = available[:devices]
     devices = list(devices)
     return jax.make_mesh((len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def training_mesh(devices):
+    """The mesh ``fnn.fit(devices=...)`` trains on: ``devices`` itself if it is a ``jax.sharding.Mesh``, else
+    :func:`data_mesh` of ``devices`` (``None``: one device).
+
+    A mesh of its own must have the axis ``"data"``, which each batch is
+    split over; its other axes (a ``"model"`` axis for tensor parallelism)
+    split parameters by rules (:func:`by_names`), each batch whole along
+    them. For example a 4 x 2 mesh of 8 devices::
+
+        jax.make_mesh((4, 2), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    """
+    if not isinstance(devices, jax.sharding.Mesh):
+        return data_mesh(1 if devices is None else devices)
+    if AXIS not in devices.axis_names:
+        raise InputError(
+            f"a mesh to train on needs the axis {AXIS!r}, which batches are split over; got the axes "
+            f"{devices.axis_names}: name the batch's axis {AXIS!r}, e.g. jax.make_mesh((4, 2), ('data', 'model'))"
+        )
+    return devices
+
+
+def data_shards(mesh):
+    """The number of parts each batch is split into over ``mesh``: the size of its axis ``"data"``."""
+    return mesh.shape[AXIS]
 
 
 def replicated(mesh):
@@ -161,15 +191,29 @@ def logical_axes(model, params):
     "embed")``, attention's projections ``("embed", "heads")`` and
     ``("heads", "embed")``, and ``nn.repeat`` puts ``"layers"`` first.
     """
+    return _checked_axes("logical_axes", model, params, "param_axes")
+
+
+def state_axes(model, state):
+    """The name of each axis of each array of ``model``'s ``state`` (:meth:`fnn.module.Module.init_state`), as its
+    leaves declare them (:func:`fnn.module.leaf`'s ``state_axes``): batch norm's running statistics are
+    ``("features",)``, as its ``gamma`` and ``beta`` are; in the structure of ``state``."""
+    return _checked_axes("state_axes", model, state, "state_axes")
+
+
+def _checked_axes(caller, model, tree, declared_by):
+    """The names of the axes of ``tree``'s arrays, ``model``'s parameters or state, each array's checked to name
+    each of its axes."""
     if not isinstance(model, Module):
-        raise InputError(f"logical_axes: model must be an fnn module, got {type(model).__name__}")
-    axes = model._param_axes(params)
-    for path, a in jax.tree_util.tree_leaves_with_path(params):
+        raise InputError(f"{caller}: model must be an fnn module, got {type(model).__name__}")
+    axes = model._param_axes(tree) if declared_by == "param_axes" else model._state_axes(tree)
+    for path, a in jax.tree_util.tree_leaves_with_path(tree):
         spec = _at(axes, path)
         if len(spec) != np.ndim(a):
             raise InputError(
-                f"logical_axes: {model.name} names {len(spec)} axes {tuple(spec)} for the parameter "
-                f"{jax.tree_util.keystr(path)} of shape {tuple(np.shape(a))}; its leaf's param_axes must name each axis"
+                f"{caller}: {model.name} names {len(spec)} axes {tuple(spec)} for the array "
+                f"{jax.tree_util.keystr(path)} of shape {tuple(np.shape(a))}; its leaf's {declared_by} must name "
+                "each axis"
             )
     return axes
 

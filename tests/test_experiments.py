@@ -22,6 +22,7 @@ from experiments import (
     activations,
     conv_in_loop,
     fsdp,
+    fsdp_memory,
     mixed_precision,
     mnist_conv,
     mnist_conv_bn,
@@ -563,3 +564,19 @@ def test_device_check_records_each_step_its_machine_and_timings(tmp_path, monkey
     cold, warm = (sum(r["compile_s"] for n, r in mixed["runs"].items() if n.endswith(c)) for c in ("cold", "warm"))
     assert warm < cold  # the second run of each found its programs in the cache
     assert json.loads((tmp_path / "out" / "device_check.json").read_text()) == json.loads(json.dumps(result))
+
+
+def test_fsdp_memory_reads_each_devices_bytes_trains_and_holds_the_gradients_to_one_devices(tmp_path):
+    json_path = tmp_path / "fsdp_memory.json"
+    argv = ["--devices", "1", "--sizes", "16", "64", "64", "4", "--batch-size", "8", "--steps", "3", "--lr", "1e-2"]
+    result = fsdp_memory.main([*argv, "--json", str(json_path)])
+    assert json.loads(json_path.read_text()) == json.loads(json.dumps(result))
+    # One device holds the whole state: (16*64 + 64*64 + 64*4) float32 weights, Adam's two moments of each and its
+    # int32 step count.
+    assert result["state_bytes"] == result["limit_bytes"] == 3 * 4 * (16 * 64 + 64 * 64 + 64 * 4) + 4
+    assert result["state_share_per_device"] == 1.0 and result["aim_share_met"]
+    step = result["compiled_step_per_device"]
+    assert step["argument_bytes"] >= result["state_bytes"] and step["peak_bound_bytes"] >= step["argument_bytes"]
+    assert result["peak_bound_over_one_device"] == 1.0
+    assert result["trained"] and len(result["losses"]) == 3
+    assert set(result["gradient_gap"]) == set(fnn.PATHS) and result["aim_gradient_met"]

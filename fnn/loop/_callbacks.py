@@ -292,9 +292,10 @@ class Checkpointing(Callback):
         saved_layout = meta.get("layout")
         if saved_layout is not None and saved_layout != run.layout:
             warnings.warn(
-                f"resuming checkpoint {latest} of {self.directory}, saved on {saved_layout['devices']} devices "
-                f"({saved_layout['sharding']}), on {run.layout['devices']} ({run.layout['sharding']}): the same run, "
-                "its sums over each batch taken in another order",
+                f"resuming checkpoint {latest} of {self.directory}, saved on {saved_layout['devices']} devices"
+                f"{_mesh_shape(saved_layout)} ({saved_layout['sharding']}), on {run.layout['devices']}"
+                f"{_mesh_shape(run.layout)} ({run.layout['sharding']}): the same run, its sums over each batch taken "
+                "in another order",
                 ShardingWarning,
                 stacklevel=2,
             )
@@ -329,3 +330,9 @@ class Checkpointing(Callback):
     def _mark(self, run, number):
         self._saved_at = number
         run.last_checkpoint = f"{number} in {self.directory}"
+
+
+def _mesh_shape(layout):
+    """`` as {'data': 4, 'model': 2}`` for a layout on a mesh of several axes, else nothing."""
+    mesh = layout.get("mesh", {})
+    return f" as {mesh}" if len(mesh) > 1 else ""

@@ -102,7 +102,7 @@ def _splitter(mesh):
     def split(tree, rows):
         if mesh is None or mesh.size == 1:
             return tree
-        sharding = parallel.replicated(mesh) if rows % mesh.size else parallel.batch_sharding(mesh)
+        sharding = parallel.replicated(mesh) if rows % parallel.data_shards(mesh) else parallel.batch_sharding(mesh)
         return jax.lax.with_sharding_constraint(tree, sharding)
 
     return split

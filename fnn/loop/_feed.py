@@ -106,19 +106,26 @@ class Streamed(Feed):
                 "streaming needs every process to hold the same number of the mesh's devices, in one block; "
                 f"this process holds positions {local} of {len(devices)}"
             )
+        shards = parallel.data_shards(mesh)  # each batch split over these, whole along the mesh's other axes
+        if shards != len(devices) and processes > 1:
+            raise InputError(
+                f"streaming over {processes} processes splits each batch over all of the mesh's devices, but the "
+                f"mesh {dict(mesh.shape)} splits batches over 'data' alone; stream on a mesh with the axis 'data' "
+                "alone, or pass the data as arrays"
+            )
         self.batches = Batches(
             stream,
             plan.batch_size,
             key_data,
             plan.key_impl,
             plan.shuffle,
-            devices=len(devices),
-            local_devices=len(local),
+            devices=shards,
+            local_devices=len(local) * shards // len(devices),
             process=local[0] // len(local),
             processes=processes,
             check=check,
         )
-        self.batch_size, self.devices = plan.batch_size, len(devices)
+        self.batch_size, self.devices = plan.batch_size, shards
         self.sharding = NamedSharding(mesh, P(None, parallel.AXIS))
         self.test = parallel.replicate((np.asarray(stream.x_test), np.asarray(stream.y_test)), mesh)
         (self.x_shape, self.x_dtype), (self.y_shape, self.y_dtype) = self.batches.spec

@@ -87,17 +87,21 @@ def fit(
         epoch's end. The test set is always evaluated at the epoch's end.
       devices: ``None`` for the default device; an int ``n`` for the first
         ``n`` devices, or a sequence of devices (``jax.devices()`` for every
-        device of every process), to split each batch over them.
+        device of every process), to split each batch over them; or a
+        ``jax.sharding.Mesh`` with an axis ``"data"``, which each batch is
+        split over, and other axes (``"model"``) that only parameters are
+        split over, by ``sharding``'s rules (a 2-D mesh: FSDP and tensor
+        parallelism, :func:`fnn.parallel.training_mesh`).
       sharding: how the training state (parameters, optimizer state, model
         state) lies on those devices, one of :data:`fnn.parallel.LAYOUTS`:
         ``"replicated"``, a copy on each; ``"fsdp"``, each large array split
         along one axis over them (:func:`fnn.parallel.fsdp`), so that each
         device holds ``1/n`` of the state and XLA gathers each parameter
         where it is used. Or rules from the names of the parameters' axes to
-        the mesh axis ``"data"`` (``{"in": "data", "out": None}``,
-        :func:`fnn.parallel.by_names`): the parameters split by their names,
-        the optimizer's state as its parameters, the model's state
-        replicated. The arithmetic is the same either way, up to the order
+        the mesh's axes (``{"in": "data", "out": "model"}``,
+        :func:`fnn.parallel.by_names`): the parameters and the model's state
+        (batch norm's statistics) split by their names, the optimizer's
+        state as its parameters. The arithmetic is the same either way, up to the order
         of float32 sums.
       steps_per_call: optimizer steps compiled into one call, as a
         ``jax.lax.scan``. ``None`` chooses: the whole epoch (one call, no
@@ -371,16 +375,17 @@ def _plan(
         )
     if factor is not None:
         factor = real("fit", "divergence_factor", factor, within="above 1 (or None)", ok=lambda f: f > 1)
-    mesh = parallel.data_mesh(1 if devices is None else devices)
+    mesh = parallel.training_mesh(devices)
     if not isinstance(sharding, dict) and sharding not in parallel.LAYOUTS:
         raise InputError(
             f"sharding must be one of {', '.join(map(repr, parallel.LAYOUTS))}, or rules from axis names to mesh "
             f"axes (a dict, e.g. {{'in': 'data'}}), got {sharding!r}"
         )
-    if batch_size % mesh.size:
+    shards = parallel.data_shards(mesh)
+    if batch_size % shards:
         raise InputError(
-            f"batch_size {batch_size} does not split evenly over {mesh.size} devices; "
-            f"use a multiple of {mesh.size} or a number of devices that divides {batch_size}"
+            f"batch_size {batch_size} does not split evenly over {shards} devices; "
+            f"use a multiple of {shards} or a number of devices that divides {batch_size}"
         )
     optimizer, own_step = _train.as_optimizer(optimizer), step is not None
     if not own_step:
@@ -485,14 +490,15 @@ def _new_run(plan, params, model_state, shuffle_key, epochs, data):
     configure = lambda: run_config(plan, params, key_data, data(), epochs)  # noqa: E731
     state = parallel.place(state, _state_layout(plan, state))
     epoch_sums = parallel.replicate(new_epoch_sums(), plan.mesh)
-    layout = {"devices": plan.mesh.size, "sharding": plan.sharding}
+    layout = {"devices": plan.mesh.size, "mesh": dict(plan.mesh.shape), "sharding": plan.sharding}
     return Run(configure, state, epochs, plan.steps_per_epoch, epoch_sums=epoch_sums, layout=layout)
 
 
 def _state_layout(plan, state):
     """The shardings of the run's :class:`fnn.train.TrainState`: a layout by name, or the rules of
-    ``plan.sharding`` applied to the parameters' axis names, the optimizer state's parameter-shaped arrays laid out
-    as their parameters, the rest replicated."""
+    ``plan.sharding`` applied to the axis names of the parameters and of the model's state (batch norm's running
+    statistics), the optimizer state's parameter-shaped arrays laid out as their parameters, the rest
+    replicated."""
     if not isinstance(plan.sharding, dict):
         return parallel.layout(plan.sharding, state, plan.mesh)
     whole = parallel.replicated(plan.mesh)
@@ -501,7 +507,10 @@ def _state_layout(plan, state):
     opt_state = optax.tree_map_params(
         plan.optimizer, lambda _, sharding: sharding, state.opt_state, params, transform_non_params=lambda _: whole
     )
-    model_state, step, key = jax.tree.map(lambda _: whole, (state.model_state, state.step, state.key))
+    model_state = parallel.by_names(
+        state.model_state, parallel.state_axes(plan.model, state.model_state), plan.mesh, plan.sharding
+    )
+    step, key = jax.tree.map(lambda _: whole, (state.step, state.key))
     return dataclasses.replace(state, params=params, opt_state=opt_state, model_state=model_state, step=step, key=key)
 
 

@@ -99,6 +99,10 @@ def batch_norm_leaf(eps=1e-5):
     return _leaf(forward, eps)
 
 
+#: The names of the axes of the running statistics, those of ``gamma`` and ``beta`` (see :func:`fnn.module.leaf`).
+STATE_AXES = {"mean": ("features",), "var": ("features",)}
+
+
 def _leaf(forward, eps, **contextual):
     """The batch norm leaf over ``forward``: the op's (no state) or the module's (``state_init``)."""
     return leaf(
@@ -163,4 +167,4 @@ def batch_norm(momentum=0.9, eps=1e-5, *, dtype=jnp.float32):
         update = {k: momentum * state[k] + (1 - momentum) * batch[k].astype(jnp.result_type(state[k])) for k in state}
         return y, saved, update
 
-    return _leaf(forward, eps, init=init, state_init=state_init)
+    return _leaf(forward, eps, init=init, state_init=state_init, state_axes=STATE_AXES)
