@@ -20,6 +20,7 @@ from experiments import (
     _images,
     _items,
     activations,
+    compile_time,
     conv_in_loop,
     fsdp,
     fsdp_memory,
@@ -137,6 +138,65 @@ def test_fsdp_times_both_layouts_side_by_side_and_records_each_devices_share(tmp
     assert result["state_share_per_device"] == {"replicated": 1.0, "fsdp": 1.0}  # one device holds it all
     assert result["aim_share"] == 1.05 and result["aim_share_met"]
     assert result["aim_ratio_met"] == (result["time_ratio_ci95"][1] <= 1.5)
+
+
+def test_compile_time_times_each_program_of_fit_phase_by_phase_cold_and_warm(tmp_path):
+    json_path = tmp_path / "compile_time.json"
+    argv = ["--models", "recipe", "--repeats", "1", "--variants", "cold", "warm", "--synthetic"]
+    result = compile_time.main([*argv, "--train-size", "256", "--test-size", "64", "--json", str(json_path)])
+    assert json.loads(json_path.read_text()) == json.loads(json.dumps(result)) and result["complete"]
+    assert result["device"] and result["jax_version"] == jax.__version__ and result["host_cpu"]
+    model = result["models"]["recipe"]
+    cold, warm = model["runs"]  # each in a process of its own, the warm one reading the cold one's cache
+    assert (cold["variant"], warm["variant"]) == ("cold", "warm") and model["steps_per_epoch"] == 3
+    assert set(cold["programs"]) == set(cold["fit_compile_seconds"]) == {"end", "steps[2]"}  # 256 rows, batches of 100
+    for name, program in cold["programs"].items():
+        assert program["cache"] == "miss" and warm["programs"][name]["cache"] == "hit"
+        assert all(program[phase] > 0 for phase in ("trace_s", "lower_s", "backend_s"))
+        assert program["trace_s"] + program["lower_s"] + program["backend_s"] <= program["fit_s"] * 1.05
+        assert warm["programs"][name]["backend_s"] < program["backend_s"]  # a cache hit is no compile
+    assert cold["cache"]["misses"] > 0 and warm["cache"] == {"hits": cold["cache"]["misses"], "misses": 0}
+    assert cold["others"]["before_fit"]["programs"] > 0  # the parameters' initialisation compiles too
+    timeline = cold["timeline"]
+    assert (
+        0 < timeline["fit_compile_s"] < timeline["fit_s"] < timeline["process_s"] and 0 < timeline["compile_share"] < 1
+    )
+    summary = model["summary"]
+    assert summary["cold"]["programs"]["end"]["backend_s"]["median"] == cold["programs"]["end"]["backend_s"]
+    assert summary["warm_over_cold"]["programs"]["end"]["backend_s"]["median"] < 1
+
+
+def test_compile_time_reads_xlas_passes_and_code_generation_from_a_profile(tmp_path):
+    def f(x, w):
+        return jnp.sum(jnp.tanh(x @ w) @ w)
+
+    x, w = jnp.ones((8, 16)), jnp.ones((16, 16))
+    lowered = jax.jit(jax.grad(f, argnums=1)).lower(x, w)
+    jax.profiler.start_trace(str(tmp_path), profiler_options=compile_time.profiler_options())
+    try:
+        lowered.compile()
+    finally:
+        jax.profiler.stop_trace()
+    phases = compile_time.xla_phases(str(tmp_path), {"f": 0.0})
+    assert "error" not in phases, phases
+    f_phases = phases["programs"]["f"]  # XLA's module jit_f, named as fit's programs are
+    assert f_phases["xla_s"] > 0 and f_phases["hlo_passes_s"] > 0 and f_phases["codegen_s"] >= 0
+    assert abs(f_phases["hlo_passes_s"] + f_phases["codegen_s"] - f_phases["xla_s"]) < 1e-9
+    assert f_phases["slowest_passes"] and all(s >= 0 for s in f_phases["slowest_passes"].values())
+    assert phases["all_compiles"]["count"] >= 1
+    assert compile_time.xla_phases(str(tmp_path / "nothing"), {"f": 0.0})["error"].startswith("FileNotFoundError")
+
+
+def test_compile_time_intervals_are_order_statistics_and_bad_flags_are_refused():
+    five = compile_time.median_interval([5, 1, 4, 2, 3])
+    assert five == {"median": 3.0, "interval": [1.0, 5.0], "confidence": 1 - 2 / 32, "n": 5}
+    ten = compile_time.median_interval(range(10))
+    assert ten["interval"] == [1.0, 8.0] and ten["confidence"] >= 0.95  # x(2) and x(9)
+    assert compile_time.median_interval([2.0])["confidence"] == 0 and compile_time.median_interval([]) is None
+    bad = (["--repeats", "0"], ["--variants", "warm"], ["--variants", "cold", "cold"], ["--train-size", "0"])
+    for argv in bad:
+        with pytest.raises(ValueError):
+            compile_time.parse_args(argv)
 
 
 def test_image_scripts_shift_is_fnn_random_shift_and_zero_turns_it_off():
@@ -537,6 +597,18 @@ def test_device_check_stops_a_step_past_its_budget_and_reads_pytests_summary(tmp
             device_check.parse_args(bad)
 
 
+@pytest.mark.slow  # about 30 s: the compile-time study's three processes
+def test_device_check_runs_the_compile_time_study(tmp_path, monkeypatch):
+    device_check = device_check_environment(monkeypatch, tmp_path)
+    result = device_check.main(["--out", str(tmp_path / "out"), "--quick", "--synthetic", "--steps", "compile"])
+    step = result["steps"]["compile"]
+    assert step["status"] == "ok" and step["device"] == result["device"] and step["budget_s"] == 40
+    runs = step["compile_time"]["models"]["recipe"]["runs"]
+    assert [r["variant"] for r in runs] == ["cold", "warm", "profiled"] and runs[0]["n_train"] == 512
+    xla = step["summary"]["recipe"]["profiled"]["xla"]["programs"]
+    assert set(xla) == {"end", "steps[5]"} and all(p["hlo_passes_s"]["median"] > 0 for p in xla.values())
+
+
 @pytest.mark.slow  # about 30 s: a test run, the recipe on every path, mixed precision, each in a process of its own
 def test_device_check_records_each_step_its_machine_and_timings(tmp_path, monkeypatch):
     device_check = device_check_environment(monkeypatch, tmp_path)
@@ -566,6 +638,7 @@ def test_device_check_records_each_step_its_machine_and_timings(tmp_path, monkey
     assert json.loads((tmp_path / "out" / "device_check.json").read_text()) == json.loads(json.dumps(result))
 
 
+@pytest.mark.slow  # an end-to-end study: three paths' gradients, two compiled steps
 def test_fsdp_memory_reads_each_devices_bytes_trains_and_holds_the_gradients_to_one_devices(tmp_path):
     json_path = tmp_path / "fsdp_memory.json"
     argv = ["--devices", "1", "--sizes", "16", "64", "64", "4", "--batch-size", "8", "--steps", "3", "--lr", "1e-2"]
