@@ -127,33 +127,39 @@ def sweep_tangent(model):
 
 
 def gradients(model, loss, path, *, inputs=False):
-    """Any path in one positional form: ``(params, x, targets, state, key, train) -> (L, outputs, grads,
-    new_state)``.
+    """Any path in one positional form: ``(params, x, targets, state, key, train, scale=None) -> (L, outputs,
+    grads, new_state)``.
 
     ``state`` is ``()`` for a model without state and ``key`` ``None`` for
     one without randomness; ``grads`` is ``dparams`` in the structure of
-    ``params``, or with ``inputs`` the pair ``(dparams, dx)``. What the
-    training steps and :func:`value_and_grad` run.
+    ``params``, or with ``inputs`` the pair ``(dparams, dx)``. A ``scale``
+    ``S`` (a scalar) differentiates ``S L`` in place of ``L``: the loss's
+    cotangent is ``S`` instead of 1 on every path, so the whole backward
+    runs on ``S`` times its values and ``grads`` comes back ``S`` times the
+    gradient, ``L`` unscaled (loss scaling, :class:`fnn.train.DynamicLossScale`).
+    What the training steps and :func:`value_and_grad` run.
     """
     check_pair(model, loss)
     if check_path(path) == "backprop":
         forward, backward = sweep_forward(model, loss), sweep_backward(model, loss)
 
-        def by_sweep(params, x, targets, state, key, train):
+        def by_sweep(params, x, targets, state, key, train, scale=None):
             value, outputs, saved, new_state = forward(params, x, targets, state=state, key=key, train=train)
-            grads = backward(params, saved, jnp.ones_like(value))
+            seed = jnp.ones_like(value) if scale is None else jnp.full_like(value, scale)
+            grads = backward(params, saved, seed)
             return value, outputs, (grads if inputs else grads[0]), new_state
 
         return by_sweep
     fn = objective(model, loss, path)
-    grad = jax.value_and_grad(
-        lambda params, x, targets, state, key, train: fn(params, x, targets, state=state, key=key, train=train),
-        argnums=(0, 1) if inputs else 0,
-        has_aux=True,
-    )
 
-    def by_jax(params, x, targets, state, key, train):
-        (value, (outputs, new_state)), grads = grad(params, x, targets, state, key, train)
+    def scaled(params, x, targets, state, key, train, scale):
+        value, (outputs, new_state) = fn(params, x, targets, state=state, key=key, train=train)
+        return (value if scale is None else value * scale), (value, outputs, new_state)
+
+    grad = jax.value_and_grad(scaled, argnums=(0, 1) if inputs else 0, has_aux=True)
+
+    def by_jax(params, x, targets, state, key, train, scale=None):
+        (_, (value, outputs, new_state)), grads = grad(params, x, targets, state, key, train, scale)
         return value, outputs, grads, new_state
 
     return by_jax

@@ -69,6 +69,8 @@ PRINTS = {
         r"train labels must be class ids in \[0, 3\)",
         r"epoch 3: test error",
         r"^2$",
+        r"^32768\.0$",
+        r"^1024\.0 False 1024\.0$",
         r"^\[0\]\['w'\] \(784, 500\) \('data', 'model'\)$",
     ],
 }

@@ -191,6 +191,15 @@ def test_the_checker_passes_every_module_and_loss(case):
     assert skipped == expected, str(report)
 
 
+@pytest.mark.slow  # one lower-precision check per row; bfloat16 is in every row's default checks above
+@pytest.mark.parametrize("case", [c for c in CASES if not isinstance(c.build(), Loss)], ids=lambda c: c.name)
+def test_every_modules_rules_hold_in_float16_as_mixed_precision_computes_them(case):
+    """``nn.mixed_precision(block, jnp.float16)`` runs each rule of ``block`` in float16: each is held to the
+    float64 reference within float16's tolerance."""
+    report = case.check(checks="dtypes", dtypes=(jnp.float16,)).assert_ok()
+    assert [c.status for c in report.rows] == ["passed"], str(report)
+
+
 # ------------------------------------------------------------------ edge values
 def module_vjp(path, module, params, x):
     """``(y, dparams, dx)`` of ``module`` at ``(params, x)`` for the output cotangent ones, by ``path``."""

@@ -4,8 +4,9 @@ The configuration holds every setting that decides what training computes
 from a checkpoint on: the model with every setting of every module
 (:meth:`fnn.module.Module.describe`), the loss, the path, the batch size,
 the training data (by a fingerprint of its contents: :func:`data_identity`),
-its order (the run's key), the metrics, and the functions that train: the
-optimizer, the augmentation and a stream's transform, each identified by its
+its order (the run's key), the metrics, the loss scale's settings, and the
+functions that train: the optimizer, the augmentation and a stream's
+transform, each identified by its
 code and every value it is bound to (:func:`fnn.loop._identity.identify`: a
 schedule's steps, a ``functools.partial``'s arguments, a callable object's
 attributes, a closure's cells). Where part of the optimizer holds state that
@@ -61,10 +62,16 @@ def run_config(plan, params, key_data, data, epochs):
         "optimizer": _identified("optimizer", plan.optimizer),
         "step": _identified("step", plan.step) if plan.own_step else None,
         "accumulate": plan.accumulate,
+        "loss_scale": _loss_scale(plan.loss_scale),
     }
     if config["optimizer"]["unidentified"]:
         config["optimizer_updates"] = optimizer_updates(plan.optimizer, params, epochs * plan.steps_per_epoch)
     return json.loads(json.dumps(config))  # as a checkpoint gives it back: lists, not tuples
+
+
+def _loss_scale(loss_scale):
+    """A :class:`fnn.train.DynamicLossScale`'s settings and starting values as Python numbers (``None`` for none)."""
+    return None if loss_scale is None else {name: np.asarray(v).item() for name, v in vars(loss_scale).items()}
 
 
 def _identified(name, fn):

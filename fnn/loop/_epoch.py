@@ -26,6 +26,7 @@ from fnn import _precision, parallel
 from fnn._order import epoch_order
 from fnn.data._stream import last_batch_rows
 from fnn.module import Loss, Module
+from fnn.train import DynamicLossScale, all_finite
 
 #: Rows per evaluation chunk: chunks keep the hidden activations small enough
 #: to stay in cache, which on a 2-core CPU beat one 60,000-row matmul.
@@ -51,6 +52,8 @@ class Plan:
     losses count as divergence. ``streamed``: the steps are given the batches
     they train on (from a :class:`fnn.data.Stream`, whose per-record
     ``transform`` is recorded), not the whole training split.
+    ``loss_scale``: the run's :class:`fnn.train.DynamicLossScale` at its
+    start (:func:`fnn.train.loss_scale_for`), ``None`` for none.
     """
 
     model: Module
@@ -72,6 +75,7 @@ class Plan:
     own_step: bool = False
     accumulate: int = 1
     sharding: str | dict = "replicated"
+    loss_scale: DynamicLossScale | None = None
 
     @property
     def full_batches(self):
@@ -223,12 +227,6 @@ def make_steps(plan, n_steps, rows=None):
     return steps
 
 
-def _all_finite(tree):
-    """Whether every floating entry of ``tree`` is finite (one boolean scalar)."""
-    flags = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)]
-    return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
-
-
 def make_epoch_end(plan):
     """Builds the (unjitted) end of an epoch: the last smaller batch, if any, then the epoch's metrics.
 
@@ -258,6 +256,6 @@ def make_epoch_end(plan):
                 train_err = epoch_sums["error_sum"] / n_train if loss.error is not None else None
             test_loss, test_err = evaluate(model, loss, state.params, x_test, y_test, **evaluated)
         metrics = {"train_loss": train_loss, "test_loss": test_loss, "train_err": train_err, "test_err": test_err}
-        return state, epoch_sums, {**metrics, "params_finite": _all_finite((state.params, state.model_state))}
+        return state, epoch_sums, {**metrics, "params_finite": all_finite((state.params, state.model_state))}
 
     return end

@@ -50,6 +50,7 @@ def fit(
     precision=None,
     step=None,
     accumulate=1,
+    loss_scale=None,
 ):
     """Trains ``model`` from ``params`` on ``loss`` and reports per-epoch metrics.
 
@@ -127,8 +128,8 @@ def fit(
       step: the optimizer step to scan over each epoch, ``step(state, batch)
         -> (state, metrics)`` on a :class:`fnn.train.TrainState` (the
         parameters, the optimizer's state made by ``optimizer``, the model's
-        state, the step count, the run's key), ``metrics`` holding the
-        batch's ``"loss"`` (and ``"error"``); ``None``:
+        state, the step count, the run's key, the loss scale), ``metrics``
+        holding the batch's ``"loss"`` (and ``"error"``); ``None``:
         :func:`fnn.train.train_step` of ``model``, ``loss``, ``optimizer``,
         ``path``, ``precision`` and ``accumulate``. Your own step (a loss with
         auxiliary outputs, two optimizers, a wrapped default step) trains
@@ -137,6 +138,16 @@ def fit(
       accumulate: split each batch into this many microbatches and apply
         their mean gradient once (:func:`fnn.train.train_step`): the same
         step in less memory, for a model without batch statistics.
+      loss_scale: dynamic loss scaling (:class:`fnn.train.DynamicLossScale`:
+        the loss multiplied by a scale before differentiation, the gradients
+        divided by it, a step with a non-finite gradient skipped and the
+        scale adapted): ``None`` scales a model with a float16
+        :func:`fnn.nn.mixed_precision` block by ``DynamicLossScale()`` and
+        no other (:func:`fnn.train.loss_scale_for`); a
+        ``DynamicLossScale(...)`` gives its settings and starting scale. The
+        run's state carries the scale, checkpoints keep it and the run's
+        configuration records its settings; a callback reads it as
+        ``run.state.loss_scale.scale``.
       precision: the precision of the matrix products and convolutions of
         every step and evaluation (see :func:`fnn.value_and_grad`): ``None``
         keeps the backend's default (TF32 for float32 on recent GPUs: faster,
@@ -196,6 +207,7 @@ def fit(
         _precision.check("fit", precision),
         step,
         accumulate,
+        loss_scale,
     )
     parts = [*_callback_parts(callbacks), ProgressBar(progress), StallWatch(_chance_level(model, loss, splits))]
     input_shape = splits["train"][0].shape[1:]
@@ -364,6 +376,7 @@ def _plan(
     precision,
     step,
     accumulate,
+    loss_scale,
 ):
     """The :class:`Plan` of the run, its arguments checked."""
     if train_metrics not in ("batches", "full"):
@@ -414,6 +427,7 @@ def _plan(
         own_step,
         as_int(accumulate),
         sharding,
+        _train.loss_scale_for(model, loss_scale),
     )
 
 
@@ -486,6 +500,7 @@ def _new_run(plan, params, model_state, shuffle_key, epochs, data):
         jnp.int32(0),
         key_data,
         key_impl,
+        plan.loss_scale,
     )
     configure = lambda: run_config(plan, params, key_data, data(), epochs)  # noqa: E731
     state = parallel.place(state, _state_layout(plan, state))
@@ -510,8 +525,10 @@ def _state_layout(plan, state):
     model_state = parallel.by_names(
         state.model_state, parallel.state_axes(plan.model, state.model_state), plan.mesh, plan.sharding
     )
-    step, key = jax.tree.map(lambda _: whole, (state.step, state.key))
-    return dataclasses.replace(state, params=params, opt_state=opt_state, model_state=model_state, step=step, key=key)
+    step, key, loss_scale = jax.tree.map(lambda _: whole, (state.step, state.key, state.loss_scale))
+    return dataclasses.replace(
+        state, params=params, opt_state=opt_state, model_state=model_state, step=step, key=key, loss_scale=loss_scale
+    )
 
 
 # ---------------------------------------------------------------- compiled functions

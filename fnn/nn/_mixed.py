@@ -1,8 +1,8 @@
-"""Mixed precision as a module: parameters in float32, the compute in bfloat16, the output in float32.
+"""Mixed precision as a module: parameters in float32, the compute in bfloat16 or float16, the output in float32.
 
 ``mixed_precision(block)`` is ``block`` run on a copy of its parameters and
-its input rounded to ``compute_dtype`` (every floating leaf, ``cast``), with
-its output given back in float32:
+its input rounded to ``compute_dtype`` (bfloat16 or float16; every floating
+leaf, ``cast``), with its output given back in float32:
 
 ``y = float32(block(cast(params), cast(x)))``.
 
@@ -19,15 +19,26 @@ them in float32).
 identity up to rounding: with ``(dparams_c, dx_c) = B[block](cast(g))``,
 ``dparams`` is ``dparams_c`` in each parameter's dtype and ``dx`` is
 ``dx_c`` in the input's. Since it is a module like any other, the three
-paths (``autodiff`` differentiates the casts, ``custom`` and ``backprop`` run
-this backward) and the checker (:func:`fnn.testing.check_module`) apply to
-it as they are.
+paths apply to it as they are (``autodiff`` differentiates the casts,
+``custom`` and ``backprop`` run this backward). What the casts leave to
+check are the block's own rules in the compute dtype, which the checker
+does: ``fnn.testing.check_module(block, shape, dtypes=(compute_dtype,))``
+holds each rule, computed in bfloat16 or float16, to the float64 reference
+within that dtype's tolerance (the tests do so for every leaf kind). The
+wrapped module itself is no subject for the checker's float64 checks:
+its outputs are float32 whatever its inputs, and its products round to the
+compute dtype, which finite differences cannot resolve.
 
-**Why not float16.** float16's range (about ``6e-5`` to ``65504``) loses
-small gradients to underflow unless the loss is scaled up and the gradients
-down again, with a scale that adapts as training goes (dynamic loss scaling),
-which fnn does not do; bfloat16 has float32's range and needs none. On an
-H100 both run matrix products at the same rate.
+**float16 and loss scaling.** float16's range (normal numbers from about
+``6e-5`` to ``65504``) loses small gradients to underflow unless the loss is
+scaled up and the gradients down again, with a scale that adapts as training
+goes: dynamic loss scaling. A model with a float16 block
+(:func:`needs_loss_scaling`) gets it from :func:`fnn.train.train_step` and
+:func:`fnn.fit` (:class:`fnn.train.DynamicLossScale`): the float32 loss is
+multiplied by ``S`` before differentiation, so the float32 cotangent ``g``
+that enters the backward above is ``S`` times the loss's, and
+``cast(g)`` carries it into float16's range. bfloat16 has float32's range
+and needs none. On an H100 both run matrix products at the same rate.
 """
 
 import jax
@@ -39,7 +50,7 @@ from fnn.module import Module, block_axes, structural, with_settings
 __all__ = ["COMPUTE_DTYPES", "mixed_precision"]
 
 #: The dtypes :func:`mixed_precision` computes in.
-COMPUTE_DTYPES = (jnp.bfloat16,)
+COMPUTE_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
 def _cast(tree, dtype):
@@ -54,7 +65,7 @@ def _like(tree, reference):
 
 @with_settings
 def mixed_precision(block, compute_dtype=jnp.bfloat16):
-    """``block`` computed in ``compute_dtype`` (bfloat16) from float32 parameters, with float32 outputs.
+    """``block`` computed in ``compute_dtype`` (bfloat16 or float16) from float32 parameters, with float32 outputs.
 
     ``[N, *shape] -> [N, *block's output shape]``, float32. Params and state
     are ``block``'s, in their own dtypes. See the module doc for the formula
@@ -69,8 +80,8 @@ def mixed_precision(block, compute_dtype=jnp.bfloat16):
     if not known:
         names = ", ".join(jnp.dtype(d).name for d in COMPUTE_DTYPES)
         raise InputError(
-            f"mixed_precision: compute_dtype must be one of {names}, got {compute_dtype!r}; float16 would need "
-            "dynamic loss scaling, which fnn does not do"
+            f"mixed_precision: compute_dtype must be one of {names}, got {compute_dtype!r}; for float32 leave the "
+            "block unwrapped"
         )
     dtype = jnp.dtype(compute_dtype)
 
@@ -103,3 +114,12 @@ def mixed_precision(block, compute_dtype=jnp.bfloat16):
         check_inputs=block._check_inputs,
         param_axes=block_axes(block),
     )
+
+
+def needs_loss_scaling(model):
+    """Whether ``model`` or a module inside it is a :func:`mixed_precision` block computing in float16, whose small
+    gradients underflow without dynamic loss scaling (:class:`fnn.train.DynamicLossScale`)."""
+    settings = {s.name: s.value for s in model.settings}
+    if model.name == "mixed_precision" and jnp.dtype(settings["compute_dtype"]) == jnp.float16:
+        return True
+    return any(needs_loss_scaling(child) for child in model.children)
