@@ -1,7 +1,7 @@
 """One bounded command that checks fnn on an accelerator: the default tests, then the recipe, the pooled CNN and
 attention timed; one JSON file.
 
-    python -m experiments.device_check --out DIR            # one GPU: about 6 minutes, at most 9.3
+    python -m experiments.device_check --out DIR            # one GPU: about 6 minutes, at most 9.75
     python -m experiments.device_check --out DIR --quick    # tiny sizes, a few tests: a smoke test on a CPU
 
 The steps, in this order (``--steps`` picks some):
@@ -37,6 +37,12 @@ The steps, in this order (``--steps`` picks some):
   each compiled cold (an empty compilation cache) and warm (from it): compile,
   epoch and whole seconds, test error, and the fraction of the device's
   matrix-product limit for the dtype.
+- ``compile``: ``experiments.compile_time``: where the pooled CNN's short run
+  spends its time, one round of fresh processes over its whole epoch: each
+  program ``fnn.fit`` compiles, traced, lowered and compiled by XLA, cold and
+  from a warm cache; XLA's HLO passes, code generation and autotuning from
+  the profiler's trace; and a cold run without autotuning
+  (``--xla_gpu_autotune_level=0``), autotuning's share by difference.
 
 Every benchmark records the device, the JAX version, and compile and run
 seconds apart. Each step runs in a process of its own under a time budget
@@ -85,9 +91,9 @@ from experiments import _cli, _common, _peer_torch
 ROOT = Path(__file__).resolve().parents[1]
 #: What travels to a machine without network: ``datasets/`` and ``wheels/``; ``site/`` is made there.
 DEVICE = ROOT / ".device"
-STEPS = ("tests", "limits", "recipe", "pooled", "attention", "mixed")
-#: Each step's time budget in seconds, sized for one GPU: with each step's grace, 9.3 minutes at most.
-BUDGETS_S = {"tests": 150, "limits": 25, "recipe": 40, "pooled": 115, "attention": 95, "mixed": 80}
+STEPS = ("tests", "limits", "recipe", "pooled", "attention", "mixed", "compile")
+#: Each step's time budget in seconds, sized for one GPU: with each step's grace, 9.75 minutes at most.
+BUDGETS_S = {"tests": 150, "limits": 25, "recipe": 40, "pooled": 105, "attention": 95, "mixed": 60, "compile": 40}
 #: The matrix-product limits measured: ``(dtype, precision)`` (on a GPU, float32 at JAX's default runs in TF32).
 LIMITS = (("float32", "highest"), ("float32", "default"), ("bfloat16", "default"))
 #: The MNIST steps' shared options (``_common.add_common_args``): the notes' recipe, of which only the data options
@@ -105,6 +111,7 @@ SIZES = {
         "attention": {"batch": 4, "heads": 8, "head_dim": 64, "seq_lens": [512, 2048], "causal_seq_lens": [1024, 4096]},
         "block_s": 0.05,
         "mixed": {"recipe": ((784, 500, 10), 100, 0.5, 10), "wide": ((784, 8192, 8192, 8192, 10), 2048, 0.02, 2)},
+        "compile": ["--models", "pooled", "--repeats", "1", "--train-size", "60000"],
     },
     "quick": {
         "tests": ["tests/test_surface.py"],
@@ -113,6 +120,7 @@ SIZES = {
         "attention": {"batch": 1, "heads": 2, "head_dim": 16, "seq_lens": [64], "causal_seq_lens": [128]},
         "block_s": 0.01,
         "mixed": {"recipe": ((784, 500, 10), 100, 0.5, 1), "wide": ((784, 256, 256, 10), 128, 0.02, 1)},
+        "compile": ["--models", "recipe", "--repeats", "1", "--variants", "cold", "warm", "profiled"],
     },
 }
 
@@ -579,6 +587,18 @@ def mixed(args, record):
                     record(runs=runs)
 
 
+def compile_time(args, record):
+    """``experiments.compile_time``: per program ``fnn.fit`` compiles, its tracing, lowering and XLA compile, cold
+    and from a warm cache, XLA's split from the profiler, and autotuning's share (on a GPU) by difference; each
+    run's line as it ends (what an interrupted step keeps), then the whole result."""
+    size = SIZES[args.size]
+    data = [flag for flag in data_flags(args) if flag != "--no-progress"]  # the study shows no progress bar
+    result = experiment("compile_time", [*size["compile"], *data], record)
+    summaries = {name: model["summary"] for name, model in result["models"].items()}
+    record(**{k: result[k] for k in ("device", "jax_version", "host_cpu", "platform")}, summary=summaries)
+    record(compile_time=result)
+
+
 STEP_FUNCTIONS = {
     "tests": tests,
     "limits": limits,
@@ -586,6 +606,7 @@ STEP_FUNCTIONS = {
     "pooled": pooled,
     "attention": attention,
     "mixed": mixed,
+    "compile": compile_time,
 }
 
 

@@ -140,6 +140,7 @@ def test_fsdp_times_both_layouts_side_by_side_and_records_each_devices_share(tmp
     assert result["aim_ratio_met"] == (result["time_ratio_ci95"][1] <= 1.5)
 
 
+@pytest.mark.slow  # fresh processes, each compiling the recipe cold or warm
 def test_compile_time_times_each_program_of_fit_phase_by_phase_cold_and_warm(tmp_path):
     json_path = tmp_path / "compile_time.json"
     argv = ["--models", "recipe", "--repeats", "1", "--variants", "cold", "warm", "--synthetic"]
@@ -193,6 +194,17 @@ def test_compile_time_intervals_are_order_statistics_and_bad_flags_are_refused()
     ten = compile_time.median_interval(range(10))
     assert ten["interval"] == [1.0, 8.0] and ten["confidence"] >= 0.95  # x(2) and x(9)
     assert compile_time.median_interval([2.0])["confidence"] == 0 and compile_time.median_interval([]) is None
+    args = compile_time.parse_args([])
+    gpu, cpu = {"recipe": [{"platform": "gpu"}]}, {"recipe": [{"platform": "cpu"}]}
+    order = ["cold", "warm", "profiled", "no_autotune"]  # without autotuning only once a run has found a GPU
+    assert [compile_time.next_variant(args, gpu, order[:i]) for i in range(5)] == [*order, None]
+    assert compile_time.next_variant(args, cpu, order[:3]) is None
+    assert compile_time.next_variant(args, {"recipe": []}, order[:3]) is None
+    chosen = compile_time.parse_args(["--variants", "warm", "cold"])
+    assert (
+        compile_time.next_variant(chosen, gpu, []) == "cold"
+        and compile_time.next_variant(chosen, gpu, order[:2]) is None
+    )
     bad = (["--repeats", "0"], ["--variants", "warm"], ["--variants", "cold", "cold"], ["--train-size", "0"])
     for argv in bad:
         with pytest.raises(ValueError):
