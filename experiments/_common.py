@@ -328,15 +328,12 @@ def achieved(history):
 RECIPE_SIZES, RECIPE_BATCH, RECIPE_LR = (784, 500, 10), 100, 0.5
 
 
-def fit_recipe(data, *, path, epochs=10, seed=0, mixed=False, batch_size=RECIPE_BATCH, lr=RECIPE_LR):
+def fit_recipe(data, *, path, epochs=10, seed=0, batch_size=RECIPE_BATCH, lr=RECIPE_LR):
     """The notes' recipe through ``fnn.fit`` on gradient path ``path``: ``fnn.nn.mlp(RECIPE_SIZES)`` initialised
     from key ``seed``, softmax cross-entropy, batches of ``batch_size``, SGD step ``lr`` (the notes': 100 and
-    0.5); with ``mixed``
-    the net computes in bfloat16 (``fnn.nn.mixed_precision``) from the same float32 weights. Returns fit's
-    ``fnn.History`` (``wall_s``, ``compile_s``, ``epoch_s``, the errors)."""
-    net = fnn.nn.mlp(list(RECIPE_SIZES))
-    _, params = net.init(jax.random.key(seed), RECIPE_SIZES[:1])
-    model = fnn.nn.mixed_precision(net) if mixed else net
+    0.5). Returns fit's ``fnn.History`` (``wall_s``, ``compile_s``, ``epoch_s``, the errors)."""
+    model = fnn.nn.mlp(list(RECIPE_SIZES))
+    _, params = model.init(jax.random.key(seed), RECIPE_SIZES[:1])
     _, history = fnn.fit(
         model,
         params,

@@ -18,6 +18,9 @@ from experiments._common import timed_fit
 
 #: One MNIST image, batch axis excluded: ``[28, 28, 1]`` (NHWC).
 INPUT_SHAPE = (28, 28, 1)
+#: The Flax tutorial's training of the pooled CNN: batches of 32, AdamW at step 0.005 with these settings.
+TUTORIAL_BATCH, TUTORIAL_LR = 32, 0.005
+TUTORIAL_ADAMW = {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4}
 
 
 # ---------------------------------------------------------------- the strided conv net's options

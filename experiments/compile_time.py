@@ -372,14 +372,14 @@ def build(name):
     import optax
 
     import fnn
-    from experiments._images import INPUT_SHAPE, pooled_cnn
+    from experiments._images import INPUT_SHAPE, TUTORIAL_ADAMW, TUTORIAL_LR, pooled_cnn
 
     if name == "recipe":
         model, shape = fnn.nn.mlp(list(_common.RECIPE_SIZES)), _common.RECIPE_SIZES[:1]
         settings = {"optimizer": _common.RECIPE_LR}
     else:
         model, shape = pooled_cnn(), INPUT_SHAPE
-        settings = {"optimizer": optax.adamw(0.005, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4)}
+        settings = {"optimizer": optax.adamw(TUTORIAL_LR, **TUTORIAL_ADAMW)}
     _, params = model.init(jax.random.key(0), shape)
     settings |= {"loss": fnn.losses.cross_entropy, "path": "custom", "batch_size": MODELS[name].batch_size}
     return model, params, settings

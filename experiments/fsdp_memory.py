@@ -63,7 +63,7 @@ def main(argv=None):
         fnn.parallel.place((state.params, state.opt_state), (layout.params, layout.opt_state))
     )
     total = sum(r["bytes"] for r in rows)
-    held = max_device_bytes(rows)
+    held = sum(r["bytes_per_device"] for r in rows)  # FSDP splits each array evenly: every device holds as much
 
     gaps = {}
     for path in fnn.PATHS:  # before training: the step below donates the state's buffers
@@ -133,24 +133,13 @@ def main(argv=None):
 
 
 def compiled_bytes(compiled):
-    """A compiled program's bytes on each device (``memory_analysis()``), and the bound on what a device holds
+    """A compiled program's bytes on each device (``fnn.inspect.memory``), and the bound on what a device holds
     while it runs: its arguments and outputs (less the outputs written over donated arguments) and temporaries."""
-    memory = compiled.memory_analysis()
-    found = {
-        "argument_bytes": memory.argument_size_in_bytes,
-        "output_bytes": memory.output_size_in_bytes,
-        "aliased_bytes": memory.alias_size_in_bytes,
-        "temp_bytes": memory.temp_size_in_bytes,
+    found = fnn.inspect.memory(compiled)
+    return {
+        **found,
+        "peak_bound_bytes": found["arg_bytes"] + found["out_bytes"] - found["alias_bytes"] + found["temp_bytes"],
     }
-    found["peak_bound_bytes"] = found["argument_bytes"] + found["output_bytes"] - found["aliased_bytes"]
-    found["peak_bound_bytes"] += found["temp_bytes"]
-    return found
-
-
-def max_device_bytes(rows):
-    """The bytes the fullest device holds of the arrays of a :func:`fnn.parallel.sharding_table`: each array's
-    largest share, summed (FSDP splits each array evenly, so every device holds as much)."""
-    return sum(r["bytes_per_device"] for r in rows)
 
 
 def relative_gap(got, want):

@@ -73,18 +73,18 @@ from experiments._common import (
     save_figure,
     write_json,
 )
-from experiments._images import INPUT_SHAPE, pooled_cnn
+from experiments._images import INPUT_SHAPE, TUTORIAL_ADAMW, TUTORIAL_BATCH, TUTORIAL_LR, pooled_cnn
 from fnn.loop._epoch import EVAL_CHUNK  # the rows fit evaluates at a time
 
 LIBRARIES = ("fnn", "flax", "torch")
 TARGET_RATIO = 0.7
 #: The least fraction of the machine's matrix-product rate (``fnn.bench.machine_rate``) fnn's epoch should reach.
 TARGET_FRACTION = 0.6
-WEIGHT_DECAY, B1, B2, EPS = 1e-4, 0.9, 0.999, 1e-8
+WEIGHT_DECAY, B1, B2, EPS = (TUTORIAL_ADAMW[k] for k in ("weight_decay", "b1", "b2", "eps"))
 #: fnn's parameter list: the positions of the weight layers in ``pooled_cnn()``.
 CONV1, CONV2, DENSE1, DENSE2 = 0, 3, 7, 9
 #: The experiment's name and the defaults of its shared options (``_common.add_common_args``).
-CONFIG = Config("peer_pooled", epochs=1, batch_size=32, lr=0.005)
+CONFIG = Config("peer_pooled", epochs=1, batch_size=TUTORIAL_BATCH, lr=TUTORIAL_LR)
 
 
 # ---------------------------------------------------------------- fnn

@@ -865,6 +865,8 @@ def leaf(
     """
     if (state_init is not None or stochastic) and apply is not None:
         raise UsageError(f"{name}: a leaf with state or randomness computes apply from its forward; pass no apply")
+    if state_axes is not None and state_init is None:
+        raise UsageError(f"{name}: state_axes names the axes of a state, which a leaf keeps with state_init; pass both")
 
     def checked(x, params):
         x = jnp.asarray(x)

@@ -232,9 +232,11 @@ def by_names(params, axes, mesh, rules, *, min_bytes=FSDP_MIN_BYTES):
     An axis is split over the mesh axis its name maps to when that mesh
     axis's size divides it and no earlier axis of the array took that mesh
     axis. Nothing is silent: one :class:`fnn.ShardingWarning` names the axis
-    names no rule covers, the axes whose rule could not apply (not
-    divisible, mesh axis taken) and the arrays of at least ``min_bytes``
-    left whole on every device.
+    names no rule covers, the rules whose name no array has (a misspelt
+    name), the axes whose rule could not apply (not divisible, mesh axis
+    taken) and the arrays of at least ``min_bytes`` left whole on every
+    device. ``params`` may be any tree with ``axes`` of its structure (a
+    model's parameters and state together, as ``fnn.fit`` lays them out).
 
     Example::
 
@@ -250,11 +252,12 @@ def by_names(params, axes, mesh, rules, *, min_bytes=FSDP_MIN_BYTES):
     unknown = sorted(set(rules.values()) - set(mesh.axis_names) - {None})
     if unknown:
         raise InputError(f"by_names: rules map to mesh axes {unknown} that the mesh {dict(mesh.shape)} lacks")
-    uncovered, unapplied, whole = set(), [], []
+    uncovered, unapplied, whole, present = set(), [], [], set()
 
     def one(path, a):
         spec, used, where = _at(axes, path), set(), jax.tree_util.keystr(path)
         placed = []
+        present.update(spec)
         for size, name in zip(np.shape(a), spec):
             target = None if name is None else rules.get(name, None)
             if name is not None and name not in rules:
@@ -272,6 +275,9 @@ def by_names(params, axes, mesh, rules, *, min_bytes=FSDP_MIN_BYTES):
     said = []
     if uncovered:
         said.append(f"no rule for the axis names {sorted(uncovered)}")
+    unused = sorted(set(rules) - present)
+    if unused:
+        said.append(f"rules for axis names no array has: {unused}")
     if unapplied:
         said.append(f"rules that could not split (not divisible, or the mesh axis taken): {', '.join(unapplied[:5])}")
     if whole:

@@ -15,6 +15,13 @@ import fnn
 from fnn import nn
 
 GOLDEN = Path(__file__).parent / "golden"
+#: What the children that train share: the largest difference between two pytrees' entries.
+GAP = """
+import jax
+def biggest_gap(a, b):
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    return max(float(np.max(np.abs(np.asarray(u) - np.asarray(v)))) for u, v in pairs)
+"""
 
 CHILD = """
 import json, tempfile, warnings
@@ -28,9 +35,6 @@ data = types.SimpleNamespace(x_train=x, y_train=y, x_test=x[:64], y_test=y[:64])
 model = nn.mlp([64, 512, 512, 8])
 _, params = model.init(jax.random.key(0), (64,))
 found = {}
-def biggest_gap(a, b):
-    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b))
-    return max(float(np.max(np.abs(np.asarray(u) - np.asarray(v)))) for u, v in pairs)
 
 # The layout: each device holds an eighth of the parameters and Adam's moments, the small arrays whole.
 mesh = fnn.parallel.data_mesh(8)
@@ -81,7 +85,7 @@ print(json.dumps(found))
 
 @pytest.mark.slow  # about 40 s: eight simulated devices in a child process, fit five times
 def test_fsdp_holds_an_eighth_per_device_trains_as_replicated_and_resumes_on_another_mesh():
-    found = json.loads(run_python(PRELUDE + CHILD, env=ON_CPU).splitlines()[-1])
+    found = json.loads(run_python(PRELUDE + GAP + CHILD, env=ON_CPU).splitlines()[-1])
     # Two 512-wide weights and their two Adam moments are split; the biases, the 512x8 output weight (16 KiB) and
     # the step count stay whole: a few percent over the eighth.
     assert found["per_device"] <= 1 / 8 + 0.05, found["per_device"]
@@ -174,11 +178,14 @@ def test_tensor_parallel_rules_lay_out_the_models_as_committed_and_the_rules_run
     for key, gap in found.items():
         if key not in ("tables", "said"):
             assert gap < 1e-5, (key, gap)
-    # Said, not silent: the first convolution's one input channel that 4 devices cannot split (pooled CNN), the
-    # layer norms' "features" that no rule names (transformer block); nothing large is left whole.
+    # Said, not silent: the rules each model has no axis for (one table for all three), the first convolution's one
+    # input channel that 4 devices cannot split (pooled CNN), the layer norms' "features" that no rule names
+    # (transformer block); nothing large is left whole.
     assert found["said"] == [
-        "by_names: rules that could not split (not divisible, or the mesh axis taken): [0]['w'] in->data",
-        "by_names: no rule for the axis names ['features']",
+        "by_names: rules for axis names no array has: ['embed', 'heads', 'vocab', 'window']",
+        "by_names: rules for axis names no array has: ['embed', 'heads', 'vocab']; rules that could not split (not "
+        "divisible, or the mesh axis taken): [0]['w'] in->data",
+        "by_names: no rule for the axis names ['features']; rules for axis names no array has: ['vocab', 'window']",
     ]
 
 
@@ -213,6 +220,21 @@ def test_a_layout_that_is_not_one_is_refused_naming_those_there_are():
         fnn.parallel.training_mesh(jax.make_mesh((1,), ("batch",), axis_types=(jax.sharding.AxisType.Auto,)))
 
 
+def test_a_rule_no_array_has_is_named_with_the_names_no_rule_covers():
+    model = nn.serial(nn.dense(4, bias=True), nn.layer_norm())
+    _, params = model.init(jax.random.key(0), (3,))
+    axes, mesh = fnn.parallel.logical_axes(model, params), fnn.parallel.data_mesh(1)
+    with pytest.warns(fnn.ShardingWarning) as caught:
+        fnn.parallel.by_names(params, axes, mesh, {"in": "data", "out": None, "fetaures": None})
+    (said,) = [str(w.message) for w in caught]
+    assert said == "by_names: no rule for the axis names ['features']; rules for axis names no array has: ['fetaures']"
+
+
+def test_state_axes_without_state_is_refused_naming_both():
+    with pytest.raises(fnn.UsageError, match=r"scale: state_axes names the axes of a state.*pass both"):
+        fnn.module.leaf("scale", forward=lambda p, x: (x, x), backward=None, state_axes={"s": ("a",)})
+
+
 def test_batch_norm_names_its_statistics_axes_as_its_scale():
     model = nn.serial(nn.dense(4), nn.batch_norm(), nn.relu, nn.repeat(nn.serial(nn.dense(4), nn.batch_norm()), 3))
     state = model.init_state((5,))
@@ -243,9 +265,6 @@ options = dict(
     epochs=3, batch_size=64, optimizer=optax.sgd(0.1, momentum=0.9), shuffle_key=jax.random.key(1), progress=False
 )
 found = {}
-def biggest_gap(a, b):
-    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b))
-    return max(float(np.max(np.abs(np.asarray(u) - np.asarray(v)))) for u, v in pairs)
 for path in fnn.PATHS:
     options["path"], options["state"] = path, model.init_state((64,))
     one = fnn.fit(model, params, data, **options)
@@ -258,6 +277,10 @@ for path in fnn.PATHS:
         "errors_equal": one[2].test_err.tolist() == two[2].test_err.tolist(),
         "said": [str(w.message) for w in caught],
     }
+try:  # no rule maps to "model": its two devices would repeat each other's work
+    fnn.fit(model, params, data, devices=mesh, sharding="fsdp", **options)
+except fnn.InputError as error:
+    found["idle"] = str(error)
 found["param_specs"] = [list(a.sharding.spec) for a in jax.tree.leaves(two[0])]
 found["state_specs"] = [list(a.sharding.spec) for a in jax.tree.leaves(two[1])]
 # Killed on the 4 x 2 mesh after 2 epochs, resumed under FSDP on 8 devices of one axis.
@@ -276,7 +299,7 @@ print(json.dumps(found))
 
 @pytest.mark.slow  # about 25 s: eight simulated devices in a child process, fit eight times
 def test_fit_on_a_2d_mesh_splits_parameters_and_statistics_by_rules_and_trains_as_one_device():
-    found = json.loads(run_python(PRELUDE + MESH_2D, env=ON_CPU).splitlines()[-1])
+    found = json.loads(run_python(PRELUDE + GAP + MESH_2D, env=ON_CPU).splitlines()[-1])
     for path in fnn.PATHS:
         # float32 sums in another order over 12 steps of SGD with momentum: a few ulps of entries of order 1; the
         # dropout masks are the same (else the gap would be of order 1).
@@ -287,6 +310,7 @@ def test_fit_on_a_2d_mesh_splits_parameters_and_statistics_by_rules_and_trains_a
     # statistics over "model" with the features they scale.
     assert found["param_specs"] == [["data", "model"], ["model"], ["model"], ["model"], ["data", "model"]]
     assert found["state_specs"] == [["model"], ["model"]]
+    assert found["idle"].startswith("the mesh's axes ['model'] would repeat the same work"), found["idle"]
     assert found["resumed"] < 1e-5 and found["resumed_errors_equal"], found["resumed"]
     (said,) = found["resumed_said"]
     assert "saved on 8 devices as {'data': 4, 'model': 2} (" in said and "on 8 (fsdp)" in said, said
@@ -322,16 +346,29 @@ ROWS = {
 }
 mesh = fnn.parallel.data_mesh(2)
 split = lambda tree: fnn.parallel.place(tree, fnn.parallel.fsdp(tree, mesh, min_bytes=0))
+# What the checker's compiled programs are given: the arrays split over the two devices among their arguments.
+from fnn._gradcheck import gradients as compiled
+given = []
+def spied(fn):
+    def call(*args, **kwargs):
+        sharded = lambda a: isinstance(a, jax.Array) and a.sharding.num_devices > 1
+        given.extend(list(a.sharding.spec) for a in jax.tree.leaves((args, kwargs)) if sharded(a))
+        return fn(*args, **kwargs)
+    return call
+for name in ("jit_draws", "jit_dtypes", "jit_on_paths"):
+    setattr(compiled, name, spied(getattr(compiled, name)))
 found = {}
 for name, (module, shape, context) in ROWS.items():
     _, params = module.init(jax.random.key(0), shape[1:])
     rng = np.random.default_rng(0)
     params = split(jax.tree.map(lambda a: rng.standard_normal(a.shape), params))
-    context = {k: split(v) if k == "state" else v for k, v in context.items()}
+    given.clear()
     report = fnn.testing.check_module(module, shape[1:], batch_size=shape[0], params=params, **context)
     found[name] = {
         "failed": [f"{r.name}: {r.detail}" for r in report.rows if r.status == "failed"],
         "specs": [list(a.sharding.spec) for a in jax.tree.leaves(params)],
+        "given": given[:],
+        "said": str(report).splitlines()[0],
         "module": module.name,
     }
 print(json.dumps(found))
@@ -348,6 +385,11 @@ def test_the_checker_passes_every_module_with_its_parameters_split_over_two_devi
     for name, row in found.items():
         assert row["failed"] == [], (name, row["failed"])
         assert all("data" in spec for spec in row["specs"]), (name, row["specs"])  # every array split, none whole
+        # The compiled programs get the parameters split as given: the float64 draws stacked (a leading axis
+        # whole), each lower precision as the parameters are; the report says so.
+        specs = {tuple(spec) for spec in row["specs"]}
+        assert {tuple(spec) for spec in row["given"]} == specs | {(None, *spec) for spec in specs}, (name, row)
+        assert "parameters split over 2 devices" in row["said"], row["said"]
     # Every kind of module with parameters in the conformance table has a row here.
     with_params = set()
     for case in CASES:

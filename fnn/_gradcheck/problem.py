@@ -6,6 +6,12 @@ generator seeded by ``seed``, what the checks need: parameters and input
 and the second-order projections ``w``. :meth:`Problem.gradients` runs a path
 on those (or on other inputs, cast to another dtype, or nudged by an ulp)
 and caches the result, so the checks share the work.
+
+Parameters given as ``jax.Array`` objects split over several devices (a
+``NamedSharding``) are checked as they lie: the data stays on the host, and
+the paths' compiled programs get the parameters laid out as given
+(:meth:`Problem.placed`), so that XLA's partitioner runs the rules on the
+mesh.
 """
 
 import contextlib
@@ -57,6 +63,8 @@ class Problem:
     seed: int
     description: str
     context: object = None
+    #: The sharding of each leaf of ``params`` as given (``None`` for a leaf on one device), or ``None`` for none.
+    placement: tuple | None = None
 
     @property
     def primals(self):
@@ -89,6 +97,21 @@ class Problem:
     def floating_leaves(self, grads):
         """The leaves of a gradient ``(dparams, dx)`` at the floating leaves of ``(params, x)`` (:meth:`split`)."""
         return [leaf for leaf, is_float in zip(self.split(grads), self.floating) if is_float]
+
+    def placed(self, params, *, stacked=False):
+        """``params`` laid out as they were given (:attr:`placement`; ``stacked``: with a leading axis of draws,
+        not split), or as they are when they were given on one device."""
+        if self.placement is None:
+            return params
+        leaves, tree = jax.tree.flatten(params)
+
+        def put(a, sharding):
+            if sharding is None:
+                return a
+            spec = jax.sharding.PartitionSpec(None, *sharding.spec) if stacked else sharding.spec
+            return jax.device_put(a, jax.sharding.NamedSharding(sharding.mesh, spec))
+
+        return tree.unflatten([put(a, s) for a, s in zip(leaves, self.placement)])
 
     def data(self, dtype=np.float64, x=None, rounded_to=None, nudge=0):
         """``(params, x, targets, g, w)``, floating leaves cast to ``dtype`` (first to ``rounded_to`` if given;
@@ -132,7 +155,8 @@ class Problem:
         if result is None:
             with mode:
                 if eager:
-                    args = _gradients._kind_args(kind, self.data(dtype, x, rounded_to, nudge))
+                    params, *rest = self.data(dtype, x, rounded_to, nudge)
+                    args = _gradients._kind_args(kind, (self.placed(params), *rest))
                     result = {path: jax.device_get(_gradients.FUNCTIONS[kind](self.model, self.loss, path, *args))}
                 else:
                     found = self._batched(kind, dtype, x, rounded_to)
@@ -184,7 +208,8 @@ class Problem:
         """``(call, unpack)`` of the float64 program: kinds on every path for the draw and its nudges."""
         model, context = self.compiled
         nudges = range(NUDGES + 1)
-        batch = jax.tree.map(lambda *a: np.stack(a), *(self.data(np.float64, x, rounded_to, k) for k in nudges))
+        params, *rest = jax.tree.map(lambda *a: np.stack(a), *(self.data(np.float64, x, rounded_to, k) for k in nudges))
+        batch = (self.placed(params, stacked=True), *rest)
 
         def unpack(kinds, found):
             return {
@@ -200,7 +225,7 @@ class Problem:
         model, context = self.compiled
 
         def call(names):
-            casts = [self.data(n, x, rounded_to)[:4] for n in names]
+            casts = [(self.placed(p), *rest) for p, *rest in (self.data(n, x, rounded_to)[:4] for n in names)]
             return _gradients.jit_dtypes(_gradients.gradients, _gradients.PATHS, model, self.loss, context, *casts)
 
         def unpack(names, found):
@@ -215,7 +240,8 @@ class Problem:
 
     def _compiled_run(self, kind, paths, dtype, x, rounded_to, nudge):
         model, context = self.compiled
-        args = _gradients._kind_args(kind, self.data(dtype, x, rounded_to, nudge))
+        params, *rest = self.data(dtype, x, rounded_to, nudge)
+        args = _gradients._kind_args(kind, (self.placed(params), *rest))
         fn = _gradients.FUNCTIONS[kind]
         return jax.device_get(_gradients.jit_on_paths(fn, paths, model, self.loss, context, *args))
 
@@ -244,6 +270,18 @@ class Problem:
     @functools.cached_property
     def _cache(self):
         return {}
+
+
+def _placement(params):
+    """The sharding of each leaf of ``params`` that lies split over several devices (``None`` for the others), or
+    ``None`` when none does (see :attr:`Problem.placement`)."""
+    found = tuple(
+        a.sharding
+        if isinstance(a, jax.Array) and isinstance(a.sharding, jax.sharding.NamedSharding) and a.sharding.mesh.size > 1
+        else None
+        for a in jax.tree.leaves(params)
+    )
+    return None if all(s is None for s in found) else found
 
 
 def _traces(fn):
@@ -403,6 +441,7 @@ def module_problem(module, input_shape, *, params, x, seed, edge_values, dtypes,
         if init_params is None:
             raise InputError(f"check_module: {module.name} has no init; pass params=")
         params = _standard_normal_like(init_params, rng)
+    placement = _placement(params)
     params = cast(params, np.float64)
     x = _input("check_module", "x", x, input_shape, rng)
     with x64():
@@ -410,7 +449,8 @@ def module_problem(module, input_shape, *, params, x, seed, edge_values, dtypes,
     cotangent = rng.standard_normal(y.shape)
     g, w = _draw_g(rng), _second_order_w((params, x), rng)
     mode = "" if context is None else f", {context.describe()}"
-    description = f"check_module({module!r}, input {input_shape}, seed {seed}{mode}, {PRECISION})"
+    split = "" if placement is None else f", parameters split over {max(s.mesh.size for s in placement if s)} devices"
+    description = f"check_module({module!r}, input {input_shape}, seed {seed}{mode}{split}, {PRECISION})"
     return Problem(
         "module",
         module,
@@ -427,6 +467,7 @@ def module_problem(module, input_shape, *, params, x, seed, edge_values, dtypes,
         seed,
         description,
         context,
+        placement,
     )
 
 

@@ -27,15 +27,20 @@ def memory(compiled):
 
     ``temp_bytes``: scratch buffers live during the call (activations,
     residuals, intermediate gradients); ``arg_bytes`` / ``out_bytes``: the
-    arguments and outputs. ``None`` each where the backend gives no analysis.
+    arguments and outputs; ``alias_bytes``: the outputs written over donated
+    arguments' buffers (a jitted step that donates its state: its new state).
+    A device holds at most ``arg_bytes + out_bytes - alias_bytes +
+    temp_bytes`` while the call runs. Under ``jax.sharding``, each is one
+    device's. ``None`` each where the backend gives no analysis.
     """
     stats = compiled.memory_analysis()
     if stats is None:
-        return {"temp_bytes": None, "arg_bytes": None, "out_bytes": None}
+        return {"temp_bytes": None, "arg_bytes": None, "out_bytes": None, "alias_bytes": None}
     return {
         "temp_bytes": int(stats.temp_size_in_bytes),
         "arg_bytes": int(stats.argument_size_in_bytes),
         "out_bytes": int(stats.output_size_in_bytes),
+        "alias_bytes": int(stats.alias_size_in_bytes),
     }
 
 

@@ -29,7 +29,7 @@ class PathRow:
         dict per floating parameter leaf.
       max_abs_err, max_rel_err: the worst leaf's errors.
       compile_s: seconds to lower and compile the SGD step.
-      temp_bytes, arg_bytes, out_bytes: :func:`memory` of the compiled step.
+      temp_bytes, arg_bytes, out_bytes, alias_bytes: :func:`memory` of the compiled step.
       residuals: :func:`residuals` of the path.
       hlo: :func:`hlo_counts` of the compiled step.
       hlo_diff: ``{"ops_top": ..., "ops_all": ...}``, :func:`op_diff` of
@@ -49,6 +49,7 @@ class PathRow:
     temp_bytes: int | None
     arg_bytes: int | None
     out_bytes: int | None
+    alias_bytes: int | None
     residuals: dict
     hlo: dict
     hlo_diff: dict

@@ -290,6 +290,8 @@ class Checkpointing(Callback):
                 + ". Resume with the same settings, or start this run in an empty folder"
             )
         saved_layout = meta.get("layout")
+        if saved_layout is not None and "mesh" not in saved_layout:  # saved before layouts recorded the mesh
+            saved_layout = {**saved_layout, "mesh": {"data": saved_layout["devices"]}}
         if saved_layout is not None and saved_layout != run.layout:
             warnings.warn(
                 f"resuming checkpoint {latest} of {self.directory}, saved on {saved_layout['devices']} devices"

@@ -273,12 +273,18 @@ def _chance_level(model, loss, splits):
     x, y = splits["test"]
 
     def chance():
-        shape = (y.shape[0], *model._output_shape(x.shape[1:]))
-        level = float(jax.jit(lambda y: loss.apply(jnp.zeros(shape, jnp.float32), y))(y))  # one program, not one per op
+        level = float(_chance_loss(loss, (y.shape[0], *model._output_shape(x.shape[1:])), y))
         classes = y.ndim == 1 and np.issubdtype(y.dtype, np.integer)
         return level, (1 - np.bincount(y).max() / len(y) if classes else None)
 
     return chance
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _chance_loss(loss, shape, y):
+    """``loss`` of all-zero outputs of ``shape`` against ``y``: one program (compiled once per loss and shape), not
+    one per operation."""
+    return loss.apply(jnp.zeros(shape, jnp.float32), y)
 
 
 # ---------------------------------------------------------------- checks and set-up
@@ -397,8 +403,17 @@ def _plan(
     shards = parallel.data_shards(mesh)
     if batch_size % shards:
         raise InputError(
-            f"batch_size {batch_size} does not split evenly over {shards} devices; "
+            f"batch_size {batch_size} does not split evenly over {shards} devices"
+            f"{' (the mesh axis data)' if len(mesh.shape) > 1 else ''}; "
             f"use a multiple of {shards} or a number of devices that divides {batch_size}"
+        )
+    targets = set(sharding.values()) if isinstance(sharding, dict) else set()
+    idle = [name for name, size in mesh.shape.items() if name != parallel.AXIS and size > 1 and name not in targets]
+    if idle:
+        raise InputError(
+            f"the mesh's axes {idle} would repeat the same work on each of their devices: batches split over 'data' "
+            f"alone and sharding={sharding!r} splits nothing over them; give rules that map axis names to them "
+            f"(sharding={{'in': 'data', 'out': {idle[0]!r}}}), or a mesh of the axis 'data' alone"
         )
     optimizer, own_step = _train.as_optimizer(optimizer), step is not None
     if not own_step:
@@ -517,13 +532,10 @@ def _state_layout(plan, state):
     if not isinstance(plan.sharding, dict):
         return parallel.layout(plan.sharding, state, plan.mesh)
     whole = parallel.replicated(plan.mesh)
-    axes = parallel.logical_axes(plan.model, state.params)
-    params = parallel.by_names(state.params, axes, plan.mesh, plan.sharding)
+    named = (parallel.logical_axes(plan.model, state.params), parallel.state_axes(plan.model, state.model_state))
+    params, model_state = parallel.by_names((state.params, state.model_state), named, plan.mesh, plan.sharding)
     opt_state = optax.tree_map_params(
         plan.optimizer, lambda _, sharding: sharding, state.opt_state, params, transform_non_params=lambda _: whole
-    )
-    model_state = parallel.by_names(
-        state.model_state, parallel.state_axes(plan.model, state.model_state), plan.mesh, plan.sharding
     )
     step, key, loss_scale = jax.tree.map(lambda _: whole, (state.step, state.key, state.loss_scale))
     return dataclasses.replace(
