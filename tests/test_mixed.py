@@ -214,6 +214,22 @@ def test_a_step_whose_gradient_overflows_is_skipped_and_the_scale_falls_then_gro
     assert bool(metrics["skipped"]) and float(again.loss_scale.scale) == 2**16 and same(again.params, grown.params)
 
 
+def test_fit_counts_each_epochs_skipped_steps_and_stops_when_every_step_overflows_at_the_least_scale():
+    """From 2**24 the float16 backward of the spiral's batches of 25 overflows (the outputs' cotangent alone, 2**24 /
+    25 times softmax minus one-hot, goes above 65504) until the scale has halved about 5 times: the first epoch's 4
+    steps are all skipped, and later ones none. With the scale's minimum at 2**24 every step overflows for ever."""
+    model, rows = nn.mixed_precision(SPIRAL_NET, jnp.float16), []
+    fnn.fit(model, SPIRAL_START, SPIRAL, **SPIRAL_FIT, loss_scale=Scale(2.0**24), callbacks=[rows.append])
+    skipped = [row["skipped_steps"] for row in rows]
+    assert skipped[0] == 4 and 0 < sum(skipped[:2]) < 8 and skipped[-1] == 0, skipped
+    stuck = Scale(2.0**24, minimum=2.0**24)
+    with pytest.raises(fnn.TrainingDiverged, match=r"every step of epoch 1 .* skipped, with the loss scale at its mi"):
+        fnn.fit(model, SPIRAL_START, SPIRAL, **SPIRAL_FIT, loss_scale=stuck)
+    unscaled = []  # a run without a loss scale has nothing to count
+    fnn.fit(SPIRAL_NET, SPIRAL_START, SPIRAL, **SPIRAL_FIT, callbacks=[unscaled.append])
+    assert "skipped_steps" not in unscaled[0]
+
+
 @given(
     finite=st.lists(st.booleans(), max_size=12),
     period=st.integers(1, 4),

@@ -148,7 +148,8 @@ def new_epoch_sums(first_loss=float("nan")):
     trained so far of each batch's loss and error rate, from the forward pass
     before its update (the notes' training metrics); ``first_loss``: the
     run's first loss (NaN until the run's first step), which the divergence
-    watch compares with.
+    watch compares with; ``skipped``: the steps a loss scale skipped (their
+    gradients not finite, :class:`fnn.train.DynamicLossScale`).
     """
     return {
         "bad_step": jnp.int32(-1),
@@ -156,6 +157,7 @@ def new_epoch_sums(first_loss=float("nan")):
         "loss_sum": jnp.float32(0),
         "error_sum": jnp.float32(0),
         "first_loss": jnp.float32(first_loss),
+        "skipped": jnp.int32(0),
     }
 
 
@@ -171,6 +173,7 @@ def _count(epoch_sums, metrics, step, rows, factor):
         "loss_sum": epoch_sums["loss_sum"] + rows * value,
         "error_sum": epoch_sums["error_sum"] + rows * jnp.asarray(metrics.get("error", 0.0), jnp.float32),
         "first_loss": first,
+        "skipped": epoch_sums["skipped"] + jnp.asarray(metrics.get("skipped", False), jnp.int32),
     }
 
 

@@ -147,7 +147,10 @@ def fit(
         ``DynamicLossScale(...)`` gives its settings and starting scale. The
         run's state carries the scale, checkpoints keep it and the run's
         configuration records its settings; a callback reads it as
-        ``run.state.loss_scale.scale``.
+        ``run.state.loss_scale.scale``, and each epoch's row (a callback's
+        ``row``) the steps it skipped as ``"skipped_steps"``. An epoch that
+        skipped every step with the scale at its minimum stops training with
+        :class:`fnn.TrainingDiverged`.
       precision: the precision of the matrix products and convolutions of
         every step and evaluation (see :func:`fnn.value_and_grad`): ``None``
         keeps the backend's default (TF32 for float32 on recent GPUs: faster,
@@ -636,9 +639,10 @@ def _epochs(run, plan, compiled, steps_per_call, parts, feed):
             feed.read_ahead(run.epoch + 1, steps_per_call)  # while the devices evaluate
         values = {name: float(v) for name, v in metrics.items() if v is not None}  # waits for the epoch
         _watch(run, plan, run.epoch_sums, values.pop("params_finite"))
+        skipped = _skipped(run, plan)
         run.step = run.steps_per_epoch
         run.epoch_sums = parallel.replicate(new_epoch_sums(float(run.epoch_sums["first_loss"])), plan.mesh)
-        row = {"epoch": run.epoch, **values, "epoch_s": time.perf_counter() - tic}
+        row = {"epoch": run.epoch, **values, **skipped, "epoch_s": time.perf_counter() - tic}
         run.history.append(row)
         for part in parts:
             part.on_epoch_end(run, row)
@@ -651,6 +655,23 @@ def _advance(run, fn, *args):
     """Runs a compiled ``fn`` on the run's state and epoch_sums; returns its extra outputs, if any."""
     run.state, run.epoch_sums, *rest = fn(run.state, run.epoch_sums, *args)
     return rest[0] if rest else None
+
+
+def _skipped(run, plan):
+    """``{"skipped_steps": n}``, the steps of the epoch a loss scale skipped (``{}`` without one); raises
+    :class:`fnn.TrainingDiverged` when it skipped every one of them and its scale is at its minimum, where the
+    gradients overflow however small the scale, and training has stopped moving."""
+    scaling = run.state.loss_scale
+    if scaling is None:
+        return {}
+    skipped, scale = int(run.epoch_sums["skipped"]), float(scaling.scale)
+    if skipped == run.steps_per_epoch and scale <= scaling.minimum:
+        raise TrainingDiverged(
+            f"training diverged: every step of epoch {run.epoch} had a non-finite gradient and was skipped, with the "
+            f"loss scale at its minimum {scale:g}: the float16 backward overflows however small the scale. Compute in "
+            "bfloat16 (nn.mixed_precision(model, jnp.bfloat16)), or try a smaller learning rate"
+        )
+    return {"skipped_steps": skipped}
 
 
 def _watch(run, plan, epoch_sums, params_finite=True):
