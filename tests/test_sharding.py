@@ -15,15 +15,9 @@ import fnn
 from fnn import nn
 
 GOLDEN = Path(__file__).parent / "golden"
-#: What the children that train share: the largest difference between two pytrees' entries.
-GAP = """
-import jax
-def biggest_gap(a, b):
-    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b))
-    return max(float(np.max(np.abs(np.asarray(u) - np.asarray(v)))) for u, v in pairs)
-"""
-
-CHILD = """
+#: What the children that train share: eight simulated devices, a learnable problem (64 features, 8 classes) and
+#: the largest difference between two pytrees' entries.
+EIGHT_DEVICES = """
 import json, tempfile, warnings
 import jax, jax.numpy as jnp, optax, fnn
 from fnn import nn
@@ -32,6 +26,12 @@ rng = np.random.default_rng(0)
 x = rng.standard_normal((256, 64)).astype(np.float32)
 y = np.argmax(x @ rng.standard_normal((64, 8)), axis=1).astype(np.int32)
 data = types.SimpleNamespace(x_train=x, y_train=y, x_test=x[:64], y_test=y[:64])
+def biggest_gap(a, b):
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    return max(float(np.max(np.abs(np.asarray(u) - np.asarray(v)))) for u, v in pairs)
+"""
+
+CHILD = """
 model = nn.mlp([64, 512, 512, 8])
 _, params = model.init(jax.random.key(0), (64,))
 found = {}
@@ -85,7 +85,7 @@ print(json.dumps(found))
 
 @pytest.mark.slow  # about 40 s: eight simulated devices in a child process, fit five times
 def test_fsdp_holds_an_eighth_per_device_trains_as_replicated_and_resumes_on_another_mesh():
-    found = json.loads(run_python(PRELUDE + GAP + CHILD, env=ON_CPU).splitlines()[-1])
+    found = json.loads(run_python(PRELUDE + EIGHT_DEVICES + CHILD, env=ON_CPU).splitlines()[-1])
     # Two 512-wide weights and their two Adam moments are split; the biases, the 512x8 output weight (16 KiB) and
     # the step count stay whole: a few percent over the eighth.
     assert found["per_device"] <= 1 / 8 + 0.05, found["per_device"]
@@ -248,14 +248,6 @@ def test_batch_norm_names_its_statistics_axes_as_its_scale():
 
 
 MESH_2D = """
-import json, tempfile, warnings
-import jax, optax, fnn
-from fnn import nn
-jax.config.update("jax_num_cpu_devices", 8)
-rng = np.random.default_rng(0)
-x = rng.standard_normal((256, 64)).astype(np.float32)
-y = np.argmax(x @ rng.standard_normal((64, 8)), axis=1).astype(np.int32)
-data = types.SimpleNamespace(x_train=x, y_train=y, x_test=x[:64], y_test=y[:64])
 # Batch norm's statistics and dropout's masks under the rules, beside parameters split over both mesh axes.
 model = nn.serial(nn.dense(256), nn.batch_norm(), nn.relu, nn.dropout(0.2), nn.dense(8, bias=True))
 _, params = model.init(jax.random.key(0), (64,))
@@ -299,7 +291,7 @@ print(json.dumps(found))
 
 @pytest.mark.slow  # about 25 s: eight simulated devices in a child process, fit eight times
 def test_fit_on_a_2d_mesh_splits_parameters_and_statistics_by_rules_and_trains_as_one_device():
-    found = json.loads(run_python(PRELUDE + GAP + MESH_2D, env=ON_CPU).splitlines()[-1])
+    found = json.loads(run_python(PRELUDE + EIGHT_DEVICES + MESH_2D, env=ON_CPU).splitlines()[-1])
     for path in fnn.PATHS:
         # float32 sums in another order over 12 steps of SGD with momentum: a few ulps of entries of order 1; the
         # dropout masks are the same (else the gap would be of order 1).
