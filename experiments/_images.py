@@ -12,9 +12,10 @@ count the work of a training step the same way (:func:`step_flops`).
 import argparse
 
 import jax
+import optax
 
 import fnn
-from experiments._common import timed_fit
+from experiments._common import RECIPE_SIZES, timed_fit
 
 #: One MNIST image, batch axis excluded: ``[28, 28, 1]`` (NHWC).
 INPUT_SHAPE = (28, 28, 1)
@@ -80,6 +81,15 @@ def pooled_cnn(bias=True, w_init="he"):
         nn.relu,
         nn.dense(10, bias=bias, w_init=w_init),
     )
+
+
+def recipe_or_pooled(name, lr):
+    """``(net, input shape, optimizer)`` of a short run: ``"recipe"``, the notes' ``mlp([784, 500, 10])`` with SGD
+    at ``lr``, or ``"pooled"``, :func:`pooled_cnn` with the Flax tutorial's AdamW at ``lr``
+    (:data:`TUTORIAL_ADAMW`)."""
+    if name == "recipe":
+        return fnn.nn.mlp(list(RECIPE_SIZES)), RECIPE_SIZES[:1], lr
+    return pooled_cnn(), INPUT_SHAPE, optax.adamw(lr, **TUTORIAL_ADAMW)
 
 
 # ---------------------------------------------------------------- training

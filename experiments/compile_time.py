@@ -369,19 +369,18 @@ def data_args(spec):
 def build(name):
     """``(model, params, fit's settings)`` of a model of :data:`MODELS`, initialised from key 0."""
     import jax
-    import optax
 
     import fnn
-    from experiments._images import INPUT_SHAPE, TUTORIAL_ADAMW, TUTORIAL_LR, pooled_cnn
+    from experiments._images import TUTORIAL_LR, recipe_or_pooled
 
-    if name == "recipe":
-        model, shape = fnn.nn.mlp(list(_common.RECIPE_SIZES)), _common.RECIPE_SIZES[:1]
-        settings = {"optimizer": _common.RECIPE_LR}
-    else:
-        model, shape = pooled_cnn(), INPUT_SHAPE
-        settings = {"optimizer": optax.adamw(TUTORIAL_LR, **TUTORIAL_ADAMW)}
+    model, shape, optimizer = recipe_or_pooled(name, _common.RECIPE_LR if name == "recipe" else TUTORIAL_LR)
     _, params = model.init(jax.random.key(0), shape)
-    settings |= {"loss": fnn.losses.cross_entropy, "path": "custom", "batch_size": MODELS[name].batch_size}
+    settings = {
+        "optimizer": optimizer,
+        "loss": fnn.losses.cross_entropy,
+        "path": "custom",
+        "batch_size": MODELS[name].batch_size,
+    }
     return model, params, settings
 
 

@@ -29,14 +29,12 @@ import argparse
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import fnn
 from experiments import _cli
 from experiments._common import (
     RECIPE_BATCH,
     RECIPE_LR,
-    RECIPE_SIZES,
     Config,
     add_common_args,
     load_data,
@@ -44,7 +42,7 @@ from experiments._common import (
     run_fields,
     write_json,
 )
-from experiments._images import INPUT_SHAPE, TUTORIAL_ADAMW, TUTORIAL_BATCH, TUTORIAL_LR, pooled_cnn
+from experiments._images import TUTORIAL_ADAMW, TUTORIAL_BATCH, TUTORIAL_LR, recipe_or_pooled
 
 #: Each model's settings (the defaults of its options); the aim: each mixed-precision mean test error at most
 #: ``AIM`` above the float32 runs'.
@@ -76,16 +74,9 @@ def parse_args(argv=None):
     return args
 
 
-def build(args):
-    """``(net, input shape, optimizer)`` of ``--model``."""
-    if args.model == "pooled":
-        return pooled_cnn(), INPUT_SHAPE, optax.adamw(args.lr, **TUTORIAL_ADAMW)
-    return fnn.nn.mlp(list(RECIPE_SIZES)), RECIPE_SIZES[:1], args.lr
-
-
 def train(data, dtype, seed, args):
     """One run in ``dtype`` from the initial weights of ``seed``: its test error, seconds, history."""
-    net, shape, optimizer = build(args)
+    net, shape, optimizer = recipe_or_pooled(args.model, args.lr)
     _, params = net.init(jax.random.key(seed), shape)
     model = net if dtype == "float32" else fnn.nn.mixed_precision(net, jnp.dtype(dtype))
     _, history = fnn.fit(
