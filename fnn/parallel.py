@@ -119,7 +119,12 @@ def training_mesh(devices):
 
 
 def data_shards(mesh):
-    """The number of parts each batch is split into over ``mesh``: the size of its axis ``"data"``."""
+    """The number of parts each batch is split into over ``mesh``: the size of its axis ``"data"``.
+
+    >>> import fnn
+    >>> fnn.parallel.data_shards(fnn.parallel.data_mesh(1))
+    1
+    """
     return mesh.shape[AXIS]
 
 
@@ -197,7 +202,14 @@ def logical_axes(model, params):
 def state_axes(model, state):
     """The name of each axis of each array of ``model``'s ``state`` (:meth:`fnn.module.Module.init_state`), as its
     leaves declare them (:func:`fnn.module.leaf`'s ``state_axes``): batch norm's running statistics are
-    ``("features",)``, as its ``gamma`` and ``beta`` are; in the structure of ``state``."""
+    ``("features",)``, as its ``gamma`` and ``beta`` are; in the structure of ``state``.
+
+    >>> import fnn
+    >>> model = fnn.nn.serial(fnn.nn.dense(4), fnn.nn.batch_norm())
+    >>> axes = fnn.parallel.state_axes(model, model.init_state((3,)))
+    >>> {name: tuple(spec) for name, spec in axes[1].items()}
+    {'mean': ('features',), 'var': ('features',)}
+    """
     return _checked_axes("state_axes", model, state, "state_axes")
 
 
